@@ -1,0 +1,523 @@
+"""Host-side configuration: defaults, validation with clear errors, and ``SimParams``.
+
+A configuration is a nested dict (the YAML schema; see README "Configuration"). Every
+key is validated: unknown keys and bad values raise :class:`ConfigError` with a one-line
+message naming the field, the value and what is allowed. :func:`params_from_columns`
+turns one or many configurations (as columns: one value per lane) into a batched
+``SimParams``, deriving the KV capacity from memory and marking infeasible lanes with
+status bits instead of raising.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import yaml
+
+from jaxsim import presets
+from jaxsim import status as st_bits
+from jaxsim.params import (
+    COST_PARAM_NAMES,
+    CostParams,
+    HardwareParams,
+    ModelParams,
+    SchedulerParams,
+    SimParams,
+)
+from jaxsim.workload import ARRIVAL_KINDS, Trace, synthetic
+
+
+class ConfigError(ValueError):
+    """A bad configuration value; the message names the field, the value, what is allowed."""
+
+
+DEFAULTS: dict[str, Any] = {
+    "model": "Llama-3.1-8B",
+    "gpu": "H100-SXM",
+    "tp": 1,
+    "dtype": "bf16",
+    "kv_cache_dtype": "auto",
+    "scheduler": "v1",
+    "enable_chunked_prefill": True,
+    "max_num_seqs": 256,
+    "max_num_batched_tokens": 2048,
+    "long_prefill_token_threshold": 0,
+    "block_size": 16,
+    "gpu_memory_utilization": 0.9,
+    "num_gpu_blocks": None,
+    "watermark": None,
+    "max_model_len": None,
+    "activation_reserve_gb": None,
+    "seed": 0,
+    "max_slots": None,
+    "max_iterations": None,
+    "slo": {"ttft_s": 1.0, "tpot_s": 0.05},
+    "cost": {},
+    "workload": {
+        "kind": "poisson",
+        "rate": 10.0,
+        "num_requests": 1000,
+        "prompt_tokens": 512,
+        "output_tokens": 256,
+        "cv": 2.0,
+        "path": None,
+        "format": None,
+    },
+}
+
+TRACE_FORMATS = ("azure", "mooncake", "csv")
+
+
+# --------------------------------------------------------------------------------------
+# Scalar validators
+# --------------------------------------------------------------------------------------
+
+
+def _int(key, v, lo=None, hi=None, allow_none=False):
+    if v is None and allow_none:
+        return None
+    if isinstance(v, bool) or not isinstance(v, int | np.integer):
+        if isinstance(v, float) and v.is_integer():
+            v = int(v)
+        else:
+            raise ConfigError(f"{key}: {v!r} is not an integer")
+    v = int(v)
+    if lo is not None and v < lo:
+        raise ConfigError(f"{key}: {v} must be >= {lo}")
+    if hi is not None and v > hi:
+        raise ConfigError(f"{key}: {v} must be <= {hi}")
+    return v
+
+
+def _float(key, v, lo=None, hi=None, lo_open=False, hi_open=False, allow_none=False):
+    if v is None and allow_none:
+        return None
+    if isinstance(v, bool) or not isinstance(v, int | float | np.number):
+        raise ConfigError(f"{key}: {v!r} is not a number")
+    v = float(v)
+    if not math.isfinite(v):
+        raise ConfigError(f"{key}: {v!r} must be a finite number")
+    if lo is not None and (v <= lo if lo_open else v < lo):
+        raise ConfigError(f"{key}: {v} must be {'>' if lo_open else '>='} {lo}")
+    if hi is not None and (v >= hi if hi_open else v > hi):
+        raise ConfigError(f"{key}: {v} must be {'<' if hi_open else '<='} {hi}")
+    return v
+
+
+def _bool(key, v):
+    if isinstance(v, bool):
+        return v
+    if isinstance(v, str) and v.lower() in ("true", "false"):
+        return v.lower() == "true"
+    raise ConfigError(f"{key}: {v!r} must be true or false")
+
+
+def _choice(key, v, allowed):
+    if not isinstance(v, str) or v not in allowed:
+        raise ConfigError(f"{key}: {v!r} is not one of {', '.join(allowed)}")
+    return v
+
+
+def _model(key, v):
+    try:
+        return presets.model(v)[0]
+    except KeyError as e:
+        raise ConfigError(f"{key}: {e.args[0]}") from None
+
+
+def _gpu(key, v):
+    try:
+        return presets.gpu(v)[0]
+    except KeyError as e:
+        raise ConfigError(f"{key}: {e.args[0]}") from None
+
+
+_TOP = {
+    "model": _model,
+    "gpu": _gpu,
+    "tp": lambda k, v: _int(k, v, 1, 64),
+    "dtype": lambda k, v: _choice(k, v, ("bf16", "fp8")),
+    "kv_cache_dtype": lambda k, v: _choice(k, v, ("auto", "fp8")),
+    "scheduler": lambda k, v: _choice(k, v, ("v1", "v0")),
+    "enable_chunked_prefill": _bool,
+    "max_num_seqs": lambda k, v: _int(k, v, 1, 1 << 16),
+    "max_num_batched_tokens": lambda k, v: _int(k, v, 1, 1 << 24),
+    "long_prefill_token_threshold": lambda k, v: _int(k, v, 0, 1 << 24),
+    "block_size": lambda k, v: _int(k, v, 1, 1 << 12),
+    "gpu_memory_utilization": lambda k, v: _float(k, v, 0.0, 1.0, lo_open=True),
+    "num_gpu_blocks": lambda k, v: _int(k, v, 1, 1 << 30, allow_none=True),
+    "watermark": lambda k, v: _float(k, v, 0.0, 1.0, hi_open=True, allow_none=True),
+    "max_model_len": lambda k, v: _int(k, v, 2, 1 << 24, allow_none=True),
+    "activation_reserve_gb": lambda k, v: _float(k, v, 0.0, allow_none=True),
+    "seed": lambda k, v: _int(k, v, 0, 2**32 - 1),
+    "max_slots": lambda k, v: _int(k, v, 1, 1 << 16, allow_none=True),
+    "max_iterations": lambda k, v: _int(k, v, 1, 2**31 - 1, allow_none=True),
+}
+_SLO = {
+    "ttft_s": lambda k, v: _float(k, v, 0.0, lo_open=True),
+    "tpot_s": lambda k, v: _float(k, v, 0.0, lo_open=True),
+}
+
+
+def _length_spec(key, v):
+    if isinstance(v, Mapping):
+        return dict(v)  # checked by workload.sample_lengths when sampled
+    return _int(key, v, 1, 1 << 24)
+
+
+_WORKLOAD = {
+    "kind": lambda k, v: _choice(k, v, (*ARRIVAL_KINDS, "trace")),
+    "rate": lambda k, v: _float(k, v, 0.0, lo_open=True, allow_none=True),
+    "num_requests": lambda k, v: _int(k, v, 1, 1 << 24, allow_none=True),
+    "prompt_tokens": _length_spec,
+    "output_tokens": _length_spec,
+    "cv": lambda k, v: _float(k, v, 0.0, lo_open=True),
+    "path": lambda k, v: None if v is None else str(v),
+    "format": lambda k, v: None if v is None else _choice(k, v, TRACE_FORMATS),
+}
+
+
+def _cost(key, v):
+    return _float(key, v, 0.0, lo_open=True)
+
+
+def validate(cfg: Mapping) -> dict:
+    """Return a complete, normalised copy of ``cfg`` (defaults filled in) or raise."""
+    if not isinstance(cfg, Mapping):
+        raise ConfigError(f"configuration must be a mapping of keys, got {type(cfg).__name__}")
+    out = copy.deepcopy(DEFAULTS)
+    for key, value in cfg.items():
+        if key in _TOP:
+            out[key] = _TOP[key](key, value)
+        elif key in ("slo", "workload", "cost"):
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"{key}: {value!r} must be a mapping")
+            table = {"slo": _SLO, "workload": _WORKLOAD}.get(key)
+            for sub, v in value.items():
+                name = f"{key}.{sub}"
+                if key == "cost":
+                    if sub not in COST_PARAM_NAMES:
+                        raise ConfigError(f"{name}: unknown cost parameter; allowed: "
+                                          f"{', '.join(COST_PARAM_NAMES)}")
+                    out["cost"][sub] = _cost(name, v)
+                else:
+                    if sub not in table:
+                        raise ConfigError(f"{name}: unknown key; allowed: "
+                                          f"{', '.join(f'{key}.{s}' for s in table)}")
+                    out[key][sub] = table[sub](name, v)
+        else:
+            allowed = [*_TOP, *(f"slo.{s}" for s in _SLO), *(f"workload.{s}" for s in _WORKLOAD),
+                       "cost.<name>"]
+            raise ConfigError(f"{key}: unknown key; allowed: {', '.join(allowed)}")
+    for name, kind, *_ in _cost_kinds():
+        if kind == "sigmoid" and name in out["cost"] and not out["cost"][name] < 1.0:
+            raise ConfigError(f"cost.{name}: {out['cost'][name]} must be < 1 (an efficiency)")
+        if kind == "one_plus_softplus" and name in out["cost"] and not out["cost"][name] > 1:
+            raise ConfigError(f"cost.{name}: {out['cost'][name]} must be > 1")
+    if out["scheduler"] == "v0" and "enable_chunked_prefill" not in cfg:
+        out["enable_chunked_prefill"] = False
+    if out["scheduler"] == "v0" and out["enable_chunked_prefill"]:
+        raise ConfigError("enable_chunked_prefill: true is not allowed with scheduler=v0 "
+                          "(v0 is prefill-first without chunking); use scheduler=v1")
+    w = out["workload"]
+    if w["kind"] == "trace":
+        if not w["path"]:
+            raise ConfigError("workload.path: required when workload.kind=trace")
+        if w["format"] is None:
+            raise ConfigError(f"workload.format: required when workload.kind=trace; "
+                              f"allowed: {', '.join(TRACE_FORMATS)}")
+    elif w["kind"] in ("poisson", "gamma") and w["rate"] is None:
+        raise ConfigError(f"workload.rate: required for workload.kind={w['kind']}")
+    if w["kind"] != "trace" and w["num_requests"] is None:
+        raise ConfigError(f"workload.num_requests: required for workload.kind={w['kind']}")
+    return out
+
+
+def _cost_kinds():
+    from jaxsim.params import COST_SPEC
+
+    return COST_SPEC
+
+
+def parse_set(assignment: str) -> tuple[list[str], Any]:
+    """Parse ``key.sub=value`` (value in YAML syntax) into (path, value)."""
+    if "=" not in assignment:
+        raise ConfigError(f"--set {assignment!r}: expected key=value")
+    key, raw = assignment.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"--set {assignment!r}: empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def apply_sets(cfg: dict, assignments: Sequence[str]) -> dict:
+    """Apply ``--set`` assignments to a raw (not yet validated) configuration dict."""
+    cfg = copy.deepcopy(cfg)
+    for a in assignments:
+        path, value = parse_set(a)
+        if len(path) > 2:
+            raise ConfigError(f"{'.'.join(path)}: unknown key (at most one dot: "
+                              f"section.key)")
+        if len(path) == 2:
+            section, sub = path
+            if section not in ("slo", "workload", "cost"):
+                raise ConfigError(f"{'.'.join(path)}: unknown key; sections are slo., "
+                                  f"workload., cost.")
+            node = cfg.setdefault(section, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{section}: must be a mapping")
+            node[sub] = value
+        else:
+            cfg[path[0]] = value
+    return cfg
+
+
+def load(path: str | None = None, sets: Sequence[str] = ()) -> dict:
+    """Read a YAML file (optional), apply ``--set``s, validate."""
+    raw: dict = {}
+    if path is not None:
+        try:
+            with open(path) as f:
+                raw = yaml.safe_load(f)
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: no such file") from None
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f" (line {mark.line + 1})" if mark is not None else ""
+            raise ConfigError(f"{path}: not valid YAML{where}") from None
+        if raw is None:
+            raw = {}
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of keys")
+    return validate(apply_sets(raw, sets))
+
+
+# --------------------------------------------------------------------------------------
+# Workload from a configuration
+# --------------------------------------------------------------------------------------
+
+
+def build_trace(cfg: Mapping) -> Trace:
+    """The workload a validated configuration describes."""
+    from jaxsim import traces
+
+    w = cfg["workload"]
+    try:
+        if w["kind"] == "trace":
+            tr = traces.load(w["path"], w["format"])
+            if w["num_requests"] is not None:
+                tr = tr.head(w["num_requests"])
+            if w["rate"] is not None:
+                tr = tr.scaled_to_rate(w["rate"])
+            return tr
+        return synthetic(
+            w["kind"], w["num_requests"], w["prompt_tokens"], w["output_tokens"],
+            rate=w["rate"], cv=w["cv"], seed=cfg["seed"],
+        )
+    except ConfigError:
+        raise
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
+# --------------------------------------------------------------------------------------
+# Configurations -> SimParams (columnar, vectorised)
+# --------------------------------------------------------------------------------------
+
+COLUMN_KEYS = (
+    "model", "gpu", "tp", "dtype", "kv_cache_dtype", "scheduler", "enable_chunked_prefill",
+    "max_num_seqs", "max_num_batched_tokens", "long_prefill_token_threshold", "block_size",
+    "gpu_memory_utilization", "num_gpu_blocks", "watermark", "max_model_len",
+    "activation_reserve_gb", "slo.ttft_s", "slo.tpot_s",
+)
+
+
+def columns_from_configs(cfgs: Sequence[Mapping]) -> dict[str, list]:
+    """Validated configuration dicts -> columns (one list entry per lane)."""
+    cols: dict[str, list] = {k: [] for k in COLUMN_KEYS}
+    cost_names = sorted({n for c in cfgs for n in c["cost"]})
+    for n in cost_names:
+        cols[f"cost.{n}"] = []
+    for c in cfgs:
+        for k in COLUMN_KEYS:
+            cols[k].append(c["slo"][k[4:]] if k.startswith("slo.") else c[k])
+        for n in cost_names:
+            cols[f"cost.{n}"].append(c["cost"].get(n, math.nan))
+    return cols
+
+
+def activation_reserve_bytes(m: dict, tp: np.ndarray, max_tokens: np.ndarray,
+                             max_seqs: np.ndarray) -> np.ndarray:
+    """Memory vLLM keeps out of the KV cache besides weights (estimate).
+
+    1 GiB for the CUDA context, CUDA graphs and communication buffers, plus the peak
+    activations of a ``max_num_batched_tokens`` forward pass (hidden states, QKV, the
+    MLP intermediate; BF16) and FP32 logits of ``max_num_seqs`` sampled rows.
+    """
+    h, f, v = m["hidden_size"], m["ffn_size"] * m["experts_per_token"], m["vocab_size"]
+    qkv = (m["num_heads"] + 2 * m["num_kv_heads"]) * m["head_dim"]
+    per_token = 2.0 * (4 * h + (qkv + 3 * f) / tp)
+    return 2**30 + max_tokens * per_token + 4.0 * max_seqs * v / tp
+
+
+def params_from_columns(
+    cols: Mapping[str, Sequence], workload_max_len: int
+) -> tuple[SimParams, dict[str, np.ndarray]]:
+    """Build a batched ``SimParams`` from columns of validated values.
+
+    Args:
+        cols: ``COLUMN_KEYS`` (and optional ``cost.<name>``) -> one value per lane.
+            ``None`` / NaN mean "derive" for ``num_gpu_blocks``, ``watermark``,
+            ``max_model_len``, ``activation_reserve_gb``.
+        workload_max_len: longest prompt + output in the workload (the default
+            ``max_model_len``, capped by the model's context length).
+
+    Returns:
+        (params with leading axis B, derived host-side figures per lane: ``weights_gb``,
+        ``kv_gb``, ``num_gpu_blocks``, ``max_model_len``, ``watermark_blocks``).
+    """
+    B = len(cols["model"])
+    if B == 0:
+        raise ConfigError("no configurations to simulate")
+
+    def col(k, dtype=None):
+        a = np.asarray(cols[k], dtype=dtype if dtype is not None else object)
+        if a.shape != (B,):
+            raise ConfigError(f"{k}: expected {B} values, got shape {a.shape}")
+        return a
+
+    def num(k):
+        return np.array([math.nan if x is None else float(x) for x in col(k)], np.float64)
+
+    model_names = col("model")
+    gpu_names = col("gpu")
+    uniq_m = {n: presets.model(n)[1] for n in set(model_names)}
+    uniq_g = {n: presets.gpu(n)[1] for n in set(gpu_names)}
+
+    def mfield(name):
+        return np.array([uniq_m[n][name] for n in model_names], np.float64)
+
+    def gfield(name):
+        return np.array([
+            math.nan if uniq_g[n][name] is None else uniq_g[n][name] for n in gpu_names
+        ], np.float64)
+
+    tp = num("tp")
+    fp8 = np.array([d == "fp8" for d in col("dtype")])
+    kv_fp8 = np.array([d == "fp8" for d in col("kv_cache_dtype")])
+    sched_v0 = np.array([s == "v0" for s in col("scheduler")])
+    chunked = np.array([bool(x) for x in col("enable_chunked_prefill")]) & ~sched_v0
+    max_seqs = num("max_num_seqs")
+    budget = num("max_num_batched_tokens")
+    bs = num("block_size")
+    util = num("gpu_memory_utilization")
+
+    L, h = mfield("num_layers"), mfield("hidden_size")
+    nh, nkv, hd = mfield("num_heads"), mfield("num_kv_heads"), mfield("head_dim")
+    bytes_w = np.where(fp8, 1.0, 2.0)
+    bytes_kv = np.where(kv_fp8, 1.0, 2.0)
+    peak_bf16 = gfield("bf16_dense_tflops")
+    peak_fp8 = gfield("fp8_dense_tflops")
+    no_fp8 = fp8 & ~np.isfinite(peak_fp8)
+    if np.any(no_fp8):
+        i = int(np.flatnonzero(no_fp8)[0])
+        raise ConfigError(f"dtype: fp8 is not supported by gpu {gpu_names[i]} (no FP8 "
+                          f"tensor cores); use dtype=bf16")
+    peak = np.where(fp8, peak_fp8, peak_bf16) * 1e12
+    cap = gfield("hbm_capacity_gb") * 1e9
+    n_params = np.array([presets.param_count(uniq_m[n]) for n in model_names], np.float64)
+    weights = n_params * bytes_w / tp
+    reserve_gb = num("activation_reserve_gb")
+    reserve_est = np.zeros(B)
+    for name in uniq_m:
+        sel = model_names == name
+        reserve_est[sel] = activation_reserve_bytes(uniq_m[name], tp[sel], budget[sel],
+                                                    max_seqs[sel])
+    reserve = np.where(np.isfinite(reserve_gb), reserve_gb * 1e9, reserve_est)
+    nkv_g = np.maximum(nkv / tp, 1.0)
+    kv_per_token = 2.0 * L * nkv_g * hd * bytes_kv
+    avail = cap * util - weights - reserve
+    derived_blocks = np.floor(np.maximum(avail, 0.0) / (bs * kv_per_token))
+    given_blocks = num("num_gpu_blocks")
+    blocks = np.where(np.isfinite(given_blocks), given_blocks, derived_blocks)
+    blocks = np.minimum(blocks, 2**30)
+    wm = num("watermark")
+    wm = np.where(np.isfinite(wm), wm, np.where(sched_v0, 0.01, 0.0))
+    wm_blocks = np.floor(wm * blocks)
+    model_max = mfield("max_position_embeddings")
+    mml = num("max_model_len")
+    mml = np.where(np.isfinite(mml), mml, np.minimum(model_max, float(workload_max_len)))
+
+    status = np.zeros(B, np.int64)
+
+    def flag(mask, bit):
+        nonlocal status
+        status = np.where(mask, status | st_bits.INFEASIBLE | bit, status)
+
+    flag((weights > cap * util) | (blocks < 1) | (~np.isfinite(given_blocks) & (avail <= 0)),
+         st_bits.INF_NO_KV_MEMORY)
+    flag(blocks - wm_blocks < np.ceil(mml / bs), st_bits.INF_KV_TOO_SMALL)
+    flag(workload_max_len > mml, st_bits.INF_REQUEST_TOO_LONG)
+    flag(~chunked & (budget < mml), st_bits.INF_BUDGET_TOO_SMALL)
+    flag(budget < max_seqs, st_bits.INF_BUDGET_LT_SEQS)
+    tp_i, nh_i, nkv_i = tp.astype(np.int64), nh.astype(np.int64), nkv.astype(np.int64)
+    flag((nh_i % tp_i != 0) | ((nkv_i % tp_i != 0) & (tp_i % nkv_i != 0)), st_bits.INF_TP_SHAPE)
+
+    cost_vals = {}
+    for n in COST_PARAM_NAMES:
+        k = f"cost.{n}"
+        if k in cols:
+            cost_vals[n] = num(k)
+    base = CostParams.default().theta
+    theta = np.broadcast_to(np.asarray(base), (B, len(COST_PARAM_NAMES))).copy()
+    if cost_vals:
+        for i in range(B):
+            given = {n: float(v[i]) for n, v in cost_vals.items() if math.isfinite(v[i])}
+            if given:
+                theta[i] = np.asarray(CostParams.from_values(given).theta)
+
+    params = SimParams(
+        model=ModelParams(
+            num_layers=L, hidden_size=h, num_heads=nh, num_kv_heads=nkv, head_dim=hd,
+            ffn_size=mfield("ffn_size"), vocab_size=mfield("vocab_size"),
+            num_experts=mfield("num_experts"), experts_per_token=mfield("experts_per_token"),
+            bytes_per_weight=bytes_w, bytes_per_kv=bytes_kv,
+        ),
+        hardware=HardwareParams(
+            peak_flops=peak,
+            hbm_bw_bytes_per_s=gfield("hbm_bw_gbs") * 1e9,
+            link_bw_bytes_per_s=gfield("link_bw_gbs") * 1e9,
+        ),
+        scheduler=SchedulerParams(
+            mode=sched_v0.astype(np.int32),
+            enable_chunked_prefill=chunked.astype(np.int32),
+            max_num_seqs=max_seqs.astype(np.int64),
+            max_num_batched_tokens=budget.astype(np.int64),
+            long_prefill_token_threshold=num("long_prefill_token_threshold").astype(np.int64),
+            block_size=bs.astype(np.int64),
+            num_gpu_blocks=blocks.astype(np.int64),
+            watermark_blocks=wm_blocks.astype(np.int64),
+            max_model_len=mml.astype(np.int64),
+            tp=tp.astype(np.int64),
+        ),
+        cost=CostParams(theta=theta),
+        ttft_slo_s=num("slo.ttft_s"),
+        tpot_slo_s=num("slo.tpot_s"),
+        status0=status.astype(np.int32),
+    )
+    info = {
+        "weights_gb": weights / 1e9,
+        "kv_gb": blocks * bs * kv_per_token / 1e9,
+        "num_gpu_blocks": blocks.astype(np.int64),
+        "max_model_len": mml.astype(np.int64),
+        "watermark_blocks": wm_blocks.astype(np.int64),
+    }
+    return params, info

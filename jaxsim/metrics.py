@@ -1,0 +1,112 @@
+"""Metrics computed on device from a lane's final state (definitions: docs/semantics.md §4).
+
+Definitions follow vLLM's serving benchmark: TTFT = first token - arrival; TPOT =
+(E2E - TTFT) / (output - 1) over requests with more than one output token; mean ITL =
+sum of inter-token gaps / number of gaps; throughput = completed / (last finish - first
+arrival). Percentiles interpolate linearly between order statistics (numpy's default).
+Undefined values (e.g. no completed request) are NaN, and the lane's status says why.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+from jaxsim import status as st_bits
+from jaxsim.params import SimParams
+from jaxsim.state import SimState
+from jaxsim.types import Array
+from jaxsim.workload import Workload
+
+PERCENTILES = (50, 90, 95, 99)
+LATENCY_METRICS = ("ttft", "tpot", "e2e", "queue")
+
+
+def masked_percentiles(x: Array, mask: Array, qs=PERCENTILES) -> dict[int, Array]:
+    """Percentiles of ``x[mask]`` (linear interpolation); NaN when the mask is empty."""
+    n = jnp.sum(mask, dtype=jnp.int32)
+    v = jnp.sort(jnp.where(mask, x, jnp.inf))
+    out = {}
+    for q in qs:
+        pos = (q / 100.0) * (n - 1).astype(jnp.float32)
+        lo = jnp.clip(jnp.floor(pos).astype(jnp.int32), 0, x.shape[0] - 1)
+        hi = jnp.clip(jnp.minimum(lo + 1, n - 1), 0, x.shape[0] - 1)
+        frac = pos - lo.astype(jnp.float32)
+        val = v[lo] + (v[hi] - v[lo]) * frac
+        out[q] = jnp.where(n > 0, val, jnp.nan)
+    return out
+
+
+def _masked_mean(x: Array, mask: Array) -> Array:
+    n = jnp.sum(mask)
+    s = jnp.sum(jnp.where(mask, x, 0.0))
+    return jnp.where(n > 0, s / jnp.maximum(n, 1), jnp.nan)
+
+
+def compute_metrics(params: SimParams, workload: Workload, state: SimState) -> dict:
+    """All per-lane metrics from the final state (one lane; vmap for a batch)."""
+    st = state
+    R = workload.arrival_hi.shape[-1]
+    real = jnp.arange(R) < workload.num_requests
+    done = st.completed & real
+    out_tok = workload.output_tokens.astype(jnp.float32)
+    in_tok = workload.prompt_tokens.astype(jnp.float32)
+    multi = done & (workload.output_tokens > 1)
+    decode_s = st.e2e_s - st.ttft_s
+    tpot = jnp.where(multi, decode_s / jnp.maximum(out_tok - 1.0, 1.0), 0.0)
+
+    m: dict[str, Array] = {}
+    series = {"ttft": (st.ttft_s, done), "tpot": (tpot, multi), "e2e": (st.e2e_s, done),
+              "queue": (st.queue_s, done)}
+    for name, (x, mask) in series.items():
+        m[f"{name}_mean_s"] = _masked_mean(x, mask)
+        for q, v in masked_percentiles(x, mask).items():
+            m[f"{name}_p{q}_s"] = v
+    n_gaps = jnp.sum(jnp.where(multi, out_tok - 1.0, 0.0))
+    m["itl_mean_s"] = jnp.where(
+        n_gaps > 0, jnp.sum(jnp.where(multi, decode_s, 0.0)) / jnp.maximum(n_gaps, 1.0),
+        jnp.nan)
+
+    # duration = last finish - first arrival (arrival 0 is the earliest: sorted)
+    rel_arrival = (workload.arrival_hi - workload.arrival_hi[0]) + (
+        workload.arrival_lo - workload.arrival_lo[0])
+    finish_rel = jnp.where(done, rel_arrival + st.e2e_s, -jnp.inf)
+    duration = jnp.max(finish_rel)
+    n_done = jnp.sum(done, dtype=jnp.int32)
+    ok_dur = (n_done > 0) & (duration > 0)
+    safe_dur = jnp.where(ok_dur, duration, 1.0)
+
+    def rate(x):
+        return jnp.where(ok_dur, x / safe_dur, jnp.nan)
+
+    good = done & (st.ttft_s <= params.ttft_slo_s) & (
+        (workload.output_tokens <= 1) | (tpot <= params.tpot_slo_s))
+    n_good = jnp.sum(good, dtype=jnp.int32)
+    m["duration_s"] = jnp.where(n_done > 0, duration, jnp.nan)
+    m["throughput_rps"] = rate(n_done.astype(jnp.float32))
+    m["input_tps"] = rate(jnp.sum(jnp.where(done, in_tok, 0.0)))
+    m["output_tps"] = rate(jnp.sum(jnp.where(done, out_tok, 0.0)))
+    m["goodput_rps"] = rate(n_good.astype(jnp.float32))
+    m["slo_attainment"] = jnp.where(
+        n_done > 0, n_good / jnp.maximum(workload.num_requests, 1), jnp.nan)
+
+    busy = st.busy_hi + st.busy_lo
+    blocks = params.scheduler.num_gpu_blocks.astype(jnp.float32)
+    kv_int = st.kv_used_s_hi + st.kv_used_s_lo
+    m["kv_occupancy_mean"] = jnp.where(
+        (busy > 0) & (blocks > 0), kv_int / jnp.where(busy > 0, busy, 1.0)
+        / jnp.maximum(blocks, 1.0), jnp.nan)
+    m["kv_occupancy_peak"] = jnp.where(
+        blocks > 0, st.kv_peak_blocks.astype(jnp.float32) / jnp.maximum(blocks, 1.0),
+        jnp.nan)
+    m["busy_s"] = busy
+    m["completed"] = n_done
+    m["num_requests"] = workload.num_requests
+    m["preemptions"] = st.preemptions_total
+    m["iterations"] = st.iterations
+    m["tokens_scheduled"] = st.tokens_total
+    m["num_gpu_blocks"] = params.scheduler.num_gpu_blocks
+
+    halted = (st.status & st_bits.HALTED_MASK) != 0
+    unfinished = (st.ptr < workload.num_requests) | (st.n_act > 0)
+    m["status"] = st.status | jnp.where(unfinished & ~halted, st_bits.TRUNCATED, 0)
+    return m

@@ -1,0 +1,254 @@
+"""Traced simulation parameters: every knob a sweep varies is a JAX array here.
+
+``SimParams`` groups the model, the hardware, the parallelism, the scheduler, the
+cost-model coefficients and the SLOs of one configuration. Every leaf is a JAX array
+(converters pin ``float32``/``int32``), so new values never recompile; a batch of
+configurations is the same structure with a leading axis ``B`` on every leaf.
+
+Host-side helpers build batches (:func:`stack`, :func:`broadcast`), take lanes
+(:func:`index`) and report sizes (:func:`num_lanes`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxsim.types import Array, Float, Int
+
+
+def as_f32(x) -> Array:
+    """Convert to a float32 array (no weak types, no float64 under x64)."""
+    return jnp.asarray(x, dtype=jnp.float32)
+
+
+def as_i32(x) -> Array:
+    """Convert to an int32 array."""
+    return jnp.asarray(x, dtype=jnp.int32)
+
+
+# --------------------------------------------------------------------------------------
+# Cost-model parameters (unconstrained storage)
+# --------------------------------------------------------------------------------------
+
+#: (name, transform, scale, default value, meaning). ``sigmoid`` parameters are
+#: efficiencies in (0, 1); ``softplus`` parameters are ``scale * softplus(u)`` > 0;
+#: ``one_plus_softplus`` is ``1 + softplus(u)`` (the smooth-max exponent).
+COST_SPEC: tuple[tuple[str, str, float, float, str], ...] = (
+    ("eta_c_gemm", "sigmoid", 1.0, 0.80, "GEMM peak compute efficiency"),
+    ("f0_gemm", "softplus", 1e9, 2e9, "GEMM compute offset, FLOPs (size at half efficiency)"),
+    ("eta_m_gemm", "sigmoid", 1.0, 0.90, "GEMM peak memory efficiency"),
+    ("b0_gemm", "softplus", 1e6, 1e6, "GEMM memory offset, bytes"),
+    ("eta_c_attn_prefill", "sigmoid", 1.0, 0.60, "prefill attention compute efficiency"),
+    ("f0_attn_prefill", "softplus", 1e9, 1e9, "prefill attention compute offset, FLOPs"),
+    ("eta_m_attn_prefill", "sigmoid", 1.0, 0.80, "prefill attention memory efficiency"),
+    ("b0_attn_prefill", "softplus", 1e6, 1e6, "prefill attention memory offset, bytes"),
+    ("eta_c_attn_decode", "sigmoid", 1.0, 0.40, "decode attention compute efficiency"),
+    ("f0_attn_decode", "softplus", 1e8, 1e8, "decode attention compute offset, FLOPs"),
+    ("eta_m_attn_decode", "sigmoid", 1.0, 0.75, "decode attention memory efficiency"),
+    ("b0_attn_decode", "softplus", 1e6, 4e6, "decode attention memory offset, bytes"),
+    ("eta_m_elem", "sigmoid", 1.0, 0.80, "elementwise / norm memory efficiency"),
+    ("b0_elem", "softplus", 1e6, 1e6, "elementwise memory offset, bytes"),
+    ("ar_latency_s", "softplus", 1e-5, 8e-6, "all-reduce latency per call, s"),
+    ("eta_ar", "sigmoid", 1.0, 0.80, "all-reduce bus-bandwidth efficiency"),
+    ("kernel_overhead_s", "softplus", 1e-6, 1e-6, "per-kernel launch overhead, s"),
+    ("cpu_iter_s", "softplus", 1e-3, 3e-4, "CPU/scheduling overhead per iteration, s"),
+    ("cpu_seq_s", "softplus", 1e-6, 2e-6, "CPU overhead per scheduled request, s"),
+    ("smooth_p", "one_plus_softplus", 1.0, 4.0, "smooth-max exponent p (>= 1)"),
+)
+COST_PARAM_NAMES: tuple[str, ...] = tuple(s[0] for s in COST_SPEC)
+COST_INDEX: dict[str, int] = {n: i for i, n in enumerate(COST_PARAM_NAMES)}
+NUM_COST_PARAMS = len(COST_SPEC)
+
+
+def _softplus_inv(y: float) -> float:
+    # log(expm1(y)), stable for large y.
+    return y + math.log(-math.expm1(-y)) if y > 20 else math.log(math.expm1(y))
+
+
+def _to_unconstrained(kind: str, scale: float, value: float) -> float:
+    if kind == "sigmoid":
+        if not 0.0 < value < 1.0:
+            raise ValueError(f"efficiency must be in (0, 1), got {value}")
+        return math.log(value / (1.0 - value))
+    if kind == "softplus":
+        if not value > 0.0:
+            raise ValueError(f"value must be > 0, got {value}")
+        return _softplus_inv(value / scale)
+    if kind == "one_plus_softplus":
+        if not value > 1.0:
+            raise ValueError(f"smooth_p must be > 1, got {value}")
+        return _softplus_inv(value - 1.0)
+    raise AssertionError(kind)
+
+
+class CostParams(eqx.Module):
+    """Cost-model coefficients, stored unconstrained.
+
+    Attributes:
+        theta: ``f32[K]`` unconstrained values in the order of ``COST_PARAM_NAMES``;
+            :meth:`values` maps them through sigmoid / softplus so every physical
+            coefficient stays in range whatever an optimiser does to ``theta``.
+    """
+
+    theta: Float[Array, " K"] = eqx.field(converter=as_f32)
+
+    @classmethod
+    def default(cls) -> CostParams:
+        """The uncalibrated defaults of ``COST_SPEC``."""
+        return cls.from_values({})
+
+    @classmethod
+    def from_values(cls, values: dict[str, float]) -> CostParams:
+        """Build from physical values; names not given take their defaults."""
+        unknown = set(values) - set(COST_PARAM_NAMES)
+        if unknown:
+            raise KeyError(f"unknown cost parameter(s) {sorted(unknown)}; "
+                           f"allowed: {', '.join(COST_PARAM_NAMES)}")
+        theta = [
+            _to_unconstrained(kind, scale, float(values.get(name, default)))
+            for name, kind, scale, default, _ in COST_SPEC
+        ]
+        return cls(theta=np.asarray(theta, np.float32))
+
+    def values(self) -> dict[str, Array]:
+        """Physical coefficient values (differentiable in ``theta``)."""
+        out = {}
+        for i, (name, kind, scale, _, _) in enumerate(COST_SPEC):
+            u = self.theta[..., i]
+            if kind == "sigmoid":
+                out[name] = jax.nn.sigmoid(u)
+            elif kind == "softplus":
+                out[name] = scale * jax.nn.softplus(u)
+            else:
+                out[name] = 1.0 + jax.nn.softplus(u)
+        return out
+
+
+# --------------------------------------------------------------------------------------
+# Model, hardware, parallelism, scheduler
+# --------------------------------------------------------------------------------------
+
+
+class ModelParams(eqx.Module):
+    """Transformer dimensions (float32 so the cost model can use them directly).
+
+    Attributes:
+        num_layers, hidden_size, num_heads, num_kv_heads, head_dim, ffn_size,
+        vocab_size: architecture (``ffn_size`` is the per-expert FFN width for MoE).
+        num_experts: routed experts per MLP (1 for a dense model).
+        experts_per_token: experts each token is routed to (1 for dense).
+        bytes_per_weight: 2 for BF16 weights, 1 for FP8.
+        bytes_per_kv: bytes per KV-cache element (2 for BF16, 1 for FP8).
+    """
+
+    num_layers: Float[Array, ""] = eqx.field(converter=as_f32)
+    hidden_size: Float[Array, ""] = eqx.field(converter=as_f32)
+    num_heads: Float[Array, ""] = eqx.field(converter=as_f32)
+    num_kv_heads: Float[Array, ""] = eqx.field(converter=as_f32)
+    head_dim: Float[Array, ""] = eqx.field(converter=as_f32)
+    ffn_size: Float[Array, ""] = eqx.field(converter=as_f32)
+    vocab_size: Float[Array, ""] = eqx.field(converter=as_f32)
+    num_experts: Float[Array, ""] = eqx.field(converter=as_f32)
+    experts_per_token: Float[Array, ""] = eqx.field(converter=as_f32)
+    bytes_per_weight: Float[Array, ""] = eqx.field(converter=as_f32)
+    bytes_per_kv: Float[Array, ""] = eqx.field(converter=as_f32)
+
+
+class HardwareParams(eqx.Module):
+    """One GPU of the serving instance.
+
+    Attributes:
+        peak_flops: dense tensor-core peak for the weight dtype, FLOP/s.
+        hbm_bw_bytes_per_s: HBM bandwidth, bytes/s.
+        link_bw_bytes_per_s: per-direction GPU-GPU bandwidth used by all-reduce, bytes/s.
+    """
+
+    peak_flops: Float[Array, ""] = eqx.field(converter=as_f32)
+    hbm_bw_bytes_per_s: Float[Array, ""] = eqx.field(converter=as_f32)
+    link_bw_bytes_per_s: Float[Array, ""] = eqx.field(converter=as_f32)
+
+
+class SchedulerParams(eqx.Module):
+    """Engine knobs (vLLM names). All int32; booleans are 0/1.
+
+    Attributes:
+        mode: 0 = vLLM v1 (running first, mixed batches), 1 = v0 (prefill-first).
+        enable_chunked_prefill: 1 to split prompts across iterations (forced 0 in v0).
+        max_num_seqs: running-request limit (must be <= SimShape.max_slots to be exact).
+        max_num_batched_tokens: token budget per iteration.
+        long_prefill_token_threshold: per-request chunk cap (0 = off).
+        block_size: tokens per KV block.
+        num_gpu_blocks: KV capacity in blocks (derived on the host from memory).
+        watermark_blocks: free blocks an admission must leave.
+        max_model_len: longest prompt + output allowed.
+        tp: tensor-parallel degree.
+    """
+
+    mode: Int[Array, ""] = eqx.field(converter=as_i32)
+    enable_chunked_prefill: Int[Array, ""] = eqx.field(converter=as_i32)
+    max_num_seqs: Int[Array, ""] = eqx.field(converter=as_i32)
+    max_num_batched_tokens: Int[Array, ""] = eqx.field(converter=as_i32)
+    long_prefill_token_threshold: Int[Array, ""] = eqx.field(converter=as_i32)
+    block_size: Int[Array, ""] = eqx.field(converter=as_i32)
+    num_gpu_blocks: Int[Array, ""] = eqx.field(converter=as_i32)
+    watermark_blocks: Int[Array, ""] = eqx.field(converter=as_i32)
+    max_model_len: Int[Array, ""] = eqx.field(converter=as_i32)
+    tp: Int[Array, ""] = eqx.field(converter=as_i32)
+
+
+class SimParams(eqx.Module):
+    """Everything traced about one configuration (or a batch: leading axis B).
+
+    Attributes:
+        model, hardware, scheduler, cost: see the classes above.
+        ttft_slo_s, tpot_slo_s: SLOs for goodput, seconds.
+        status0: int32 status bits found on the host before simulating (e.g.
+            ``INFEASIBLE`` with its reason); a lane with ``INFEASIBLE`` does nothing.
+    """
+
+    model: ModelParams
+    hardware: HardwareParams
+    scheduler: SchedulerParams
+    cost: CostParams
+    ttft_slo_s: Float[Array, ""] = eqx.field(converter=as_f32)
+    tpot_slo_s: Float[Array, ""] = eqx.field(converter=as_f32)
+    status0: Int[Array, ""] = eqx.field(converter=as_i32)
+
+
+# --------------------------------------------------------------------------------------
+# Batch helpers (host side)
+# --------------------------------------------------------------------------------------
+
+
+def stack(params: Sequence[SimParams]) -> SimParams:
+    """Stack single-configuration params into a batch with leading axis B."""
+    if not params:
+        raise ValueError("stack() needs at least one SimParams")
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *params)
+
+
+def broadcast(params: SimParams, num: int) -> SimParams:
+    """Repeat one configuration ``num`` times along a new leading axis."""
+    return jax.tree.map(lambda x: jnp.broadcast_to(x, (num, *x.shape)), params)
+
+
+def index(params: SimParams, i) -> SimParams:
+    """Lane ``i`` (an int, slice or index array) of a batch."""
+    return jax.tree.map(lambda x: x[i], params)
+
+
+def concatenate(batches: Sequence[SimParams]) -> SimParams:
+    """Concatenate batches along the lane axis."""
+    return jax.tree.map(lambda *xs: jnp.concatenate(xs), *batches)
+
+
+def num_lanes(params: SimParams) -> int:
+    """B for a batch (0-d leaves give 1: a single configuration)."""
+    leaf = params.scheduler.mode
+    return 1 if leaf.ndim == 0 else int(leaf.shape[0])

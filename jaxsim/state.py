@@ -1,0 +1,154 @@
+"""The scan carry: clock, slot table, per-request results, accumulators, status."""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax.numpy as jnp
+
+from jaxsim import status as st_bits
+from jaxsim.params import SimParams, as_f32, as_i32
+from jaxsim.shapes import SimShape
+from jaxsim.types import Array, Bool, Float, Int
+from jaxsim.workload import Workload
+
+
+def _as_bool(x) -> Array:
+    return jnp.asarray(x, dtype=jnp.bool_)
+
+
+class SimState(eqx.Module):
+    """State of one lane between iterations.
+
+    The slot table holds every admitted, unfinished request: rows ``[0, n_run)`` are the
+    ``running`` list in admission order, rows ``[n_run, n_act)`` are the preempted
+    requests at the front of the waiting queue, in queue order. The rest of the waiting
+    queue is the trace itself from row ``ptr`` on. Only slot rows and the rows of
+    finishing requests are touched per iteration, so the cost of a step does not depend
+    on R.
+
+    Attributes:
+        clock_hi, clock_lo: ``f32[]`` simulated time (hi + lo), seconds.
+        ptr: ``i32[]`` first never-admitted request (arrival order).
+        n_run: ``i32[]`` running requests.
+        n_act: ``i32[]`` running + preempted requests (occupied slots).
+        slot_req: ``i32[S]`` request index of each slot.
+        slot_prompt, slot_output: ``i32[S]`` P and O of the slot's request.
+        slot_computed: ``i32[S]`` tokens with KV in the cache (c).
+        slot_generated: ``i32[S]`` emitted output tokens (g).
+        slot_preemptions: ``i32[S]`` times the request was preempted.
+        slot_tokens: ``i32[S]`` tokens scheduled for it so far (incl. recompute).
+        slot_arrival_hi, slot_arrival_lo: ``f32[S]`` its arrival time.
+        slot_first_hi, slot_first_lo: ``f32[S]`` its first-token time (valid if g >= 1).
+        slot_queue_s: ``f32[S]`` first admission minus arrival.
+        ttft_s, e2e_s, queue_s: ``f32[R]`` per-request results (written on finish).
+        preemptions, tokens_scheduled: ``i32[R]`` per-request counts (written on finish).
+        completed: ``bool[R]`` request finished.
+        iterations: ``i32[]`` iterations that scheduled at least one token.
+        iter_limit: ``i32[]`` iteration budget; the lane stops when it is reached.
+        busy_hi, busy_lo: ``f32[]`` sum of iteration times.
+        tokens_total: ``i32[]`` scheduled tokens.
+        preemptions_total: ``i32[]``.
+        num_completed: ``i32[]``.
+        kv_used_s_hi, kv_used_s_lo: ``f32[]`` sum of used KV blocks x iteration time.
+        kv_peak_blocks: ``i32[]`` peak used KV blocks.
+        status: ``i32[]`` status bits (``jaxsim.status``).
+    """
+
+    # evolving state
+    clock_hi: Float[Array, ""] = eqx.field(converter=as_f32)
+    clock_lo: Float[Array, ""] = eqx.field(converter=as_f32)
+    ptr: Int[Array, ""] = eqx.field(converter=as_i32)
+    n_run: Int[Array, ""] = eqx.field(converter=as_i32)
+    n_act: Int[Array, ""] = eqx.field(converter=as_i32)
+    # slot table
+    slot_req: Int[Array, " S"] = eqx.field(converter=as_i32)
+    slot_prompt: Int[Array, " S"] = eqx.field(converter=as_i32)
+    slot_output: Int[Array, " S"] = eqx.field(converter=as_i32)
+    slot_computed: Int[Array, " S"] = eqx.field(converter=as_i32)
+    slot_generated: Int[Array, " S"] = eqx.field(converter=as_i32)
+    slot_preemptions: Int[Array, " S"] = eqx.field(converter=as_i32)
+    slot_tokens: Int[Array, " S"] = eqx.field(converter=as_i32)
+    slot_arrival_hi: Float[Array, " S"] = eqx.field(converter=as_f32)
+    slot_arrival_lo: Float[Array, " S"] = eqx.field(converter=as_f32)
+    slot_first_hi: Float[Array, " S"] = eqx.field(converter=as_f32)
+    slot_first_lo: Float[Array, " S"] = eqx.field(converter=as_f32)
+    slot_queue_s: Float[Array, " S"] = eqx.field(converter=as_f32)
+    # per-request results (written once, when the request finishes)
+    ttft_s: Float[Array, " R"] = eqx.field(converter=as_f32)
+    e2e_s: Float[Array, " R"] = eqx.field(converter=as_f32)
+    queue_s: Float[Array, " R"] = eqx.field(converter=as_f32)
+    preemptions: Int[Array, " R"] = eqx.field(converter=as_i32)
+    tokens_scheduled: Int[Array, " R"] = eqx.field(converter=as_i32)
+    completed: Bool[Array, " R"] = eqx.field(converter=_as_bool)
+    # accumulators
+    iterations: Int[Array, ""] = eqx.field(converter=as_i32)
+    iter_limit: Int[Array, ""] = eqx.field(converter=as_i32)
+    busy_hi: Float[Array, ""] = eqx.field(converter=as_f32)
+    busy_lo: Float[Array, ""] = eqx.field(converter=as_f32)
+    tokens_total: Int[Array, ""] = eqx.field(converter=as_i32)
+    preemptions_total: Int[Array, ""] = eqx.field(converter=as_i32)
+    num_completed: Int[Array, ""] = eqx.field(converter=as_i32)
+    kv_used_s_hi: Float[Array, ""] = eqx.field(converter=as_f32)
+    kv_used_s_lo: Float[Array, ""] = eqx.field(converter=as_f32)
+    kv_peak_blocks: Int[Array, ""] = eqx.field(converter=as_i32)
+    # status
+    status: Int[Array, ""] = eqx.field(converter=as_i32)
+
+
+def init_state(
+    shape: SimShape, params: SimParams, workload: Workload, iter_limit
+) -> SimState:
+    """The state before the first iteration (one lane; vmap it for a batch)."""
+    S, R = shape.max_slots, shape.max_requests
+    zi_s = jnp.zeros((S,), jnp.int32)
+    zf_s = jnp.zeros((S,), jnp.float32)
+    zi_r = jnp.zeros((R,), jnp.int32)
+    sp = params.scheduler
+    # Device-side guards in addition to the host checks (params built by hand).
+    no_blocks = sp.num_gpu_blocks <= 0
+    status = params.status0 | jnp.where(
+        no_blocks, st_bits.INFEASIBLE | st_bits.INF_NO_KV_MEMORY, 0
+    )
+    return SimState(
+        clock_hi=0.0,
+        clock_lo=0.0,
+        ptr=0,
+        n_run=0,
+        n_act=0,
+        slot_req=zi_s,
+        slot_prompt=zi_s,
+        slot_output=zi_s,
+        slot_computed=zi_s,
+        slot_generated=zi_s,
+        slot_preemptions=zi_s,
+        slot_tokens=zi_s,
+        slot_arrival_hi=zf_s,
+        slot_arrival_lo=zf_s,
+        slot_first_hi=zf_s,
+        slot_first_lo=zf_s,
+        slot_queue_s=zf_s,
+        ttft_s=jnp.full((R,), jnp.nan, jnp.float32),
+        e2e_s=jnp.full((R,), jnp.nan, jnp.float32),
+        queue_s=jnp.full((R,), jnp.nan, jnp.float32),
+        preemptions=zi_r,
+        tokens_scheduled=zi_r,
+        completed=jnp.zeros((R,), jnp.bool_),
+        iterations=0,
+        iter_limit=iter_limit,
+        busy_hi=0.0,
+        busy_lo=0.0,
+        tokens_total=0,
+        preemptions_total=0,
+        num_completed=0,
+        kv_used_s_hi=0.0,
+        kv_used_s_lo=0.0,
+        kv_peak_blocks=0,
+        status=status,
+    )
+
+
+def is_done(state: SimState, workload: Workload) -> Array:
+    """Lane finished (all requests done), halted by a status bit, or out of budget."""
+    finished = (state.ptr >= workload.num_requests) & (state.n_act == 0)
+    halted = (state.status & st_bits.HALTED_MASK) != 0
+    return finished | halted | (state.iterations >= state.iter_limit)

@@ -1,0 +1,272 @@
+"""One engine iteration as a fixed-shape state transition (one lane, no batch axis).
+
+Semantics (the contract; full text with the cost formula in docs/semantics.md, which the
+reference simulator in tests/reference implements independently):
+
+1. **Idle jump.** If nothing is running or preempted and the next request has not
+   arrived, the clock jumps to its arrival (no empty iterations).
+2. **Running phase** (v1). Walk ``running`` in admission order while budget remains:
+   ``q = min(n_known - c, threshold, budget)``; if its new KV blocks do not fit, preempt
+   the *last* running request (recompute: blocks freed, ``c = 0``, to the front of the
+   waiting queue), repeatedly; a request that preempts itself stops the phase.
+3. **Waiting phase** (v1, only if nothing was preempted). FCFS over preempted requests
+   then arrived requests: admit while ``running < max_num_seqs``, budget remains (the
+   whole prompt must fit without chunked prefill), and the blocks for the scheduled
+   chunk leave ``watermark_blocks`` free; the first failure stops admission.
+4. **v0** (prefill-first): admit a prefill-only batch by the rules of 3 with the full
+   budget; if nothing is admitted, run the decode batch of 2.
+5. **Iteration time** from the cost model on the batch's aggregate features.
+6. **Advance** the clock (double-float) by the iteration time.
+7. **Retire.** ``c += q``; a request whose ``c`` reaches ``P + g`` samples a token
+   (``g += 1``; the first stamps TTFT); ``g == O`` finishes it and frees its blocks.
+8. **Account** tokens, busy time, KV occupancy, preemptions.
+
+How it is vectorised: the slot table keeps ``running`` (rows ``[0, n_run)``) and the
+preempted queue front (rows ``[n_run, n_act)``) contiguous and in order, and the trace
+window ``ptr, ptr+1, ...`` is loaded into the free rows ``[n_act, S)``. Candidates for
+admission are then simply the rows ``>= n_run`` in row order, every sequential walk of
+the vLLM scheduler becomes a prefix sum, and:
+
+- the running walk with pop-from-the-end preemption keeps exactly the longest prefix
+  ``m`` of ``running`` with ``sum_{j<m} (held_j + need_j) <= num_gpu_blocks`` (the
+  victims are rows ``[m, n_run)``, which then already sit in queue order in front of the
+  older preempted rows);
+- FCFS admission is the longest prefix of candidates that all pass their checks;
+- finished requests are removed by an order-preserving compaction.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+from jaxsim import costmodel
+from jaxsim import status as st_bits
+from jaxsim.params import SimParams
+from jaxsim.shapes import SimShape
+from jaxsim.state import SimState
+from jaxsim.timeutil import dd_add, dd_le, dd_lt, dd_sub
+from jaxsim.workload import Workload
+
+MODE_V1 = 0
+MODE_V0 = 1
+
+
+def _ceil_div(a, b):
+    return (a + b - 1) // b
+
+
+def step(shape: SimShape, params: SimParams, workload: Workload, st: SimState) -> SimState:
+    """Advance one lane by one engine iteration (see the module docstring)."""
+    S, R = shape.max_slots, shape.max_requests
+    sp = params.scheduler
+    wl = workload
+    row = jnp.arange(S, dtype=jnp.int32)
+    i32 = jnp.int32
+
+    active = ((st.status & st_bits.HALTED_MASK) == 0) & (st.iterations < st.iter_limit)
+
+    # ---- 1. idle jump -------------------------------------------------------------
+    nreq = wl.num_requests
+    p0 = jnp.minimum(st.ptr, R - 1)
+    nxt_hi, nxt_lo = wl.arrival_hi[p0], wl.arrival_lo[p0]
+    idle = (
+        active
+        & (st.n_act == 0)
+        & (st.ptr < nreq)
+        & dd_lt(st.clock_hi, st.clock_lo, nxt_hi, nxt_lo)
+    )
+    clock_hi = jnp.where(idle, nxt_hi, st.clock_hi)
+    clock_lo = jnp.where(idle, nxt_lo, st.clock_lo)
+
+    # ---- load the trace window into the free rows [n_act, S) -------------------------
+    window = row >= st.n_act
+    t_idx = st.ptr + (row - st.n_act)
+    t_in = window & (t_idx < nreq)
+    t_c = jnp.clip(t_idx, 0, R - 1)
+    w_arr_hi = wl.arrival_hi[t_c]
+    w_arr_lo = wl.arrival_lo[t_c]
+    arrived = t_in & dd_le(w_arr_hi, w_arr_lo, clock_hi, clock_lo)
+    prompt = jnp.where(window, wl.prompt_tokens[t_c], st.slot_prompt)
+    output = jnp.where(window, wl.output_tokens[t_c], st.slot_output)
+    computed = jnp.where(window, 0, st.slot_computed)
+    generated = jnp.where(window, 0, st.slot_generated)
+
+    n_known = prompt + generated
+    is_v0 = sp.mode == MODE_V0
+    chunked = (sp.enable_chunked_prefill != 0) & ~is_v0
+    thr = jnp.where(chunked, sp.long_prefill_token_threshold, 0)
+    budget = sp.max_num_batched_tokens
+    bs = sp.block_size
+    total_blocks = sp.num_gpu_blocks
+
+    # ---- 2. running phase -----------------------------------------------------------
+    running = row < st.n_run
+    rem = n_known - computed
+    want = jnp.where(thr > 0, jnp.minimum(rem, thr), rem)
+    want_run = jnp.where(running & active, want, 0)
+    cum_run = jnp.cumsum(want_run)
+    got_run = jnp.clip(budget - (cum_run - want_run), 0, want_run)
+    held = jnp.where(running, _ceil_div(computed, bs), 0)
+    need_run = jnp.where(running, _ceil_div(computed + got_run, bs), 0) - held
+    keep_run = running & (jnp.cumsum(held + need_run) <= total_blocks)
+    m = jnp.sum(keep_run, dtype=i32)
+
+    # ---- 3./4. waiting phase ----------------------------------------------------------
+    cand = row >= st.n_run
+    cand_ok = cand & ((row < st.n_act) | arrived)
+    want_w = jnp.where(cand, jnp.where(thr > 0, jnp.minimum(n_known, thr), n_known), 0)
+    kept_got = jnp.sum(jnp.where(keep_run, got_run, 0))
+    b_rem = jnp.where(is_v0, budget, budget - kept_got)
+    cum_w = jnp.cumsum(want_w)
+    got_w_chunk = jnp.clip(b_rem - (cum_w - want_w), 0, want_w)
+    got_w = jnp.where(chunked, got_w_chunk, want_w)
+    ok_budget = jnp.where(chunked, got_w_chunk > 0, cum_w <= b_rem)
+    need_w = jnp.where(cand, _ceil_div(got_w, bs), 0)
+    free0 = total_blocks - jnp.sum(held)
+    free_w = jnp.where(is_v0, free0, free0 - jnp.sum(jnp.where(keep_run, need_run, 0)))
+    cum_need = jnp.cumsum(need_w)
+    ok_blocks = free_w - cum_need >= sp.watermark_blocks
+    ok_seqs = row < sp.max_num_seqs  # n_run + k < max_num_seqs with k = row - n_run
+    ok = cand_ok & ok_budget & ok_blocks & ok_seqs
+    enabled = active & (is_v0 | (m == st.n_run))
+    bad = cand & ~ok
+    admit = cand & enabled & (jnp.cumsum(bad.astype(i32)) == 0)
+    n_admit = jnp.sum(admit, dtype=i32)
+
+    prefill_batch = is_v0 & (n_admit > 0)
+    run_sched = keep_run & ~prefill_batch
+    m_eff = jnp.where(prefill_batch, st.n_run, m)
+    victim = running & (row >= m_eff)
+    got = jnp.where(run_sched, got_run, 0) + jnp.where(admit, got_w, 0)
+
+    n_pre = st.n_act - st.n_run
+    new_trace = jnp.maximum(n_admit - n_pre, 0)
+    n_run1 = m_eff + n_admit
+    n_act1 = st.n_act + new_trace
+
+    # Slot overflow: every row up to S was admitted; would the next request have been?
+    b_left = b_rem - jnp.sum(jnp.where(admit, got_w, 0))
+    free_left = free_w - jnp.sum(jnp.where(admit, need_w, 0))
+    q_idx = st.ptr + new_trace
+    q_c = jnp.minimum(q_idx, R - 1)
+    q_prompt = wl.prompt_tokens[q_c]
+    q_want = jnp.where(thr > 0, jnp.minimum(q_prompt, thr), q_prompt)
+    q_got = jnp.where(chunked, jnp.minimum(q_want, b_left), q_want)
+    q_ok = (
+        enabled
+        & (n_admit == S - st.n_run)
+        & (n_pre <= n_admit)
+        & (q_idx < nreq)
+        & dd_le(wl.arrival_hi[q_c], wl.arrival_lo[q_c], clock_hi, clock_lo)
+        & jnp.where(chunked, b_left > 0, q_want <= b_left)
+        & (free_left - _ceil_div(q_got, bs) >= sp.watermark_blocks)
+        & (n_run1 < sp.max_num_seqs)
+    )
+
+    # ---- 5. iteration time ------------------------------------------------------------
+    sched = got > 0
+    samples = sched & (computed + got == n_known)
+    is_dec = sched & (generated >= 1) & (rem == 1)
+    is_pre = sched & ~is_dec
+    got_f = got.astype(jnp.float32)
+    c_f = computed.astype(jnp.float32)
+    f32 = jnp.float32
+    feats = costmodel.BatchFeatures(
+        tokens=jnp.sum(got_f),
+        num_seqs=jnp.sum(sched, dtype=f32),
+        num_sampled=jnp.sum(samples, dtype=f32),
+        prefill_tokens=jnp.sum(jnp.where(is_pre, got_f, 0.0)),
+        prefill_pairs=jnp.sum(jnp.where(is_pre, got_f * (c_f + 0.5 * (got_f + 1.0)), 0.0)),
+        prefill_kv_tokens=jnp.sum(jnp.where(is_pre, c_f + got_f, 0.0)),
+        num_decodes=jnp.sum(is_dec, dtype=f32),
+        decode_kv_tokens=jnp.sum(jnp.where(is_dec, c_f + 1.0, 0.0)),
+    )
+    dt = costmodel.iteration_time(
+        params.model, params.hardware, sp.tp, params.cost, feats
+    )
+    finite = jnp.isfinite(dt)
+    dt = jnp.where(finite, dt, 0.0)
+
+    # ---- 6. advance -----------------------------------------------------------------
+    end_hi, end_lo = dd_add(clock_hi, clock_lo, dt)
+
+    # ---- 7. retire --------------------------------------------------------------------
+    new_row = admit & (row >= st.n_act)
+    arr_hi = jnp.where(new_row, w_arr_hi, st.slot_arrival_hi)
+    arr_lo = jnp.where(new_row, w_arr_lo, st.slot_arrival_lo)
+    req = jnp.where(new_row, t_idx, st.slot_req)
+    queue_s = jnp.where(
+        new_row, dd_sub(clock_hi, clock_lo, w_arr_hi, w_arr_lo), st.slot_queue_s
+    )
+    preempt = jnp.where(new_row, 0, st.slot_preemptions) + victim.astype(i32)
+    tokens = jnp.where(new_row, 0, st.slot_tokens) + got
+    computed1 = jnp.where(victim, 0, computed + got)
+    generated1 = generated + samples.astype(i32)
+    first = samples & (generated == 0)
+    first_hi = jnp.where(first, end_hi, jnp.where(new_row, 0.0, st.slot_first_hi))
+    first_lo = jnp.where(first, end_lo, jnp.where(new_row, 0.0, st.slot_first_lo))
+    finished = samples & (generated1 == output)
+
+    # per-request results, written at the rows of finishing requests only
+    out_idx = jnp.where(finished, req, R)  # R is out of range: dropped
+    ttft = dd_sub(first_hi, first_lo, arr_hi, arr_lo)
+    e2e = dd_sub(end_hi, end_lo, arr_hi, arr_lo)
+
+    def put(a, v):
+        return a.at[out_idx].set(v, mode="drop")
+
+    # ---- 8. account -------------------------------------------------------------------
+    in_run1 = row < n_run1
+    used_blocks = jnp.sum(jnp.where(in_run1, _ceil_div(computed1, bs), 0))
+    kv_hi, kv_lo = dd_add(st.kv_used_s_hi, st.kv_used_s_lo, used_blocks.astype(f32) * dt)
+    busy_hi, busy_lo = dd_add(st.busy_hi, st.busy_lo, dt)
+    n_fin = jnp.sum(finished, dtype=i32)
+
+    # ---- compaction: drop finished rows, keep order -----------------------------------
+    keep = (row < n_act1) & ~finished
+    dest = jnp.where(keep, jnp.cumsum(keep.astype(i32)) - 1, S)
+    src = jnp.full((S,), S - 1, i32).at[dest].set(row, mode="drop")
+
+    def compact(a):
+        return a[src]
+
+    status = st.status
+    status = status | jnp.where(q_ok, st_bits.OVERFLOW_SLOTS, 0)
+    status = status | jnp.where(finite, 0, st_bits.NONFINITE)
+
+    return SimState(
+        clock_hi=end_hi,
+        clock_lo=end_lo,
+        ptr=st.ptr + new_trace,
+        n_run=n_run1 - n_fin,
+        n_act=n_act1 - n_fin,
+        slot_req=compact(req),
+        slot_prompt=compact(prompt),
+        slot_output=compact(output),
+        slot_computed=compact(computed1),
+        slot_generated=compact(generated1),
+        slot_preemptions=compact(preempt),
+        slot_tokens=compact(tokens),
+        slot_arrival_hi=compact(arr_hi),
+        slot_arrival_lo=compact(arr_lo),
+        slot_first_hi=compact(first_hi),
+        slot_first_lo=compact(first_lo),
+        slot_queue_s=compact(queue_s),
+        ttft_s=put(st.ttft_s, ttft),
+        e2e_s=put(st.e2e_s, e2e),
+        queue_s=put(st.queue_s, queue_s),
+        preemptions=put(st.preemptions, preempt),
+        tokens_scheduled=put(st.tokens_scheduled, tokens),
+        completed=put(st.completed, True),
+        iterations=st.iterations + (feats.tokens > 0).astype(i32),
+        iter_limit=st.iter_limit,
+        busy_hi=busy_hi,
+        busy_lo=busy_lo,
+        tokens_total=st.tokens_total + jnp.sum(got),
+        preemptions_total=st.preemptions_total + jnp.sum(victim, dtype=i32),
+        num_completed=st.num_completed + n_fin,
+        kv_used_s_hi=kv_hi,
+        kv_used_s_lo=kv_lo,
+        kv_peak_blocks=jnp.maximum(st.kv_peak_blocks, used_blocks),
+        status=status,
+    )

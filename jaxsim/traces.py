@@ -1,0 +1,182 @@
+"""Loaders for real request traces; bad rows raise ``TraceError`` naming file, row, column.
+
+Formats:
+
+- ``azure``: Azure LLM inference trace 2023 CSV (``TIMESTAMP,ContextTokens,
+  GeneratedTokens``; timestamps ``YYYY-MM-DD HH:MM:SS.fffffff``). Arrivals are made
+  relative to the first row.
+- ``mooncake``: Mooncake FAST'25 JSONL (``timestamp`` in ms, ``input_length``,
+  ``output_length``, ``hash_ids``).
+- ``csv``: plain CSV with header ``arrival_s,prompt_tokens,output_tokens``.
+
+Bundled subsets (see ``jaxsim/data/traces/README.md`` for sources and licenses) are
+available by name through :func:`bundled`.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from importlib import resources
+
+import numpy as np
+
+from jaxsim.workload import Trace
+
+
+class TraceError(ValueError):
+    """A trace file that cannot be used; the message names file, row and column."""
+
+
+def _int_cell(path, row, col, raw):
+    try:
+        v = float(raw)
+    except (TypeError, ValueError):
+        raise TraceError(f"{path}: row {row}, column {col}: {raw!r} is not a number") from None
+    if not math.isfinite(v) or v != int(v):
+        raise TraceError(f"{path}: row {row}, column {col}: {raw!r} is not a whole number")
+    if v < 1:
+        raise TraceError(f"{path}: row {row}, column {col}: {raw!r} must be >= 1 token")
+    return int(v)
+
+
+def _float_cell(path, row, col, raw):
+    try:
+        v = float(raw)
+    except (TypeError, ValueError):
+        raise TraceError(f"{path}: row {row}, column {col}: {raw!r} is not a number") from None
+    if not math.isfinite(v) or v < 0:
+        raise TraceError(f"{path}: row {row}, column {col}: {raw!r} must be a finite "
+                         "number >= 0")
+    return v
+
+
+def _open(path):
+    if not os.path.exists(path):
+        raise TraceError(f"{path}: no such file")
+    if os.path.isdir(path):
+        raise TraceError(f"{path}: is a directory, expected a trace file")
+    return open(path, newline="")
+
+
+def _read_csv(path, columns):
+    with _open(path) as f:
+        reader = csv.DictReader(f)
+        header = reader.fieldnames or []
+        missing = [c for c in columns if c not in header]
+        if missing:
+            raise TraceError(f"{path}: missing column(s) {', '.join(missing)} "
+                             f"(header is {','.join(header) or 'empty'}; expected "
+                             f"{','.join(columns)})")
+        rows = list(reader)
+    if not rows:
+        raise TraceError(f"{path}: no data rows")
+    return rows
+
+
+def load_azure(path: str) -> Trace:
+    """Azure LLM inference trace 2023 CSV."""
+    cols = ("TIMESTAMP", "ContextTokens", "GeneratedTokens")
+    rows = _read_csv(path, cols)
+    times = np.empty(len(rows), np.float64)
+    prompt = np.empty(len(rows), np.int64)
+    output = np.empty(len(rows), np.int64)
+    base = None
+    for i, r in enumerate(rows):
+        line = i + 2  # 1-based, after the header
+        raw = (r["TIMESTAMP"] or "").strip()
+        try:
+            t = np.datetime64(raw.replace(" ", "T"), "ns")
+        except ValueError:
+            raise TraceError(f"{path}: row {line}, column TIMESTAMP: {raw!r} is not a "
+                             "timestamp (YYYY-MM-DD HH:MM:SS.fffffff)") from None
+        if np.isnat(t):
+            raise TraceError(f"{path}: row {line}, column TIMESTAMP: {raw!r} is not a "
+                             "timestamp")
+        if base is None:
+            base = t
+        times[i] = (t - base) / np.timedelta64(1, "ns") * 1e-9
+        prompt[i] = _int_cell(path, line, "ContextTokens", r["ContextTokens"])
+        output[i] = _int_cell(path, line, "GeneratedTokens", r["GeneratedTokens"])
+    times -= times.min()
+    return Trace(times, prompt, output, name=os.path.basename(path))
+
+
+def load_csv(path: str) -> Trace:
+    """Plain CSV: ``arrival_s,prompt_tokens,output_tokens``."""
+    cols = ("arrival_s", "prompt_tokens", "output_tokens")
+    rows = _read_csv(path, cols)
+    n = len(rows)
+    a = np.empty(n)
+    p = np.empty(n, np.int64)
+    o = np.empty(n, np.int64)
+    for i, r in enumerate(rows):
+        line = i + 2
+        a[i] = _float_cell(path, line, "arrival_s", r["arrival_s"])
+        p[i] = _int_cell(path, line, "prompt_tokens", r["prompt_tokens"])
+        o[i] = _int_cell(path, line, "output_tokens", r["output_tokens"])
+    return Trace(a, p, o, name=os.path.basename(path))
+
+
+def load_mooncake(path: str, with_hashes: bool = False):
+    """Mooncake JSONL. With ``with_hashes`` also returns the per-request ``hash_ids``."""
+    a, p, o, hashes = [], [], [], []
+    with _open(path) as f:
+        for i, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                raise TraceError(f"{path}: row {i}: not valid JSON") from None
+            if not isinstance(rec, dict):
+                raise TraceError(f"{path}: row {i}: expected a JSON object")
+            for key in ("timestamp", "input_length", "output_length"):
+                if key not in rec:
+                    raise TraceError(f"{path}: row {i}, column {key}: missing")
+            a.append(_float_cell(path, i, "timestamp", rec["timestamp"]) / 1000.0)
+            p.append(_int_cell(path, i, "input_length", rec["input_length"]))
+            o.append(_int_cell(path, i, "output_length", rec["output_length"]))
+            hashes.append(rec.get("hash_ids", []))
+    if not a:
+        raise TraceError(f"{path}: no data rows")
+    tr = Trace(np.asarray(a), np.asarray(p), np.asarray(o), name=os.path.basename(path))
+    return (tr, hashes) if with_hashes else tr
+
+
+LOADERS = {"azure": load_azure, "mooncake": load_mooncake, "csv": load_csv}
+
+
+def load(path: str, fmt: str) -> Trace:
+    """Load a trace file in format ``fmt`` (``azure``, ``mooncake``, ``csv``)."""
+    if fmt not in LOADERS:
+        raise TraceError(f"workload.format: {fmt!r} is not one of {', '.join(LOADERS)}")
+    if isinstance(path, str) and path.startswith("bundled:"):
+        path = bundled_path(path.split(":", 1)[1])
+    return LOADERS[fmt](path)
+
+
+BUNDLED = {
+    "azure_conv": ("azure_llm_2023/AzureLLMInferenceTrace_conv.csv", "azure"),
+    "azure_code": ("azure_llm_2023/AzureLLMInferenceTrace_code.csv", "azure"),
+    "mooncake_conversation_2k": ("mooncake_fast25/conversation_trace_head2000.jsonl",
+                                 "mooncake"),
+}
+
+
+def bundled_path(name: str) -> str:
+    """Filesystem path of a bundled trace (``workload.path: bundled:<name>``)."""
+    if name not in BUNDLED:
+        raise TraceError(f"bundled:{name}: unknown bundled trace; allowed: "
+                         f"{', '.join('bundled:' + k for k in BUNDLED)}")
+    return str(resources.files("jaxsim").joinpath("data/traces", BUNDLED[name][0]))
+
+
+def bundled(name: str) -> Trace:
+    """Load a bundled trace by name (see ``BUNDLED``)."""
+    rel, fmt = BUNDLED[name] if name in BUNDLED else (None, None)
+    if rel is None:
+        bundled_path(name)  # raises with the allowed names
+    return LOADERS[fmt](bundled_path(name))
