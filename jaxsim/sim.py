@@ -22,7 +22,7 @@ from jaxsim import metrics as metrics_mod
 from jaxsim import status as st_bits
 from jaxsim.params import SimParams, num_lanes
 from jaxsim.shapes import SimShape
-from jaxsim.state import SimState, init_state, is_done
+from jaxsim.state import SimState, flush_in_flight, init_state, is_done
 from jaxsim.step import step
 from jaxsim.workload import Workload
 
@@ -62,10 +62,12 @@ def _init_batch(shape, params, workload, iter_limit, wl_batched: bool):
 
 
 @functools.partial(jax.jit, static_argnames=("wl_batched",))
-def _metrics_batch(params, workload, state, wl_batched: bool):
-    return jax.vmap(metrics_mod.compute_metrics, in_axes=(0, 0 if wl_batched else None, 0))(
+def _finish_batch(params, workload, state, wl_batched: bool):
+    state = jax.vmap(flush_in_flight)(state)
+    m = jax.vmap(metrics_mod.compute_metrics, in_axes=(0, 0 if wl_batched else None, 0))(
         params, workload, state
     )
+    return state, m
 
 
 @dataclasses.dataclass
@@ -141,7 +143,7 @@ def simulate_batch(
         iters += shape.chunk_iterations
         if bool(all_done):
             break
-    m = _metrics_batch(params, workload, state, wl_batched)
+    state, m = _finish_batch(params, workload, state, wl_batched)
     metrics = {k: np.asarray(v) for k, v in m.items()}
     status = metrics["status"].astype(np.int32)
     result = SimResult(metrics=metrics, state=state, status=status, iterations_run=iters,

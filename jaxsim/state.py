@@ -152,3 +152,21 @@ def is_done(state: SimState, workload: Workload) -> Array:
     finished = (state.ptr >= workload.num_requests) & (state.n_act == 0)
     halted = (state.status & st_bits.HALTED_MASK) != 0
     return finished | halted | (state.iterations >= state.iter_limit)
+
+
+def flush_in_flight(state: SimState) -> SimState:
+    """Write the counts of unfinished (running or preempted) requests into the request
+    table, so a truncated lane still reports every request's preemptions and scheduled
+    tokens. Finished requests were written when they finished."""
+    S = state.slot_req.shape[0]
+    R = state.preemptions.shape[0]
+    live = jnp.arange(S) < state.n_act
+    idx = jnp.where(live, state.slot_req, R)
+    return eqx.tree_at(
+        lambda s: (s.preemptions, s.tokens_scheduled),
+        state,
+        (
+            state.preemptions.at[idx].set(state.slot_preemptions, mode="drop"),
+            state.tokens_scheduled.at[idx].set(state.slot_tokens, mode="drop"),
+        ),
+    )

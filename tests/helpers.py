@@ -1,0 +1,55 @@
+"""Shared helpers for the tests: building lanes and converting them for the oracle."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+
+from jaxsim import config as config_mod
+from jaxsim import params as P
+from jaxsim.workload import Trace
+
+SCHED_INT_FIELDS = (
+    "max_num_seqs", "max_num_batched_tokens", "long_prefill_token_threshold",
+    "block_size", "num_gpu_blocks", "watermark_blocks", "max_model_len", "tp",
+)
+MODEL_FIELDS = (
+    "num_layers", "hidden_size", "num_heads", "num_kv_heads", "head_dim", "ffn_size",
+    "vocab_size", "num_experts", "experts_per_token", "bytes_per_weight", "bytes_per_kv",
+)
+
+
+def lane_params(cfg: dict, trace: Trace) -> P.SimParams:
+    """SimParams (no lane axis) for one partial configuration dict and a trace."""
+    full = config_mod.validate(cfg)
+    cols = config_mod.columns_from_configs([full])
+    params, _ = config_mod.params_from_columns(cols, trace.max_len())
+    return P.index(params, 0)
+
+
+def oracle_config(params: P.SimParams) -> dict:
+    """Flat oracle configuration of one lane, with the exact float32 values JAX uses."""
+    sp = params.scheduler
+    cfg = {k: int(getattr(sp, k)) for k in SCHED_INT_FIELDS}
+    cfg["mode"] = "v0" if int(sp.mode) == 1 else "v1"
+    cfg["enable_chunked_prefill"] = bool(int(sp.enable_chunked_prefill))
+    for k in MODEL_FIELDS:
+        v = float(getattr(params.model, k))
+        cfg[k] = int(v) if k not in ("bytes_per_weight", "bytes_per_kv") else v
+    cfg["peak_flops"] = float(params.hardware.peak_flops)
+    cfg["hbm_bw"] = float(params.hardware.hbm_bw_bytes_per_s)
+    cfg["link_bw"] = float(params.hardware.link_bw_bytes_per_s)
+    values = jax.jit(lambda c: c.values())(params.cost)
+    for k, v in values.items():
+        cfg[k] = float(v)
+    cfg["ttft_slo_s"] = float(params.ttft_slo_s)
+    cfg["tpot_slo_s"] = float(params.tpot_slo_s)
+    return cfg
+
+
+def oracle_workload(trace: Trace) -> dict:
+    return {
+        "arrival_s": np.asarray(trace.arrival_s, np.float64),
+        "prompt_tokens": np.asarray(trace.prompt_tokens),
+        "output_tokens": np.asarray(trace.output_tokens),
+    }
