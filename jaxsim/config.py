@@ -324,6 +324,8 @@ def build_trace(cfg: Mapping) -> Trace:
         )
     except ConfigError:
         raise
+    except traces.TraceError as e:
+        raise ConfigError(f"workload.path: {e}") from None
     except ValueError as e:
         raise ConfigError(str(e)) from None
 

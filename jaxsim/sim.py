@@ -144,7 +144,7 @@ def simulate_batch(
         if bool(all_done):
             break
     state, m = _finish_batch(params, workload, state, wl_batched)
-    metrics = {k: np.asarray(v) for k, v in m.items()}
+    metrics = {k: np.array(v) for k, v in m.items()}
     status = metrics["status"].astype(np.int32)
     result = SimResult(metrics=metrics, state=state, status=status, iterations_run=iters,
                        wall_s=time.perf_counter() - t0)
@@ -194,3 +194,23 @@ def simulate(
         raise ValueError("simulate() takes one configuration; use simulate_batch()")
     batched = jax.tree.map(lambda x: x[None], params)
     return simulate_batch(shape, batched, workload, max_iterations=max_iterations)
+
+
+def run_fixed(
+    shape: SimShape, params: SimParams, workload: Workload, num_iterations: int
+) -> tuple[SimState, dict]:
+    """Run one lane for exactly ``num_iterations`` iterations; pure and differentiable.
+
+    No host loop and no jit: wrap it in ``jax.jit`` / ``jax.grad`` / ``jax.vmap`` as
+    needed (``num_iterations`` must be static). Gradients flow through iteration times
+    into every float parameter (cost coefficients, hardware figures); scheduling
+    decisions are discrete and contribute none.
+    """
+    state = init_state(shape, params, workload, jnp.int32(num_iterations))
+
+    def body(s, _):
+        return step(shape, params, workload, s), None
+
+    state, _ = jax.lax.scan(body, state, None, length=num_iterations)
+    state = flush_in_flight(state)
+    return state, metrics_mod.compute_metrics(params, workload, state)

@@ -1,0 +1,173 @@
+"""The core benchmark (``jaxsim bench``; ``benchmarks/bench_core.py`` adds the reference).
+
+Scenario: Llama-3.1-8B on one H100-SXM, Poisson 10 req/s, 512 prompt / 256 output
+tokens, 1000 requests, max_num_seqs 256, max_num_batched_tokens 2048, block 16,
+gpu_memory_utilization 0.9. Measures compile time, wall time and simulated
+config-requests per second for a batch of 1 and of 1024 configurations, the time of one
+batched iteration with 1k and 100k requests in the trace, and memory per lane.
+
+Lanes of a batch are independent copies of the scenario (each lane does all the work).
+The slot table has S = 64 rows: a lane whose admission that limits is flagged
+``OVERFLOW_SLOTS`` and re-run with a larger S, so the figures are for exact results.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+SCENARIO = {
+    "model": "Llama-3.1-8B",
+    "gpu": "H100-SXM",
+    "tp": 1,
+    "max_num_seqs": 256,
+    "max_num_batched_tokens": 2048,
+    "block_size": 16,
+    "gpu_memory_utilization": 0.9,
+}
+RATE = 10.0
+PROMPT, OUTPUT = 512, 256
+SLOTS = 64
+CHUNK = 1024
+
+
+def machine() -> dict:
+    """Where the benchmark ran."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    dev = jax.devices()[0]
+    return {
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "jax": jax.__version__,
+        "backend": jax.default_backend(),
+        "device": getattr(dev, "device_kind", str(dev)),
+        "num_devices": jax.device_count(),
+    }
+
+
+def _prepare(num_requests: int, batch: int):
+    from jaxsim import api
+    from jaxsim import params as P
+    from jaxsim.workload import synthetic
+
+    trace = synthetic("poisson", num_requests, PROMPT, OUTPUT, rate=RATE, seed=0)
+    prep = api.prepare(SCENARIO, trace, max_slots=SLOTS, chunk_iterations=CHUNK)
+    params = P.broadcast(P.index(prep.params, 0), batch)
+    return prep, params
+
+
+def _bytes_per_lane(shape, params, workload) -> int:
+    from jaxsim import sim
+
+    state = jax.eval_shape(lambda p, w: sim._init_batch(shape, p, w, jnp.int32(1), False),
+                           params, workload)
+    b = params.scheduler.mode.shape[0]
+    leaves = jax.tree.leaves(state) + jax.tree.leaves(params)
+    return int(sum(np.prod(x.shape) * x.dtype.itemsize for x in leaves) // b)
+
+
+def _simulate(batch: int, verbose: bool) -> dict:
+    from jaxsim import sim
+    from jaxsim import status as st_bits
+
+    prep, params = _prepare(1000, batch)
+    shape, wl = prep.shape, prep.workload
+    # compile time, measured ahead of time
+    state0 = sim._init_batch(shape, params, wl, jnp.int32(10**6), False)
+    t0 = time.perf_counter()
+    sim._run_chunk_batch.lower(shape, params, wl, state0, False).compile()
+    compile_s = time.perf_counter() - t0
+    sim.simulate_batch(shape, params, wl, auto_slots=True)  # warm every cache
+    t0 = time.perf_counter()
+    res = sim.simulate_batch(shape, params, wl, auto_slots=True)
+    wall = time.perf_counter() - t0
+    bad = int(np.sum(res.status != 0))
+    out = {
+        "batch": batch,
+        "wall_s": wall,
+        "compile_s": compile_s,
+        "config_requests_per_s": batch * 1000 / wall,
+        "iterations_run": res.iterations_run,
+        "iterations_per_lane": float(np.mean(res.metrics["iterations"])),
+        "lanes_not_ok": bad,
+        "status": sorted({st_bits.describe(int(s)) for s in res.status}),
+        "ttft_p50_s": float(res.metrics["ttft_p50_s"][0]),
+        "tpot_p50_s": float(res.metrics["tpot_p50_s"][0]),
+        "bytes_per_lane": _bytes_per_lane(shape, params, wl),
+    }
+    if verbose:
+        print(f"  B={batch:<5} wall {wall:8.2f} s  compile {compile_s:5.2f} s  "
+              f"{out['config_requests_per_s']:>10,.0f} config-requests/s  "
+              f"({out['iterations_per_lane']:.0f} iterations/lane, status {out['status']})",
+              flush=True)
+    return out
+
+
+def _iteration_time(num_requests: int, batch: int, chunks: int = 3) -> float:
+    from jaxsim import sim
+
+    prep, params = _prepare(num_requests, batch)
+    shape, wl = prep.shape, prep.workload
+    state = sim._init_batch(shape, params, wl, jnp.int32(2**31 - 1), False)
+    state, _, _ = sim._run_chunk_batch(shape, params, wl, state, False)  # compile + warm
+    jax.block_until_ready(state)
+    t0 = time.perf_counter()
+    for _ in range(chunks):
+        state, _, _ = sim._run_chunk_batch(shape, params, wl, state, False)
+    jax.block_until_ready(state)
+    return (time.perf_counter() - t0) / (chunks * shape.chunk_iterations)
+
+
+def run(quick: bool = False, verbose: bool = True) -> dict:
+    """Run the benchmark; returns a flat dict (``jaxsim bench --json`` prints it)."""
+    big = 128 if quick else 1024
+    iter_batch = 16 if quick else 128
+    if verbose:
+        print("jaxsim core benchmark: Llama-3.1-8B, H100-SXM, TP1, Poisson 10 req/s, "
+              "512/256 tokens, 1000 requests, max_num_seqs 256, max_num_batched_tokens "
+              f"2048, block 16, util 0.9 (slot table S={SLOTS})", flush=True)
+    b1 = _simulate(1, verbose)
+    bb = _simulate(big, verbose)
+    it_1k = _iteration_time(1000, iter_batch)
+    it_100k = _iteration_time(100_000, iter_batch)
+    result = {
+        "config_requests_per_s_b1": b1["config_requests_per_s"],
+        f"config_requests_per_s_b{big}": bb["config_requests_per_s"],
+        "wall_s_b1": b1["wall_s"],
+        f"wall_s_b{big}": bb["wall_s"],
+        "compile_s": bb["compile_s"],
+        "compile_s_b1": b1["compile_s"],
+        "iteration_s_1k_requests": it_1k,
+        "iteration_s_100k_requests": it_100k,
+        "iteration_batch": iter_batch,
+        "iteration_ratio_100k_over_1k": it_100k / it_1k,
+        "speedup_b1024_over_b1" if not quick else f"speedup_b{big}_over_b1":
+            bb["config_requests_per_s"] / b1["config_requests_per_s"],
+        "bytes_per_lane": bb["bytes_per_lane"],
+        "iterations_per_lane": bb["iterations_per_lane"],
+        "lanes_not_ok": b1["lanes_not_ok"] + bb["lanes_not_ok"],
+        "slots": SLOTS,
+        "machine": machine(),
+    }
+    if verbose:
+        print(f"  iteration time (B={iter_batch}): {it_1k * 1e6:.1f} us with 1k requests, "
+              f"{it_100k * 1e6:.1f} us with 100k requests "
+              f"(ratio {it_100k / it_1k:.2f})")
+        print(f"  memory per lane: {bb['bytes_per_lane'] / 1024:.1f} KiB; speedup of "
+              f"B={big} over B=1: {bb['config_requests_per_s'] / b1['config_requests_per_s']:.0f}x")
+    return result

@@ -1,0 +1,139 @@
+"""Command-line interface: ``jaxsim simulate | presets | demo | bench``.
+
+Every bad input (YAML key or value, ``--set``, trace file) ends in one line on stderr,
+``jaxsim: error: <field>: <value> <what is allowed>``, and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+
+EXIT_USAGE = 2
+
+#: Keys ``jaxsim simulate --json`` always prints (plus every other metric).
+JSON_KEYS = (
+    "ttft_mean_s", "ttft_p50_s", "ttft_p99_s", "tpot_mean_s", "tpot_p50_s", "tpot_p99_s",
+    "e2e_mean_s", "e2e_p50_s", "e2e_p99_s", "throughput_rps", "output_tps", "preemptions",
+    "completed", "status",
+)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        self.exit(EXIT_USAGE, f"jaxsim: error: {message}\n")
+
+
+def _fail(msg: str) -> int:
+    print(f"jaxsim: error: {msg}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def _jsonable(v):
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
+
+
+def cmd_simulate(args) -> int:
+    from jaxsim import api, config, traces
+
+    try:
+        cfg = config.load(args.config, args.set or [])
+        trace = config.build_trace(cfg)
+    except (config.ConfigError, traces.TraceError) as e:
+        return _fail(str(e))
+    seqs = cfg["max_num_seqs"]
+    slots = cfg["max_slots"] or min(seqs, 128)
+    prep = api.prepare(cfg, trace, max_slots=slots)
+    from jaxsim.sim import simulate_batch
+
+    res = simulate_batch(prep.shape, prep.params, prep.workload,
+                         max_iterations=cfg["max_iterations"], auto_slots=True)
+    out = res.lane(0)
+    out["status_bits"] = int(res.status[0])
+    for k in ("weights_gb", "kv_gb", "num_gpu_blocks", "max_model_len"):
+        v = prep.info[k][0]
+        out[k] = float(v) if k.endswith("gb") else int(v)
+    out["model"], out["gpu"], out["tp"] = cfg["model"], cfg["gpu"], cfg["tp"]
+    out["scheduler"] = cfg["scheduler"]
+    out["workload"] = trace.name
+    out["num_requests"] = len(trace)
+    out["wall_s"] = res.wall_s
+    if args.json:
+        print(json.dumps({k: _jsonable(v) for k, v in out.items()}))
+        return 0
+    print(f"jaxsim: {cfg['model']} on {cfg['tp']}x {cfg['gpu']}, scheduler {cfg['scheduler']}, "
+          f"{len(trace)} requests ({trace.name})")
+    print(f"  KV cache: {out['num_gpu_blocks']} blocks of {cfg['block_size']} tokens "
+          f"({out['kv_gb']:.1f} GB); weights {out['weights_gb']:.1f} GB per GPU; "
+          f"max_model_len {out['max_model_len']}")
+    print(f"  status: {out['status']}   completed {out['completed']}/{len(trace)}   "
+          f"preemptions {out['preemptions']}   iterations {out['iterations']}")
+    rows = [("TTFT", "ttft"), ("TPOT", "tpot"), ("E2E", "e2e"), ("queueing", "queue")]
+    print(f"  {'latency (ms)':<14}{'mean':>10}{'p50':>10}{'p90':>10}{'p99':>10}")
+    for label, key in rows:
+        vals = [out[f"{key}_{s}_s"] * 1e3 for s in ("mean", "p50", "p90", "p99")]
+        print(f"  {label:<14}" + "".join(f"{v:>10.2f}" for v in vals))
+    print(f"  throughput {out['throughput_rps']:.3f} req/s, input {out['input_tps']:.1f} tok/s, "
+          f"output {out['output_tps']:.1f} tok/s; goodput {out['goodput_rps']:.3f} req/s "
+          f"(TTFT <= {cfg['slo']['ttft_s']} s, TPOT <= {cfg['slo']['tpot_s']} s)")
+    print(f"  KV occupancy mean {out['kv_occupancy_mean']:.3f}, peak "
+          f"{out['kv_occupancy_peak']:.3f}; simulated in {res.wall_s:.2f} s")
+    return 0
+
+
+def cmd_presets(args) -> int:
+    from jaxsim import presets
+
+    print(presets.table())
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from jaxsim import demo
+
+    return demo.main(out_dir=args.out, num_requests=args.num_requests, quiet=False)
+
+
+def cmd_bench(args) -> int:
+    from jaxsim import bench
+
+    result = bench.run(quick=args.quick, verbose=not args.json)
+    if args.json:
+        print(json.dumps({k: _jsonable(v) for k, v in result.items()}))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="jaxsim", description="Vectorised LLM-serving simulator.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    s = sub.add_parser("simulate", help="simulate one configuration and print its metrics")
+    s.add_argument("config", nargs="?", help="YAML configuration file (optional)")
+    s.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a key, e.g. --set max_num_seqs=64 --set workload.rate=5")
+    s.add_argument("--json", action="store_true", help="print one JSON object")
+    s.set_defaults(func=cmd_simulate)
+    pr = sub.add_parser("presets", help="list model and GPU presets with their sources")
+    pr.set_defaults(func=cmd_presets)
+    d = sub.add_parser("demo", help="sweep >= 1024 configurations on a real trace")
+    d.add_argument("--out", default="demo_out", help="output folder (table + plot)")
+    d.add_argument("--num-requests", type=int, default=300,
+                   help="requests taken from the bundled Azure conversation trace")
+    d.set_defaults(func=cmd_demo)
+    b = sub.add_parser("bench", help="run the core benchmark")
+    b.add_argument("--json", action="store_true", help="print one JSON object")
+    b.add_argument("--quick", action="store_true", help="smaller batches (smoke test)")
+    b.set_defaults(func=cmd_bench)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,300 @@
+"""Hand-worked scenarios, one per scheduling rule of docs/semantics.md §2.
+
+Each test builds a tiny workload, steps the JAX simulator iteration by iteration and
+checks the state against numbers worked out by hand in the comments.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxsim import params as P
+from jaxsim import simulate_batch
+from jaxsim import status as st_bits
+from jaxsim.shapes import SimShape
+from jaxsim.state import init_state
+from jaxsim.step import step
+from jaxsim.workload import Trace, to_workload
+from tests.helpers import lane_params
+
+BASE = {"max_num_batched_tokens": 64, "max_num_seqs": 8, "block_size": 4,
+        "num_gpu_blocks": 1000}
+
+
+def lane(cfg: dict, trace: Trace):
+    return lane_params({**BASE, **cfg}, trace)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _step(shape, params, wl, st):
+    return step(shape, params, wl, st)
+
+
+def steps(cfg: dict, trace: Trace, n: int, slots: int = 8) -> list:
+    """States after each of n iterations (index 0 = initial state)."""
+    params = lane(cfg, trace)
+    shape = SimShape(max_requests=len(trace), max_slots=slots)
+    wl = to_workload(trace)
+    st = init_state(shape, params, wl, jnp.int32(10**6))
+    out = [st]
+    for _ in range(n):
+        st = _step(shape, params, wl, st)
+        out.append(st)
+    return out
+
+
+def run(cfg: dict, trace: Trace, slots: int = 8, **kw):
+    params = P.stack([lane(cfg, trace)])
+    shape = SimShape(max_requests=len(trace), max_slots=slots, chunk_iterations=64)
+    return simulate_batch(shape, params, to_workload(trace), **kw)
+
+
+def slot(st, name, n=None):
+    a = np.asarray(getattr(st, name))
+    return a if n is None else a[:n]
+
+
+def clock(st) -> float:
+    return float(st.clock_hi) + float(st.clock_lo)
+
+
+def test_step__prefill_then_decode():
+    # One request, P=10, O=3: iteration 1 computes the 10 prompt tokens and samples the
+    # first output token (TTFT = dt1); iterations 2 and 3 decode one token each.
+    tr = Trace([0.0], [10], [3])
+    s = steps({}, tr, 4)
+    assert slot(s[1], "slot_computed", 1).tolist() == [10]
+    assert slot(s[1], "slot_generated", 1).tolist() == [1]
+    assert slot(s[2], "slot_computed", 1).tolist() == [11]
+    assert int(s[3].num_completed) == 1 and int(s[3].n_act) == 0
+    dt = [clock(s[i + 1]) - clock(s[i]) for i in range(3)]
+    assert float(s[3].ttft_s[0]) == pytest.approx(dt[0], rel=1e-6)
+    assert float(s[3].e2e_s[0]) == pytest.approx(sum(dt), rel=1e-6)
+    assert int(s[3].tokens_scheduled[0]) == 12  # P + O - 1
+    assert int(s[4].iterations) == 3  # nothing left: no 4th iteration
+    assert clock(s[4]) == clock(s[3])
+
+
+def test_step__chunked_prefill_splits_prompt_by_budget():
+    # P=100 with a 32-token budget: chunks of 32, 32, 32, 4; the 4th samples token 1.
+    tr = Trace([0.0], [100], [2])
+    s = steps({"max_num_batched_tokens": 32}, tr, 4)
+    assert [int(slot(x, "slot_computed", 1)[0]) for x in s[1:5]] == [32, 64, 96, 100]
+    assert [int(slot(x, "slot_generated", 1)[0]) for x in s[1:5]] == [0, 0, 0, 1]
+
+
+def test_step__running_first_then_waiting_gets_the_rest():
+    # Budget 16. A (P=8, O=5) and B (P=50, O=2) arrive together.
+    # it1: A gets 8 (prefill done, g=1), B gets the remaining 8.
+    # it2, it3: A decodes 1, B gets 15 -> c_B = 23, 38.
+    # it4: A decodes, B gets 12 -> c_B = 50 = P: B samples its first token.
+    # it5: A decodes its 5th token and B its 2nd: both finish.
+    tr = Trace([0.0, 0.0], [8, 50], [5, 2])
+    s = steps({"max_num_batched_tokens": 16}, tr, 5)
+    assert slot(s[1], "slot_computed", 2).tolist() == [8, 8]
+    assert slot(s[2], "slot_computed", 2).tolist() == [9, 23]
+    assert slot(s[3], "slot_computed", 2).tolist() == [10, 38]
+    assert slot(s[4], "slot_computed", 2).tolist() == [11, 50]
+    assert slot(s[4], "slot_generated", 2).tolist() == [4, 1]
+    assert int(s[5].num_completed) == 2
+
+
+def test_step__fcfs_admission_does_not_skip_ahead():
+    # No chunking, budget 64: R0 (40) fits; R1 (40) does not fit the remaining 24, and
+    # R2 (10) would, but admission stops at R1.
+    tr = Trace([0.0, 0.0, 0.0], [40, 40, 10], [2, 2, 2])
+    s = steps({"enable_chunked_prefill": False}, tr, 1)
+    assert int(s[1].n_run) == 1 and int(s[1].ptr) == 1
+    assert slot(s[1], "slot_req", 1).tolist() == [0]
+
+
+def test_step__arrival_ties_keep_file_order():
+    # Same arrival time: the earlier row of the input is admitted first.
+    tr = Trace([0.5, 0.5, 0.1], [30, 30, 30], [2, 2, 2])
+    res = run({"max_num_seqs": 1}, tr)
+    ttft = np.asarray(res.state.ttft_s[0])  # arrival order: rows 2, 0, 1
+    e2e = np.asarray(res.state.e2e_s[0])
+    finish = np.array([0.1, 0.5, 0.5]) + e2e
+    assert finish[0] < finish[1] < finish[2]
+    assert np.all(np.isfinite(ttft))
+
+
+def test_step__max_num_seqs_limits_running():
+    tr = Trace([0.0] * 3, [4, 4, 4], [5, 5, 5])
+    s = steps({"max_num_seqs": 2}, tr, 1)
+    assert int(s[1].n_run) == 2 and int(s[1].ptr) == 2
+
+
+def test_step__long_prefill_threshold_caps_chunks():
+    tr = Trace([0.0], [20], [2])
+    s = steps({"long_prefill_token_threshold": 8}, tr, 3)
+    assert [int(slot(x, "slot_computed", 1)[0]) for x in s[1:4]] == [8, 16, 20]
+
+
+def test_step__preempts_last_admitted_and_recomputes():
+    # block_size 4, 6 blocks (24 tokens). R0, R1: P=8, O=10, both at t=0.
+    # it1: both prefill (2 blocks each; free 2), g=1.  it2: both need a 3rd block
+    # (free 0).  it3-5: no new block.  it6: R0 needs a 4th block, none free: the last
+    # running request (R1, g=5) is preempted (its 3 blocks freed); no admissions in an
+    # iteration that preempted.  it7-9: R1 (queue front) needs ceil(13/4)=4 blocks for
+    # P+g=13 tokens but only 2 are free.  it10: R0 finishes (17 tokens scheduled).
+    # it11: R1 recomputes 13 tokens and samples token 6; it12-15: tokens 7-10.
+    tr = Trace([0.0, 0.0], [8, 8], [10, 10])
+    cfg = {"num_gpu_blocks": 6}
+    s = steps(cfg, tr, 15)
+    assert int(s[5].n_run) == 2
+    assert int(s[6].n_run) == 1 and int(s[6].n_act) == 2  # R1 is the preempted row
+    assert slot(s[6], "slot_req", 2).tolist() == [0, 1]
+    assert slot(s[6], "slot_computed", 2).tolist() == [13, 0]
+    assert slot(s[6], "slot_generated", 2).tolist() == [6, 5]
+    assert slot(s[6], "slot_preemptions", 2).tolist() == [0, 1]
+    assert int(s[9].n_run) == 1  # still waiting for blocks
+    assert int(s[10].num_completed) == 1
+    assert int(s[11].n_run) == 1 and slot(s[11], "slot_computed", 1).tolist() == [13]
+    assert slot(s[11], "slot_generated", 1).tolist() == [6]
+    assert int(s[15].num_completed) == 2
+    assert np.asarray(s[15].preemptions).tolist() == [0, 1]
+    assert np.asarray(s[15].tokens_scheduled).tolist() == [17, 29]
+    assert int(s[15].iterations) == 15
+    # TTFT is stamped once: R1's first token came in iteration 1, not at the recompute.
+    assert float(s[15].ttft_s[1]) == pytest.approx(clock(s[1]), rel=1e-6)
+
+
+def test_step__self_preemption_waits_for_memory():
+    # 10 blocks of 4. R0: P=20, O=6 (5 blocks, needs 7 in the end), R1: P=16, O=2.
+    # it1: both admitted (5 + 4 blocks, free 1). it2: R0 decode needs a 6th block -> ok
+    # (free 0); R1 decode needs a 5th -> R1 preempts itself (it is the last).
+    tr = Trace([0.0, 0.0], [20, 16], [6, 2])
+    s = steps({"num_gpu_blocks": 10}, tr, 2)
+    assert int(s[2].n_run) == 1 and int(s[2].n_act) == 2
+    assert slot(s[2], "slot_preemptions", 2).tolist() == [0, 1]
+    res = run({"num_gpu_blocks": 10}, tr)
+    assert int(res.metrics["completed"][0]) == 2
+
+
+def test_step__watermark_blocks_admission():
+    # 10 blocks of 4, watermark 0.2 -> 2 blocks must stay free after an admission.
+    # R0 needs 6 blocks (free 4 >= 2: admitted). R1 needs 3 (free 1 < 2): not admitted.
+    tr = Trace([0.0, 0.0], [24, 12], [2, 2])
+    s = steps({"num_gpu_blocks": 10, "watermark": 0.2}, tr, 1)
+    assert int(s[1].n_run) == 1
+    # with an 8-token R1 (2 blocks, leaves exactly 2) both are admitted
+    s = steps({"num_gpu_blocks": 10, "watermark": 0.2}, Trace([0.0, 0.0], [24, 8], [2, 2]), 1)
+    assert int(s[1].n_run) == 2
+
+
+def test_step__v0_prefill_batches_exclude_decodes():
+    # v0: R0 arrives at 0, R1 just after (1 us). it1: prefill R0. it2: R1 has arrived, so
+    # the iteration is a prefill batch of R1 alone: R0 is not decoded. it3: decode both.
+    tr = Trace([0.0, 1e-6], [8, 8], [4, 4])
+    s = steps({"scheduler": "v0"}, tr, 3)
+    assert slot(s[1], "slot_computed", 1).tolist() == [8]
+    assert slot(s[2], "slot_computed", 2).tolist() == [8, 8]
+    assert slot(s[2], "slot_generated", 2).tolist() == [1, 1]
+    assert slot(s[3], "slot_computed", 2).tolist() == [9, 9]
+
+
+def test_step__v1_mixes_prefill_and_decode():
+    tr = Trace([0.0, 1e-6], [8, 8], [4, 4])
+    s = steps({"scheduler": "v1"}, tr, 2)
+    assert slot(s[2], "slot_computed", 2).tolist() == [9, 8]
+
+
+def test_step__idle_jump_to_next_arrival():
+    # R0 at 0 (P=8, O=2) is done after 2 iterations; R1 arrives at 100 s. The clock jumps
+    # to 100 s: R1 is admitted on arrival (no queueing), no empty iterations.
+    tr = Trace([0.0, 100.0], [8, 8], [2, 2])
+    res = run({}, tr)
+    m = res.lane(0)
+    assert m["iterations"] == 4
+    assert float(res.state.queue_s[0, 1]) == 0.0
+    assert float(res.state.ttft_s[0, 1]) == pytest.approx(float(res.state.ttft_s[0, 0]),
+                                                          rel=1e-6)
+    assert m["busy_s"] < 1.0
+    assert m["duration_s"] == pytest.approx(100.0 + float(res.state.e2e_s[0, 1]), rel=1e-7)
+
+
+def test_step__single_output_token_finishes_at_prefill():
+    tr = Trace([0.0], [16], [1])
+    res = run({}, tr)
+    m = res.lane(0)
+    assert m["completed"] == 1 and m["iterations"] == 1
+    assert m["ttft_mean_s"] == pytest.approx(m["e2e_mean_s"])
+    assert np.isnan(m["tpot_mean_s"])  # no TPOT for single-token outputs
+
+
+def test_step__finished_request_frees_its_blocks():
+    # 6 blocks of 4: R0 (P=16, O=2) takes 4 then 5 blocks... R1 (P=16) must wait for R0.
+    tr = Trace([0.0, 0.0], [16, 16], [2, 2])
+    s = steps({"num_gpu_blocks": 6}, tr, 3)
+    assert int(s[1].n_run) == 1  # R1 needs 4 blocks, only 2 free
+    assert int(s[2].num_completed) == 1
+    assert int(s[3].n_run) == 1 and slot(s[3], "slot_req", 1).tolist() == [1]
+
+
+@pytest.mark.parametrize(
+    "cfg, bit",
+    [
+        ({"enable_chunked_prefill": False, "max_num_batched_tokens": 16},
+         st_bits.INF_BUDGET_TOO_SMALL),
+        ({"model": "Qwen2.5-7B", "tp": 8}, st_bits.INF_TP_SHAPE),
+        ({"model": "Llama-3.1-70B", "gpu": "L40S", "num_gpu_blocks": None},
+         st_bits.INF_NO_KV_MEMORY),
+        ({"max_model_len": 20}, st_bits.INF_REQUEST_TOO_LONG),
+        ({"max_num_seqs": 128, "max_num_batched_tokens": 64}, st_bits.INF_BUDGET_LT_SEQS),
+        ({"num_gpu_blocks": 5}, st_bits.INF_KV_TOO_SMALL),
+    ],
+)
+def test_step__infeasible_lanes_are_flagged_and_idle(cfg, bit):
+    tr = Trace([0.0, 0.0], [30, 10], [3, 3])
+    res = run(cfg, tr, slots=128 if cfg.get("max_num_seqs", 0) > 8 else 8)
+    status = int(res.status[0])
+    assert status & st_bits.INFEASIBLE and status & bit, st_bits.describe(status)
+    assert int(res.metrics["completed"][0]) == 0
+    assert int(res.metrics["iterations"][0]) == 0
+    assert np.isnan(res.metrics["ttft_mean_s"][0])
+
+
+def test_step__slot_overflow_is_flagged_and_auto_rerun_is_exact():
+    tr = Trace(np.zeros(6), [5] * 6, [4] * 6)
+    small = run({}, tr, slots=2)
+    assert int(small.status[0]) & st_bits.OVERFLOW_SLOTS
+    exact = run({}, tr, slots=8)
+    assert int(exact.status[0]) == 0
+    auto = run({}, tr, slots=2, auto_slots=True)
+    assert int(auto.status[0]) == 0
+    for k in ("ttft_mean_s", "e2e_p99_s", "iterations"):
+        assert auto.metrics[k][0] == exact.metrics[k][0]
+
+
+def test_step__no_overflow_flag_when_max_num_seqs_fits():
+    tr = Trace(np.zeros(6), [5] * 6, [4] * 6)
+    res = run({"max_num_seqs": 2}, tr, slots=2)
+    assert int(res.status[0]) == 0
+
+
+def test_step__nan_parameter_halts_lane_with_flag():
+    tr = Trace([0.0, 0.1], [8, 8], [3, 3])
+    p = lane({}, tr)
+    p = jax.tree_util.tree_map(lambda x: x, p)
+    import equinox as eqx
+
+    bad = eqx.tree_at(lambda q: q.hardware.hbm_bw_bytes_per_s, p, jnp.float32(jnp.nan))
+    shape = SimShape(max_requests=2, max_slots=8, chunk_iterations=16)
+    res = simulate_batch(shape, P.stack([bad, p]), to_workload(tr))
+    assert int(res.status[0]) & st_bits.NONFINITE
+    assert int(res.status[1]) == 0
+    assert int(res.metrics["completed"][1]) == 2
+
+
+def test_step__truncation_sets_status():
+    tr = Trace([0.0], [8], [50])
+    res = run({}, tr, max_iterations=10)
+    assert int(res.status[0]) & st_bits.TRUNCATED
+    assert int(res.metrics["iterations"][0]) == 10
+    assert int(res.metrics["completed"][0]) == 0

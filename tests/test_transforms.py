@@ -1,0 +1,218 @@
+"""Transform invariance: jit == eager, vmap lane == single run, permutation, padding,
+lane isolation, no recompilation for new values, finite gradients, dtypes under x64."""
+
+from __future__ import annotations
+
+import functools
+import os
+import subprocess
+import sys
+import textwrap
+
+import chex
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxsim import params as P
+from jaxsim import sim
+from jaxsim.shapes import SimShape
+from jaxsim.state import init_state
+from jaxsim.step import step
+from jaxsim.workload import Trace, synthetic, to_workload
+from tests.helpers import lane_params
+
+TRACE = synthetic("poisson", 24, {"dist": "uniform", "low": 4, "high": 120},
+                  {"dist": "uniform", "low": 1, "high": 30}, rate=40.0, seed=3)
+
+
+def lanes(n=6, trace=TRACE):
+    rng = np.random.default_rng(0)
+    out = []
+    for _ in range(n):
+        cfg = {
+            "max_num_seqs": int(rng.choice([2, 4, 8])),
+            "max_num_batched_tokens": int(rng.choice([16, 64, 256])),
+            "block_size": int(rng.choice([4, 16])),
+            "num_gpu_blocks": int(rng.choice([60, 200, 5000])),
+            "scheduler": str(rng.choice(["v1", "v0"])),
+            "gpu": str(rng.choice(["H100-SXM", "A100-80GB"])),
+        }
+        if cfg["scheduler"] == "v0":
+            cfg["max_num_batched_tokens"] = 256
+        out.append(lane_params(cfg, trace))
+    return out
+
+
+def shape_for(trace=TRACE, R=None, S=8):
+    return SimShape(max_requests=R or len(trace), max_slots=S, chunk_iterations=128)
+
+
+def assert_metrics_equal(a: dict, b: dict, rtol=0.0):
+    for k in a:
+        if rtol == 0.0:
+            np.testing.assert_array_equal(np.asarray(a[k]), np.asarray(b[k]), err_msg=k)
+        else:
+            np.testing.assert_allclose(np.asarray(a[k]), np.asarray(b[k]), rtol=rtol,
+                                       err_msg=k)
+
+
+def test_transforms__jit_step_equals_eager():
+    p = lanes(1)[0]
+    shape = shape_for()
+    wl = to_workload(TRACE)
+    s_eager = s_jit = init_state(shape, p, wl, jnp.int32(10**6))
+    jstep = jax.jit(functools.partial(step, shape))
+    for _ in range(12):
+        s_eager = step(shape, p, wl, s_eager)
+        s_jit = jstep(p, wl, s_jit)
+    for name, a in vars(s_eager).items():
+        b = getattr(s_jit, name)
+        if name.endswith("_lo"):  # compare the (hi + lo) value instead
+            hi = name[:-3] + "_hi"
+            a = np.float64(getattr(s_eager, hi)) + np.asarray(a, np.float64)
+            b = np.float64(getattr(s_jit, hi)) + np.asarray(b, np.float64)
+        np.testing.assert_allclose(np.asarray(a, np.float64), np.asarray(b, np.float64),
+                                   rtol=1e-6, atol=0, err_msg=name)
+    for name in ("n_run", "n_act", "ptr", "iterations", "slot_computed", "slot_generated"):
+        np.testing.assert_array_equal(getattr(s_eager, name), getattr(s_jit, name))
+
+
+def test_transforms__vmap_lane_equals_single_run():
+    ls = lanes(5)
+    shape = shape_for()
+    wl = to_workload(TRACE)
+    batch = sim.simulate_batch(shape, P.stack(ls), wl)
+    for i, p in enumerate(ls):
+        one = sim.simulate(shape, p, wl)
+        # The simulation itself is bit-identical lane by lane ...
+        for name, v in vars(one.state).items():
+            np.testing.assert_array_equal(np.asarray(v)[0], np.asarray(getattr(batch.state,
+                                          name))[i], err_msg=f"lane {i} {name}")
+        # ... and the end-of-run reductions over requests agree to float32 rounding (XLA
+        # may order a sum over R differently for a batch of 1).
+        for k, v in one.metrics.items():
+            np.testing.assert_allclose(v[0], batch.metrics[k][i], rtol=1e-6,
+                                       err_msg=f"lane {i} {k}")
+
+
+def test_transforms__batch_permutation_permutes_outputs():
+    ls = lanes(6)
+    shape = shape_for()
+    wl = to_workload(TRACE)
+    perm = np.array([3, 0, 5, 1, 4, 2])
+    a = sim.simulate_batch(shape, P.stack(ls), wl)
+    b = sim.simulate_batch(shape, P.stack([ls[i] for i in perm]), wl)
+    for k in a.metrics:
+        np.testing.assert_array_equal(a.metrics[k][perm], b.metrics[k], err_msg=k)
+
+
+def test_transforms__padding_invariance():
+    ls = lanes(6)
+    base = sim.simulate_batch(shape_for(), P.stack(ls), to_workload(TRACE))
+    bigger_r = sim.simulate_batch(shape_for(R=40), P.stack(ls), to_workload(TRACE, 40))
+    bigger_s = sim.simulate_batch(shape_for(S=32), P.stack(ls), to_workload(TRACE))
+    for other in (bigger_r, bigger_s):
+        for k in ("completed", "preemptions", "iterations", "tokens_scheduled", "status"):
+            np.testing.assert_array_equal(base.metrics[k], other.metrics[k], err_msg=k)
+        for k in ("ttft_mean_s", "ttft_p99_s", "tpot_p50_s", "e2e_p99_s", "queue_p90_s",
+                  "throughput_rps", "kv_occupancy_mean"):
+            np.testing.assert_allclose(base.metrics[k], other.metrics[k], rtol=1e-6,
+                                       err_msg=k)
+
+
+def test_transforms__nan_lane_leaves_others_bit_identical():
+    ls = lanes(4)
+    shape = shape_for()
+    wl = to_workload(TRACE)
+    clean = sim.simulate_batch(shape, P.stack(ls), wl)
+    poisoned0 = eqx.tree_at(lambda q: q.cost.theta, ls[0], jnp.full_like(ls[0].cost.theta,
+                                                                          jnp.nan))
+    dirty = sim.simulate_batch(shape, P.stack([poisoned0, *ls[1:]]), wl)
+    for k in clean.metrics:
+        np.testing.assert_array_equal(clean.metrics[k][1:], dirty.metrics[k][1:], err_msg=k)
+    assert dirty.status[0] != 0
+
+
+def test_transforms__no_recompile_for_new_values():
+    shape = SimShape(max_requests=len(TRACE), max_slots=8, chunk_iterations=97)
+    wl = to_workload(TRACE)
+    before = sim._run_chunk_batch._cache_size()
+    for seed in range(4):
+        ls = lanes(3)
+        rng = np.random.default_rng(seed)
+        ls = [eqx.tree_at(lambda q: q.scheduler.max_num_seqs, p, jnp.int32(rng.integers(1, 8)))
+              for p in ls]
+        ls = [eqx.tree_at(lambda q: q.hardware.hbm_bw_bytes_per_s, p,
+                          p.hardware.hbm_bw_bytes_per_s * float(rng.uniform(0.5, 2)))
+              for p in ls]
+        sim.simulate_batch(shape, P.stack(ls), wl)
+    assert sim._run_chunk_batch._cache_size() == before + 1
+
+
+def test_transforms__python_scalars_do_not_retrace():
+    p = lanes(1)[0]
+    # The converters turn Python floats into float32 arrays without weak types.
+    q = P.SimParams(model=p.model, hardware=p.hardware, scheduler=p.scheduler, cost=p.cost,
+                    ttft_slo_s=2.5, tpot_slo_s=0.1, status0=0)
+    assert q.ttft_slo_s.dtype == jnp.float32 and not q.ttft_slo_s.weak_type
+
+    @jax.jit
+    @chex.assert_max_traces(n=1)
+    def f(params):
+        return params.ttft_slo_s * 2
+
+    f(q)
+    f(P.SimParams(model=p.model, hardware=p.hardware, scheduler=p.scheduler, cost=p.cost,
+                  ttft_slo_s=7.0, tpot_slo_s=0.2, status0=0))
+
+
+def test_transforms__grad_of_latency_wrt_cost_is_finite_and_nonzero():
+    p = lanes(1)[0]
+    shape = shape_for(S=8)
+    wl = to_workload(TRACE)
+
+    def loss(theta, hbm):
+        q = eqx.tree_at(lambda x: (x.cost.theta, x.hardware.hbm_bw_bytes_per_s), p,
+                        (theta, hbm))
+        _, m = sim.run_fixed(shape, q, wl, 400)
+        return m["ttft_mean_s"] + m["e2e_p90_s"] + m["tpot_mean_s"]
+
+    g_theta, g_hbm = jax.jit(jax.grad(loss, argnums=(0, 1)))(
+        p.cost.theta, p.hardware.hbm_bw_bytes_per_s)
+    assert np.all(np.isfinite(g_theta)) and np.isfinite(g_hbm)
+    assert np.count_nonzero(np.asarray(g_theta)) >= 10
+    assert float(g_hbm) < 0  # more bandwidth, lower latency
+    _, m = jax.jit(lambda: sim.run_fixed(shape, p, wl, 400))()
+    assert int(m["completed"]) == len(TRACE)  # the 400 iterations finished the trace
+
+
+def test_transforms__dtypes_hold_under_x64():
+    code = textwrap.dedent(
+        """
+        import jax, jax.numpy as jnp, numpy as np
+        from jaxsim import api, simulate_batch
+        from jaxsim.workload import synthetic
+        tr = synthetic("poisson", 10, 32, 8, rate=20.0, seed=1)
+        p = api.prepare({"num_gpu_blocks": 300, "max_num_seqs": 4}, tr, chunk_iterations=64)
+        r = simulate_batch(p.shape, p.params, p.workload)
+        bad = [(k, str(v.dtype)) for k, v in vars(r.state).items()
+               if hasattr(v, "dtype") and v.dtype not in (jnp.float32, jnp.int32, jnp.bool_)]
+        assert not bad, bad
+        assert int(r.status[0]) == 0 and int(r.metrics["completed"][0]) == 10
+        print("ok")
+        """
+    )
+    env = dict(os.environ, JAX_ENABLE_X64="1", JAX_PLATFORMS="cpu")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "ok" in out.stdout
+
+
+def test_transforms__single_trace_padding_rows_never_arrive():
+    tr = Trace([0.0, 0.0], [4, 4], [2, 2])
+    wl = to_workload(tr, 10)
+    assert np.isinf(np.asarray(wl.arrival_hi)[2:]).all()
+    assert int(wl.num_requests) == 2
