@@ -43,11 +43,11 @@ def cmd_simulate(args) -> int:
     try:
         cfg = config.load(args.config, args.set or [])
         trace = config.build_trace(cfg)
+        seqs = cfg["max_num_seqs"]
+        slots = cfg["max_slots"] or min(seqs, 128)
+        prep = api.prepare(cfg, trace, max_slots=slots)
     except (config.ConfigError, traces.TraceError) as e:
         return _fail(str(e))
-    seqs = cfg["max_num_seqs"]
-    slots = cfg["max_slots"] or min(seqs, 128)
-    prep = api.prepare(cfg, trace, max_slots=slots)
     from jaxsim.sim import simulate_batch
 
     res = simulate_batch(prep.shape, prep.params, prep.workload,

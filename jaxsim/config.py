@@ -429,11 +429,7 @@ def params_from_columns(
     peak_bf16 = gfield("bf16_dense_tflops")
     peak_fp8 = gfield("fp8_dense_tflops")
     no_fp8 = fp8 & ~np.isfinite(peak_fp8)
-    if np.any(no_fp8):
-        i = int(np.flatnonzero(no_fp8)[0])
-        raise ConfigError(f"dtype: fp8 is not supported by gpu {gpu_names[i]} (no FP8 "
-                          f"tensor cores); use dtype=bf16")
-    peak = np.where(fp8, peak_fp8, peak_bf16) * 1e12
+    peak = np.where(fp8 & ~no_fp8, peak_fp8, peak_bf16) * 1e12
     cap = gfield("hbm_capacity_gb") * 1e9
     n_params = np.array([presets.param_count(uniq_m[n]) for n in model_names], np.float64)
     weights = n_params * bytes_w / tp
@@ -472,6 +468,7 @@ def params_from_columns(
     flag(budget < max_seqs, st_bits.INF_BUDGET_LT_SEQS)
     tp_i, nh_i, nkv_i = tp.astype(np.int64), nh.astype(np.int64), nkv.astype(np.int64)
     flag((nh_i % tp_i != 0) | ((nkv_i % tp_i != 0) & (tp_i % nkv_i != 0)), st_bits.INF_TP_SHAPE)
+    flag(no_fp8, st_bits.INF_DTYPE)
 
     cost_vals = {}
     for n in COST_PARAM_NAMES:

@@ -22,6 +22,7 @@ INF_REQUEST_TOO_LONG = 1 << 10  #: a request has prompt + output > max_model_len
 INF_BUDGET_TOO_SMALL = 1 << 11  #: no chunked prefill and budget < max_model_len
 INF_BUDGET_LT_SEQS = 1 << 12  #: max_num_batched_tokens < max_num_seqs
 INF_TP_SHAPE = 1 << 13  #: tp does not divide the heads / KV heads
+INF_DTYPE = 1 << 14  #: the GPU has no tensor cores for the requested dtype (e.g. FP8)
 
 #: Bits after which a lane does no further work.
 HALTED_MASK = INFEASIBLE | NONFINITE
@@ -37,6 +38,7 @@ _NAMES = {
     INF_BUDGET_TOO_SMALL: "max_num_batched_tokens_lt_max_model_len_without_chunking",
     INF_BUDGET_LT_SEQS: "max_num_batched_tokens_lt_max_num_seqs",
     INF_TP_SHAPE: "tp_does_not_divide_heads",
+    INF_DTYPE: "dtype_not_supported_by_gpu",
 }
 
 

@@ -1,0 +1,163 @@
+"""The command line: --json keys, every kind of bad input -> one line, exit 2."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from jaxsim import cli, config
+
+SMALL = ["--set", "workload.num_requests=40"]
+
+
+def run_cli(args, capsys):
+    code = cli.main(args)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_cli__simulate_json_has_required_keys(capsys):
+    code, out, err = run_cli(["simulate", "--json", *SMALL], capsys)
+    assert code == 0, err
+    obj = json.loads(out)
+    for k in cli.JSON_KEYS:
+        assert k in obj, k
+    assert obj["status"] == "ok" and obj["completed"] == 40
+
+
+def test_cli__every_documented_set_key(capsys):
+    sets = [
+        "model=llama-3.1-8b", "gpu=h100-sxm", "tp=2", "scheduler=v0",
+        "enable_chunked_prefill=false", "max_num_seqs=32", "max_num_batched_tokens=4096",
+        "block_size=32", "gpu_memory_utilization=0.85", "num_gpu_blocks=4000",
+        "workload.kind=gamma", "workload.rate=4", "workload.num_requests=30",
+        "workload.prompt_tokens=300", "workload.output_tokens=20", "seed=3",
+    ]
+    args = ["simulate", "--json"]
+    for s in sets:
+        args += ["--set", s]
+    code, out, err = run_cli(args, capsys)
+    assert code == 0, err
+    obj = json.loads(out)
+    assert obj["num_gpu_blocks"] == 4000 and obj["tp"] == 2 and obj["scheduler"] == "v0"
+
+
+def test_cli__trace_workload(capsys, tmp_path):
+    f = tmp_path / "t.csv"
+    f.write_text("arrival_s,prompt_tokens,output_tokens\n0,100,5\n0.2,50,3\n")
+    code, out, err = run_cli(["simulate", "--json", "--set", "workload.kind=trace",
+                              "--set", f"workload.path={f}", "--set", "workload.format=csv"],
+                             capsys)
+    assert code == 0, err
+    assert json.loads(out)["completed"] == 2
+    code, out, err = run_cli(["simulate", "--json", "--set", "workload.kind=trace",
+                              "--set", "workload.path=bundled:azure_code",
+                              "--set", "workload.format=azure",
+                              "--set", "workload.num_requests=20"], capsys)
+    assert code == 0, err
+    assert json.loads(out)["completed"] == 20
+
+
+def test_cli__text_output(capsys):
+    code, out, err = run_cli(["simulate", *SMALL], capsys)
+    assert code == 0 and "TTFT" in out and "throughput" in out
+
+
+def test_cli__example_yaml_is_complete_and_valid(capsys):
+    cfg = config.load("examples/config.yaml")
+    assert cfg == config.validate({})  # the example spells out every default
+    code, out, err = run_cli(["simulate", "examples/config.yaml", "--json", *SMALL], capsys)
+    assert code == 0, err
+
+
+@pytest.mark.parametrize("sets, msg", [
+    (["max_num_seqs=0"], "max_num_seqs: 0 must be >= 1"),
+    (["max_num_seqs=abc"], "max_num_seqs: 'abc' is not an integer"),
+    (["gpu_memory_utilization=1.5"], "gpu_memory_utilization: 1.5 must be <= 1.0"),
+    (["model=gpt-5"], "model: unknown model 'gpt-5'; allowed: Llama-2-7B"),
+    (["gpu=tpu"], "gpu: unknown gpu 'tpu'; allowed:"),
+    (["scheduler=v2"], "scheduler: 'v2' is not one of v1, v0"),
+    (["bogus=1"], "bogus: unknown key; allowed:"),
+    (["workload.bogus=1"], "workload.bogus: unknown key"),
+    (["cost.bogus=1"], "cost.bogus: unknown cost parameter"),
+    (["cost.eta_ar=2"], "cost.eta_ar: 2.0 must be < 1"),
+    (["workload.kind=zipf"], "workload.kind: 'zipf' is not one of"),
+    (["workload.rate=-2"], "workload.rate: -2.0 must be > 0"),
+    (["workload.kind=trace"], "workload.path: required"),
+    (["workload.kind=trace", "workload.path=/no/such.csv", "workload.format=csv"],
+     "workload.path: /no/such.csv: no such file"),
+    (["workload.kind=trace", "workload.path=x.csv", "workload.format=xls"],
+     "workload.format: 'xls' is not one of"),
+    (["enable_chunked_prefill=maybe"], "enable_chunked_prefill: 'maybe' must be true or false"),
+    (["scheduler=v0", "enable_chunked_prefill=true"], "not allowed with scheduler=v0"),
+    (["tp"], "expected key=value"),
+    (["a.b.c=1"], "unknown key"),
+    (["workload.prompt_tokens={dist: uniform, low: 5}"], "workload.prompt_tokens.high: missing"),
+])
+def test_cli__bad_set_is_one_line_exit_2(capsys, sets, msg):
+    args = ["simulate"]
+    for s in sets:
+        args += ["--set", s]
+    code, out, err = run_cli(args, capsys)
+    assert code == 2
+    assert err.startswith("jaxsim: error: ") and msg in err, err
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
+@pytest.mark.parametrize("content, msg", [
+    ("max_num_seqs: [1, 2]\n", "max_num_seqs: [1, 2] is not an integer"),
+    ("nonsense_key: 1\n", "nonsense_key: unknown key"),
+    ("workload: 5\n", "workload: 5 must be a mapping"),
+    ("- a\n- b\n", "the top level must be a mapping"),
+    ("a: [1, 2\n", "not valid YAML"),
+    ("workload:\n  kind: trace\n  path: bad.csv\n  format: csv\n", "bad.csv"),
+])
+def test_cli__bad_yaml_is_one_line_exit_2(capsys, tmp_path, content, msg):
+    f = tmp_path / "cfg.yaml"
+    f.write_text(content)
+    (tmp_path / "bad.csv").write_text("arrival_s,prompt_tokens,output_tokens\n0,-5,1\n")
+    code, out, err = run_cli(["simulate", str(f)], capsys)
+    assert code == 2 and msg in err and err.count("\n") == 1, err
+
+
+def test_cli__infeasible_config_reports_status(capsys):
+    code, out, err = run_cli(["simulate", "--json", "--set", "dtype=fp8",
+                              "--set", "gpu=A100-80GB", *SMALL], capsys)
+    assert code == 0
+    obj = json.loads(out)
+    assert "infeasible" in obj["status"] and "dtype_not_supported_by_gpu" in obj["status"]
+    assert obj["completed"] == 0 and obj["ttft_mean_s"] is None
+    code, out, err = run_cli(["simulate", "--json", "--set", "model=Llama-3.1-70B", *SMALL],
+                             capsys)
+    assert "model_does_not_fit" in json.loads(out)["status"]
+
+
+def test_cli__missing_config_file(capsys):
+    code, out, err = run_cli(["simulate", "/no/such.yaml"], capsys)
+    assert code == 2 and "no such file" in err
+
+
+def test_cli__presets_lists_required_names(capsys):
+    code, out, err = run_cli(["presets"], capsys)
+    assert code == 0
+    for name in ["Llama-2-7B", "Llama-2-13B", "Llama-2-70B", "Llama-3.1-8B", "Llama-3.1-70B",
+                 "Qwen2.5-7B", "Qwen2.5-72B", "Mistral-7B", "A100-80GB", "H100-SXM", "H200",
+                 "B200", "L40S"]:
+        assert name in out
+    assert "source:" in out
+
+
+def test_cli__unknown_command_exit_2():
+    out = subprocess.run([sys.executable, "-m", "jaxsim", "frobnicate"], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+
+
+def test_cli__module_entry_point_json():
+    out = subprocess.run([sys.executable, "-m", "jaxsim", "simulate", "--json", *SMALL],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["completed"] == 40

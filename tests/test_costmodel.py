@@ -1,0 +1,188 @@
+"""Cost model: hand-computed rooflines, smooth max, monotonicity, gradients, and an
+independent cross-check against the reference implementation's formula."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxsim import costmodel
+from jaxsim.params import COST_PARAM_NAMES, CostParams, HardwareParams, ModelParams
+from tests.helpers import lane_params, oracle_config
+from tests.reference.event_sim import iteration_time as ref_iteration_time
+from jaxsim.workload import Trace
+
+
+def feats(**kw):
+    base = dict(tokens=0.0, num_seqs=0.0, num_sampled=0.0, prefill_tokens=0.0,
+                prefill_pairs=0.0, prefill_kv_tokens=0.0, num_decodes=0.0,
+                decode_kv_tokens=0.0)
+    base.update(kw)
+    return costmodel.BatchFeatures(**{k: jnp.float32(v) for k, v in base.items()})
+
+
+def tiny_model():
+    return ModelParams(num_layers=1, hidden_size=4, num_heads=2, num_kv_heads=1,
+                       head_dim=2, ffn_size=8, vocab_size=16, num_experts=1,
+                       experts_per_token=1, bytes_per_weight=2, bytes_per_kv=2)
+
+
+def tiny_hw():
+    return HardwareParams(peak_flops=1000.0, hbm_bw_bytes_per_s=100.0,
+                          link_bw_bytes_per_s=10.0)
+
+
+def test_smooth_max__properties():
+    a = jnp.array([0.0, 1.0, 3.0, 2.0, 5.0])
+    b = jnp.array([0.0, 1.0, 1.0, 7.0, 0.0])
+    for p in (1.0, 2.0, 4.0, 16.0):
+        s = costmodel.smooth_max(a, b, jnp.float32(p))
+        assert np.all(s >= np.maximum(a, b) - 1e-6)
+        assert np.all(s <= a + b + 1e-6)
+        np.testing.assert_allclose(s, costmodel.smooth_max(b, a, jnp.float32(p)))
+    np.testing.assert_allclose(costmodel.smooth_max(a, b, jnp.float32(1.0)), a + b, rtol=1e-6)
+    np.testing.assert_allclose(costmodel.smooth_max(a, b, jnp.float32(200.0)),
+                               np.maximum(a, b), rtol=1e-2)
+    g = jax.grad(lambda x: costmodel.smooth_max(x, x, jnp.float32(4.0)))(jnp.float32(0.0))
+    assert np.isfinite(g)
+
+
+def test_costmodel__hand_computed_decode_gemm():
+    # One decode token (T=1) on the tiny model with p = 1 (smax = sum), all offsets tiny.
+    cost = CostParams.from_values({
+        "eta_c_gemm": 0.5, "f0_gemm": 1e-9, "eta_m_gemm": 0.5, "b0_gemm": 1e-9,
+        "kernel_overhead_s": 1e-12, "smooth_p": 1.0 + 1e-6,
+    })
+    t = costmodel.op_times(tiny_model(), tiny_hw(), jnp.int32(1), cost,
+                           feats(tokens=1, num_seqs=1, num_sampled=1, num_decodes=1,
+                                 decode_kv_tokens=5))
+    # qkv: M=1, K=4, N=(2+2)*2=8: F = 2*1*4*8 = 64 FLOP -> 64/(1000*0.5) = 0.128 s;
+    # bytes = 2*4*8 (weights) + 2*(1*4 + 1*8) = 64 + 24 = 88 -> 88/(100*0.5) = 1.76 s.
+    assert float(t["qkv_proj"]) == pytest.approx(0.128 + 1.76, rel=1e-4)
+    # o: M=1, K=2*2=4, N=4: F = 32 -> 0.064 s; bytes = 2*16 + 2*(4+4) = 48 -> 0.96 s
+    assert float(t["o_proj"]) == pytest.approx(0.064 + 0.96, rel=1e-4)
+    # lm_head: M=1, K=4, N=16: F = 128 -> 0.256; bytes = 2*64 + 2*(4+16) = 168 -> 3.36
+    assert float(t["lm_head"]) == pytest.approx(0.256 + 3.36, rel=1e-4)
+
+
+def test_costmodel__hard_roofline_limit():
+    # With a large p the GEMM time is the max of the compute and memory times.
+    cost = CostParams.from_values({"f0_gemm": 1e-9, "b0_gemm": 1e-9,
+                                   "kernel_overhead_s": 1e-12, "smooth_p": 400.0,
+                                   "eta_c_gemm": 0.5, "eta_m_gemm": 0.5})
+    t = costmodel.op_times(tiny_model(), tiny_hw(), jnp.int32(1), cost,
+                           feats(tokens=1, num_seqs=1, num_sampled=1))
+    assert float(t["qkv_proj"]) == pytest.approx(1.76, rel=1e-2)
+
+
+def test_costmodel__empty_batch_costs_nothing():
+    p = lane_params({}, Trace([0.0], [4], [2]))
+    dt = costmodel.iteration_time(p.model, p.hardware, p.scheduler.tp, p.cost, feats())
+    assert float(dt) == 0.0
+
+
+def _dt(p, f, **hw):
+    h = HardwareParams(
+        peak_flops=hw.get("peak", p.hardware.peak_flops),
+        hbm_bw_bytes_per_s=hw.get("hbm", p.hardware.hbm_bw_bytes_per_s),
+        link_bw_bytes_per_s=hw.get("link", p.hardware.link_bw_bytes_per_s),
+    )
+    return float(costmodel.iteration_time(p.model, h, p.scheduler.tp, p.cost, f))
+
+
+def test_costmodel__monotone_in_hardware():
+    p = lane_params({"tp": 2}, Trace([0.0], [4], [2]))
+    for f in (feats(tokens=512, num_seqs=1, num_sampled=1, prefill_tokens=512,
+                    prefill_pairs=512 * 256.5, prefill_kv_tokens=512),
+              feats(tokens=64, num_seqs=64, num_sampled=64, num_decodes=64,
+                    decode_kv_tokens=64 * 900)):
+        base = _dt(p, f)
+        hbm = float(p.hardware.hbm_bw_bytes_per_s)
+        peak = float(p.hardware.peak_flops)
+        link = float(p.hardware.link_bw_bytes_per_s)
+        assert _dt(p, f, hbm=2 * hbm) < base
+        assert _dt(p, f, peak=2 * peak) < base
+        assert _dt(p, f, link=2 * link) < base
+        assert _dt(p, f, hbm=0.5 * hbm) > base
+
+
+def test_costmodel__decode_is_memory_bound_prefill_compute_bound():
+    # Llama-3.1-8B on H100: a 1-token decode is bounded by reading the 16 GB of weights,
+    # a 2048-token prefill by FLOPs.
+    p = lane_params({}, Trace([0.0], [4], [2]))
+    dec = _dt(p, feats(tokens=1, num_seqs=1, num_sampled=1, num_decodes=1,
+                       decode_kv_tokens=100))
+    weights_s = 16.06e9 / 3.35e12
+    assert weights_s < dec < 2 * weights_s
+    pre = _dt(p, feats(tokens=2048, num_seqs=1, num_sampled=1, prefill_tokens=2048,
+                       prefill_pairs=2048 * 1024.5, prefill_kv_tokens=2048))
+    flops_s = 2 * 8.03e9 * 2048 / 989e12
+    assert flops_s < pre < 3 * flops_s
+
+
+def test_cost_params__roundtrip():
+    vals = {"eta_c_gemm": 0.7, "f0_gemm": 3e9, "cpu_iter_s": 1e-4, "smooth_p": 2.5}
+    got = {k: float(v) for k, v in CostParams.from_values(vals).values().items()}
+    for k, v in vals.items():
+        assert got[k] == pytest.approx(v, rel=1e-5)
+    with pytest.raises(KeyError, match="unknown cost parameter"):
+        CostParams.from_values({"nope": 1.0})
+    with pytest.raises(ValueError):
+        CostParams.from_values({"eta_ar": 1.5})
+    assert len(COST_PARAM_NAMES) == CostParams.default().theta.shape[0]
+
+
+def test_costmodel__gradients_match_finite_differences():
+    p = lane_params({"tp": 2}, Trace([0.0], [4], [2]))
+    f = feats(tokens=300, num_seqs=40, num_sampled=39, prefill_tokens=261,
+              prefill_pairs=261 * 400.0, prefill_kv_tokens=800, num_decodes=39,
+              decode_kv_tokens=39 * 700)
+
+    def dt(theta):
+        return costmodel.iteration_time(p.model, p.hardware, p.scheduler.tp,
+                                        CostParams(theta=theta), f)
+
+    theta = p.cost.theta
+    g = np.asarray(jax.grad(dt)(theta))
+    assert np.all(np.isfinite(g)) and np.count_nonzero(g) == len(g)
+    eps = 1e-2
+    for i in range(len(g)):
+        e = jnp.zeros_like(theta).at[i].set(eps)
+        fd = (float(dt(theta + e)) - float(dt(theta - e))) / (2 * eps)
+        assert g[i] == pytest.approx(fd, rel=2e-2, abs=1e-7), COST_PARAM_NAMES[i]
+
+
+def test_costmodel__matches_reference_formula_on_random_batches():
+    rng = np.random.default_rng(5)
+    for model, gpu, tp in [("Llama-3.1-8B", "H100-SXM", 1), ("Llama-3.1-70B", "A100-80GB", 4),
+                           ("Mixtral-8x7B", "H200", 2), ("Qwen2.5-7B", "L40S", 2)]:
+        p = lane_params({"model": model, "gpu": gpu, "tp": tp}, Trace([0.0], [4], [2]))
+        cfg = oracle_config(p)
+        for _ in range(20):
+            batch = []
+            for _ in range(int(rng.integers(1, 30))):
+                g = int(rng.integers(0, 5))
+                P_ = int(rng.integers(1, 3000))
+                n_known = P_ + g
+                c = int(rng.integers(0, n_known))
+                q = int(rng.integers(1, n_known - c + 1))
+                batch.append((q, c, n_known, g))
+            ref = ref_iteration_time(cfg, batch)
+            q = np.array([b[0] for b in batch], np.float64)
+            c = np.array([b[1] for b in batch], np.float64)
+            nk = np.array([b[2] for b in batch])
+            gen = np.array([b[3] for b in batch])
+            dec = (gen >= 1) & (nk - c == 1)
+            pre = ~dec
+            f = feats(tokens=q.sum(), num_seqs=len(batch),
+                      num_sampled=float(np.sum(c + q == nk)),
+                      prefill_tokens=q[pre].sum(),
+                      prefill_pairs=float(np.sum(q[pre] * (c[pre] + (q[pre] + 1) / 2))),
+                      prefill_kv_tokens=float(np.sum(c[pre] + q[pre])),
+                      num_decodes=float(dec.sum()),
+                      decode_kv_tokens=float(np.sum(c[dec] + 1)))
+            got = float(costmodel.iteration_time(p.model, p.hardware, p.scheduler.tp,
+                                                 p.cost, f))
+            assert got == pytest.approx(ref, rel=2e-6), (model, batch)

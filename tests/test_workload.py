@@ -1,0 +1,137 @@
+"""Workload generators, trace loaders and their error messages."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from jaxsim import traces
+from jaxsim.timeutil import join_f64, split_f64
+from jaxsim.workload import Trace, sample_lengths, synthetic, to_workload
+
+
+def test_synthetic__poisson_rate_and_seed():
+    a = synthetic("poisson", 20000, 100, 10, rate=8.0, seed=1)
+    gaps = np.diff(np.sort(a.arrival_s))
+    assert np.mean(gaps) == pytest.approx(1 / 8.0, rel=0.03)
+    assert np.std(gaps) / np.mean(gaps) == pytest.approx(1.0, rel=0.05)
+    b = synthetic("poisson", 20000, 100, 10, rate=8.0, seed=1)
+    np.testing.assert_array_equal(a.arrival_s, b.arrival_s)
+    assert a.arrival_s[0] == 0.0
+
+
+def test_synthetic__gamma_is_bursty():
+    a = synthetic("gamma", 20000, 100, 10, rate=5.0, cv=3.0, seed=2)
+    gaps = np.diff(a.arrival_s)
+    assert np.mean(gaps) == pytest.approx(0.2, rel=0.08)
+    assert np.std(gaps) / np.mean(gaps) == pytest.approx(3.0, rel=0.1)
+
+
+def test_synthetic__all_at_once():
+    a = synthetic("all_at_once", 7, 10, 3)
+    assert np.all(a.arrival_s == 0) and len(a) == 7
+
+
+def test_lengths__distributions():
+    rng = np.random.default_rng(0)
+    assert np.all(sample_lengths(12, 5, rng, "x") == 12)
+    u = sample_lengths({"dist": "uniform", "low": 3, "high": 5}, 1000, rng, "x")
+    assert set(np.unique(u)) == {3, 4, 5}
+    ln = sample_lengths({"dist": "lognormal", "median": 200, "sigma": 0.5}, 5000, rng, "x")
+    assert np.median(ln) == pytest.approx(200, rel=0.05)
+    e = sample_lengths({"dist": "empirical", "values": [7, 9]}, 100, rng, "x")
+    assert set(np.unique(e)) <= {7, 9}
+
+
+@pytest.mark.parametrize("spec, msg", [
+    (0, "must be >= 1"),
+    ({"dist": "zipf"}, "dist: 'zipf' is not one of"),
+    ({"dist": "uniform", "low": 5}, "high: missing"),
+    ({"dist": "uniform", "low": 5, "high": 2}, "must be >= low"),
+    ({"dist": "fixed", "value": 3, "extra": 1}, "unknown key"),
+    ({"dist": "empirical", "values": []}, "non-empty"),
+    ("abc", "is not a length"),
+])
+def test_lengths__bad_specs(spec, msg):
+    with pytest.raises(ValueError, match=msg):
+        sample_lengths(spec, 3, np.random.default_rng(0), "workload.prompt_tokens")
+
+
+def test_trace__validation():
+    with pytest.raises(ValueError, match="prompt_tokens\\[1\\] = 0"):
+        Trace([0, 1], [5, 0], [1, 1])
+    with pytest.raises(ValueError, match="arrival_s\\[0\\]"):
+        Trace([np.nan], [5], [1])
+    with pytest.raises(ValueError, match="same length"):
+        Trace([0, 1], [5], [1, 1])
+
+
+def test_to_workload__sorts_stably_and_pads():
+    tr = Trace([2.0, 1.0, 1.0], [10, 20, 30], [1, 2, 3])
+    wl = to_workload(tr, 5)
+    assert np.asarray(wl.prompt_tokens).tolist() == [20, 30, 10, 1, 1]
+    assert int(wl.num_requests) == 3
+    with pytest.raises(ValueError, match="smaller than the workload"):
+        to_workload(tr, 2)
+
+
+def test_time_split__is_exact_to_1e_13():
+    x = np.array([0.0, 1e-9, 3600.123456789012, 86400.5 + 1e-7])
+    hi, lo = split_f64(x)
+    np.testing.assert_allclose(join_f64(hi, lo), x, rtol=0, atol=1e-11)
+
+
+def test_traces__bundled_azure_and_mooncake():
+    az = traces.bundled("azure_conv")
+    assert len(az) == 19366 and az.arrival_s.min() == 0.0
+    assert az.arrival_s.max() == pytest.approx(3501.7, abs=1.0)
+    assert az.prompt_tokens.max() == 14050
+    mc, hashes = traces.load_mooncake(traces.bundled_path("mooncake_conversation_2k"),
+                                      with_hashes=True)
+    assert len(mc) == 2000
+    assert all(len(h) == -(-p // 512) for h, p in zip(hashes, mc.prompt_tokens, strict=True))
+    code = traces.bundled("azure_code")
+    assert len(code) == 8819
+
+
+def test_traces__plain_csv(tmp_path):
+    f = tmp_path / "t.csv"
+    f.write_text("arrival_s,prompt_tokens,output_tokens\n0.5,10,2\n0.1,20,3\n")
+    tr = traces.load(str(f), "csv")
+    assert tr.order().tolist() == [1, 0]
+
+
+@pytest.mark.parametrize("content, fmt, msg", [
+    ("arrival_s,prompt_tokens\n0,1\n", "csv", "missing column\\(s\\) output_tokens"),
+    ("arrival_s,prompt_tokens,output_tokens\n0,10,0\n", "csv",
+     "row 2, column output_tokens: '0' must be >= 1"),
+    ("arrival_s,prompt_tokens,output_tokens\n0,10,2\n-1,10,2\n", "csv",
+     "row 3, column arrival_s"),
+    ("arrival_s,prompt_tokens,output_tokens\nnan,10,2\n", "csv", "row 2, column arrival_s"),
+    ("arrival_s,prompt_tokens,output_tokens\n0,abc,2\n", "csv",
+     "row 2, column prompt_tokens: 'abc' is not a number"),
+    ("TIMESTAMP,ContextTokens,GeneratedTokens\nyesterday,10,2\n", "azure",
+     "row 2, column TIMESTAMP"),
+    ('{"timestamp": 0, "input_length": 5}\n', "mooncake", "row 1, column output_length"),
+    ('{"timestamp": 0, "input_length": 5, "output_length": 2}\nnot json\n', "mooncake",
+     "row 2: not valid JSON"),
+    ("arrival_s,prompt_tokens,output_tokens\n", "csv", "no data rows"),
+])
+def test_traces__bad_files_name_file_row_column(tmp_path, content, fmt, msg):
+    f = tmp_path / "bad.txt"
+    f.write_text(content)
+    with pytest.raises(traces.TraceError, match=msg) as e:
+        traces.load(str(f), fmt)
+    assert str(f) in str(e.value)
+
+
+def test_traces__unknown_format_and_missing_file(tmp_path):
+    with pytest.raises(traces.TraceError, match="not one of"):
+        traces.load("x", "parquet")
+    with pytest.raises(traces.TraceError, match="no such file"):
+        traces.load(str(tmp_path / "none.csv"), "csv")
+    with pytest.raises(traces.TraceError, match="unknown bundled trace"):
+        traces.bundled("nope")
+    json.dumps(traces.BUNDLED)
