@@ -5,13 +5,15 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping, Sequence
 
+import jax
 import numpy as np
 
 from jaxsim import config as config_mod
 from jaxsim.params import SimParams
+from jaxsim.params import stack as stack_params
 from jaxsim.shapes import SimShape
 from jaxsim.sim import SimResult, simulate_batch
-from jaxsim.workload import Trace, Workload, to_workload
+from jaxsim.workload import Trace, Workload, stack_workloads, to_workload
 
 
 @dataclasses.dataclass
@@ -27,31 +29,49 @@ class Prepared:
 
 def prepare(
     configs: Mapping | Sequence[Mapping],
-    trace: Trace,
+    trace: Trace | Sequence[Trace],
     max_slots: int | None = None,
     chunk_iterations: int = 1024,
     max_requests: int | None = None,
 ) -> Prepared:
-    """Validate configurations (partial dicts; defaults fill the rest) for one trace.
+    """Validate configurations (partial dicts; defaults fill the rest) for a workload.
 
-    ``max_slots`` defaults to the largest ``max_num_seqs`` (exact); a smaller value is
-    faster, and lanes it limits are flagged ``OVERFLOW_SLOTS``.
+    ``trace`` is one trace shared by every lane, or one trace per configuration
+    (per-lane workloads, e.g. an arrival-rate axis). ``max_slots`` defaults to the
+    largest ``max_num_seqs`` (exact); a smaller value is faster, and lanes it limits are
+    flagged ``OVERFLOW_SLOTS``.
     """
     if isinstance(configs, Mapping):
         configs = [configs]
     cfgs = [config_mod.validate(c) for c in configs]
-    cols = config_mod.columns_from_configs(cfgs)
-    params, info = config_mod.params_from_columns(cols, trace.max_len())
+    per_lane = not isinstance(trace, Trace)
+    if per_lane:
+        traces = list(trace)
+        if len(traces) != len(cfgs):
+            raise ValueError(f"{len(traces)} traces for {len(cfgs)} configurations; give "
+                             "one trace, or one per configuration")
+        R = max(len(t) for t in traces) if max_requests is None else max_requests
+        cols = config_mod.columns_from_configs(cfgs)
+        parts = [config_mod.params_from_columns({k: [v[i]] for k, v in cols.items()},
+                                                traces[i].max_len()) for i in range(len(cfgs))]
+        params = stack_params([p for p, _ in parts])
+        params = jax.tree.map(lambda x: x[:, 0], params)
+        info = {k: np.concatenate([inf[k] for _, inf in parts]) for k in parts[0][1]}
+        workload = stack_workloads([to_workload(t, R) for t in traces])
+    else:
+        cols = config_mod.columns_from_configs(cfgs)
+        params, info = config_mod.params_from_columns(cols, trace.max_len())
+        R = len(trace) if max_requests is None else max_requests
+        workload = to_workload(trace, R)
     if max_slots is None:
         max_slots = max(int(c["max_slots"] or c["max_num_seqs"]) for c in cfgs)
-    R = len(trace) if max_requests is None else max_requests
     shape = SimShape(max_requests=R, max_slots=max_slots, chunk_iterations=chunk_iterations)
-    return Prepared(shape, params, to_workload(trace, R), info, cfgs)
+    return Prepared(shape, params, workload, info, cfgs)
 
 
 def run(
     configs: Mapping | Sequence[Mapping],
-    trace: Trace,
+    trace: Trace | Sequence[Trace],
     max_slots: int | None = None,
     chunk_iterations: int = 1024,
     max_iterations: int | None = None,

@@ -89,6 +89,16 @@ class SimResult:
     iterations_run: int
     wall_s: float
 
+    def requests(self, i: int) -> dict[str, np.ndarray]:
+        """Per-request results of lane ``i``, in arrival order (padding rows dropped)."""
+        n = int(self.metrics["num_requests"][i])
+        st = self.state
+        return {
+            name: np.asarray(getattr(st, name)[i])[:n]
+            for name in ("ttft_s", "e2e_s", "queue_s", "preemptions", "tokens_scheduled",
+                         "completed")
+        }
+
     def lane(self, i: int) -> dict[str, float]:
         """Metrics of lane ``i`` as Python floats, plus its status string."""
         out = {k: v[i].item() for k, v in self.metrics.items()}
