@@ -1,0 +1,36 @@
+"""Smoke tests of `jaxsim demo` and `jaxsim bench` (reduced sizes)."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+from jaxsim import bench, cli, demo
+
+
+def test_demo__writes_table_and_plot(tmp_path, capsys):
+    assert len(demo.grid()) >= 1024
+    code = demo.main(out_dir=str(tmp_path), num_requests=12, quiet=False)
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "meet the SLO" in out
+    with open(tmp_path / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == len(demo.grid())
+    assert {"gpu", "tp", "max_num_seqs", "max_num_batched_tokens", "status",
+            "ttft_p99_s", "meets_slo"} <= set(rows[0])
+    assert any(r["status"] == "ok" for r in rows)
+    assert any("infeasible" in r["status"] for r in rows)
+    assert (tmp_path / "latency_map.png").stat().st_size > 10_000
+
+
+def test_bench__quick_json(capsys, monkeypatch):
+    monkeypatch.setattr(bench, "_iteration_time", lambda n, b, chunks=3: 1e-4)
+    code = cli.main(["bench", "--quick", "--json"])
+    assert code == 0
+    obj = json.loads(capsys.readouterr().out)
+    for k in ("config_requests_per_s_b1", "config_requests_per_s_b128",
+              "iteration_s_1k_requests", "iteration_s_100k_requests", "compile_s",
+              "bytes_per_lane"):
+        assert k in obj, k
+    assert obj["lanes_not_ok"] == 0 and obj["bytes_per_lane"] > 0
