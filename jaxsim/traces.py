@@ -176,7 +176,5 @@ def bundled_path(name: str) -> str:
 
 def bundled(name: str) -> Trace:
     """Load a bundled trace by name (see ``BUNDLED``)."""
-    rel, fmt = BUNDLED[name] if name in BUNDLED else (None, None)
-    if rel is None:
-        bundled_path(name)  # raises with the allowed names
-    return LOADERS[fmt](bundled_path(name))
+    path = bundled_path(name)  # raises with the allowed names
+    return LOADERS[BUNDLED[name][1]](path)

@@ -127,7 +127,7 @@ def to_workload(trace: Trace, max_requests: int | None = None) -> Workload:
     """Sort by arrival, pad to ``max_requests`` rows and move to the device."""
     n = len(trace)
     R = n if max_requests is None else int(max_requests)
-    if R < n:
+    if n > R:
         raise ValueError(f"max_requests={R} is smaller than the workload ({n} requests)")
     o = trace.order()
     arrival = np.full(R, np.inf)

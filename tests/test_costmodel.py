@@ -10,9 +10,9 @@ import pytest
 
 from jaxsim import costmodel
 from jaxsim.params import COST_PARAM_NAMES, CostParams, HardwareParams, ModelParams
+from jaxsim.workload import Trace
 from tests.helpers import lane_params, oracle_config
 from tests.reference.event_sim import iteration_time as ref_iteration_time
-from jaxsim.workload import Trace
 
 
 def feats(**kw):
