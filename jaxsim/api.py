@@ -15,6 +15,9 @@ from jaxsim.shapes import SimShape
 from jaxsim.sim import SimResult, simulate_batch
 from jaxsim.workload import Trace, Workload, stack_workloads, to_workload
 
+#: Default slot-table size (grown per lane on overflow).
+DEFAULT_SLOTS = 64
+
 
 @dataclasses.dataclass
 class Prepared:
@@ -37,9 +40,10 @@ def prepare(
     """Validate configurations (partial dicts; defaults fill the rest) for a workload.
 
     ``trace`` is one trace shared by every lane, or one trace per configuration
-    (per-lane workloads, e.g. an arrival-rate axis). ``max_slots`` defaults to the
-    largest ``max_num_seqs`` (exact); a smaller value is faster, and lanes it limits are
-    flagged ``OVERFLOW_SLOTS``.
+    (per-lane workloads, e.g. an arrival-rate axis). ``max_slots`` (the slot table, S)
+    defaults to ``min(largest max_num_seqs, 64)``: the step costs O(S), and
+    ``simulate_batch`` re-runs the few lanes whose concurrency outgrows S with a larger
+    table, so results stay exact.
     """
     if isinstance(configs, Mapping):
         configs = [configs]
@@ -64,7 +68,8 @@ def prepare(
         R = len(trace) if max_requests is None else max_requests
         workload = to_workload(trace, R)
     if max_slots is None:
-        max_slots = max(int(c["max_slots"] or c["max_num_seqs"]) for c in cfgs)
+        max_slots = max(int(c["max_slots"] or min(c["max_num_seqs"], DEFAULT_SLOTS))
+                        for c in cfgs)
     shape = SimShape(max_requests=R, max_slots=max_slots, chunk_iterations=chunk_iterations)
     return Prepared(shape, params, workload, info, cfgs)
 

@@ -44,7 +44,7 @@ def cmd_simulate(args) -> int:
         cfg = config.load(args.config, args.set or [])
         trace = config.build_trace(cfg)
         seqs = cfg["max_num_seqs"]
-        slots = cfg["max_slots"] or min(seqs, 128)
+        slots = cfg["max_slots"] or min(seqs, api.DEFAULT_SLOTS)
         prep = api.prepare(cfg, trace, max_slots=slots)
     except (config.ConfigError, traces.TraceError) as e:
         return _fail(str(e))

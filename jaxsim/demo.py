@@ -50,7 +50,7 @@ def main(out_dir: str = "demo_out", num_requests: int = 300, quiet: bool = False
         f"(mean prompt {trace.prompt_tokens.mean():.0f}, mean output "
         f"{trace.output_tokens.mean():.0f} tokens, {trace.arrival_s.max():.0f} s)")
     t0 = time.perf_counter()
-    prep = api.prepare(configs, trace, max_slots=128, chunk_iterations=512)
+    prep = api.prepare(configs, trace, chunk_iterations=512)
     res = simulate_batch(prep.shape, prep.params, prep.workload, auto_slots=True)
     wall = time.perf_counter() - t0
     m = res.metrics

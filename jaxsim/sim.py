@@ -111,7 +111,7 @@ def simulate_batch(
     params: SimParams,
     workload: Workload,
     max_iterations: int | None = None,
-    auto_slots: bool = False,
+    auto_slots: bool = True,
 ) -> SimResult:
     """Simulate a batch of configurations on a shared (or per-lane) workload.
 
@@ -122,7 +122,8 @@ def simulate_batch(
         max_iterations: per-lane iteration budget (default: generous, see
             :func:`default_iteration_budget`); lanes that reach it get ``TRUNCATED``.
         auto_slots: re-run lanes flagged ``OVERFLOW_SLOTS`` with a doubled slot table
-            (up to ``max_num_seqs``) until none overflows. Each new S compiles once.
+            (up to their ``max_num_seqs``) until none overflows, so results are exact
+            whatever S the shape starts with. Each new S compiles once.
 
     Returns:
         A :class:`SimResult`.
@@ -198,12 +199,14 @@ def simulate(
     params: SimParams,
     workload: Workload,
     max_iterations: int | None = None,
+    auto_slots: bool = True,
 ) -> SimResult:
     """Simulate one configuration (params without a lane axis). Lane 0 of the result."""
     if params.scheduler.mode.ndim != 0:
         raise ValueError("simulate() takes one configuration; use simulate_batch()")
     batched = jax.tree.map(lambda x: x[None], params)
-    return simulate_batch(shape, batched, workload, max_iterations=max_iterations)
+    return simulate_batch(shape, batched, workload, max_iterations=max_iterations,
+                          auto_slots=auto_slots)
 
 
 def run_fixed(

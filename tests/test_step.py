@@ -262,7 +262,7 @@ def test_step__infeasible_lanes_are_flagged_and_idle(cfg, bit):
 
 def test_step__slot_overflow_is_flagged_and_auto_rerun_is_exact():
     tr = Trace(np.zeros(6), [5] * 6, [4] * 6)
-    small = run({}, tr, slots=2)
+    small = run({}, tr, slots=2, auto_slots=False)
     assert int(small.status[0]) & st_bits.OVERFLOW_SLOTS
     exact = run({}, tr, slots=8)
     assert int(exact.status[0]) == 0
