@@ -49,8 +49,10 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
     ap.add_argument("--tag", default=None, help="file name tag (default: backend + cpus)")
+    ap.add_argument("--slots", type=int, default=bench.SLOTS,
+                    help="slot-table size S (default 64)")
     args = ap.parse_args()
-    result = bench.run(quick=args.quick, verbose=True)
+    result = bench.run(quick=args.quick, verbose=True, slots=args.slots)
     ref = reference_rps()
     result.update(ref)
     big_key = [k for k in result if k.startswith("config_requests_per_s_b")
@@ -65,11 +67,13 @@ def main() -> int:
     print(f"  ratio jaxsim {big_key[len('config_requests_per_s_'):]} / reference: "
           f"{result['ratio_batched_over_reference']:.1f}x on {cores} cores "
           f"({result['ratio_batched_over_reference_per_core']:.1f}x per core)")
-    result["command"] = "python benchmarks/bench_core.py" + (" --quick" if args.quick else "")
+    result["command"] = "python benchmarks/bench_core.py" + (" --quick" if args.quick else "") \
+        + (f" --slots {args.slots}" if args.slots != bench.SLOTS else "")
     result["date"] = time.strftime("%Y-%m-%d")
     os.makedirs(args.out, exist_ok=True)
     m = result["machine"]
-    tag = args.tag or f"{m['backend']}_{m['cpu_count']}cpu" + ("_quick" if args.quick else "")
+    tag = args.tag or f"{m['backend']}_{m['cpu_count']}cpu" + ("_quick" if args.quick else "") \
+        + (f"_s{args.slots}" if args.slots != bench.SLOTS else "")
     path = os.path.join(args.out, f"core_{tag}.json")
     with open(path + ".tmp", "w") as f:
         json.dump(result, f, indent=1)

@@ -101,7 +101,7 @@ def cmd_demo(args) -> int:
 def cmd_bench(args) -> int:
     from jaxsim import bench
 
-    result = bench.run(quick=args.quick, verbose=not args.json)
+    result = bench.run(quick=args.quick, verbose=not args.json, slots=args.slots)
     if args.json:
         print(json.dumps({k: _jsonable(v) for k, v in result.items()}))
     return 0
@@ -126,6 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="run the core benchmark")
     b.add_argument("--json", action="store_true", help="print one JSON object")
     b.add_argument("--quick", action="store_true", help="smaller batches (smoke test)")
+    b.add_argument("--slots", type=int, default=64, help="slot-table size S (default 64)")
     b.set_defaults(func=cmd_bench)
     return p
 
