@@ -22,6 +22,7 @@ from jaxsim import presets
 from jaxsim import status as st_bits
 from jaxsim.params import (
     COST_PARAM_NAMES,
+    SMOOTH_P_CHOICES,
     CostParams,
     HardwareParams,
     ModelParams,
@@ -144,8 +145,8 @@ _TOP = {
     "kv_cache_dtype": lambda k, v: _choice(k, v, ("auto", "fp8")),
     "scheduler": lambda k, v: _choice(k, v, ("v1", "v0")),
     "enable_chunked_prefill": _bool,
-    "max_num_seqs": lambda k, v: _int(k, v, 1, 1 << 16),
-    "max_num_batched_tokens": lambda k, v: _int(k, v, 1, 1 << 24),
+    "max_num_seqs": lambda k, v: _int(k, v, 1, 1 << 14),
+    "max_num_batched_tokens": lambda k, v: _int(k, v, 1, 1 << 18),
     "long_prefill_token_threshold": lambda k, v: _int(k, v, 0, 1 << 24),
     "block_size": lambda k, v: _int(k, v, 1, 1 << 12),
     "gpu_memory_utilization": lambda k, v: _float(k, v, 0.0, 1.0, lo_open=True),
@@ -200,9 +201,15 @@ def validate(cfg: Mapping) -> dict:
             for sub, v in value.items():
                 name = f"{key}.{sub}"
                 if key == "cost":
+                    if sub == "smooth_p":
+                        if isinstance(v, bool) or v not in SMOOTH_P_CHOICES:
+                            raise ConfigError(f"{name}: {v!r} is not one of "
+                                              f"{', '.join(map(str, SMOOTH_P_CHOICES))}")
+                        out["cost"][sub] = int(v)
+                        continue
                     if sub not in COST_PARAM_NAMES:
                         raise ConfigError(f"{name}: unknown cost parameter; allowed: "
-                                          f"{', '.join(COST_PARAM_NAMES)}")
+                                          f"{', '.join(COST_PARAM_NAMES)}, smooth_p")
                     out["cost"][sub] = _cost(name, v)
                 else:
                     if sub not in table:
@@ -216,8 +223,6 @@ def validate(cfg: Mapping) -> dict:
     for name, kind, *_ in _cost_kinds():
         if kind == "sigmoid" and name in out["cost"] and not out["cost"][name] < 1.0:
             raise ConfigError(f"cost.{name}: {out['cost'][name]} must be < 1 (an efficiency)")
-        if kind == "one_plus_softplus" and name in out["cost"] and not out["cost"][name] > 1:
-            raise ConfigError(f"cost.{name}: {out['cost'][name]} must be > 1")
     if out["scheduler"] == "v0" and "enable_chunked_prefill" not in cfg:
         out["enable_chunked_prefill"] = False
     if out["scheduler"] == "v0" and out["enable_chunked_prefill"]:
@@ -471,17 +476,22 @@ def params_from_columns(
     flag(no_fp8, st_bits.INF_DTYPE)
 
     cost_vals = {}
-    for n in COST_PARAM_NAMES:
+    for n in (*COST_PARAM_NAMES, "smooth_p"):
         k = f"cost.{n}"
         if k in cols:
             cost_vals[n] = num(k)
-    base = CostParams.default().theta
-    theta = np.broadcast_to(np.asarray(base), (B, len(COST_PARAM_NAMES))).copy()
+    base = CostParams.default()
+    theta = np.broadcast_to(np.asarray(base.theta), (B, len(COST_PARAM_NAMES))).copy()
+    p_log2 = np.full(B, int(base.smooth_p_log2), np.int32)
     if cost_vals:
         for i in range(B):
             given = {n: float(v[i]) for n, v in cost_vals.items() if math.isfinite(v[i])}
+            if "smooth_p" in given:
+                given["smooth_p"] = int(given["smooth_p"])
             if given:
-                theta[i] = np.asarray(CostParams.from_values(given).theta)
+                cp = CostParams.from_values(given)
+                theta[i] = np.asarray(cp.theta)
+                p_log2[i] = int(cp.smooth_p_log2)
 
     params = SimParams(
         model=ModelParams(
@@ -507,7 +517,7 @@ def params_from_columns(
             max_model_len=mml.astype(np.int64),
             tp=tp.astype(np.int64),
         ),
-        cost=CostParams(theta=theta),
+        cost=CostParams(theta=theta, smooth_p_log2=p_log2),
         ttft_slo_s=num("slo.ttft_s"),
         tpot_slo_s=num("slo.tpot_s"),
         status0=status.astype(np.int32),

@@ -4,178 +4,363 @@ Each operator is a smoothed roofline,
 ``smax((F + F0) / (peak * eta_c), (B + B0) / (bw * eta_m)) + kernel_overhead``,
 where ``F`` is FLOPs, ``B`` bytes, and ``F0`` / ``B0`` make efficiency a saturating
 function of size (``F / (F + F0)``): small GEMMs and short contexts under-use the GPU.
-``smax(a, b) = (a^p + b^p)^(1/p)`` is a smooth maximum (``p -> inf`` is the hard
-roofline). Families with their own coefficients: projection/MLP GEMMs, prefill
-attention, decode attention, elementwise ops (norms, residual adds, activation, rotary,
-KV write), and the tensor-parallel all-reduce (``latency + bytes / (link * eta)``, two per
-layer). The exact formula is docs/semantics.md §3; the coefficient list is
-``jaxsim.params.COST_SPEC``.
+``smax(a, b) = (a^p + b^p)^(1/p)`` is a smooth maximum with ``p = 2^k`` (``k`` in 0..3;
+``p -> inf`` would be the hard roofline). Families with their own coefficients:
+projection/MLP GEMMs, prefill attention, decode attention, elementwise ops (norms,
+residual adds, activation, rotary, KV write), and the tensor-parallel all-reduce
+(``latency + bytes / (link * eta)``, two per layer). The exact formula is
+docs/semantics.md §3; the coefficient list is ``jaxsim.params.COST_SPEC``.
 
-Everything here is a pure function of scalars (one lane); gradients with respect to the
-coefficients and the hardware figures are exact (no branches on traced values).
+The arithmetic is double-float (``jaxsim.dd``): the simulated clock sums one iteration
+time per step for millions of steps, and float32 rounding of a repeated batch shape
+would otherwise bias it. Everything is a pure function of one lane's scalars;
+gradients with respect to the coefficients and hardware figures are exact.
 """
 
 from __future__ import annotations
 
 from typing import NamedTuple
 
+import jax
 import jax.numpy as jnp
 
+from jaxsim import dd
+from jaxsim.dd import DD
 from jaxsim.params import CostParams, HardwareParams, ModelParams
 from jaxsim.types import Array
 
 ACT_BYTES = 2.0  # activations are BF16
+MAX_SMOOTH_P_LOG2 = 3
 
 
 class BatchFeatures(NamedTuple):
-    """Aggregate features of one scheduled batch (all float32 scalars).
+    """Aggregate features of one scheduled batch, exact.
 
     Attributes:
-        tokens: T, all scheduled tokens.
-        num_seqs: n, scheduled requests.
-        num_sampled: ns, requests that sample a token this iteration.
-        prefill_tokens: Tp, tokens of prefill (non-decode) requests.
-        prefill_pairs: Ap, sum of q * (c + (q + 1) / 2) over prefill requests.
-        prefill_kv_tokens: Kp, sum of (c + q) over prefill requests.
-        num_decodes: D, decode requests.
-        decode_kv_tokens: Kd, sum of (c + 1) over decode requests.
+        tokens: T, all scheduled tokens (int32).
+        num_seqs: n, scheduled requests (int32).
+        num_sampled: ns, requests that sample a token this iteration (int32).
+        prefill_tokens: Tp, tokens of prefill (non-decode) requests (int32).
+        prefill_pairs_x2: 2 * Ap, twice the sum of q * (c + (q + 1) / 2) over prefill
+            requests (DD: it can exceed 2**31).
+        prefill_kv_tokens: Kp, sum of (c + q) over prefill requests (DD).
+        num_decodes: D, decode requests (int32).
+        decode_kv_tokens: Kd, sum of (c + 1) over decode requests (DD).
     """
 
     tokens: Array
     num_seqs: Array
     num_sampled: Array
     prefill_tokens: Array
-    prefill_pairs: Array
-    prefill_kv_tokens: Array
+    prefill_pairs_x2: DD
+    prefill_kv_tokens: DD
     num_decodes: Array
-    decode_kv_tokens: Array
+    decode_kv_tokens: DD
 
 
-def _pow(x: Array, p: Array) -> Array:
-    # x ** p for x >= 0 with finite gradients at x == 0 (double-where, STYLE P7).
-    pos = x > 0
-    return jnp.where(pos, jnp.exp(p * jnp.log(jnp.where(pos, x, 1.0))), 0.0)
+def int_to_dd(x: Array) -> DD:
+    """An int32 value as an exact DD."""
+    x = jnp.asarray(x, jnp.int32)
+    hi = x.astype(jnp.float32)
+    # hi is x rounded to 24 bits; the remainder is small and exact in float32
+    rem = x - jnp.clip(hi, -(2.0**31), 2.0**31 - 256).astype(jnp.int32)
+    return DD(hi, rem.astype(jnp.float32))
 
 
-def smooth_max(a: Array, b: Array, p: Array) -> Array:
-    """``(a^p + b^p)^(1/p)`` for a, b >= 0, scaled to avoid overflow; 0 when both are 0."""
-    m = jnp.maximum(a, b)
-    pos = m > 0
-    m_safe = jnp.where(pos, m, 1.0)
-    s = _pow(a / m_safe, p) + _pow(b / m_safe, p)
-    return jnp.where(pos, m_safe * _pow(s, 1.0 / p), 0.0)
+def features_from_floats(**kw) -> BatchFeatures:
+    """BatchFeatures from plain numbers (for calibration and tests).
 
-
-def op_times(
-    model: ModelParams,
-    hw: HardwareParams,
-    tp: Array,
-    cost: CostParams,
-    f: BatchFeatures,
-) -> dict[str, Array]:
-    """Per-operator times of one iteration, seconds.
-
-    Per-layer entries are for one layer; ``iteration_time`` multiplies them by the layer
-    count. Useful for calibration against per-op measurements and for reports.
+    Takes the field names, with ``prefill_pairs`` (Ap) in place of ``prefill_pairs_x2``;
+    missing fields are 0. Large sums are split into exact (hi, lo) float32 pairs.
     """
-    c = cost.values()
-    p = c["smooth_p"]
-    peak, hbm = hw.peak_flops, hw.hbm_bw_bytes_per_s
-    k_o = c["kernel_overhead_s"]
-    tp_f = tp.astype(jnp.float32)
+    big = {"prefill_pairs": "prefill_pairs_x2", "prefill_kv_tokens": "prefill_kv_tokens",
+           "decode_kv_tokens": "decode_kv_tokens"}
+    out = {}
+    for name in BatchFeatures._fields:
+        out[name] = jnp.int32(0)
+    for src, dst in big.items():
+        v = float(kw.pop(src, 0.0)) * (2.0 if src == "prefill_pairs" else 1.0)
+        hi = jnp.float32(v)
+        out[dst] = DD(hi, jnp.float32(v - float(hi)))
+    for k, v in kw.items():
+        if k not in out:
+            raise KeyError(f"unknown batch feature {k!r}")
+        out[k] = jnp.asarray(v, jnp.int32)
+    return BatchFeatures(**out)
 
-    def roof(fam: str, flops: Array, nbytes: Array) -> Array:
-        t_c = (flops + c[f"f0_{fam}"]) / (peak * c[f"eta_c_{fam}"])
-        t_m = (nbytes + c[f"b0_{fam}"]) / (hbm * c[f"eta_m_{fam}"])
-        return smooth_max(t_c, t_m, p) + k_o
 
-    def mem(nbytes: Array) -> Array:
-        return (nbytes + c["b0_elem"]) / (hbm * c["eta_m_elem"]) + k_o
-
-    def gemm(m: Array, k: Array, n: Array, weight_bytes: Array) -> Array:
-        t = roof("gemm", 2.0 * m * k * n, weight_bytes + ACT_BYTES * (m * k + m * n))
-        return jnp.where(m > 0, t, 0.0)
-
-    h, hd = model.hidden_size, model.head_dim
-    nh_g = model.num_heads / tp_f
-    nkv_g = jnp.maximum(model.num_kv_heads / tp_f, 1.0)
-    f_g = model.ffn_size / tp_f
-    v_g = model.vocab_size / tp_f
-    bw_w = model.bytes_per_weight
-    kvb = 2.0 * nkv_g * hd * model.bytes_per_kv
-    e, k = model.num_experts, model.experts_per_token
-    T = f.tokens
-    e_act = e * (1.0 - _pow(1.0 - k / e, T))
-    qkv_n = (nh_g + 2.0 * nkv_g) * hd
-
-    out = {
-        "qkv_proj": gemm(T, h, qkv_n, bw_w * h * qkv_n),
-        "o_proj": gemm(T, nh_g * hd, h, bw_w * nh_g * hd * h),
-        "mlp_up": gemm(T * k, h, 2.0 * f_g, bw_w * e_act * h * 2.0 * f_g),
-        "mlp_down": gemm(T * k, f_g, h, bw_w * e_act * f_g * h),
-        "attn_prefill": jnp.where(
-            f.prefill_tokens > 0,
-            roof(
-                "attn_prefill",
-                4.0 * nh_g * hd * f.prefill_pairs,
-                ACT_BYTES * 2.0 * f.prefill_tokens * nh_g * hd + kvb * f.prefill_kv_tokens,
-            ),
-            0.0,
-        ),
-        "attn_decode": jnp.where(
-            f.num_decodes > 0,
-            roof(
-                "attn_decode",
-                4.0 * nh_g * hd * f.decode_kv_tokens,
-                ACT_BYTES * 2.0 * f.num_decodes * nh_g * hd + kvb * f.decode_kv_tokens,
-            ),
-            0.0,
-        ),
-        "norm": 2.0 * mem(2.0 * ACT_BYTES * T * h),
-        "residual_add": 2.0 * mem(3.0 * ACT_BYTES * T * h),
-        "activation": mem(3.0 * ACT_BYTES * T * k * f_g),
-        "rotary": mem(2.0 * ACT_BYTES * T * (nh_g + nkv_g) * hd),
-        "kv_write": mem(2.0 * kvb * T),
-        "all_reduce": jnp.where(
-            tp > 1,
-            2.0
-            * (
-                c["ar_latency_s"]
-                + (2.0 * (tp_f - 1.0) / tp_f)
-                * ACT_BYTES
-                * T
-                * h
-                / (hw.link_bw_bytes_per_s * c["eta_ar"])
-            ),
-            0.0,
-        ),
-        # once per iteration
-        "embedding": mem(2.0 * ACT_BYTES * T * h),
-        "final_norm": mem(2.0 * ACT_BYTES * T * h),
-        "lm_head": gemm(f.num_sampled, h, v_g, bw_w * h * v_g),
-        "sampling": jnp.where(f.num_sampled > 0, mem(4.0 * f.num_sampled * model.vocab_size),
-                              0.0),
-        "cpu": c["cpu_iter_s"] + c["cpu_seq_s"] * f.num_seqs,
-    }
+def _pow2k(x: DD, k: Array) -> DD:
+    """x ** (2 ** k) for integer k in [0, MAX_SMOOTH_P_LOG2], by repeated squaring."""
+    out = x
+    for i in range(MAX_SMOOTH_P_LOG2):
+        out = dd.where(k > i, dd.mul(out, out), out)
     return out
 
 
+def _root2k(x: DD, k: Array) -> DD:
+    """x ** (1 / 2 ** k) by repeated square roots."""
+    out = x
+    for i in range(MAX_SMOOTH_P_LOG2):
+        out = dd.where(k > i, dd.sqrt(out), out)
+    return out
+
+
+def smooth_max(a: DD, b: DD, p_log2: Array) -> DD:
+    """``(a^p + b^p)^(1/p)`` with ``p = 2**p_log2``, for a, b >= 0 (0 when both are 0).
+
+    Computed as ``M * (1 + (m/M)^p)^(1/p)`` with M = max, m = min (no overflow).
+    """
+    big = dd.maximum(a, b)
+    small = dd.minimum(a, b)
+    pos = big.hi > 0
+    big_safe = dd.where(pos, big, dd.dd(jnp.ones_like(big.hi)))
+    u = dd.div(small, big_safe)
+    g = _root2k(dd.add_f(_pow2k(u, p_log2), jnp.float32(1.0)), p_log2)
+    out = dd.mul(big_safe, g)
+    zero = dd.dd(jnp.zeros_like(big.hi))
+    return dd.where(pos, out, zero)
+
+
+#: Roofline operators (vectorised: one smooth max over all of them) and their family.
+ROOF_OPS = ("qkv_proj", "o_proj", "mlp_up", "mlp_down", "lm_head", "attn_prefill",
+            "attn_decode")
+_ROOF_FAMILY = ("gemm", "gemm", "gemm", "gemm", "gemm", "attn_prefill", "attn_decode")
+#: Memory-bound elementwise operators, how many of each per layer / iteration, and the
+#: coefficient c in bytes = c * count * size (see docs/semantics.md §3).
+MEM_OPS = ("norm", "residual_add", "activation", "rotary", "kv_write", "embedding",
+           "final_norm", "sampling")
+_MEM_MULT = (2.0, 2.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0)
+_MEM_COEF = (2.0 * ACT_BYTES, 3.0 * ACT_BYTES, 3.0 * ACT_BYTES, 2.0 * ACT_BYTES, 2.0,
+             2.0 * ACT_BYTES, 2.0 * ACT_BYTES, 4.0)
 PER_LAYER_OPS = (
     "qkv_proj", "o_proj", "mlp_up", "mlp_down", "attn_prefill", "attn_decode", "norm",
     "residual_add", "activation", "rotary", "kv_write", "all_reduce",
 )
 PER_ITERATION_OPS = ("embedding", "final_norm", "lm_head", "sampling", "cpu")
+#: Binary digits of the token count used by the exact MoE expert-coverage term
+#: (tokens per iteration are validated to be < 2**18).
+TOKEN_BITS = 18
 
 
-def iteration_time(
-    model: ModelParams,
-    hw: HardwareParams,
-    tp: Array,
-    cost: CostParams,
-    f: BatchFeatures,
-) -> Array:
-    """Seconds for one iteration with batch features ``f`` (0 when no token is scheduled)."""
-    t = op_times(model, hw, tp, cost, f)
-    layer = sum(t[name] for name in PER_LAYER_OPS)
-    once = sum(t[name] for name in PER_ITERATION_OPS)
-    return jnp.where(f.tokens > 0, model.num_layers * layer + once, 0.0)
+def _stack(xs) -> DD:
+    return DD(jnp.stack([x.hi for x in xs], axis=-1), jnp.stack([x.lo for x in xs], axis=-1))
+
+
+def _f32(xs) -> Array:
+    return jnp.stack([jnp.asarray(x, jnp.float32) for x in xs], axis=-1)
+
+
+def _dd_sum(x: DD) -> DD:
+    """Sum over the last axis by a pairwise tree of DD additions."""
+    n = x.hi.shape[-1]
+    while n > 1:
+        half = n // 2
+        a = DD(x.hi[..., :half], x.lo[..., :half])
+        b = DD(x.hi[..., half:2 * half], x.lo[..., half:2 * half])
+        s = dd.add(a, b)
+        if n % 2:
+            s = DD(jnp.concatenate([s.hi, x.hi[..., -1:]], -1),
+                   jnp.concatenate([s.lo, x.lo[..., -1:]], -1))
+        x, n = s, s.hi.shape[-1]
+    return DD(x.hi[..., 0], x.lo[..., 0])
+
+
+def _dd_prod(x: DD) -> DD:
+    """Product over the last axis by a pairwise tree of DD multiplications."""
+    n = x.hi.shape[-1]
+    while n > 1:
+        half = n // 2
+        a = DD(x.hi[..., :half], x.lo[..., :half])
+        b = DD(x.hi[..., half:2 * half], x.lo[..., half:2 * half])
+        s = dd.mul(a, b)
+        if n % 2:
+            s = DD(jnp.concatenate([s.hi, x.hi[..., -1:]], -1),
+                   jnp.concatenate([s.lo, x.lo[..., -1:]], -1))
+        x, n = s, s.hi.shape[-1]
+    return DD(x.hi[..., 0], x.lo[..., 0])
+
+
+class CostConsts(NamedTuple):
+    """Per-lane constants of the cost model (computed once, outside the scan).
+
+    Attributes:
+        c: physical coefficient values (``CostParams.values()``).
+        p_log2: smooth-max exponent k (p = 2**k).
+        roof_inv_c, roof_inv_m: 1 / (peak * eta_c) and 1 / (hbm * eta_m) of each roofline
+            operator's family (DD, [7]).
+        roof_f0, roof_b0: F0 and B0 of each roofline operator's family ([7]).
+        roof_k: GEMM inner dimension K and output width N of the five GEMMs ([5] each).
+        roof_w: weight bytes per GPU of the five GEMMs (DD, [5]; MLP per activated expert).
+        inv_m_elem: 1 / (hbm * eta_m_elem) (DD).
+        mem_size: per-operator size factor of the elementwise ops ([8]).
+        inv_link: 1 / (link * eta_ar) (DD).
+        dims: per-GPU model sizes (float32 scalars).
+        miss_pow: ``(1 - k/E) ** (2 ** i)`` for i < TOKEN_BITS (DD, [TOKEN_BITS]) for the
+            expected number of experts a batch touches, ``E * (1 - (1 - k/E) ** T)``.
+    """
+
+    c: dict
+    p_log2: Array
+    roof_inv_c: DD
+    roof_inv_m: DD
+    roof_f0: Array
+    roof_b0: Array
+    roof_k: Array
+    roof_n: Array
+    roof_w: DD
+    inv_m_elem: DD
+    mem_size: Array
+    inv_link: DD
+    dims: dict
+    miss_pow: DD
+
+
+def _prod(*xs) -> DD:
+    acc = dd.dd(jnp.asarray(xs[0], jnp.float32))
+    for x in xs[1:]:
+        acc = dd.mul_f(acc, jnp.asarray(x, jnp.float32))
+    return acc
+
+
+def prepare(model: ModelParams, hw: HardwareParams, tp: Array, cost: CostParams
+            ) -> CostConsts:
+    """The per-lane constants of the cost model."""
+    c = cost.values()
+    one = dd.dd(jnp.float32(1.0))
+
+    def inv(x: Array, y: Array) -> DD:
+        return dd.div(one, dd.two_prod(x, y))
+
+    peak, hbm = hw.peak_flops, hw.hbm_bw_bytes_per_s
+    tp_f = tp.astype(jnp.float32)
+    h, hd = model.hidden_size, model.head_dim
+    nh_g = model.num_heads / tp_f
+    nkv_g = jnp.maximum(model.num_kv_heads / tp_f, 1.0)
+    f_g = model.ffn_size / tp_f
+    v_g = model.vocab_size / tp_f
+    qkv_n = (nh_g + 2.0 * nkv_g) * hd
+    bw_w = model.bytes_per_weight
+    kvb = 2.0 * nkv_g * hd * model.bytes_per_kv
+    inv_c = {f: inv(peak, c[f"eta_c_{f}"]) for f in ("gemm", "attn_prefill", "attn_decode")}
+    inv_m = {f: inv(hbm, c[f"eta_m_{f}"]) for f in ("gemm", "attn_prefill", "attn_decode")}
+    miss = dd.add_f(dd.neg(dd.div(dd.dd(model.experts_per_token), dd.dd(model.num_experts))),
+                    jnp.float32(1.0))
+    def square(x, _):
+        x = DD(*x)
+        return tuple(dd.mul(x, x)), tuple(x)
+
+    _, pows_arr = jax.lax.scan(square, tuple(miss), None, length=TOKEN_BITS)
+    dims = {
+        "h": h, "hd": hd, "nh_g": nh_g, "nkv_g": nkv_g, "f_g": f_g, "kvb": kvb,
+        "e": model.num_experts, "k": model.experts_per_token, "L": model.num_layers,
+        "tp": tp, "ar_factor": 2.0 * (tp_f - 1.0) / tp_f,
+    }
+    return CostConsts(
+        c=c,
+        p_log2=cost.smooth_p_log2,
+        roof_inv_c=_stack([inv_c[f] for f in _ROOF_FAMILY]),
+        roof_inv_m=_stack([inv_m[f] for f in _ROOF_FAMILY]),
+        roof_f0=_f32([c[f"f0_{f}"] for f in _ROOF_FAMILY]),
+        roof_b0=_f32([c[f"b0_{f}"] for f in _ROOF_FAMILY]),
+        roof_k=_f32([h, nh_g * hd, h, f_g, h]),
+        roof_n=_f32([qkv_n, h, 2.0 * f_g, h, v_g]),
+        roof_w=_stack([_prod(bw_w, h, qkv_n), _prod(bw_w, nh_g * hd, h),
+                       _prod(bw_w, h, 2.0 * f_g), _prod(bw_w, f_g, h), _prod(bw_w, h, v_g)]),
+        inv_m_elem=inv(hbm, c["eta_m_elem"]),
+        mem_size=_f32([h, h, f_g, (nh_g + nkv_g) * hd, kvb, h, h, model.vocab_size]),
+        inv_link=inv(hw.link_bw_bytes_per_s, c["eta_ar"]),
+        dims=dims,
+        miss_pow=DD(pows_arr[0], pows_arr[1]),
+    )
+
+
+def op_times_from_consts(k: CostConsts, f: BatchFeatures) -> dict[str, DD]:
+    """Per-operator times of one iteration (seconds, as DD); per-layer ops for one layer."""
+    c, d = k.c, k.dims
+    k_o = c["kernel_overhead_s"]
+    i32, f32 = jnp.int32, jnp.float32
+    T = f.tokens
+    ek = d["k"]
+    Tk = T * ek.astype(i32)
+    ns = f.num_sampled
+
+    # experts touched: E * (1 - (1 - k/E) ** T), by binary exponentiation (exact in DD)
+    bits = ((T >> jnp.arange(TOKEN_BITS, dtype=i32)) & 1) == 1
+    ones = jnp.ones((TOKEN_BITS,), f32)
+    miss_t = _dd_prod(DD(jnp.where(bits, k.miss_pow.hi, ones),
+                         jnp.where(bits, k.miss_pow.lo, 0.0 * ones)))
+    e_act = dd.mul_f(dd.add_f(dd.neg(miss_t), f32(1.0)), d["e"])
+
+    # --- roofline operators, all at once: [qkv, o, up, down, lm_head, attn_p, attn_d]
+    m = jnp.stack([T, T, Tk, Tk, ns]).astype(f32)
+    m_dd = dd.dd(m)
+    g_flops = dd.mul_f(dd.mul_f(dd.mul_f(m_dd, 2.0), k.roof_k), k.roof_n)
+    weights = dd.mul(k.roof_w, DD(
+        jnp.stack([f32(1), f32(1), e_act.hi, e_act.hi, f32(1)]),
+        jnp.stack([f32(0), f32(0), e_act.lo, e_act.lo, f32(0)])))
+    g_bytes = dd.add(weights, dd.mul_f(dd.two_prod(m, k.roof_k + k.roof_n), ACT_BYTES))
+    nh_hd = d["nh_g"] * d["hd"]
+    kp, kd = f.prefill_kv_tokens, f.decode_kv_tokens
+    a_flops = _stack([dd.mul_f(f.prefill_pairs_x2, 2.0 * nh_hd),  # 4 nh hd Ap
+                      dd.mul_f(kd, 4.0 * nh_hd)])
+    tp_d = jnp.stack([f.prefill_tokens, f.num_decodes]).astype(f32)
+    a_bytes = dd.add(dd.two_prod(tp_d, ACT_BYTES * 2.0 * nh_hd),
+                     dd.mul_f(_stack([kp, kd]), d["kvb"]))
+    flops = DD(jnp.concatenate([g_flops.hi, a_flops.hi]),
+               jnp.concatenate([g_flops.lo, a_flops.lo]))
+    nbytes = DD(jnp.concatenate([g_bytes.hi, a_bytes.hi]),
+                jnp.concatenate([g_bytes.lo, a_bytes.lo]))
+    t_c = dd.mul(dd.add_f(flops, k.roof_f0), k.roof_inv_c)
+    t_m = dd.mul(dd.add_f(nbytes, k.roof_b0), k.roof_inv_m)
+    roof = dd.add_f(smooth_max(t_c, t_m, k.p_log2), k_o)
+    active = jnp.concatenate([m > 0, tp_d > 0])
+    zero7 = jnp.zeros_like(roof.hi)
+    roof = DD(jnp.where(active, roof.hi, zero7), jnp.where(active, roof.lo, zero7))
+
+    # --- elementwise operators: bytes = coef * count * size
+    count = jnp.stack([T, T, Tk, T, T, T, T, ns]).astype(f32)
+    mem_bytes = dd.mul_f(dd.two_prod(count, k.mem_size), _f32(_MEM_COEF))
+    mem = dd.add_f(dd.mul(dd.add_f(mem_bytes, c["b0_elem"]), k.inv_m_elem), k_o)
+    mem = dd.mul_f(mem, _f32(_MEM_MULT))
+    mem_on = jnp.ones((len(MEM_OPS),), bool).at[-1].set(ns > 0)
+    zero8 = jnp.zeros_like(mem.hi)
+    mem = DD(jnp.where(mem_on, mem.hi, zero8), jnp.where(mem_on, mem.lo, zero8))
+
+    ar_one = dd.add_f(dd.mul(_prod(ACT_BYTES * d["h"], T.astype(f32), d["ar_factor"]),
+                             k.inv_link), c["ar_latency_s"])
+    zero = dd.dd(f32(0.0))
+    out = {name: DD(roof.hi[i], roof.lo[i]) for i, name in enumerate(ROOF_OPS)}
+    out.update({name: DD(mem.hi[i], mem.lo[i]) for i, name in enumerate(MEM_OPS)})
+    out["all_reduce"] = dd.where(d["tp"] > 1, dd.mul_f(ar_one, f32(2.0)), zero)
+    out["cpu"] = dd.add_f(dd.two_prod(c["cpu_seq_s"], f.num_seqs.astype(f32)),
+                          c["cpu_iter_s"])
+    return out
+
+
+def op_times_dd(model, hw, tp, cost, f: BatchFeatures) -> dict[str, DD]:
+    """Per-operator times of one iteration (seconds, as DD)."""
+    return op_times_from_consts(prepare(model, hw, tp, cost), f)
+
+
+def iteration_time_from_consts(k: CostConsts, f: BatchFeatures) -> DD:
+    """Seconds for one iteration with batch features ``f`` (0 when nothing is scheduled)."""
+    t = op_times_from_consts(k, f)
+    layer = _dd_sum(_stack([t[n] for n in PER_LAYER_OPS]))
+    once = _dd_sum(_stack([t[n] for n in PER_ITERATION_OPS]))
+    total = dd.add(dd.mul_f(layer, k.dims["L"]), once)
+    return dd.where(f.tokens > 0, total, dd.dd(jnp.zeros_like(total.hi)))
+
+
+def iteration_time_dd(model, hw, tp, cost, f: BatchFeatures) -> DD:
+    """Seconds for one iteration (DD); see :func:`iteration_time_from_consts`."""
+    return iteration_time_from_consts(prepare(model, hw, tp, cost), f)
+
+
+def iteration_time(model, hw, tp, cost, f: BatchFeatures) -> Array:
+    """Iteration time in seconds, rounded to float32."""
+    return iteration_time_dd(model, hw, tp, cost, f).value()
+
+
+def op_times(model, hw, tp, cost, f: BatchFeatures) -> dict[str, Array]:
+    """Per-operator times in seconds (float32; per-layer ops are for one layer)."""
+    return {k: v.value() for k, v in op_times_dd(model, hw, tp, cost, f).items()}

@@ -22,15 +22,17 @@ LATENCY_METRICS = ("ttft", "tpot", "e2e", "queue")
 
 
 def masked_percentiles(x: Array, mask: Array, qs=PERCENTILES) -> dict[int, Array]:
-    """Percentiles of ``x[mask]`` (linear interpolation); NaN when the mask is empty."""
+    """Percentiles (whole percents) of ``x[mask]``, linear interpolation as numpy's
+    default; NaN when the mask is empty."""
     n = jnp.sum(mask, dtype=jnp.int32)
     v = jnp.sort(jnp.where(mask, x, jnp.inf))
     out = {}
     for q in qs:
-        pos = (q / 100.0) * (n - 1).astype(jnp.float32)
-        lo = jnp.clip(jnp.floor(pos).astype(jnp.int32), 0, x.shape[0] - 1)
+        # position q/100 * (n - 1) in exact integer arithmetic (q in whole percent)
+        num = int(q) * jnp.maximum(n - 1, 0)
+        lo = jnp.clip(num // 100, 0, x.shape[0] - 1)
         hi = jnp.clip(jnp.minimum(lo + 1, n - 1), 0, x.shape[0] - 1)
-        frac = pos - lo.astype(jnp.float32)
+        frac = (num % 100).astype(jnp.float32) / 100.0
         val = v[lo] + (v[hi] - v[lo]) * frac
         out[q] = jnp.where(n > 0, val, jnp.nan)
     return out
@@ -51,11 +53,12 @@ def compute_metrics(params: SimParams, workload: Workload, state: SimState) -> d
     out_tok = workload.output_tokens.astype(jnp.float32)
     in_tok = workload.prompt_tokens.astype(jnp.float32)
     multi = done & (workload.output_tokens > 1)
-    decode_s = st.e2e_s - st.ttft_s
+    decode_s = st.decode_s
+    e2e_s = st.ttft_s + st.decode_s
     tpot = jnp.where(multi, decode_s / jnp.maximum(out_tok - 1.0, 1.0), 0.0)
 
     m: dict[str, Array] = {}
-    series = {"ttft": (st.ttft_s, done), "tpot": (tpot, multi), "e2e": (st.e2e_s, done),
+    series = {"ttft": (st.ttft_s, done), "tpot": (tpot, multi), "e2e": (e2e_s, done),
               "queue": (st.queue_s, done)}
     for name, (x, mask) in series.items():
         m[f"{name}_mean_s"] = _masked_mean(x, mask)
@@ -69,7 +72,7 @@ def compute_metrics(params: SimParams, workload: Workload, state: SimState) -> d
     # duration = last finish - first arrival (arrival 0 is the earliest: sorted)
     rel_arrival = (workload.arrival_hi - workload.arrival_hi[0]) + (
         workload.arrival_lo - workload.arrival_lo[0])
-    finish_rel = jnp.where(done, rel_arrival + st.e2e_s, -jnp.inf)
+    finish_rel = jnp.where(done, rel_arrival + e2e_s, -jnp.inf)
     duration = jnp.max(finish_rel)
     n_done = jnp.sum(done, dtype=jnp.int32)
     ok_dur = (n_done > 0) & (duration > 0)

@@ -37,8 +37,7 @@ def as_i32(x) -> Array:
 # --------------------------------------------------------------------------------------
 
 #: (name, transform, scale, default value, meaning). ``sigmoid`` parameters are
-#: efficiencies in (0, 1); ``softplus`` parameters are ``scale * softplus(u)`` > 0;
-#: ``one_plus_softplus`` is ``1 + softplus(u)`` (the smooth-max exponent).
+#: efficiencies in (0, 1); ``softplus`` parameters are ``scale * softplus(u)`` > 0.
 COST_SPEC: tuple[tuple[str, str, float, float, str], ...] = (
     ("eta_c_gemm", "sigmoid", 1.0, 0.80, "GEMM peak compute efficiency"),
     ("f0_gemm", "softplus", 1e9, 2e9, "GEMM compute offset, FLOPs (size at half efficiency)"),
@@ -59,8 +58,10 @@ COST_SPEC: tuple[tuple[str, str, float, float, str], ...] = (
     ("kernel_overhead_s", "softplus", 1e-6, 1e-6, "per-kernel launch overhead, s"),
     ("cpu_iter_s", "softplus", 1e-3, 3e-4, "CPU/scheduling overhead per iteration, s"),
     ("cpu_seq_s", "softplus", 1e-6, 2e-6, "CPU overhead per scheduled request, s"),
-    ("smooth_p", "one_plus_softplus", 1.0, 4.0, "smooth-max exponent p (>= 1)"),
 )
+#: Allowed smooth-max exponents p = 2**k (an integer, not part of ``theta``).
+SMOOTH_P_CHOICES = (1, 2, 4, 8)
+DEFAULT_SMOOTH_P = 4
 COST_PARAM_NAMES: tuple[str, ...] = tuple(s[0] for s in COST_SPEC)
 COST_INDEX: dict[str, int] = {n: i for i, n in enumerate(COST_PARAM_NAMES)}
 NUM_COST_PARAMS = len(COST_SPEC)
@@ -80,10 +81,6 @@ def _to_unconstrained(kind: str, scale: float, value: float) -> float:
         if not value > 0.0:
             raise ValueError(f"value must be > 0, got {value}")
         return _softplus_inv(value / scale)
-    if kind == "one_plus_softplus":
-        if not value > 1.0:
-            raise ValueError(f"smooth_p must be > 1, got {value}")
-        return _softplus_inv(value - 1.0)
     raise AssertionError(kind)
 
 
@@ -94,27 +91,39 @@ class CostParams(eqx.Module):
         theta: ``f32[K]`` unconstrained values in the order of ``COST_PARAM_NAMES``;
             :meth:`values` maps them through sigmoid / softplus so every physical
             coefficient stays in range whatever an optimiser does to ``theta``.
+        smooth_p_log2: ``i32[]`` k of the smooth-max exponent p = 2**k (0..3): p = 1 adds
+            the compute and memory times, large p approaches the hard roofline. It is
+            an integer so that the double-float cost model can evaluate it exactly.
     """
 
     theta: Float[Array, " K"] = eqx.field(converter=as_f32)
+    smooth_p_log2: Int[Array, ""] = eqx.field(converter=as_i32, default=2)
 
     @classmethod
     def default(cls) -> CostParams:
-        """The uncalibrated defaults of ``COST_SPEC``."""
+        """The uncalibrated defaults of ``COST_SPEC`` (and p = 4)."""
         return cls.from_values({})
 
     @classmethod
     def from_values(cls, values: dict[str, float]) -> CostParams:
-        """Build from physical values; names not given take their defaults."""
+        """Build from physical values; names not given take their defaults.
+
+        ``smooth_p`` (one of ``SMOOTH_P_CHOICES``) may be given too.
+        """
+        values = dict(values)
+        p = values.pop("smooth_p", DEFAULT_SMOOTH_P)
+        if p not in SMOOTH_P_CHOICES:
+            raise ValueError(f"smooth_p must be one of {SMOOTH_P_CHOICES}, got {p!r}")
         unknown = set(values) - set(COST_PARAM_NAMES)
         if unknown:
             raise KeyError(f"unknown cost parameter(s) {sorted(unknown)}; "
-                           f"allowed: {', '.join(COST_PARAM_NAMES)}")
+                           f"allowed: {', '.join(COST_PARAM_NAMES)}, smooth_p")
         theta = [
             _to_unconstrained(kind, scale, float(values.get(name, default)))
             for name, kind, scale, default, _ in COST_SPEC
         ]
-        return cls(theta=np.asarray(theta, np.float32))
+        return cls(theta=np.asarray(theta, np.float32),
+                   smooth_p_log2=int(round(math.log2(p))))
 
     def values(self) -> dict[str, Array]:
         """Physical coefficient values (differentiable in ``theta``)."""
@@ -123,10 +132,8 @@ class CostParams(eqx.Module):
             u = self.theta[..., i]
             if kind == "sigmoid":
                 out[name] = jax.nn.sigmoid(u)
-            elif kind == "softplus":
-                out[name] = scale * jax.nn.softplus(u)
             else:
-                out[name] = 1.0 + jax.nn.softplus(u)
+                out[name] = scale * jax.nn.softplus(u)
         return out
 
 

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxsim import costmodel
 from jaxsim import metrics as metrics_mod
 from jaxsim import status as st_bits
 from jaxsim.params import SimParams, num_lanes
@@ -37,8 +38,11 @@ def default_iteration_budget(workload: Workload) -> int:
 
 def _run_chunk_single(shape: SimShape, params: SimParams, workload: Workload,
                       state: SimState) -> tuple[SimState, jax.Array]:
+    consts = costmodel.prepare(params.model, params.hardware, params.scheduler.tp,
+                               params.cost)
+
     def body(s, _):
-        return step(shape, params, workload, s), None
+        return step(shape, params, workload, s, consts), None
 
     state, _ = jax.lax.scan(body, state, None, length=shape.chunk_iterations)
     return state, is_done(state, workload)
@@ -93,11 +97,13 @@ class SimResult:
         """Per-request results of lane ``i``, in arrival order (padding rows dropped)."""
         n = int(self.metrics["num_requests"][i])
         st = self.state
-        return {
+        out = {
             name: np.asarray(getattr(st, name)[i])[:n]
-            for name in ("ttft_s", "e2e_s", "queue_s", "preemptions", "tokens_scheduled",
+            for name in ("ttft_s", "decode_s", "queue_s", "preemptions", "tokens_scheduled",
                          "completed")
         }
+        out["e2e_s"] = out["ttft_s"] + out["decode_s"]
+        return out
 
     def lane(self, i: int) -> dict[str, float]:
         """Metrics of lane ``i`` as Python floats, plus its status string."""
@@ -185,7 +191,7 @@ def _rerun_overflow(shape, params, workload, result, max_iterations):
     st = result.state
     idx = jnp.asarray(over)
     updates = {}
-    for name in ("ttft_s", "e2e_s", "queue_s", "preemptions", "tokens_scheduled",
+    for name in ("ttft_s", "decode_s", "queue_s", "preemptions", "tokens_scheduled",
                  "completed"):
         updates[name] = getattr(st, name).at[idx].set(getattr(sub.state, name))
     result.state = eqx.tree_at(
@@ -220,9 +226,11 @@ def run_fixed(
     decisions are discrete and contribute none.
     """
     state = init_state(shape, params, workload, jnp.int32(num_iterations))
+    consts = costmodel.prepare(params.model, params.hardware, params.scheduler.tp,
+                               params.cost)
 
     def body(s, _):
-        return step(shape, params, workload, s), None
+        return step(shape, params, workload, s, consts), None
 
     state, _ = jax.lax.scan(body, state, None, length=num_iterations)
     state = flush_in_flight(state)

@@ -40,7 +40,8 @@ class SimState(eqx.Module):
         slot_arrival_hi, slot_arrival_lo: ``f32[S]`` its arrival time.
         slot_first_hi, slot_first_lo: ``f32[S]`` its first-token time (valid if g >= 1).
         slot_queue_s: ``f32[S]`` first admission minus arrival.
-        ttft_s, e2e_s, queue_s: ``f32[R]`` per-request results (written on finish).
+        ttft_s, decode_s, queue_s: ``f32[R]`` per-request TTFT, first-to-last token
+            time and queueing delay (written on finish; E2E = ttft_s + decode_s).
         preemptions, tokens_scheduled: ``i32[R]`` per-request counts (written on finish).
         completed: ``bool[R]`` request finished.
         iterations: ``i32[]`` iterations that scheduled at least one token.
@@ -75,7 +76,7 @@ class SimState(eqx.Module):
     slot_queue_s: Float[Array, " S"] = eqx.field(converter=as_f32)
     # per-request results (written once, when the request finishes)
     ttft_s: Float[Array, " R"] = eqx.field(converter=as_f32)
-    e2e_s: Float[Array, " R"] = eqx.field(converter=as_f32)
+    decode_s: Float[Array, " R"] = eqx.field(converter=as_f32)
     queue_s: Float[Array, " R"] = eqx.field(converter=as_f32)
     preemptions: Int[Array, " R"] = eqx.field(converter=as_i32)
     tokens_scheduled: Int[Array, " R"] = eqx.field(converter=as_i32)
@@ -128,7 +129,7 @@ def init_state(
         slot_first_lo=zf_s,
         slot_queue_s=zf_s,
         ttft_s=jnp.full((R,), jnp.nan, jnp.float32),
-        e2e_s=jnp.full((R,), jnp.nan, jnp.float32),
+        decode_s=jnp.full((R,), jnp.nan, jnp.float32),
         queue_s=jnp.full((R,), jnp.nan, jnp.float32),
         preemptions=zi_r,
         tokens_scheduled=zi_r,

@@ -41,11 +41,13 @@ import jax
 import jax.numpy as jnp
 
 from jaxsim import costmodel
+from jaxsim import dd as ddm
 from jaxsim import status as st_bits
+from jaxsim.dd import DD
 from jaxsim.params import SimParams
 from jaxsim.shapes import SimShape
 from jaxsim.state import SimState
-from jaxsim.timeutil import dd_add, dd_le, dd_lt, dd_sub
+from jaxsim.timeutil import dd_add, dd_add2, dd_le, dd_lt, dd_sub
 from jaxsim.workload import Workload
 
 MODE_V1 = 0
@@ -56,8 +58,35 @@ def _ceil_div(a, b):
     return (a + b - 1) // b
 
 
-def step(shape: SimShape, params: SimParams, workload: Workload, st: SimState) -> SimState:
-    """Advance one lane by one engine iteration (see the module docstring)."""
+def _exact_dot(a, x) -> DD:
+    """sum(a * x) for int32 a, x >= 0 as an exact DD (no int32 overflow).
+
+    x is split into 12-bit halves so each partial sum stays below 2**31 for
+    sum(a) <= 2**18 and x < 2**25 (the validated ranges of tokens per iteration and
+    context length).
+    """
+    i32 = jnp.int32
+    hi = jnp.sum(a * (x >> 12), dtype=i32)
+    lo = jnp.sum(a * (x & 4095), dtype=i32)
+    return ddm.add(ddm.mul_f(costmodel.int_to_dd(hi), jnp.float32(4096.0)),
+                   costmodel.int_to_dd(lo))
+
+
+def step(
+    shape: SimShape,
+    params: SimParams,
+    workload: Workload,
+    st: SimState,
+    consts: costmodel.CostConsts | None = None,
+) -> SimState:
+    """Advance one lane by one engine iteration (see the module docstring).
+
+    ``consts`` are the lane's cost-model constants (``costmodel.prepare``); the scan
+    drivers compute them once per run instead of once per iteration.
+    """
+    if consts is None:
+        consts = costmodel.prepare(params.model, params.hardware, params.scheduler.tp,
+                                   params.cost)
     S, R = shape.max_slots, shape.max_requests
     sp = params.scheduler
     wl = workload
@@ -169,27 +198,24 @@ def step(shape: SimShape, params: SimParams, workload: Workload, st: SimState) -
     samples = sched & (computed + got == n_known)
     is_dec = sched & (generated >= 1) & (rem == 1)
     is_pre = sched & ~is_dec
-    got_f = got.astype(jnp.float32)
-    c_f = computed.astype(jnp.float32)
-    f32 = jnp.float32
     feats = costmodel.BatchFeatures(
-        tokens=jnp.sum(got_f),
-        num_seqs=jnp.sum(sched, dtype=f32),
-        num_sampled=jnp.sum(samples, dtype=f32),
-        prefill_tokens=jnp.sum(jnp.where(is_pre, got_f, 0.0)),
-        prefill_pairs=jnp.sum(jnp.where(is_pre, got_f * (c_f + 0.5 * (got_f + 1.0)), 0.0)),
-        prefill_kv_tokens=jnp.sum(jnp.where(is_pre, c_f + got_f, 0.0)),
-        num_decodes=jnp.sum(is_dec, dtype=f32),
-        decode_kv_tokens=jnp.sum(jnp.where(is_dec, c_f + 1.0, 0.0)),
+        tokens=jnp.sum(got, dtype=i32),
+        num_seqs=jnp.sum(sched, dtype=i32),
+        num_sampled=jnp.sum(samples, dtype=i32),
+        prefill_tokens=jnp.sum(jnp.where(is_pre, got, 0), dtype=i32),
+        # 2 * sum q (c + (q + 1) / 2) = sum q * (2c + q + 1), exactly
+        prefill_pairs_x2=_exact_dot(jnp.where(is_pre, got, 0), 2 * computed + got + 1),
+        prefill_kv_tokens=_exact_dot(is_pre.astype(i32), computed + got),
+        num_decodes=jnp.sum(is_dec, dtype=i32),
+        decode_kv_tokens=_exact_dot(is_dec.astype(i32), computed + 1),
     )
-    dt = costmodel.iteration_time(
-        params.model, params.hardware, sp.tp, params.cost, feats
-    )
-    finite = jnp.isfinite(dt)
-    dt = jnp.where(finite, dt, 0.0)
+    dt_dd = costmodel.iteration_time_from_consts(consts, feats)
+    finite = jnp.isfinite(dt_dd.hi) & jnp.isfinite(dt_dd.lo)
+    dt = jnp.where(finite, dt_dd.hi, 0.0)
+    dt_lo = jnp.where(finite, dt_dd.lo, 0.0)
 
     # ---- 6. advance -----------------------------------------------------------------
-    end_hi, end_lo = dd_add(clock_hi, clock_lo, dt)
+    end_hi, end_lo = dd_add2(clock_hi, clock_lo, dt, dt_lo)
 
     # ---- 7. retire --------------------------------------------------------------------
     new_row = admit & (row >= st.n_act)
@@ -211,7 +237,7 @@ def step(shape: SimShape, params: SimParams, workload: Workload, st: SimState) -
     # per-request results, written at the rows of finishing requests only
     out_idx = jnp.where(finished, req, R)  # R is out of range: dropped
     ttft = dd_sub(first_hi, first_lo, arr_hi, arr_lo)
-    e2e = dd_sub(end_hi, end_lo, arr_hi, arr_lo)
+    decode = dd_sub(end_hi, end_lo, first_hi, first_lo)
 
     def put(a, v):
         return a.at[out_idx].set(v, mode="drop")
@@ -219,8 +245,9 @@ def step(shape: SimShape, params: SimParams, workload: Workload, st: SimState) -
     # ---- 8. account -------------------------------------------------------------------
     in_run1 = row < n_run1
     used_blocks = jnp.sum(jnp.where(in_run1, _ceil_div(computed1, bs), 0), dtype=i32)
-    kv_hi, kv_lo = dd_add(st.kv_used_s_hi, st.kv_used_s_lo, used_blocks.astype(f32) * dt)
-    busy_hi, busy_lo = dd_add(st.busy_hi, st.busy_lo, dt)
+    kv_hi, kv_lo = dd_add(st.kv_used_s_hi, st.kv_used_s_lo,
+                          used_blocks.astype(jnp.float32) * (dt + dt_lo))
+    busy_hi, busy_lo = dd_add2(st.busy_hi, st.busy_lo, dt, dt_lo)
     n_fin = jnp.sum(finished, dtype=i32)
 
     # ---- compaction: drop finished rows, keep order -----------------------------------
@@ -263,7 +290,7 @@ def step(shape: SimShape, params: SimParams, workload: Workload, st: SimState) -
         slot_first_lo=c_f[3],
         slot_queue_s=c_f[4],
         ttft_s=put(st.ttft_s, ttft),
-        e2e_s=put(st.e2e_s, e2e),
+        decode_s=put(st.decode_s, decode),
         queue_s=put(st.queue_s, queue_s),
         preemptions=put(st.preemptions, preempt),
         tokens_scheduled=put(st.tokens_scheduled, tokens),

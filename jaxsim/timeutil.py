@@ -25,6 +25,17 @@ def dd_add(hi: Array, lo: Array, x: Array) -> tuple[Array, Array]:
     return new_hi, new_lo
 
 
+def dd_add2(hi: Array, lo: Array, xhi: Array, xlo: Array) -> tuple[Array, Array]:
+    """``(hi + lo) + (xhi + xlo)`` as a normalised pair."""
+    s = hi + xhi
+    bb = s - hi
+    err = (hi - (s - bb)) + (xhi - bb)
+    err = err + (lo + xlo)
+    new_hi = s + err
+    new_lo = err - (new_hi - s)
+    return new_hi, new_lo
+
+
 def dd_le(ahi: Array, alo: Array, bhi: Array, blo: Array) -> Array:
     """``a <= b`` for normalised pairs."""
     return (ahi < bhi) | ((ahi == bhi) & (alo <= blo))

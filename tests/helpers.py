@@ -42,6 +42,7 @@ def oracle_config(params: P.SimParams) -> dict:
     values = jax.jit(lambda c: c.values())(params.cost)
     for k, v in values.items():
         cfg[k] = float(v)
+    cfg["smooth_p"] = float(2 ** int(params.cost.smooth_p_log2))
     cfg["ttft_slo_s"] = float(params.ttft_slo_s)
     cfg["tpot_slo_s"] = float(params.tpot_slo_s)
     return cfg

@@ -3,7 +3,9 @@
 Each lane draws its own workload (per-lane workloads, padded to a common R) and its own
 configuration: model, GPU, TP, scheduler mode, chunking, limits, block size, a KV
 capacity small enough to force preemptions in many lanes, watermark, threshold. Counts
-must be identical and times equal to 1e-5 relative.
+must be identical and times equal to 1e-6 relative (the bar is 1e-5; iteration times
+are evaluated in double-float, so the only difference left is the float32 rounding of
+the stored per-request results).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ MODELS = ["Llama-3.1-8B", "Llama-2-7B", "Qwen2.5-7B", "Llama-3.1-70B", "Mixtral-
 GPUS = ["A100-80GB", "H100-SXM", "H200", "L40S", "B200"]
 R_MAX = 40
 S_MAX = 32
-RTOL = 1e-5
+RTOL = 1e-6
 
 
 def random_case(rng: np.random.Generator) -> tuple[Trace, dict]:
@@ -119,6 +121,9 @@ def compare_lane(i, trace, res, ref):
             errors.append(f"{key} {int(m[key][i])} vs ref {int(ref[rkey])}")
 
     def per_req(name):
+        if name == "e2e_s":
+            return (np.asarray(st.ttft_s[i], np.float64)
+                    + np.asarray(st.decode_s[i], np.float64))[:n]
         return np.asarray(getattr(st, name)[i])[:n]
 
     # JAX arrays are in arrival order; the reference returns input order.
@@ -131,9 +136,8 @@ def compare_lane(i, trace, res, ref):
             j = int(np.flatnonzero(a.astype(np.int64) != b.astype(np.int64))[0])
             errors.append(f"{name}[req {j}] {a[j]} vs ref {b[j]}")
     for name in ("ttft_s", "e2e_s", "queue_s"):
-        # queue_s can be a tiny difference of two clocks: allow 1 us absolute
-        ok, mask = _close(per_req(name), ref_sorted[name],
-                          atol=1e-6 if name == "queue_s" else 1e-9)
+        # queue_s can be 0 or a tiny difference of two clocks: 1 ns absolute
+        ok, mask = _close(per_req(name), ref_sorted[name], atol=1e-9)
         if not ok:
             j = int(np.flatnonzero(~mask)[0])
             errors.append(f"{name}[req {j}] {per_req(name)[j]!r} vs ref {ref_sorted[name][j]!r}")
@@ -145,12 +149,11 @@ def compare_lane(i, trace, res, ref):
     for key in ("ttft_mean_s", "ttft_p50_s", "ttft_p99_s", "tpot_mean_s", "tpot_p90_s",
                 "e2e_p99_s", "queue_mean_s", "itl_mean_s", "throughput_rps", "output_tps",
                 "goodput_rps"):
-        ok, _ = _close(m[key][i], ref["metrics"][key], rtol=2e-5,
-                       atol=1e-6 if key.startswith("queue") else 1e-8)
+        ok, _ = _close(m[key][i], ref["metrics"][key], rtol=2e-6, atol=1e-9)
         if not ok:
             errors.append(f"{key} {m[key][i]!r} vs ref {ref['metrics'][key]!r}")
     for key in ("kv_occupancy_mean", "kv_occupancy_peak"):
-        ok, _ = _close(m[key][i], ref[key], rtol=2e-5, atol=1e-7)
+        ok, _ = _close(m[key][i], ref[key], rtol=2e-6, atol=1e-9)
         if not ok:
             errors.append(f"{key} {m[key][i]!r} vs ref {ref[key]!r}")
     return errors
