@@ -25,7 +25,8 @@ def test_demo__writes_table_and_plot(tmp_path, capsys):
 
 
 def test_bench__quick_json(capsys, monkeypatch):
-    monkeypatch.setattr(bench, "_iteration_time", lambda n, b, chunks=3, slots=64: 1e-4)
+    monkeypatch.setattr(bench, "_iteration_times",
+                        lambda sizes, b, rounds=4, slots=64: [1e-4] * len(sizes))
     code = cli.main(["bench", "--quick", "--json"])
     assert code == 0
     obj = json.loads(capsys.readouterr().out)
