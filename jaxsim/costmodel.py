@@ -150,34 +150,29 @@ def _f32(xs) -> Array:
     return jnp.stack([jnp.asarray(x, jnp.float32) for x in xs], axis=-1)
 
 
-def _dd_sum(x: DD) -> DD:
-    """Sum over the last axis by a pairwise tree of DD additions."""
+def _dd_reduce(x: DD, op) -> DD:
+    """Reduce over the last axis with a DD operation by a pairwise tree."""
     n = x.hi.shape[-1]
     while n > 1:
         half = n // 2
         a = DD(x.hi[..., :half], x.lo[..., :half])
         b = DD(x.hi[..., half:2 * half], x.lo[..., half:2 * half])
-        s = dd.add(a, b)
+        s = op(a, b)
         if n % 2:
             s = DD(jnp.concatenate([s.hi, x.hi[..., -1:]], -1),
                    jnp.concatenate([s.lo, x.lo[..., -1:]], -1))
         x, n = s, s.hi.shape[-1]
     return DD(x.hi[..., 0], x.lo[..., 0])
+
+
+def _dd_sum(x: DD) -> DD:
+    """Sum over the last axis."""
+    return _dd_reduce(x, dd.add)
 
 
 def _dd_prod(x: DD) -> DD:
-    """Product over the last axis by a pairwise tree of DD multiplications."""
-    n = x.hi.shape[-1]
-    while n > 1:
-        half = n // 2
-        a = DD(x.hi[..., :half], x.lo[..., :half])
-        b = DD(x.hi[..., half:2 * half], x.lo[..., half:2 * half])
-        s = dd.mul(a, b)
-        if n % 2:
-            s = DD(jnp.concatenate([s.hi, x.hi[..., -1:]], -1),
-                   jnp.concatenate([s.lo, x.lo[..., -1:]], -1))
-        x, n = s, s.hi.shape[-1]
-    return DD(x.hi[..., 0], x.lo[..., 0])
+    """Product over the last axis."""
+    return _dd_reduce(x, dd.mul)
 
 
 class CostConsts(NamedTuple):
