@@ -5,12 +5,10 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping, Sequence
 
-import jax
 import numpy as np
 
 from jaxsim import config as config_mod
-from jaxsim.params import SimParams
-from jaxsim.params import stack as stack_params
+from jaxsim.params import SimParams, concatenate
 from jaxsim.shapes import SimShape
 from jaxsim.sim import SimResult, simulate_batch
 from jaxsim.workload import Trace, Workload, stack_workloads, to_workload
@@ -58,8 +56,7 @@ def prepare(
         cols = config_mod.columns_from_configs(cfgs)
         parts = [config_mod.params_from_columns({k: [v[i]] for k, v in cols.items()},
                                                 traces[i].max_len()) for i in range(len(cfgs))]
-        params = stack_params([p for p, _ in parts])
-        params = jax.tree.map(lambda x: x[:, 0], params)
+        params = concatenate([p for p, _ in parts])
         info = {k: np.concatenate([inf[k] for _, inf in parts]) for k in parts[0][1]}
         workload = stack_workloads([to_workload(t, R) for t in traces])
     else:

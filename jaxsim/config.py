@@ -22,6 +22,7 @@ from jaxsim import presets
 from jaxsim import status as st_bits
 from jaxsim.params import (
     COST_PARAM_NAMES,
+    COST_SPEC,
     SMOOTH_P_CHOICES,
     CostParams,
     HardwareParams,
@@ -220,7 +221,7 @@ def validate(cfg: Mapping) -> dict:
             allowed = [*_TOP, *(f"slo.{s}" for s in _SLO), *(f"workload.{s}" for s in _WORKLOAD),
                        "cost.<name>"]
             raise ConfigError(f"{key}: unknown key; allowed: {', '.join(allowed)}")
-    for name, kind, *_ in _cost_kinds():
+    for name, kind, *_ in COST_SPEC:
         if kind == "sigmoid" and name in out["cost"] and not out["cost"][name] < 1.0:
             raise ConfigError(f"cost.{name}: {out['cost'][name]} must be < 1 (an efficiency)")
     if out["scheduler"] == "v0" and "enable_chunked_prefill" not in cfg:
@@ -240,12 +241,6 @@ def validate(cfg: Mapping) -> dict:
     if w["kind"] != "trace" and w["num_requests"] is None:
         raise ConfigError(f"workload.num_requests: required for workload.kind={w['kind']}")
     return out
-
-
-def _cost_kinds():
-    from jaxsim.params import COST_SPEC
-
-    return COST_SPEC
 
 
 def parse_set(assignment: str) -> tuple[list[str], Any]:

@@ -55,7 +55,7 @@ def _run_chunk_batch(shape, params, workload, state, wl_batched: bool):
         in_axes=(0, 0 if wl_batched else None, 0),
     )
     state, done = fn(params, workload, state)
-    return state, jnp.all(done), done
+    return state, jnp.all(done)
 
 
 @functools.partial(jax.jit, static_argnames=("shape", "wl_batched"))
@@ -156,7 +156,7 @@ def simulate_batch(
     n_chunks = -(-budget // shape.chunk_iterations)
     iters = 0
     for _ in range(n_chunks):
-        state, all_done, _ = _run_chunk_batch(shape, params, workload, state, wl_batched)
+        state, all_done = _run_chunk_batch(shape, params, workload, state, wl_batched)
         iters += shape.chunk_iterations
         if bool(all_done):
             break

@@ -299,7 +299,7 @@ def step(
         iter_limit=st.iter_limit,
         busy_hi=busy_hi,
         busy_lo=busy_lo,
-        tokens_total=st.tokens_total + jnp.sum(got, dtype=i32),
+        tokens_total=st.tokens_total + feats.tokens,
         preemptions_total=st.preemptions_total + jnp.sum(victim, dtype=i32),
         num_completed=st.num_completed + n_fin,
         kv_used_s_hi=kv_hi,

@@ -11,29 +11,21 @@ from __future__ import annotations
 
 import numpy as np
 
+from jaxsim import dd
+from jaxsim.dd import DD
 from jaxsim.types import Array
 
 
 def dd_add(hi: Array, lo: Array, x: Array) -> tuple[Array, Array]:
     """``(hi + lo) + x`` as a normalised (hi, lo) pair."""
-    s = hi + x
-    bb = s - hi
-    err = (hi - (s - bb)) + (x - bb)
-    lo = lo + err
-    new_hi = s + lo
-    new_lo = lo - (new_hi - s)
-    return new_hi, new_lo
+    out = dd.add_f(DD(hi, lo), x)
+    return out.hi, out.lo
 
 
 def dd_add2(hi: Array, lo: Array, xhi: Array, xlo: Array) -> tuple[Array, Array]:
     """``(hi + lo) + (xhi + xlo)`` as a normalised pair."""
-    s = hi + xhi
-    bb = s - hi
-    err = (hi - (s - bb)) + (xhi - bb)
-    err = err + (lo + xlo)
-    new_hi = s + err
-    new_lo = err - (new_hi - s)
-    return new_hi, new_lo
+    out = dd.add(DD(hi, lo), DD(xhi, xlo))
+    return out.hi, out.lo
 
 
 def dd_le(ahi: Array, alo: Array, bhi: Array, blo: Array) -> Array:
