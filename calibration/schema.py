@@ -1,0 +1,274 @@
+"""One tidy schema for measured timings, with validation and atomic CSV input/output.
+
+A :class:`Measurements` table holds one row per measured shape. Kernel rows time one
+invocation of one operator on one GPU (one tensor-parallel shard); ``iteration`` rows
+time a whole engine iteration of a batch. Every loader in :mod:`calibration.loaders`
+and the profiler (:mod:`jaxsim.profile`) produce this table, so ``jaxsim calibrate``
+takes any of them.
+
+Columns (CSV header names; integers are 0 where they do not apply):
+
+============================  ==============================================================
+``hardware``                  GPU preset name the row was measured on (``H100-SXM``, ...)
+``op``                        one of :data:`OPS`
+``model``                     model name ('' if none)
+``dtype``                     ``bf16``, ``fp16``, ``fp32`` or ``fp8``
+``num_layers`` ...            ``hidden_size``, ``num_heads``, ``num_kv_heads``, ``head_dim``,
+                              ``ffn_size``, ``vocab_size``: full-model dimensions
+``gated``                     1 for a gated (SwiGLU) MLP, 0 for a plain one
+``tp``                        tensor-parallel degree of the shard measured (>= 1)
+``num_tokens``                rows of the activation matrix (kernel rows)
+``batch_size``                sequences: prefill sequences of ``iteration`` rows, decode
+                              sequences of ``attn_decode`` rows, 1 for ``attn_prefill``
+``chunk_len``                 new (query) tokens per prefill sequence
+``context_len``               tokens already cached per prefill sequence, or the context
+                              of each decode sequence for ``attn_decode``
+``num_decodes``               decode sequences of an ``iteration`` row
+``decode_context_len``        mean context of those decodes
+``bytes``                     message / copy size of collectives and copies
+``num_workers``               GPUs taking part in a collective
+``time_s``                    the measured time, seconds (the median when repeated); > 0
+``time_min_s`` ...            ``time_mean_s``, ``time_std_s``: repeat statistics (may be
+                              empty)
+``repeats``                   number of repeats behind the statistics (0 if unknown)
+``source``                    where the row came from (``file:row``)
+============================  ==============================================================
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import math
+import os
+import tempfile
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+#: Operators a row may time. Kernel operators use the cost model's names.
+GEMM_OPS = ("qkv_proj", "o_proj", "mlp_up", "mlp_down", "lm_head")
+ELEM_OPS = ("norm", "residual_add", "activation", "rotary", "kv_write", "embedding")
+ATTN_OPS = ("attn_prefill", "attn_decode")
+COMM_OPS = ("all_reduce", "send_recv", "h2d_copy", "d2h_copy")
+OPS = GEMM_OPS + ELEM_OPS + ATTN_OPS + COMM_OPS + ("iteration",)
+#: Op families of the error report.
+FAMILY = {**{o: "gemm" for o in GEMM_OPS}, **{o: "elementwise" for o in ELEM_OPS},
+          "norm": "norm", "attn_prefill": "attn_prefill", "attn_decode": "attn_decode",
+          "all_reduce": "all_reduce", "send_recv": "send_recv", "h2d_copy": "copy",
+          "d2h_copy": "copy", "iteration": "iteration"}
+DTYPES = ("bf16", "fp16", "fp32", "fp8")
+
+STR_COLS = ("hardware", "op", "model", "dtype", "source")
+INT_COLS = ("num_layers", "hidden_size", "num_heads", "num_kv_heads", "head_dim",
+            "ffn_size", "vocab_size", "gated", "tp", "num_tokens", "batch_size",
+            "chunk_len", "context_len", "num_decodes", "decode_context_len", "num_workers",
+            "repeats")
+FLOAT_COLS = ("bytes", "time_s", "time_min_s", "time_mean_s", "time_std_s")
+COLUMNS = ("hardware", "op", "model", "dtype", "num_layers", "hidden_size", "num_heads",
+           "num_kv_heads", "head_dim", "ffn_size", "vocab_size", "gated", "tp",
+           "num_tokens", "batch_size", "chunk_len", "context_len", "num_decodes",
+           "decode_context_len", "bytes", "num_workers", "time_s", "time_min_s",
+           "time_mean_s", "time_std_s", "repeats", "source")
+#: Columns that may be left empty (NaN) in a CSV.
+OPTIONAL = ("time_min_s", "time_mean_s", "time_std_s")
+#: Shape columns each op needs (> 0).
+REQUIRED_SHAPE = {
+    **{o: ("hidden_size", "num_heads", "head_dim", "tp", "num_tokens") for o in GEMM_OPS},
+    **{o: ("hidden_size", "num_heads", "head_dim", "tp", "num_tokens") for o in ELEM_OPS},
+    "mlp_up": ("hidden_size", "ffn_size", "tp", "num_tokens"),
+    "mlp_down": ("hidden_size", "ffn_size", "tp", "num_tokens"),
+    "lm_head": ("hidden_size", "vocab_size", "tp", "num_tokens"),
+    "activation": ("ffn_size", "tp", "num_tokens"),
+    "attn_prefill": ("num_heads", "num_kv_heads", "head_dim", "tp", "chunk_len"),
+    "attn_decode": ("num_heads", "num_kv_heads", "head_dim", "tp", "batch_size",
+                    "context_len"),
+    "all_reduce": ("bytes", "num_workers"),
+    "send_recv": ("bytes",),
+    "h2d_copy": ("bytes",),
+    "d2h_copy": ("bytes",),
+    "iteration": ("num_layers", "hidden_size", "num_heads", "num_kv_heads", "head_dim",
+                  "ffn_size", "vocab_size", "tp"),
+}
+
+
+class DataError(ValueError):
+    """Bad measurement data; the message names the file, row and column."""
+
+
+@dataclasses.dataclass
+class Measurements:
+    """A column table of measurements (numpy arrays of equal length)."""
+
+    cols: dict[str, np.ndarray]
+
+    def __post_init__(self):
+        n = {len(v) for v in self.cols.values()}
+        if len(n) > 1:
+            raise ValueError(f"columns of unequal length: {sorted(n)}")
+        missing = [c for c in COLUMNS if c not in self.cols]
+        if missing:
+            raise ValueError(f"missing columns {missing}")
+
+    def __len__(self) -> int:
+        return len(self.cols["op"])
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self.cols[name]
+
+    def select(self, mask) -> Measurements:
+        """Rows where ``mask`` is true (or the given indices)."""
+        return Measurements({k: v[mask] for k, v in self.cols.items()})
+
+    def where(self, **eq) -> Measurements:
+        """Rows whose columns equal the given values (case-insensitive for strings)."""
+        mask = np.ones(len(self), bool)
+        for k, v in eq.items():
+            col = self.cols[k]
+            if col.dtype.kind in "UO":
+                mask &= np.char.lower(col.astype(str)) == str(v).lower()
+            else:
+                mask &= col == v
+        return self.select(mask)
+
+    @staticmethod
+    def concat(parts: Sequence[Measurements]) -> Measurements:
+        parts = [p for p in parts if len(p)]
+        if not parts:
+            return empty()
+        return Measurements({c: np.concatenate([p.cols[c] for p in parts]) for c in COLUMNS})
+
+    def ops(self) -> list[str]:
+        return sorted(set(self.cols["op"].tolist()))
+
+    def digest(self) -> str:
+        """sha256 of the canonical CSV text (rows sorted): identifies a dataset."""
+        import hashlib
+
+        lines = sorted(_row_text(self, i, with_source=False) for i in range(len(self)))
+        return hashlib.sha256("\n".join(lines).encode()).hexdigest()
+
+
+def empty() -> Measurements:
+    return from_rows([])
+
+
+def _dtype(c: str):
+    return object if c in STR_COLS else (np.int64 if c in INT_COLS else np.float64)
+
+
+def from_rows(rows: Iterable[dict], *, origin: str = "<rows>") -> Measurements:
+    """Build and validate a table from dicts (missing integer fields are 0)."""
+    rows = list(rows)
+    cols: dict[str, list] = {c: [] for c in COLUMNS}
+    for i, r in enumerate(rows):
+        for c in COLUMNS:
+            v = r.get(c)
+            if c in STR_COLS:
+                cols[c].append("" if v is None else str(v))
+            elif c in INT_COLS:
+                cols[c].append(0 if v is None else v)
+            else:
+                cols[c].append(math.nan if v is None else v)
+        if not r.get("source"):
+            cols["source"][-1] = f"{origin}:{i + 1}"
+    m = Measurements({c: np.asarray(v, dtype=_dtype(c)) if v else
+                      np.zeros(0, dtype=_dtype(c)) for c, v in cols.items()})
+    validate(m)
+    return m
+
+
+def validate(m: Measurements) -> None:
+    """Raise :class:`DataError` naming the source row and column of the first bad value."""
+    for i in range(len(m)):
+        where = m["source"][i]
+        op = m["op"][i]
+        if op not in OPS:
+            raise DataError(f"{where}: column 'op': unknown op {op!r}; allowed: "
+                            f"{', '.join(OPS)}")
+        if m["dtype"][i] not in DTYPES:
+            raise DataError(f"{where}: column 'dtype': unknown dtype {m['dtype'][i]!r}; "
+                            f"allowed: {', '.join(DTYPES)}")
+        if not m["hardware"][i]:
+            raise DataError(f"{where}: column 'hardware': empty")
+        t = m["time_s"][i]
+        if not np.isfinite(t) or t <= 0:
+            raise DataError(f"{where}: column 'time_s': {t!r} is not a positive finite "
+                            "time in seconds")
+        for c in OPTIONAL:
+            v = m[c][i]
+            if not np.isnan(v) and (not np.isfinite(v) or v < 0):
+                raise DataError(f"{where}: column {c!r}: {v!r} must be >= 0 or empty")
+        for c in INT_COLS + ("bytes",):
+            v = m[c][i]
+            if not np.isfinite(v) or v < 0:
+                raise DataError(f"{where}: column {c!r}: {v!r} must be a finite number >= 0")
+        for c in REQUIRED_SHAPE[op]:
+            if not m[c][i] > 0:
+                raise DataError(f"{where}: column {c!r}: {m[c][i]!r} must be > 0 for op "
+                                f"{op!r}")
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float | np.floating):
+        return "" if np.isnan(v) else repr(float(v))
+    return str(v)
+
+
+def _row_text(m: Measurements, i: int, with_source: bool = True) -> str:
+    cols = COLUMNS if with_source else COLUMNS[:-1]
+    return ",".join(_fmt(m.cols[c][i]) for c in cols)
+
+
+def write_csv(m: Measurements, path: str | os.PathLike) -> None:
+    """Write the table as CSV atomically (a temporary file renamed into place)."""
+    path = os.fspath(path)
+    d = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=".csv")
+    try:
+        with os.fdopen(fd, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(COLUMNS)
+            for i in range(len(m)):
+                w.writerow([_fmt(m.cols[c][i]) for c in COLUMNS])
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def read_csv(path: str | os.PathLike) -> Measurements:
+    """Read a CSV in this schema; errors name the file, row and column."""
+    path = os.fspath(path)
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        header = reader.fieldnames or []
+        missing = [c for c in COLUMNS if c not in header and c != "source"]
+        if missing:
+            raise DataError(f"{path}: missing column(s) {missing}; the jaxsim measurement "
+                            f"schema has: {', '.join(COLUMNS)}")
+        rows = []
+        for i, r in enumerate(reader, start=2):
+            row = {}
+            for c in COLUMNS:
+                v = (r.get(c) or "").strip()
+                if c in STR_COLS:
+                    row[c] = v
+                    continue
+                if v == "" and c in OPTIONAL:
+                    row[c] = math.nan
+                    continue
+                try:
+                    x = float(v)
+                except ValueError:
+                    raise DataError(f"{path}:{i}: column {c!r}: {v!r} is not a number"
+                                    ) from None
+                if c in INT_COLS:
+                    if not math.isfinite(x) or x != int(x):
+                        raise DataError(f"{path}:{i}: column {c!r}: {v!r} is not an integer")
+                    x = int(x)
+                row[c] = x
+            row["source"] = f"{path}:{i}"
+            rows.append(row)
+    return from_rows(rows, origin=path)
