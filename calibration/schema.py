@@ -169,7 +169,7 @@ def from_rows(rows: Iterable[dict], *, origin: str = "<rows>") -> Measurements:
             elif c in INT_COLS:
                 cols[c].append(0 if v is None else v)
             else:
-                cols[c].append(math.nan if v is None else v)
+                cols[c].append((math.nan if c in OPTIONAL else 0.0) if v is None else v)
         if not r.get("source"):
             cols["source"][-1] = f"{origin}:{i + 1}"
     m = Measurements({c: np.asarray(v, dtype=_dtype(c)) if v else
@@ -180,33 +180,41 @@ def from_rows(rows: Iterable[dict], *, origin: str = "<rows>") -> Measurements:
 
 def validate(m: Measurements) -> None:
     """Raise :class:`DataError` naming the source row and column of the first bad value."""
-    for i in range(len(m)):
-        where = m["source"][i]
-        op = m["op"][i]
-        if op not in OPS:
-            raise DataError(f"{where}: column 'op': unknown op {op!r}; allowed: "
-                            f"{', '.join(OPS)}")
-        if m["dtype"][i] not in DTYPES:
-            raise DataError(f"{where}: column 'dtype': unknown dtype {m['dtype'][i]!r}; "
-                            f"allowed: {', '.join(DTYPES)}")
-        if not m["hardware"][i]:
-            raise DataError(f"{where}: column 'hardware': empty")
-        t = m["time_s"][i]
-        if not np.isfinite(t) or t <= 0:
-            raise DataError(f"{where}: column 'time_s': {t!r} is not a positive finite "
-                            "time in seconds")
-        for c in OPTIONAL:
-            v = m[c][i]
-            if not np.isnan(v) and (not np.isfinite(v) or v < 0):
-                raise DataError(f"{where}: column {c!r}: {v!r} must be >= 0 or empty")
-        for c in INT_COLS + ("bytes",):
-            v = m[c][i]
-            if not np.isfinite(v) or v < 0:
-                raise DataError(f"{where}: column {c!r}: {v!r} must be a finite number >= 0")
-        for c in REQUIRED_SHAPE[op]:
-            if not m[c][i] > 0:
-                raise DataError(f"{where}: column {c!r}: {m[c][i]!r} must be > 0 for op "
-                                f"{op!r}")
+    n = len(m)
+    if n == 0:
+        return
+
+    def fail(bad: np.ndarray, msg) -> None:
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise DataError(f"{m['source'][i]}: {msg(i)}")
+
+    op = m["op"].astype(str)
+    fail(~np.isin(op, OPS), lambda i: f"column 'op': unknown op {op[i]!r}; allowed: "
+         f"{', '.join(OPS)}")
+    dt = m["dtype"].astype(str)
+    fail(~np.isin(dt, DTYPES), lambda i: f"column 'dtype': unknown dtype {dt[i]!r}; "
+         f"allowed: {', '.join(DTYPES)}")
+    fail(m["hardware"].astype(str) == "", lambda i: "column 'hardware': empty")
+    t = m["time_s"]
+    fail(~(np.isfinite(t) & (t > 0)), lambda i: f"column 'time_s': {float(t[i])!r} is not a "
+         "positive finite time in seconds")
+    for c in OPTIONAL:
+        v = m[c]
+        fail(~np.isnan(v) & ~(np.isfinite(v) & (v >= 0)),
+             lambda i, c=c, v=v: f"column {c!r}: {float(v[i])!r} must be >= 0 or empty")
+    for c in INT_COLS + ("bytes",):
+        v = m[c].astype(np.float64)
+        fail(~(np.isfinite(v) & (v >= 0)),
+             lambda i, c=c, v=v: f"column {c!r}: {float(v[i])!r} must be a finite number "
+             ">= 0")
+    for o, req in REQUIRED_SHAPE.items():
+        rows = op == o
+        if not rows.any():
+            continue
+        for c in req:
+            fail(rows & ~(m[c] > 0), lambda i, c=c, o=o: f"column {c!r}: {m[c][i]!r} must be "
+                 f"> 0 for op {o!r}")
 
 
 def _fmt(v) -> str:

@@ -1,4 +1,4 @@
-"""Command-line interface: ``jaxsim simulate | presets | demo | bench``.
+"""Command-line interface: ``jaxsim simulate | presets | demo | bench | profile | calibrate``.
 
 Every bad input (YAML key or value, ``--set``, trace file) ends in one line on stderr,
 ``jaxsim: error: <field>: <value> <what is allowed>``, and exit status 2.
@@ -128,6 +128,15 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--quick", action="store_true", help="smaller batches (smoke test)")
     b.add_argument("--slots", type=int, default=64, help="slot-table size S (default 64)")
     b.set_defaults(func=cmd_bench)
+    from calibration import cli as calibration_cli
+    from jaxsim import profile
+
+    pf = sub.add_parser("profile", help="measure kernel timings on the local accelerator")
+    profile.add_arguments(pf)
+    pf.set_defaults(func=profile.cmd)
+    c = sub.add_parser("calibrate", help="fit the cost model to measured timings")
+    calibration_cli.add_arguments(c)
+    c.set_defaults(func=calibration_cli.cmd)
     return p
 
 

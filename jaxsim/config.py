@@ -18,9 +18,10 @@ from typing import Any
 import numpy as np
 import yaml
 
-from jaxsim import presets
+from jaxsim import costpresets, presets
 from jaxsim import status as st_bits
 from jaxsim.params import (
+    COST_ALIASES,
     COST_PARAM_NAMES,
     COST_SPEC,
     SMOOTH_P_CHOICES,
@@ -58,6 +59,7 @@ DEFAULTS: dict[str, Any] = {
     "max_slots": None,
     "max_iterations": None,
     "slo": {"ttft_s": 1.0, "tpot_s": 0.05},
+    "cost_preset": "auto",
     "cost": {},
     "workload": {
         "kind": "poisson",
@@ -158,7 +160,15 @@ _TOP = {
     "seed": lambda k, v: _int(k, v, 0, 2**32 - 1),
     "max_slots": lambda k, v: _int(k, v, 1, 1 << 16, allow_none=True),
     "max_iterations": lambda k, v: _int(k, v, 1, 2**31 - 1, allow_none=True),
+    "cost_preset": lambda k, v: _cost_preset(k, v),
 }
+
+
+def _cost_preset(key, v):
+    if not isinstance(v, str) or not v:
+        raise ConfigError(f"{key}: {v!r} must be 'auto', 'uncalibrated', a shipped preset "
+                          "name or a path to a preset JSON")
+    return v
 _SLO = {
     "ttft_s": lambda k, v: _float(k, v, 0.0, lo_open=True),
     "tpot_s": lambda k, v: _float(k, v, 0.0, lo_open=True),
@@ -208,9 +218,10 @@ def validate(cfg: Mapping) -> dict:
                                               f"{', '.join(map(str, SMOOTH_P_CHOICES))}")
                         out["cost"][sub] = int(v)
                         continue
-                    if sub not in COST_PARAM_NAMES:
+                    if sub not in COST_PARAM_NAMES and sub not in COST_ALIASES:
                         raise ConfigError(f"{name}: unknown cost parameter; allowed: "
-                                          f"{', '.join(COST_PARAM_NAMES)}, smooth_p")
+                                          f"{', '.join(COST_PARAM_NAMES)}, smooth_p, "
+                                          f"{', '.join(COST_ALIASES)}")
                     out["cost"][sub] = _cost(name, v)
                 else:
                     if sub not in table:
@@ -221,8 +232,14 @@ def validate(cfg: Mapping) -> dict:
             allowed = [*_TOP, *(f"slo.{s}" for s in _SLO), *(f"workload.{s}" for s in _WORKLOAD),
                        "cost.<name>"]
             raise ConfigError(f"{key}: unknown key; allowed: {', '.join(allowed)}")
-    for name, kind, *_ in COST_SPEC:
-        if kind == "sigmoid" and name in out["cost"] and not out["cost"][name] < 1.0:
+    try:
+        costpresets.resolve(out["cost_preset"], out["gpu"])
+    except costpresets.PresetError as e:
+        raise ConfigError(str(e)) from None
+    sigmoid = {n for n, kind, *_ in COST_SPEC if kind == "sigmoid"}
+    sigmoid |= {a for a, names in COST_ALIASES.items() if names[0] in sigmoid}
+    for name in sigmoid:
+        if name in out["cost"] and not out["cost"][name] < 1.0:
             raise ConfigError(f"cost.{name}: {out['cost'][name]} must be < 1 (an efficiency)")
     if out["scheduler"] == "v0" and "enable_chunked_prefill" not in cfg:
         out["enable_chunked_prefill"] = False
@@ -335,7 +352,8 @@ def build_trace(cfg: Mapping) -> Trace:
 # --------------------------------------------------------------------------------------
 
 COLUMN_KEYS = (
-    "model", "gpu", "tp", "dtype", "kv_cache_dtype", "scheduler", "enable_chunked_prefill",
+    "model", "gpu", "cost_preset", "tp", "dtype", "kv_cache_dtype", "scheduler",
+    "enable_chunked_prefill",
     "max_num_seqs", "max_num_batched_tokens", "long_prefill_token_threshold", "block_size",
     "gpu_memory_utilization", "num_gpu_blocks", "watermark", "max_model_len",
     "activation_reserve_gb", "slo.ttft_s", "slo.tpot_s",
@@ -471,22 +489,36 @@ def params_from_columns(
     flag(no_fp8, st_bits.INF_DTYPE)
 
     cost_vals = {}
-    for n in (*COST_PARAM_NAMES, "smooth_p"):
+    for n in (*COST_PARAM_NAMES, *COST_ALIASES, "smooth_p"):
         k = f"cost.{n}"
         if k in cols:
             cost_vals[n] = num(k)
     base = CostParams.default()
     theta = np.broadcast_to(np.asarray(base.theta), (B, len(COST_PARAM_NAMES))).copy()
     p_log2 = np.full(B, int(base.smooth_p_log2), np.int32)
-    if cost_vals:
+    preset_col = cols.get("cost_preset", [costpresets.AUTO] * B)
+    pairs = {(str(preset_col[i]), str(gpu_names[i])) for i in range(B)}
+    try:
+        preset_vals = {k: costpresets.values(*k) for k in pairs}
+    except costpresets.PresetError as e:
+        raise ConfigError(str(e)) from None
+    if cost_vals or any(preset_vals.values()):
+        cache: dict = {}
         for i in range(B):
+            key = (str(preset_col[i]), str(gpu_names[i]))
             given = {n: float(v[i]) for n, v in cost_vals.items() if math.isfinite(v[i])}
+            if not given and key in cache:
+                theta[i], p_log2[i] = cache[key]
+                continue
+            given = {**preset_vals[key], **given}
             if "smooth_p" in given:
                 given["smooth_p"] = int(given["smooth_p"])
             if given:
                 cp = CostParams.from_values(given)
                 theta[i] = np.asarray(cp.theta)
                 p_log2[i] = int(cp.smooth_p_log2)
+            if not any(math.isfinite(v[i]) for v in cost_vals.values()):
+                cache[key] = (theta[i].copy(), p_log2[i])
 
     params = SimParams(
         model=ModelParams(

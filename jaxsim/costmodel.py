@@ -124,7 +124,9 @@ def smooth_max(a: DD, b: DD, p_log2: Array) -> DD:
 #: Roofline operators (vectorised: one smooth max over all of them) and their family.
 ROOF_OPS = ("qkv_proj", "o_proj", "mlp_up", "mlp_down", "lm_head", "attn_prefill",
             "attn_decode")
-_ROOF_FAMILY = ("gemm", "gemm", "gemm", "gemm", "gemm", "attn_prefill", "attn_decode")
+#: Coefficient group of each elementwise operator (``final_norm`` is a norm).
+_MEM_GROUP = ("norm", "residual_add", "activation", "rotary", "kv_write", "embedding",
+              "norm", "sampling")
 #: Memory-bound elementwise operators, how many of each per layer / iteration, and the
 #: coefficient c in bytes = c * count * size (see docs/semantics.md §3).
 MEM_OPS = ("norm", "residual_add", "activation", "rotary", "kv_write", "embedding",
@@ -182,11 +184,12 @@ class CostConsts(NamedTuple):
         c: physical coefficient values (``CostParams.values()``).
         p_log2: smooth-max exponent k (p = 2**k).
         roof_inv_c, roof_inv_m: 1 / (peak * eta_c) and 1 / (hbm * eta_m) of each roofline
-            operator's family (DD, [7]).
-        roof_f0, roof_b0: F0 and B0 of each roofline operator's family ([7]).
+            operator (DD, [7]).
+        roof_f0, roof_b0: F0 and B0 of each roofline operator ([7]).
         roof_k: GEMM inner dimension K and output width N of the five GEMMs ([5] each).
         roof_w: weight bytes per GPU of the five GEMMs (DD, [5]; MLP per activated expert).
-        inv_m_elem: 1 / (hbm * eta_m_elem) (DD).
+        inv_m_elem: 1 / (hbm * eta_m) of each elementwise operator (DD, [8]).
+        b0_elem: B0 of each elementwise operator ([8]).
         mem_size: per-operator size factor of the elementwise ops ([8]).
         inv_link: 1 / (link * eta_ar) (DD).
         dims: per-GPU model sizes (float32 scalars).
@@ -204,6 +207,7 @@ class CostConsts(NamedTuple):
     roof_n: Array
     roof_w: DD
     inv_m_elem: DD
+    b0_elem: Array
     mem_size: Array
     inv_link: DD
     dims: dict
@@ -236,8 +240,6 @@ def prepare(model: ModelParams, hw: HardwareParams, tp: Array, cost: CostParams
     qkv_n = (nh_g + 2.0 * nkv_g) * hd
     bw_w = model.bytes_per_weight
     kvb = 2.0 * nkv_g * hd * model.bytes_per_kv
-    inv_c = {f: inv(peak, c[f"eta_c_{f}"]) for f in ("gemm", "attn_prefill", "attn_decode")}
-    inv_m = {f: inv(hbm, c[f"eta_m_{f}"]) for f in ("gemm", "attn_prefill", "attn_decode")}
     miss = dd.add_f(dd.neg(dd.div(dd.dd(model.experts_per_token), dd.dd(model.num_experts))),
                     jnp.float32(1.0))
     def square(x, _):
@@ -253,15 +255,16 @@ def prepare(model: ModelParams, hw: HardwareParams, tp: Array, cost: CostParams
     return CostConsts(
         c=c,
         p_log2=cost.smooth_p_log2,
-        roof_inv_c=_stack([inv_c[f] for f in _ROOF_FAMILY]),
-        roof_inv_m=_stack([inv_m[f] for f in _ROOF_FAMILY]),
-        roof_f0=_f32([c[f"f0_{f}"] for f in _ROOF_FAMILY]),
-        roof_b0=_f32([c[f"b0_{f}"] for f in _ROOF_FAMILY]),
+        roof_inv_c=inv(peak, _f32([c[f"eta_c_{op}"] for op in ROOF_OPS])),
+        roof_inv_m=inv(hbm, _f32([c[f"eta_m_{op}"] for op in ROOF_OPS])),
+        roof_f0=_f32([c[f"f0_{op}"] for op in ROOF_OPS]),
+        roof_b0=_f32([c[f"b0_{op}"] for op in ROOF_OPS]),
         roof_k=_f32([h, nh_g * hd, h, f_g, h]),
         roof_n=_f32([qkv_n, h, 2.0 * f_g, h, v_g]),
         roof_w=_stack([_prod(bw_w, h, qkv_n), _prod(bw_w, nh_g * hd, h),
                        _prod(bw_w, h, 2.0 * f_g), _prod(bw_w, f_g, h), _prod(bw_w, h, v_g)]),
-        inv_m_elem=inv(hbm, c["eta_m_elem"]),
+        inv_m_elem=inv(hbm, _f32([c[f"eta_m_{g}"] for g in _MEM_GROUP])),
+        b0_elem=_f32([c[f"b0_{g}"] for g in _MEM_GROUP]),
         mem_size=_f32([h, h, f_g, (nh_g + nkv_g) * hd, kvb, h, h, model.vocab_size]),
         inv_link=inv(hw.link_bw_bytes_per_s, c["eta_ar"]),
         dims=dims,
@@ -315,7 +318,7 @@ def op_times_from_consts(k: CostConsts, f: BatchFeatures) -> dict[str, DD]:
     # --- elementwise operators: bytes = coef * count * size
     count = jnp.stack([T, T, Tk, T, T, T, T, ns]).astype(f32)
     mem_bytes = dd.mul_f(dd.two_prod(count, k.mem_size), _f32(_MEM_COEF))
-    mem = dd.add_f(dd.mul(dd.add_f(mem_bytes, c["b0_elem"]), k.inv_m_elem), k_o)
+    mem = dd.add_f(dd.mul(dd.add_f(mem_bytes, k.b0_elem), k.inv_m_elem), k_o)
     mem = dd.mul_f(mem, _f32(_MEM_MULT))
     mem_on = jnp.ones((len(MEM_OPS),), bool).at[-1].set(ns > 0)
     zero8 = jnp.zeros_like(mem.hi)

@@ -36,29 +36,60 @@ def as_i32(x) -> Array:
 # Cost-model parameters (unconstrained storage)
 # --------------------------------------------------------------------------------------
 
+#: Operators with their own roofline coefficients (the five GEMMs) and the
+#: elementwise coefficient groups (``final_norm`` uses the ``norm`` coefficients).
+GEMM_COST_OPS = ("qkv_proj", "o_proj", "mlp_up", "mlp_down", "lm_head")
+ELEM_COST_GROUPS = ("norm", "residual_add", "activation", "rotary", "kv_write", "embedding",
+                    "sampling")
+
+
+def _gemm_spec(op: str) -> tuple:
+    return (
+        (f"eta_c_{op}", "sigmoid", 1.0, 0.80, f"{op} GEMM peak compute efficiency"),
+        (f"f0_{op}", "softplus", 1e12, 2e9, f"{op} GEMM compute offset, FLOPs"),
+        (f"eta_m_{op}", "sigmoid", 1.0, 0.90, f"{op} GEMM peak memory efficiency"),
+        (f"b0_{op}", "softplus", 1e9, 1e6, f"{op} GEMM memory offset, bytes"),
+    )
+
+
+def _elem_spec(op: str) -> tuple:
+    return (
+        (f"eta_m_{op}", "sigmoid", 1.0, 0.80, f"{op} memory efficiency"),
+        (f"b0_{op}", "softplus", 1e9, 1e6, f"{op} memory offset, bytes"),
+    )
+
+
 #: (name, transform, scale, default value, meaning). ``sigmoid`` parameters are
-#: efficiencies in (0, 1); ``softplus`` parameters are ``scale * softplus(u)`` > 0.
+#: efficiencies in (0, 1); ``softplus`` parameters are ``scale * softplus(u)`` > 0. The
+#: scales sit above any plausible value, so softplus works in its exponential range and
+#: an optimiser step changes a value by a factor, whatever its magnitude.
+#: The defaults are uncalibrated engineering estimates; calibrated presets
+#: (``jaxsim/data/cost_presets/``) replace them per GPU.
 COST_SPEC: tuple[tuple[str, str, float, float, str], ...] = (
-    ("eta_c_gemm", "sigmoid", 1.0, 0.80, "GEMM peak compute efficiency"),
-    ("f0_gemm", "softplus", 1e9, 2e9, "GEMM compute offset, FLOPs (size at half efficiency)"),
-    ("eta_m_gemm", "sigmoid", 1.0, 0.90, "GEMM peak memory efficiency"),
-    ("b0_gemm", "softplus", 1e6, 1e6, "GEMM memory offset, bytes"),
+    *[s for op in GEMM_COST_OPS for s in _gemm_spec(op)],
     ("eta_c_attn_prefill", "sigmoid", 1.0, 0.60, "prefill attention compute efficiency"),
-    ("f0_attn_prefill", "softplus", 1e9, 1e9, "prefill attention compute offset, FLOPs"),
+    ("f0_attn_prefill", "softplus", 1e12, 1e9, "prefill attention compute offset, FLOPs"),
     ("eta_m_attn_prefill", "sigmoid", 1.0, 0.80, "prefill attention memory efficiency"),
-    ("b0_attn_prefill", "softplus", 1e6, 1e6, "prefill attention memory offset, bytes"),
+    ("b0_attn_prefill", "softplus", 1e9, 1e6, "prefill attention memory offset, bytes"),
     ("eta_c_attn_decode", "sigmoid", 1.0, 0.40, "decode attention compute efficiency"),
-    ("f0_attn_decode", "softplus", 1e8, 1e8, "decode attention compute offset, FLOPs"),
+    ("f0_attn_decode", "softplus", 1e12, 1e8, "decode attention compute offset, FLOPs"),
     ("eta_m_attn_decode", "sigmoid", 1.0, 0.75, "decode attention memory efficiency"),
-    ("b0_attn_decode", "softplus", 1e6, 4e6, "decode attention memory offset, bytes"),
-    ("eta_m_elem", "sigmoid", 1.0, 0.80, "elementwise / norm memory efficiency"),
-    ("b0_elem", "softplus", 1e6, 1e6, "elementwise memory offset, bytes"),
-    ("ar_latency_s", "softplus", 1e-5, 8e-6, "all-reduce latency per call, s"),
+    ("b0_attn_decode", "softplus", 1e9, 4e6, "decode attention memory offset, bytes"),
+    *[s for op in ELEM_COST_GROUPS for s in _elem_spec(op)],
+    ("ar_latency_s", "softplus", 1e-3, 8e-6, "all-reduce latency per call, s"),
     ("eta_ar", "sigmoid", 1.0, 0.80, "all-reduce bus-bandwidth efficiency"),
-    ("kernel_overhead_s", "softplus", 1e-6, 1e-6, "per-kernel launch overhead, s"),
-    ("cpu_iter_s", "softplus", 1e-3, 3e-4, "CPU/scheduling overhead per iteration, s"),
-    ("cpu_seq_s", "softplus", 1e-6, 2e-6, "CPU overhead per scheduled request, s"),
+    ("kernel_overhead_s", "softplus", 1e-4, 1e-6, "per-kernel launch overhead, s"),
+    ("cpu_iter_s", "softplus", 1e-1, 3e-4, "CPU/scheduling overhead per iteration, s"),
+    ("cpu_seq_s", "softplus", 1e-3, 2e-6, "CPU overhead per scheduled request, s"),
 )
+#: Family names accepted by :meth:`CostParams.from_values` as shorthands: ``eta_c_gemm``
+#: sets ``eta_c_<op>`` of all five GEMMs, ``eta_m_elem`` / ``b0_elem`` every elementwise
+#: group.
+COST_ALIASES: dict[str, tuple[str, ...]] = {
+    **{f"{k}_gemm": tuple(f"{k}_{op}" for op in GEMM_COST_OPS)
+       for k in ("eta_c", "f0", "eta_m", "b0")},
+    **{f"{k}_elem": tuple(f"{k}_{op}" for op in ELEM_COST_GROUPS) for k in ("eta_m", "b0")},
+}
 #: Allowed smooth-max exponents p = 2**k (an integer, not part of ``theta``).
 SMOOTH_P_CHOICES = (1, 2, 4, 8)
 DEFAULT_SMOOTH_P = 4
@@ -108,16 +139,23 @@ class CostParams(eqx.Module):
     def from_values(cls, values: dict[str, float]) -> CostParams:
         """Build from physical values; names not given take their defaults.
 
-        ``smooth_p`` (one of ``SMOOTH_P_CHOICES``) may be given too.
+        ``smooth_p`` (one of ``SMOOTH_P_CHOICES``) may be given too, and the family
+        shorthands of ``COST_ALIASES`` (a per-operator name given too wins).
         """
         values = dict(values)
         p = values.pop("smooth_p", DEFAULT_SMOOTH_P)
+        for alias, names in COST_ALIASES.items():
+            if alias in values:
+                v = values.pop(alias)
+                for n in names:
+                    values.setdefault(n, v)
         if p not in SMOOTH_P_CHOICES:
             raise ValueError(f"smooth_p must be one of {SMOOTH_P_CHOICES}, got {p!r}")
         unknown = set(values) - set(COST_PARAM_NAMES)
         if unknown:
             raise KeyError(f"unknown cost parameter(s) {sorted(unknown)}; "
-                           f"allowed: {', '.join(COST_PARAM_NAMES)}, smooth_p")
+                           f"allowed: {', '.join(COST_PARAM_NAMES)}, smooth_p, "
+                           f"{', '.join(COST_ALIASES)}")
         theta = [
             _to_unconstrained(kind, scale, float(values.get(name, default)))
             for name, kind, scale, default, _ in COST_SPEC

@@ -150,12 +150,17 @@ def test_costmodel__decode_is_memory_bound_prefill_compute_bound():
 
 
 def test_cost_params__roundtrip():
-    vals = {"eta_c_gemm": 0.7, "f0_gemm": 3e9, "cpu_iter_s": 1e-4}
+    vals = {"eta_c_mlp_up": 0.7, "f0_qkv_proj": 3e9, "cpu_iter_s": 1e-4}
     cp = CostParams.from_values({**vals, "smooth_p": 8})
     assert int(cp.smooth_p_log2) == 3
     got = {k: float(v) for k, v in cp.values().items()}
     for k, v in vals.items():
         assert got[k] == pytest.approx(v, rel=1e-5)
+    # family shorthands set every member; an explicit per-operator value wins
+    got = {k: float(v) for k, v in CostParams.from_values(
+        {"eta_m_elem": 0.5, "eta_m_norm": 0.6}).values().items()}
+    assert got["eta_m_norm"] == pytest.approx(0.6, rel=1e-6)
+    assert got["eta_m_rotary"] == got["eta_m_sampling"] == pytest.approx(0.5, rel=1e-6)
     with pytest.raises(KeyError, match="unknown cost parameter"):
         CostParams.from_values({"nope": 1.0})
     with pytest.raises(ValueError):

@@ -51,21 +51,17 @@ MODEL_KEYS: tuple[str, ...] = (
     "bytes_per_kv",
 )
 HARDWARE_KEYS: tuple[str, ...] = ("peak_flops", "hbm_bw", "link_bw")
+#: Roofline operators with their own coefficients (docs/semantics.md §3).
+ROOF_COST_OPS: tuple[str, ...] = (
+    "qkv_proj", "o_proj", "mlp_up", "mlp_down", "lm_head", "attn_prefill", "attn_decode",
+)
+#: Elementwise coefficient groups.
+ELEM_COST_GROUPS: tuple[str, ...] = (
+    "norm", "residual_add", "activation", "rotary", "kv_write", "embedding", "sampling",
+)
 COST_KEYS: tuple[str, ...] = (
-    "eta_c_gemm",
-    "f0_gemm",
-    "eta_m_gemm",
-    "b0_gemm",
-    "eta_c_attn_prefill",
-    "f0_attn_prefill",
-    "eta_m_attn_prefill",
-    "b0_attn_prefill",
-    "eta_c_attn_decode",
-    "f0_attn_decode",
-    "eta_m_attn_decode",
-    "b0_attn_decode",
-    "eta_m_elem",
-    "b0_elem",
+    *(f"{k}_{op}" for op in ROOF_COST_OPS for k in ("eta_c", "f0", "eta_m", "b0")),
+    *(f"{k}_{g}" for g in ELEM_COST_GROUPS for k in ("eta_m", "b0")),
     "ar_latency_s",
     "eta_ar",
     "kernel_overhead_s",
@@ -220,13 +216,13 @@ class CostModel:
         self.k_o = cfg["kernel_overhead_s"]
         self.p = cfg["smooth_p"]
         self.fam = {
-            fam: (
-                cfg[f"eta_c_{fam}"],
-                cfg[f"f0_{fam}"],
-                cfg[f"eta_m_{fam}"],
-                cfg[f"b0_{fam}"],
+            op: (
+                cfg[f"eta_c_{op}"],
+                cfg[f"f0_{op}"],
+                cfg[f"eta_m_{op}"],
+                cfg[f"b0_{op}"],
             )
-            for fam in ("gemm", "attn_prefill", "attn_decode")
+            for op in ROOF_COST_OPS
         }
 
     def smax(self, a: float, b: float) -> float:
@@ -243,22 +239,22 @@ class CostModel:
         return m * ((a / m) ** p + (b / m) ** p) ** (1.0 / p)
 
     def roof(self, fam: str, flops: float, nbytes: float) -> float:
-        """``roof(fam, F, B)`` of §3."""
+        """``roof(op, F, B)`` of §3 (``fam`` is the operator name)."""
         eta_c, f0, eta_m, b0 = self.fam[fam]
         t_c = (flops + f0) / (self.peak * eta_c)
         t_m = (nbytes + b0) / (self.hbm * eta_m)
         return self.smax(t_c, t_m) + self.k_o
 
-    def mem(self, nbytes: float) -> float:
-        """``mem(B)`` of §3 (memory-bound elementwise kernel)."""
+    def mem(self, g: str, nbytes: float) -> float:
+        """``mem(g, B)`` of §3 (memory-bound elementwise kernel of group ``g``)."""
         cfg = self.cfg
-        return (nbytes + cfg["b0_elem"]) / (self.hbm * cfg["eta_m_elem"]) + self.k_o
+        return (nbytes + cfg[f"b0_{g}"]) / (self.hbm * cfg[f"eta_m_{g}"]) + self.k_o
 
-    def gemm(self, M: float, K: float, N: float, W: float) -> float:
-        """``gemm(M, K, N, W)`` of §3; 0 when ``M`` is 0."""
+    def gemm(self, op: str, M: float, K: float, N: float, W: float) -> float:
+        """``gemm(op, M, K, N, W)`` of §3; 0 when ``M`` is 0."""
         if M <= 0:
             return 0.0
-        return self.roof("gemm", 2.0 * M * K * N, W + AB * (M * K + M * N))
+        return self.roof(op, 2.0 * M * K * N, W + AB * (M * K + M * N))
 
     def time(
         self,
@@ -297,10 +293,10 @@ class CostModel:
         e_act = E * (1.0 - (1.0 - k / E) ** T)
 
         qkv_n = (nh_g + 2.0 * nkv_g) * hd
-        qkv = self.gemm(Tf, h, qkv_n, bw_w * h * qkv_n)
-        o = self.gemm(Tf, nh_g * hd, h, bw_w * nh_g * hd * h)
-        up = self.gemm(Tf * k, h, 2.0 * f_g, bw_w * e_act * h * 2.0 * f_g)
-        down = self.gemm(Tf * k, f_g, h, bw_w * e_act * f_g * h)
+        qkv = self.gemm("qkv_proj", Tf, h, qkv_n, bw_w * h * qkv_n)
+        o = self.gemm("o_proj", Tf, nh_g * hd, h, bw_w * nh_g * hd * h)
+        up = self.gemm("mlp_up", Tf * k, h, 2.0 * f_g, bw_w * e_act * h * 2.0 * f_g)
+        down = self.gemm("mlp_down", Tf * k, f_g, h, bw_w * e_act * f_g * h)
         attnp = (
             self.roof(
                 "attn_prefill",
@@ -321,11 +317,11 @@ class CostModel:
         )
         mem = self.mem
         elem = (
-            2.0 * mem(2.0 * AB * Tf * h)  # two RMSNorms
-            + 2.0 * mem(3.0 * AB * Tf * h)  # two residual adds
-            + mem(3.0 * AB * Tf * k * f_g)  # SwiGLU activation
-            + mem(2.0 * AB * Tf * (nh_g + nkv_g) * hd)  # rotary embedding
-            + mem(2.0 * kvb * Tf)  # KV-cache write
+            2.0 * mem("norm", 2.0 * AB * Tf * h)  # two RMSNorms
+            + 2.0 * mem("residual_add", 3.0 * AB * Tf * h)  # two residual adds
+            + mem("activation", 3.0 * AB * Tf * k * f_g)  # SwiGLU activation
+            + mem("rotary", 2.0 * AB * Tf * (nh_g + nkv_g) * hd)  # rotary embedding
+            + mem("kv_write", 2.0 * kvb * Tf)  # KV-cache write
         )
         tp = self.tp
         if tp > 1:
@@ -337,10 +333,10 @@ class CostModel:
             ar = 0.0
         layer = qkv + o + up + down + attnp + attnd + elem + ar
 
-        embed = mem(2.0 * AB * Tf * h)
-        fnorm = mem(2.0 * AB * Tf * h)
-        lmhead = self.gemm(float(ns), h, V_g, bw_w * h * V_g)
-        sample = mem(4.0 * ns * self.V) if ns > 0 else 0.0
+        embed = mem("embedding", 2.0 * AB * Tf * h)
+        fnorm = mem("norm", 2.0 * AB * Tf * h)
+        lmhead = self.gemm("lm_head", float(ns), h, V_g, bw_w * h * V_g)
+        sample = mem("sampling", 4.0 * ns * self.V) if ns > 0 else 0.0
         return (
             self.L * layer
             + embed

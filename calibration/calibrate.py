@@ -1,0 +1,181 @@
+"""End-to-end calibration of one GPU: kernel fit, iteration fit, error report, preset.
+
+``calibrate(data, "H100-SXM")`` takes a measurement table (any mix of kernel and
+iteration rows), keeps the rows of that GPU that the cost model can represent, fits
+the kernel stage and then the iteration stage (see :mod:`calibration.fit`), and returns
+the fitted ``CostParams`` with a per-operator error report on held-out rows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import math
+import os
+import tempfile
+
+import numpy as np
+
+from calibration import fit as F
+from calibration.schema import Measurements
+from jaxsim import costpresets, presets
+from jaxsim.params import CostParams
+
+
+@dataclasses.dataclass
+class Calibration:
+    """The result of :func:`calibrate`."""
+
+    hardware: str
+    cost: CostParams
+    report: dict[str, dict]
+    skipped: dict[str, int]
+    holdout: str
+    data_sha256: str
+    n_rows: int
+    fitted: list[str]
+    copied: dict[str, str]
+    seconds: dict[str, float]
+    train: np.ndarray
+    data: Measurements
+
+    def values(self) -> dict[str, float]:
+        return {k: float(v) for k, v in self.cost.values().items()}
+
+    def predict(self, m: Measurements | None = None) -> np.ndarray:
+        """Predicted seconds for ``m`` (default: the rows used)."""
+        m = self.data if m is None else m
+        _, hw = F.hardware_params(self.hardware)
+        return np.asarray(F.predict(self.cost, hw, F.prepare_rows(m)), np.float64)
+
+    def preset(self, command: str = "") -> dict:
+        return {
+            "format": costpresets.FORMAT,
+            "hardware": self.hardware,
+            "values": self.values(),
+            "smooth_p": 2 ** int(self.cost.smooth_p_log2),
+            "data_sha256": self.data_sha256,
+            "n_rows": self.n_rows,
+            "holdout": self.holdout,
+            "report": self.report,
+            "skipped_rows": self.skipped,
+            "fitted": self.fitted,
+            "copied": self.copied,
+            "fit_seconds": self.seconds,
+            "created": datetime.date.today().isoformat(),
+            "command": command,
+        }
+
+
+def representable(m: Measurements) -> tuple[np.ndarray, dict[str, int]]:
+    """Rows the cost model can predict, and counts of the others by reason."""
+    op = m["op"].astype(str)
+    gated = np.asarray(m["gated"])
+    keep = np.isin(op, (*F.KERNEL_OPS, "iteration"))
+    skipped = {}
+    for o in sorted(set(op[~keep].tolist())):
+        skipped[f"{o}: not an operator of the cost model"] = int((op[~keep] == o).sum())
+    plain = keep & (gated == 0) & np.isin(op, ("mlp_up", "activation", "iteration"))
+    if plain.any():
+        skipped["non-gated MLP (the cost model is SwiGLU)"] = int(plain.sum())
+    return keep & ~plain, skipped
+
+
+def calibrate(data: Measurements, hardware: str, *, holdout: str = "shape",
+              robust: bool = False, steps: int = 400, smooth_p=(2, 4),
+              init: CostParams | None = None) -> Calibration:
+    """Fit one GPU's cost parameters to ``data`` and report held-out errors.
+
+    Args:
+        data: measurements (rows of other GPUs are ignored).
+        hardware: GPU preset name; rows are matched to it case-insensitively.
+        holdout: ``shape``, ``model:NAME`` or ``none`` (see :func:`calibration.fit.split`).
+        robust: Huber loss on the log error instead of the squared log error.
+        steps: Adam steps per stage and smooth-max exponent.
+        smooth_p: smooth-max exponents to try (subset of 1, 2, 4, 8).
+        init: starting parameters (default: the uncalibrated defaults).
+    """
+    try:
+        canon, _ = presets.gpu(hardware)
+    except KeyError as e:
+        raise ValueError(f"--hardware: {e.args[0]}") from None
+    hw_col = np.char.lower(data["hardware"].astype(str))
+    if not np.any(hw_col == canon.lower()):
+        have = sorted(set(data["hardware"].astype(str).tolist()))
+        raise ValueError(f"--hardware: no rows measured on {canon}; the data has: "
+                         f"{', '.join(have) or 'no rows'}")
+    m = data.select(hw_col == canon.lower())
+    keep, skipped = representable(m)
+    m = m.select(keep)
+    if len(m) == 0:
+        raise ValueError(f"--hardware {canon}: none of its rows can be fitted ({skipped})")
+    train = F.split(m, holdout)
+    op = m["op"].astype(str)
+    kern = op != "iteration"
+    cost = init if init is not None else CostParams.default()
+    fitted, copied, seconds = [], {}, {}
+    if kern.any():
+        ops = set(op[kern].tolist())
+        names = F.kernel_param_names(ops)
+        r = F.fit(m.select(kern), canon, train[kern], names=names, init=cost, robust=robust,
+                  steps=steps, smooth_p=smooth_p)
+        cost, copied = F.copy_missing(r.cost, ops)
+        fitted += names
+        seconds["kernels"] = r.seconds
+    if (~kern).any():
+        names = list(F.ITERATION_PARAMS)
+        if not {"attn_prefill", "attn_decode"} <= set(op[kern].tolist()):
+            names += F.ATTN_PARAMS
+        if not kern.any():
+            names += list(F.ITERATION_ONLY_PARAMS)
+        p = (2 ** int(cost.smooth_p_log2),) if kern.any() else smooth_p
+        r = F.fit(m.select(~kern), canon, train[~kern], names=names, init=cost,
+                  robust=robust, steps=steps, smooth_p=p)
+        cost = r.cost
+        fitted += [n for n in names if n not in fitted]
+        seconds["iterations"] = r.seconds
+    _, hw = F.hardware_params(canon)
+    pred = np.asarray(F.predict(cost, hw, F.prepare_rows(m)), np.float64)
+    report = F.error_table(m, pred, train)
+    return Calibration(hardware=canon, cost=cost, report=report, skipped=skipped,
+                       holdout=holdout, data_sha256=m.digest(), n_rows=len(m),
+                       fitted=fitted, copied=copied, seconds=seconds, train=train, data=m)
+
+
+def _clean(x):
+    """NaN -> None (JSON has no NaN)."""
+    if isinstance(x, dict):
+        return {k: _clean(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_clean(v) for v in x]
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
+
+
+def write_preset(cal: Calibration, path: str, command: str = "") -> None:
+    """Write the preset JSON atomically."""
+    d = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(d):
+        raise ValueError(f"--out: folder {d!r} does not exist")
+    text = json.dumps(_clean(cal.preset(command)), indent=1)
+    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=".json")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def format_table(report: dict[str, dict]) -> str:
+    """The error table as text (percent)."""
+    lines = [f"{'op':<14}{'n_train':>9}{'n_holdout':>10}{'MAPE%':>8}{'p90%':>8}{'max%':>8}"
+             f"{'train MAPE%':>13}"]
+    for k, v in report.items():
+        lines.append(f"{k:<14}{v['n_train']:>9}{v['n_holdout']:>10}{v['mape']:>8.2f}"
+                     f"{v['p90_ape']:>8.2f}{v['max_ape']:>8.2f}{v['train_mape']:>13.2f}")
+    return "\n".join(lines)

@@ -1,0 +1,72 @@
+"""``jaxsim calibrate DATA... --hardware NAME [--holdout ...] --out PRESET.json [--json]``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shlex
+import sys
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("data", nargs="+", metavar="DATA",
+                   help="measurement files or folders (Vidur profiling layout, Splitwise "
+                        "perf_model.csv, Sarathi-Serve folder, jaxsim CSV)")
+    p.add_argument("--hardware", required=True, help="GPU preset to calibrate (H100-SXM, ...)")
+    p.add_argument("--holdout", default="shape",
+                   help="held-out rows: shape (default), model:NAME, or none")
+    p.add_argument("--out", required=True, metavar="PRESET.json", help="preset file to write")
+    p.add_argument("--robust", action="store_true", help="Huber loss on the log error")
+    p.add_argument("--steps", type=int, default=400, help="Adam steps per stage (default 400)")
+    p.add_argument("--plot", metavar="FILE.png", help="write a parity plot")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON object: op family -> held-out error statistics")
+
+
+def _fail(msg: str) -> int:
+    print(f"jaxsim: error: {msg}", file=sys.stderr)
+    return 2
+
+
+def cmd(args) -> int:
+    import os
+
+    from calibration import calibrate as C
+    from calibration import loaders
+    from calibration.schema import DataError
+
+    if args.steps < 1:
+        return _fail(f"--steps: {args.steps} must be >= 1")
+    out_dir = os.path.dirname(os.path.abspath(args.out))
+    if not os.path.isdir(out_dir):
+        return _fail(f"--out: folder {out_dir!r} does not exist")
+    try:
+        data = loaders.load(args.data)
+        cal = C.calibrate(data, args.hardware, holdout=args.holdout, robust=args.robust,
+                          steps=args.steps)
+    except (DataError, ValueError) as e:
+        return _fail(str(e))
+    command = "jaxsim calibrate " + " ".join(shlex.quote(a) for a in sys.argv[2:]) \
+        if len(sys.argv) > 2 and sys.argv[1] == "calibrate" else ""
+    C.write_preset(cal, args.out, command=command)
+    if args.plot:
+        from calibration.plots import parity
+
+        parity(cal.data, cal.predict(), cal.train, args.plot,
+               title=f"{cal.hardware}, held out by {cal.holdout}")
+    if args.json:
+        keys = ("n_train", "n_holdout", "mape", "p90_ape", "max_ape")
+        obj = {op: {k: (None if isinstance(v[k], float) and not math.isfinite(v[k]) else v[k])
+                    for k in keys} for op, v in cal.report.items()}
+        print(json.dumps(obj))
+        return 0
+    print(f"jaxsim calibrate: {cal.hardware}, {cal.n_rows} rows "
+          f"(data sha256 {cal.data_sha256[:12]}), held out by {cal.holdout}, "
+          f"smooth_p {2 ** int(cal.cost.smooth_p_log2)}")
+    for reason, n in cal.skipped.items():
+        print(f"  skipped {n} rows: {reason}")
+    print(C.format_table(cal.report))
+    print("  fit time: " + ", ".join(f"{k} {v:.1f} s" for k, v in cal.seconds.items()))
+    print(f"  wrote {args.out}")
+    return 0

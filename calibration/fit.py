@@ -1,0 +1,391 @@
+"""Fit the differentiable cost model to measured timings by gradient (optax).
+
+Two stages, both through ``jaxsim.costmodel`` itself (the function the simulator runs),
+with ``jax.grad`` of a log-error loss -- no finite differences:
+
+1. **Kernel stage** (:func:`fit_kernels`): every kernel row (GEMMs, elementwise ops,
+   attention, all-reduce) is predicted by the cost model's per-operator time for that
+   shape. The loss is the mean over operators of the mean squared log error (or a
+   Huber loss on the log error with ``robust=True``), so every operator counts alike
+   whatever its row count.
+2. **Iteration stage** (:func:`fit_iterations`): whole-iteration rows (Splitwise,
+   Sarathi-Serve) are predicted by the simulator's iteration-time function; only the
+   parameters the kernel data cannot pin down (CPU overheads, LM head, sampling, and
+   attention when no attention rows were given) are fitted, the rest stay fixed.
+
+Parameters are the unconstrained ``CostParams.theta`` (sigmoid / softplus), so an
+optimiser can never make an efficiency leave (0, 1) or a time go negative. The smooth-
+max exponent ``p`` is discrete: each of {1, 2, 4, 8} is fitted and the one with the
+lowest training loss is kept. Training is Adam with a fixed step count and seed-free
+initialisation at the defaults, so a fit is deterministic.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from calibration.schema import GEMM_OPS, Measurements
+from jaxsim import costmodel, presets
+from jaxsim.dd import DD
+from jaxsim.params import (
+    COST_INDEX,
+    COST_PARAM_NAMES,
+    CostParams,
+    HardwareParams,
+    ModelParams,
+)
+
+#: Kernel operators the cost model can predict, and what to divide the cost model's
+#: per-layer time by to get one kernel invocation (two norms, two residual adds and two
+#: all-reduces per layer).
+KERNEL_OPS = ("qkv_proj", "o_proj", "mlp_up", "mlp_down", "lm_head", "norm", "residual_add",
+              "activation", "rotary", "kv_write", "embedding", "attn_prefill", "attn_decode",
+              "all_reduce")
+_DIVISOR = {"norm": 2.0, "residual_add": 2.0, "all_reduce": 2.0}
+#: Parameters each kernel operator's rows determine.
+_OP_PARAMS = {
+    **{op: tuple(f"{k}_{op}" for k in ("eta_c", "f0", "eta_m", "b0")) for op in GEMM_OPS},
+    **{op: tuple(f"{k}_{op}" for k in ("eta_c", "f0", "eta_m", "b0"))
+       for op in ("attn_prefill", "attn_decode")},
+    **{op: (f"eta_m_{op}", f"b0_{op}") for op in ("norm", "residual_add", "activation",
+                                                  "rotary", "kv_write", "embedding")},
+    "all_reduce": ("ar_latency_s", "eta_ar"),
+}
+#: Parameters copied from a measured operator when an operator has no rows of its own.
+COPY_WHEN_MISSING = {"lm_head": "mlp_up", "kv_write": "residual_add"}
+#: Parameters the iteration stage fits (beside attention when it had no kernel rows).
+ITERATION_PARAMS = ("cpu_iter_s", "cpu_seq_s", "eta_c_lm_head", "eta_m_lm_head",
+                    "eta_m_sampling", "b0_sampling")
+#: Beside those, an iteration-only fit (no kernel rows) also fits the GEMM
+#: efficiencies and the all-reduce.
+ITERATION_ONLY_PARAMS = (*(f"{k}_{op}" for op in GEMM_OPS for k in ("eta_c", "eta_m")),
+                         "ar_latency_s", "eta_ar", "kernel_overhead_s")
+ATTN_PARAMS = tuple(f"{k}_{op}" for op in ("attn_prefill", "attn_decode")
+                    for k in ("eta_c", "f0", "eta_m", "b0"))
+
+
+def hardware_params(name: str, dtype: str = "bf16") -> tuple[str, HardwareParams]:
+    """(canonical name, HardwareParams) of a GPU preset; KeyError lists the names."""
+    canon, g = presets.gpu(name)
+    tflops = g["fp8_dense_tflops"] if dtype == "fp8" else g["bf16_dense_tflops"]
+    return canon, HardwareParams(peak_flops=tflops * 1e12,
+                                 hbm_bw_bytes_per_s=g["hbm_bw_gbs"] * 1e9,
+                                 link_bw_bytes_per_s=g["link_bw_gbs"] * 1e9)
+
+
+def _dd_np(x: np.ndarray) -> DD:
+    hi = x.astype(np.float32)
+    return DD(jnp.asarray(hi), jnp.asarray((x - hi.astype(np.float64)).astype(np.float32)))
+
+
+@dataclasses.dataclass
+class Rows:
+    """Device arrays describing measurement rows for the cost model."""
+
+    model: ModelParams
+    tp: jax.Array
+    feats: costmodel.BatchFeatures
+    op_index: np.ndarray   # index into KERNEL_OPS, or -1 for whole iterations
+    divisor: jax.Array
+    log_t: jax.Array
+
+    @property
+    def n(self) -> int:
+        return len(self.op_index)
+
+
+def prepare_rows(m: Measurements) -> Rows:
+    """Cost-model inputs of every row (kernel rows and ``iteration`` rows)."""
+    f64 = lambda c: np.asarray(m[c], np.float64)  # noqa: E731
+    op = m["op"].astype(str)
+    n = len(m)
+    T = f64("num_tokens")
+    h = f64("hidden_size")
+    tp = f64("tp")
+    b = f64("batch_size")
+    q = f64("chunk_len")
+    c = f64("context_len")
+    d = f64("num_decodes")
+    dc = f64("decode_context_len")
+    is_ar = op == "all_reduce"
+    is_it = op == "iteration"
+    is_ap = op == "attn_prefill"
+    is_ad = op == "attn_decode"
+    # all-reduce rows: one token of hidden size bytes/2 over num_workers GPUs
+    h = np.where(is_ar, f64("bytes") / 2.0, h)
+    tp = np.where(is_ar, f64("num_workers"), tp)
+    T = np.where(is_ar, 1.0, T)
+    tokens = np.where(is_it, b * q + d, np.where(is_ap, q, np.where(is_ad, b, T)))
+    nseq = np.where(is_it, b + d, np.where(is_ad, b, 1.0))
+    nsamp = np.where(is_it, b + d, np.where(op == "lm_head", T, 0.0))
+    pre_t = np.where(is_it, b * q, np.where(is_ap, q, np.where(is_ad, 0.0, T)))
+    pairs = np.where(is_it | is_ap, np.where(is_it, b, 1.0) * q * (c + (q + 1.0) / 2.0), 0.0)
+    pre_kv = np.where(is_it | is_ap, np.where(is_it, b, 1.0) * (c + q), 0.0)
+    ndec = np.where(is_it, d, np.where(is_ad, b, 0.0))
+    dkv = np.where(is_it, d * (dc + 1.0), np.where(is_ad, b * (c + 1.0), 0.0))
+    if np.any(tokens >= 2 ** costmodel.TOKEN_BITS):
+        i = int(np.argmax(tokens >= 2 ** costmodel.TOKEN_BITS))
+        raise ValueError(f"{m['source'][i]}: {int(tokens[i])} tokens in one batch; the cost "
+                         f"model takes fewer than {2 ** costmodel.TOKEN_BITS}")
+    hd = np.where(f64("head_dim") > 0, f64("head_dim"), 1.0)
+    model = ModelParams(
+        num_layers=np.where(is_it, f64("num_layers"), 1.0), hidden_size=h,
+        num_heads=np.maximum(f64("num_heads"), 1.0),
+        num_kv_heads=np.maximum(f64("num_kv_heads"), 1.0), head_dim=hd,
+        ffn_size=np.maximum(f64("ffn_size"), 1.0), vocab_size=np.maximum(f64("vocab_size"), 1.0),
+        num_experts=np.ones(n), experts_per_token=np.ones(n),
+        bytes_per_weight=np.where(m["dtype"].astype(str) == "fp8", 1.0,
+                                  np.where(m["dtype"].astype(str) == "fp32", 4.0, 2.0)),
+        bytes_per_kv=np.where(m["dtype"].astype(str) == "fp8", 1.0, 2.0),
+    )
+    i32 = lambda x: jnp.asarray(np.round(x).astype(np.int32))  # noqa: E731
+    feats = costmodel.BatchFeatures(
+        tokens=i32(tokens), num_seqs=i32(nseq), num_sampled=i32(nsamp),
+        prefill_tokens=i32(pre_t), prefill_pairs_x2=_dd_np(2.0 * pairs),
+        prefill_kv_tokens=_dd_np(pre_kv), num_decodes=i32(ndec), decode_kv_tokens=_dd_np(dkv))
+    op_index = np.array([KERNEL_OPS.index(o) if o in KERNEL_OPS else -1 for o in op])
+    div = np.array([_DIVISOR.get(o, 1.0) for o in op])
+    return Rows(model=model, tp=jnp.asarray(np.round(tp).astype(np.int32)), feats=feats,
+                op_index=op_index, divisor=jnp.asarray(div, jnp.float32),
+                log_t=jnp.asarray(np.log(f64("time_s")), jnp.float32))
+
+
+def _take(rows: Rows, idx: np.ndarray):
+    sel = lambda x: x[idx]  # noqa: E731
+    return (jax.tree.map(sel, rows.model), rows.tp[idx], jax.tree.map(sel, rows.feats))
+
+
+def predict(cost: CostParams, hw: HardwareParams, rows: Rows) -> jax.Array:
+    """Predicted seconds of every row (float32), differentiable in ``cost.theta``.
+
+    Kernel rows take the cost model's time of their operator; ``iteration`` rows the
+    whole iteration time of their batch (``jaxsim.costmodel.iteration_time``).
+    """
+    kern = np.flatnonzero(rows.op_index >= 0)
+    whole = np.flatnonzero(rows.op_index < 0)
+    out = jnp.zeros(rows.n, jnp.float32)
+    if kern.size:
+        op_idx = jnp.asarray(rows.op_index[kern])
+
+        def one(model, tp, f, k):
+            t = costmodel.op_times_from_consts(costmodel.prepare(model, hw, tp, cost), f)
+            return jnp.stack([t[o].value() for o in KERNEL_OPS])[k]
+
+        out = out.at[kern].set(jax.vmap(one)(*_take(rows, kern), op_idx))
+    if whole.size:
+        def it(model, tp, f):
+            return costmodel.iteration_time_dd(model, hw, tp, cost, f).value()
+
+        out = out.at[whole].set(jax.vmap(it)(*_take(rows, whole)))
+    return out / rows.divisor
+
+
+@dataclasses.dataclass
+class FitResult:
+    """A fitted parameter set, its training history and the row split."""
+
+    cost: CostParams
+    loss: float
+    steps: int
+    seconds: float
+    fitted: tuple[str, ...]
+    copied: dict[str, str]
+    train: np.ndarray
+    holdout: np.ndarray
+
+
+def _subsample(rows: Rows, train: np.ndarray, cap: int) -> np.ndarray:
+    """At most ``cap`` training rows per operator, evenly strided (deterministic)."""
+    keep = np.zeros(rows.n, bool)
+    for g in set(rows.op_index[train].tolist()):
+        idx = np.flatnonzero(train & (rows.op_index == g))
+        if idx.size > cap:
+            idx = idx[np.linspace(0, idx.size - 1, cap).round().astype(int)]
+        keep[idx] = True
+    return keep
+
+
+def _loss_fn(rows: Rows, hw: HardwareParams, train: np.ndarray, robust: bool, p_log2: int):
+    groups = rows.op_index.copy()
+    ops = sorted(set(groups[train].tolist()))
+    # one weight per row: 1 / (rows of its op in the training set), summed over ops
+    w = np.zeros(rows.n)
+    for g in ops:
+        sel = train & (groups == g)
+        w[sel] = 1.0 / sel.sum() / len(ops)
+    w = jnp.asarray(w, jnp.float32)
+
+    def loss(theta):
+        cost = CostParams(theta=theta, smooth_p_log2=p_log2)
+        r = jnp.log(predict(cost, hw, rows)) - rows.log_t
+        e = optax.losses.huber_loss(r, delta=0.05) / 0.05 if robust else r * r
+        e = jnp.where(w > 0, e, 0.0)
+        return jnp.sum(w * e)
+
+    return loss
+
+
+def _adam(loss, theta0: jax.Array, mask: np.ndarray, steps: int, lr: float):
+    sched = optax.cosine_decay_schedule(lr, steps, alpha=0.05)
+    opt = optax.adam(sched)
+    m = jnp.asarray(mask, jnp.float32)
+
+    @jax.jit
+    def run(theta):
+        def body(carry, _):
+            th, st = carry
+            val, g = jax.value_and_grad(loss)(th)
+            g = jnp.where(jnp.isfinite(g), g, 0.0) * m
+            upd, st = opt.update(g, st, th)
+            return (optax.apply_updates(th, upd), st), val
+        (th, _), hist = jax.lax.scan(body, (theta, opt.init(theta)), None, length=steps)
+        return th, loss(th), hist
+
+    return run(theta0)
+
+
+def _mask(names: Sequence[str]) -> np.ndarray:
+    m = np.zeros(len(COST_PARAM_NAMES), bool)
+    for n in names:
+        m[COST_INDEX[n]] = True
+    return m
+
+
+def fit(m: Measurements, hardware: str, train: np.ndarray, *, names: Sequence[str],
+        init: CostParams | None = None, robust: bool = False, steps: int = 400,
+        lr: float = 0.05, smooth_p: Sequence[int] = (2, 4),
+        max_rows_per_op: int = 1500) -> FitResult:
+    """Fit parameters ``names`` on the rows where ``train`` is true (one GPU's rows).
+
+    Each smooth-max exponent in ``smooth_p`` is tried; the lowest training loss wins.
+    At most ``max_rows_per_op`` training rows of each operator are used (evenly spaced
+    over the table), which bounds the fitting time on large tables.
+    """
+    t0 = time.perf_counter()
+    _, hw = hardware_params(hardware)
+    use = _subsample(prepare_rows(m), train, max_rows_per_op) if len(m) else train
+    sub = m.select(use)
+    rows = prepare_rows(sub)
+    train_sub = np.ones(len(sub), bool)
+    init = init if init is not None else CostParams.default()
+    mask = _mask(names)
+    best = None
+    for p in smooth_p:
+        k = int(round(math.log2(p)))
+        loss = _loss_fn(rows, hw, train_sub, robust, k)
+        theta, val, _ = _adam(loss, init.theta, mask, steps, lr)
+        val = float(val)
+        if best is None or val < best[0]:
+            best = (val, theta, k)
+    val, theta, k = best
+    return FitResult(cost=CostParams(theta=theta, smooth_p_log2=k), loss=val, steps=steps,
+                     seconds=time.perf_counter() - t0, fitted=tuple(names), copied={},
+                     train=train, holdout=~train)
+
+
+def copy_missing(cost: CostParams, present: set[str]) -> tuple[CostParams, dict[str, str]]:
+    """Give operators without rows the fitted values of a similar measured operator."""
+    theta = np.asarray(cost.theta).copy()
+    copied = {}
+    for dst, src in COPY_WHEN_MISSING.items():
+        if dst in present or src not in present:
+            continue
+        for a, b in zip(_OP_PARAMS[dst], _OP_PARAMS[src], strict=True):
+            theta[COST_INDEX[a]] = theta[COST_INDEX[b]]
+            copied[a] = b
+    return CostParams(theta=theta, smooth_p_log2=cost.smooth_p_log2), copied
+
+
+def kernel_param_names(ops: set[str]) -> list[str]:
+    """Parameters determined by kernel rows of ``ops`` (plus the launch overhead)."""
+    names = ["kernel_overhead_s"]
+    for op in sorted(ops):
+        names += _OP_PARAMS.get(op, ())
+    return names
+
+
+# --------------------------------------------------------------------------------------
+# held-out splits and error reports
+# --------------------------------------------------------------------------------------
+
+def _size_key(m: Measurements) -> list[tuple]:
+    cols = ("num_tokens", "batch_size", "chunk_len", "context_len", "num_decodes",
+            "decode_context_len", "bytes", "tp")
+    arr = np.stack([np.asarray(m[c], np.float64) for c in cols], 1)
+    return [tuple(r) for r in arr]
+
+
+def split(m: Measurements, holdout: str = "shape", every: int = 5) -> np.ndarray:
+    """The training mask for a hold-out rule.
+
+    * ``shape``: per operator, the distinct shapes (token count, or chunk x context,
+      batch x context, message size, batch composition) are sorted and every
+      ``every``-th one is held out, so held-out shapes are never seen in fitting
+      (interpolation).
+    * ``model:NAME``: every row of model NAME is held out (extrapolation to an unseen
+      model on the same GPU); rows without a model are split by shape.
+    * ``none``: everything trains.
+    """
+    n = len(m)
+    if holdout == "none":
+        return np.ones(n, bool)
+    train = np.ones(n, bool)
+    keys = _size_key(m)
+    op = m["op"].astype(str)
+    by_shape = np.ones(n, bool)
+    for o in set(op.tolist()):
+        idx = np.flatnonzero(op == o)
+        uniq = sorted({keys[i] for i in idx})
+        held = {k for j, k in enumerate(uniq) if j % every == every // 2}
+        for i in idx:
+            by_shape[i] = keys[i] not in held
+    if holdout == "shape":
+        return by_shape
+    if holdout.startswith("model:"):
+        name = holdout[len("model:"):].lower()
+        models = np.char.lower(m["model"].astype(str))
+        if not np.any(models == name):
+            known = sorted({x for x in m["model"].astype(str) if x})
+            raise ValueError(f"--holdout: model {holdout[6:]!r} has no rows; models in the "
+                             f"data: {', '.join(known)}")
+        has_model = models != ""
+        train = np.where(has_model, models != name, by_shape)
+        return train
+    raise ValueError(f"--holdout: {holdout!r}; allowed: shape, model:NAME, none")
+
+
+def error_table(m: Measurements, pred: np.ndarray, train: np.ndarray) -> dict[str, dict]:
+    """Per operator and per family: n_train, n_holdout, MAPE, p90 and max absolute
+    percentage error on the held-out rows (on the training rows when none is held out)."""
+    ape = np.abs(pred / np.asarray(m["time_s"]) - 1.0) * 100.0
+    op = m["op"].astype(str)
+    fams = {"gemm": set(GEMM_OPS),
+            "elementwise": {"norm", "residual_add", "activation", "rotary", "kv_write",
+                            "embedding"}}
+    out = {}
+
+    def stats(sel: np.ndarray) -> dict:
+        tr, ho = sel & train, sel & ~train
+        ev = ho if ho.any() else tr
+        a = ape[ev]
+        return {"n_train": int(tr.sum()), "n_holdout": int(ho.sum()),
+                "mape": float(a.mean()) if a.size else math.nan,
+                "p90_ape": float(np.percentile(a, 90)) if a.size else math.nan,
+                "max_ape": float(a.max()) if a.size else math.nan,
+                "train_mape": float(ape[tr].mean()) if tr.any() else math.nan}
+
+    for o in sorted(set(op.tolist())):
+        out[o] = stats(op == o)
+    for fam, members in fams.items():
+        sel = np.isin(op, list(members))
+        if sel.any() and len(set(op[sel].tolist())) > 1:
+            out[fam] = stats(sel)
+    return out

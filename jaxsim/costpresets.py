@@ -1,0 +1,101 @@
+"""Calibrated cost-model presets: fitted ``CostParams`` per GPU, stored as JSON.
+
+A preset file (written by ``jaxsim calibrate``) holds the physical coefficient values,
+the smooth-max exponent, the sha256 of the data it was fitted to, and its held-out
+error report. The presets shipped in ``jaxsim/data/cost_presets/<GPU>.json`` are the
+defaults for those GPUs (``cost_preset: auto``); any other GPU uses the uncalibrated
+defaults of ``jaxsim.params.COST_SPEC``.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from importlib import resources
+
+from jaxsim.params import COST_PARAM_NAMES, SMOOTH_P_CHOICES, CostParams
+
+FORMAT = "jaxsim-cost-preset/1"
+#: Values of ``cost_preset`` with a special meaning.
+AUTO, UNCALIBRATED = "auto", "uncalibrated"
+
+
+class PresetError(ValueError):
+    """A bad preset file or name; the message names the file and the field."""
+
+
+def shipped() -> list[str]:
+    """GPU names with a calibrated preset in the package."""
+    d = resources.files("jaxsim").joinpath("data/cost_presets")
+    return sorted(p.name[:-5] for p in d.iterdir() if p.name.endswith(".json"))
+
+
+def _shipped_path(gpu: str) -> str | None:
+    for name in shipped():
+        if name.lower() == gpu.lower():
+            return str(resources.files("jaxsim").joinpath(f"data/cost_presets/{name}.json"))
+    return None
+
+
+def read(path: str) -> dict:
+    """Read and check a preset file."""
+    try:
+        with open(path) as f:
+            d = json.load(f)
+    except FileNotFoundError:
+        raise PresetError(f"cost_preset: {path!r}: no such file") from None
+    except json.JSONDecodeError as e:
+        raise PresetError(f"cost_preset: {path}: not JSON ({e})") from None
+    if not isinstance(d, dict) or d.get("format") != FORMAT:
+        raise PresetError(f"cost_preset: {path}: field 'format' must be {FORMAT!r}")
+    vals = d.get("values")
+    if not isinstance(vals, dict):
+        raise PresetError(f"cost_preset: {path}: field 'values' must be an object")
+    unknown = sorted(set(vals) - set(COST_PARAM_NAMES))
+    if unknown:
+        raise PresetError(f"cost_preset: {path}: unknown parameter(s) {unknown} in 'values'")
+    if d.get("smooth_p") not in SMOOTH_P_CHOICES:
+        raise PresetError(f"cost_preset: {path}: field 'smooth_p' is {d.get('smooth_p')!r}; "
+                          f"allowed: {', '.join(map(str, SMOOTH_P_CHOICES))}")
+    try:
+        CostParams.from_values({**vals, "smooth_p": d["smooth_p"]})
+    except (ValueError, KeyError) as e:
+        raise PresetError(f"cost_preset: {path}: {e}") from None
+    return d
+
+
+@functools.cache
+def _cached(path: str, mtime: float) -> tuple[tuple[str, float], ...]:
+    d = read(path)
+    return tuple(sorted({**d["values"], "smooth_p": d["smooth_p"]}.items()))
+
+
+def resolve(preset: str, gpu: str) -> str | None:
+    """The preset file for a ``cost_preset`` value and GPU (None: uncalibrated)."""
+    if preset == UNCALIBRATED:
+        return None
+    if preset == AUTO:
+        return _shipped_path(gpu)
+    path = _shipped_path(preset)
+    if path is not None:
+        return path
+    if os.path.exists(preset):
+        return preset
+    raise PresetError(f"cost_preset: {preset!r} is neither a file nor a shipped preset; "
+                      f"allowed: {AUTO}, {UNCALIBRATED}, {', '.join(shipped())}, or a "
+                      "path to a preset JSON written by `jaxsim calibrate`")
+
+
+def values(preset: str, gpu: str) -> dict[str, float]:
+    """Physical coefficient values (and ``smooth_p``) for a ``cost_preset`` and GPU;
+    empty for the uncalibrated defaults."""
+    path = resolve(preset, gpu)
+    if path is None:
+        return {}
+    return dict(_cached(os.path.abspath(path), os.path.getmtime(path)))
+
+
+def load(preset: str, gpu: str = "") -> CostParams:
+    """``CostParams`` of a preset (name, path, ``auto`` with ``gpu``, or ``uncalibrated``)."""
+    return CostParams.from_values(values(preset, gpu))

@@ -1,0 +1,297 @@
+"""``jaxsim profile``: kernel rows in the measurement schema, CSV round trip, CLI, bad input.
+
+Everything runs on the CPU with tiny shapes; the multi-device all-reduce path runs in a
+subprocess with two forced host devices.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import math
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from calibration import schema
+from jaxsim import presets
+from jaxsim import profile as prof
+
+MODEL = "Llama-3.1-8B"
+TP = 8  # keeps the 8B shard's GEMM weights small on a CPU
+TOKENS = (1, 8)
+REPEATS = 3
+
+
+@pytest.fixture(scope="module")
+def quick_rows() -> schema.Measurements:
+    return prof.profile("llama-3.1-8b", tp=TP, token_counts=TOKENS, quick=True,
+                        repeats=REPEATS)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="jaxsim profile")
+    prof.add_arguments(p)
+    return p
+
+
+def _run_cmd(argv: list[str], capsys) -> tuple[int, str, str]:
+    code = prof.cmd(_parser().parse_args(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+# --------------------------------------------------------------------------- rows
+
+
+def test_profile__quick_run_has_every_op_with_positive_times(quick_rows):
+    m = quick_rows
+    expected = [op for op in prof.SUPPORTED_OPS if op != "all_reduce"]  # one CPU device
+    assert m.ops() == sorted(expected)
+    assert "all_reduce" not in m.ops()
+    for c in ("time_s", "time_min_s", "time_mean_s", "time_std_s"):
+        assert np.all(np.isfinite(m[c])), c
+    assert np.all(m["time_s"] > 0) and np.all(m["time_min_s"] > 0)
+    assert np.all(m["time_min_s"] <= m["time_s"]) and np.all(m["time_std_s"] >= 0)
+    assert np.all(m["repeats"] == REPEATS)
+    assert set(m["hardware"].tolist()) == {"cpu"}
+    assert set(m["dtype"].tolist()) == {"bf16"}
+    for op in prof.SUPPORTED_OPS:
+        src = m.where(op=op)["source"].tolist()
+        assert src == [f"jaxsim-profile:{op}:{i + 1}" for i in range(len(src))]
+
+
+def test_profile__shape_fields_follow_the_request(quick_rows):
+    m = quick_rows
+    _, dims = presets.model(MODEL)
+    for op in prof.GEMM_OPS + prof.ELEM_OPS:
+        r = m.where(op=op)
+        assert r["num_tokens"].tolist() == list(TOKENS), op
+        assert set(r["model"].tolist()) == {MODEL}
+        for c in ("num_layers", "hidden_size", "num_heads", "num_kv_heads", "head_dim",
+                  "ffn_size", "vocab_size"):
+            assert np.all(r[c] == dims[c]), (op, c)
+        assert np.all(r["tp"] == TP) and np.all(r["gated"] == 1)
+        assert np.all(r["bytes"] == 0)
+    pre = m.where(op="attn_prefill")
+    shapes = prof.QUICK["prefill_shapes"]
+    assert list(zip(pre["chunk_len"].tolist(), pre["context_len"].tolist(),
+                    strict=True)) == list(shapes)
+    assert np.all(pre["batch_size"] == 1) and np.all(pre["num_tokens"] == pre["chunk_len"])
+    dec = m.where(op="attn_decode")
+    assert list(zip(dec["batch_size"].tolist(), dec["context_len"].tolist(),
+                    strict=True)) == list(prof.QUICK["decode_shapes"])
+    assert np.all(dec["num_tokens"] == dec["batch_size"]) and np.all(dec["chunk_len"] == 0)
+    for op in prof.COPY_OPS:
+        r = m.where(op=op)
+        assert r["bytes"].tolist() == [float(b) for b in prof.QUICK["copy_bytes"]]
+        assert set(r["model"].tolist()) == {""} and np.all(r["tp"] == 0)
+
+
+def test_profile__csv_round_trips(quick_rows, tmp_path):
+    path = tmp_path / "prof.csv"
+    schema.write_csv(quick_rows, path)
+    back = schema.read_csv(path)
+    assert len(back) == len(quick_rows)
+    for c in schema.COLUMNS:
+        if c == "source":  # read_csv names rows by file and line
+            continue
+        a, b = quick_rows[c], back[c]
+        if c in schema.FLOAT_COLS:
+            np.testing.assert_array_equal(a, b, err_msg=c)
+        else:
+            assert a.tolist() == b.tolist(), c
+    assert back.digest() == quick_rows.digest()
+
+
+def test_profile__fp32_ops_subset_and_hardware_name():
+    m = prof.profile("Qwen3-30B-A3B", ops=["norm", "rotary"], token_counts=(2,),
+                     dtype="fp32", hardware="h100-sxm", repeats=1)
+    assert m.ops() == ["norm", "rotary"]
+    assert set(m["dtype"].tolist()) == {"fp32"}
+    assert set(m["hardware"].tolist()) == {"H100-SXM"}  # preset spelling
+    assert np.all(m["repeats"] == 1) and np.all(m["time_std_s"] == 0)
+
+
+def test_profile__out_of_memory_shape_is_skipped(monkeypatch):
+    real = prof._time_kernel
+
+    def fake(fn, args, repeats):
+        if args[0].shape[0] == 4:
+            raise RuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating 1 bytes")
+        return real(fn, args, repeats)
+
+    monkeypatch.setattr(prof, "_time_kernel", fake)
+    said: list[str] = []
+    m = prof.profile("Qwen3-30B-A3B", ops=["residual_add"], token_counts=(2, 4),
+                     repeats=1, progress=said.append)
+    assert m["num_tokens"].tolist() == [2]
+    assert any("skipped num_tokens=4" in s for s in said), said
+
+    def broken(fn, args, repeats):
+        raise RuntimeError("some other failure")
+
+    monkeypatch.setattr(prof, "_time_kernel", broken)
+    with pytest.raises(RuntimeError, match="some other failure"):
+        prof.profile("Qwen3-30B-A3B", ops=["residual_add"], token_counts=(2,), repeats=1)
+
+
+# --------------------------------------------------------------------------- kernels
+
+
+def test_profile__prefill_mask_sees_context_plus_causal_chunk():
+    import jax
+
+    ctx, chunk, nh, nkv, hd = 5, 3, 4, 2, 8
+    rng = np.random.default_rng(1)
+    q = rng.standard_normal((1, ctx + chunk, nh, hd), np.float32)
+    k = rng.standard_normal((1, ctx + chunk, nkv, hd), np.float32)
+    v = rng.standard_normal((1, ctx + chunk, nkv, hd), np.float32)
+    full = jax.jit(jax.nn.dot_product_attention, static_argnames="is_causal")(
+        q, k, v, is_causal=True)
+    part = jax.jit(prof.attn_prefill_kernel)(q[:, ctx:], k, v)
+    np.testing.assert_allclose(part, full[:, ctx:], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(jax.jit(prof.attn_prefill_kernel)(q, k, v), full, rtol=1e-6)
+    last = jax.jit(prof.attn_decode_kernel)(q[:, -1:], k, v)
+    np.testing.assert_allclose(last, full[:, -1:], rtol=1e-5, atol=1e-5)
+
+
+def test_profile__hardware_name_maps_device_kinds_to_presets():
+    cases = {"NVIDIA H100 80GB HBM3": "H100-SXM", "NVIDIA H100 PCIe": "H100-PCIe",
+             "NVIDIA H200": "H200", "NVIDIA GH200 480GB": "GH200",
+             "NVIDIA A100-SXM4-80GB": "A100-80GB", "NVIDIA L40S": "L40S",
+             "NVIDIA GeForce RTX 4090": "NVIDIA GeForce RTX 4090"}
+    for kind, name in cases.items():
+        assert prof.hardware_name(kind) == name, kind
+    assert prof.hardware_name("cpu", "cpu") == "cpu"
+    assert set(prof._GPU_KINDS[i][1] for i in range(len(prof._GPU_KINDS))) <= set(
+        presets.gpu_names())
+
+
+def test_profile__module_imports_no_jax_at_top_level():
+    tree = ast.parse(Path(prof.__file__).read_text())
+    top = set()
+    for node in tree.body:
+        if isinstance(node, ast.Import):
+            top |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            top.add(node.module.split(".")[0])
+    assert not top & {"jax", "jaxlib", "numpy", "calibration"}, top
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize("kwargs, field, value", [
+    ({"model": "no-such-model"}, "model", "Llama-3.1-8B"),  # lists the allowed names
+    ({"tp": 3}, "tp", "num_heads=32"),
+    ({"tp": 0}, "tp", "0"),
+    ({"ops": ["no_such_op"]}, "ops", "no_such_op"),
+    ({"ops": ["lm_head"]}, "ops", "lm_head"),
+    ({"ops": []}, "ops", "empty"),
+    ({"token_counts": (1, 0)}, "token_counts", "0"),
+    ({"token_counts": (-4,)}, "token_counts", "-4"),
+    ({"prefill_shapes": ((0, 4),)}, "prefill_shapes: chunk_len", "0"),
+    ({"prefill_shapes": ((4, -1),)}, "prefill_shapes: context_len", "-1"),
+    ({"decode_shapes": ((2, 0),)}, "decode_shapes: context_len", "0"),
+    ({"copy_bytes": (0,)}, "copy_bytes", "0"),
+    ({"allreduce_bytes": (-1,)}, "allreduce_bytes", "-1"),
+    ({"repeats": 0}, "repeats", "0"),
+    ({"dtype": "fp16"}, "dtype", "fp16"),
+    ({"hardware": " "}, "hardware", "' '"),
+])
+def test_profile__bad_input_raises_value_error_naming_the_field(kwargs, field, value):
+    kw = {"model": MODEL, "quick": True, **kwargs}
+    with pytest.raises(ValueError) as e:
+        prof.profile(kw.pop("model"), **kw)
+    msg = str(e.value)
+    assert msg.startswith(f"{field}:"), msg
+    assert value in msg, msg
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def test_profile__cli_writes_csv(tmp_path, capsys):
+    out = tmp_path / "m.csv"
+    code, stdout, err = _run_cmd(
+        ["--model", "qwen3-30b-a3b", "--quick", "--tokens", "1,4", "--ops",
+         "norm,qkv_proj,attn_decode,h2d_copy", "--repeats", "2", "--hardware", "h200",
+         "--out", str(out)], capsys)
+    assert code == 0, err
+    m = schema.read_csv(out)
+    assert m.ops() == ["attn_decode", "h2d_copy", "norm", "qkv_proj"]
+    assert m.where(op="norm")["num_tokens"].tolist() == [1, 4]
+    assert set(m["hardware"].tolist()) == {"H200"}
+    assert set(m["model"].tolist()) == {"Qwen3-30B-A3B", ""}
+    assert np.all(m["repeats"] == 2)
+    assert "6 rows" in stdout and str(out) in stdout and "qkv_proj" in stdout
+    assert not list(tmp_path.glob(".tmp-*")), "temporary file left behind"
+
+
+def test_profile__cli_through_jaxsim_main(tmp_path, capsys):
+    pytest.importorskip("calibration.cli")
+    from jaxsim import cli
+
+    out = tmp_path / "m.csv"
+    code = cli.main(["profile", "--model", "Qwen3-30B-A3B", "--quick", "--tokens", "2",
+                     "--ops", "residual_add", "--repeats", "1", "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    assert schema.read_csv(out)["num_tokens"].tolist() == [2]
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--model", "gpt-17"], "--model: unknown model"),
+    (["--model", MODEL, "--tp", "3"], "--tp: 3 does not divide num_heads"),
+    (["--model", MODEL, "--ops", "norm,bogus"], "--ops: unknown op 'bogus'"),
+    (["--model", MODEL, "--tokens", "1,x"], "--tokens: '1,x'"),
+    (["--model", MODEL, "--tokens", "0"], "--tokens: 0"),
+    (["--model", MODEL, "--repeats", "0"], "--repeats: 0"),
+])
+def test_profile__cli_bad_input_is_one_line_and_exit_2(argv, needle, tmp_path, capsys):
+    out = tmp_path / "m.csv"
+    code, stdout, err = _run_cmd([*argv, "--out", str(out)], capsys)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("jaxsim: error: "), err
+    assert needle in lines[0], lines[0]
+    assert not out.exists()
+
+
+def test_profile__cli_missing_output_folder(tmp_path, capsys):
+    out = tmp_path / "missing" / "m.csv"
+    code, _, err = _run_cmd(["--model", MODEL, "--quick", "--out", str(out)], capsys)
+    assert code == 2 and err.startswith("jaxsim: error: --out:"), err
+
+
+# --------------------------------------------------------------------------- devices
+
+
+def test_profile__all_reduce_on_two_host_devices(tmp_path):
+    out = tmp_path / "ar.csv"
+    script = textwrap.dedent(f"""
+        import jax
+        assert len(jax.local_devices()) == 2, jax.local_devices()
+        from calibration import schema
+        from jaxsim import profile
+        m = profile.profile("Qwen3-30B-A3B", ops=["all_reduce"], quick=True, repeats=2,
+                            allreduce_bytes=(4096, 65536))
+        schema.write_csv(m, {str(out)!r})
+    """)
+    env = {**os.environ, "JAX_PLATFORMS": "cpu",
+           "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+           "JAX_NUMPY_RANK_PROMOTION": "raise"}
+    root = Path(__file__).resolve().parents[1]
+    res = subprocess.run([sys.executable, "-W", "error", "-c", script], env=env, cwd=root,
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-3000:]
+    m = schema.read_csv(out)
+    assert m.ops() == ["all_reduce"]
+    assert m["bytes"].tolist() == [4096.0, 65536.0]
+    assert np.all(m["num_workers"] == 2)
+    assert all(math.isfinite(t) and t > 0 for t in m["time_s"].tolist())
