@@ -213,7 +213,8 @@ def _subsample(rows: Rows, train: np.ndarray, cap: int) -> np.ndarray:
     return keep
 
 
-def _loss_fn(rows: Rows, hw: HardwareParams, train: np.ndarray, robust: bool, p_log2: int):
+def _loss_fn(rows: Rows, hw: HardwareParams, train: np.ndarray, robust: bool):
+    """loss(theta, p_log2): the exponent is traced, so every p shares one compile."""
     groups = rows.op_index.copy()
     ops = sorted(set(groups[train].tolist()))
     # one weight per row: 1 / (rows of its op in the training set), summed over ops
@@ -223,7 +224,7 @@ def _loss_fn(rows: Rows, hw: HardwareParams, train: np.ndarray, robust: bool, p_
         w[sel] = 1.0 / sel.sum() / len(ops)
     w = jnp.asarray(w, jnp.float32)
 
-    def loss(theta):
+    def loss(theta, p_log2):
         cost = CostParams(theta=theta, smooth_p_log2=p_log2)
         r = jnp.log(predict(cost, hw, rows)) - rows.log_t
         e = optax.losses.huber_loss(r, delta=0.05) / 0.05 if robust else r * r
@@ -234,22 +235,23 @@ def _loss_fn(rows: Rows, hw: HardwareParams, train: np.ndarray, robust: bool, p_
 
 
 def _adam(loss, theta0: jax.Array, mask: np.ndarray, steps: int, lr: float):
+    """A jitted Adam run: run(theta, p_log2) -> (theta, final loss, loss history)."""
     sched = optax.cosine_decay_schedule(lr, steps, alpha=0.05)
     opt = optax.adam(sched)
     m = jnp.asarray(mask, jnp.float32)
 
     @jax.jit
-    def run(theta):
+    def run(theta, p_log2):
         def body(carry, _):
             th, st = carry
-            val, g = jax.value_and_grad(loss)(th)
+            val, g = jax.value_and_grad(loss)(th, p_log2)
             g = jnp.where(jnp.isfinite(g), g, 0.0) * m
             upd, st = opt.update(g, st, th)
             return (optax.apply_updates(th, upd), st), val
         (th, _), hist = jax.lax.scan(body, (theta, opt.init(theta)), None, length=steps)
-        return th, loss(th), hist
+        return th, loss(th, p_log2), hist
 
-    return run(theta0)
+    return run
 
 
 def _mask(names: Sequence[str]) -> np.ndarray:
@@ -278,10 +280,10 @@ def fit(m: Measurements, hardware: str, train: np.ndarray, *, names: Sequence[st
     init = init if init is not None else CostParams.default()
     mask = _mask(names)
     best = None
+    run = _adam(_loss_fn(rows, hw, train_sub, robust), init.theta, mask, steps, lr)
     for p in smooth_p:
         k = int(round(math.log2(p)))
-        loss = _loss_fn(rows, hw, train_sub, robust, k)
-        theta, val, _ = _adam(loss, init.theta, mask, steps, lr)
+        theta, val, _ = run(init.theta, jnp.int32(k))
         val = float(val)
         if best is None or val < best[0]:
             best = (val, theta, k)

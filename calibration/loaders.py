@@ -130,6 +130,7 @@ def load_vidur_mlp(path: str, hardware: str | None = None) -> Measurements:
     header = set(rd._r.fieldnames or [])
     ops = [o for o in VIDUR_OPS if f"time_stats.{o}.median" in header]
     if not ops:
+        rd._f.close()
         raise DataError(f"{path}: no 'time_stats.<op>.median' column of a known op "
                         f"({', '.join(VIDUR_OPS)})")
     rows = []

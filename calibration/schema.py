@@ -190,10 +190,10 @@ def validate(m: Measurements) -> None:
             raise DataError(f"{m['source'][i]}: {msg(i)}")
 
     op = m["op"].astype(str)
-    fail(~np.isin(op, OPS), lambda i: f"column 'op': unknown op {op[i]!r}; allowed: "
+    fail(~np.isin(op, OPS), lambda i: f"column 'op': unknown op {str(op[i])!r}; allowed: "
          f"{', '.join(OPS)}")
     dt = m["dtype"].astype(str)
-    fail(~np.isin(dt, DTYPES), lambda i: f"column 'dtype': unknown dtype {dt[i]!r}; "
+    fail(~np.isin(dt, DTYPES), lambda i: f"column 'dtype': unknown dtype {str(dt[i])!r}; "
          f"allowed: {', '.join(DTYPES)}")
     fail(m["hardware"].astype(str) == "", lambda i: "column 'hardware': empty")
     t = m["time_s"]
