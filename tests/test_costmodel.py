@@ -138,7 +138,7 @@ def test_costmodel__monotone_in_hardware():
 def test_costmodel__decode_is_memory_bound_prefill_compute_bound():
     # Llama-3.1-8B on H100: a 1-token decode is bounded by reading the 16 GB of weights,
     # a 2048-token prefill by FLOPs.
-    p = lane_params({}, Trace([0.0], [4], [2]))
+    p = lane_params({"cost_preset": "uncalibrated"}, Trace([0.0], [4], [2]))
     dec = _dt(p, feats(tokens=1, num_seqs=1, num_sampled=1, num_decodes=1,
                        decode_kv_tokens=100))
     weights_s = 16.06e9 / 3.35e12
@@ -171,7 +171,7 @@ def test_cost_params__roundtrip():
 
 
 def test_costmodel__gradients_match_finite_differences():
-    p = lane_params({"tp": 2}, Trace([0.0], [4], [2]))
+    p = lane_params({"tp": 2, "cost_preset": "uncalibrated"}, Trace([0.0], [4], [2]))
     f = feats(tokens=300, num_seqs=40, num_sampled=39, prefill_tokens=261,
               prefill_pairs=261 * 400.0, prefill_kv_tokens=800, num_decodes=39,
               decode_kv_tokens=39 * 700)
