@@ -10,9 +10,6 @@ from calibration.schema import Measurements
 def parity(m: Measurements, pred: np.ndarray, train: np.ndarray, path: str | None = None,
            title: str = ""):
     """One log-log panel per operator: measured vs predicted, held-out rows in colour."""
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     ops = sorted(set(m["op"].astype(str).tolist()))
