@@ -158,9 +158,27 @@ def prepare_rows(m: Measurements) -> Rows:
                 log_t=jnp.asarray(np.log(f64("time_s")), jnp.float32))
 
 
-def _take(rows: Rows, idx: np.ndarray):
-    sel = lambda x: x[idx]  # noqa: E731
-    return (jax.tree.map(sel, rows.model), rows.tp[idx], jax.tree.map(sel, rows.feats))
+@jax.jit
+def _predict(cost: CostParams, hw: HardwareParams, model: ModelParams, tp: jax.Array,
+             feats: costmodel.BatchFeatures, kern: jax.Array, kern_op: jax.Array,
+             whole: jax.Array, divisor: jax.Array) -> jax.Array:
+    """Seconds of every row: ``kern`` rows take operator ``kern_op``'s time, ``whole``
+    rows the whole iteration time (index arrays; their lengths are static)."""
+    out = jnp.zeros(divisor.shape, jnp.float32)
+    take = lambda idx: (jax.tree.map(lambda x: x[idx], model), tp[idx],  # noqa: E731
+                        jax.tree.map(lambda x: x[idx], feats))
+    if kern.size:
+        def one(model, tp, f, k):
+            t = costmodel.op_times_from_consts(costmodel.prepare(model, hw, tp, cost), f)
+            return jnp.stack([t[o].value() for o in KERNEL_OPS])[k]
+
+        out = out.at[kern].set(jax.vmap(one)(*take(kern), kern_op))
+    if whole.size:
+        def it(model, tp, f):
+            return costmodel.iteration_time_dd(model, hw, tp, cost, f).value()
+
+        out = out.at[whole].set(jax.vmap(it)(*take(whole)))
+    return out / divisor
 
 
 def predict(cost: CostParams, hw: HardwareParams, rows: Rows) -> jax.Array:
@@ -171,21 +189,8 @@ def predict(cost: CostParams, hw: HardwareParams, rows: Rows) -> jax.Array:
     """
     kern = np.flatnonzero(rows.op_index >= 0)
     whole = np.flatnonzero(rows.op_index < 0)
-    out = jnp.zeros(rows.n, jnp.float32)
-    if kern.size:
-        op_idx = jnp.asarray(rows.op_index[kern])
-
-        def one(model, tp, f, k):
-            t = costmodel.op_times_from_consts(costmodel.prepare(model, hw, tp, cost), f)
-            return jnp.stack([t[o].value() for o in KERNEL_OPS])[k]
-
-        out = out.at[kern].set(jax.vmap(one)(*_take(rows, kern), op_idx))
-    if whole.size:
-        def it(model, tp, f):
-            return costmodel.iteration_time_dd(model, hw, tp, cost, f).value()
-
-        out = out.at[whole].set(jax.vmap(it)(*_take(rows, whole)))
-    return out / rows.divisor
+    return _predict(cost, hw, rows.model, rows.tp, rows.feats, jnp.asarray(kern),
+                    jnp.asarray(rows.op_index[kern]), jnp.asarray(whole), rows.divisor)
 
 
 @dataclasses.dataclass
@@ -202,11 +207,11 @@ class FitResult:
     holdout: np.ndarray
 
 
-def _subsample(rows: Rows, train: np.ndarray, cap: int) -> np.ndarray:
+def _subsample(op: np.ndarray, train: np.ndarray, cap: int) -> np.ndarray:
     """At most ``cap`` training rows per operator, evenly strided (deterministic)."""
-    keep = np.zeros(rows.n, bool)
-    for g in set(rows.op_index[train].tolist()):
-        idx = np.flatnonzero(train & (rows.op_index == g))
+    keep = np.zeros(len(op), bool)
+    for g in set(op[train].tolist()):
+        idx = np.flatnonzero(train & (op == g))
         if idx.size > cap:
             idx = idx[np.linspace(0, idx.size - 1, cap).round().astype(int)]
         keep[idx] = True
@@ -273,7 +278,7 @@ def fit(m: Measurements, hardware: str, train: np.ndarray, *, names: Sequence[st
     """
     t0 = time.perf_counter()
     _, hw = hardware_params(hardware)
-    use = _subsample(prepare_rows(m), train, max_rows_per_op) if len(m) else train
+    use = _subsample(m["op"].astype(str), train, max_rows_per_op)
     sub = m.select(use)
     rows = prepare_rows(sub)
     train_sub = np.ones(len(sub), bool)
