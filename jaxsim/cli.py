@@ -1,4 +1,5 @@
-"""Command-line interface: ``jaxsim simulate | presets | demo | bench | profile | calibrate``.
+"""Command-line interface: ``jaxsim simulate | presets | demo | bench | profile | calibrate |
+sweep | best | pareto``.
 
 Every bad input (YAML key or value, ``--set``, trace file) ends in one line on stderr,
 ``jaxsim: error: <field>: <value> <what is allowed>``, and exit status 2.
@@ -137,6 +138,17 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("calibrate", help="fit the cost model to measured timings")
     calibration_cli.add_arguments(c)
     c.set_defaults(func=calibration_cli.cmd)
+    from search import cli as search_cli
+
+    sw = sub.add_parser("sweep", help="simulate every configuration of a design space")
+    search_cli.add_sweep_arguments(sw)
+    sw.set_defaults(func=search_cli.cmd_sweep)
+    be = sub.add_parser("best", help="rank a sweep's results under SLOs; export the winner")
+    search_cli.add_best_arguments(be)
+    be.set_defaults(func=search_cli.cmd_best)
+    pa = sub.add_parser("pareto", help="Pareto front of a sweep's results")
+    search_cli.add_pareto_arguments(pa)
+    pa.set_defaults(func=search_cli.cmd_pareto)
     return p
 
 

@@ -1,0 +1,259 @@
+"""``jaxsim sweep | best | pareto``: run a design space, rank it, and draw its Pareto front.
+
+Errors (bad space file, bad objective or SLO, a folder holding another sweep) end in one
+line on stderr, ``jaxsim: error: ...``, exit status 2, before anything runs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+
+EXIT_USAGE = 2
+
+
+def _fail(msg: str) -> int:
+    print(f"jaxsim: error: {msg}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+# ---- sweep ---------------------------------------------------------------------------
+
+
+def add_sweep_arguments(p) -> None:
+    p.add_argument("space", help="design-space file (YAML); see examples/")
+    p.add_argument("--out", required=True, help="results folder (one Parquet file per chunk)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue a sweep whose folder has finished chunks")
+    p.add_argument("--chunk-size", type=int, default=None,
+                   help="configurations per compiled call B (default: from memory per lane)")
+    p.add_argument("--slots", type=int, default=None,
+                   help="initial slot-table rows S (default: min(max max_num_seqs, 64))")
+    p.add_argument("--max-chunks", type=int, default=None,
+                   help="stop after this many chunks (resume later with --resume)")
+    p.add_argument("--ray", metavar="ADDRESS", default=None,
+                   help="run chunks as tasks on a Ray cluster ('local' starts one here)")
+    p.add_argument("--quiet", action="store_true", help="no progress line")
+
+
+def cmd_sweep(args) -> int:
+    from search import runner, space
+
+    try:
+        sp = space.load(args.space)
+        if args.ray:
+            from search import ray_runner
+
+            res = ray_runner.run_sweep(sp, args.out, address=args.ray, resume=args.resume,
+                                       chunk_size=args.chunk_size, slots=args.slots,
+                                       progress=not args.quiet, max_chunks=args.max_chunks)
+        else:
+            res = runner.run_sweep(sp, args.out, resume=args.resume,
+                                   chunk_size=args.chunk_size, slots=args.slots,
+                                   progress=not args.quiet, max_chunks=args.max_chunks)
+    except (space.SpaceError, runner.SweepError) as e:
+        return _fail(str(e))
+    done = len(runner.finished_chunks(args.out))
+    n = res.plan.size
+    print(f"jaxsim sweep: {sp.name}: {len(res.chunks_run)} chunks run, "
+          f"{len(res.chunks_skipped)} already done, {done}/{res.plan.num_chunks} finished "
+          f"({n:,} configurations, B={res.plan.chunk_size}, {res.plan.num_devices} "
+          f"device(s)); {res.wall_s:.1f} s; compiles {res.compiles}; results in {args.out}")
+    return 0
+
+
+# ---- best ----------------------------------------------------------------------------
+
+
+def _settings(out_dir: str) -> dict:
+    path = os.path.join(out_dir, "sweep.json")
+    try:
+        with open(path) as f:
+            return json.load(f).get("space", {}).get("objectives", {}) or {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _prices(args, settings) -> dict:
+    prices = {k: settings[k] for k in ("gpu_hour_usd", "mem_gb_hour_usd") if k in settings}
+    for item in args.price or []:
+        if "=" not in item:
+            raise ValueError(f"--price {item!r}: expected GPU=USD_PER_HOUR or mem=USD_PER_GB_HOUR")
+        k, v = item.split("=", 1)
+        try:
+            val = float(v)
+        except ValueError:
+            raise ValueError(f"--price {item!r}: {v!r} is not a number") from None
+        if k == "mem":
+            prices["mem_gb_hour_usd"] = val
+        else:
+            g = dict(prices.get("gpu_hour_usd") or {})
+            g[k] = val
+            prices["gpu_hour_usd"] = g
+    return prices
+
+
+def add_best_arguments(p) -> None:
+    p.add_argument("dir", help="results folder of jaxsim sweep")
+    p.add_argument("--slo", action="append", metavar="METRIC<=VALUE",
+                   help="SLO bound, e.g. --slo ttft_p99_s<=1.0 --slo tpot_p99_s<=0.05 "
+                        "(default: the space file's objectives.slo)")
+    p.add_argument("--objective", default=None,
+                   help="what to optimise (default: cost_per_mtok when prices are known, "
+                        "else throughput_per_gpu)")
+    p.add_argument("--price", action="append", metavar="GPU=USD",
+                   help="GPU-hour price, e.g. --price H100-SXM=3.0; mem=USD per GB-hour")
+    p.add_argument("--top", type=int, default=10, help="rows to print")
+    p.add_argument("--json", action="store_true", help="print the winner as JSON")
+
+
+def cmd_best(args) -> int:
+    import numpy as np
+
+    from search import objectives as ob
+    from search import runner
+
+    settings = _settings(args.dir)
+    try:
+        df = runner.load_results(args.dir)
+        slo = ob.parse_slo(args.slo) if args.slo else ob.parse_slo(settings.get("slo"))
+        prices = _prices(args, settings)
+        objective = args.objective or ("cost_per_mtok" if prices.get("gpu_hour_usd")
+                                       else "throughput_per_gpu")
+        table = {c: df[c].to_numpy() for c in df.columns}
+        c = ob.costs(table, [objective], slo, prices)[:, 0]
+        value = ob.derived(table, objective, prices)
+    except (runner.SweepError, ob.ObjectiveError, ValueError) as e:
+        return _fail(str(e))
+    order = np.argsort(c, kind="stable")
+    n_ok = int(np.isfinite(c).sum())
+    if n_ok == 0:
+        print(f"jaxsim best: none of {len(df):,} configurations meets the SLOs "
+              f"({', '.join(f'{k} {v}' for k, v in slo.items()) or 'none given'})")
+        return 1
+    best = df.iloc[int(order[0])]
+    from search.export import vllm_serve_command
+
+    cfg = _config_of(args.dir, best)
+    cmd = vllm_serve_command(cfg)
+    if args.json:
+        out = {k: _jsonable(best[k]) for k in df.columns}
+        out[objective] = _jsonable(value[order[0]])
+        out["vllm_serve"] = cmd
+        print(json.dumps(out))
+        return 0
+    axes = list(_settings_axes(args.dir)) or ["max_num_seqs", "max_num_batched_tokens"]
+    print(f"jaxsim best: {n_ok:,} of {len(df):,} configurations meet the SLOs "
+          f"({', '.join(f'{k} {v}' for k, v in slo.items()) or 'none'}); ranked by "
+          f"{objective}")
+    head = ["rank", "config_id", *axes, objective, "ttft_p99_s", "tpot_p99_s"]
+    print("  " + "  ".join(f"{h:>14}" for h in head))
+    for r, i in enumerate(order[:min(args.top, n_ok)]):
+        row = df.iloc[int(i)]
+        vals = [r + 1, row["config_id"], *(row[a] for a in axes), value[i],
+                row["ttft_p99_s"], row["tpot_p99_s"]]
+        print("  " + "  ".join(f"{_fmt(v):>14}" for v in vals))
+    print(f"\nwinner as a vLLM launch command:\n  {cmd}")
+    return 0
+
+
+def _settings_axes(out_dir):
+    try:
+        with open(os.path.join(out_dir, "sweep.json")) as f:
+            return json.load(f)["space"]["axes"].keys()
+    except (OSError, ValueError, KeyError):
+        return []
+
+
+def _config_of(out_dir: str, row) -> dict:
+    """The full configuration of a results row (base + axis values)."""
+    from search.space import _set_key
+
+    with open(os.path.join(out_dir, "sweep.json")) as f:
+        spec = json.load(f)["space"]
+    cfg = json.loads(json.dumps(spec["base"]))
+    for k in spec["axes"]:
+        _set_key(cfg, k, _jsonable(row[k]))
+    return cfg
+
+
+def _jsonable(v):
+    if hasattr(v, "item"):
+        v = v.item()
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float) or hasattr(v, "dtype") and v.dtype.kind == "f":
+        v = float(v)
+        if not math.isfinite(v):
+            return str(v)
+        return f"{v:.4g}"
+    return str(v)
+
+
+# ---- pareto --------------------------------------------------------------------------
+
+
+def add_pareto_arguments(p) -> None:
+    p.add_argument("dir", help="results folder of jaxsim sweep")
+    p.add_argument("--objectives", required=True,
+                   help="2-4 comma-separated objectives, e.g. ttft_p99_s,cost_per_mtok")
+    p.add_argument("--slo", action="append", metavar="METRIC<=VALUE", help="as for best")
+    p.add_argument("--price", action="append", metavar="GPU=USD", help="as for best")
+    p.add_argument("--plot", default=None, help="write a Pareto plot (PNG; 2 objectives)")
+    p.add_argument("--csv", default=None, help="write the front as CSV")
+
+
+def cmd_pareto(args) -> int:
+    import numpy as np
+
+    from search import objectives as ob
+    from search import pareto, runner
+
+    settings = _settings(args.dir)
+    names = [s.strip() for s in args.objectives.split(",") if s.strip()]
+    if not 2 <= len(names) <= 4:
+        return _fail(f"--objectives {args.objectives!r}: give 2 to 4 objectives")
+    try:
+        df = runner.load_results(args.dir)
+        slo = ob.parse_slo(args.slo) if args.slo else ob.parse_slo(settings.get("slo"))
+        prices = _prices(args, settings)
+        table = {c: df[c].to_numpy() for c in df.columns}
+        c = ob.costs(table, names, slo, prices)
+    except (runner.SweepError, ob.ObjectiveError, ValueError) as e:
+        return _fail(str(e))
+    valid = np.all(np.isfinite(c), axis=1)
+    front = pareto.pareto_front(c, valid)
+    if front.size == 0:
+        print("jaxsim pareto: no configuration meets the SLOs")
+        return 1
+    ref = np.max(c[front], axis=0) * 1.1 + 1e-12
+    ref = np.where(ref > 0, ref, np.max(c[front], axis=0) * 0.9 + 1e-12)
+    hv = pareto.hypervolume(c[front], ref)
+    print(f"jaxsim pareto: {front.size} non-dominated of {int(valid.sum()):,} feasible "
+          f"configurations; hypervolume {hv:.6g} (reference {np.round(ref, 6).tolist()}; "
+          "maximised objectives are negated)")
+    axes = list(_settings_axes(args.dir))
+    cols = ["config_id", *axes, *names]
+    print("  " + "  ".join(f"{h:>14}" for h in cols))
+    shown = df.iloc[front]
+    for _, row in shown.head(40).iterrows():
+        vals = [row["config_id"], *(row[a] for a in axes),
+                *(ob.derived({k: np.asarray([row[k]]) for k in df.columns}, n, prices)[0]
+                  for n in names)]
+        print("  " + "  ".join(f"{_fmt(v):>14}" for v in vals))
+    if args.csv:
+        tmp = args.csv + ".tmp"
+        shown.to_csv(tmp, index=False)
+        os.replace(tmp, args.csv)
+    if args.plot:
+        if len(names) != 2:
+            return _fail("--plot: needs exactly 2 objectives")
+        pareto.plot_pareto(c, front_idx=front, labels=tuple(names), path=args.plot)
+        print(f"wrote {args.plot}")
+    return 0

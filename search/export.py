@@ -1,0 +1,207 @@
+"""Export a jaxsim configuration as vLLM engine arguments and a ``vllm serve`` command.
+
+:func:`vllm_engine_args` validates a (partial or full) configuration with
+:func:`jaxsim.config.validate` and returns the matching keyword arguments of vLLM's
+``EngineArgs`` (Python spelling); :func:`vllm_serve_command` renders them as a shell
+command line, one ``--flag value`` per argument in a fixed order; :func:`vllm_env` gives
+the environment variables it needs.
+
+What maps to what (jaxsim key -> ``EngineArgs`` field):
+
+* ``model`` -> ``model``: the Hugging Face repo id from :data:`HF_MODEL_IDS` (the
+  instruction-tuned checkpoint of each preset, which is what one serves; its architecture
+  figures equal the base checkpoint's), or the ``model_id`` passed in.
+* ``dtype`` bf16 -> ``dtype="bfloat16"``; fp8 -> ``dtype="bfloat16"`` and
+  ``quantization="fp8"`` (vLLM's dynamic FP8 weight quantization of the BF16 checkpoint).
+* ``tp`` -> ``tensor_parallel_size``; ``max_model_len`` -> ``max_model_len`` (only when
+  set); ``block_size``, ``gpu_memory_utilization``, ``kv_cache_dtype`` (auto | fp8),
+  ``max_num_seqs``, ``max_num_batched_tokens``, ``enable_chunked_prefill`` -> the fields of
+  the same name; ``num_gpu_blocks`` -> ``num_gpu_blocks_override`` (only when set);
+  ``long_prefill_token_threshold`` -> the same field (only when > 0).
+* ``enable_prefix_caching`` (optional key) -> the same field. Without the key the export
+  sets it to False: the simulator models no prefix reuse, while vLLM v1 turns automatic
+  prefix caching on by default.
+* A CPU KV tier (optional keys ``tiers`` / ``tier.<name>.capacity_gb``, tier named cpu,
+  host or dram; GB = 1e9 bytes as everywhere in jaxsim) -> ``kv_offloading_size`` in GiB
+  (vLLM's figure is the total over the TP ranks, i.e. per instance) and
+  ``kv_offloading_backend="native"``.
+* ``scheduler`` v1 -> nothing (vLLM's default engine); v0 -> the environment variable
+  ``VLLM_USE_V1=0``, which only vLLM releases before 0.11 honour (the V0 engine has since
+  been removed), with chunked prefill off.
+
+Not representable, so omitted: ``gpu`` (the hardware the command runs on), ``slo.*``,
+``workload.*`` and ``seed`` (the benchmark client's business, not the server's),
+``cost_preset`` / ``cost.*`` (the simulator's cost model), ``max_slots`` /
+``max_iterations`` (simulator internals), ``watermark`` (vLLM has no engine argument
+for it: V0 hard-codes 1 %, V1 uses none), ``activation_reserve_gb`` (vLLM measures it
+by profiling), lower KV tiers other than CPU memory (disk, remote: no native backend), and
+vLLM's ``swap_space`` (the simulator preempts by recomputation). When ``max_model_len``
+is unset the simulator derives it from the workload, while vLLM takes the model's
+context length, which only matters for the feasibility checks.
+"""
+
+from __future__ import annotations
+
+import math
+import shlex
+from collections.abc import Mapping
+from typing import Any
+
+from jaxsim import config as jconfig
+from jaxsim import presets
+
+__all__ = [
+    "HF_MODEL_IDS", "hf_model_id", "vllm_argv", "vllm_engine_args", "vllm_env",
+    "vllm_serve_command",
+]
+
+#: Preset name -> official Hugging Face repo id (the instruction-tuned checkpoint; Qwen3's
+#: unsuffixed repos are the post-trained models, ``-Base`` are the pre-trained ones).
+HF_MODEL_IDS: dict[str, str] = {
+    "Llama-2-7B": "meta-llama/Llama-2-7b-chat-hf",
+    "Llama-2-13B": "meta-llama/Llama-2-13b-chat-hf",
+    "Llama-2-70B": "meta-llama/Llama-2-70b-chat-hf",
+    "Llama-3.1-8B": "meta-llama/Llama-3.1-8B-Instruct",
+    "Llama-3.1-70B": "meta-llama/Llama-3.1-70B-Instruct",
+    "Llama-3.1-405B": "meta-llama/Llama-3.1-405B-Instruct",
+    "Qwen2.5-7B": "Qwen/Qwen2.5-7B-Instruct",
+    "Qwen2.5-72B": "Qwen/Qwen2.5-72B-Instruct",
+    "Qwen3-8B": "Qwen/Qwen3-8B",
+    "Qwen3-32B": "Qwen/Qwen3-32B",
+    "Mistral-7B": "mistralai/Mistral-7B-Instruct-v0.1",
+    "Mixtral-8x7B": "mistralai/Mixtral-8x7B-Instruct-v0.1",
+    "Qwen3-30B-A3B": "Qwen/Qwen3-30B-A3B",
+}
+
+#: Tier names taken as CPU memory (vLLM's native KV offloading target).
+CPU_TIER_NAMES = ("cpu", "host", "dram", "cpu_dram", "host_dram")
+
+_DTYPES = {"bf16": "bfloat16", "fp8": "bfloat16"}
+
+
+def hf_model_id(name: str) -> str:
+    """Hugging Face repo id of a model preset (name matched case-insensitively)."""
+    try:
+        canonical = presets.model(name)[0]
+    except KeyError as e:
+        raise jconfig.ConfigError(f"model: {e.args[0]}") from None
+    if canonical not in HF_MODEL_IDS:
+        raise jconfig.ConfigError(f"model: no Hugging Face repo id known for {canonical!r}; "
+                                  "pass model_id")
+    return HF_MODEL_IDS[canonical]
+
+
+def _as_bool(field: str, v: Any) -> bool:
+    if isinstance(v, bool):
+        return v
+    if isinstance(v, str) and v.lower() in ("true", "false"):
+        return v.lower() == "true"
+    raise jconfig.ConfigError(f"{field}: {v!r} must be true or false")
+
+
+def _capacity_gb(field: str, v: Any) -> float:
+    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v < 0:
+        raise jconfig.ConfigError(f"{field}: {v!r} must be a finite number >= 0")
+    return float(v)
+
+
+def _cpu_offload_gb(cfg: Mapping) -> float | None:
+    """Total capacity (GB) of the CPU-memory KV tiers the configuration names, if any."""
+    tiers, per_tier = cfg.get("tiers"), cfg.get("tier")
+    caps: dict[str, tuple[str, Any]] = {}  # tier name -> (field, capacity)
+    if isinstance(per_tier, Mapping):
+        for name, t in per_tier.items():
+            if isinstance(t, Mapping) and t.get("capacity_gb") is not None:
+                caps[str(name)] = (f"tier.{name}.capacity_gb", t["capacity_gb"])
+    for key, v in cfg.items():  # flat spelling: "tier.<name>.capacity_gb": value
+        parts = key.split(".") if isinstance(key, str) else []
+        if len(parts) == 3 and parts[0] == "tier" and parts[2] == "capacity_gb" and v is not None:
+            caps[parts[1]] = (key, v)
+    names: list[str] | None = None
+    if isinstance(tiers, Mapping):
+        for name, t in tiers.items():
+            if isinstance(t, Mapping) and t.get("capacity_gb") is not None:
+                caps[str(name)] = (f"tiers.{name}.capacity_gb", t["capacity_gb"])
+    elif isinstance(tiers, list | tuple):
+        names = []
+        for i, t in enumerate(tiers):
+            if isinstance(t, Mapping):
+                name = str(t.get("name", ""))
+                if t.get("capacity_gb") is not None:
+                    caps[name] = (f"tiers[{i}].capacity_gb", t["capacity_gb"])
+            else:
+                name = str(t)
+            names.append(name)
+    total, found = 0.0, False
+    for name, (field, v) in caps.items():
+        if name.lower() in CPU_TIER_NAMES and (names is None or name in names):
+            total += _capacity_gb(field, v)
+            found = True
+    return total if found else None
+
+
+def vllm_engine_args(cfg: Mapping) -> dict[str, object]:
+    """vLLM ``EngineArgs`` keyword arguments for a jaxsim configuration.
+
+    ``cfg`` is validated first (defaults filled in); a bad value raises
+    :class:`jaxsim.config.ConfigError` naming the field. The keys come in a fixed order,
+    the order :func:`vllm_serve_command` prints them in.
+    """
+    c = jconfig.validate(cfg)
+    args: dict[str, object] = {
+        "model": hf_model_id(c["model"]),
+        "dtype": _DTYPES[c["dtype"]],
+    }
+    if c["dtype"] == "fp8":
+        args["quantization"] = "fp8"
+    args["tensor_parallel_size"] = c["tp"]
+    if c["max_model_len"] is not None:
+        args["max_model_len"] = c["max_model_len"]
+    args["block_size"] = c["block_size"]
+    args["gpu_memory_utilization"] = c["gpu_memory_utilization"]
+    if c["num_gpu_blocks"] is not None:
+        args["num_gpu_blocks_override"] = c["num_gpu_blocks"]
+    args["kv_cache_dtype"] = c["kv_cache_dtype"]
+    args["enable_prefix_caching"] = _as_bool("enable_prefix_caching",
+                                             c.get("enable_prefix_caching", False))
+    offload_gb = _cpu_offload_gb(c)
+    if offload_gb:
+        args["kv_offloading_size"] = round(offload_gb * 1e9 / 2**30, 3)
+        args["kv_offloading_backend"] = "native"
+    args["max_num_seqs"] = c["max_num_seqs"]
+    args["max_num_batched_tokens"] = c["max_num_batched_tokens"]
+    args["enable_chunked_prefill"] = c["enable_chunked_prefill"]
+    if c["long_prefill_token_threshold"] > 0:
+        args["long_prefill_token_threshold"] = c["long_prefill_token_threshold"]
+    return args
+
+
+def vllm_env(cfg: Mapping) -> dict[str, str]:
+    """Environment variables the engine needs: ``VLLM_USE_V1=0`` for scheduler v0."""
+    return {"VLLM_USE_V1": "0"} if jconfig.validate(cfg)["scheduler"] == "v0" else {}
+
+
+def _flag(name: str, value: object) -> list[str]:
+    opt = name.replace("_", "-")
+    if isinstance(value, bool):  # vLLM's argparse takes --x / --no-x for every bool field
+        return [f"--{opt}" if value else f"--no-{opt}"]
+    return [f"--{opt}", str(value)]
+
+
+def vllm_argv(cfg: Mapping, model_id: str | None = None) -> list[str]:
+    """The ``vllm serve`` argument vector (without environment variables)."""
+    args = vllm_engine_args(cfg)
+    model = args.pop("model")
+    argv = ["vllm", "serve", str(model if model_id is None else model_id)]
+    for name, value in args.items():
+        argv += _flag(name, value)
+    return argv
+
+
+def vllm_serve_command(cfg: Mapping, model_id: str | None = None) -> str:
+    """The ``[ENV=..] vllm serve MODEL --flag value ...`` command line, shell-quoted.
+
+    ``model_id`` replaces the preset's Hugging Face repo id (a local path, a fine-tune).
+    """
+    env = [f"{k}={shlex.quote(v)}" for k, v in vllm_env(cfg).items()]
+    return " ".join([*env, *(shlex.quote(a) for a in vllm_argv(cfg, model_id))])

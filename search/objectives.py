@@ -1,0 +1,139 @@
+"""Objectives and constraints over sweep results; infeasible or flagged lanes rank last.
+
+Every objective is turned into a *cost* (lower is better): maximised quantities are
+negated. A lane whose status is not OK, that misses an SLO, or whose objective is NaN
+gets cost ``+inf``, so it can never be best.
+
+Objectives (column names of the results table, or derived here):
+
+- any metric column (``ttft_p99_s``, ``tpot_p50_s``, ``e2e_p99_s``, ...): minimised;
+- ``throughput_rps``, ``output_tps``, ``goodput_rps``, ``slo_attainment``: maximised;
+- ``throughput_per_gpu``: output tokens/s per GPU (maximised);
+- ``goodput_per_gpu``: requests/s meeting the per-request SLOs, per GPU (maximised);
+- ``cost_per_mtok``: USD per million output tokens at the simulated load:
+  ``tp * gpu_hour_usd[gpu] / 3600 / output_tps * 1e6``, plus, when ``mem_gb_hour_usd``
+  is given, the price of the memory the configuration holds beyond the GPU
+  (``host_memory_gb`` column, if present) (minimised);
+- ``num_gpus``: tp (minimised).
+
+SLOs are upper bounds on metric columns, e.g. ``{"ttft_p99_s": 1.0, "tpot_p99_s": 0.05}``
+(lower bounds with a ``min_`` prefix: ``{"min_slo_attainment": 0.99}``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+MAXIMISED = ("throughput_rps", "output_tps", "input_tps", "goodput_rps", "slo_attainment",
+             "throughput_per_gpu", "goodput_per_gpu", "capacity_rps")
+DERIVED = ("throughput_per_gpu", "goodput_per_gpu", "cost_per_mtok", "num_gpus")
+
+
+class ObjectiveError(ValueError):
+    """A bad objective or SLO; the message names it and what is allowed."""
+
+
+def _col(table: Mapping, name: str) -> np.ndarray:
+    if name not in table:
+        raise ObjectiveError(f"{name}: not a column of the results; columns: "
+                             f"{', '.join(sorted(map(str, table.keys())))}")
+    return np.asarray(table[name])
+
+
+def derived(table: Mapping, name: str, prices: Mapping | None = None) -> np.ndarray:
+    """Value of objective ``name`` per row (not yet signed as a cost)."""
+    prices = prices or {}
+    if name == "num_gpus":
+        return _col(table, "tp").astype(np.float64)
+    if name == "throughput_per_gpu":
+        return _col(table, "output_tps") / _col(table, "tp")
+    if name == "goodput_per_gpu":
+        return _col(table, "goodput_rps") / _col(table, "tp")
+    if name == "cost_per_mtok":
+        gpu_prices = prices.get("gpu_hour_usd")
+        if gpu_prices is None:
+            raise ObjectiveError("cost_per_mtok: needs gpu_hour_usd (a price per GPU-hour, "
+                                 "a number or {GPU: price}) in the objectives settings")
+        gpus = _col(table, "gpu")
+        if isinstance(gpu_prices, Mapping):
+            missing = sorted({str(g) for g in gpus} - set(gpu_prices))
+            if missing:
+                raise ObjectiveError(f"gpu_hour_usd: no price for {', '.join(missing)}; "
+                                     f"given: {', '.join(sorted(gpu_prices))}")
+            price = np.array([float(gpu_prices[g]) for g in gpus])
+        else:
+            price = np.full(len(gpus), float(gpu_prices))
+        usd_per_s = _col(table, "tp") * price / 3600.0
+        mem_price = prices.get("mem_gb_hour_usd")
+        if mem_price is not None and "host_memory_gb" in table:
+            usd_per_s = usd_per_s + np.asarray(table["host_memory_gb"]) * float(
+                mem_price) / 3600.0
+        tps = _col(table, "output_tps").astype(np.float64)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(tps > 0, usd_per_s / tps * 1e6, np.inf)
+    return _col(table, name).astype(np.float64)
+
+
+def parse_slo(items: Sequence[str] | Mapping | None) -> dict[str, float]:
+    """``["ttft_p99_s<=1", "min_slo_attainment=0.99"]`` or a mapping -> {name: bound}."""
+    if items is None:
+        return {}
+    if isinstance(items, Mapping):
+        out = {}
+        for k, v in items.items():
+            if isinstance(v, bool) or not isinstance(v, int | float):
+                raise ObjectiveError(f"slo.{k}: {v!r} must be a number")
+            out[str(k)] = float(v)
+        return out
+    out = {}
+    for it in items:
+        s = it.replace(" ", "")
+        for sep in ("<=", ">=", "="):
+            if sep in s:
+                k, v = s.split(sep, 1)
+                break
+        else:
+            raise ObjectiveError(f"--slo {it!r}: expected METRIC<=VALUE (e.g. ttft_p99_s<=1.0) "
+                                 "or METRIC>=VALUE")
+        try:
+            val = float(v)
+        except ValueError:
+            raise ObjectiveError(f"--slo {it!r}: {v!r} is not a number") from None
+        out[f"min_{k}" if sep == ">=" else k] = val
+    return out
+
+
+def feasible(table: Mapping, slo: Mapping[str, float] | None = None) -> np.ndarray:
+    """True where the lane is OK and meets every SLO."""
+    ok = _col(table, "status").astype(np.int64) == 0
+    for k, bound in (slo or {}).items():
+        if k.startswith("min_"):
+            v = derived(table, k[4:]).astype(np.float64)
+            ok &= np.nan_to_num(v, nan=-np.inf) >= bound
+        else:
+            v = derived(table, k).astype(np.float64)
+            ok &= np.nan_to_num(v, nan=np.inf) <= bound
+    return ok
+
+
+def costs(table: Mapping, objectives: Sequence[str], slo: Mapping[str, float] | None = None,
+          prices: Mapping | None = None) -> np.ndarray:
+    """``[N, k]`` costs (minimise); ``+inf`` rows for infeasible / SLO-missing lanes."""
+    if not objectives:
+        raise ObjectiveError("objectives: give at least one (e.g. cost_per_mtok, ttft_p99_s)")
+    ok = feasible(table, slo)
+    cols = []
+    for name in objectives:
+        v = derived(table, name, prices).astype(np.float64)
+        c = -v if name in MAXIMISED else v
+        cols.append(np.where(ok & np.isfinite(c), c, np.inf))
+    return np.stack(cols, axis=1)
+
+
+def rank(table: Mapping, objective: str, slo: Mapping[str, float] | None = None,
+         prices: Mapping | None = None) -> np.ndarray:
+    """Row indices best first (stable; infeasible rows last)."""
+    c = costs(table, [objective], slo, prices)[:, 0]
+    return np.argsort(c, kind="stable")

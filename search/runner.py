@@ -1,0 +1,545 @@
+"""Sweep runner: a design space in chunks of B configurations through one compiled function.
+
+- Chunk ``c`` holds configuration ids ``[c*B, (c+1)*B)``; the last chunk is padded to B
+  (padding lanes repeat a real one and are dropped), so every chunk has the same shapes
+  and nothing recompiles across chunks.
+- The batch axis is sharded over all local devices (``jax.sharding``: each device
+  simulates B / n lanes; lanes are independent, so no communication).
+- Each chunk's results are written to ``DIR/chunk-NNNNNN.parquet`` atomically (written
+  to a hidden temporary name, then renamed). A killed sweep resumes from the finished
+  chunks and loses at most the chunks in flight. ``DIR/sweep.json`` records the space and
+  the chunking; a resume with a different space or chunk size is refused.
+- The slot table starts at S rows (a static shape); lanes whose concurrency outgrows it
+  (``OVERFLOW_SLOTS``) are re-run with 2S, 4S, ... rows in sub-batches of fixed size, so
+  each table size compiles once for the whole sweep and results stay exact.
+- Results: one row per configuration (id, the axis values and main configuration keys,
+  status, derived memory figures, every metric); :func:`load_results` returns a pandas
+  DataFrame.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxsim import config as config_mod
+from jaxsim import sim as sim_mod
+from jaxsim import status as st_bits
+from jaxsim.shapes import SimShape
+from jaxsim.workload import Trace, Workload, to_workload
+from search.space import DesignSpace, SpaceError, _get_key
+
+#: Configuration keys always written to the results (besides the axes).
+RESULT_KEYS = (
+    "model", "gpu", "tp", "dtype", "scheduler", "enable_chunked_prefill", "max_num_seqs",
+    "max_num_batched_tokens", "block_size", "gpu_memory_utilization", "workload.rate",
+    "slo.ttft_s", "slo.tpot_s",
+)
+MANIFEST = "sweep.json"
+CHUNK_FMT = "chunk-{:06d}.parquet"
+
+
+class SweepError(RuntimeError):
+    """A sweep cannot start or resume (e.g. the output folder holds a different sweep)."""
+
+
+# --------------------------------------------------------------------------------------
+# Plan
+# --------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """Static decisions of a sweep.
+
+    Attributes:
+        size: configurations in the space.
+        chunk_size: B, lanes per compiled call (a multiple of the device count).
+        num_chunks: ceil(size / B).
+        slots: S, initial slot-table rows.
+        max_slots: largest slot table needed (the space's largest ``max_num_seqs``).
+        max_requests: R, request rows per lane (the longest workload of the space).
+        per_lane_workload: whether lanes have their own workloads (an axis changes one).
+        chunk_iterations: iterations per compiled scan.
+        num_devices: local devices the batch is sharded over.
+    """
+
+    size: int
+    chunk_size: int
+    num_chunks: int
+    slots: int
+    max_slots: int
+    max_requests: int
+    per_lane_workload: bool
+    chunk_iterations: int
+    num_devices: int
+
+    def rerun_batch(self) -> int:
+        """Fixed lanes per overflow re-run call."""
+        b = max(self.num_devices, (self.chunk_size // 8) // self.num_devices * self.num_devices)
+        return min(b, self.chunk_size)
+
+    def slot_ladder(self) -> list[int]:
+        """Slot-table sizes: S, 2S, ... up to the space's largest max_num_seqs."""
+        out = [self.slots]
+        while out[-1] < self.max_slots:
+            out.append(min(2 * out[-1], self.max_slots))
+        return out
+
+
+def _workload_keys(space: DesignSpace) -> bool:
+    return any(a.key.startswith("workload.") or a.key == "seed" for a in space.axes)
+
+
+def _memory_bytes() -> tuple[str, float]:
+    dev = jax.local_devices()[0]
+    try:
+        stats = dev.memory_stats() or {}
+    except Exception:  # noqa: BLE001  (backends without memory stats)
+        stats = {}
+    if "bytes_limit" in stats:
+        return dev.platform, float(stats["bytes_limit"])
+    try:
+        return dev.platform, float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return dev.platform, 8e9
+
+
+def bytes_per_lane(shape: SimShape, per_lane_workload: bool) -> int:
+    """Device bytes one lane of a chunk holds (state + params + its workload rows)."""
+    from jaxsim import config as cm
+
+    cfg = cm.validate({})
+    params, _ = cm.params_from_columns(cm.columns_from_configs([cfg]), 1024)
+    wl = to_workload(Trace([0.0], [1], [1]), shape.max_requests)
+    st = jax.eval_shape(lambda p, w: sim_mod._init_batch(shape, p, w, jnp.int32(1), False),
+                        params, wl)
+    n = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(st))
+    n += sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(params))
+    if per_lane_workload:
+        n += sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(wl))
+    return int(n)
+
+
+def make_plan(space: DesignSpace, chunk_size: int | None = None, slots: int | None = None,
+              chunk_iterations: int = 1024) -> Plan:
+    """Choose B, S and R for a space (B from the memory per lane and the device)."""
+    n_dev = len(jax.local_devices())
+    per_lane = _workload_keys(space)
+    probe = space.configs(space._probe_points())
+    R = max(_num_requests(c) for c in probe)
+    max_seqs = max(int(c["max_num_seqs"]) for c in probe)
+    if slots is None:
+        given = [c["max_slots"] for c in probe if c["max_slots"]]
+        slots = int(max(given)) if given else min(max_seqs, 64)
+    if slots < 1:
+        raise SpaceError(f"slots: {slots} must be >= 1")
+    size = space.size
+    if chunk_size is None:
+        platform, mem = _memory_bytes()
+        shape = SimShape(max_requests=R, max_slots=slots, chunk_iterations=chunk_iterations)
+        per = bytes_per_lane(shape, per_lane)
+        target = 1024 if platform == "cpu" else 16384
+        by_mem = max(1, int(0.25 * mem / (4 * per)))  # state is double-buffered, plus temps
+        chunk_size = min(target, by_mem) * n_dev
+        chunk_size = min(chunk_size, -(-size // n_dev) * n_dev)
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise SpaceError(f"chunk_size: {chunk_size!r} must be an integer >= 1")
+    if chunk_size % n_dev:
+        raise SpaceError(f"chunk_size: {chunk_size} must be a multiple of the {n_dev} local "
+                         "devices")
+    return Plan(size=size, chunk_size=chunk_size, num_chunks=-(-size // chunk_size),
+                slots=int(slots), max_slots=max(int(slots), max_seqs), max_requests=R,
+                per_lane_workload=per_lane, chunk_iterations=chunk_iterations,
+                num_devices=n_dev)
+
+
+def _num_requests(cfg: Mapping) -> int:
+    w = cfg["workload"]
+    if w["kind"] != "trace":
+        return int(w["num_requests"])
+    return len(config_mod.build_trace(cfg))
+
+
+# --------------------------------------------------------------------------------------
+# Evaluating one chunk
+# --------------------------------------------------------------------------------------
+
+
+class _TraceCache:
+    """Traces by workload description (file traces are read once, then rescaled)."""
+
+    def __init__(self):
+        self._cache: dict[str, Trace] = {}
+
+    def get(self, cfg: Mapping) -> Trace:
+        w = cfg["workload"]
+        key = json.dumps([w, cfg["seed"]], sort_keys=True, default=str)
+        tr = self._cache.get(key)
+        if tr is None:
+            if w["kind"] == "trace" and w["rate"] is not None:
+                base = self.get({**cfg, "workload": {**w, "rate": None}})
+                tr = base.scaled_to_rate(w["rate"])
+            else:
+                tr = config_mod.build_trace(cfg)
+            if len(self._cache) > 4096:
+                self._cache.clear()
+            self._cache[key] = tr
+        return tr
+
+
+def _stack_traces(traces: Sequence[Trace], R: int) -> Workload:
+    B = len(traces)
+    arrival = np.full((B, R), np.inf)
+    prompt = np.ones((B, R), np.int32)
+    output = np.ones((B, R), np.int32)
+    n = np.zeros(B, np.int32)
+    for i, t in enumerate(traces):
+        o = t.order()
+        k = len(t)
+        arrival[i, :k] = t.arrival_s[o]
+        prompt[i, :k] = t.prompt_tokens[o]
+        output[i, :k] = t.output_tokens[o]
+        n[i] = k
+    from jaxsim.timeutil import split_f64
+
+    hi, lo = split_f64(arrival)
+    return Workload(arrival_hi=hi, arrival_lo=lo, prompt_tokens=prompt,
+                    output_tokens=output, num_requests=n)
+
+
+@dataclasses.dataclass
+class Batch:
+    """A chunk ready to simulate."""
+
+    ids: np.ndarray
+    cfgs: list[dict]
+    params: object
+    workload: Workload
+    info: dict[str, np.ndarray]
+    constraint_ok: np.ndarray
+
+
+def build_batch(space: DesignSpace, plan: Plan, ids: np.ndarray,
+                traces: _TraceCache | None = None) -> Batch:
+    """Decode, validate and batch the configurations ``ids`` (padded to B)."""
+    from jaxsim.params import concatenate
+
+    traces = traces or _TraceCache()
+    ids = np.asarray(ids, np.int64)
+    n = len(ids)
+    B = plan.chunk_size
+    if n < B:
+        ids = np.concatenate([ids, np.full(B - n, ids[-1])])
+    u = space.sample(ids)
+    cfgs = space.configs(u)
+    ok = space.constraint_mask(cfgs)
+    trs = [traces.get(c) for c in cfgs] if plan.per_lane_workload else [traces.get(cfgs[0])]
+    cols = config_mod.columns_from_configs(cfgs)
+    max_len = np.array([t.max_len() for t in trs])
+    if plan.per_lane_workload and len(np.unique(max_len)) > 1:
+        # params_from_columns takes one workload length: group lanes by it, keep order.
+        parts, infos, order = [], [], []
+        for m in np.unique(max_len):
+            sel = np.flatnonzero(max_len == m)
+            p, inf = config_mod.params_from_columns(
+                {k: [v[i] for i in sel] for k, v in cols.items()}, int(m))
+            parts.append(p)
+            infos.append(inf)
+            order.append(sel)
+        inv = np.argsort(np.concatenate(order), kind="stable")
+        params = jax.tree.map(lambda x: np.asarray(x)[inv], concatenate(parts))
+        info = {k: np.concatenate([inf[k] for inf in infos])[inv] for k in infos[0]}
+    else:
+        params, info = config_mod.params_from_columns(cols, int(max_len.max()))
+    bad = np.where(ok, 0, st_bits.INFEASIBLE | st_bits.INF_CONSTRAINT).astype(np.int32)
+    params = eqx.tree_at(lambda p: p.status0, params,
+                         np.asarray(params.status0, np.int32) | bad)
+    if plan.per_lane_workload:
+        wl = _stack_traces(trs, plan.max_requests)
+    else:
+        wl = to_workload(trs[0], plan.max_requests)
+    return Batch(ids=ids[:n], cfgs=cfgs[:n], params=params, workload=wl, info=info,
+                 constraint_ok=ok[:n])
+
+
+def _shard(tree, plan: Plan):
+    """Put a lane-batched pytree on the local devices, split along the lane axis."""
+    if plan.num_devices <= 1:
+        return jax.tree.map(jnp.asarray, tree)
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    mesh = Mesh(np.array(jax.local_devices()), ("lanes",))
+    return jax.device_put(tree, NamedSharding(mesh, PartitionSpec("lanes")))
+
+
+def simulate_chunk(plan: Plan, batch: Batch, max_iterations: int | None = None) -> dict:
+    """Simulate one chunk; returns metrics (name -> [B] numpy) with exact overflow re-runs."""
+    shape = SimShape(max_requests=plan.max_requests, max_slots=plan.slots,
+                     chunk_iterations=plan.chunk_iterations)
+    params = _shard(batch.params, plan)
+    wl = _shard(batch.workload, plan) if plan.per_lane_workload else batch.workload
+    res = sim_mod.simulate_batch(shape, params, wl, max_iterations=max_iterations,
+                                 auto_slots=False)
+    metrics = {k: np.array(v) for k, v in res.metrics.items()}
+    slots_used = np.full(plan.chunk_size, plan.slots, np.int32)
+    ladder = plan.slot_ladder()
+    for s_next in ladder[1:]:
+        over = np.flatnonzero(metrics["status"].astype(np.int64) & st_bits.OVERFLOW_SLOTS)
+        if over.size == 0:
+            break
+        sub_shape = dataclasses.replace(shape, max_slots=s_next)
+        bs = plan.rerun_batch()
+        for start in range(0, over.size, bs):
+            sel = over[start:start + bs]
+            pad = np.concatenate([sel, np.full(bs - sel.size, sel[0])])
+            sp = _shard(jax.tree.map(lambda x, pad=pad: np.asarray(x)[pad], batch.params),
+                        plan)
+            sw = (_shard(jax.tree.map(lambda x, pad=pad: np.asarray(x)[pad], batch.workload),
+                         plan) if plan.per_lane_workload else batch.workload)
+            sub = sim_mod.simulate_batch(sub_shape, sp, sw, max_iterations=max_iterations,
+                                         auto_slots=False)
+            for k in metrics:
+                metrics[k][sel] = np.asarray(sub.metrics[k])[:sel.size]
+            slots_used[sel] = s_next
+    metrics["slots"] = slots_used
+    return metrics
+
+
+def rows_from_chunk(space: DesignSpace, batch: Batch, metrics: Mapping) -> dict[str, list]:
+    """Columns of the results table for the real (unpadded) lanes of a chunk."""
+    n = len(batch.ids)
+    out: dict[str, object] = {"config_id": batch.ids.astype(np.int64)}
+    keys = [a.key for a in space.axes] + [k for k in RESULT_KEYS
+                                          if k not in {a.key for a in space.axes}]
+    for k in keys:
+        out[k] = [_get_key(c, k) for c in batch.cfgs]
+    status = np.asarray(metrics["status"]).astype(np.int64)[:n]
+    out["status"] = status.astype(np.int32)
+    out["status_str"] = [st_bits.describe(int(s)) for s in status]
+    out["ok"] = status == 0
+    for k in ("weights_gb", "kv_gb", "num_gpu_blocks"):
+        out[k] = np.asarray(batch.info[k])[:n]
+    for k, v in metrics.items():
+        if k in ("status", "num_gpu_blocks"):
+            continue
+        out[k] = np.asarray(v)[:n]
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# Parquet I/O
+# --------------------------------------------------------------------------------------
+
+
+def _arrow_table(cols: Mapping[str, object]):
+    import pyarrow as pa
+
+    arrays, names = [], []
+    for k, v in cols.items():
+        try:
+            arr = pa.array(v)
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            arr = pa.array([json.dumps(x, default=str) for x in v])
+        arrays.append(arr)
+        names.append(k)
+    return pa.Table.from_arrays(arrays, names=names)
+
+
+def write_chunk(out_dir: str, c: int, cols: Mapping[str, object]) -> str:
+    """Write chunk ``c`` atomically; returns its path."""
+    import pyarrow.parquet as pq
+
+    path = os.path.join(out_dir, CHUNK_FMT.format(c))
+    tmp = os.path.join(out_dir, f".{CHUNK_FMT.format(c)}.{os.getpid()}.tmp")
+    pq.write_table(_arrow_table(cols), tmp)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def finished_chunks(out_dir: str) -> set[int]:
+    """Chunk numbers with a results file."""
+    done = set()
+    if not os.path.isdir(out_dir):
+        return done
+    for name in os.listdir(out_dir):
+        if name.startswith("chunk-") and name.endswith(".parquet"):
+            try:
+                done.add(int(name[6:-8]))
+            except ValueError:
+                continue
+    return done
+
+
+def load_results(out_dir: str):
+    """Every finished chunk of a sweep as one pandas DataFrame, sorted by config_id."""
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    files = sorted(os.path.join(out_dir, CHUNK_FMT.format(c))
+                   for c in finished_chunks(out_dir))
+    if not files:
+        raise SweepError(f"{out_dir}: no finished chunks (chunk-*.parquet)")
+    df = pd.concat([pq.read_table(f).to_pandas() for f in files], ignore_index=True)
+    return df.sort_values("config_id", kind="stable").reset_index(drop=True)
+
+
+def _manifest(space: DesignSpace, plan: Plan) -> dict:
+    return {
+        "space": space.spec(), "digest": space.digest(), "size": plan.size,
+        "chunk_size": plan.chunk_size, "num_chunks": plan.num_chunks, "slots": plan.slots,
+        "max_requests": plan.max_requests,
+    }
+
+
+def _check_manifest(out_dir: str, man: dict, resume: bool) -> None:
+    path = os.path.join(out_dir, MANIFEST)
+    if os.path.exists(path):
+        with open(path) as f:
+            old = json.load(f)
+        if old.get("digest") != man["digest"]:
+            raise SweepError(f"{path}: this folder holds a different sweep (space digest "
+                             f"{str(old.get('digest'))[:12]}, not {man['digest'][:12]}); use "
+                             "another --out, or the same space file")
+        if old.get("chunk_size") != man["chunk_size"]:
+            raise SweepError(f"{path}: the sweep was chunked by {old.get('chunk_size')} "
+                             f"configurations; resume with --chunk-size "
+                             f"{old.get('chunk_size')}")
+        if not resume and finished_chunks(out_dir):
+            raise SweepError(f"{out_dir}: holds {len(finished_chunks(out_dir))} finished "
+                             "chunks of this sweep; pass --resume to continue it, or use "
+                             "another --out")
+    else:
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(man, f, indent=1, sort_keys=True, default=str)
+        os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------------------
+# The sweep
+# --------------------------------------------------------------------------------------
+
+
+class Progress:
+    """One status line on stderr: chunks, configs, configs/s, ETA."""
+
+    def __init__(self, total: int, already: int, enabled: bool = True, stream=None):
+        self.total, self.done0, self.done = total, already, already
+        self.t0 = time.perf_counter()
+        self.enabled = enabled
+        self.stream = stream or sys.stderr
+        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+
+    def update(self, n: int, chunk: int, num_chunks: int) -> str:
+        self.done += n
+        dt = time.perf_counter() - self.t0
+        rate = (self.done - self.done0) / dt if dt > 0 else 0.0
+        left = self.total - self.done
+        eta = left / rate if rate > 0 else math.inf
+        line = (f"[sweep] chunk {chunk + 1}/{num_chunks}  {self.done:,}/{self.total:,} "
+                f"configs  {rate:,.0f} configs/s  ETA {_fmt_s(eta)}")
+        if self.enabled:
+            end = "\r" if self.tty and left > 0 else "\n"
+            print(line, end=end, file=self.stream, flush=True)
+        return line
+
+
+def _fmt_s(s: float) -> str:
+    if not math.isfinite(s):
+        return "?"
+    s = int(round(s))
+    if s >= 3600:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
+
+
+@dataclasses.dataclass
+class SweepResult:
+    """What :func:`run_sweep` did."""
+
+    out_dir: str
+    plan: Plan
+    chunks_run: list[int]
+    chunks_skipped: list[int]
+    wall_s: float
+    sim_s: float
+    compiles: int
+
+
+def compile_count() -> int:
+    """Compiled variants of the batched chunk function so far (recompilation guard)."""
+    return int(sim_mod._run_chunk_batch._cache_size())
+
+
+def chunk_ids(plan: Plan, c: int) -> np.ndarray:
+    return np.arange(c * plan.chunk_size, min((c + 1) * plan.chunk_size, plan.size),
+                     dtype=np.int64)
+
+
+def run_chunk(space: DesignSpace, plan: Plan, c: int, out_dir: str,
+              traces: _TraceCache | None = None,
+              max_iterations: int | None = None) -> tuple[int, float]:
+    """Evaluate and write chunk ``c``; returns (rows written, simulation seconds)."""
+    batch = build_batch(space, plan, chunk_ids(plan, c), traces)
+    t = time.perf_counter()
+    metrics = simulate_chunk(plan, batch, max_iterations=max_iterations)
+    sim_s = time.perf_counter() - t
+    write_chunk(out_dir, c, rows_from_chunk(space, batch, metrics))
+    return len(batch.ids), sim_s
+
+
+def run_sweep(space: DesignSpace, out_dir: str, resume: bool = False,
+              chunk_size: int | None = None, slots: int | None = None,
+              chunk_iterations: int = 1024, progress: bool = True,
+              max_chunks: int | None = None, max_iterations: int | None = None,
+              on_chunk: Callable[[int], None] | None = None) -> SweepResult:
+    """Evaluate every configuration of ``space``, one Parquet file per chunk in ``out_dir``.
+
+    Args:
+        space: the design space.
+        out_dir: results folder (created).
+        resume: continue a sweep whose folder already has finished chunks.
+        chunk_size: B (default: from memory per lane and the device).
+        slots: initial slot-table rows S (default: min(largest max_num_seqs, 64)).
+        chunk_iterations: iterations per compiled scan.
+        progress: print a progress line per chunk on stderr.
+        max_chunks: stop after this many chunks (for tests and partial runs).
+        max_iterations: per-lane iteration budget (default: generous).
+        on_chunk: called with the chunk number after each chunk is written.
+    """
+    t0 = time.perf_counter()
+    plan = make_plan(space, chunk_size=chunk_size, slots=slots,
+                     chunk_iterations=chunk_iterations)
+    os.makedirs(out_dir, exist_ok=True)
+    _check_manifest(out_dir, _manifest(space, plan), resume)
+    done = finished_chunks(out_dir)
+    todo = [c for c in range(plan.num_chunks) if c not in done]
+    if max_chunks is not None:
+        todo = todo[:max_chunks]
+    already = sum(len(chunk_ids(plan, c)) for c in done if c < plan.num_chunks)
+    bar = Progress(plan.size, already, enabled=progress)
+    traces = _TraceCache()
+    compiles0 = compile_count()
+    sim_s = 0.0
+    for c in todo:
+        n, s = run_chunk(space, plan, c, out_dir, traces, max_iterations)
+        sim_s += s
+        bar.update(n, c, plan.num_chunks)
+        if on_chunk is not None:
+            on_chunk(c)
+    return SweepResult(out_dir=out_dir, plan=plan, chunks_run=todo,
+                       chunks_skipped=sorted(done), wall_s=time.perf_counter() - t0,
+                       sim_s=sim_s, compiles=compile_count() - compiles0)

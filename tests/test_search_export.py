@@ -1,0 +1,289 @@
+"""search.export: jaxsim configuration -> vLLM engine arguments and ``vllm serve`` command."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+
+import pytest
+
+from jaxsim import config, presets
+from search import export
+
+DEFAULT_ARGV = [
+    "vllm", "serve", "meta-llama/Llama-3.1-8B-Instruct",
+    "--dtype", "bfloat16",
+    "--tensor-parallel-size", "1",
+    "--block-size", "16",
+    "--gpu-memory-utilization", "0.9",
+    "--kv-cache-dtype", "auto",
+    "--no-enable-prefix-caching",
+    "--max-num-seqs", "256",
+    "--max-num-batched-tokens", "2048",
+    "--enable-chunked-prefill",
+]
+
+TIER_KEYS = ("tiers", "tier", "enable_prefix_caching")
+
+
+@pytest.fixture
+def future_keys(monkeypatch):
+    """``config.validate`` as it will be once it knows the tier / prefix-caching keys:
+    it validates the rest and passes those keys through."""
+    real = config.validate
+
+    def validate(cfg):
+        extra = {k: v for k, v in cfg.items() if k in TIER_KEYS or k.startswith("tier.")}
+        out = real({k: v for k, v in cfg.items() if k not in extra})
+        out.update(extra)
+        return out
+
+    monkeypatch.setattr(config, "validate", validate)
+
+
+def parse_like_vllm(argv: list[str], args: dict) -> dict:
+    """Parse ``argv`` with an argparse built the way vLLM builds its own: a positional
+    model, ``--kebab-case`` options, BooleanOptionalAction for booleans."""
+    p = argparse.ArgumentParser(exit_on_error=False)
+    p.add_argument("model")
+    for name, value in args.items():
+        if name == "model":
+            continue
+        opt = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            p.add_argument(opt, action=argparse.BooleanOptionalAction)
+        else:
+            p.add_argument(opt, type=type(value))
+    assert argv[:2] == ["vllm", "serve"]
+    return vars(p.parse_args(argv[2:]))
+
+
+def test_export__default_config():
+    args = export.vllm_engine_args({})
+    assert args == {
+        "model": "meta-llama/Llama-3.1-8B-Instruct",
+        "dtype": "bfloat16",
+        "tensor_parallel_size": 1,
+        "block_size": 16,
+        "gpu_memory_utilization": 0.9,
+        "kv_cache_dtype": "auto",
+        "enable_prefix_caching": False,
+        "max_num_seqs": 256,
+        "max_num_batched_tokens": 2048,
+        "enable_chunked_prefill": True,
+    }
+    assert list(args) == [
+        "model", "dtype", "tensor_parallel_size", "block_size", "gpu_memory_utilization",
+        "kv_cache_dtype", "enable_prefix_caching", "max_num_seqs", "max_num_batched_tokens",
+        "enable_chunked_prefill",
+    ]
+    cmd = export.vllm_serve_command({})
+    assert cmd == " ".join(DEFAULT_ARGV)
+    assert shlex.split(cmd) == DEFAULT_ARGV == export.vllm_argv({})
+    assert export.vllm_env({}) == {}
+    assert export.vllm_engine_args(config.DEFAULTS) == args
+
+
+@pytest.mark.parametrize(
+    ("cfg", "expected", "absent"),
+    [
+        ({"tp": 4}, {"tensor_parallel_size": 4}, ()),
+        ({"block_size": 32}, {"block_size": 32}, ()),
+        ({"gpu_memory_utilization": 0.85}, {"gpu_memory_utilization": 0.85}, ()),
+        ({"max_num_seqs": 64}, {"max_num_seqs": 64}, ()),
+        ({"max_num_batched_tokens": 8192}, {"max_num_batched_tokens": 8192}, ()),
+        ({"kv_cache_dtype": "fp8"}, {"kv_cache_dtype": "fp8"}, ()),
+        ({"dtype": "fp8"}, {"dtype": "bfloat16", "quantization": "fp8"}, ()),
+        ({"dtype": "bf16"}, {"dtype": "bfloat16"}, ("quantization",)),
+        ({"num_gpu_blocks": 12345}, {"num_gpu_blocks_override": 12345}, ()),
+        ({"num_gpu_blocks": None}, {}, ("num_gpu_blocks_override",)),
+        ({"max_model_len": 8192}, {"max_model_len": 8192}, ()),
+        ({}, {}, ("max_model_len", "long_prefill_token_threshold", "kv_offloading_size")),
+        ({"long_prefill_token_threshold": 512}, {"long_prefill_token_threshold": 512}, ()),
+        ({"long_prefill_token_threshold": 0}, {}, ("long_prefill_token_threshold",)),
+        ({"enable_chunked_prefill": False}, {"enable_chunked_prefill": False}, ()),
+        ({"enable_chunked_prefill": "true"}, {"enable_chunked_prefill": True}, ()),
+        ({"model": "qwen3-32b"}, {"model": "Qwen/Qwen3-32B"}, ()),
+        ({"model": "Mixtral-8x7B"}, {"model": "mistralai/Mixtral-8x7B-Instruct-v0.1"}, ()),
+        ({"scheduler": "v0"}, {"enable_chunked_prefill": False}, ()),
+        # keys with no engine argument change nothing
+        ({"gpu": "A100-80GB", "seed": 7, "watermark": 0.05, "activation_reserve_gb": 2.0,
+          "max_slots": 8, "max_iterations": 100, "cost_preset": "uncalibrated",
+          "slo": {"ttft_s": 2.0}, "workload": {"rate": 3.0}}, {}, ()),
+    ],
+)
+def test_export__knob_maps_to_engine_arg(cfg, expected, absent):
+    args = export.vllm_engine_args(cfg)
+    base = export.vllm_engine_args({})
+    for k, v in expected.items():
+        assert args[k] == v and type(args[k]) is type(v), k
+    for k in absent:
+        assert k not in args, k
+    changed = {k for k in args.keys() | base.keys() if args.get(k) != base.get(k)}
+    assert changed <= set(expected), changed
+    argv = export.vllm_argv(cfg)
+    assert parse_like_vllm(argv, args) == args
+    env = [f"{k}={v}" for k, v in export.vllm_env(cfg).items()]
+    assert shlex.split(export.vllm_serve_command(cfg)) == [*env, *argv]
+
+
+def test_export__every_preset_has_a_hugging_face_id():
+    assert set(export.HF_MODEL_IDS) == set(presets.model_names())
+    for name in presets.model_names():
+        hf = export.hf_model_id(name.upper())
+        assert hf == export.HF_MODEL_IDS[name]
+        assert hf.count("/") == 1 and " " not in hf
+        assert export.vllm_engine_args({"model": name})["model"] == hf
+
+
+@pytest.mark.parametrize(("value", "flag"), [(True, "--enable-chunked-prefill"),
+                                             (False, "--no-enable-chunked-prefill")])
+def test_export__chunked_prefill_boolean_flag(value, flag):
+    argv = export.vllm_argv({"enable_chunked_prefill": value})
+    assert flag in argv
+    i = argv.index(flag)
+    assert i + 1 == len(argv) or argv[i + 1].startswith("--")  # takes no value
+
+
+@pytest.mark.parametrize(("value", "flag"), [(True, "--enable-prefix-caching"),
+                                             (False, "--no-enable-prefix-caching"),
+                                             ("true", "--enable-prefix-caching")])
+def test_export__prefix_caching_boolean_flag(future_keys, value, flag):
+    args = export.vllm_engine_args({"enable_prefix_caching": value})
+    assert args["enable_prefix_caching"] is (value in (True, "true"))
+    argv = export.vllm_argv({"enable_prefix_caching": value})
+    assert flag in argv
+    assert sum(a.endswith("enable-prefix-caching") for a in argv) == 1
+    assert parse_like_vllm(argv, args) == args
+
+
+def test_export__prefix_caching_bad_value_names_field(future_keys):
+    with pytest.raises(config.ConfigError, match="^enable_prefix_caching: "):
+        export.vllm_engine_args({"enable_prefix_caching": 3})
+
+
+def test_export__scheduler_v0_sets_env_and_no_chunking():
+    cfg = {"scheduler": "v0", "max_num_batched_tokens": 8192}
+    assert export.vllm_env(cfg) == {"VLLM_USE_V1": "0"}
+    assert export.vllm_env({"scheduler": "v1"}) == {}
+    cmd = export.vllm_serve_command(cfg)
+    assert cmd.startswith("VLLM_USE_V1=0 vllm serve ")
+    words = shlex.split(cmd)
+    assert words[0] == "VLLM_USE_V1=0"
+    assert words[1:] == export.vllm_argv(cfg)
+    assert "--no-enable-chunked-prefill" in words and "--enable-chunked-prefill" not in words
+
+
+def test_export__command_round_trips_through_shlex():
+    cfg = {"model": "Qwen2.5-72B", "tp": 8, "dtype": "fp8", "kv_cache_dtype": "fp8",
+           "max_model_len": 32768, "num_gpu_blocks": 40000, "long_prefill_token_threshold": 1024,
+           "gpu_memory_utilization": 0.95, "max_num_seqs": 512, "max_num_batched_tokens": 16384}
+    model_id = "/models/it's a \"model\" $HOME; rm -rf x"
+    expected = [
+        "vllm", "serve", model_id,
+        "--dtype", "bfloat16",
+        "--quantization", "fp8",
+        "--tensor-parallel-size", "8",
+        "--max-model-len", "32768",
+        "--block-size", "16",
+        "--gpu-memory-utilization", "0.95",
+        "--num-gpu-blocks-override", "40000",
+        "--kv-cache-dtype", "fp8",
+        "--no-enable-prefix-caching",
+        "--max-num-seqs", "512",
+        "--max-num-batched-tokens", "16384",
+        "--enable-chunked-prefill",
+        "--long-prefill-token-threshold", "1024",
+    ]
+    cmd = export.vllm_serve_command(cfg, model_id=model_id)
+    assert shlex.split(cmd) == expected == export.vllm_argv(cfg, model_id)
+    args = export.vllm_engine_args(cfg)
+    assert parse_like_vllm(expected, args) == {**args, "model": model_id}
+    # deterministic: key order of the input does not matter, repeated calls agree
+    assert export.vllm_serve_command(dict(reversed(cfg.items())), model_id) == cmd
+    assert export.vllm_serve_command(cfg, model_id) == cmd
+    # the default model id is the preset's
+    assert shlex.split(export.vllm_serve_command(cfg))[2] == "Qwen/Qwen2.5-72B-Instruct"
+
+
+def test_export__does_not_mutate_input():
+    cfg = {"tp": 2, "workload": {"rate": 1.0}}
+    export.vllm_serve_command(cfg)
+    assert cfg == {"tp": 2, "workload": {"rate": 1.0}}
+
+
+@pytest.mark.parametrize(
+    ("cfg", "field"),
+    [
+        ({"tp": 0}, "tp"),
+        ({"block_size": "x"}, "block_size"),
+        ({"scheduler": "v2"}, "scheduler"),
+        ({"dtype": "fp16"}, "dtype"),
+        ({"kv_cache_dtype": "int8"}, "kv_cache_dtype"),
+        ({"model": "GPT-5"}, "model"),
+        ({"gpu_memory_utilization": 1.5}, "gpu_memory_utilization"),
+        ({"max_num_seqs": -1}, "max_num_seqs"),
+        ({"num_gpu_blocks": 0}, "num_gpu_blocks"),
+        ({"bogus": 1}, "bogus"),
+        ({"scheduler": "v0", "enable_chunked_prefill": True}, "enable_chunked_prefill"),
+    ],
+)
+def test_export__bad_config_raises_naming_field(cfg, field):
+    for fn in (export.vllm_engine_args, export.vllm_serve_command, export.vllm_env):
+        with pytest.raises(config.ConfigError, match=f"^{field}: "):
+            fn(cfg)
+
+
+GIB = 2**30
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        {"tier": {"hbm": {"capacity_gb": 80}, "cpu": {"capacity_gb": 100}}},
+        {"tiers": {"hbm": {"capacity_gb": 80}, "cpu": {"capacity_gb": 100}}},
+        {"tiers": [{"name": "hbm"}, {"name": "host", "capacity_gb": 100}]},
+        {"tiers": ["hbm", "cpu"], "tier": {"cpu": {"capacity_gb": 100}}},
+        {"tier.cpu.capacity_gb": 100},
+        {"tier": {"dram": {"capacity_gb": 60}, "disk": {"capacity_gb": 1000}},
+         "tier.host.capacity_gb": 40},
+    ],
+)
+def test_export__cpu_tier_becomes_kv_offloading_gib(future_keys, cfg):
+    args = export.vllm_engine_args(cfg)
+    assert args["kv_offloading_size"] == round(100e9 / GIB, 3) == 93.132
+    assert args["kv_offloading_backend"] == "native"
+    argv = export.vllm_argv(cfg)
+    i = argv.index("--kv-offloading-size")
+    assert argv[i + 1] == "93.132" and argv[i + 2:i + 4] == ["--kv-offloading-backend", "native"]
+    assert parse_like_vllm(argv, args) == args
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        {"tier": {"hbm": {"capacity_gb": 80}}},
+        {"tier": {"disk": {"capacity_gb": 500}}},
+        {"tier": {"cpu": {"capacity_gb": 0}}},
+        {"tiers": ["hbm"], "tier": {"cpu": {"capacity_gb": 100}}},  # cpu tier not enabled
+        {"tiers": []},
+    ],
+)
+def test_export__no_cpu_tier_no_offloading(future_keys, cfg):
+    args = export.vllm_engine_args(cfg)
+    assert "kv_offloading_size" not in args and "kv_offloading_backend" not in args
+
+
+@pytest.mark.parametrize(
+    ("cfg", "field"),
+    [
+        ({"tier": {"cpu": {"capacity_gb": -1}}}, "tier.cpu.capacity_gb"),
+        ({"tiers": {"host": {"capacity_gb": "lots"}}}, "tiers.host.capacity_gb"),
+        ({"tiers": [{"name": "cpu", "capacity_gb": True}]}, r"tiers\[0\].capacity_gb"),
+        ({"tier.dram.capacity_gb": float("inf")}, "tier.dram.capacity_gb"),
+    ],
+)
+def test_export__bad_tier_capacity_names_field(future_keys, cfg, field):
+    with pytest.raises(config.ConfigError, match=f"^{field}: "):
+        export.vllm_engine_args(cfg)
+
