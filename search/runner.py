@@ -233,18 +233,40 @@ class Batch:
 def build_batch(space: DesignSpace, plan: Plan, ids: np.ndarray,
                 traces: _TraceCache | None = None) -> Batch:
     """Decode, validate and batch the configurations ``ids`` (padded to B)."""
-    from jaxsim.params import concatenate
-
-    traces = traces or _TraceCache()
     ids = np.asarray(ids, np.int64)
     n = len(ids)
     B = plan.chunk_size
     if n < B:
         ids = np.concatenate([ids, np.full(B - n, ids[-1])])
-    u = space.sample(ids)
-    cfgs = space.configs(u)
-    ok = space.constraint_mask(cfgs)
+    cfgs = space.configs(space.sample(ids))
+    batch = batch_from_configs(cfgs, plan, space.constraint_mask(cfgs), traces)
+    return dataclasses.replace(batch, ids=ids[:n], cfgs=cfgs[:n],
+                               constraint_ok=batch.constraint_ok[:n])
+
+
+def batch_from_configs(cfgs: Sequence[Mapping], plan: Plan,
+                       constraint_ok: np.ndarray | None = None,
+                       traces: _TraceCache | None = None) -> Batch:
+    """Batch validated configurations (exactly ``plan.chunk_size`` of them).
+
+    Lanes where ``constraint_ok`` is False get ``INFEASIBLE | INF_CONSTRAINT``.
+    """
+    from jaxsim.params import concatenate
+
+    if len(cfgs) != plan.chunk_size:
+        raise ValueError(f"{len(cfgs)} configurations for a plan of B={plan.chunk_size}")
+    traces = traces or _TraceCache()
+    ok = np.ones(len(cfgs), bool) if constraint_ok is None else np.asarray(constraint_ok)
     trs = [traces.get(c) for c in cfgs] if plan.per_lane_workload else [traces.get(cfgs[0])]
+    if not plan.per_lane_workload:
+        first = json.dumps([cfgs[0]["workload"], cfgs[0]["seed"]], sort_keys=True, default=str)
+        for c in cfgs[1:]:
+            if json.dumps([c["workload"], c["seed"]], sort_keys=True, default=str) != first:
+                raise ValueError("configurations have different workloads; use a plan with "
+                                 "per_lane_workload=True")
+    if max(len(t) for t in trs) > plan.max_requests:
+        raise ValueError(f"a workload has {max(len(t) for t in trs)} requests; the plan "
+                         f"holds {plan.max_requests}")
     cols = config_mod.columns_from_configs(cfgs)
     max_len = np.array([t.max_len() for t in trs])
     if plan.per_lane_workload and len(np.unique(max_len)) > 1:
@@ -269,8 +291,8 @@ def build_batch(space: DesignSpace, plan: Plan, ids: np.ndarray,
         wl = _stack_traces(trs, plan.max_requests)
     else:
         wl = to_workload(trs[0], plan.max_requests)
-    return Batch(ids=ids[:n], cfgs=cfgs[:n], params=params, workload=wl, info=info,
-                 constraint_ok=ok[:n])
+    return Batch(ids=np.arange(len(cfgs)), cfgs=list(cfgs), params=params, workload=wl,
+                 info=info, constraint_ok=ok)
 
 
 def _shard(tree, plan: Plan):

@@ -499,10 +499,11 @@ def _apply_unit(key: str, field: str, v, unit):
     if unit is None:
         return v
     allowed = units_for(key)
+    axis = f"axes.{key}"
     if not allowed:
-        raise SpaceError(f"{field}.unit: {unit!r}: {key} has no unit (give plain numbers)")
+        raise SpaceError(f"{axis}.unit: {unit!r}: {key} has no unit (give plain numbers)")
     if unit not in allowed:
-        raise SpaceError(f"{field}.unit: {unit!r} is not one of {', '.join(allowed)}")
+        raise SpaceError(f"{axis}.unit: {unit!r} is not one of {', '.join(allowed)}")
     if isinstance(v, bool) or not isinstance(v, int | float):
         raise SpaceError(f"{field}: {v!r} is not a number")
     return float(v) * allowed[unit]

@@ -1,0 +1,137 @@
+"""Capacity search: the highest arrival rate that meets the SLOs, for every configuration
+at once.
+
+Vidur-Search bisects the rate of one configuration at a time. Here every configuration
+keeps its own bracket ``[lo, hi]`` and each round simulates all of them together at
+their own midpoints (geometric, since capacity spans orders of magnitude), so ``rounds``
+compiled batch runs find every capacity to a ratio of ``(hi0 / lo0) ** (1 / 2**rounds)``.
+
+The workload keeps its seed while the rate changes: a Poisson trace at rate ``r`` is the
+unit-rate trace with arrival times divided by ``r`` (and a trace file is rescaled the same
+way), so the comparison between rates uses common random numbers.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from collections.abc import Mapping, Sequence
+
+import jax
+import numpy as np
+
+from jaxsim import config as config_mod
+from search import objectives as ob
+from search import runner
+
+
+@dataclasses.dataclass
+class CapacityResult:
+    """Per configuration (arrays of length N).
+
+    Attributes:
+        capacity_rps: highest rate found that meets the SLOs (the bracket's low end);
+            NaN when even ``rate_lo`` misses them.
+        upper_rps: lowest rate found that misses them (``inf`` when ``rate_hi`` meets).
+        status: 0 found inside the range; 1 ``rate_hi`` still meets the SLOs (capacity is
+            at least ``rate_hi``); 2 ``rate_lo`` already misses them (or the lane is
+            infeasible).
+        metrics: results at ``capacity_rps`` (NaN rows where status is 2).
+        rounds, simulations: bisection rounds run and lane-simulations spent.
+    """
+
+    capacity_rps: np.ndarray
+    upper_rps: np.ndarray
+    status: np.ndarray
+    metrics: dict[str, np.ndarray]
+    rounds: int
+    simulations: int
+
+
+def _with_rate(cfg: Mapping, rate: float) -> dict:
+    c = copy.deepcopy(dict(cfg))
+    c["workload"] = {**c["workload"], "rate": float(rate)}
+    return c
+
+
+def capacity_search(cfgs: Sequence[Mapping], slo: Mapping[str, float],
+                    rate_lo: float = 0.25, rate_hi: float = 64.0, rounds: int = 8,
+                    chunk_size: int | None = None, slots: int | None = None,
+                    max_iterations: int | None = None) -> CapacityResult:
+    """Bisect the arrival rate of every configuration at once.
+
+    Args:
+        cfgs: configurations (partial dicts); the workload must have a rate
+            (``poisson``, ``gamma``, or a trace file, which is rescaled).
+        slo: bounds on metric columns, as in :mod:`search.objectives`
+            (e.g. ``{"ttft_p99_s": 1.0, "tpot_p99_s": 0.05}``).
+        rate_lo, rate_hi: the search range, requests/s.
+        rounds: bisection rounds after the two end checks.
+        chunk_size: lanes per compiled call (default: all, up to 1024).
+        slots: initial slot-table rows.
+    """
+    if not 0 < rate_lo < rate_hi:
+        raise ValueError(f"rate_lo={rate_lo}, rate_hi={rate_hi}: need 0 < rate_lo < rate_hi")
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 0:
+        raise ValueError(f"rounds: {rounds!r} must be an integer >= 0")
+    full = []
+    for i, c in enumerate(cfgs):
+        try:
+            v = config_mod.validate(c)
+        except config_mod.ConfigError as e:
+            raise config_mod.ConfigError(f"configuration {i}: {e}") from None
+        if v["workload"]["kind"] == "all_at_once":
+            raise config_mod.ConfigError(f"configuration {i}: workload.kind: all_at_once has "
+                                         "no arrival rate to search")
+        full.append(v)
+    N = len(full)
+    if N == 0:
+        raise ValueError("capacity_search: no configurations")
+    n_dev = len(jax.local_devices())
+    B = chunk_size or min(-(-N // n_dev) * n_dev, 1024)
+    R = max(runner._num_requests(_with_rate(c, rate_lo)) for c in full)
+    max_seqs = max(int(c["max_num_seqs"]) for c in full)
+    S = slots or min(max_seqs, 64)
+    plan = runner.Plan(size=N, chunk_size=B, num_chunks=-(-N // B), slots=S,
+                       max_slots=max(S, max_seqs), max_requests=R, per_lane_workload=True,
+                       chunk_iterations=1024, num_devices=n_dev)
+    traces = runner._TraceCache()
+    sims = 0
+
+    def evaluate(rates: np.ndarray) -> tuple[np.ndarray, dict]:
+        nonlocal sims
+        out: dict[str, list] = {}
+        for c0 in range(0, N, B):
+            idx = np.arange(c0, min(c0 + B, N))
+            pad = np.concatenate([idx, np.full(B - idx.size, idx[-1])])
+            batch = runner.batch_from_configs(
+                [_with_rate(full[i], rates[i]) for i in pad], plan, traces=traces)
+            m = runner.simulate_chunk(plan, batch, max_iterations=max_iterations)
+            sims += idx.size
+            for k, v in m.items():
+                out.setdefault(k, []).append(np.asarray(v)[:idx.size])
+        metrics = {k: np.concatenate(v) for k, v in out.items()}
+        metrics["tp"] = np.array([c["tp"] for c in full])
+        return ob.feasible(metrics, slo), metrics
+
+    lo = np.full(N, float(rate_lo))
+    hi = np.full(N, float(rate_hi))
+    ok_hi, m_hi = evaluate(hi)
+    ok_lo, m_lo = evaluate(lo)
+    best = {k: np.where(ok_hi, m_hi[k], m_lo[k]) for k in m_lo}
+    for _ in range(rounds):
+        mid = np.sqrt(lo * hi)
+        ok, m = evaluate(mid)
+        upd = ok & ok_lo & ~ok_hi
+        for k in best:
+            best[k] = np.where(upd, m[k], best[k])
+        lo = np.where(ok, mid, lo)
+        hi = np.where(ok, hi, mid)
+    status = np.where(ok_hi, 1, np.where(ok_lo, 0, 2)).astype(np.int32)
+    capacity = np.where(ok_hi, rate_hi, np.where(ok_lo, lo, np.nan))
+    upper = np.where(ok_hi, np.inf, np.where(ok_lo, hi, rate_lo))
+    for k in best:
+        if best[k].dtype.kind == "f":
+            best[k] = np.where(status == 2, np.nan, best[k])
+    return CapacityResult(capacity_rps=capacity, upper_rps=upper, status=status,
+                          metrics=best, rounds=rounds, simulations=sims)

@@ -1,0 +1,150 @@
+"""Sweep runner: exact rows, resume, kill -9, no recompiles, overflow re-runs, sharding."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+from jaxsim import api
+from jaxsim import status as st_bits
+from search import runner, space
+
+HERE = os.path.dirname(__file__)
+TINY = os.path.join(HERE, "data", "tiny_space.yaml")
+ROOT = os.path.dirname(HERE)
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("sweep") / "full")
+    sp = space.load(TINY)
+    res = runner.run_sweep(sp, out, chunk_size=4, progress=False)
+    return sp, out, res, runner.load_results(out)
+
+
+def test_rows_exact_and_match_direct_simulation(full_run):
+    sp, out, res, df = full_run
+    assert len(df) == sp.size == 18
+    assert list(df["config_id"]) == list(range(18))
+    assert res.plan.num_chunks == 5  # 18 = 4 * 4 + 2 (last chunk padded)
+    cfgs = sp.configs(sp.sample(np.arange(sp.size)))
+    ok = sp.constraint_mask(cfgs)
+    # constraint-violating points are infeasible lanes, not errors
+    bad = df["status"].to_numpy()[~ok]
+    assert np.all(bad & st_bits.INF_CONSTRAINT) and np.all(bad & st_bits.INFEASIBLE)
+    assert set(df["status_str"][~ok]) == {"infeasible,violates_space_constraint"}
+    # feasible points equal a direct simulation of the same configuration
+    for i in np.flatnonzero(ok)[:2]:
+        c = cfgs[i]
+        direct = api.run(c, __import__("jaxsim").config.build_trace(c)).lane(0)
+        for k in ("ttft_p99_s", "tpot_p50_s", "throughput_rps", "preemptions"):
+            assert df[k][i] == pytest.approx(direct[k], rel=1e-6), (i, k)
+
+
+def test_resume_skips_finished_chunks_and_gives_same_table(full_run, tmp_path):
+    sp, _, _, df = full_run
+    out = str(tmp_path / "part")
+    r1 = runner.run_sweep(sp, out, chunk_size=4, progress=False, max_chunks=2)
+    assert r1.chunks_run == [0, 1]
+    with pytest.raises(runner.SweepError, match="--resume"):
+        runner.run_sweep(sp, out, chunk_size=4, progress=False)
+    with pytest.raises(runner.SweepError, match="chunked by 4"):
+        runner.run_sweep(sp, out, chunk_size=2, progress=False, resume=True)
+    r2 = runner.run_sweep(sp, out, chunk_size=4, progress=False, resume=True)
+    assert r2.chunks_skipped == [0, 1] and r2.chunks_run == [2, 3, 4]
+    assert r2.compiles == 0  # same shapes as the first run: nothing recompiles
+    df2 = runner.load_results(out)
+    num = df.select_dtypes("number").columns
+    np.testing.assert_array_equal(df2[num].to_numpy(), df[num].to_numpy())
+    other = space.from_dict({**space.load(TINY).spec(), "axes": {"max_num_seqs": [2, 4]},
+                             "constraints": [], "seed": 0, "name": "x", "sampler": "grid",
+                             "num_samples": None})
+    with pytest.raises(runner.SweepError, match="different sweep"):
+        runner.run_sweep(other, out, chunk_size=4, progress=False, resume=True)
+
+
+def test_one_compile_per_bucket(tmp_path):
+    d = space.load(TINY).spec()
+    d.pop("axes")
+    d["constraints"] = []
+    sp = space.from_dict({**d, "axes": {"max_num_batched_tokens": [256, 384, 512, 640, 768,
+                                                                    896, 1024, 1152]}})
+    before = runner.compile_count()
+    res = runner.run_sweep(sp, str(tmp_path / "a"), chunk_size=2, progress=False)
+    assert res.plan.num_chunks == 4 and res.compiles <= 1
+    assert runner.compile_count() - before == res.compiles
+
+
+def test_overflow_rerun_is_exact(tmp_path):
+    """Lanes outgrowing the slot table re-run with a larger one in fixed-size batches."""
+    d = space.load(TINY).spec()
+    d.pop("axes")
+    d["constraints"] = []
+    d["base"] = {**d["base"], "workload": {"kind": "all_at_once", "num_requests": 24,
+                                           "prompt_tokens": 64, "output_tokens": 16}}
+    sp = space.from_dict({**d, "axes": {"max_num_seqs": [2, 16]}})
+    res = runner.run_sweep(sp, str(tmp_path / "o"), chunk_size=2, slots=8, progress=False)
+    df = runner.load_results(str(tmp_path / "o"))
+    assert list(df["slots"]) == [8, 16]
+    assert res.plan.slot_ladder() == [8, 16]
+    cfg = sp.configs(sp.sample(np.array([1])))[0]
+    direct = api.run(cfg, __import__("jaxsim").config.build_trace(cfg), max_slots=16).lane(0)
+    assert (df["status"] == 0).all()
+    assert df["ttft_p99_s"][1] == pytest.approx(direct["ttft_p99_s"], rel=1e-6)
+    assert df["e2e_mean_s"][1] == pytest.approx(direct["e2e_mean_s"], rel=1e-6)
+
+
+def _run_py(code: str, env_extra: dict | None = None, timeout=240):
+    env = {**os.environ, "PYTHONPATH": ROOT, **(env_extra or {})}
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_sharded_over_two_cpu_devices_matches(full_run, tmp_path):
+    _, _, _, df = full_run
+    out = str(tmp_path / "sharded")
+    r = _run_py(f"""
+        import jax
+        assert jax.device_count() == 2, jax.devices()
+        from search import runner, space
+        res = runner.run_sweep(space.load({TINY!r}), {out!r}, chunk_size=4, progress=False)
+        assert res.plan.num_devices == 2
+    """, {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    df2 = runner.load_results(out)
+    for k in ("status", "ttft_p99_s", "tpot_p99_s", "throughput_rps", "iterations"):
+        np.testing.assert_allclose(df2[k].to_numpy(), df[k].to_numpy(), rtol=1e-6)
+
+
+def test_kill_dash_9_then_resume(full_run, tmp_path):
+    _, _, _, df = full_run
+    out = str(tmp_path / "killed")
+    cmd = [sys.executable, "-m", "jaxsim", "sweep", TINY, "--out", out, "--chunk-size", "2",
+           "--quiet"]
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    log = tmp_path / "log"
+    with open(log, "w") as f:
+        p = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT)
+        t0 = time.time()
+        while len(runner.finished_chunks(out)) < 2 and time.time() - t0 < 180:
+            time.sleep(0.05)
+            assert p.poll() is None, log.read_text()[-2000:]
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+    n_before = len(runner.finished_chunks(out))
+    assert 2 <= n_before < 9
+    r = subprocess.run([*cmd, "--resume"], cwd=ROOT, env=env, capture_output=True, text=True,
+                       timeout=240)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert f"{9 - n_before} chunks run, {n_before} already done" in r.stdout
+    df2 = runner.load_results(out)
+    assert len(df2) == 18 and df2["config_id"].is_unique
+    np.testing.assert_allclose(df2["ttft_p99_s"].to_numpy(), df["ttft_p99_s"].to_numpy(),
+                               rtol=1e-6)

@@ -1,0 +1,148 @@
+"""Design spaces: parsing, errors before anything runs, decoding, samplers."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import yaml
+
+from search import samplers, space
+from search.space import SpaceError
+
+HERE = os.path.dirname(__file__)
+TINY = os.path.join(HERE, "data", "tiny_space.yaml")
+
+
+def _raw():
+    with open(TINY) as f:
+        return yaml.safe_load(f)
+
+
+def test_tiny_space_grid():
+    sp = space.load(TINY)
+    assert sp.size == 3 * 3 * 2
+    assert sp.levels == (3, 3, 0)
+    u = sp.sample(np.arange(sp.size))
+    cols = sp.decode_columns(u)
+    # lexicographic, last axis fastest
+    assert list(cols["max_num_seqs"][:6]) == [2] * 6
+    assert list(cols["max_num_batched_tokens"][:6]) == [256, 256, 512, 512, 1024, 1024]
+    np.testing.assert_allclose(cols["workload.rate"][:2], [10.0, 40.0])
+    # every grid point once
+    keys = {tuple(str(cols[k][i]) for k in cols) for i in range(sp.size)}
+    assert len(keys) == sp.size
+
+
+def test_encode_decode_roundtrip():
+    sp = space.load(TINY)
+    vals = {"max_num_seqs": 4, "max_num_batched_tokens": 1024, "workload.rate": 17.5}
+    cols = sp.decode_columns(sp.point(vals)[None])
+    assert cols["max_num_seqs"][0] == 4 and cols["max_num_batched_tokens"][0] == 1024
+    assert cols["workload.rate"][0] == pytest.approx(17.5)
+
+
+def test_constraint_mask():
+    sp = space.load(TINY)
+    cfgs = sp.configs(sp.sample(np.arange(sp.size)))
+    ok = sp.constraint_mask(cfgs)
+    expect = [c["max_num_batched_tokens"] >= 64 * c["max_num_seqs"] for c in cfgs]
+    assert list(ok) == expect
+    assert 0 < ok.sum() < len(ok)
+
+
+def test_int_axis_levels_and_units():
+    ax = space.axis_from_spec("max_num_seqs", {"kind": "int", "low": 8, "high": 256, "log": True})
+    assert ax.values == (8, 16, 32, 64, 128, 256)
+    ax = space.axis_from_spec("max_num_seqs", {"kind": "int", "low": 16, "high": 64, "step": 16})
+    assert ax.values == (16, 32, 48, 64)
+    ax = space.axis_from_spec("slo.ttft_s", {"kind": "float", "low": 200, "high": 800,
+                                             "unit": "ms"})
+    assert (ax.low, ax.high) == pytest.approx((0.2, 0.8))
+    ax = space.axis_from_spec("workload.rate", {"values": [60, 120], "unit": "req/min"})
+    assert ax.values == pytest.approx((1.0, 2.0))
+
+
+@pytest.mark.parametrize("mutate, needle", [
+    (lambda d: d["axes"].update({"max_num_seq": [1, 2]}), "max_num_seq: unknown key"),
+    (lambda d: d["axes"].update({"max_num_seqs": []}), "axes.max_num_seqs.values"),
+    (lambda d: d["axes"].update({"block_size": {"kind": "int", "low": 32, "high": 16}}),
+     "low=32 > high=16"),
+    (lambda d: d.update({"constraints": ["max_num_seqs > 1000"]}), "constraints[0]"),
+    (lambda d: d.update({"constraints": ["max_num_seq > 1"]}), "not a configuration key"),
+    (lambda d: d.update({"constraints": ["max_num_seqs +"]}), "not a valid expression"),
+    (lambda d: d.update({"constraints": ["__import__('os')"]}), "uses Call"),
+    (lambda d: d["axes"].update({"slo.ttft_s": {"kind": "float", "low": 1, "high": 2,
+                                                "num": 2, "unit": "sec"}}),
+     "slo.ttft_s.unit: 'sec' is not one of s, ms, us"),
+    (lambda d: d["axes"].update({"max_num_seqs": {"values": [2, 4], "unit": "ms"}}),
+     "has no unit"),
+    (lambda d: d["axes"].update({"workload.rate": {"kind": "float", "low": 1, "high": 2}}),
+     "num: required by the grid sampler"),
+    (lambda d: d.update({"sampler": "sobol"}), "sampler: 'sobol' is not one of"),
+    (lambda d: d.update({"sampler": "random"}), "num_samples"),
+    (lambda d: d.update({"axex": {}}), "axex: unknown key"),
+    (lambda d: d["axes"].update({"gpu": ["H100-SXM", "H999"]}), "axes.gpu: gpu"),
+    (lambda d: d["axes"].update({"tp": {"kind": "int", "low": 1, "high": 4, "setp": 1}}),
+     "axes.tp.setp: unknown axis field"),
+    (lambda d: d["base"].update({"max_num_seqs": -1}), "base.max_num_seqs"),
+    (lambda d: d.update({"axes": {}}), "axes:"),
+])
+def test_space_errors_name_the_field(mutate, needle):
+    d = _raw()
+    mutate(d)
+    with pytest.raises(SpaceError) as e:
+        space.from_dict(d)
+    assert needle in str(e.value), str(e.value)
+
+
+def test_space_file_errors(tmp_path):
+    p = tmp_path / "bad.yaml"
+    p.write_text("axes: [1, 2\n")
+    with pytest.raises(SpaceError, match="not valid YAML"):
+        space.load(str(p))
+    with pytest.raises(SpaceError, match="no such file"):
+        space.load(str(tmp_path / "missing.yaml"))
+
+
+def test_samplers_depend_only_on_id():
+    ids = np.arange(1000)
+    for fn in (samplers.random, samplers.halton):
+        a = fn(ids, 5, seed=3)
+        b = np.concatenate([fn(ids[:137], 5, seed=3), fn(ids[137:], 5, seed=3)])
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(fn(ids[::-1], 5, seed=3), a[::-1])
+        assert a.min() >= 0.0 and a.max() < 1.0
+        assert not np.array_equal(fn(ids, 5, seed=4), a)
+
+
+def test_halton_is_more_uniform_than_random():
+    """Star-discrepancy proxy: worst error of box counts [0, x) x [0, y) on a grid."""
+    n = 1024
+    def disc(p):
+        xs = np.linspace(0.05, 1.0, 20)
+        err = 0.0
+        for x in xs:
+            for y in xs:
+                frac = np.mean((p[:, 0] < x) & (p[:, 1] < y))
+                err = max(err, abs(frac - x * y))
+        return err
+    h = samplers.halton(np.arange(n), 2, seed=0)
+    r = samplers.random(np.arange(n), 2, seed=0)
+    assert disc(h) < 0.5 * disc(r)
+    assert abs(h.mean() - 0.5) < 0.01
+
+
+def test_random_space_size_and_digest():
+    d = _raw()
+    d.update({"sampler": "halton", "num_samples": 100})
+    d["axes"]["workload.rate"].pop("num")
+    sp = space.from_dict(d)
+    assert sp.size == 100
+    u = sp.sample(np.arange(100))
+    assert u.shape == (100, 3)
+    d2 = dict(d, seed=1)
+    assert space.from_dict(d2).digest() != sp.digest()
+    with pytest.raises(SpaceError, match="ids must lie"):
+        sp.sample(np.array([100]))
