@@ -4,6 +4,12 @@
 iteration rows), keeps the rows of that GPU that the cost model can represent, fits
 the kernel stage and then the iteration stage (see :mod:`calibration.fit`), and returns
 the fitted ``CostParams`` with a per-operator error report on held-out rows.
+
+With ``iteration_fit="separate"`` the iteration stage is still fitted and reported, but
+its parameters are kept out of the result (``Calibration.engine_fit``): whole-iteration
+times carry the CPU, launch and attention costs of the engine that produced them, and
+when that engine is not the one simulated (the Splitwise iterations behind the shipped
+presets) those parameters do not transfer to other models or engines.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ import numpy as np
 from calibration import fit as F
 from calibration.schema import Measurements
 from jaxsim import costpresets, presets
-from jaxsim.params import CostParams
+from jaxsim.params import COST_PARAM_NAMES, CostParams
 
 
 @dataclasses.dataclass
@@ -39,6 +45,11 @@ class Calibration:
     seconds: dict[str, float]
     train: np.ndarray
     data: Measurements
+    #: parameters neither fitted nor copied: they keep the ``init`` (default) values
+    defaults: list[str] = dataclasses.field(default_factory=list)
+    #: ``iteration_fit="separate"``: the iteration stage's fit, not applied to ``cost``
+    #: (``note``, ``values``, ``smooth_p``, ``report``); else None
+    engine_fit: dict | None = None
 
     def values(self) -> dict[str, float]:
         return {k: float(v) for k, v in self.cost.values().items()}
@@ -62,6 +73,8 @@ class Calibration:
             "skipped_rows": self.skipped,
             "fitted": self.fitted,
             "copied": self.copied,
+            "defaults": self.defaults,
+            **({"engine_fit": self.engine_fit} if self.engine_fit is not None else {}),
             "fit_seconds": self.seconds,
             "created": datetime.date.today().isoformat(),
             "command": command,
@@ -82,9 +95,21 @@ def representable(m: Measurements) -> tuple[np.ndarray, dict[str, int]]:
     return keep & ~plain, skipped
 
 
+ITERATION_FIT = ("apply", "separate")
+
+#: What ``engine_fit`` holds (written into the preset next to it).
+ENGINE_FIT_NOTE = (
+    "Iteration-stage fit on this GPU's whole-iteration rows. Those times include the "
+    "per-iteration, per-request and kernel-launch costs and the attention implementation "
+    "of the engine that measured them, and with one model in the data they cannot be told "
+    "apart from GPU kernel time, so these values describe that engine and are NOT part of "
+    "'values'. To simulate that engine, pass them as 'cost' overrides on top of this preset.")
+
+
 def calibrate(data: Measurements, hardware: str, *, holdout: str = "shape",
               robust: bool = False, steps: int = 400, smooth_p=(2, 4),
-              init: CostParams | None = None) -> Calibration:
+              init: CostParams | None = None,
+              iteration_fit: str = "apply") -> Calibration:
     """Fit one GPU's cost parameters to ``data`` and report held-out errors.
 
     Args:
@@ -95,7 +120,14 @@ def calibrate(data: Measurements, hardware: str, *, holdout: str = "shape",
         steps: Adam steps per stage and smooth-max exponent.
         smooth_p: smooth-max exponents to try (subset of 1, 2, 4, 8).
         init: starting parameters (default: the uncalibrated defaults).
+        iteration_fit: ``apply`` (default) puts the iteration stage's parameters into the
+            result; ``separate`` fits and reports them in ``engine_fit`` but returns the
+            kernel-stage parameters (with copies, and ``init`` values for everything the
+            kernel rows do not determine), and reports the iteration rows as held out.
     """
+    if iteration_fit not in ITERATION_FIT:
+        raise ValueError(f"--iteration-fit: {iteration_fit!r}; allowed: "
+                         f"{', '.join(ITERATION_FIT)}")
     try:
         canon, _ = presets.gpu(hardware)
     except KeyError as e:
@@ -113,6 +145,9 @@ def calibrate(data: Measurements, hardware: str, *, holdout: str = "shape",
     train = F.split(m, holdout)
     op = m["op"].astype(str)
     kern = op != "iteration"
+    if iteration_fit == "separate" and not kern.any():
+        raise ValueError("--iteration-fit separate: the data has no kernel rows, so "
+                         "nothing would be fitted; use apply")
     cost = init if init is not None else CostParams.default()
     fitted, copied, seconds = [], {}, {}
     if kern.any():
@@ -123,6 +158,8 @@ def calibrate(data: Measurements, hardware: str, *, holdout: str = "shape",
         cost, copied = F.copy_missing(r.cost, ops)
         fitted += names
         seconds["kernels"] = r.seconds
+    engine_fit = None
+    _, hw = F.hardware_params(canon)
     if (~kern).any():
         names = list(F.ITERATION_PARAMS)
         if not {"attn_prefill", "attn_decode"} <= set(op[kern].tolist()):
@@ -132,15 +169,29 @@ def calibrate(data: Measurements, hardware: str, *, holdout: str = "shape",
         p = (2 ** int(cost.smooth_p_log2),) if kern.any() else smooth_p
         r = F.fit(m.select(~kern), canon, train[~kern], names=names, init=cost,
                   robust=robust, steps=steps, smooth_p=p)
-        cost = r.cost
-        fitted += [n for n in names if n not in fitted]
         seconds["iterations"] = r.seconds
-    _, hw = F.hardware_params(canon)
+        if iteration_fit == "apply":
+            cost = r.cost
+            fitted += [n for n in names if n not in fitted]
+        else:
+            it = m.select(~kern)
+            ipred = np.asarray(F.predict(r.cost, hw, F.prepare_rows(it)), np.float64)
+            vals = r.cost.values()
+            engine_fit = {
+                "note": ENGINE_FIT_NOTE,
+                "values": {n: float(vals[n]) for n in names},
+                "smooth_p": 2 ** int(r.cost.smooth_p_log2),
+                "report": F.error_table(it, ipred, train[~kern]),
+            }
+            # the returned parameters never saw the iteration rows: all are held out
+            train = train & kern
     pred = np.asarray(F.predict(cost, hw, F.prepare_rows(m)), np.float64)
     report = F.error_table(m, pred, train)
+    defaults = [n for n in COST_PARAM_NAMES if n not in fitted and n not in copied]
     return Calibration(hardware=canon, cost=cost, report=report, skipped=skipped,
                        holdout=holdout, data_sha256=m.digest(), n_rows=len(m),
-                       fitted=fitted, copied=copied, seconds=seconds, train=train, data=m)
+                       fitted=fitted, copied=copied, seconds=seconds, train=train, data=m,
+                       defaults=defaults, engine_fit=engine_fit)
 
 
 def _clean(x):
@@ -174,8 +225,9 @@ def write_preset(cal: Calibration, path: str, command: str = "") -> None:
 def format_table(report: dict[str, dict]) -> str:
     """The error table as text (percent)."""
     lines = [f"{'op':<14}{'n_train':>9}{'n_holdout':>10}{'MAPE%':>8}{'p90%':>8}{'max%':>8}"
-             f"{'train MAPE%':>13}"]
+             f"{'bias%':>8}{'train MAPE%':>13}"]
     for k, v in report.items():
         lines.append(f"{k:<14}{v['n_train']:>9}{v['n_holdout']:>10}{v['mape']:>8.2f}"
-                     f"{v['p90_ape']:>8.2f}{v['max_ape']:>8.2f}{v['train_mape']:>13.2f}")
+                     f"{v['p90_ape']:>8.2f}{v['max_ape']:>8.2f}{v.get('bias', math.nan):>8.2f}"
+                     f"{v['train_mape']:>13.2f}")
     return "\n".join(lines)

@@ -1,4 +1,5 @@
-"""``jaxsim calibrate DATA... --hardware NAME [--holdout ...] --out PRESET.json [--json]``."""
+"""``jaxsim calibrate DATA... --hardware NAME [--holdout ...] [--iteration-fit ...]
+--out PRESET.json [--json]``."""
 
 from __future__ import annotations
 
@@ -19,6 +20,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, metavar="PRESET.json", help="preset file to write")
     p.add_argument("--robust", action="store_true", help="Huber loss on the log error")
     p.add_argument("--steps", type=int, default=400, help="Adam steps per stage (default 400)")
+    p.add_argument("--iteration-fit", default="apply", choices=("apply", "separate"),
+                   help="apply (default): iteration rows fit the CPU overheads, LM head, "
+                        "sampling (and attention without attention rows) into the preset; "
+                        "separate: fit and report them under 'engine_fit' but keep them out "
+                        "of the preset's values (for iterations of another engine)")
     p.add_argument("--plot", metavar="FILE.png", help="write a parity plot")
     p.add_argument("--json", action="store_true",
                    help="print one JSON object: op family -> held-out error statistics")
@@ -44,7 +50,7 @@ def cmd(args) -> int:
     try:
         data = loaders.load(args.data)
         cal = C.calibrate(data, args.hardware, holdout=args.holdout, robust=args.robust,
-                          steps=args.steps)
+                          steps=args.steps, iteration_fit=args.iteration_fit)
     except (DataError, ValueError) as e:
         return _fail(str(e))
     command = "jaxsim calibrate " + " ".join(shlex.quote(a) for a in sys.argv[2:]) \
@@ -67,6 +73,9 @@ def cmd(args) -> int:
     for reason, n in cal.skipped.items():
         print(f"  skipped {n} rows: {reason}")
     print(C.format_table(cal.report))
+    if cal.engine_fit is not None:
+        print("  iteration stage, kept out of the preset's values (engine_fit):")
+        print(C.format_table(cal.engine_fit["report"]))
     print("  fit time: " + ", ".join(f"{k} {v:.1f} s" for k, v in cal.seconds.items()))
     print(f"  wrote {args.out}")
     return 0

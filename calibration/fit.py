@@ -371,8 +371,11 @@ def split(m: Measurements, holdout: str = "shape", every: int = 5) -> np.ndarray
 
 def error_table(m: Measurements, pred: np.ndarray, train: np.ndarray) -> dict[str, dict]:
     """Per operator and per family: n_train, n_holdout, MAPE, p90 and max absolute
-    percentage error on the held-out rows (on the training rows when none is held out)."""
-    ape = np.abs(pred / np.asarray(m["time_s"]) - 1.0) * 100.0
+    percentage error and the mean signed percentage error (``bias``: negative when the
+    model is too fast) on the held-out rows (on the training rows when none is held out).
+    """
+    pe = (pred / np.asarray(m["time_s"]) - 1.0) * 100.0
+    ape = np.abs(pe)
     op = m["op"].astype(str)
     fams = {"gemm": set(GEMM_OPS),
             "elementwise": {"norm", "residual_add", "activation", "rotary", "kv_write",
@@ -387,6 +390,7 @@ def error_table(m: Measurements, pred: np.ndarray, train: np.ndarray) -> dict[st
                 "mape": float(a.mean()) if a.size else math.nan,
                 "p90_ape": float(np.percentile(a, 90)) if a.size else math.nan,
                 "max_ape": float(a.max()) if a.size else math.nan,
+                "bias": float(pe[ev].mean()) if a.size else math.nan,
                 "train_mape": float(ape[tr].mean()) if tr.any() else math.nan}
 
     for o in sorted(set(op.tolist())):
