@@ -71,7 +71,7 @@ def _settings(out_dir: str) -> dict:
     path = os.path.join(out_dir, "sweep.json")
     try:
         with open(path) as f:
-            return json.load(f).get("space", {}).get("objectives", {}) or {}
+            return json.load(f).get("objectives", {}) or {}
     except (OSError, ValueError):
         return {}
 

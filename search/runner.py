@@ -421,6 +421,7 @@ def load_results(out_dir: str):
 def _manifest(space: DesignSpace, plan: Plan) -> dict:
     return {
         "space": space.spec(), "digest": space.digest(), "size": plan.size,
+        "objectives": space.objectives,
         "chunk_size": plan.chunk_size, "num_chunks": plan.num_chunks, "slots": plan.slots,
         "max_requests": plan.max_requests,
     }

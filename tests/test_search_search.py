@@ -1,0 +1,125 @@
+"""Objectives, capacity search, optimisers and the sweep CLI on tiny spaces."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from jaxsim import status as st_bits
+from search import capacity, objectives, optimize, space
+from search.cli import cmd_best  # noqa: F401  (import check)
+
+HERE = os.path.dirname(__file__)
+TINY = os.path.join(HERE, "data", "tiny_space.yaml")
+
+
+def _table():
+    return {
+        "status": np.array([0, 0, st_bits.INFEASIBLE, 0, 0]),
+        "tp": np.array([1, 2, 1, 1, 4]),
+        "gpu": np.array(["H100-SXM", "H100-SXM", "H100-SXM", "A100-80GB", "H100-SXM"]),
+        "output_tps": np.array([1000.0, 3000.0, 5000.0, 800.0, np.nan]),
+        "goodput_rps": np.array([4.0, 9.0, 9.0, 3.0, 1.0]),
+        "ttft_p99_s": np.array([0.5, 0.9, 0.1, 2.0, 0.2]),
+    }
+
+
+def test_costs_rank_infeasible_and_slo_missing_last():
+    t = _table()
+    prices = {"gpu_hour_usd": {"H100-SXM": 3.6, "A100-80GB": 1.8}}
+    c = objectives.costs(t, ["cost_per_mtok"], {"ttft_p99_s": 1.0}, prices)[:, 0]
+    # 1 GPU * 3.6 $/h = 1e-3 $/s over 1000 tok/s -> 1 $/Mtok; 2 GPUs over 3000 -> 0.667
+    assert c[0] == pytest.approx(1.0) and c[1] == pytest.approx(2 / 3)
+    assert np.isinf(c[2]) and np.isinf(c[3]) and np.isinf(c[4])  # infeasible, SLO, NaN
+    assert list(objectives.rank(t, "cost_per_mtok", {"ttft_p99_s": 1.0}, prices)[:2]) == [1, 0]
+    thr = objectives.costs(t, ["throughput_per_gpu"])[:, 0]
+    assert thr[1] == pytest.approx(-1500.0)  # maximised -> negated
+    with pytest.raises(objectives.ObjectiveError, match="no price for A100-80GB"):
+        objectives.costs(t, ["cost_per_mtok"], None, {"gpu_hour_usd": {"H100-SXM": 1}})
+    with pytest.raises(objectives.ObjectiveError, match="ttft_p42_s: not a column"):
+        objectives.costs(t, ["ttft_p42_s"])
+    assert objectives.parse_slo(["ttft_p99_s<=1", "slo_attainment>=0.9"]) == {
+        "ttft_p99_s": 1.0, "min_slo_attainment": 0.9}
+    with pytest.raises(objectives.ObjectiveError, match="expected METRIC<=VALUE"):
+        objectives.parse_slo(["ttft_p99_s"])
+
+
+def _cfg(seqs):
+    return {"model": "Llama-3.1-8B", "gpu": "H100-SXM", "cost_preset": "uncalibrated",
+            "max_num_seqs": seqs, "max_num_batched_tokens": 512,
+            "workload": {"kind": "poisson", "rate": 1.0, "num_requests": 24,
+                         "prompt_tokens": 256, "output_tokens": 32}}
+
+
+def test_capacity_bisection_brackets_the_slo_boundary():
+    slo = {"e2e_p99_s": 0.5}
+    res = capacity.capacity_search([_cfg(2), _cfg(8)], slo, rate_lo=1.0, rate_hi=256.0,
+                                   rounds=5)
+    assert res.status.tolist() == [0, 0]
+    assert np.all(res.capacity_rps < res.upper_rps)
+    np.testing.assert_allclose(res.upper_rps / res.capacity_rps, 256 ** (1 / 32), rtol=1e-6)
+    assert res.capacity_rps[1] > res.capacity_rps[0]  # more concurrency, more capacity
+    assert np.all(res.metrics["e2e_p99_s"] <= 0.5)
+    # check the bracket directly: capacity meets the SLO, the upper end does not
+    check = capacity.capacity_search([_cfg(2)], slo, rate_lo=float(res.capacity_rps[0]),
+                                     rate_hi=float(res.upper_rps[0]), rounds=0)
+    assert check.status[0] == 0
+    with pytest.raises(ValueError, match="rate_lo"):
+        capacity.capacity_search([_cfg(2)], slo, rate_lo=2.0, rate_hi=1.0)
+
+
+@pytest.fixture(scope="module")
+def evaluator():
+    sp = space.load(TINY)
+    return optimize.Evaluator(sp, "cost_per_mtok", {"ttft_p99_s": 5.0},
+                              {"gpu_hour_usd": 3.0}, batch_size=8)
+
+
+def test_optimisers_return_exactly_simulated_feasible_points(evaluator):
+    ex = optimize.exhaustive(evaluator)
+    assert np.isfinite(ex.cost) and ex.status == 0 and ex.evaluations == 18
+    cm = optimize.cmaes_search(evaluator, max_evals=40, seed=0)
+    gr = optimize.gradient_search(evaluator, max_evals=40, seed=0, pairs=4)
+    for r in (cm, gr):
+        assert r.cost >= ex.cost - 1e-12  # never better than the exhaustive optimum
+        c, v, s = evaluator(r.u[None])
+        assert c[0] == r.cost and s[0] == r.status  # the reported point is what was run
+        assert r.config["max_num_batched_tokens"] >= 64 * r.config["max_num_seqs"] or \
+            not np.isfinite(r.cost)
+    # a point violating the space constraint is infeasible, never best
+    bad = evaluator.space.point({"max_num_seqs": 8, "max_num_batched_tokens": 256,
+                                 "workload.rate": 10.0})
+    c, _, s = evaluator(bad[None])
+    assert np.isinf(c[0]) and s[0] & st_bits.INF_CONSTRAINT
+
+
+def test_cli_sweep_best_pareto(tmp_path, capsys):
+    from jaxsim import cli
+
+    out = str(tmp_path / "sw")
+    assert cli.main(["sweep", TINY, "--out", out, "--chunk-size", "6", "--quiet"]) == 0
+    assert "3/3 finished" in capsys.readouterr().out
+    assert cli.main(["best", out, "--json"]) == 0
+    best = json.loads(capsys.readouterr().out)
+    assert best["status"] == 0 and best["vllm_serve"].startswith("vllm serve ")
+    assert f"--max-num-seqs {best['max_num_seqs']}" in best["vllm_serve"]
+    plot = str(tmp_path / "front.png")
+    assert cli.main(["pareto", out, "--objectives", "ttft_p99_s,cost_per_mtok",
+                     "--plot", plot]) == 0
+    assert "non-dominated" in capsys.readouterr().out and os.path.getsize(plot) > 0
+    assert cli.main(["best", out, "--objective", "nope"]) == 2
+    assert "nope: not a column" in capsys.readouterr().err
+
+
+def test_cli_bad_space_file_is_one_line_before_running(tmp_path, capsys):
+    from jaxsim import cli
+
+    p = tmp_path / "bad.yaml"
+    p.write_text("base: {model: Llama-3.1-8B}\naxes:\n  max_num_seqs: []\n")
+    assert cli.main(["sweep", str(p), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "axes.max_num_seqs.values" in err
+    assert not os.path.exists(tmp_path / "o")
