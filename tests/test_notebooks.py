@@ -9,7 +9,8 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-NOTEBOOKS = ["notebooks/00_quickstart.ipynb", "notebooks/02_calibration.ipynb"]
+NOTEBOOKS = ["notebooks/00_quickstart.ipynb", "notebooks/01_design_sweep.ipynb",
+             "notebooks/02_calibration.ipynb"]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS)
