@@ -34,7 +34,8 @@ def add_sweep_arguments(p) -> None:
     p.add_argument("--max-chunks", type=int, default=None,
                    help="stop after this many chunks (resume later with --resume)")
     p.add_argument("--ray", metavar="ADDRESS", default=None,
-                   help="reserved: run chunks as tasks on a Ray cluster (not built yet)")
+                   help="run chunks as Ray tasks: a cluster address, or 'local' to start "
+                        "Ray here (needs pip install 'jaxsim[ray]')")
     p.add_argument("--quiet", action="store_true", help="no progress line")
 
 
@@ -42,13 +43,17 @@ def cmd_sweep(args) -> int:
     from search import runner, space
 
     try:
-        if args.ray:
-            return _fail(f"--ray {args.ray}: running chunks on a Ray cluster is not built yet; "
-                         "run without --ray")
         sp = space.load(args.space)
-        res = runner.run_sweep(sp, args.out, resume=args.resume, chunk_size=args.chunk_size,
-                               slots=args.slots, progress=not args.quiet,
-                               max_chunks=args.max_chunks)
+        if args.ray:
+            from search import ray_runner
+
+            res = ray_runner.run_sweep(sp, args.out, address=args.ray, resume=args.resume,
+                                       chunk_size=args.chunk_size, slots=args.slots,
+                                       progress=not args.quiet, max_chunks=args.max_chunks)
+        else:
+            res = runner.run_sweep(sp, args.out, resume=args.resume,
+                                   chunk_size=args.chunk_size, slots=args.slots,
+                                   progress=not args.quiet, max_chunks=args.max_chunks)
     except (space.SpaceError, runner.SweepError) as e:
         return _fail(str(e))
     done = len(runner.finished_chunks(args.out))

@@ -1,0 +1,110 @@
+"""The sweep runner on a Ray cluster: one task per chunk, retried on failure.
+
+The driver plans the sweep exactly as :func:`search.runner.run_sweep` does (same chunk
+ids, same manifest), then submits one Ray task per unfinished chunk. Each task rebuilds
+the chunk on its node, simulates it on that node's local devices (sharded over them
+when B divides evenly) and writes ``chunk-NNNNNN.parquet`` atomically into the same
+results folder, so a Ray sweep and a local sweep of the same space produce the same
+dataset and either can resume the other. Tasks that fail (an exception, or a worker or
+node that dies) are retried by Ray up to ``max_retries`` times.
+
+The results folder must be visible to every node under the same path (a shared
+filesystem) when the cluster has more than one machine.
+
+Ray is optional: ``pip install 'jaxsim[ray]'``. ``address="local"`` starts a Ray instance
+on this machine (what the tests do).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+
+from search import runner
+from search.space import DesignSpace
+
+
+def _chunk_task(space: DesignSpace, plan: runner.Plan, c: int, out_dir: str,
+                max_iterations: int | None, fail_once: str | None) -> tuple[int, int, float]:
+    """Body of one Ray task (importable, so tests can call it directly)."""
+    import jax
+
+    if fail_once is not None and not os.path.exists(fail_once):
+        with open(fail_once, "w") as f:
+            f.write(str(c))
+        raise RuntimeError(f"injected failure of chunk {c} (first attempt)")
+    n_dev = len(jax.local_devices())
+    local = dataclasses.replace(plan, num_devices=n_dev if plan.chunk_size % n_dev == 0
+                                else 1)
+    n, sim_s = runner.run_chunk(space, local, c, out_dir, max_iterations=max_iterations)
+    return c, n, sim_s
+
+
+def run_sweep(space: DesignSpace, out_dir: str, address: str = "local", resume: bool = False,
+              chunk_size: int | None = None, slots: int | None = None,
+              chunk_iterations: int = 1024, progress: bool = True,
+              max_chunks: int | None = None, max_iterations: int | None = None,
+              max_retries: int = 3, cpus_per_task: float | None = None,
+              gpus_per_task: float = 0.0, _fail_once: str | None = None
+              ) -> runner.SweepResult:
+    """:func:`search.runner.run_sweep` with chunks as Ray tasks.
+
+    Args:
+        address: a Ray cluster address (``auto``, ``ray://host:port``), or ``local`` to
+            start a Ray instance on this machine.
+        max_retries: retries per task (exceptions and lost workers).
+        cpus_per_task, gpus_per_task: Ray resources per task (default: a whole local
+            machine's CPUs per task without GPUs, so a node runs one chunk at a time
+            with all its cores; set ``gpus_per_task=1`` on GPU nodes).
+        Other arguments: as :func:`search.runner.run_sweep`.
+    """
+    try:
+        import ray
+    except ImportError:
+        raise runner.SweepError("--ray: Ray is not installed; pip install 'jaxsim[ray]'") \
+            from None
+    t0 = time.perf_counter()
+    plan = runner.make_plan(space, chunk_size=chunk_size, slots=slots,
+                            chunk_iterations=chunk_iterations)
+    os.makedirs(out_dir, exist_ok=True)
+    runner._check_manifest(out_dir, runner._manifest(space, plan), resume)
+    done = runner.finished_chunks(out_dir)
+    todo = [c for c in range(plan.num_chunks) if c not in done]
+    if max_chunks is not None:
+        todo = todo[:max_chunks]
+    started_here = False
+    if not ray.is_initialized():
+        if address == "local":
+            ray.init(num_cpus=os.cpu_count(), include_dashboard=False,
+                     log_to_driver=False, configure_logging=False)
+        else:
+            ray.init(address=address, log_to_driver=False, configure_logging=False)
+        started_here = True
+    try:
+        cpus = cpus_per_task if cpus_per_task is not None else (
+            1 if gpus_per_task else max(1, int(ray.cluster_resources().get("CPU", 1))
+                                        // max(1, len(ray.nodes()))))
+        task = ray.remote(num_cpus=cpus, num_gpus=gpus_per_task, max_retries=max_retries,
+                          retry_exceptions=True)(_chunk_task)
+        already = sum(len(runner.chunk_ids(plan, c)) for c in done if c < plan.num_chunks)
+        bar = runner.Progress(plan.size, already, enabled=progress)
+        space_ref = ray.put(space)
+        pending = [task.remote(space_ref, plan, c, out_dir, max_iterations, _fail_once)
+                   for c in todo]
+        sim_s = 0.0
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1)
+            try:
+                c, n, s = ray.get(ready[0])
+            except ray.exceptions.RayError as e:
+                raise runner.SweepError(f"a chunk failed after {max_retries} retries: "
+                                        f"{e}") from None
+            sim_s += s
+            bar.update(n, c, plan.num_chunks)
+    finally:
+        if started_here:
+            ray.shutdown()
+    return runner.SweepResult(out_dir=out_dir, plan=plan, chunks_run=todo,
+                              chunks_skipped=sorted(done), wall_s=time.perf_counter() - t0,
+                              sim_s=sim_s, compiles=0)
