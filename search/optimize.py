@@ -29,7 +29,7 @@ import optax
 
 from jaxsim import status as st_bits
 from search import objectives as ob
-from search import runner
+from search import runner, samplers
 from search.cmaes import CMAES, minimize
 from search.space import DesignSpace
 
@@ -121,6 +121,51 @@ class Evaluator:
                             evaluations=self.evaluations, history=history)
 
 
+class TableEvaluator(Evaluator):
+    """An :class:`Evaluator` over a grid space whose every point was already simulated
+    (by :func:`exhaustive`): a point's cost is read from that table. Simulation is
+    deterministic, so this equals simulating it again; ``evaluations`` counts the
+    distinct points read. Used to benchmark optimisers over many seeds cheaply."""
+
+    def __init__(self, space: DesignSpace, costs: np.ndarray, values: np.ndarray,
+                 status: np.ndarray):
+        if space.sampler != "grid" or any(a.kind == "float" for a in space.axes):
+            raise ValueError("TableEvaluator needs a grid space of discrete axes")
+        self.space, self.batch_size = space, len(costs)
+        self.costs, self.values, self.status = costs, values, status
+        self.evaluations = 0
+        self._seen: set[int] = set()
+
+    def __call__(self, u):
+        u = np.clip(np.atleast_2d(np.asarray(u, np.float64)), 0.0, 1.0)
+        shape = self.space.grid_shape()
+        lv = np.stack([np.minimum((u[:, j] * n).astype(np.int64), n - 1)
+                       for j, n in enumerate(shape)], axis=1)
+        ids = np.ravel_multi_index(tuple(lv.T), shape)
+        new = set(ids.tolist()) - self._seen
+        self._seen |= new
+        self.evaluations += len(new)
+        return self.costs[ids], self.values[ids], self.status[ids]
+
+    def result(self, u, history):
+        c, v, s = self(u[None])
+        return SearchResult(u=np.asarray(u), config=self.space.configs(u[None])[0],
+                            cost=float(c[0]), value=float(v[0]), status=int(s[0]),
+                            evaluations=self.evaluations, history=history)
+
+
+def grid_table(ev: Evaluator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(costs, values, status) of every grid point, in id order (exact simulations)."""
+    sp = ev.space
+    cs, vs, ss = [], [], []
+    for s in range(0, sp.size, ev.batch_size):
+        c, v, st = ev(sp.sample(np.arange(s, min(s + ev.batch_size, sp.size))))
+        cs.append(c)
+        vs.append(v)
+        ss.append(st)
+    return np.concatenate(cs), np.concatenate(vs), np.concatenate(ss)
+
+
 def exhaustive(ev: Evaluator) -> SearchResult:
     """Every point of the space's grid (the reference optimum)."""
     sp = ev.space
@@ -137,53 +182,145 @@ def exhaustive(ev: Evaluator) -> SearchResult:
     return ev.result(best_u, hist)
 
 
+def _warm_start(ev: Evaluator, n: int, seed: int) -> tuple[np.ndarray, float]:
+    """Best of ``n`` scrambled-Halton points (exact simulations)."""
+    u = samplers.halton(np.arange(n), ev.space.num_dims, seed)
+    c, _, _ = ev(u)
+    i = int(np.argmin(c))
+    return u[i], float(c[i])
+
+
 def cmaes_search(ev: Evaluator, max_evals: int, seed: int = 0,
-                 population_size: int | None = None, sigma_init: float = 0.3) -> SearchResult:
-    """CMA-ES with margin for discrete axes; at most ``max_evals`` new simulations."""
+                 population_size: int | None = None, sigma_init: float = 0.2,
+                 warm_start: int = 32, patience: int = 6) -> SearchResult:
+    """CMA-ES with margin for discrete axes and restarts; at most ``max_evals`` new
+    simulations.
+
+    ``warm_start`` quasi-random points are simulated first. Each CMA-ES run starts at the
+    best of them whose discrete levels differ from every earlier run's start, and stops
+    when its best has not improved for ``patience`` generations; the next run then
+    restarts elsewhere, until the budget is spent. (0 warm-start points: one run from the
+    centre.)
+    """
     strat = CMAES.from_space(ev.space, population_size=population_size)
-    params = strat.default_params()
-    params = eqx.tree_at(lambda p: p.sigma_init, params, jnp.float32(sigma_init))
+    base = strat.default_params()
+    base = eqx.tree_at(lambda p: p.sigma_init, base, jnp.float32(sigma_init))
     hist: list[float] = []
     best = {"c": np.inf, "u": None}
     start = ev.evaluations
-
-    def f(u_pop):
-        c, _, _ = ev(np.asarray(u_pop, np.float64))
-        i = int(np.argmin(c))
-        if best["u"] is None or c[i] < best["c"]:
-            best["c"], best["u"] = float(c[i]), np.asarray(u_pop[i], np.float64)
+    starts: list[np.ndarray] = [np.full(ev.space.num_dims, 0.5)]
+    if warm_start:
+        pool = samplers.halton(np.arange(warm_start), ev.space.num_dims, seed)
+        c0, _, _ = ev(pool)
+        order = np.argsort(c0, kind="stable")
+        best["c"], best["u"] = float(c0[order[0]]), pool[order[0]]
         hist.append(best["c"])
-        return c
+        disc = [j for j, n in enumerate(ev.space.levels) if n]
 
-    def stop(*_a, **_k):
-        return ev.evaluations - start + strat.population_size > max_evals
+        def levels(u):
+            return tuple(min(int(u[j] * ev.space.levels[j]), ev.space.levels[j] - 1)
+                         for j in disc)
 
-    minimize(f, strat, jax.random.key(seed), num_generations=10**6, params=params,
-             callback=stop)
+        seen, starts = set(), []
+        for i in order:
+            if np.isfinite(c0[i]) and levels(pool[i]) not in seen:
+                seen.add(levels(pool[i]))
+                starts.append(pool[i])
+        starts = starts or [pool[order[0]]]
+    key = jax.random.key(seed)
+    run = 0
+    while ev.evaluations - start + strat.population_size <= max_evals:
+        params = eqx.tree_at(lambda p: p.mean_init, base,
+                             jnp.asarray(starts[run % len(starts)], jnp.float32))
+        run_best = {"c": np.inf, "stale": 0}
+
+        def f(u_pop, run_best=run_best):
+            c, _, _ = ev(np.asarray(u_pop, np.float64))
+            i = int(np.argmin(c))
+            if best["u"] is None or c[i] < best["c"]:
+                best["c"], best["u"] = float(c[i]), np.asarray(u_pop[i], np.float64)
+            if c[i] < run_best["c"]:
+                run_best["c"], run_best["stale"] = float(c[i]), 0
+            else:
+                run_best["stale"] += 1
+            hist.append(best["c"])
+            return c
+
+        def stop(*_a, run_best=run_best, **_k):
+            return (ev.evaluations - start + strat.population_size > max_evals
+                    or run_best["stale"] >= patience)
+
+        key, sub = jax.random.split(key)
+        minimize(f, strat, sub, num_generations=10**6, params=params, callback=stop)
+        run += 1
+        if not warm_start:
+            break
     return ev.result(best["u"], hist)
 
 
-def gradient_search(ev: Evaluator, max_evals: int, seed: int = 0, pairs: int = 8,
-                    sigma: float = 0.08, learning_rate: float = 0.3,
-                    u0: np.ndarray | None = None) -> SearchResult:
-    """Adam on a Gaussian-smoothed relaxation of the objective (see module docstring)."""
+def _diverse_starts(ev: Evaluator, n: int, seed: int) -> tuple[list[np.ndarray], float,
+                                                                 np.ndarray]:
+    """Best of ``n`` quasi-random points, one per combination of discrete levels, best
+    first; returns (starts, best cost, best point)."""
+    pool = samplers.halton(np.arange(n), ev.space.num_dims, seed)
+    c0, _, _ = ev(pool)
+    order = np.argsort(c0, kind="stable")
+    disc = [j for j, k in enumerate(ev.space.levels) if k]
+    seen, starts = set(), []
+    for i in order:
+        lv = tuple(min(int(pool[i][j] * ev.space.levels[j]), ev.space.levels[j] - 1)
+                   for j in disc)
+        if np.isfinite(c0[i]) and lv not in seen:
+            seen.add(lv)
+            starts.append(pool[i])
+    return starts or [pool[order[0]]], float(c0[order[0]]), pool[order[0]]
+
+
+def gradient_search(ev: Evaluator, max_evals: int, seed: int = 0, pairs: int = 4,
+                    starts: int = 4, sigma: float = 0.1, sigma_final: float = 0.02,
+                    learning_rate: float = 0.3, u0: np.ndarray | None = None,
+                    warm_start: int = 32) -> SearchResult:
+    """Adam on a Gaussian-smoothed relaxation of the objective (see module docstring),
+    then rounding: a neighbourhood search from the relaxed optimum (one discrete level or
+    ``sigma_final`` at a time) while a neighbour is better and the budget allows.
+
+    ``starts`` descents run side by side (their samples share one simulated batch per
+    step), from the best ``warm_start`` quasi-random points with distinct discrete levels
+    (or from ``u0``). The smoothing width decays geometrically from ``sigma`` to
+    ``sigma_final`` over the budget (wide early to see past plateaus, narrow late).
+    """
     d = ev.space.num_dims
     rng = np.random.default_rng(seed)
-    u_init = np.full(d, 0.5) if u0 is None else np.clip(np.asarray(u0, np.float64), 0.02, 0.98)
-    z = jnp.asarray(np.log(u_init / (1.0 - u_init)), jnp.float32)
+    hist: list[float] = []
+    best = {"c": np.inf, "u": np.full(d, 0.5)}
+    start = ev.evaluations
+    if u0 is not None:
+        init = [np.asarray(u0, np.float64)]
+    elif warm_start:
+        init, c0, b0 = _diverse_starts(ev, warm_start, seed)
+        best["c"], best["u"] = c0, b0
+        hist.append(c0)
+    else:
+        init = [np.full(d, 0.5)]
+    init = init[:starts]
+    K = len(init)
+    u_init = np.clip(np.stack(init), 0.02, 0.98)
+    z = jnp.asarray(np.log(u_init / (1.0 - u_init)), jnp.float32)  # [K, d]
     opt = optax.adam(learning_rate)
     state = opt.init(z)
-    hist: list[float] = []
-    best = {"c": np.inf, "u": u_init}
     worst = {"c": 1.0}
-    start = ev.evaluations
-
-    while ev.evaluations - start + 2 * pairs <= max_evals:
+    per_step = 2 * pairs * K
+    steps = max(1, (max_evals - (ev.evaluations - start)) // per_step)
+    step = 0
+    # repeated points cost nothing, so cap the steps too (converged runs repeat points)
+    while ev.evaluations - start + per_step <= max_evals and step < 4 * steps:
         u = np.asarray(jax.nn.sigmoid(z), np.float64)
-        eps = rng.standard_normal((pairs, d))
-        pts = np.concatenate([u + sigma * eps, u - sigma * eps])
+        sig = sigma * (sigma_final / sigma) ** min(step / max(steps - 1, 1), 1.0)
+        step += 1
+        eps = rng.standard_normal((K, pairs, d))
+        pts = np.concatenate([u[:, None] + sig * eps, u[:, None] - sig * eps], axis=1)
         pts = np.abs(pts)
-        pts = np.where(pts > 1.0, 2.0 - pts, pts)  # reflect into the box
+        pts = np.where(pts > 1.0, 2.0 - pts, pts).reshape(K * 2 * pairs, d)  # reflect
         c, _, _ = ev(pts)
         fin = np.isfinite(c)
         if fin.any():
@@ -191,18 +328,47 @@ def gradient_search(ev: Evaluator, max_evals: int, seed: int = 0, pairs: int = 8
             i = int(np.argmin(np.where(fin, c, np.inf)))
             if c[i] < best["c"]:
                 best["c"], best["u"] = float(c[i]), pts[i]
-        pen = np.where(fin, c, 2.0 * worst["c"])
-        g_u = ((pen[:pairs] - pen[pairs:])[:, None] * eps).mean(axis=0) / (2.0 * sigma)
-        scale = np.std(pen) + 1e-12
-        g_u = g_u / scale
+        pen = np.where(fin, c, 2.0 * worst["c"]).reshape(K, 2 * pairs)
+        g_u = ((pen[:, :pairs] - pen[:, pairs:])[..., None] * eps).mean(axis=1) / (2.0 * sig)
+        g_u = g_u / (np.std(pen, axis=1, keepdims=True) + 1e-12)
         _, vjp = jax.vjp(jax.nn.sigmoid, z)
         (g_z,) = vjp(jnp.asarray(g_u, jnp.float32))
         upd, state = opt.update(g_z, state, z)
         z = optax.apply_updates(z, upd)
         hist.append(best["c"])
-    # re-check: the final mean as well as the best sample, in the exact simulator
+    # re-check: the final means as well as the best sample, in the exact simulator
     u_fin = np.asarray(jax.nn.sigmoid(z), np.float64)
-    c_fin, _, _ = ev(u_fin[None])
-    if c_fin[0] < best["c"]:
-        best["c"], best["u"] = float(c_fin[0]), u_fin
+    c_fin, _, _ = ev(u_fin)
+    i = int(np.argmin(c_fin))
+    if c_fin[i] < best["c"]:
+        best["c"], best["u"] = float(c_fin[i]), u_fin[i]
+    # round the relaxed optimum: move to a better neighbour (one discrete level, or
+    # sigma_final on a continuous axis) while one exists and the budget allows
+    while True:
+        nb = _neighbours(ev.space, best["u"], sigma_final)
+        if ev.evaluations - start + len(nb) > max_evals:
+            break
+        c, _, _ = ev(nb)
+        i = int(np.argmin(c))
+        if not c[i] < best["c"]:
+            break
+        best["c"], best["u"] = float(c[i]), nb[i]
+        hist.append(best["c"])
     return ev.result(best["u"], hist)
+
+
+def _neighbours(space: DesignSpace, u: np.ndarray, step: float) -> np.ndarray:
+    """Points one level (discrete axes) or ``step`` (continuous axes) away from ``u``."""
+    out = []
+    for j, n in enumerate(space.levels):
+        for sgn in (-1.0, 1.0):
+            v = u.copy()
+            if n:
+                lv = min(int(u[j] * n), n - 1) + int(sgn)
+                if not 0 <= lv < n:
+                    continue
+                v[j] = (lv + 0.5) / n
+            else:
+                v[j] = float(np.clip(u[j] + sgn * step, 0.0, 1.0))
+            out.append(v)
+    return np.array(out)

@@ -482,7 +482,7 @@ def _py(v):
 
 _SPACE_KEYS = ("name", "base", "axes", "constraints", "sampler", "num_samples", "seed",
                "objectives")
-_AXIS_KEYS = ("kind", "low", "high", "log", "step", "num", "values", "unit")
+_AXIS_KEYS = ("kind", "low", "high", "log", "step", "num", "values", "unit", "discrete")
 
 
 def _num(field, v, integer=False):
@@ -562,6 +562,15 @@ def axis_from_spec(key: str, spec: Any) -> Axis:
             raise SpaceError(f"{field}.step: only for int axes (use num for a float grid)")
         lo_u = _apply_unit(key, f"{field}.low", lo, unit)
         hi_u = _apply_unit(key, f"{field}.high", hi, unit)
+        discrete = spec.get("discrete", False)
+        if not isinstance(discrete, bool):
+            raise SpaceError(f"{field}.discrete: {discrete!r} must be true or false")
+        if discrete:
+            # only the num grid values: a discrete axis for every sampler and optimiser
+            if num is None:
+                raise SpaceError(f"{field}.num: required with discrete: true")
+            ax = Axis(key, "float", low=lo_u, high=hi_u, log=log, num=num)
+            return Axis(key, "choice", values=tuple(float(v) for v in ax.decode(ax.grid_u())))
         return Axis(key, "float", low=lo_u, high=hi_u, log=log, num=num)
     if unit is not None:
         raise SpaceError(f"{field}.unit: int axes take plain numbers (got unit {unit!r})")

@@ -89,6 +89,21 @@ def test_optimisers_return_exactly_simulated_feasible_points(evaluator):
         assert c[0] == r.cost and s[0] == r.status  # the reported point is what was run
         assert r.config["max_num_batched_tokens"] >= 64 * r.config["max_num_seqs"] or \
             not np.isfinite(r.cost)
+    # the table evaluator reads the same exact results and counts distinct points
+    sp = evaluator.space
+    d = {**sp.spec(), "axes": {**sp.spec()["axes"]}}
+    table = optimize.grid_table(evaluator)
+    assert np.min(table[0]) == ex.cost
+    disc = space.from_dict({**{k: v for k, v in d.items() if k != "axes"},
+                            "axes": {"max_num_seqs": [2, 4, 8],
+                                     "max_num_batched_tokens": [256, 512, 1024],
+                                     "workload.rate": {"kind": "float", "low": 10,
+                                                       "high": 40, "log": True, "num": 2,
+                                                       "discrete": True}}})
+    tab = optimize.TableEvaluator(disc, *table)
+    r = optimize.cmaes_search(tab, max_evals=10, seed=1, warm_start=4)
+    assert r.evaluations <= 10 and r.cost >= ex.cost
+    assert tab(disc.sample(np.arange(18)))[0].tolist() == table[0].tolist()
     # a point violating the space constraint is infeasible, never best
     bad = evaluator.space.point({"max_num_seqs": 8, "max_num_batched_tokens": 256,
                                  "workload.rate": 10.0})

@@ -62,6 +62,9 @@ def test_int_axis_levels_and_units():
     assert (ax.low, ax.high) == pytest.approx((0.2, 0.8))
     ax = space.axis_from_spec("workload.rate", {"values": [60, 120], "unit": "req/min"})
     assert ax.values == pytest.approx((1.0, 2.0))
+    ax = space.axis_from_spec("workload.rate", {"kind": "float", "low": 1, "high": 16,
+                                                "log": True, "num": 5, "discrete": True})
+    assert ax.kind == "choice" and ax.values == pytest.approx((1.0, 2.0, 4.0, 8.0, 16.0))
 
 
 @pytest.mark.parametrize("mutate, needle", [
