@@ -70,16 +70,20 @@ def test_resume_skips_finished_chunks_and_gives_same_table(full_run, tmp_path):
         runner.run_sweep(other, out, chunk_size=4, progress=False, resume=True)
 
 
-def test_one_compile_per_bucket(tmp_path):
+def test_one_compile_per_bucket(full_run, tmp_path):
+    """Chunks of one shape share one compiled function: a new sweep of the same shapes
+    (B, R, S) compiles nothing, whatever its values."""
     d = space.load(TINY).spec()
     d.pop("axes")
     d["constraints"] = []
+    d["base"] = {**d["base"], "max_num_seqs": 8}
     sp = space.from_dict({**d, "axes": {"max_num_batched_tokens": [256, 384, 512, 640, 768,
-                                                                    896, 1024, 1152]}})
+                                                                    896, 1024, 1152],
+                                        "workload.rate": [10.0, 40.0]}})
     before = runner.compile_count()
-    res = runner.run_sweep(sp, str(tmp_path / "a"), chunk_size=2, progress=False)
-    assert res.plan.num_chunks == 4 and res.compiles <= 1
-    assert runner.compile_count() - before == res.compiles
+    res = runner.run_sweep(sp, str(tmp_path / "a"), chunk_size=4, progress=False)
+    assert res.plan.num_chunks == 4 and res.plan.slots == full_run[2].plan.slots
+    assert res.compiles == 0 and runner.compile_count() == before
 
 
 def test_overflow_rerun_is_exact(tmp_path):
