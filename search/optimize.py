@@ -279,10 +279,11 @@ def _diverse_starts(ev: Evaluator, n: int, seed: int) -> tuple[list[np.ndarray],
 def gradient_search(ev: Evaluator, max_evals: int, seed: int = 0, pairs: int = 4,
                     starts: int = 4, sigma: float = 0.1, sigma_final: float = 0.02,
                     learning_rate: float = 0.3, u0: np.ndarray | None = None,
-                    warm_start: int = 32) -> SearchResult:
+                    warm_start: int = 32, round_budget: float = 0.3) -> SearchResult:
     """Adam on a Gaussian-smoothed relaxation of the objective (see module docstring),
     then rounding: a neighbourhood search from the relaxed optimum (one discrete level or
-    ``sigma_final`` at a time) while a neighbour is better and the budget allows.
+    ``sigma_final``, along one axis, then along two at once) while a neighbour is better
+    and the budget allows (``round_budget`` evaluations are kept for it).
 
     ``starts`` descents run side by side (their samples share one simulated batch per
     step), from the best ``warm_start`` quasi-random points with distinct discrete levels
@@ -310,10 +311,11 @@ def gradient_search(ev: Evaluator, max_evals: int, seed: int = 0, pairs: int = 4
     state = opt.init(z)
     worst = {"c": 1.0}
     per_step = 2 * pairs * K
-    steps = max(1, (max_evals - (ev.evaluations - start)) // per_step)
+    descent_evals = int(max_evals * (1.0 - round_budget))
+    steps = max(1, (descent_evals - (ev.evaluations - start)) // per_step)
     step = 0
     # repeated points cost nothing, so cap the steps too (converged runs repeat points)
-    while ev.evaluations - start + per_step <= max_evals and step < 4 * steps:
+    while ev.evaluations - start + per_step <= descent_evals and step < 4 * steps:
         u = np.asarray(jax.nn.sigmoid(z), np.float64)
         sig = sigma * (sigma_final / sigma) ** min(step / max(steps - 1, 1), 1.0)
         step += 1
@@ -342,33 +344,47 @@ def gradient_search(ev: Evaluator, max_evals: int, seed: int = 0, pairs: int = 4
     i = int(np.argmin(c_fin))
     if c_fin[i] < best["c"]:
         best["c"], best["u"] = float(c_fin[i]), u_fin[i]
-    # round the relaxed optimum: move to a better neighbour (one discrete level, or
-    # sigma_final on a continuous axis) while one exists and the budget allows
-    while True:
-        nb = _neighbours(ev.space, best["u"], sigma_final)
-        if ev.evaluations - start + len(nb) > max_evals:
-            break
-        c, _, _ = ev(nb)
-        i = int(np.argmin(c))
-        if not c[i] < best["c"]:
-            break
-        best["c"], best["u"] = float(c[i]), nb[i]
-        hist.append(best["c"])
+    # round the relaxed optimum: move to a better neighbour (one level, or sigma_final on
+    # a continuous axis, along one axis; then along two axes at once) while one exists
+    # and the budget allows
+    for pairs_too in (False, True):
+        while True:
+            nb = _neighbours(ev.space, best["u"], sigma_final, pairs_too)
+            if len(nb) == 0 or ev.evaluations - start + len(nb) > max_evals:
+                break
+            c, _, _ = ev(nb)
+            i = int(np.argmin(c))
+            if not c[i] < best["c"]:
+                break
+            best["c"], best["u"] = float(c[i]), nb[i]
+            hist.append(best["c"])
     return ev.result(best["u"], hist)
 
 
-def _neighbours(space: DesignSpace, u: np.ndarray, step: float) -> np.ndarray:
-    """Points one level (discrete axes) or ``step`` (continuous axes) away from ``u``."""
+def _moves(space: DesignSpace, u: np.ndarray, step: float, j: int) -> list[float]:
+    n = space.levels[j]
+    if not n:
+        return [float(np.clip(u[j] + sgn * step, 0.0, 1.0)) for sgn in (-1.0, 1.0)]
+    lv = min(int(u[j] * n), n - 1)
+    return [(k + 0.5) / n for k in (lv - 1, lv + 1) if 0 <= k < n]
+
+
+def _neighbours(space: DesignSpace, u: np.ndarray, step: float,
+                two_axes: bool = False) -> np.ndarray:
+    """Points one move away from ``u`` along one axis (or along two axes at once): a move
+    is one level on a discrete axis, ``step`` on a continuous one."""
+    d = space.num_dims
     out = []
-    for j, n in enumerate(space.levels):
-        for sgn in (-1.0, 1.0):
-            v = u.copy()
-            if n:
-                lv = min(int(u[j] * n), n - 1) + int(sgn)
-                if not 0 <= lv < n:
-                    continue
-                v[j] = (lv + 0.5) / n
-            else:
-                v[j] = float(np.clip(u[j] + sgn * step, 0.0, 1.0))
-            out.append(v)
-    return np.array(out)
+    for j in range(d):
+        for a in _moves(space, u, step, j):
+            if not two_axes:
+                v = u.copy()
+                v[j] = a
+                out.append(v)
+                continue
+            for k in range(j + 1, d):
+                for b in _moves(space, u, step, k):
+                    v = u.copy()
+                    v[j], v[k] = a, b
+                    out.append(v)
+    return np.array(out).reshape(-1, d)
