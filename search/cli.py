@@ -108,6 +108,9 @@ def add_best_arguments(p) -> None:
                    help="GPU-hour price, e.g. --price H100-SXM=3.0; mem=USD per GB-hour")
     p.add_argument("--top", type=int, default=10, help="rows to print")
     p.add_argument("--json", action="store_true", help="print the winner as JSON")
+    p.add_argument("--why", action="store_true",
+                   help="also print d objective / d knob at the winner for each continuous "
+                        "axis (a few more simulations), ranked")
 
 
 def cmd_best(args) -> int:
@@ -157,6 +160,20 @@ def cmd_best(args) -> int:
                 row["ttft_p99_s"], row["tpot_p99_s"]]
         print("  " + "  ".join(f"{_fmt(v):>14}" for v in vals))
     print(f"\nwinner as a vLLM launch command:\n  {cmd}")
+    if args.why:
+        from search import optimize, pareto, space
+
+        with open(os.path.join(args.dir, "sweep.json")) as f:
+            sp = space.from_dict(json.load(f)["space"])
+        ev = optimize.Evaluator(sp, objective, slo, prices, batch_size=8)
+        u = sp.point({a.key: _jsonable(best[a.key]) for a in sp.axes})
+        names, grads, vals = optimize.sensitivities(ev, u)
+        if names:
+            print("\nwhy this configuration (central differences of exact simulations, "
+                  "+-5% of each knob):")
+            print(pareto.sensitivity_table(names, grads, vals, objective=objective))
+        else:
+            print("\n(no continuous axes: nothing to differentiate)")
     return 0
 
 

@@ -258,6 +258,34 @@ def cmaes_search(ev: Evaluator, max_evals: int, seed: int = 0,
     return ev.result(best["u"], hist)
 
 
+def sensitivities(ev: Evaluator, u: np.ndarray, rel_step: float = 0.05
+                  ) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """"Why this configuration": d objective / d knob at ``u`` for each continuous axis.
+
+    Central differences of exact simulations, ``rel_step`` of the knob's value on each
+    side (the objective is piecewise constant at the scale of single scheduling
+    decisions, so an infinitesimal step would read 0). Returns (knob names, gradients
+    in objective units per knob unit, knob values); see
+    :func:`search.pareto.sensitivity_table` to print them ranked.
+    """
+    names, grads, vals = [], [], []
+    for j, a in enumerate(ev.space.axes):
+        if a.kind != "float":
+            continue
+        x = float(a.decode(np.array([u[j]]))[0])
+        h = max(abs(x) * rel_step, 1e-12)
+        lo, hi = max(x - h, a.low), min(x + h, a.high)
+        if hi <= lo:
+            continue
+        pts = np.stack([u, u])
+        pts[0, j], pts[1, j] = a.encode(lo), a.encode(hi)
+        _, v, _ = ev(pts)
+        names.append(a.key)
+        grads.append((v[1] - v[0]) / (hi - lo))
+        vals.append(x)
+    return names, np.array(grads, np.float64), np.array(vals, np.float64)
+
+
 def _diverse_starts(ev: Evaluator, n: int, seed: int) -> tuple[list[np.ndarray], float,
                                                                  np.ndarray]:
     """Best of ``n`` quasi-random points, one per combination of discrete levels, best

@@ -533,6 +533,12 @@ def axis_from_spec(key: str, spec: Any) -> Axis:
     log = spec.get("log", False)
     if not isinstance(log, bool):
         raise SpaceError(f"{field}.log: {log!r} must be true or false")
+    if kind == "int" and "values" in spec:  # explicit levels (as DesignSpace.spec() writes)
+        vals = spec["values"]
+        if not isinstance(vals, list) or not vals or any(
+                isinstance(v, bool) or not isinstance(v, int) for v in vals):
+            raise SpaceError(f"{field}.values: {vals!r} must be a non-empty list of integers")
+        return Axis(key, "int", values=tuple(vals))
     if kind == "choice":
         vals = spec.get("values")
         if not isinstance(vals, list) or len(vals) == 0:

@@ -104,6 +104,14 @@ def test_optimisers_return_exactly_simulated_feasible_points(evaluator):
     r = optimize.cmaes_search(tab, max_evals=10, seed=1, warm_start=4)
     assert r.evaluations <= 10 and r.cost >= ex.cost
     assert tab(disc.sample(np.arange(18)))[0].tolist() == table[0].tolist()
+    # "why this configuration": d cost / d rate at the winner, as a ranked table
+    from search.pareto import sensitivity_table
+
+    names, grads, vals = optimize.sensitivities(evaluator, ex.u)
+    assert names == ["workload.rate"] and np.isfinite(grads).all() and vals[0] > 0
+    assert "workload.rate" in sensitivity_table(names, grads, vals)
+    # a space rebuilt from its own spec is the same space
+    assert space.from_dict(evaluator.space.spec()).digest() == evaluator.space.digest()
     # a point violating the space constraint is infeasible, never best
     bad = evaluator.space.point({"max_num_seqs": 8, "max_num_batched_tokens": 256,
                                  "workload.rate": 10.0})
@@ -125,6 +133,9 @@ def test_cli_sweep_best_pareto(tmp_path, capsys):
     assert cli.main(["pareto", out, "--objectives", "ttft_p99_s,cost_per_mtok",
                      "--plot", plot]) == 0
     assert "non-dominated" in capsys.readouterr().out and os.path.getsize(plot) > 0
+    assert cli.main(["best", out, "--why"]) == 0
+    why = capsys.readouterr().out
+    assert "why this configuration" in why and "workload.rate" in why
     assert cli.main(["best", out, "--objective", "nope"]) == 2
     assert "nope: not a column" in capsys.readouterr().err
 
