@@ -137,7 +137,8 @@ def make_plan(space: DesignSpace, chunk_size: int | None = None, slots: int | No
     n_dev = len(jax.local_devices())
     per_lane = _workload_keys(space)
     probe = space.configs(space._probe_points())
-    R = max(_num_requests(c) for c in probe)
+    cache = _TraceCache()
+    R = max(_num_requests(c, cache) for c in probe)
     max_seqs = max(int(c["max_num_seqs"]) for c in probe)
     if slots is None:
         given = [c["max_slots"] for c in probe if c["max_slots"]]
@@ -164,11 +165,11 @@ def make_plan(space: DesignSpace, chunk_size: int | None = None, slots: int | No
                 num_devices=n_dev)
 
 
-def _num_requests(cfg: Mapping) -> int:
+def _num_requests(cfg: Mapping, cache: _TraceCache | None = None) -> int:
     w = cfg["workload"]
     if w["kind"] != "trace":
         return int(w["num_requests"])
-    return len(config_mod.build_trace(cfg))
+    return len((cache or _TraceCache()).get(cfg))
 
 
 # --------------------------------------------------------------------------------------
