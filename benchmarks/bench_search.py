@@ -120,13 +120,15 @@ def main() -> int:
         with open(path) as f:
             old = json.load(f)
         rec = {k: old[k] for k in ("runner", "optimisers") if k in old}
+    cmd = ("python benchmarks/bench_search.py " + " ".join(sys.argv[1:])).strip()
+    today = datetime.date.today().isoformat()
     if not a.skip_runner:
-        rec["runner"] = runner_overhead()
+        rec["runner"] = runner_overhead() | {"command": cmd, "date": today}
     if not a.skip_optimisers:
-        rec["optimisers"] = optimisers(a.seeds)
+        rec["optimisers"] = optimisers(a.seeds) | {"command": cmd, "date": today}
     rec["machine"] = machine()
-    rec["command"] = ("python benchmarks/bench_search.py " + " ".join(sys.argv[1:])).strip()
-    rec["date"] = datetime.date.today().isoformat()
+    rec["command"] = cmd
+    rec["date"] = today
     with open(path + ".tmp", "w") as f:
         json.dump(rec, f, indent=1)
     os.replace(path + ".tmp", path)
