@@ -297,19 +297,25 @@ def apply_sets(cfg: dict, assignments: Sequence[str]) -> dict:
     return cfg
 
 
+def read_yaml(path: str, error: type[Exception] = ConfigError) -> Any:
+    """Parse a YAML file; a missing file or bad YAML raises ``error`` naming the path
+    (and the line)."""
+    try:
+        with open(path) as f:
+            return yaml.safe_load(f)
+    except FileNotFoundError:
+        raise error(f"{path}: no such file") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise error(f"{path}: not valid YAML{where}") from None
+
+
 def load(path: str | None = None, sets: Sequence[str] = ()) -> dict:
     """Read a YAML file (optional), apply ``--set``s, validate."""
     raw: dict = {}
     if path is not None:
-        try:
-            with open(path) as f:
-                raw = yaml.safe_load(f)
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: no such file") from None
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            where = f" (line {mark.line + 1})" if mark is not None else ""
-            raise ConfigError(f"{path}: not valid YAML{where}") from None
+        raw = read_yaml(path)
         if raw is None:
             raw = {}
         if not isinstance(raw, dict):

@@ -36,7 +36,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-import yaml
 
 from jaxsim import config as config_mod
 
@@ -631,15 +630,7 @@ def from_dict(d: Mapping, source: str = "space") -> DesignSpace:
 
 def load(path: str) -> DesignSpace:
     """Read a space file (YAML)."""
-    try:
-        with open(path) as f:
-            raw = yaml.safe_load(f)
-    except FileNotFoundError:
-        raise SpaceError(f"{path}: no such file") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" (line {mark.line + 1})" if mark is not None else ""
-        raise SpaceError(f"{path}: not valid YAML{where}") from None
+    raw = config_mod.read_yaml(path, SpaceError)
     try:
         return from_dict(raw, source=path)
     except SpaceError as e:
