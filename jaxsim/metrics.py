@@ -109,6 +109,23 @@ def compute_metrics(params: SimParams, workload: Workload, state: SimState) -> d
     m["tokens_scheduled"] = st.tokens_total
     m["num_gpu_blocks"] = params.scheduler.num_gpu_blocks
 
+    # prefix cache and tiers (docs/semantics.md §5.7); T = 1 and zeros without them
+    adm = st.adm_tok_hi + st.adm_tok_lo
+    hits = st.hit_tok_hi + st.hit_tok_lo
+    safe_adm = jnp.where(adm > 0, adm, 1.0)
+    if st.e_id.shape[-1] == 0:  # prefix caching not compiled in: nothing is ever hit
+        m["prefix_hit_rate"] = jnp.where(st.ptr > 0, 0.0, jnp.nan)
+    else:
+        m["prefix_hit_rate"] = jnp.where(adm > 0, jnp.sum(hits) / safe_adm, jnp.nan)
+    for t in range(st.hit_tok_hi.shape[-1]):
+        m[f"hit_rate_tier{t}"] = m["prefix_hit_rate"] * 0.0 + hits[t] / safe_adm
+        if t > 0:
+            m[f"bytes_read_tier{t}"] = st.read_hi[t] + st.read_lo[t]
+            m[f"bytes_written_tier{t}"] = st.write_hi[t] + st.write_lo[t]
+        m[f"peak_blocks_tier{t}"] = st.peak_entries[t]
+    m["xfer_exposed_s"] = st.xfer_exposed_hi + st.xfer_exposed_lo
+    m["xfer_hidden_s"] = st.xfer_hidden_hi + st.xfer_hidden_lo
+
     halted = (st.status & st_bits.HALTED_MASK) != 0
     unfinished = (st.ptr < workload.num_requests) | (st.n_act > 0)
     m["status"] = st.status | jnp.where(unfinished & ~halted, st_bits.TRUNCATED, 0)

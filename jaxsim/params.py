@@ -247,6 +247,49 @@ class SchedulerParams(eqx.Module):
     tp: Int[Array, ""] = eqx.field(converter=as_i32)
 
 
+class CacheParams(eqx.Module):
+    """Prefix caching and KV memory tiers (docs/semantics.md §5). Arrays of length T
+    (``SimShape.num_tiers``); index 0 is HBM and its entries are not used.
+
+    Attributes:
+        enable: 1 = prefix caching on (int32).
+        capacity_blocks: ``i32[T]`` capacity of each lower tier in cache blocks of
+            ``Workload.hash_block_tokens`` tokens (0 disables the tier).
+        read_bps, write_bps: ``f32[T]`` device read / write bandwidth, bytes/s.
+        latency_s: ``f32[T]`` access latency, seconds.
+        link_id: ``i32[T]`` the link each tier sits behind (tiers sharing an id share it).
+        link_bps: ``f32[T]`` bandwidth of link id ``l`` (indexed by link id), bytes/s.
+        w_recency, w_frequency, w_depth: eviction score weights
+            (``score = w_recency*last_use + w_frequency*hits - w_depth*depth``; the lowest
+            score is evicted first).
+        load_overlap: fraction of the iteration's compute time that transfers can hide
+            behind, in [0, 1].
+    """
+
+    enable: Int[Array, ""] = eqx.field(converter=as_i32)
+    capacity_blocks: Int[Array, " T"] = eqx.field(converter=as_i32)
+    read_bps: Float[Array, " T"] = eqx.field(converter=as_f32)
+    write_bps: Float[Array, " T"] = eqx.field(converter=as_f32)
+    latency_s: Float[Array, " T"] = eqx.field(converter=as_f32)
+    link_id: Int[Array, " T"] = eqx.field(converter=as_i32)
+    link_bps: Float[Array, " T"] = eqx.field(converter=as_f32)
+    w_recency: Float[Array, ""] = eqx.field(converter=as_f32)
+    w_frequency: Float[Array, ""] = eqx.field(converter=as_f32)
+    w_depth: Float[Array, ""] = eqx.field(converter=as_f32)
+    load_overlap: Float[Array, ""] = eqx.field(converter=as_f32)
+
+    @classmethod
+    def hbm_only(cls, enable: bool = True, num_tiers: int = 1) -> CacheParams:
+        """Prefix caching in HBM with LRU eviction; ``num_tiers - 1`` disabled tiers."""
+        T = int(num_tiers)
+        return cls(
+            enable=int(enable), capacity_blocks=[0] * T, read_bps=[1e9] * T,
+            write_bps=[1e9] * T, latency_s=[0.0] * T, link_id=[0] * T,
+            link_bps=[1e9] * T, w_recency=1.0, w_frequency=0.0, w_depth=0.0,
+            load_overlap=0.0,
+        )
+
+
 class SimParams(eqx.Module):
     """Everything traced about one configuration (or a batch: leading axis B).
 
@@ -255,6 +298,8 @@ class SimParams(eqx.Module):
         ttft_slo_s, tpot_slo_s: SLOs for goodput, seconds.
         status0: int32 status bits found on the host before simulating (e.g.
             ``INFEASIBLE`` with its reason); a lane with ``INFEASIBLE`` does nothing.
+        cache: prefix caching and memory tiers (``None``: no prefix caching; required
+            when ``SimShape.cache_entries > 0``).
     """
 
     model: ModelParams
@@ -264,6 +309,7 @@ class SimParams(eqx.Module):
     ttft_slo_s: Float[Array, ""] = eqx.field(converter=as_f32)
     tpot_slo_s: Float[Array, ""] = eqx.field(converter=as_f32)
     status0: Int[Array, ""] = eqx.field(converter=as_i32)
+    cache: CacheParams | None = None
 
 
 # --------------------------------------------------------------------------------------

@@ -17,7 +17,12 @@ class SimShape:
             with a larger S; ``simulate_batch(..., auto_slots=True)`` does that).
         chunk_iterations: iterations per compiled scan; the host checks completion once
             per chunk.
-        num_tiers: T, KV memory tiers (1 = HBM only; lower tiers are not modelled yet).
+        num_tiers: T, KV memory tiers (1 = HBM only, at most 6: HBM plus five below it).
+        cache_entries: K, rows of the prefix-cache table (0 = prefix caching is not
+            compiled in). Must hold every cached block of every tier; a lane that runs
+            out of rows gets ``OVERFLOW_CACHE`` (``jaxsim.prefix.table_size`` sizes it).
+        hash_space: U, number of distinct block ids the workloads use (the id -> row map
+            has U entries; ``Workload.hash_ids`` values are ``< U``).
         max_replicas: P, data-parallel replicas (1; reserved).
     """
 
@@ -26,16 +31,28 @@ class SimShape:
     chunk_iterations: int = 1024
     num_tiers: int = 1
     max_replicas: int = 1
+    cache_entries: int = 0
+    hash_space: int = 0
 
     def __post_init__(self):
         for name in ("max_requests", "max_slots", "chunk_iterations"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"SimShape.{name} must be a positive int, got {value!r}")
-        if self.num_tiers != 1:
+        if not isinstance(self.num_tiers, int) or not 1 <= self.num_tiers <= 6:
             raise ValueError(
-                f"SimShape.num_tiers={self.num_tiers!r}: only 1 (HBM) is supported so far"
+                f"SimShape.num_tiers={self.num_tiers!r}: must be an int in 1..6 (HBM plus "
+                "up to five lower tiers)"
             )
+        for name in ("cache_entries", "hash_space"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"SimShape.{name} must be an int >= 0, got {value!r}")
+        if self.cache_entries > 0 and self.hash_space < 1:
+            raise ValueError("SimShape.hash_space must be >= 1 when cache_entries > 0")
+        if self.num_tiers > 1 and self.cache_entries == 0:
+            raise ValueError(f"SimShape.num_tiers={self.num_tiers}: lower tiers need the "
+                             "prefix cache (cache_entries > 0)")
         if self.max_replicas != 1:
             raise ValueError(
                 f"SimShape.max_replicas={self.max_replicas!r}: only 1 is supported so far"

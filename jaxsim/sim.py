@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxsim import costmodel
+from jaxsim import costmodel, prefix
 from jaxsim import metrics as metrics_mod
 from jaxsim import status as st_bits
 from jaxsim.params import SimParams, num_lanes
@@ -40,9 +40,11 @@ def _run_chunk_single(shape: SimShape, params: SimParams, workload: Workload,
                       state: SimState) -> tuple[SimState, jax.Array]:
     consts = costmodel.prepare(params.model, params.hardware, params.scheduler.tp,
                                params.cost)
+    pconsts = (prefix.prepare(params, workload, consts) if shape.cache_entries > 0
+               else None)
 
     def body(s, _):
-        return step(shape, params, workload, s, consts), None
+        return step(shape, params, workload, s, consts, pconsts), None
 
     state, _ = jax.lax.scan(body, state, None, length=shape.chunk_iterations)
     return state, is_done(state, workload)
@@ -228,9 +230,11 @@ def run_fixed(
     state = init_state(shape, params, workload, jnp.int32(num_iterations))
     consts = costmodel.prepare(params.model, params.hardware, params.scheduler.tp,
                                params.cost)
+    pconsts = (prefix.prepare(params, workload, consts) if shape.cache_entries > 0
+               else None)
 
     def body(s, _):
-        return step(shape, params, workload, s, consts), None
+        return step(shape, params, workload, s, consts, pconsts), None
 
     state, _ = jax.lax.scan(body, state, None, length=num_iterations)
     state = flush_in_flight(state)

@@ -53,6 +53,18 @@ class SimState(eqx.Module):
         kv_used_s_hi, kv_used_s_lo: ``f32[]`` sum of used KV blocks x iteration time.
         kv_peak_blocks: ``i32[]`` peak used KV blocks.
         status: ``i32[]`` status bits (``jaxsim.status``).
+
+    Prefix cache (docs/semantics.md §5; sizes 0 when ``SimShape.cache_entries`` is 0):
+        loc: ``i32[U]`` cache-table row of each block id (-1: not cached).
+        e_id, e_tier, e_last, e_hits, e_depth: ``i32[K]`` per table row: block id (-1:
+            free row), tier, iteration of last use, hits, depth.
+        hit_tok_hi, hit_tok_lo: ``f32[T]`` prompt tokens served from each tier at first
+            admissions; adm_tok_hi, adm_tok_lo: ``f32[]`` prompt tokens first admitted.
+        read_hi, read_lo, write_hi, write_lo: ``f32[T]`` bytes read from / written to
+            each tier.
+        xfer_exposed_hi, xfer_exposed_lo, xfer_hidden_hi, xfer_hidden_lo: ``f32[]``
+            transfer time added to iterations / hidden behind compute, seconds.
+        peak_entries: ``i32[T]`` peak cached blocks per tier.
     """
 
     # evolving state
@@ -94,6 +106,26 @@ class SimState(eqx.Module):
     kv_peak_blocks: Int[Array, ""] = eqx.field(converter=as_i32)
     # status
     status: Int[Array, ""] = eqx.field(converter=as_i32)
+    # prefix cache
+    loc: Int[Array, " U"] = eqx.field(converter=as_i32)
+    e_id: Int[Array, " K"] = eqx.field(converter=as_i32)
+    e_tier: Int[Array, " K"] = eqx.field(converter=as_i32)
+    e_last: Int[Array, " K"] = eqx.field(converter=as_i32)
+    e_hits: Int[Array, " K"] = eqx.field(converter=as_i32)
+    e_depth: Int[Array, " K"] = eqx.field(converter=as_i32)
+    hit_tok_hi: Float[Array, " T"] = eqx.field(converter=as_f32)
+    hit_tok_lo: Float[Array, " T"] = eqx.field(converter=as_f32)
+    adm_tok_hi: Float[Array, ""] = eqx.field(converter=as_f32)
+    adm_tok_lo: Float[Array, ""] = eqx.field(converter=as_f32)
+    read_hi: Float[Array, " T"] = eqx.field(converter=as_f32)
+    read_lo: Float[Array, " T"] = eqx.field(converter=as_f32)
+    write_hi: Float[Array, " T"] = eqx.field(converter=as_f32)
+    write_lo: Float[Array, " T"] = eqx.field(converter=as_f32)
+    xfer_exposed_hi: Float[Array, ""] = eqx.field(converter=as_f32)
+    xfer_exposed_lo: Float[Array, ""] = eqx.field(converter=as_f32)
+    xfer_hidden_hi: Float[Array, ""] = eqx.field(converter=as_f32)
+    xfer_hidden_lo: Float[Array, ""] = eqx.field(converter=as_f32)
+    peak_entries: Int[Array, " T"] = eqx.field(converter=as_i32)
 
 
 def init_state(
@@ -104,6 +136,8 @@ def init_state(
     zi_s = jnp.zeros((S,), jnp.int32)
     zf_s = jnp.zeros((S,), jnp.float32)
     zi_r = jnp.zeros((R,), jnp.int32)
+    K, T = shape.cache_entries, shape.num_tiers
+    zf_t = jnp.zeros((T,), jnp.float32)
     sp = params.scheduler
     # Device-side guards in addition to the host checks (params built by hand).
     no_blocks = sp.num_gpu_blocks <= 0
@@ -145,6 +179,25 @@ def init_state(
         kv_used_s_lo=0.0,
         kv_peak_blocks=0,
         status=status,
+        loc=jnp.full((shape.hash_space if K else 0,), -1, jnp.int32),
+        e_id=jnp.full((K,), -1, jnp.int32),
+        e_tier=jnp.zeros((K,), jnp.int32),
+        e_last=jnp.zeros((K,), jnp.int32),
+        e_hits=jnp.zeros((K,), jnp.int32),
+        e_depth=jnp.zeros((K,), jnp.int32),
+        hit_tok_hi=zf_t,
+        hit_tok_lo=zf_t,
+        adm_tok_hi=0.0,
+        adm_tok_lo=0.0,
+        read_hi=zf_t,
+        read_lo=zf_t,
+        write_hi=zf_t,
+        write_lo=zf_t,
+        xfer_exposed_hi=0.0,
+        xfer_exposed_lo=0.0,
+        xfer_hidden_hi=0.0,
+        xfer_hidden_lo=0.0,
+        peak_entries=jnp.zeros((T,), jnp.int32),
     )
 
 

@@ -14,6 +14,7 @@ TRUNCATED = 1 << 0  #: the iteration budget ran out before every request finishe
 OVERFLOW_SLOTS = 1 << 1  #: the slot table (SimShape.max_slots) limited admission
 INFEASIBLE = 1 << 2  #: the configuration cannot serve this workload (see reasons)
 NONFINITE = 1 << 3  #: an iteration time was NaN/inf (bad parameters); lane halted
+OVERFLOW_CACHE = 1 << 4  #: the prefix-cache table (SimShape.cache_entries) ran out of rows
 
 # Reasons for INFEASIBLE (set together with INFEASIBLE).
 INF_NO_KV_MEMORY = 1 << 8  #: weights + reserve exceed memory, or no KV blocks
@@ -33,6 +34,7 @@ _NAMES = {
     OVERFLOW_SLOTS: "overflow_slots",
     INFEASIBLE: "infeasible",
     NONFINITE: "nonfinite",
+    OVERFLOW_CACHE: "overflow_cache_table",
     INF_NO_KV_MEMORY: "model_does_not_fit",
     INF_KV_TOO_SMALL: "kv_cache_smaller_than_max_model_len",
     INF_REQUEST_TOO_LONG: "request_longer_than_max_model_len",

@@ -40,7 +40,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxsim import costmodel
+from jaxsim import costmodel, prefix
 from jaxsim import dd as ddm
 from jaxsim import status as st_bits
 from jaxsim.dd import DD
@@ -49,6 +49,13 @@ from jaxsim.shapes import SimShape
 from jaxsim.state import SimState
 from jaxsim.timeutil import dd_add, dd_add2, dd_le, dd_lt, dd_sub
 from jaxsim.workload import Workload
+
+_CACHE_FIELDS = (
+    "loc", "e_id", "e_tier", "e_last", "e_hits", "e_depth", "hit_tok_hi", "hit_tok_lo",
+    "adm_tok_hi", "adm_tok_lo", "read_hi", "read_lo", "write_hi", "write_lo",
+    "xfer_exposed_hi", "xfer_exposed_lo", "xfer_hidden_hi", "xfer_hidden_lo",
+    "peak_entries",
+)
 
 MODE_V1 = 0
 MODE_V0 = 1
@@ -78,11 +85,13 @@ def step(
     workload: Workload,
     st: SimState,
     consts: costmodel.CostConsts | None = None,
+    pconsts: prefix.PrefixConsts | None = None,
 ) -> SimState:
     """Advance one lane by one engine iteration (see the module docstring).
 
-    ``consts`` are the lane's cost-model constants (``costmodel.prepare``); the scan
-    drivers compute them once per run instead of once per iteration.
+    ``consts`` are the lane's cost-model constants (``costmodel.prepare``) and
+    ``pconsts`` its prefix-cache constants (``prefix.prepare``); the scan drivers
+    compute them once per run instead of once per iteration.
     """
     if consts is None:
         consts = costmodel.prepare(params.model, params.hardware, params.scheduler.tp,
@@ -129,6 +138,22 @@ def step(
     bs = sp.block_size
     total_blocks = sp.num_gpu_blocks
 
+    # ---- prefix lookup for the admission candidates (docs/semantics.md §5.4) ----------
+    cache_on = shape.cache_entries > 0
+    cand = row >= st.n_run
+    if cache_on:
+        if pconsts is None:
+            pconsts = prefix.prepare(params, wl, consts)
+        U = wl.hash_block_tokens
+        enable = params.cache.enable != 0
+        req_row = jnp.where(window, t_c, st.slot_req)
+        ids = wl.hash_ids[req_row]
+        hit_blocks, ent, etier = prefix.lookup(st, pconsts, ids, n_known, U)
+        hit_blocks = jnp.where(enable & cand, hit_blocks, 0)
+        hit = hit_blocks * U
+    else:
+        hit = jnp.zeros((S,), i32)
+
     # ---- 2. running phase -----------------------------------------------------------
     running = row < st.n_run
     rem = n_known - computed
@@ -142,16 +167,16 @@ def step(
     m = jnp.sum(keep_run, dtype=i32)
 
     # ---- 3./4. waiting phase ----------------------------------------------------------
-    cand = row >= st.n_run
     cand_ok = cand & ((row < st.n_act) | arrived)
-    want_w = jnp.where(cand, jnp.where(thr > 0, jnp.minimum(n_known, thr), n_known), 0)
+    left_w = n_known - hit
+    want_w = jnp.where(cand, jnp.where(thr > 0, jnp.minimum(left_w, thr), left_w), 0)
     kept_got = jnp.sum(jnp.where(keep_run, got_run, 0), dtype=i32)
     b_rem = jnp.where(is_v0, budget, budget - kept_got)
     cum_w = jnp.cumsum(want_w, dtype=i32)
     got_w_chunk = jnp.clip(b_rem - (cum_w - want_w), 0, want_w)
     got_w = jnp.where(chunked, got_w_chunk, want_w)
     ok_budget = jnp.where(chunked, got_w_chunk > 0, cum_w <= b_rem)
-    need_w = jnp.where(cand, _ceil_div(got_w, bs), 0)
+    need_w = jnp.where(cand, _ceil_div(hit + got_w, bs), 0)
     free0 = total_blocks - jnp.sum(held, dtype=i32)
     free_w = jnp.where(is_v0, free0, free0 - jnp.sum(jnp.where(keep_run, need_run, 0), dtype=i32))
     cum_need = jnp.cumsum(need_w, dtype=i32)
@@ -180,7 +205,13 @@ def step(
     q_idx = st.ptr + new_trace
     q_c = jnp.minimum(q_idx, R - 1)
     q_prompt = wl.prompt_tokens[q_c]
-    q_want = jnp.where(thr > 0, jnp.minimum(q_prompt, thr), q_prompt)
+    if cache_on:
+        q_hit, _, _ = prefix.lookup(st, pconsts, wl.hash_ids[q_c], q_prompt, U)
+        q_hit = jnp.where(enable, q_hit * U, 0)
+    else:
+        q_hit = jnp.int32(0)
+    q_left = q_prompt - q_hit
+    q_want = jnp.where(thr > 0, jnp.minimum(q_left, thr), q_left)
     q_got = jnp.where(chunked, jnp.minimum(q_want, b_left), q_want)
     q_ok = (
         enabled
@@ -189,11 +220,13 @@ def step(
         & (q_idx < nreq)
         & dd_le(wl.arrival_hi[q_c], wl.arrival_lo[q_c], clock_hi, clock_lo)
         & jnp.where(chunked, b_left > 0, q_want <= b_left)
-        & (free_left - _ceil_div(q_got, bs) >= sp.watermark_blocks)
+        & (free_left - _ceil_div(q_hit + q_got, bs) >= sp.watermark_blocks)
         & (n_run1 < sp.max_num_seqs)
     )
 
     # ---- 5. iteration time ------------------------------------------------------------
+    computed = computed + jnp.where(admit, hit, 0)  # an admitted hit starts at c = h
+    rem = n_known - computed
     sched = got > 0
     samples = sched & (computed + got == n_known)
     is_dec = sched & (generated >= 1) & (rem == 1)
@@ -210,6 +243,24 @@ def step(
         decode_kv_tokens=_exact_dot(is_dec.astype(i32), computed + 1),
     )
     dt_dd = costmodel.iteration_time_from_consts(consts, feats)
+
+    # ---- 7a. retire (counts; times are stamped after the clock advances) --------------
+    new_row = admit & (row >= st.n_act)
+    computed1 = jnp.where(victim, 0, computed + got)
+    generated1 = generated + samples.astype(i32)
+    finished = samples & (generated1 == output)
+
+    # ---- §5.5/§5.6 cache update and transfer time ----------------------------------------
+    if cache_on:
+        cu = prefix.update(
+            st, params, pconsts, U, st.iterations,
+            enable & active & (feats.tokens > 0), ids, ent, etier, hit_blocks, admit,
+            new_row, (row < m_eff) | admit, finished, computed1, total_blocks, bs)
+        xfer = prefix.transfer_time(params, cu.read_bytes, cu.write_bytes)
+        dtc = dt_dd.hi + dt_dd.lo
+        exposed = jnp.maximum(xfer - params.cache.load_overlap * dtc, 0.0)
+        hidden = xfer - exposed
+        dt_dd = ddm.add_f(dt_dd, exposed)
     finite = jnp.isfinite(dt_dd.hi) & jnp.isfinite(dt_dd.lo)
     dt = jnp.where(finite, dt_dd.hi, 0.0)
     dt_lo = jnp.where(finite, dt_dd.lo, 0.0)
@@ -217,8 +268,7 @@ def step(
     # ---- 6. advance -----------------------------------------------------------------
     end_hi, end_lo = dd_add2(clock_hi, clock_lo, dt, dt_lo)
 
-    # ---- 7. retire --------------------------------------------------------------------
-    new_row = admit & (row >= st.n_act)
+    # ---- 7b. retire (times) ----------------------------------------------------------
     arr_hi = jnp.where(new_row, w_arr_hi, st.slot_arrival_hi)
     arr_lo = jnp.where(new_row, w_arr_lo, st.slot_arrival_lo)
     req = jnp.where(new_row, t_idx, st.slot_req)
@@ -227,12 +277,9 @@ def step(
     )
     preempt = jnp.where(new_row, 0, st.slot_preemptions) + victim.astype(i32)
     tokens = jnp.where(new_row, 0, st.slot_tokens) + got
-    computed1 = jnp.where(victim, 0, computed + got)
-    generated1 = generated + samples.astype(i32)
     first = samples & (generated == 0)
     first_hi = jnp.where(first, end_hi, jnp.where(new_row, 0.0, st.slot_first_hi))
     first_lo = jnp.where(first, end_lo, jnp.where(new_row, 0.0, st.slot_first_lo))
-    finished = samples & (generated1 == output)
 
     # per-request results, written at the rows of finishing requests only
     out_idx = jnp.where(finished, req, R)  # R is out of range: dropped
@@ -271,6 +318,28 @@ def step(
     status = status | jnp.where(q_ok, st_bits.OVERFLOW_SLOTS, 0)
     status = status | jnp.where(finite, 0, st_bits.NONFINITE)
 
+    cache_fields = {}
+    if cache_on:
+        status = status | jnp.where(cu.overflow, st_bits.OVERFLOW_CACHE, 0)
+        prompt_first = jnp.sum(jnp.where(new_row, prompt, 0), dtype=i32).astype(jnp.float32)
+        hit_hi, hit_lo = dd_add(st.hit_tok_hi, st.hit_tok_lo,
+                                cu.hit_tokens_first.astype(jnp.float32))
+        adm_hi, adm_lo = dd_add(st.adm_tok_hi, st.adm_tok_lo, prompt_first)
+        rd_hi, rd_lo = dd_add(st.read_hi, st.read_lo, cu.read_bytes)
+        wr_hi, wr_lo = dd_add(st.write_hi, st.write_lo, cu.write_bytes)
+        ex_hi, ex_lo = dd_add(st.xfer_exposed_hi, st.xfer_exposed_lo, exposed)
+        hd_hi, hd_lo = dd_add(st.xfer_hidden_hi, st.xfer_hidden_lo, hidden)
+        cache_fields = dict(
+            loc=cu.loc, e_id=cu.e_id, e_tier=cu.e_tier, e_last=cu.e_last,
+            e_hits=cu.e_hits, e_depth=cu.e_depth, hit_tok_hi=hit_hi, hit_tok_lo=hit_lo,
+            adm_tok_hi=adm_hi, adm_tok_lo=adm_lo, read_hi=rd_hi, read_lo=rd_lo,
+            write_hi=wr_hi, write_lo=wr_lo, xfer_exposed_hi=ex_hi,
+            xfer_exposed_lo=ex_lo, xfer_hidden_hi=hd_hi, xfer_hidden_lo=hd_lo,
+            peak_entries=jnp.maximum(st.peak_entries, cu.entries),
+        )
+    else:
+        cache_fields = {k: getattr(st, k) for k in _CACHE_FIELDS}
+
     return SimState(
         clock_hi=end_hi,
         clock_lo=end_lo,
@@ -306,4 +375,5 @@ def step(
         kv_used_s_lo=kv_lo,
         kv_peak_blocks=jnp.maximum(st.kv_peak_blocks, used_blocks),
         status=status,
+        **cache_fields,
     )

@@ -21,6 +21,9 @@ from jaxsim.params import as_f32, as_i32
 from jaxsim.timeutil import split_f64
 from jaxsim.types import Array, Float, Int
 
+#: Tokens per hashed block when a workload does not say (Mooncake's block length).
+DEFAULT_HASH_BLOCK_TOKENS = 512
+
 
 class Workload(eqx.Module):
     """Padded, arrival-sorted request arrays (device side).
@@ -31,6 +34,11 @@ class Workload(eqx.Module):
         prompt_tokens: ``i32[R]`` prompt lengths (padding: 1).
         output_tokens: ``i32[R]`` output lengths (padding: 1).
         num_requests: ``i32[]`` number of real rows (rows ``>= num_requests`` are padding).
+        hash_ids: ``i32[R, H]`` prefix-cache block ids of each request (dense ids in
+            ``[0, num_hash_ids)``; ``-1`` pads; H is 0 for a workload without them).
+            Entry ``j`` names the KV of tokens ``[j*U, (j+1)*U)`` (docs/semantics.md §5).
+        hash_block_tokens: ``i32[]`` U, tokens per hashed block.
+        num_hash_ids: ``i32[]`` distinct block ids (``SimShape.hash_space`` must be >= it).
     """
 
     arrival_hi: Float[Array, " R"] = eqx.field(converter=as_f32)
@@ -38,6 +46,27 @@ class Workload(eqx.Module):
     prompt_tokens: Int[Array, " R"] = eqx.field(converter=as_i32)
     output_tokens: Int[Array, " R"] = eqx.field(converter=as_i32)
     num_requests: Int[Array, ""] = eqx.field(converter=as_i32)
+    hash_ids: Int[Array, "R H"] | None = None
+    hash_block_tokens: Int[Array, ""] | None = None
+    num_hash_ids: Int[Array, ""] | None = None
+
+    def __post_init__(self):
+        R = self.arrival_hi.shape[-1]
+        if self.hash_ids is None:
+            lead = self.arrival_hi.shape[:-1]
+            object.__setattr__(self, "hash_ids", jnp.zeros((*lead, R, 0), jnp.int32))
+            object.__setattr__(self, "hash_block_tokens",
+                               jnp.full(lead, DEFAULT_HASH_BLOCK_TOKENS, jnp.int32))
+            object.__setattr__(self, "num_hash_ids", jnp.zeros(lead, jnp.int32))
+        else:
+            object.__setattr__(self, "hash_ids", as_i32(self.hash_ids))
+            object.__setattr__(self, "hash_block_tokens", as_i32(self.hash_block_tokens))
+            object.__setattr__(self, "num_hash_ids", as_i32(self.num_hash_ids))
+
+    @property
+    def max_prefix_blocks(self) -> int:
+        """H (static): hashed blocks per request row."""
+        return int(self.hash_ids.shape[-1])
 
     @property
     def max_requests(self) -> int:
@@ -54,12 +83,19 @@ class Trace:
         prompt_tokens: int prompt lengths (>= 1).
         output_tokens: int output lengths (>= 1).
         name: where it came from (for reports).
+        hash_ids: optional prefix-cache block ids, one integer sequence per request (in
+            the same order as the other fields): entry ``j`` names the KV of the
+            request's tokens ``[j*U, (j+1)*U)`` (prompt, then output). Requests with the
+            same id at the same position share that KV. ``None``: no sharing.
+        hash_block_tokens: U, tokens per hashed block (Mooncake: 512).
     """
 
     arrival_s: np.ndarray
     prompt_tokens: np.ndarray
     output_tokens: np.ndarray
     name: str = "trace"
+    hash_ids: list | None = None
+    hash_block_tokens: int = DEFAULT_HASH_BLOCK_TOKENS
 
     def __post_init__(self):
         self.arrival_s = np.asarray(self.arrival_s, np.float64).reshape(-1)
@@ -89,6 +125,23 @@ class Trace:
                 bad = int(np.flatnonzero(v > 2**30)[0])
                 raise ValueError(f"{self.name}: {field}[{bad}] = {int(v[bad])}; "
                                  "must be <= 2**30")
+        if self.hash_ids is not None:
+            if len(self.hash_ids) != n:
+                raise ValueError(f"{self.name}: hash_ids has {len(self.hash_ids)} entries "
+                                 f"for {n} requests")
+            ids = []
+            for i, h in enumerate(self.hash_ids):
+                a_h = np.asarray(h, dtype=np.int64).reshape(-1)
+                if a_h.size and np.any(a_h < 0):
+                    raise ValueError(f"{self.name}: hash_ids[{i}] has a negative id; ids "
+                                     "must be >= 0")
+                ids.append(a_h)
+            self.hash_ids = ids
+        u = self.hash_block_tokens
+        if isinstance(u, bool) or not isinstance(u, int | np.integer) or not 1 <= u <= 2**20:
+            raise ValueError(f"{self.name}: hash_block_tokens={u!r} must be an int in "
+                             "1..2**20")
+        self.hash_block_tokens = int(u)
         a = self.arrival_s
         if not np.all(np.isfinite(a)) or np.any(a < 0):
             bad = int(np.flatnonzero(~np.isfinite(a) | (a < 0))[0])
@@ -102,11 +155,15 @@ class Trace:
         """Stable arrival order (the order the simulator uses)."""
         return np.argsort(self.arrival_s, kind="stable")
 
+    def _take(self, o: np.ndarray, arrival: np.ndarray | None = None) -> Trace:
+        return Trace(self.arrival_s[o] if arrival is None else arrival,
+                     self.prompt_tokens[o], self.output_tokens[o], self.name,
+                     None if self.hash_ids is None else [self.hash_ids[i] for i in o],
+                     self.hash_block_tokens)
+
     def head(self, n: int) -> Trace:
         """The first ``n`` requests in arrival order."""
-        o = self.order()[:n]
-        return Trace(self.arrival_s[o], self.prompt_tokens[o], self.output_tokens[o],
-                     self.name)
+        return self._take(self.order()[:n])
 
     def scaled_to_rate(self, rate: float) -> Trace:
         """The same requests with arrival times rescaled to a mean rate (req/s)."""
@@ -116,15 +173,61 @@ class Trace:
         if len(a) < 2 or span <= 0:
             raise ValueError(f"{self.name}: cannot rescale a trace whose arrivals span 0 s")
         new = a * ((len(a) - 1) / rate) / span
-        return Trace(new, self.prompt_tokens[o], self.output_tokens[o], self.name)
+        return self._take(o, new)
+
+    def time_scaled(self, factor: float) -> Trace:
+        """The same requests with every arrival time multiplied by ``factor`` (> 0)."""
+        if not factor > 0:
+            raise ValueError(f"time_scaled: factor={factor!r} must be > 0")
+        o = np.arange(len(self))
+        return self._take(o, self.arrival_s * float(factor))
+
+    def num_hash_blocks(self) -> int:
+        """Longest hash-id list (0 without hash ids)."""
+        if not self.hash_ids:
+            return 0
+        return max(len(h) for h in self.hash_ids)
 
     def max_len(self) -> int:
         """Largest prompt + output length."""
         return int(np.max(self.prompt_tokens + self.output_tokens))
 
 
-def to_workload(trace: Trace, max_requests: int | None = None) -> Workload:
-    """Sort by arrival, pad to ``max_requests`` rows and move to the device."""
+def dense_hash_ids(trace: Trace, width: int | None = None) -> tuple[np.ndarray, int]:
+    """The trace's block ids in arrival order as a dense ``int32[n, H]`` table.
+
+    Ids are renumbered ``0 .. U-1`` in increasing order of the original id (so the
+    order of ids, which breaks eviction ties, is kept); ``-1`` pads. Returns
+    (table, U).
+    """
+    n = len(trace)
+    H = trace.num_hash_blocks() if width is None else int(width)
+    out = np.full((n, H), -1, np.int32)
+    if not trace.hash_ids or H == 0:
+        return out, 0
+    o = trace.order()
+    lists = [trace.hash_ids[i] for i in o]
+    if max(len(h) for h in lists) > H:
+        raise ValueError(f"{trace.name}: a request has more than {H} hashed blocks")
+    flat = np.concatenate([h for h in lists if len(h)]) if any(len(h) for h in lists) \
+        else np.zeros(0, np.int64)
+    uniq, inv = np.unique(flat, return_inverse=True)
+    if uniq.size >= 2**31 - 1:
+        raise ValueError(f"{trace.name}: too many distinct block ids ({uniq.size})")
+    k = 0
+    for r, h in enumerate(lists):
+        out[r, :len(h)] = inv[k:k + len(h)]
+        k += len(h)
+    return out, int(uniq.size)
+
+
+def to_workload(trace: Trace, max_requests: int | None = None,
+                max_prefix_blocks: int | None = None) -> Workload:
+    """Sort by arrival, pad to ``max_requests`` rows and move to the device.
+
+    ``max_prefix_blocks`` pads the hash-id table to H columns (default: the trace's
+    longest list; 0 drops the ids).
+    """
     n = len(trace)
     R = n if max_requests is None else int(max_requests)
     if n > R:
@@ -137,18 +240,33 @@ def to_workload(trace: Trace, max_requests: int | None = None) -> Workload:
     output = np.ones(R, np.int32)
     output[:n] = trace.output_tokens[o]
     hi, lo = split_f64(arrival)
+    H = trace.num_hash_blocks() if max_prefix_blocks is None else int(max_prefix_blocks)
+    table, U = dense_hash_ids(trace, H) if H > 0 else (np.zeros((n, 0), np.int32), 0)
+    ids = np.full((R, H), -1, np.int32)
+    ids[:n] = table
     return Workload(arrival_hi=hi, arrival_lo=lo, prompt_tokens=prompt,
-                    output_tokens=output, num_requests=n)
+                    output_tokens=output, num_requests=n, hash_ids=ids,
+                    hash_block_tokens=trace.hash_block_tokens, num_hash_ids=U)
 
 
 def stack_workloads(workloads: list[Workload]) -> Workload:
-    """Per-lane workloads (same R) stacked along a leading lane axis."""
+    """Per-lane workloads (same R) stacked along a leading lane axis (hash-id tables
+    are padded to the widest)."""
+    H = max(w.max_prefix_blocks for w in workloads)
+
+    def pad(w):
+        x = w.hash_ids
+        return jnp.pad(x, ((0, 0), (0, H - x.shape[-1])), constant_values=-1)
+
     return Workload(
         arrival_hi=jnp.stack([w.arrival_hi for w in workloads]),
         arrival_lo=jnp.stack([w.arrival_lo for w in workloads]),
         prompt_tokens=jnp.stack([w.prompt_tokens for w in workloads]),
         output_tokens=jnp.stack([w.output_tokens for w in workloads]),
         num_requests=jnp.stack([w.num_requests for w in workloads]),
+        hash_ids=jnp.stack([pad(w) for w in workloads]),
+        hash_block_tokens=jnp.stack([w.hash_block_tokens for w in workloads]),
+        num_hash_ids=jnp.stack([w.num_hash_ids for w in workloads]),
     )
 
 

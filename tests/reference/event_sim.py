@@ -74,6 +74,34 @@ CONFIG_KEYS: tuple[str, ...] = (
     SCHEDULER_KEYS + MODEL_KEYS + HARDWARE_KEYS + COST_KEYS + SLO_KEYS
 )
 
+#: Optional §5 keys (prefix caching and KV memory tiers) with their defaults. A config
+#: may omit any of them; with ``enable_prefix_caching`` false the lane is exactly §1-§4.
+#: The per-tier lists hold one entry per LOWER tier t = 1 … T-1 (so T = 1 + their
+#: length). ``tier_link_bw`` maps a link id to its bandwidth (bytes/s): a mapping
+#: ``{link id: bandwidth}`` or a sequence indexed by link id (``[bw of link 0, …]``).
+#: (It is not called ``link_bw``: that name is the §3 all-reduce bandwidth.)
+PREFIX_CONFIG_DEFAULTS: dict[str, Any] = {
+    "enable_prefix_caching": False,
+    "tier_capacity_blocks": (),
+    "tier_read_bw": (),
+    "tier_write_bw": (),
+    "tier_latency_s": (),
+    "tier_link": (),
+    "tier_link_bw": {},
+    "w_rec": 1.0,
+    "w_freq": 0.0,
+    "w_depth": 0.0,
+    "load_overlap": 0.0,
+}
+OPTIONAL_CONFIG_KEYS: tuple[str, ...] = tuple(PREFIX_CONFIG_DEFAULTS)
+_TIER_LIST_KEYS: tuple[str, ...] = (
+    "tier_capacity_blocks",
+    "tier_read_bw",
+    "tier_write_bw",
+    "tier_latency_s",
+    "tier_link",
+)
+
 _INT_KEYS: frozenset[str] = frozenset(
     (
         "max_num_seqs",
@@ -123,11 +151,15 @@ def validate_config(config: Mapping[str, Any]) -> dict[str, Any]:
     """Checks a flat lane configuration and returns a normalised copy.
 
     Args:
-        config: flat mapping with exactly the keys of ``CONFIG_KEYS``.
+        config: flat mapping with every key of ``CONFIG_KEYS`` and optionally some of
+            ``OPTIONAL_CONFIG_KEYS`` (§5; defaults in ``PREFIX_CONFIG_DEFAULTS``).
 
     Returns:
         A new dict with integer fields as ``int``, other numeric fields as ``float``,
-        ``mode`` as ``str`` and ``enable_chunked_prefill`` as ``bool``.
+        ``mode`` as ``str`` and ``enable_chunked_prefill`` as ``bool``, plus every
+        optional §5 key (defaults filled in): ``enable_prefix_caching`` as ``bool``,
+        the per-tier lists as tuples (``int`` capacities and links, ``float`` others),
+        ``tier_link_bw`` as a ``{int link id: float}`` dict, the weights as ``float``.
 
     Raises:
         KeyError: a required key is missing.
@@ -137,7 +169,7 @@ def validate_config(config: Mapping[str, Any]) -> dict[str, Any]:
     missing = [key for key in CONFIG_KEYS if key not in config]
     if missing:
         raise KeyError(f"config is missing keys: {missing}")
-    unknown = sorted(set(config) - set(CONFIG_KEYS))
+    unknown = sorted(set(config) - set(CONFIG_KEYS) - set(OPTIONAL_CONFIG_KEYS))
     if unknown:
         raise ValueError(f"config has unknown keys: {unknown}")
 
@@ -172,7 +204,98 @@ def validate_config(config: Mapping[str, Any]) -> dict[str, Any]:
     for key in ("peak_flops", "hbm_bw", "link_bw"):
         if not cfg[key] > 0.0:
             raise ValueError(f"config[{key!r}] must be > 0, got {cfg[key]}")
+    cfg.update(_validate_prefix_config(config))
     return cfg
+
+
+def _as_list(name: str, value: Any) -> list[Any]:
+    """A per-tier config value as a flat Python list (numpy arrays accepted)."""
+    if isinstance(value, (str, bytes, Mapping)):
+        raise ValueError(f"config[{name!r}] must be a list, got {value!r}")
+    try:
+        return list(np.asarray(value, dtype=object).reshape(-1))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"config[{name!r}] must be a list, got {value!r}") from exc
+
+
+def _as_float(name: str, value: Any) -> float:
+    """A finite real config value as ``float``."""
+    try:
+        out = float(value)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"config[{name!r}] must be a number, got {value!r}") from exc
+    if not math.isfinite(out):
+        raise ValueError(f"config[{name!r}] must be finite, got {value!r}")
+    return out
+
+
+def _validate_prefix_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """Normalises and checks the optional §5 keys (defaults for absent ones).
+
+    Raises:
+        ValueError: naming the offending key (list lengths differ, a bandwidth is not
+            > 0, a capacity or latency or weight is < 0, the overlap is outside
+            [0, 1], a tier's link has no bandwidth).
+    """
+    raw = {key: config.get(key, default) for key, default in PREFIX_CONFIG_DEFAULTS.items()}
+    out: dict[str, Any] = {}
+    flag = raw["enable_prefix_caching"]
+    if isinstance(flag, (bool, np.bool_)) or flag in (0, 1):
+        out["enable_prefix_caching"] = bool(flag)
+    else:
+        raise ValueError(f"config['enable_prefix_caching'] must be a bool, got {flag!r}")
+
+    lists = {key: _as_list(key, raw[key]) for key in _TIER_LIST_KEYS}
+    num_lower = len(lists["tier_capacity_blocks"])
+    for key in _TIER_LIST_KEYS:
+        if len(lists[key]) != num_lower:
+            raise ValueError(
+                f"config[{key!r}] has {len(lists[key])} entries, but "
+                f"'tier_capacity_blocks' has {num_lower} (one per lower tier)"
+            )
+    caps = tuple(_as_int("tier_capacity_blocks", v) for v in lists["tier_capacity_blocks"])
+    if any(v < 0 for v in caps):
+        raise ValueError(f"config['tier_capacity_blocks'] must be >= 0, got {caps}")
+    out["tier_capacity_blocks"] = caps
+    for key in ("tier_read_bw", "tier_write_bw"):
+        vals = tuple(_as_float(key, v) for v in lists[key])
+        if any(not v > 0.0 for v in vals):
+            raise ValueError(f"config[{key!r}] must be > 0, got {vals}")
+        out[key] = vals
+    lats = tuple(_as_float("tier_latency_s", v) for v in lists["tier_latency_s"])
+    if any(v < 0.0 for v in lats):
+        raise ValueError(f"config['tier_latency_s'] must be >= 0, got {lats}")
+    out["tier_latency_s"] = lats
+    out["tier_link"] = tuple(_as_int("tier_link", v) for v in lists["tier_link"])
+
+    link_raw = raw["tier_link_bw"]
+    if isinstance(link_raw, Mapping):
+        items = [(_as_int("tier_link_bw", k), v) for k, v in link_raw.items()]
+    else:
+        items = list(enumerate(_as_list("tier_link_bw", link_raw)))
+    link_bw: dict[int, float] = {}
+    for link_id, bw in items:
+        link_bw[link_id] = _as_float("tier_link_bw", bw)
+        if not link_bw[link_id] > 0.0:
+            raise ValueError(f"config['tier_link_bw'][{link_id}] must be > 0, got {bw!r}")
+    for t, link_id in enumerate(out["tier_link"], start=1):
+        if link_id not in link_bw:
+            raise ValueError(
+                f"config['tier_link'] of tier {t} is link {link_id}, "
+                f"which has no bandwidth in config['tier_link_bw']"
+            )
+    out["tier_link_bw"] = link_bw
+
+    for key in ("w_rec", "w_freq", "w_depth"):
+        out[key] = _as_float(key, raw[key])
+        if out[key] < 0.0:
+            raise ValueError(f"config[{key!r}] must be >= 0, got {out[key]}")
+    out["load_overlap"] = _as_float("load_overlap", raw["load_overlap"])
+    if not 0.0 <= out["load_overlap"] <= 1.0:
+        raise ValueError(
+            f"config['load_overlap'] must be in [0, 1], got {out['load_overlap']}"
+        )
+    return out
 
 
 # --------------------------------------------------------------------------------------
@@ -347,6 +470,14 @@ class CostModel:
             + cfg["cpu_seq_s"] * n
         )
 
+    def prefill_time_no_sample(self, x: int) -> float:
+        """``C(x)`` of §5.3: one prefill request with ``c = 0``, ``q = x``, ``ns = 0``.
+
+        The §3 features of that batch: ``T = Tp = Kp = x``, ``n = 1``, ``ns = 0``,
+        ``Ap = x·(0 + (x + 1)/2)``, no decodes.
+        """
+        return self.time(x, 1, 0, x, x * (0 + (x + 1) / 2.0), x, 0, 0)
+
     def batch_time(self, batch: Sequence[tuple[int, int, int, int]]) -> float:
         """Iteration time of a batch of ``(q, c, n_known, g)`` tuples (see §3)."""
         T = n = ns = Tp = Kp = D = Kd = 0
@@ -382,6 +513,244 @@ def iteration_time(
         ``dt`` in seconds (0.0 for an empty batch).
     """
     return CostModel(validate_config(config)).batch_time(batch)
+
+
+# --------------------------------------------------------------------------------------
+# §5 prefix cache and KV memory tiers
+# --------------------------------------------------------------------------------------
+
+
+class _Entry:
+    """One §5.2 cache entry (one block id): ``tier``, ``last``, ``hits``, ``depth``."""
+
+    __slots__ = ("tier", "last", "hits", "depth")
+
+    def __init__(self, tier: int, last: int, hits: int, depth: int) -> None:
+        self.tier = tier
+        self.last = last
+        self.hits = hits
+        self.depth = depth
+
+
+class PrefixCache:
+    """The §5 cache state of one lane and its per-iteration update (§5.5-§5.6).
+
+    Attributes:
+        U: tokens per cache block (§5.1).
+        T: number of tiers (tier 0 = HBM, 1 … T-1 the lower tiers).
+        cap: capacity per tier (``cap[0]`` unused: tier 0 is bounded per iteration
+            by §5.5 step 4).
+        bblk: bytes of one cache block per GPU, ``Bblk`` of §5.1.
+        usable: per tier, whether it is usable for hits (§5.3).
+        entries: block id -> entry (a block id has at most one entry).
+        count: number of entries per tier.
+    """
+
+    def __init__(self, cfg: Mapping[str, Any], cost: CostModel, U: int) -> None:
+        """Sets up the tiers and decides which are usable for hits (§5.1, §5.3).
+
+        Args:
+            cfg: normalised configuration (``validate_config``).
+            cost: the lane's §3 cost model (for ``C(x)`` and ``nkv_g``).
+            U: tokens per cache block.
+        """
+        self.U = U
+        self.T = 1 + len(cfg["tier_capacity_blocks"])
+        self.cap = [0, *cfg["tier_capacity_blocks"]]
+        self.rbw = [math.inf, *cfg["tier_read_bw"]]
+        self.wbw = [math.inf, *cfg["tier_write_bw"]]
+        self.lat = [0.0, *cfg["tier_latency_s"]]
+        self.link = [-1, *cfg["tier_link"]]
+        self.lbw = cfg["tier_link_bw"]
+        self.w_rec = np.float32(cfg["w_rec"])
+        self.w_freq = np.float32(cfg["w_freq"])
+        self.w_depth = np.float32(cfg["w_depth"])
+        # §5.1: Bblk = U · 2 · L · nkv_g · hd · bw_kv, nkv_g = max(nkv/tp, 1) as in §3.
+        self.bblk = U * 2.0 * cost.L * cost.nkv_g * cost.hd * cfg["bytes_per_kv"]
+        # §5.3: tier 0 is always usable; a lower tier iff cap_t > 0 and loading one
+        # block alone is not slower than computing it, C(U) - C(1).
+        compute_one_block = cost.prefill_time_no_sample(U) - cost.prefill_time_no_sample(1)
+        self.usable = [True]
+        for t in range(1, self.T):
+            load = max(
+                self.lat[t] + self.bblk / self.rbw[t],
+                self.bblk / self.lbw[self.link[t]],
+            )
+            self.usable.append(self.cap[t] > 0 and load <= compute_one_block)
+        self.entries: dict[int, _Entry] = {}
+        self.count = [0] * self.T
+
+    # ---- §5.4 lookup ------------------------------------------------------------------
+
+    def lookup(self, hashes: Sequence[int], n_known: int) -> list[int]:
+        """§5.4: the tiers of the hit blocks of a candidate (its ``c`` is 0).
+
+        ``kmax = min(nh, floor((n_known - 1)/U))``; the hit blocks are the longest
+        prefix ``0 … k-1`` (k <= kmax) of blocks with an entry in a usable tier.
+
+        Returns:
+            ``[tier of block 0, tier of block 1, …]``, one per hit block
+            (so ``hit_blocks = len(result)``, ``h = hit_blocks · U``).
+        """
+        kmax = min(len(hashes), (n_known - 1) // self.U)
+        tiers: list[int] = []
+        for j in range(kmax):
+            entry = self.entries.get(hashes[j])
+            if entry is None or not self.usable[entry.tier]:
+                break
+            tiers.append(entry.tier)
+        return tiers
+
+    # ---- §5.2 eviction order ----------------------------------------------------------
+
+    def eviction_order(self, ids: Sequence[int]) -> list[int]:
+        """§5.2: ``ids`` sorted lowest score first; ties larger depth, then smaller id.
+
+        ``score = w_rec·last + w_freq·hits - w_depth·depth`` in float32, evaluated
+        left to right: each product and each sum/difference rounded to float32.
+        """
+        entries = [self.entries[b] for b in ids]
+        last = np.array([e.last for e in entries], dtype=np.float32)
+        hits = np.array([e.hits for e in entries], dtype=np.float32)
+        depth = np.array([e.depth for e in entries], dtype=np.float32)
+        # numpy evaluates each ufunc separately in float32 (no fused multiply-add).
+        score = (self.w_rec * last + self.w_freq * hits) - self.w_depth * depth
+        keyed = [
+            (float(score[i]), -entries[i].depth, b) for i, b in enumerate(ids)
+        ]
+        keyed.sort()
+        return [b for _, _, b in keyed]
+
+    # ---- §5.5 update ------------------------------------------------------------------
+
+    def _move(self, entry: _Entry, tier: int) -> None:
+        self.count[entry.tier] -= 1
+        entry.tier = tier
+        self.count[tier] += 1
+
+    def _demote(
+        self,
+        block: int,
+        written: list[float],
+        evicted: list[tuple[int, int, int | None]],
+    ) -> None:
+        """§5.5 step 5: an entry evicted from its tier t goes to the next tier t' > t
+        with cap_t' > 0 (Bblk bytes written there) or, if there is none, is dropped.
+
+        AMBIGUITY: the target is the next tier with cap > 0 whether or not it is
+        usable for hits (§5.3 only restricts hits), so an unusable tier still
+        receives (and pays for) demotion writes, as written.
+        """
+        entry = self.entries[block]
+        src = entry.tier
+        for dst in range(src + 1, self.T):
+            if self.cap[dst] > 0:
+                self._move(entry, dst)
+                written[dst] += self.bblk
+                evicted.append((block, src, dst))
+                return
+        self.count[src] -= 1
+        del self.entries[block]
+        evicted.append((block, src, None))
+
+    def update(
+        self,
+        it: int,
+        admitted_hits: Sequence[tuple[Sequence[int], Sequence[int]]],
+        run: Sequence[tuple[Sequence[int], int, bool]],
+        free_blocks: int,
+        block_size: int,
+    ) -> tuple[list[float], list[float], list[tuple[int, int, int | None]]]:
+        """§5.5: the cache update of iteration ``it`` (after §2.7 retire).
+
+        Args:
+            it: the iteration index (iterations with a scheduled token before it).
+            admitted_hits: per request admitted this iteration, ``(hashes, tiers)``
+                with ``tiers`` the result of its lookup (one tier per hit block).
+            run: per request of ``RUN``, ``(hashes, c after retire, finished)``.
+            free_blocks: ``num_gpu_blocks - Σ_{RUN \\ FIN} ceil_div(c, block_size)``.
+            block_size: tokens per KV block.
+
+        Returns:
+            ``(R, W, evicted)``: bytes read and written per tier in this iteration
+            and the evictions ``(block id, from tier, to tier or None if dropped)``
+            in the order they happened.
+        """
+        U = self.U
+        read = [0.0] * self.T
+        written = [0.0] * self.T
+        evicted: list[tuple[int, int, int | None]] = []
+
+        # Step 1, hits: every admitted request, every block j < hit_blocks.
+        # AMBIGUITY: two requests admitted in the same iteration that hit the same
+        # lower-tier block both load it (2·Bblk read): the entry is still in that
+        # tier during step 1, and the text says "for every admitted request".
+        for hashes, tiers in admitted_hits:
+            for j in range(len(tiers)):
+                entry = self.entries[hashes[j]]
+                entry.hits += 1
+                if entry.tier >= 1:
+                    read[entry.tier] += self.bblk
+
+        # Step 2, touch; step 3, pinned = touched by requests in RUN \ FIN.
+        created: set[int] = set()
+        pinned: set[int] = set()
+        for hashes, c, fin in run:
+            for j in range(min(len(hashes), c // U)):
+                block = hashes[j]
+                entry = self.entries.get(block)
+                if entry is None:
+                    # AMBIGUITY: hits = 1 at creation, as step 2 says, although §5.2
+                    # defines hits as "how many admissions used it".
+                    entry = _Entry(tier=0, last=it, hits=1, depth=j)
+                    self.entries[block] = entry
+                    self.count[0] += 1
+                    created.add(block)
+                elif block in created:
+                    # Created by several requests in this iteration: smallest j.
+                    entry.depth = min(entry.depth, j)
+                if entry.tier != 0:
+                    # Recomputed while in a lower tier: moves to HBM without a read.
+                    self._move(entry, 0)
+                entry.last = it
+                if not fin:
+                    pinned.add(block)
+
+        # Step 4, HBM limit: at most cap_0 unpinned entries in tier 0. (Every pinned
+        # entry is in tier 0, as step 2 just moved it there.)
+        cap0 = free_blocks * block_size // U
+        excess = self.count[0] - len(pinned) - cap0
+        if excess > 0:
+            unpinned = [
+                b for b, e in self.entries.items() if e.tier == 0 and b not in pinned
+            ]
+            for block in self.eviction_order(unpinned)[:excess]:
+                self._demote(block, written, evicted)
+
+        # Step 5, demotion cascade through the lower tiers, in order.
+        for t in range(1, self.T):
+            excess = self.count[t] - self.cap[t]
+            if excess > 0:
+                in_tier = [b for b, e in self.entries.items() if e.tier == t]
+                for block in self.eviction_order(in_tier)[:excess]:
+                    self._demote(block, written, evicted)
+        return read, written, evicted
+
+    # ---- §5.6 transfer time -----------------------------------------------------------
+
+    def transfer_time(self, read: Sequence[float], written: Sequence[float]) -> float:
+        """§5.6: ``x = max(0, max_t dev_t, max_l link_l)`` for one iteration."""
+        x = 0.0
+        per_link: dict[int, float] = {}
+        for t in range(1, self.T):
+            moved = read[t] + written[t]
+            dev = read[t] / self.rbw[t] + written[t] / self.wbw[t]
+            dev += self.lat[t] if moved > 0 else 0.0
+            x = max(x, dev)
+            per_link[self.link[t]] = per_link.get(self.link[t], 0.0) + moved
+        for link_id, moved in per_link.items():
+            x = max(x, moved / self.lbw[link_id])
+        return x
 
 
 # --------------------------------------------------------------------------------------
@@ -443,6 +812,41 @@ def _check_workload(
     if np.any(prompt < 1) or np.any(output < 1):
         raise ValueError("prompt_tokens and output_tokens must be >= 1")
     return arrival, prompt, output
+
+
+def _check_hashes(
+    workload: Mapping[str, Any], num_requests: int
+) -> tuple[list[list[int]], int | None]:
+    """Validates the optional §5.1 workload keys ``hash_ids`` and ``hash_block_tokens``.
+
+    Returns:
+        ``(hashes, U)``: one list of Python ints per request in the original input
+        order (all empty when ``hash_ids`` is absent) and the block length ``U``
+        (None when ``hash_block_tokens`` is absent).
+    """
+    raw = workload.get("hash_ids")
+    if raw is None:
+        hashes: list[list[int]] = [[] for _ in range(num_requests)]
+    else:
+        if len(raw) != num_requests:
+            raise ValueError(
+                f"workload['hash_ids'] has {len(raw)} entries for {num_requests} requests"
+            )
+        hashes = []
+        for i, ids in enumerate(raw):
+            arr = np.asarray(ids).reshape(-1)
+            if arr.size and not np.issubdtype(arr.dtype, np.integer):
+                raise ValueError(f"workload['hash_ids'][{i}] must hold integers")
+            hashes.append([int(b) for b in arr])
+    U_raw = workload.get("hash_block_tokens")
+    if U_raw is None:
+        return hashes, None
+    if isinstance(U_raw, (bool, np.bool_)) or int(U_raw) != U_raw:
+        raise ValueError(f"workload['hash_block_tokens'] must be an integer, got {U_raw!r}")
+    U = int(U_raw)
+    if U < 1:
+        raise ValueError(f"workload['hash_block_tokens'] must be >= 1, got {U}")
+    return hashes, U
 
 
 # --------------------------------------------------------------------------------------
@@ -552,17 +956,30 @@ def simulate_reference(
 
     Args:
         workload: ``{"arrival_s", "prompt_tokens", "output_tokens"}`` arrays of equal
-            length, in any order.
-        config: flat lane configuration with exactly the keys of ``CONFIG_KEYS``.
+            length, in any order; optionally (§5.1) ``hash_ids`` (one list of integer
+            block ids per request, in the same original order, possibly empty;
+            absent = every list empty) and ``hash_block_tokens`` (the block length
+            ``U >= 1``; required when prefix caching is on and some list is
+            non-empty).
+        config: flat lane configuration with every key of ``CONFIG_KEYS`` and
+            optionally some of ``OPTIONAL_CONFIG_KEYS`` (§5).
         max_iterations: iteration budget (iterations that scheduled at least one
             token); when the lane is not done after that many, it stops and is marked
             truncated. None means no budget.
         trace: optional list; if given, one dict per iteration is appended with keys
             ``start_s``, ``dt``, ``end_s``, ``used_blocks``, ``batch`` (a list of
             ``(request, q, c, n_known, g)`` with the request's original index and the
-            state before the iteration), ``preempted`` (original indices of the
+            state before the iteration; with prefix caching ``c`` of an admitted
+            request is its hit length ``h``), ``preempted`` (original indices of the
             victims, in preemption order) and ``kind`` (``"mixed"`` in v1,
-            ``"prefill"`` or ``"decode"`` in v0). For tests and debugging.
+            ``"prefill"`` or ``"decode"`` in v0). With prefix caching on, also:
+            ``dt_compute`` (the §3 time ``dtc``), ``xfer_s`` (``x`` of §5.6),
+            ``exposed_s``, ``hidden_s``, ``hit_blocks`` (per request admitted in the
+            iteration, ``(request, hit_blocks, tiers)`` with ``tiers`` the tier of
+            each hit block at lookup), ``evicted`` (per §5.5 eviction in order,
+            ``(block id, from tier, to tier or None when dropped)``),
+            ``bytes_read``/``bytes_written`` (per tier, this iteration) and
+            ``entries`` (entries per tier after §5.5 step 5). For tests and debugging.
 
     Returns:
         Per-request numpy arrays in the original input order (``first_token_s``,
@@ -570,7 +987,15 @@ def simulate_reference(
         ``preemptions``, ``tokens_scheduled``, ``generated``, ``completed``), lane
         scalars (``infeasible``, ``truncated``, ``iterations``, ``busy_s``,
         ``total_tokens``, ``total_preemptions``, ``kv_occupancy_mean``,
-        ``kv_occupancy_peak``, ``num_completed``) and ``metrics`` (§4).
+        ``kv_occupancy_peak``, ``num_completed``), the §5.7 results
+        (``hit_tokens_by_tier``: list of T ints; ``admitted_prompt_tokens``: int;
+        ``prefix_hit_rate``: float; ``hit_rate_by_tier``: list of T floats (both
+        NaN if nothing was admitted); ``bytes_read_by_tier``,
+        ``bytes_written_by_tier``: lists of T floats, tier 0 always 0;
+        ``xfer_exposed_s``, ``xfer_hidden_s``: floats; ``peak_entries_by_tier``:
+        list of T ints) and ``metrics`` (§4, plus ``prefix_hit_rate``). With prefix
+        caching off the §5 results are zeros (the hit rates 0.0, or NaN if nothing
+        was admitted).
 
     Raises:
         KeyError: a config or workload key is missing.
@@ -581,6 +1006,7 @@ def simulate_reference(
     if max_iterations is not None and max_iterations < 0:
         raise ValueError(f"max_iterations must be >= 0, got {max_iterations}")
     R = int(arrival_in.shape[0])
+    hashes_in, U_in = _check_hashes(workload, R)
 
     # §0: order requests by (arrival_s, original index) with a stable sort.
     order = np.argsort(arrival_in, kind="stable")
@@ -588,6 +1014,7 @@ def simulate_reference(
     P: list[int] = [int(prompt_in[i]) for i in order]
     O: list[int] = [int(output_in[i]) for i in order]
     orig: list[int] = [int(i) for i in order]
+    H: list[list[int]] = [hashes_in[i] for i in order]  # §5.1 hashes_i
 
     # Per-request state, indexed by position in the sorted order.
     c: list[int] = [0] * R
@@ -618,6 +1045,24 @@ def simulate_reference(
     kv_integral = 0.0
     kv_peak = 0
     cost = CostModel(cfg)
+
+    # §5: prefix caching and KV memory tiers (off: everything below is inert).
+    prefix_on = cfg["enable_prefix_caching"]
+    num_tiers = 1 + len(cfg["tier_capacity_blocks"])
+    if prefix_on and U_in is None and any(H):
+        raise KeyError("workload is missing 'hash_block_tokens' (needed with hash_ids)")
+    # AMBIGUITY (input, not in the doc): without any block hash nothing is ever looked
+    # up or registered, so U only enters cap_0 and §5.3; block_size stands in for it.
+    U = U_in if U_in is not None else bs
+    cache = PrefixCache(cfg, cost, U) if prefix_on else None
+    overlap = cfg["load_overlap"]
+    hit_tokens = [0] * num_tiers
+    admitted_prompt_tokens = 0
+    bytes_read = [0.0] * num_tiers
+    bytes_written = [0.0] * num_tiers
+    xfer_exposed = 0.0
+    xfer_hidden = 0.0
+    peak_entries = [0] * num_tiers
 
     # §1: `running` in order of (most recent) admission; `waiting` holds preempted
     # requests at the front (most recently preempted first) followed by arrived,
@@ -657,6 +1102,8 @@ def simulate_reference(
         # Scheduled this iteration: (request, q, c_before, n_known_before, g_before).
         sched: list[tuple[int, int, int, int, int]] = []
         victims: list[int] = []
+        # §5.4: per request admitted this iteration, (request, tiers of its hit blocks).
+        admissions: list[tuple[int, list[int]]] = []
 
         def running_phase() -> None:
             """§2.2: walk `running` from the front while budget remains."""
@@ -687,8 +1134,9 @@ def simulate_reference(
                 i += 1
 
         def waiting_phase() -> int:
-            """§2.3: admit from the front of `waiting`; returns the admission count."""
-            nonlocal free, budget
+            """§2.3 (with the §5.4 lookup): admit from the front of `waiting`;
+            returns the admission count."""
+            nonlocal free, budget, admitted_prompt_tokens
             count = 0
             while waiting and budget > 0:
                 if len(running) >= max_seqs:
@@ -697,22 +1145,37 @@ def simulate_reference(
                 if arr[r] > clock:  # cannot happen (lazy arrivals); kept for fidelity
                     break
                 n_known = P[r] + g[r]
-                want = n_known - c[r]  # c[r] == 0 here
+                # §5.4: look up the prefix in the cache as it was at the start of the
+                # iteration (it only changes in §5.5, after retire); c = h, not 0.
+                # A request that is not admitted simply looks up again next time.
+                tiers = cache.lookup(H[r], n_known) if cache is not None else []
+                h = len(tiers) * U
+                want = n_known - h  # c[r] == 0 here; §5.4: c = h
                 if thr > 0:
                     want = min(want, thr)
                 if not chunked and want > budget:
                     break
                 q = min(want, budget)
-                need = ceil_div(q, bs)
+                need = ceil_div(h + q, bs)  # §5.4: its hit blocks are held by it
                 if free - need < watermark:
                     break
                 waiting.popleft()
                 running.append(r)
                 free -= need
                 budget -= q
+                c[r] = h  # §5.4: it starts the iteration with c = h
                 sched.append((r, q, c[r], n_known, g[r]))
+                admissions.append((r, tiers))
                 if math.isnan(admitted[r]):
                     admitted[r] = clock  # first admission only
+                    # §5.7: at the first admission, count its hit blocks by the tier
+                    # they were in at lookup, and its prompt tokens.
+                    # AMBIGUITY: with prefix caching off (§5 "off") these counters are
+                    # still kept: no hits, so prefix_hit_rate = 0.0 (NaN if nothing
+                    # was admitted) rather than NaN throughout.
+                    for t in tiers:
+                        hit_tokens[t] += U
+                    admitted_prompt_tokens += P[r]
                 count += 1
             return count
 
@@ -734,19 +1197,22 @@ def simulate_reference(
             # request, or the first waiting one when nothing runs, always fits).
             raise RuntimeError("reference simulator scheduled an empty iteration")
 
-        # §2.5 iteration time and §2.6 advance.
-        dt = cost.batch_time([(q, c0, nk, g0) for (_, q, c0, nk, g0) in sched])
-        start = clock
-        clock = clock + dt
-
-        # §2.8 accounting (used blocks after scheduling, before retirement).
+        # §2.5 iteration time (of the computation, `dtc` in §5.6).
+        dtc = cost.batch_time([(q, c0, nk, g0) for (_, q, c0, nk, g0) in sched])
+        # §2.8: used blocks after scheduling, before retirement.
         used = num_blocks - free
-        iterations += 1
-        busy += dt
-        kv_integral += used * dt
-        kv_peak = max(kv_peak, used)
+        # §5.5: RUN = `running` after scheduling (kept + admitted, no victims).
+        # AMBIGUITY: a running request the §2.2 walk did not reach (budget exhausted)
+        # is still in `running` after scheduling, so it is in RUN (touched, pinned).
+        run_after_sched = list(running)
 
-        # §2.7 retire.
+        # §2.7 retire, state part (c, g, finishing). The timestamps need the clock
+        # after the iteration, which with prefix caching depends on the §5.5 update
+        # (it runs after retire); they are stamped below once dt is known.
+        # AMBIGUITY: §2.7 stamps `clock` but §5.5 runs after §2.7 and determines dt
+        # (§5.6), which §2.6 adds to the clock: the stamps use the clock advanced by
+        # dt = dtc + exposed, i.e. the iteration's end time (§2.6).
+        sampled: list[int] = []
         any_finished = False
         for r, q, _c0, _nk, _g0 in sched:
             c[r] += q
@@ -754,28 +1220,85 @@ def simulate_reference(
             total_tokens += q
             if c[r] == P[r] + g[r]:
                 g[r] += 1
-                if g[r] == 1:
-                    first_token[r] = clock
+                sampled.append(r)
                 if g[r] == O[r]:
-                    finish[r] = clock
                     finished[r] = True
                     num_finished += 1
                     any_finished = True
+
+        # §5.5 cache update and §5.6 transfer time.
+        if cache is not None:
+            fin_now = {r for r in sampled if finished[r]}
+            run_info = [(H[r], c[r], r in fin_now) for r in run_after_sched]
+            free_after = num_blocks - sum(
+                ceil_div(c[r], bs) for r in run_after_sched if r not in fin_now
+            )
+            it_read, it_written, it_evicted = cache.update(
+                iterations,  # §5.2: it = number of iterations before this one
+                [(H[r], tiers) for r, tiers in admissions],
+                run_info,
+                free_after,
+                bs,
+            )
+            x = cache.transfer_time(it_read, it_written)
+            exposed = max(0.0, x - overlap * dtc)
+            hidden = x - exposed
+            dt = dtc + exposed  # §5.6: replaces §2.5's dt for §2.6-§2.8
+            for t in range(num_tiers):
+                bytes_read[t] += it_read[t]
+                bytes_written[t] += it_written[t]
+                peak_entries[t] = max(peak_entries[t], cache.count[t])
+            xfer_exposed += exposed
+            xfer_hidden += hidden
+        else:
+            dt = dtc
+
+        # §2.6 advance.
+        start = clock
+        clock = clock + dt
+
+        # §2.7 retire, timestamps (end of the iteration).
+        for r in sampled:
+            if g[r] == 1:
+                first_token[r] = clock
+            if finished[r]:
+                finish[r] = clock
         if any_finished:
             running = [r for r in running if not finished[r]]
 
+        # §2.8 accounting.
+        iterations += 1
+        busy += dt
+        kv_integral += used * dt
+        kv_peak = max(kv_peak, used)
+
         if trace is not None:
-            trace.append(
-                {
-                    "start_s": start,
-                    "dt": dt,
-                    "end_s": clock,
-                    "used_blocks": used,
-                    "batch": [(orig[r], q, c0, nk, g0) for (r, q, c0, nk, g0) in sched],
-                    "preempted": [orig[v] for v in victims],
-                    "kind": kind,
-                }
-            )
+            record: dict[str, Any] = {
+                "start_s": start,
+                "dt": dt,
+                "end_s": clock,
+                "used_blocks": used,
+                "batch": [(orig[r], q, c0, nk, g0) for (r, q, c0, nk, g0) in sched],
+                "preempted": [orig[v] for v in victims],
+                "kind": kind,
+            }
+            if cache is not None:
+                record.update(
+                    {
+                        "dt_compute": dtc,
+                        "xfer_s": x,
+                        "exposed_s": exposed,
+                        "hidden_s": hidden,
+                        "hit_blocks": [
+                            (orig[r], len(tiers), list(tiers)) for r, tiers in admissions
+                        ],
+                        "evicted": it_evicted,
+                        "bytes_read": it_read,
+                        "bytes_written": it_written,
+                        "entries": list(cache.count),
+                    }
+                )
+            trace.append(record)
 
     # ---- outputs, back in the original input order --------------------------------
     def unsort(values: list[Any], dtype: Any) -> np.ndarray:
@@ -804,6 +1327,14 @@ def simulate_reference(
         cfg["ttft_slo_s"],
         cfg["tpot_slo_s"],
     )
+    # §5.7 hit rates (NaN if nothing was admitted).
+    if admitted_prompt_tokens > 0:
+        hit_rate_by_tier = [ht / admitted_prompt_tokens for ht in hit_tokens]
+        prefix_hit_rate = sum(hit_tokens) / admitted_prompt_tokens
+    else:
+        hit_rate_by_tier = [math.nan] * num_tiers
+        prefix_hit_rate = math.nan
+    metrics["prefix_hit_rate"] = prefix_hit_rate
     return {
         "first_token_s": first_arr,
         "finish_s": finish_arr,
@@ -828,5 +1359,14 @@ def simulate_reference(
         ),
         "kv_occupancy_peak": kv_peak / num_blocks if num_blocks > 0 else math.nan,
         "num_completed": int(num_finished),
+        "hit_tokens_by_tier": [int(v) for v in hit_tokens],
+        "admitted_prompt_tokens": int(admitted_prompt_tokens),
+        "prefix_hit_rate": float(prefix_hit_rate),
+        "hit_rate_by_tier": [float(v) for v in hit_rate_by_tier],
+        "bytes_read_by_tier": [float(v) for v in bytes_read],
+        "bytes_written_by_tier": [float(v) for v in bytes_written],
+        "xfer_exposed_s": float(xfer_exposed),
+        "xfer_hidden_s": float(xfer_hidden),
+        "peak_entries_by_tier": [int(v) for v in peak_entries],
         "metrics": metrics,
     }

@@ -1,0 +1,229 @@
+"""Prefix caching and KV memory tiers inside one engine iteration (one lane).
+
+The contract is docs/semantics.md §5. The cache is a fixed table of K entries (one per
+cached block: block id, tier, last use, hits, depth) plus a map from block id to entry
+(``U`` ints), so a lookup is a gather and the per-iteration cost depends on S, H, K and
+T, never on the trace length. Eviction from a tier sorts the K entries by
+(not-a-candidate, score, -depth, id) once per tier and evicts a prefix of that order.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from jaxsim import costmodel
+from jaxsim import dd as ddm
+from jaxsim.params import SimParams
+from jaxsim.types import Array
+from jaxsim.workload import Workload
+
+i32 = jnp.int32
+f32 = jnp.float32
+
+
+class PrefixConsts(NamedTuple):
+    """Per-lane constants of §5, computed once per run.
+
+    Attributes:
+        usable: ``bool[T]`` tier usable for hits (§5.3; tier 0 always).
+        block_bytes: ``f32[]`` bytes of one cache block per GPU (Bblk).
+        next_tier: ``i32[T]`` where an entry evicted from tier t goes (-1 = dropped).
+    """
+
+    usable: Array
+    block_bytes: Array
+    next_tier: Array
+
+
+def _prefill_alone(consts: costmodel.CostConsts, x: Array) -> ddm.DD:
+    """§3 time of a batch with one prefill request, c = 0, q = x, not sampling."""
+    x = jnp.asarray(x, i32)
+    xd = costmodel.int_to_dd(x)
+    pairs = ddm.mul(xd, costmodel.int_to_dd(x + 1))
+    feats = costmodel.BatchFeatures(
+        tokens=x, num_seqs=jnp.int32(1), num_sampled=jnp.int32(0), prefill_tokens=x,
+        prefill_pairs_x2=pairs, prefill_kv_tokens=xd, num_decodes=jnp.int32(0),
+        decode_kv_tokens=costmodel.int_to_dd(jnp.int32(0)),
+    )
+    return costmodel.iteration_time_from_consts(consts, feats)
+
+
+def prepare(params: SimParams, workload: Workload,
+            consts: costmodel.CostConsts) -> PrefixConsts:
+    """§5.3 usable tiers, the block size in bytes and the demotion targets."""
+    cp, m = params.cache, params.model
+    T = cp.capacity_blocks.shape[-1]
+    U = workload.hash_block_tokens
+    tp = params.scheduler.tp.astype(f32)
+    nkv_g = jnp.maximum(m.num_kv_heads / tp, 1.0)
+    bblk = U.astype(f32) * 2.0 * m.num_layers * nkv_g * m.head_dim * m.bytes_per_kv
+    saved = ddm.add(_prefill_alone(consts, U), ddm.neg(_prefill_alone(consts, 1)))
+    saved = saved.hi + saved.lo
+    link_bw = cp.link_bps[jnp.clip(cp.link_id, 0, T - 1)]
+    one = jnp.maximum(cp.latency_s + bblk / cp.read_bps, bblk / link_bw)
+    t = jnp.arange(T)
+    enabled = (cp.capacity_blocks > 0) & (t > 0)
+    usable = (t == 0) | (enabled & (one <= saved))
+    # next enabled tier strictly below t (or -1)
+    later = enabled[None, :] & (t[None, :] > t[:, None])
+    first = jnp.argmax(later, axis=1)
+    next_tier = jnp.where(jnp.any(later, axis=1), first, -1).astype(i32)
+    return PrefixConsts(usable=usable, block_bytes=bblk, next_tier=next_tier)
+
+
+def lookup(st, pc: PrefixConsts, ids: Array, n_known: Array, U: Array):
+    """Longest usable cached prefix (§5.4) of rows of block ids.
+
+    Args:
+        st: the state (``loc``, ``e_tier``).
+        ids: ``i32[..., H]`` block ids (-1 pads).
+        n_known: ``i32[...]`` tokens known to the engine.
+
+    Returns:
+        (hit_blocks ``i32[...]``, entry ``i32[..., H]`` (-1: none), tier ``i32[..., H]``).
+    """
+    H = ids.shape[-1]
+    has = ids >= 0
+    e = jnp.where(has, st.loc[jnp.maximum(ids, 0)], -1)
+    tier = jnp.where(e >= 0, st.e_tier[jnp.maximum(e, 0)], -1)
+    ok = (e >= 0) & pc.usable[jnp.maximum(tier, 0)]
+    nh = jnp.sum(has, axis=-1, dtype=i32)
+    kmax = jnp.minimum(nh, jnp.maximum(n_known - 1, 0) // U)
+    j = jnp.arange(H, dtype=i32)
+    ok = ok & (j < kmax[..., None])
+    hit_blocks = jnp.sum(jnp.cumprod(ok.astype(i32), axis=-1), axis=-1, dtype=i32)
+    return hit_blocks, e, tier
+
+
+def _evict(e_id, e_tier, e_last, e_hits, e_depth, member, n_ev, cp):
+    """Mask of the ``n_ev`` members first in eviction order (§5.2)."""
+    K = e_id.shape[0]
+    score = (cp.w_recency * e_last.astype(f32) + cp.w_frequency * e_hits.astype(f32)
+             - cp.w_depth * e_depth.astype(f32))
+    idx = jnp.arange(K, dtype=i32)
+    *_, perm = jax.lax.sort(((~member).astype(i32), score, -e_depth, e_id, idx),
+                            num_keys=4)
+    rank = jnp.zeros((K,), i32).at[perm].set(idx)
+    return member & (rank < n_ev)
+
+
+class CacheUpdate(NamedTuple):
+    loc: Array
+    e_id: Array
+    e_tier: Array
+    e_last: Array
+    e_hits: Array
+    e_depth: Array
+    read_bytes: Array  # f32[T]
+    write_bytes: Array  # f32[T]
+    hit_tokens_first: Array  # i32[T] (first admissions only)
+    entries: Array  # i32[T] entries per tier after the update
+    overflow: Array  # bool[]
+
+
+def update(st, params: SimParams, pc: PrefixConsts, U: Array, it: Array, live: Array,
+           ids: Array, ent: Array, tier0: Array, hit_blocks: Array, admit: Array,
+           first_admit: Array, run_after: Array, finished: Array, computed1: Array,
+           num_gpu_blocks: Array, block_size: Array) -> CacheUpdate:
+    """§5.5: hits, touch, pinning, the HBM limit and demotion (one lane)."""
+    cp = params.cache
+    T = cp.capacity_blocks.shape[-1]
+    K = st.e_id.shape[0]
+    Uh = st.loc.shape[0]
+    S, H = ids.shape
+    j = jnp.arange(H, dtype=i32)[None, :]
+    tiers = jnp.arange(T, dtype=i32)
+
+    # 1. hits
+    hb = live & admit[:, None] & (j < hit_blocks[:, None])
+    e_hits = st.e_hits.at[jnp.where(hb, ent, K)].add(1, mode="drop")
+    onehot = (tier0[..., None] == tiers) & hb[..., None]  # [S, H, T]
+    per_tier = jnp.sum(onehot, axis=(0, 1), dtype=i32)
+    read_bytes = jnp.where(tiers > 0, per_tier.astype(f32) * pc.block_bytes, 0.0)
+    first_hits = jnp.sum(onehot & first_admit[:, None, None], axis=(0, 1), dtype=i32) * U
+
+    # 2. touch (create missing entries, move to HBM, last = it)
+    nh = jnp.sum(ids >= 0, axis=-1, dtype=i32)
+    done_blocks = jnp.minimum(nh, computed1 // U)
+    touch = live & run_after[:, None] & (j < done_blocks[:, None])
+    fid = ids.reshape(-1)
+    fent = ent.reshape(-1)
+    ftouch = touch.reshape(-1)
+    fj = jnp.broadcast_to(j, (S, H)).reshape(-1)
+    fnew = ftouch & (fent < 0)
+    p = jnp.arange(S * H, dtype=i32)
+    claim = st.loc.at[jnp.where(fnew, fid, Uh)].min(-2 - p, mode="drop")
+    winner = fnew & (claim[jnp.maximum(fid, 0)] == -2 - p)
+    rank = jnp.cumsum(winner, dtype=i32) - 1
+    efree = st.e_id < 0
+    free_rank = jnp.cumsum(efree, dtype=i32) - 1
+    free_pos = jnp.full((K,), K, i32).at[jnp.where(efree, free_rank, K)].set(
+        jnp.arange(K, dtype=i32), mode="drop")
+    n_free = jnp.sum(efree, dtype=i32)
+    got_row = winner & (rank < n_free)
+    new_e = jnp.where(got_row, free_pos[jnp.clip(rank, 0, K - 1)], K)
+    overflow = jnp.any(winner & ~got_row)
+    loc = st.loc.at[jnp.where(got_row, fid, Uh)].set(new_e, mode="drop")
+    e_id = st.e_id.at[new_e].set(fid, mode="drop")
+    e_hits = e_hits.at[new_e].set(1, mode="drop")
+    e_depth = st.e_depth.at[new_e].set(jnp.iinfo(i32).max, mode="drop")
+    e2 = jnp.where(ftouch, loc[jnp.maximum(fid, 0)], -1)
+    tgt = jnp.where(ftouch & (e2 >= 0), e2, K)
+    e_depth = e_depth.at[jnp.where(fnew, tgt, K)].min(fj, mode="drop")
+    e_tier = st.e_tier.at[tgt].set(0, mode="drop")
+    e_last = st.e_last.at[tgt].set(it, mode="drop")
+
+    # 3. pinned
+    fpin = ftouch & jnp.repeat(~finished, H)
+    pinned = jnp.zeros((K,), jnp.bool_).at[jnp.where(fpin, tgt, K)].set(True, mode="drop")
+
+    # 4. HBM limit
+    held = jnp.where(run_after & ~finished, (computed1 + block_size - 1) // block_size, 0)
+    free = jnp.maximum(num_gpu_blocks - jnp.sum(held, dtype=i32), 0)
+    cap0 = (free // U) * block_size + ((free % U) * block_size) // U
+    write_bytes = jnp.zeros((T,), f32)
+    valid = e_id >= 0
+    member = valid & (e_tier == 0) & ~pinned
+    n_ev = jnp.where(live, jnp.maximum(jnp.sum(member, dtype=i32) - cap0, 0), 0)
+    ev = _evict(e_id, e_tier, e_last, e_hits, e_depth, member, n_ev, cp)
+
+    def demote(ev, src, e_id, e_tier, loc, write_bytes):
+        dest = pc.next_tier[src]
+        e_tier = jnp.where(ev & (dest >= 0), dest, e_tier)
+        drop = ev & (dest < 0)
+        loc = loc.at[jnp.where(drop, e_id, Uh)].set(-1, mode="drop")
+        e_id = jnp.where(drop, -1, e_id)
+        n = jnp.sum(ev, dtype=i32)
+        write_bytes = write_bytes.at[jnp.maximum(dest, 0)].add(
+            jnp.where(dest >= 0, n.astype(f32) * pc.block_bytes, 0.0))
+        return e_id, e_tier, loc, write_bytes
+
+    e_id, e_tier, loc, write_bytes = demote(ev, 0, e_id, e_tier, loc, write_bytes)
+    # 5. cascade down the lower tiers
+    for t in range(1, T):
+        member = (e_id >= 0) & (e_tier == t)
+        n_ev = jnp.maximum(jnp.sum(member, dtype=i32) - cp.capacity_blocks[t], 0)
+        ev = _evict(e_id, e_tier, e_last, e_hits, e_depth, member, n_ev, cp)
+        e_id, e_tier, loc, write_bytes = demote(ev, t, e_id, e_tier, loc, write_bytes)
+
+    entries = jnp.sum((e_tier[:, None] == tiers) & (e_id >= 0)[:, None], axis=0, dtype=i32)
+    return CacheUpdate(loc=loc, e_id=e_id, e_tier=e_tier, e_last=e_last, e_hits=e_hits,
+                       e_depth=e_depth, read_bytes=read_bytes, write_bytes=write_bytes,
+                       hit_tokens_first=first_hits, entries=entries, overflow=overflow)
+
+
+def transfer_time(params: SimParams, read_bytes: Array, write_bytes: Array) -> Array:
+    """§5.6 x: the iteration's transfer time (float32 seconds)."""
+    cp = params.cache
+    T = cp.capacity_blocks.shape[-1]
+    tiers = jnp.arange(T)
+    moved = read_bytes + write_bytes
+    dev = (read_bytes / cp.read_bps + write_bytes / cp.write_bps
+           + jnp.where(moved > 0, cp.latency_s, 0.0))
+    dev = jnp.where(tiers > 0, dev, 0.0)
+    on_link = (cp.link_id[None, :] == tiers[:, None]) & (tiers[None, :] > 0)  # [l, t]
+    link = jnp.sum(jnp.where(on_link, moved[None, :], 0.0), axis=1) / cp.link_bps
+    return jnp.maximum(jnp.maximum(jnp.max(dev), jnp.max(link)), 0.0)
