@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from jaxsim import config as config_mod
+from jaxsim import prefix
 from jaxsim.params import SimParams, concatenate
 from jaxsim.shapes import SimShape
 from jaxsim.sim import SimResult, simulate_batch
@@ -47,6 +48,14 @@ def prepare(
         configs = [configs]
     cfgs = [config_mod.validate(c) for c in configs]
     per_lane = not isinstance(trace, Trace)
+    caching = any(c["enable_prefix_caching"] for c in cfgs)
+    T = 1 + max(len(c["tiers"]) for c in cfgs) if caching else 1
+    all_traces = list(trace) if per_lane else [trace]
+    U = all_traces[0].hash_block_tokens
+    if caching and any(t.hash_block_tokens != U for t in all_traces):
+        raise ValueError("per-lane traces must share one hash_block_tokens")
+    H = max(t.num_hash_blocks() for t in all_traces) if caching else 0
+    build = dict(hash_block_tokens=U, num_tiers=T if caching else None)
     if per_lane:
         traces = list(trace)
         if len(traces) != len(cfgs):
@@ -55,19 +64,28 @@ def prepare(
         R = max(len(t) for t in traces) if max_requests is None else max_requests
         cols = config_mod.columns_from_configs(cfgs)
         parts = [config_mod.params_from_columns({k: [v[i]] for k, v in cols.items()},
-                                                traces[i].max_len()) for i in range(len(cfgs))]
+                                                traces[i].max_len(), **build)
+                 for i in range(len(cfgs))]
         params = concatenate([p for p, _ in parts])
         info = {k: np.concatenate([inf[k] for _, inf in parts]) for k in parts[0][1]}
-        workload = stack_workloads([to_workload(t, R) for t in traces])
+        workload = stack_workloads([to_workload(t, R, H) for t in traces])
     else:
         cols = config_mod.columns_from_configs(cfgs)
-        params, info = config_mod.params_from_columns(cols, trace.max_len())
+        params, info = config_mod.params_from_columns(cols, trace.max_len(), **build)
         R = len(trace) if max_requests is None else max_requests
-        workload = to_workload(trace, R)
+        workload = to_workload(trace, R, H)
     if max_slots is None:
         max_slots = max(int(c["max_slots"] or min(c["max_num_seqs"], DEFAULT_SLOTS))
                         for c in cfgs)
-    shape = SimShape(max_requests=R, max_slots=max_slots, chunk_iterations=chunk_iterations)
+    cache_kw = {}
+    if caching:
+        Uh = max(1, int(np.max(np.asarray(workload.num_hash_ids))))
+        sp = params.scheduler
+        K = prefix.table_size(sp.num_gpu_blocks, sp.block_size, sp.max_num_batched_tokens,
+                              params.cache.capacity_blocks, U, max_slots, H, Uh)
+        cache_kw = dict(num_tiers=T, cache_entries=max(K, 1), hash_space=Uh)
+    shape = SimShape(max_requests=R, max_slots=max_slots, chunk_iterations=chunk_iterations,
+                     **cache_kw)
     return Prepared(shape, params, workload, info, cfgs)
 
 

@@ -18,7 +18,7 @@ EXIT_USAGE = 2
 JSON_KEYS = (
     "ttft_mean_s", "ttft_p50_s", "ttft_p99_s", "tpot_mean_s", "tpot_p50_s", "tpot_p99_s",
     "e2e_mean_s", "e2e_p50_s", "e2e_p99_s", "throughput_rps", "output_tps", "preemptions",
-    "completed", "status",
+    "completed", "status", "prefix_hit_rate", "hit_rate_by_tier",
 )
 
 
@@ -63,7 +63,16 @@ def cmd_simulate(args) -> int:
     out["workload"] = trace.name
     out["num_requests"] = len(trace)
     out["wall_s"] = res.wall_s
+    names = ["hbm", *cfg["tiers"]]
+    out["hit_rate_by_tier"] = {n: out.pop(f"hit_rate_tier{t}", 0.0)
+                               for t, n in enumerate(names)}
+    for t, n in enumerate(names):
+        for kind in ("read", "written"):
+            if f"bytes_{kind}_tier{t}" in out:
+                out[f"bytes_{kind}_{n}"] = out.pop(f"bytes_{kind}_tier{t}")
+        out[f"peak_blocks_{n}"] = out.pop(f"peak_blocks_tier{t}", 0)
     if args.json:
+        out["hit_rate_by_tier"] = {k: _jsonable(v) for k, v in out["hit_rate_by_tier"].items()}
         print(json.dumps({k: _jsonable(v) for k, v in out.items()}))
         return 0
     print(f"jaxsim: {cfg['model']} on {cfg['tp']}x {cfg['gpu']}, scheduler {cfg['scheduler']}, "
@@ -81,6 +90,10 @@ def cmd_simulate(args) -> int:
     print(f"  throughput {out['throughput_rps']:.3f} req/s, input {out['input_tps']:.1f} tok/s, "
           f"output {out['output_tps']:.1f} tok/s; goodput {out['goodput_rps']:.3f} req/s "
           f"(TTFT <= {cfg['slo']['ttft_s']} s, TPOT <= {cfg['slo']['tpot_s']} s)")
+    if cfg["enable_prefix_caching"]:
+        by_tier = ", ".join(f"{n} {v:.3f}" for n, v in out["hit_rate_by_tier"].items())
+        print(f"  prefix cache: hit rate {out['prefix_hit_rate']:.3f} ({by_tier}); transfers "
+              f"exposed {out['xfer_exposed_s']:.3f} s, hidden {out['xfer_hidden_s']:.3f} s")
     print(f"  KV occupancy mean {out['kv_occupancy_mean']:.3f}, peak "
           f"{out['kv_occupancy_peak']:.3f}; simulated in {res.wall_s:.2f} s")
     return 0

@@ -21,6 +21,7 @@ import yaml
 from jaxsim import costpresets, presets
 from jaxsim import status as st_bits
 from jaxsim.params import (
+    CacheParams,
     COST_ALIASES,
     COST_PARAM_NAMES,
     COST_SPEC,
@@ -61,6 +62,12 @@ DEFAULTS: dict[str, Any] = {
     "slo": {"ttft_s": 1.0, "tpot_s": 0.05},
     "cost_preset": "auto",
     "cost": {},
+    "enable_prefix_caching": False,
+    "preemption_mode": "recompute",
+    "tiers": [],
+    "tier": {},
+    "cache": {"recency_weight": 1.0, "frequency_weight": 0.0, "depth_weight": 0.0,
+              "load_overlap": 0.0},
     "workload": {
         "kind": "poisson",
         "rate": 10.0,
@@ -161,7 +168,69 @@ _TOP = {
     "max_slots": lambda k, v: _int(k, v, 1, 1 << 16, allow_none=True),
     "max_iterations": lambda k, v: _int(k, v, 1, 2**31 - 1, allow_none=True),
     "cost_preset": lambda k, v: _cost_preset(k, v),
+    "enable_prefix_caching": _bool,
+    "preemption_mode": lambda k, v: _preemption_mode(k, v),
+    "tiers": lambda k, v: _tier_list(k, v),
 }
+
+TIER_FIELDS = ("capacity_gb", "read_gbps", "write_gbps", "latency_us")
+_CACHE = {
+    "recency_weight": lambda k, v: _float(k, v, 0.0),
+    "frequency_weight": lambda k, v: _float(k, v, 0.0),
+    "depth_weight": lambda k, v: _float(k, v, 0.0),
+    "load_overlap": lambda k, v: _float(k, v, 0.0, 1.0),
+}
+
+
+def _preemption_mode(key, v):
+    if v == "swap":
+        raise ConfigError(f"{key}: 'swap' is not implemented yet; allowed: recompute "
+                          "(preempted requests recompute, and with prefix caching their "
+                          "cached blocks are reused)")
+    return _choice(key, v, ("recompute",))
+
+
+def _tier_list(key, v):
+    from jaxsim import tiers as tiers_mod
+
+    if v is None or v == "":
+        return []
+    names = [x.strip() for x in v.split(",")] if isinstance(v, str) else v
+    if not isinstance(names, list | tuple) or not all(isinstance(x, str) for x in names):
+        raise ConfigError(f"{key}: {v!r} must be a comma-separated list of tier presets "
+                          f"({', '.join(tiers_mod.TIER_PRESETS)})")
+    if len(names) > 5:
+        raise ConfigError(f"{key}: {len(names)} tiers; at most 5 below HBM")
+    for n in names:
+        if n not in tiers_mod.TIER_PRESETS:
+            raise ConfigError(f"{key}: {n!r} is not a tier preset; allowed: "
+                              f"{', '.join(tiers_mod.TIER_PRESETS)}")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{key}: {v!r} lists a tier twice")
+    return list(names)
+
+
+def _tier_overrides(key, v) -> dict:
+    from jaxsim import tiers as tiers_mod
+
+    if not isinstance(v, Mapping):
+        raise ConfigError(f"{key}: {v!r} must be a mapping tier name -> fields")
+    out: dict = {}
+    for name, fields in v.items():
+        if name not in tiers_mod.TIER_PRESETS:
+            raise ConfigError(f"{key}.{name}: unknown tier preset; allowed: "
+                              f"{', '.join(tiers_mod.TIER_PRESETS)}")
+        if not isinstance(fields, Mapping):
+            raise ConfigError(f"{key}.{name}: {fields!r} must be a mapping of "
+                              f"{', '.join(TIER_FIELDS)}")
+        for f, x in fields.items():
+            k = f"{key}.{name}.{f}"
+            if f not in TIER_FIELDS:
+                raise ConfigError(f"{k}: unknown field; allowed: "
+                                  f"{', '.join(f'{key}.{name}.{g}' for g in TIER_FIELDS)}")
+            lo_open = f in ("read_gbps", "write_gbps")
+            out.setdefault(name, {})[f] = _float(k, x, 0.0, lo_open=lo_open)
+    return out
 
 
 def _cost_preset(key, v):
@@ -205,10 +274,17 @@ def validate(cfg: Mapping) -> dict:
     for key, value in cfg.items():
         if key in _TOP:
             out[key] = _TOP[key](key, value)
-        elif key in ("slo", "workload", "cost"):
+        elif key == "tier":
+            for name, fields in _tier_overrides(key, value).items():
+                out["tier"].setdefault(name, {}).update(fields)
+        elif key.startswith("tier.") and key.count(".") == 2:
+            _, name, f = key.split(".")
+            for n2, fields in _tier_overrides("tier", {name: {f: value}}).items():
+                out["tier"].setdefault(n2, {}).update(fields)
+        elif key in ("slo", "workload", "cost", "cache"):
             if not isinstance(value, Mapping):
                 raise ConfigError(f"{key}: {value!r} must be a mapping")
-            table = {"slo": _SLO, "workload": _WORKLOAD}.get(key)
+            table = {"slo": _SLO, "workload": _WORKLOAD, "cache": _CACHE}.get(key)
             for sub, v in value.items():
                 name = f"{key}.{sub}"
                 if key == "cost":
@@ -230,7 +306,8 @@ def validate(cfg: Mapping) -> dict:
                     out[key][sub] = table[sub](name, v)
         else:
             allowed = [*_TOP, *(f"slo.{s}" for s in _SLO), *(f"workload.{s}" for s in _WORKLOAD),
-                       "cost.<name>"]
+                       *(f"cache.{s}" for s in _CACHE), "cost.<name>",
+                       *(f"tier.<name>.{f}" for f in TIER_FIELDS)]
             raise ConfigError(f"{key}: unknown key; allowed: {', '.join(allowed)}")
     try:
         costpresets.resolve(out["cost_preset"], out["gpu"])
@@ -255,6 +332,13 @@ def validate(cfg: Mapping) -> dict:
                               f"allowed: {', '.join(TRACE_FORMATS)}")
     elif w["kind"] in ("poisson", "gamma") and w["rate"] is None:
         raise ConfigError(f"workload.rate: required for workload.kind={w['kind']}")
+    for name in out["tier"]:
+        if name not in out["tiers"]:
+            raise ConfigError(f"tier.{name}: overrides a tier that is not in tiers "
+                              f"({','.join(out['tiers']) or 'none'})")
+    if out["tiers"] and not out["enable_prefix_caching"]:
+        raise ConfigError(f"tiers: {','.join(out['tiers'])} needs enable_prefix_caching: "
+                          "true (lower tiers hold evicted prefix-cache blocks)")
     if w["kind"] != "trace" and w["num_requests"] is None:
         raise ConfigError(f"workload.num_requests: required for workload.kind={w['kind']}")
     return out
@@ -280,14 +364,20 @@ def apply_sets(cfg: dict, assignments: Sequence[str]) -> dict:
     cfg = copy.deepcopy(cfg)
     for a in assignments:
         path, value = parse_set(a)
+        if len(path) == 3 and path[0] == "tier":
+            node = cfg.setdefault("tier", {})
+            if not isinstance(node, dict):
+                raise ConfigError("tier: must be a mapping")
+            node.setdefault(path[1], {})[path[2]] = value
+            continue
         if len(path) > 2:
             raise ConfigError(f"{'.'.join(path)}: unknown key (at most one dot: "
-                              f"section.key)")
+                              f"section.key, or tier.<name>.<field>)")
         if len(path) == 2:
             section, sub = path
-            if section not in ("slo", "workload", "cost"):
+            if section not in ("slo", "workload", "cost", "cache"):
                 raise ConfigError(f"{'.'.join(path)}: unknown key; sections are slo., "
-                                  f"workload., cost.")
+                                  f"workload., cost., cache., tier.")
             node = cfg.setdefault(section, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"{section}: must be a mapping")
@@ -363,6 +453,8 @@ COLUMN_KEYS = (
     "max_num_seqs", "max_num_batched_tokens", "long_prefill_token_threshold", "block_size",
     "gpu_memory_utilization", "num_gpu_blocks", "watermark", "max_model_len",
     "activation_reserve_gb", "slo.ttft_s", "slo.tpot_s",
+    "enable_prefix_caching", "tiers", "tier", "cache.recency_weight",
+    "cache.frequency_weight", "cache.depth_weight", "cache.load_overlap",
 )
 
 
@@ -374,7 +466,11 @@ def columns_from_configs(cfgs: Sequence[Mapping]) -> dict[str, list]:
         cols[f"cost.{n}"] = []
     for c in cfgs:
         for k in COLUMN_KEYS:
-            cols[k].append(c["slo"][k[4:]] if k.startswith("slo.") else c[k])
+            if k.startswith(("slo.", "cache.")):
+                sec, sub = k.split(".", 1)
+                cols[k].append(c[sec][sub])
+            else:
+                cols[k].append(c[k])
         for n in cost_names:
             cols[f"cost.{n}"].append(c["cost"].get(n, math.nan))
     return cols
@@ -395,7 +491,8 @@ def activation_reserve_bytes(m: dict, tp: np.ndarray, max_tokens: np.ndarray,
 
 
 def params_from_columns(
-    cols: Mapping[str, Sequence], workload_max_len: int
+    cols: Mapping[str, Sequence], workload_max_len: int,
+    hash_block_tokens: int = 512, num_tiers: int | None = None,
 ) -> tuple[SimParams, dict[str, np.ndarray]]:
     """Build a batched ``SimParams`` from columns of validated values.
 
@@ -405,6 +502,10 @@ def params_from_columns(
             ``max_model_len``, ``activation_reserve_gb``.
         workload_max_len: longest prompt + output in the workload (the default
             ``max_model_len``, capped by the model's context length).
+        hash_block_tokens: the workload's prefix block length U (tier capacities in GB
+            become blocks of U tokens).
+        num_tiers: T of the cache arrays (default: 1 + the longest ``tiers`` list);
+            shorter lists are padded with disabled tiers.
 
     Returns:
         (params with leading axis B, derived host-side figures per lane: ``weights_gb``,
@@ -554,6 +655,7 @@ def params_from_columns(
         ttft_slo_s=num("slo.ttft_s"),
         tpot_slo_s=num("slo.tpot_s"),
         status0=status.astype(np.int32),
+        cache=_cache_params(cols, B, kv_per_token, hash_block_tokens, num_tiers),
     )
     info = {
         "weights_gb": weights / 1e9,
@@ -563,3 +665,49 @@ def params_from_columns(
         "watermark_blocks": wm_blocks.astype(np.int64),
     }
     return params, info
+
+
+def _cache_params(cols, B, kv_per_token, U, num_tiers):
+    """CacheParams for every lane, or None when no lane enables prefix caching."""
+    from jaxsim import tiers as tiers_mod
+
+    enable = [bool(x) for x in cols.get("enable_prefix_caching", [False] * B)]
+    if not any(enable) and not num_tiers:
+        return None
+    names = [list(x) for x in cols.get("tiers", [[]] * B)]
+    T = 1 + max(len(n) for n in names) if num_tiers is None else int(num_tiers)
+    if any(1 + len(n) > T for n in names):
+        raise ConfigError(f"tiers: a lane lists more than num_tiers - 1 = {T - 1} tiers")
+    cap = np.zeros((B, T), np.int64)
+    rd, wr = np.full((B, T), 1e9), np.full((B, T), 1e9)
+    lat = np.zeros((B, T))
+    link = np.zeros((B, T), np.int32)
+    lbw = np.full((B, T), np.inf)
+    bblk = U * kv_per_token  # bytes of one cache block per GPU
+    overrides = cols.get("tier", [{}] * B)
+    for i in range(B):
+        if not names[i]:
+            continue
+        try:
+            a = tiers_mod.to_arrays(names[i], overrides[i] or None)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        n = len(names[i])
+        cap[i, 1:1 + n] = np.floor(a["capacity_bytes"] / bblk[i])
+        rd[i, 1:1 + n] = a["read_bps"]
+        wr[i, 1:1 + n] = a["write_bps"]
+        lat[i, 1:1 + n] = a["latency_s"]
+        link[i, 1:1 + n] = a["link_id"]
+        lbw[i, :n] = a["link_bps"][:n]
+    col = lambda k, d: np.array([d if x is None else float(x)  # noqa: E731
+                                 for x in cols.get(k, [d] * B)])
+    return CacheParams(
+        enable=np.array(enable, np.int32),
+        capacity_blocks=np.minimum(cap, 2**30).astype(np.int32),
+        read_bps=rd, write_bps=wr, latency_s=lat, link_id=link,
+        link_bps=np.minimum(lbw, 3e38),
+        w_recency=col("cache.recency_weight", 1.0),
+        w_frequency=col("cache.frequency_weight", 0.0),
+        w_depth=col("cache.depth_weight", 0.0),
+        load_overlap=col("cache.load_overlap", 0.0),
+    )

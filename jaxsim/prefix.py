@@ -92,22 +92,29 @@ def lookup(st, pc: PrefixConsts, ids: Array, n_known: Array, U: Array):
     ok = (e >= 0) & pc.usable[jnp.maximum(tier, 0)]
     nh = jnp.sum(has, axis=-1, dtype=i32)
     kmax = jnp.minimum(nh, jnp.maximum(n_known - 1, 0) // U)
-    j = jnp.arange(H, dtype=i32)
+    j = jnp.arange(H, dtype=i32).reshape((1,) * (ids.ndim - 1) + (H,))
     ok = ok & (j < kmax[..., None])
     hit_blocks = jnp.sum(jnp.cumprod(ok.astype(i32), axis=-1), axis=-1, dtype=i32)
     return hit_blocks, e, tier
 
 
-def _evict(e_id, e_tier, e_last, e_hits, e_depth, member, n_ev, cp):
-    """Mask of the ``n_ev`` members first in eviction order (§5.2)."""
+def _eviction_order(e_id, e_last, e_hits, e_depth, cp) -> Array:
+    """Permutation of the table rows in eviction order (§5.2). The score does not
+    depend on the tier, so one sort serves every tier: the order restricted to any set
+    of entries is that set's eviction order."""
     K = e_id.shape[0]
     score = (cp.w_recency * e_last.astype(f32) + cp.w_frequency * e_hits.astype(f32)
              - cp.w_depth * e_depth.astype(f32))
     idx = jnp.arange(K, dtype=i32)
-    *_, perm = jax.lax.sort(((~member).astype(i32), score, -e_depth, e_id, idx),
-                            num_keys=4)
-    rank = jnp.zeros((K,), i32).at[perm].set(idx)
-    return member & (rank < n_ev)
+    *_, perm = jax.lax.sort((score, -e_depth, e_id, idx), num_keys=3)
+    return perm
+
+
+def _evict(perm, member, n_ev):
+    """Mask of the ``n_ev`` members first in the eviction order ``perm``."""
+    m_sorted = member[perm]
+    first = m_sorted & (jnp.cumsum(m_sorted, dtype=i32) <= n_ev)
+    return jnp.zeros_like(member).at[perm].set(first)
 
 
 class CacheUpdate(NamedTuple):
@@ -140,7 +147,7 @@ def update(st, params: SimParams, pc: PrefixConsts, U: Array, it: Array, live: A
     # 1. hits
     hb = live & admit[:, None] & (j < hit_blocks[:, None])
     e_hits = st.e_hits.at[jnp.where(hb, ent, K)].add(1, mode="drop")
-    onehot = (tier0[..., None] == tiers) & hb[..., None]  # [S, H, T]
+    onehot = (tier0[..., None] == tiers[None, None, :]) & hb[..., None]  # [S, H, T]
     per_tier = jnp.sum(onehot, axis=(0, 1), dtype=i32)
     read_bytes = jnp.where(tiers > 0, per_tier.astype(f32) * pc.block_bytes, 0.0)
     first_hits = jnp.sum(onehot & first_admit[:, None, None], axis=(0, 1), dtype=i32) * U
@@ -154,9 +161,13 @@ def update(st, params: SimParams, pc: PrefixConsts, U: Array, it: Array, live: A
     ftouch = touch.reshape(-1)
     fj = jnp.broadcast_to(j, (S, H)).reshape(-1)
     fnew = ftouch & (fent < 0)
+    # one winner per new id: sort the new positions by id (O(S*H log), never O(U))
     p = jnp.arange(S * H, dtype=i32)
-    claim = st.loc.at[jnp.where(fnew, fid, Uh)].min(-2 - p, mode="drop")
-    winner = fnew & (claim[jnp.maximum(fid, 0)] == -2 - p)
+    key = jnp.where(fnew, fid, jnp.iinfo(i32).max)
+    k_sorted, p_sorted = jax.lax.sort((key, p), num_keys=2)
+    first = jnp.concatenate([jnp.ones((1,), jnp.bool_), k_sorted[1:] != k_sorted[:-1]])
+    winner = jnp.zeros((S * H,), jnp.bool_).at[p_sorted].set(
+        first & (k_sorted != jnp.iinfo(i32).max))
     rank = jnp.cumsum(winner, dtype=i32) - 1
     efree = st.e_id < 0
     free_rank = jnp.cumsum(efree, dtype=i32) - 1
@@ -188,7 +199,8 @@ def update(st, params: SimParams, pc: PrefixConsts, U: Array, it: Array, live: A
     valid = e_id >= 0
     member = valid & (e_tier == 0) & ~pinned
     n_ev = jnp.where(live, jnp.maximum(jnp.sum(member, dtype=i32) - cap0, 0), 0)
-    ev = _evict(e_id, e_tier, e_last, e_hits, e_depth, member, n_ev, cp)
+    perm = _eviction_order(e_id, e_last, e_hits, e_depth, cp)
+    ev = _evict(perm, member, n_ev)
 
     def demote(ev, src, e_id, e_tier, loc, write_bytes):
         dest = pc.next_tier[src]
@@ -206,10 +218,11 @@ def update(st, params: SimParams, pc: PrefixConsts, U: Array, it: Array, live: A
     for t in range(1, T):
         member = (e_id >= 0) & (e_tier == t)
         n_ev = jnp.maximum(jnp.sum(member, dtype=i32) - cp.capacity_blocks[t], 0)
-        ev = _evict(e_id, e_tier, e_last, e_hits, e_depth, member, n_ev, cp)
+        ev = _evict(perm, member, n_ev)
         e_id, e_tier, loc, write_bytes = demote(ev, t, e_id, e_tier, loc, write_bytes)
 
-    entries = jnp.sum((e_tier[:, None] == tiers) & (e_id >= 0)[:, None], axis=0, dtype=i32)
+    entries = jnp.sum((e_tier[:, None] == tiers[None, :]) & (e_id >= 0)[:, None], axis=0,
+                      dtype=i32)
     return CacheUpdate(loc=loc, e_id=e_id, e_tier=e_tier, e_last=e_last, e_hits=e_hits,
                        e_depth=e_depth, read_bytes=read_bytes, write_bytes=write_bytes,
                        hit_tokens_first=first_hits, entries=entries, overflow=overflow)
@@ -227,3 +240,27 @@ def transfer_time(params: SimParams, read_bytes: Array, write_bytes: Array) -> A
     on_link = (cp.link_id[None, :] == tiers[:, None]) & (tiers[None, :] > 0)  # [l, t]
     link = jnp.sum(jnp.where(on_link, moved[None, :], 0.0), axis=1) / cp.link_bps
     return jnp.maximum(jnp.maximum(jnp.max(dev), jnp.max(link)), 0.0)
+
+
+def table_size(num_gpu_blocks, block_size, max_num_batched_tokens, capacity_blocks,
+               hash_block_tokens: int, max_slots: int, max_prefix_blocks: int,
+               hash_space: int) -> int:
+    """Cache-table rows K that no lane of a batch can outgrow.
+
+    Per lane: HBM holds at most ``num_gpu_blocks * block_size / U`` entries after an
+    iteration (pinned blocks are held KV, the rest fit in the free KV), one iteration
+    adds at most ``max_num_batched_tokens / U + S`` before the limit is enforced (plus
+    up to S*H recomputed ids), and each lower tier holds at most its capacity. No more
+    than ``hash_space`` distinct ids exist. Rounded up to a multiple of 256 so nearby
+    sweeps share a compiled function.
+    """
+    import numpy as np
+
+    U = int(hash_block_tokens)
+    hbm = np.asarray(num_gpu_blocks, np.int64) * np.asarray(block_size, np.int64) // U + 1
+    step = np.asarray(max_num_batched_tokens, np.int64) // U + max_slots + 1
+    caps = np.asarray(capacity_blocks, np.int64)
+    lower = caps[..., 1:].sum(axis=-1) if caps.ndim and caps.shape[-1] > 1 else 0
+    need = int(np.max(hbm + step + lower)) if np.size(hbm) else 1
+    need = min(need, int(hash_space))
+    return max(256, -(-need // 256) * 256) if need > 0 else 0

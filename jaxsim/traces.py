@@ -120,8 +120,14 @@ def load_csv(path: str) -> Trace:
     return Trace(a, p, o, name=os.path.basename(path))
 
 
+#: Tokens per Mooncake hash block.
+MOONCAKE_BLOCK_TOKENS = 512
+
+
 def load_mooncake(path: str, with_hashes: bool = False):
-    """Mooncake JSONL. With ``with_hashes`` also returns the per-request ``hash_ids``."""
+    """Mooncake JSONL. The trace carries the ids of each request's whole prompt blocks
+    (``Trace.hash_ids``, 512 tokens each) for prefix caching. With ``with_hashes`` also
+    returns the raw per-request ``hash_ids`` lists."""
     a, p, o, hashes = [], [], [], []
     with _open(path) as f:
         for i, line in enumerate(f, start=1):
@@ -139,10 +145,20 @@ def load_mooncake(path: str, with_hashes: bool = False):
             a.append(_float_cell(path, i, "timestamp", rec["timestamp"]) / 1000.0)
             p.append(_int_cell(path, i, "input_length", rec["input_length"]))
             o.append(_int_cell(path, i, "output_length", rec["output_length"]))
-            hashes.append(rec.get("hash_ids", []))
+            h = rec.get("hash_ids", [])
+            if not isinstance(h, list) or not all(
+                    isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in h):
+                raise TraceError(f"{path}: row {i}, column hash_ids: must be a list of "
+                                 "non-negative integers")
+            hashes.append(h)
     if not a:
         raise TraceError(f"{path}: no data rows")
-    tr = Trace(np.asarray(a), np.asarray(p), np.asarray(o), name=os.path.basename(path))
+    # Mooncake ids cover ceil(input/512) blocks, the last one partial. Only whole prompt
+    # blocks are kept: a partial block's id says nothing about the tokens after it.
+    full = [[int(x) for x in h[: p_i // MOONCAKE_BLOCK_TOKENS]]
+            for h, p_i in zip(hashes, p, strict=True)]
+    tr = Trace(np.asarray(a), np.asarray(p), np.asarray(o), name=os.path.basename(path),
+               hash_ids=full, hash_block_tokens=MOONCAKE_BLOCK_TOKENS)
     return (tr, hashes) if with_hashes else tr
 
 

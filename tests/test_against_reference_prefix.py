@@ -1,0 +1,170 @@
+"""Prefix caching and KV tiers: the JAX simulator against the reference oracle.
+
+Random lanes as in ``test_against_reference`` plus block-hash workloads (shared-prefix
+groups whose lists run into the output tokens, so multi-turn-like reuse happens too),
+a small KV cache that forces HBM evictions, two lower tiers with random capacities (0
+included), bandwidths, latencies, links, integer eviction weights and overlap. Every
+count must be identical; times, bytes and transfer totals equal to 1e-6 relative.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from jaxsim import params as P
+from jaxsim import simulate_batch
+from jaxsim import status as st_bits
+from jaxsim.shapes import SimShape
+from jaxsim.workload import Trace, stack_workloads, to_workload
+from tests.helpers import lane_params, oracle_config, oracle_workload
+from tests.reference.event_sim import simulate_reference
+from tests.test_against_reference import R_MAX, S_MAX, compare_lane, random_case
+
+T = 3
+
+
+def random_hashes(rng, trace: Trace) -> Trace:
+    """Shared-prefix groups: request i of group g has ids g's prefix then private ids."""
+    U = int(rng.choice([4, 8, 16]))
+    n = len(trace)
+    groups = int(rng.integers(1, 4))
+    prefix_len = [int(rng.integers(0, 6)) for _ in range(groups)]
+    nxt = 1000
+    lists = []
+    for i in range(n):
+        g = int(rng.integers(groups))
+        total = (int(trace.prompt_tokens[i]) + int(trace.output_tokens[i])) // U
+        k = min(prefix_len[g], total)
+        ids = [100 * g + j for j in range(k)]
+        if rng.random() < 0.3 and lists:  # a "next turn" of an earlier request
+            prev = lists[int(rng.integers(len(lists)))]
+            ids = list(prev[:total])
+        while len(ids) < total:
+            ids.append(nxt)
+            nxt += 1
+        lists.append(ids)
+    return Trace(trace.arrival_s, trace.prompt_tokens, trace.output_tokens, trace.name,
+                 lists, U)
+
+
+def random_cache(rng) -> P.CacheParams:
+    def pick(vals, k=T):
+        return [float(rng.choice(vals)) for _ in range(k)]
+
+    caps = [0] + [int(rng.choice([0, 0, 1, 2, 4, 16, 1000])) for _ in range(T - 1)]
+    return P.CacheParams(
+        enable=int(rng.random() < 0.9),
+        capacity_blocks=caps,
+        read_bps=pick([1e9, 1e11, 1e13, 1e15]),
+        write_bps=pick([1e9, 1e12, 1e15]),
+        latency_s=pick([0.0, 1e-6, 1e-3]),
+        link_id=[0] + [int(rng.integers(0, 2)) for _ in range(T - 1)],
+        link_bps=pick([1e10, 1e13, 1e16]),
+        w_recency=float(rng.choice([1.0, 1.0, 0.0, 2.0])),
+        w_frequency=float(rng.choice([0.0, 0.0, 1.0, 3.0])),
+        w_depth=float(rng.choice([0.0, 0.0, 1.0])),
+        load_overlap=float(rng.choice([0.0, 0.5, 1.0])),
+    )
+
+
+def oracle_cache_config(cp: P.CacheParams) -> dict:
+    f = lambda x: [float(v) for v in np.asarray(x)[1:]]  # noqa: E731
+    return {
+        "enable_prefix_caching": bool(int(cp.enable)),
+        "tier_capacity_blocks": [int(v) for v in np.asarray(cp.capacity_blocks)[1:]],
+        "tier_read_bw": f(cp.read_bps),
+        "tier_write_bw": f(cp.write_bps),
+        "tier_latency_s": f(cp.latency_s),
+        "tier_link": [int(v) for v in np.asarray(cp.link_id)[1:]],
+        "tier_link_bw": [float(v) for v in np.asarray(cp.link_bps)],
+        "w_rec": float(cp.w_recency),
+        "w_freq": float(cp.w_frequency),
+        "w_depth": float(cp.w_depth),
+        "load_overlap": float(cp.load_overlap),
+    }
+
+
+def run_prefix_cases(seed: int, n: int, max_iterations=None):
+    rng = np.random.default_rng(seed)
+    cases = []
+    for _ in range(n):
+        trace, cfg = random_case(rng)
+        trace = random_hashes(rng, trace)
+        cases.append((trace, cfg, random_cache(rng)))
+    lanes = [lane_params(c, t) for t, c, _ in cases]
+    lanes = [P.SimParams(model=p.model, hardware=p.hardware, scheduler=p.scheduler,
+                         cost=p.cost, ttft_slo_s=p.ttft_slo_s, tpot_slo_s=p.tpot_slo_s,
+                         status0=p.status0, cache=cp)
+             for p, (_, _, cp) in zip(lanes, cases, strict=True)]
+    wls = [to_workload(t, R_MAX) for t, _, _ in cases]
+    wl = stack_workloads(wls)
+    U = int(max(int(w.num_hash_ids) for w in wls))
+    shape = SimShape(max_requests=R_MAX, max_slots=S_MAX, chunk_iterations=256,
+                     num_tiers=T, cache_entries=max(U, 1), hash_space=max(U, 1))
+    res = simulate_batch(shape, P.stack(lanes), wl, max_iterations=max_iterations)
+    refs = []
+    for (t, _, cp), p in zip(cases, lanes, strict=True):
+        w = oracle_workload(t)
+        w["hash_ids"] = t.hash_ids
+        w["hash_block_tokens"] = t.hash_block_tokens
+        refs.append(simulate_reference(w, {**oracle_config(p), **oracle_cache_config(cp)},
+                                       max_iterations=max_iterations))
+    return cases, res, refs
+
+
+def _close(a, b, rtol=1e-6, atol=1e-9):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return bool(np.all((np.isnan(a) & np.isnan(b)) | (np.abs(a - b) <= atol + rtol * np.abs(b))))
+
+
+def compare_cache(i, res, ref):
+    errors = []
+    st, m = res.state, res.metrics
+    if int(res.status[i]) & st_bits.INFEASIBLE:
+        return errors
+    hits = np.asarray(st.hit_tok_hi[i], np.float64) + np.asarray(st.hit_tok_lo[i])
+    if not np.array_equal(hits, np.asarray(ref["hit_tokens_by_tier"], np.float64)):
+        errors.append(f"hit tokens {hits} vs ref {ref['hit_tokens_by_tier']}")
+    adm = float(st.adm_tok_hi[i]) + float(st.adm_tok_lo[i])
+    if adm != ref["admitted_prompt_tokens"]:
+        errors.append(f"admitted prompt tokens {adm} vs ref {ref['admitted_prompt_tokens']}")
+    if not _close(m["prefix_hit_rate"][i], ref["prefix_hit_rate"], rtol=1e-6):
+        errors.append(f"prefix_hit_rate {m['prefix_hit_rate'][i]} vs {ref['prefix_hit_rate']}")
+    for name, key in (("read", "bytes_read_by_tier"), ("write", "bytes_written_by_tier")):
+        got = np.asarray(getattr(st, f"{name}_hi")[i], np.float64) + np.asarray(
+            getattr(st, f"{name}_lo")[i])
+        if not _close(got, ref[key], rtol=1e-6):
+            errors.append(f"{key} {got} vs ref {ref[key]}")
+    for key in ("xfer_exposed_s", "xfer_hidden_s"):
+        if not _close(m[key][i], ref[key], rtol=1e-5, atol=1e-12):
+            errors.append(f"{key} {m[key][i]} vs ref {ref[key]}")
+    peaks = np.asarray(st.peak_entries[i])
+    if not np.array_equal(peaks, np.asarray(ref["peak_entries_by_tier"])):
+        errors.append(f"peak entries {peaks} vs ref {ref['peak_entries_by_tier']}")
+    if int(res.status[i]) & st_bits.OVERFLOW_CACHE:
+        errors.append("unexpected overflow_cache_table")
+    return errors
+
+
+def _check(seed, n, max_iterations=None):
+    cases, res, refs = run_prefix_cases(seed, n, max_iterations)
+    failures = []
+    for i, ((t, cfg, _), ref) in enumerate(zip(cases, refs, strict=True)):
+        errs = compare_lane(i, t, res, ref) + compare_cache(i, res, ref)
+        if errs:
+            failures.append(f"lane {i} ({cfg}): " + "; ".join(errs[:4]))
+    assert not failures, f"{len(failures)} of {n} lanes differ:\n" + "\n".join(failures[:8])
+    return cases, refs
+
+
+def test_prefix_oracle__random_lanes_match():
+    cases, refs = _check(20261121, 220)
+    # the suite must exercise the interesting paths
+    hit = sum(sum(r["hit_tokens_by_tier"]) > 0 for r in refs)
+    lower = sum(sum(r["hit_tokens_by_tier"][1:]) > 0 for r in refs)
+    written = sum(sum(r["bytes_written_by_tier"]) > 0 for r in refs)
+    exposed = sum(r["xfer_exposed_s"] > 0 for r in refs)
+    assert hit >= 60, hit
+    assert lower >= 10, lower
+    assert written >= 20, written
+    assert exposed >= 5, exposed
