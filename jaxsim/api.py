@@ -35,11 +35,14 @@ def prepare(
     max_slots: int | None = None,
     chunk_iterations: int = 1024,
     max_requests: int | None = None,
+    cache_entries: int | None = None,
 ) -> Prepared:
     """Validate configurations (partial dicts; defaults fill the rest) for a workload.
 
     ``trace`` is one trace shared by every lane, or one trace per configuration
-    (per-lane workloads, e.g. an arrival-rate axis). ``max_slots`` (the slot table, S)
+    (per-lane workloads, e.g. an arrival-rate axis). ``cache_entries`` fixes the
+    prefix-cache table size K (default: ``prefix.table_size`` of these lanes); give the
+    same K to batches of one sweep so they share one compiled function. ``max_slots`` (the slot table, S)
     defaults to ``min(largest max_num_seqs, 64)``: the step costs O(S), and
     ``simulate_batch`` re-runs the few lanes whose concurrency outgrows S with a larger
     table, so results stay exact.
@@ -83,6 +86,8 @@ def prepare(
         sp = params.scheduler
         K = prefix.table_size(sp.num_gpu_blocks, sp.block_size, sp.max_num_batched_tokens,
                               params.cache.capacity_blocks, U, max_slots, H, Uh)
+        if cache_entries is not None:
+            K = int(cache_entries)
         cache_kw = dict(num_tiers=T, cache_entries=max(K, 1), hash_space=Uh)
     shape = SimShape(max_requests=R, max_slots=max_slots, chunk_iterations=chunk_iterations,
                      **cache_kw)

@@ -21,11 +21,11 @@ import yaml
 from jaxsim import costpresets, presets
 from jaxsim import status as st_bits
 from jaxsim.params import (
-    CacheParams,
     COST_ALIASES,
     COST_PARAM_NAMES,
     COST_SPEC,
     SMOOTH_P_CHOICES,
+    CacheParams,
     CostParams,
     HardwareParams,
     ModelParams,
