@@ -42,8 +42,8 @@ def prepare(
     ``trace`` is one trace shared by every lane, or one trace per configuration
     (per-lane workloads, e.g. an arrival-rate axis). ``cache_entries`` fixes the
     prefix-cache table size K (default: ``prefix.table_size`` of these lanes); give the
-    same K to batches of one sweep so they share one compiled function. ``max_slots`` (the slot table, S)
-    defaults to ``min(largest max_num_seqs, 64)``: the step costs O(S), and
+    same K to batches of one sweep so they share one compiled function. ``max_slots``
+    (the slot table, S) defaults to ``min(largest max_num_seqs, 64)``: the step costs O(S), and
     ``simulate_batch`` re-runs the few lanes whose concurrency outgrows S with a larger
     table, so results stay exact.
     """

@@ -21,9 +21,9 @@ What maps to what (jaxsim key -> ``EngineArgs`` field):
 * ``enable_prefix_caching`` (optional key) -> the same field. Without the key the export
   sets it to False: the simulator models no prefix reuse, while vLLM v1 turns automatic
   prefix caching on by default.
-* A CPU KV tier (optional keys ``tiers`` / ``tier.<name>.capacity_gb``, tier named cpu,
-  host or dram; GB = 1e9 bytes as everywhere in jaxsim) -> ``kv_offloading_size`` in GiB
-  (vLLM's figure is the total over the TP ranks, i.e. per instance) and
+* Host-memory KV tiers (``tiers`` naming ``dram``, ``dram_pcie4`` or ``grace``; their
+  ``tier.<name>.capacity_gb`` or the preset's capacity; GB = 1e9 bytes as everywhere)
+  -> ``kv_offloading_size`` in GiB (vLLM's figure is the total over the TP ranks, i.e. per instance) and
   ``kv_offloading_backend="native"``.
 * ``scheduler`` v1 -> nothing (vLLM's default engine); v0 -> the environment variable
   ``VLLM_USE_V1=0``, which only vLLM releases before 0.11 honour (the V0 engine has since
@@ -74,7 +74,8 @@ HF_MODEL_IDS: dict[str, str] = {
 }
 
 #: Tier names taken as CPU memory (vLLM's native KV offloading target).
-CPU_TIER_NAMES = ("cpu", "host", "dram", "cpu_dram", "host_dram")
+#: Tier presets that are host memory (vLLM's native CPU offloading backend).
+CPU_TIER_NAMES = ("dram", "dram_pcie4", "grace")
 
 _DTYPES = {"bf16": "bfloat16", "fp8": "bfloat16"}
 
@@ -106,38 +107,16 @@ def _capacity_gb(field: str, v: Any) -> float:
 
 
 def _cpu_offload_gb(cfg: Mapping) -> float | None:
-    """Total capacity (GB) of the CPU-memory KV tiers the configuration names, if any."""
-    tiers, per_tier = cfg.get("tiers"), cfg.get("tier")
-    caps: dict[str, tuple[str, Any]] = {}  # tier name -> (field, capacity)
-    if isinstance(per_tier, Mapping):
-        for name, t in per_tier.items():
-            if isinstance(t, Mapping) and t.get("capacity_gb") is not None:
-                caps[str(name)] = (f"tier.{name}.capacity_gb", t["capacity_gb"])
-    for key, v in cfg.items():  # flat spelling: "tier.<name>.capacity_gb": value
-        parts = key.split(".") if isinstance(key, str) else []
-        if len(parts) == 3 and parts[0] == "tier" and parts[2] == "capacity_gb" and v is not None:
-            caps[parts[1]] = (key, v)
-    names: list[str] | None = None
-    if isinstance(tiers, Mapping):
-        for name, t in tiers.items():
-            if isinstance(t, Mapping) and t.get("capacity_gb") is not None:
-                caps[str(name)] = (f"tiers.{name}.capacity_gb", t["capacity_gb"])
-    elif isinstance(tiers, list | tuple):
-        names = []
-        for i, t in enumerate(tiers):
-            if isinstance(t, Mapping):
-                name = str(t.get("name", ""))
-                if t.get("capacity_gb") is not None:
-                    caps[name] = (f"tiers[{i}].capacity_gb", t["capacity_gb"])
-            else:
-                name = str(t)
-            names.append(name)
+    """Total capacity (GB) of the host-memory KV tiers of a validated configuration."""
+    from jaxsim import tiers as tiers_mod
+
     total, found = 0.0, False
-    for name, (field, v) in caps.items():
-        if name.lower() in CPU_TIER_NAMES and (names is None or name in names):
-            total += _capacity_gb(field, v)
+    for name in cfg.get("tiers") or []:
+        if name in CPU_TIER_NAMES:
+            cap = cfg.get("tier", {}).get(name, {}).get("capacity_gb")
+            total += tiers_mod.tier(name).capacity_gb if cap is None else float(cap)
             found = True
-    return total if found else None
+    return total if found and total > 0 else None
 
 
 def vllm_engine_args(cfg: Mapping) -> dict[str, object]:
