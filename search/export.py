@@ -23,8 +23,8 @@ What maps to what (jaxsim key -> ``EngineArgs`` field):
   prefix caching on by default.
 * Host-memory KV tiers (``tiers`` naming ``dram``, ``dram_pcie4`` or ``grace``; their
   ``tier.<name>.capacity_gb`` or the preset's capacity; GB = 1e9 bytes as everywhere)
-  -> ``kv_offloading_size`` in GiB (vLLM's figure is the total over the TP ranks, i.e. per instance) and
-  ``kv_offloading_backend="native"``.
+  -> ``kv_offloading_size`` in GiB (vLLM's figure is the total over the TP ranks, i.e.
+  per instance) and ``kv_offloading_backend="native"``.
 * ``scheduler`` v1 -> nothing (vLLM's default engine); v0 -> the environment variable
   ``VLLM_USE_V1=0``, which only vLLM releases before 0.11 honour (the V0 engine has since
   been removed), with chunked prefill off.
