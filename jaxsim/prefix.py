@@ -238,7 +238,10 @@ def transfer_time(params: SimParams, read_bytes: Array, write_bytes: Array) -> A
            + jnp.where(moved > 0, cp.latency_s, 0.0))
     dev = jnp.where(tiers > 0, dev, 0.0)
     on_link = (cp.link_id[None, :] == tiers[:, None]) & (tiers[None, :] > 0)  # [l, t]
-    link = jnp.sum(jnp.where(on_link, moved[None, :], 0.0), axis=1) / cp.link_bps
+    # full duplex: reads into HBM and writes out of it each have the link's bandwidth
+    rd = jnp.sum(jnp.where(on_link, read_bytes[None, :], 0.0), axis=1)
+    wr = jnp.sum(jnp.where(on_link, write_bytes[None, :], 0.0), axis=1)
+    link = jnp.maximum(rd, wr) / cp.link_bps
     return jnp.maximum(jnp.maximum(jnp.max(dev), jnp.max(link)), 0.0)
 
 

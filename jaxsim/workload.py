@@ -387,3 +387,32 @@ def synthetic(
     p = sample_lengths(prompt_tokens, n, rng, "workload.prompt_tokens")
     o = sample_lengths(output_tokens, n, rng, "workload.output_tokens")
     return Trace(arrival, p, o, name=f"{kind}({n})")
+
+
+def with_shared_prefixes(trace: Trace, num_groups: int, prefix_tokens: int,
+                         block_tokens: int = DEFAULT_HASH_BLOCK_TOKENS,
+                         seed: int = 0) -> Trace:
+    """The trace with block ids for shared-prefix groups (system prompts).
+
+    Each request joins one of ``num_groups`` groups at random; its first
+    ``min(prefix_tokens, prompt)`` tokens are its group's shared prefix, the rest of the
+    prompt is its own. Ids cover whole blocks of ``block_tokens`` tokens of the prompt.
+    """
+    for name, v, lo in (("num_groups", num_groups, 1), ("prefix_tokens", prefix_tokens, 0),
+                        ("block_tokens", block_tokens, 1)):
+        if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < lo:
+            raise ValueError(f"with_shared_prefixes: {name}={v!r} must be an int >= {lo}")
+    rng = np.random.default_rng(seed)
+    U = int(block_tokens)
+    shared = int(prefix_tokens) // U
+    groups = rng.integers(0, num_groups, size=len(trace))
+    nxt = num_groups * shared
+    ids = []
+    for p, g in zip(trace.prompt_tokens, groups, strict=True):
+        n = int(p) // U
+        k = min(shared, n)
+        own = np.arange(nxt, nxt + n - k)
+        nxt += n - k
+        ids.append(np.concatenate([g * shared + np.arange(k), own]))
+    return Trace(trace.arrival_s, trace.prompt_tokens, trace.output_tokens,
+                 f"{trace.name}+prefix({num_groups}x{prefix_tokens})", ids, U)

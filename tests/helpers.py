@@ -19,6 +19,10 @@ MODEL_FIELDS = (
 )
 
 
+#: Compiled once (a new lambda per call would compile once per lane).
+_cost_values = jax.jit(lambda c: c.values())
+
+
 def lane_params(cfg: dict, trace: Trace) -> P.SimParams:
     """SimParams (no lane axis) for one partial configuration dict and a trace."""
     full = config_mod.validate(cfg)
@@ -39,7 +43,7 @@ def oracle_config(params: P.SimParams) -> dict:
     cfg["peak_flops"] = float(params.hardware.peak_flops)
     cfg["hbm_bw"] = float(params.hardware.hbm_bw_bytes_per_s)
     cfg["link_bw"] = float(params.hardware.link_bw_bytes_per_s)
-    values = jax.jit(lambda c: c.values())(params.cost)
+    values = _cost_values(params.cost)
     for k, v in values.items():
         cfg[k] = float(v)
     cfg["smooth_p"] = float(2 ** int(params.cost.smooth_p_log2))

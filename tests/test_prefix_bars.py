@@ -120,38 +120,31 @@ def test_lower_tier_hit_is_never_slower_than_a_miss():
     B shares A's prompt (a lower-tier hit, or a recompute where the tier is not worth
     loading from) or has its own (a miss), on the same configuration: the hit's TTFT is
     never above the miss's. B arrives at an idle engine in both, so the queueing is the
-    same (0)."""
-    cfgs, meta = [], []
+    same (0). One batch: every (prompt, tier, bandwidth, hit/miss) is a lane."""
+    cfgs, meta, trs = [], [], []
     for P in (1024, 12288):
+        n = P // U
+        a_ids = list(range(n))
+        filler = list(range(1000, 1000 + (P + 2048) // U))
         for tier in ("dram", "cxl", "nvm", "ssd", "ssd_gen4", "remote", "grace"):
             for bw in (None, 0.05, 2.0):
                 over = {} if bw is None else {"read_gbps": bw, "write_gbps": bw}
                 cfg = {**BASE, "num_gpu_blocks": (P + 2048) // 16 + 8,
                        "max_model_len": P + 2048, "tiers": tier,
                        "tier": {tier: {"capacity_gb": 100, **over}}}
-                cfgs.append(cfg)
-                meta.append((P, tier, bw))
-    P_max = 16384
+                for hit, b in ((True, a_ids), (False, list(range(5000, 5000 + n)))):
+                    cfgs.append(cfg)
+                    meta.append((P, tier, bw, hit))
+                    trs.append(Trace([0.0, 100.0, 200.0], [P, P + 2048 - 8, P], [1, 4, 1],
+                                     "ab", [a_ids, filler, b], U))
+    _, res = run(cfgs, trs)
+    assert (res.status == 0).all()
+    ttft = np.asarray(res.state.ttft_s)[:, 2]
     results = {}
-    for P in (1024, 12288):
-        n = P // U
-        a_ids = list(range(n))
-        filler = list(range(1000, 1000 + (P + 2048) // U))
-        b_ids = list(range(5000, 5000 + n))
-        sel = [i for i, m in enumerate(meta) if m[0] == P]
-        out = []
-        for b in (a_ids, b_ids):
-            tr = Trace([0.0, 100.0, 200.0], [P, P + 2048 - 8, P], [1, 4, 1], "ab",
-                       [a_ids, filler, b], U)
-            _, res = run([cfgs[i] for i in sel], tr)
-            assert (res.status == 0).all()
-            out.append(res)
-        hit_t = np.asarray(out[0].state.ttft_s)[:, 2]
-        miss_t = np.asarray(out[1].state.ttft_s)[:, 2]
-        for k, i in enumerate(sel):
-            results[meta[i]] = (float(hit_t[k]), float(miss_t[k]),
-                                float(hit_tokens(out[0], k)[1:].sum()))
-    assert P_max
+    for i, (P, tier, bw, hit) in enumerate(meta):
+        if hit:
+            results[(P, tier, bw)] = (float(ttft[i]), float(ttft[i + 1]),
+                                      float(hit_tokens(res, i)[1:].sum()))
     for key, (hit, miss, _) in results.items():
         assert hit <= miss * (1 + 1e-6), (key, hit, miss)
     # not vacuous: fast tiers do serve the prefix and make B faster

@@ -741,15 +741,18 @@ class PrefixCache:
     def transfer_time(self, read: Sequence[float], written: Sequence[float]) -> float:
         """§5.6: ``x = max(0, max_t dev_t, max_l link_l)`` for one iteration."""
         x = 0.0
-        per_link: dict[int, float] = {}
+        # links are full duplex: reads (to HBM) and writes (from HBM) each have lbw
+        link_read: dict[int, float] = {}
+        link_write: dict[int, float] = {}
         for t in range(1, self.T):
             moved = read[t] + written[t]
             dev = read[t] / self.rbw[t] + written[t] / self.wbw[t]
             dev += self.lat[t] if moved > 0 else 0.0
             x = max(x, dev)
-            per_link[self.link[t]] = per_link.get(self.link[t], 0.0) + moved
-        for link_id, moved in per_link.items():
-            x = max(x, moved / self.lbw[link_id])
+            link_read[self.link[t]] = link_read.get(self.link[t], 0.0) + read[t]
+            link_write[self.link[t]] = link_write.get(self.link[t], 0.0) + written[t]
+        for link_id, r in link_read.items():
+            x = max(x, max(r, link_write[link_id]) / self.lbw[link_id])
         return x
 
 
