@@ -112,7 +112,7 @@ def trace_length(lanes=16, iterations=2048):
 
 def one_compile(n=1024):
     rng = np.random.default_rng(0)
-    base = synthetic("poisson", 64, {"dist": "uniform", "low": 256, "high": 3000}, 32,
+    base = synthetic("poisson", 32, {"dist": "uniform", "low": 256, "high": 3000}, 16,
                      rate=8.0, seed=3)
     tr = with_shared_prefixes(base, 4, 1536, U, seed=3)
 

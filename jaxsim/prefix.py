@@ -161,13 +161,11 @@ def update(st, params: SimParams, pc: PrefixConsts, U: Array, it: Array, live: A
     ftouch = touch.reshape(-1)
     fj = jnp.broadcast_to(j, (S, H)).reshape(-1)
     fnew = ftouch & (fent < 0)
-    # one winner per new id: sort the new positions by id (O(S*H log), never O(U))
+    # One winner per new id: every position claiming id x writes -2-p into loc[x] with a
+    # scatter-min (in place on the map, O(S*H), never O(U)); the largest p wins.
     p = jnp.arange(S * H, dtype=i32)
-    key = jnp.where(fnew, fid, jnp.iinfo(i32).max)
-    k_sorted, p_sorted = jax.lax.sort((key, p), num_keys=2)
-    first = jnp.concatenate([jnp.ones((1,), jnp.bool_), k_sorted[1:] != k_sorted[:-1]])
-    winner = jnp.zeros((S * H,), jnp.bool_).at[p_sorted].set(
-        first & (k_sorted != jnp.iinfo(i32).max))
+    loc = st.loc.at[jnp.where(fnew, fid, Uh)].min(-2 - p, mode="drop")
+    winner = fnew & (loc[jnp.maximum(fid, 0)] == -2 - p)
     rank = jnp.cumsum(winner, dtype=i32) - 1
     efree = st.e_id < 0
     free_rank = jnp.cumsum(efree, dtype=i32) - 1
@@ -177,7 +175,8 @@ def update(st, params: SimParams, pc: PrefixConsts, U: Array, it: Array, live: A
     got_row = winner & (rank < n_free)
     new_e = jnp.where(got_row, free_pos[jnp.clip(rank, 0, K - 1)], K)
     overflow = jnp.any(winner & ~got_row)
-    loc = st.loc.at[jnp.where(got_row, fid, Uh)].set(new_e, mode="drop")
+    # every claimed id has a winner: its row, or -1 when the table is full
+    loc = loc.at[jnp.where(winner, fid, Uh)].set(jnp.where(got_row, new_e, -1), mode="drop")
     e_id = st.e_id.at[new_e].set(fid, mode="drop")
     e_hits = e_hits.at[new_e].set(1, mode="drop")
     e_depth = st.e_depth.at[new_e].set(jnp.iinfo(i32).max, mode="drop")

@@ -385,8 +385,9 @@ def test_block_demoted_to_tier1_then_hit() -> None:
     #       Update: step 1 loads 11 from tier 1: R_1 = 16. Step 2 touches 10, 11
     #       (-> tier 0, last 2). Step 4: 5 tier-0 entries, cap_0 = 4: evict the LRU
     #       one among 20, 21, 22 (last 1): the deepest, 22 -> tier 1: W_1 = 16.
-    #       dev_1 = 16/0.5 + 16/0.25 + 3 = 99, link_0 = 32/0.125 = 256 -> x = 256;
-    #       exposed = 256 - 0.1·1118 = 144.2, hidden = 111.8, dt = 1262.2 (TTFT).
+    #       dev_1 = 16/0.5 + 16/0.25 + 3 = 99; link_0 (full duplex) =
+    #       max(16, 16)/0.125 = 128 -> x = 128; exposed = 128 - 0.1·1118 = 16.2,
+    #       hidden = 111.8, dt = 1134.2 (TTFT).
     res, trace = run(
         _demotion_workload(),
         enable_prefix_caching=True,
@@ -400,17 +401,17 @@ def test_block_demoted_to_tier1_then_hit() -> None:
     ]
     assert [it["dt_compute"] for it in trace] == [approx(5014.0), approx(7702.0),
                                                   approx(1118.0)]
-    assert [it["xfer_s"] for it in trace] == [0.0, approx(128.0), approx(256.0)]
+    assert [it["xfer_s"] for it in trace] == [0.0, approx(128.0), approx(128.0)]
     assert [it["evicted"] for it in trace] == [[], [(11, 0, 1)], [(22, 0, 1)]]
     assert trace[2]["hit_blocks"] == [(2, 2, [0, 1])]
     assert trace[2]["bytes_read"] == [0.0, 16.0]
     assert [it["dt"] for it in trace] == [approx(5014.0), approx(7702.0),
-                                          approx(1262.2)]
-    assert list(res["ttft_s"]) == [approx(5014.0), approx(7702.0), approx(1262.2)]
-    assert res["busy_s"] == approx(5014.0 + 7702.0 + 1262.2)
+                                          approx(1134.2)]
+    assert list(res["ttft_s"]) == [approx(5014.0), approx(7702.0), approx(1134.2)]
+    assert res["busy_s"] == approx(5014.0 + 7702.0 + 1134.2)
     assert res["bytes_read_by_tier"] == [0.0, 16.0]
     assert res["bytes_written_by_tier"] == [0.0, 32.0]
-    assert res["xfer_exposed_s"] == approx(144.2)
+    assert res["xfer_exposed_s"] == approx(16.2)
     assert res["xfer_hidden_s"] == approx(128.0 + 111.8)
     assert res["hit_tokens_by_tier"] == [4, 4]
     assert res["admitted_prompt_tokens"] == 29
@@ -421,9 +422,9 @@ def test_block_demoted_to_tier1_then_hit() -> None:
     assert [it["entries"] for it in trace] == [[2, 0], [4, 1], [4, 1]]
     assert res["peak_entries_by_tier"] == [4, 1]
     # KV occupancy weights used blocks (2, 3, 3) by dt = dtc + exposed.
-    busy = 5014.0 + 7702.0 + 1262.2
+    busy = 5014.0 + 7702.0 + 1134.2
     assert res["kv_occupancy_mean"] == approx(
-        (2 * 5014.0 + 3 * 7702.0 + 3 * 1262.2) / busy / 4
+        (2 * 5014.0 + 3 * 7702.0 + 3 * 1134.2) / busy / 4
     )
 
 
