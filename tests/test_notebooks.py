@@ -9,6 +9,8 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
+pytestmark = pytest.mark.notebook
+
 NOTEBOOKS = ["notebooks/00_quickstart.ipynb", "notebooks/01_design_sweep.ipynb",
              "notebooks/02_calibration.ipynb"]
 
