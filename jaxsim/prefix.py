@@ -3,8 +3,8 @@
 The contract is docs/semantics.md §5. The cache is a fixed table of K entries (one per
 cached block: block id, tier, last use, hits, depth) plus a map from block id to entry
 (``U`` ints), so a lookup is a gather and the per-iteration cost depends on S, H, K and
-T, never on the trace length. Eviction from a tier sorts the K entries by
-(not-a-candidate, score, -depth, id) once per tier and evicts a prefix of that order.
+T, never on the trace length. One sort of the K entries by (score, -depth, id) per
+iteration gives the eviction order; each tier evicts the first of its members in it.
 """
 
 from __future__ import annotations
