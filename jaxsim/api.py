@@ -78,8 +78,8 @@ def prepare(
         R = len(trace) if max_requests is None else max_requests
         workload = to_workload(trace, R, H)
     if max_slots is None:
-        max_slots = max(int(c["max_slots"] or min(c["max_num_seqs"], DEFAULT_SLOTS))
-                        for c in cfgs)
+        max_slots = max(int(c["max_slots"] or (min(c["max_num_seqs"], DEFAULT_SLOTS)
+                                                + _window_rows(c))) for c in cfgs)
     cache_kw = {}
     if caching:
         Uh = max(1, int(np.max(np.asarray(workload.num_hash_ids))))
@@ -92,6 +92,14 @@ def prepare(
     shape = SimShape(max_requests=R, max_slots=max_slots, chunk_iterations=chunk_iterations,
                      **cache_kw)
     return Prepared(shape, params, workload, info, cfgs)
+
+
+def _window_rows(cfg: Mapping) -> int:
+    """Extra slot rows a lane's admission window needs (docs/semantics.md §5.8)."""
+    cache = cfg["cache"]
+    if cfg["enable_prefix_caching"] and cache["admission_weight"] > 0:
+        return int(cache["admission_window"])
+    return 0
 
 
 def run(

@@ -67,7 +67,7 @@ DEFAULTS: dict[str, Any] = {
     "tiers": [],
     "tier": {},
     "cache": {"recency_weight": 1.0, "frequency_weight": 0.0, "depth_weight": 0.0,
-              "load_overlap": 0.0},
+              "load_overlap": 0.0, "admission_weight": 0.0, "admission_window": 32},
     "workload": {
         "kind": "poisson",
         "rate": 10.0,
@@ -173,12 +173,15 @@ _TOP = {
     "tiers": lambda k, v: _tier_list(k, v),
 }
 
-TIER_FIELDS = ("capacity_gb", "read_gbps", "write_gbps", "latency_us")
+TIER_FIELDS = ("capacity_gb", "read_gbps", "write_gbps", "latency_us", "static_power_w",
+               "energy_pj_per_bit")
 _CACHE = {
     "recency_weight": lambda k, v: _float(k, v, 0.0),
     "frequency_weight": lambda k, v: _float(k, v, 0.0),
     "depth_weight": lambda k, v: _float(k, v, 0.0),
     "load_overlap": lambda k, v: _float(k, v, 0.0, 1.0),
+    "admission_weight": lambda k, v: _float(k, v, 0.0),
+    "admission_window": lambda k, v: _int(k, v, 1, 4096),
 }
 
 
@@ -455,6 +458,7 @@ COLUMN_KEYS = (
     "activation_reserve_gb", "slo.ttft_s", "slo.tpot_s",
     "enable_prefix_caching", "tiers", "tier", "cache.recency_weight",
     "cache.frequency_weight", "cache.depth_weight", "cache.load_overlap",
+    "cache.admission_weight", "cache.admission_window",
 )
 
 
@@ -683,6 +687,7 @@ def _cache_params(cols, B, kv_per_token, U, num_tiers):
     lat = np.zeros((B, T))
     link = np.zeros((B, T), np.int32)
     lbw = np.full((B, T), np.inf)
+    pw, eb = np.zeros((B, T)), np.zeros((B, T))
     bblk = U * kv_per_token  # bytes of one cache block per GPU
     overrides = cols.get("tier", [{}] * B)
     for i in range(B):
@@ -699,6 +704,8 @@ def _cache_params(cols, B, kv_per_token, U, num_tiers):
         lat[i, 1:1 + n] = a["latency_s"]
         link[i, 1:1 + n] = a["link_id"]
         lbw[i, :n] = a["link_bps"][:n]
+        pw[i, 1:1 + n] = a["static_power_w"]
+        eb[i, 1:1 + n] = a["energy_pj_per_bit"]
     col = lambda k, d: np.array([d if x is None else float(x)  # noqa: E731
                                  for x in cols.get(k, [d] * B)])
     return CacheParams(
@@ -710,4 +717,7 @@ def _cache_params(cols, B, kv_per_token, U, num_tiers):
         w_frequency=col("cache.frequency_weight", 0.0),
         w_depth=col("cache.depth_weight", 0.0),
         load_overlap=col("cache.load_overlap", 0.0),
+        w_admission=col("cache.admission_weight", 0.0),
+        admission_window=col("cache.admission_window", 32).astype(np.int32),
+        static_power_w=pw, energy_pj_per_bit=eb,
     )

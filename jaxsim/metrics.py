@@ -125,6 +125,21 @@ def compute_metrics(params: SimParams, workload: Workload, state: SimState) -> d
         m[f"peak_blocks_tier{t}"] = st.peak_entries[t]
     m["xfer_exposed_s"] = st.xfer_exposed_hi + st.xfer_exposed_lo
     m["xfer_hidden_s"] = st.xfer_hidden_hi + st.xfer_hidden_lo
+    if st.load_s.shape[-1]:  # §5.7 TTFT split into queueing, load and prefill
+        m["ttft_load_mean_s"] = _masked_mean(st.load_s, done)
+        m["ttft_load_p99_s"] = masked_percentiles(st.load_s, done, (99,))[99]
+        m["ttft_prefill_mean_s"] = _masked_mean(st.ttft_s - st.queue_s - st.load_s, done)
+    T = st.hit_tok_hi.shape[-1]
+    if T > 1:  # §5.9 energy of the lower tiers' devices
+        cp = params.cache
+        total = jnp.float32(0.0)
+        for t in range(1, T):
+            moved = (st.read_hi[t] + st.read_lo[t]) + (st.write_hi[t] + st.write_lo[t])
+            e = (cp.static_power_w[t] * m["duration_s"]
+                 + cp.energy_pj_per_bit[t] * 8e-12 * moved)
+            m[f"energy_j_tier{t}"] = e
+            total = total + e
+        m["energy_tiers_j"] = total
 
     halted = (st.status & st_bits.HALTED_MASK) != 0
     unfinished = (st.ptr < workload.num_requests) | (st.n_act > 0)

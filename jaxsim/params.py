@@ -264,6 +264,12 @@ class CacheParams(eqx.Module):
             score is evicted first).
         load_overlap: fraction of the iteration's compute time that transfers can hide
             behind, in [0, 1].
+        w_admission: admission weight (docs/semantics.md §5.8): waiting requests in the
+            first ``admission_window`` queue positions are walked by
+            ``position - w_admission * hit_blocks``; 0 is FCFS.
+        admission_window: ``i32[]`` queue positions the admission weight reorders.
+        static_power_w, energy_pj_per_bit: ``f32[T]`` per-tier static power (W) and
+            device energy per bit moved (pJ/bit); NaN where unknown (§5.9).
     """
 
     enable: Int[Array, ""] = eqx.field(converter=as_i32)
@@ -277,6 +283,10 @@ class CacheParams(eqx.Module):
     w_frequency: Float[Array, ""] = eqx.field(converter=as_f32)
     w_depth: Float[Array, ""] = eqx.field(converter=as_f32)
     load_overlap: Float[Array, ""] = eqx.field(converter=as_f32)
+    w_admission: Float[Array, ""] = eqx.field(converter=as_f32)
+    admission_window: Int[Array, ""] = eqx.field(converter=as_i32)
+    static_power_w: Float[Array, " T"] = eqx.field(converter=as_f32)
+    energy_pj_per_bit: Float[Array, " T"] = eqx.field(converter=as_f32)
 
     @classmethod
     def hbm_only(cls, enable: bool = True, num_tiers: int = 1) -> CacheParams:
@@ -286,7 +296,8 @@ class CacheParams(eqx.Module):
             enable=int(enable), capacity_blocks=[0] * T, read_bps=[1e9] * T,
             write_bps=[1e9] * T, latency_s=[0.0] * T, link_id=[0] * T,
             link_bps=[1e9] * T, w_recency=1.0, w_frequency=0.0, w_depth=0.0,
-            load_overlap=0.0,
+            load_overlap=0.0, w_admission=0.0, admission_window=32,
+            static_power_w=[0.0] * T, energy_pj_per_bit=[0.0] * T,
         )
 
 

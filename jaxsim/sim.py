@@ -105,6 +105,9 @@ class SimResult:
                          "completed")
         }
         out["e2e_s"] = out["ttft_s"] + out["decode_s"]
+        if st.load_s.shape[-1]:  # prefix cache compiled in: the §5.7 TTFT split
+            out["load_s"] = np.asarray(st.load_s[i])[:n]
+            out["prefill_s"] = out["ttft_s"] - out["queue_s"] - out["load_s"]
         return out
 
     def lane(self, i: int) -> dict[str, float]:
@@ -178,6 +181,10 @@ def _rerun_overflow(shape, params, workload, result, max_iterations):
     if over.size == 0:
         return result
     seqs = np.asarray(params.scheduler.max_num_seqs)[over]
+    if params.cache is not None:  # §5.8: the admission window must fit in the table too
+        cp = params.cache
+        seqs = seqs + np.where(np.asarray(cp.w_admission)[over] > 0,
+                               np.asarray(cp.admission_window)[over], 0)
     new_s = int(min(max(2 * shape.max_slots, 1), max(int(seqs.max()), shape.max_slots)))
     if new_s <= shape.max_slots:
         return result
@@ -193,8 +200,10 @@ def _rerun_overflow(shape, params, workload, result, max_iterations):
     st = result.state
     idx = jnp.asarray(over)
     updates = {}
-    for name in ("ttft_s", "decode_s", "queue_s", "preemptions", "tokens_scheduled",
-                 "completed"):
+    names = ["ttft_s", "decode_s", "queue_s", "preemptions", "tokens_scheduled", "completed"]
+    if st.load_s.shape[-1]:
+        names.append("load_s")
+    for name in names:
         updates[name] = getattr(st, name).at[idx].set(getattr(sub.state, name))
     result.state = eqx.tree_at(
         lambda s: [getattr(s, n) for n in updates], st, list(updates.values())

@@ -65,6 +65,8 @@ class SimState(eqx.Module):
         xfer_exposed_hi, xfer_exposed_lo, xfer_hidden_hi, xfer_hidden_lo: ``f32[]``
             transfer time added to iterations / hidden behind compute, seconds.
         peak_entries: ``i32[T]`` peak cached blocks per tier.
+        slot_load_s: ``f32[S]`` exposed transfer time while the slot's request had no
+            token yet (§5.7 TTFT split); load_s: ``f32[R]`` the same per finished request.
     """
 
     # evolving state
@@ -126,6 +128,8 @@ class SimState(eqx.Module):
     xfer_hidden_hi: Float[Array, ""] = eqx.field(converter=as_f32)
     xfer_hidden_lo: Float[Array, ""] = eqx.field(converter=as_f32)
     peak_entries: Int[Array, " T"] = eqx.field(converter=as_i32)
+    slot_load_s: Float[Array, " S"] = eqx.field(converter=as_f32)
+    load_s: Float[Array, " R"] = eqx.field(converter=as_f32)
 
 
 def init_state(
@@ -198,6 +202,8 @@ def init_state(
         xfer_hidden_hi=0.0,
         xfer_hidden_lo=0.0,
         peak_entries=jnp.zeros((T,), jnp.int32),
+        slot_load_s=jnp.zeros((S if K else 0,), jnp.float32),
+        load_s=jnp.full((R if K else 0,), jnp.nan, jnp.float32),
     )
 
 

@@ -54,7 +54,7 @@ _CACHE_FIELDS = (
     "loc", "e_id", "e_tier", "e_last", "e_hits", "e_depth", "hit_tok_hi", "hit_tok_lo",
     "adm_tok_hi", "adm_tok_lo", "read_hi", "read_lo", "write_hi", "write_lo",
     "xfer_exposed_hi", "xfer_exposed_lo", "xfer_hidden_hi", "xfer_hidden_lo",
-    "peak_entries",
+    "peak_entries", "slot_load_s", "load_s",
 )
 
 MODE_V1 = 0
@@ -168,25 +168,42 @@ def step(
 
     # ---- 3./4. waiting phase ----------------------------------------------------------
     cand_ok = cand & ((row < st.n_act) | arrived)
-    left_w = n_known - hit
-    want_w = jnp.where(cand, jnp.where(thr > 0, jnp.minimum(left_w, thr), left_w), 0)
+    if cache_on:
+        # §5.8: walk the ready candidates by (position - w_adm * hit_blocks, position) in
+        # the first W positions; every array below is in walk order (identity for FCFS).
+        pos = row - st.n_run
+        pos_f = pos.astype(jnp.float32)
+        w_adm = jnp.where(enable, params.cache.w_admission, 0.0)
+        key = jnp.where(pos < params.cache.admission_window,
+                        pos_f - w_adm * hit_blocks.astype(jnp.float32), pos_f)
+        group = jnp.where(cand, jnp.where(cand_ok, 1, 2), 0)
+        _, _, perm = jax.lax.sort((group, jnp.where(cand_ok, key, 0.0), row), num_keys=3)
+        inv = jnp.zeros((S,), i32).at[perm].set(row)
+        cand_w, cand_ok_w, hit_w, n_known_w = (x[perm] for x in (cand, cand_ok, hit, n_known))
+    else:
+        cand_w, cand_ok_w, hit_w, n_known_w = cand, cand_ok, hit, n_known
+    left_w = n_known_w - hit_w
+    want_w = jnp.where(cand_w, jnp.where(thr > 0, jnp.minimum(left_w, thr), left_w), 0)
     kept_got = jnp.sum(jnp.where(keep_run, got_run, 0), dtype=i32)
     b_rem = jnp.where(is_v0, budget, budget - kept_got)
     cum_w = jnp.cumsum(want_w, dtype=i32)
     got_w_chunk = jnp.clip(b_rem - (cum_w - want_w), 0, want_w)
     got_w = jnp.where(chunked, got_w_chunk, want_w)
     ok_budget = jnp.where(chunked, got_w_chunk > 0, cum_w <= b_rem)
-    need_w = jnp.where(cand, _ceil_div(hit + got_w, bs), 0)
+    need_w = jnp.where(cand_w, _ceil_div(hit_w + got_w, bs), 0)
     free0 = total_blocks - jnp.sum(held, dtype=i32)
     free_w = jnp.where(is_v0, free0, free0 - jnp.sum(jnp.where(keep_run, need_run, 0), dtype=i32))
     cum_need = jnp.cumsum(need_w, dtype=i32)
     ok_blocks = free_w - cum_need >= sp.watermark_blocks
     ok_seqs = row < sp.max_num_seqs  # n_run + k < max_num_seqs with k = row - n_run
-    ok = cand_ok & ok_budget & ok_blocks & ok_seqs
+    ok = cand_ok_w & ok_budget & ok_blocks & ok_seqs
     enabled = active & (is_v0 | (m == st.n_run))
-    bad = cand & ~ok
-    admit = cand & enabled & (jnp.cumsum(bad, dtype=i32) == 0)
+    bad = cand_w & ~ok
+    admit = cand_w & enabled & (jnp.cumsum(bad, dtype=i32) == 0)
     n_admit = jnp.sum(admit, dtype=i32)
+    if cache_on:  # back from walk order to rows
+        admit_walk = admit
+        admit, got_w, need_w = admit[inv], got_w[inv], need_w[inv]
 
     prefill_batch = is_v0 & (n_admit > 0)
     run_sched = keep_run & ~prefill_batch
@@ -195,7 +212,10 @@ def step(
     got = jnp.where(run_sched, got_run, 0) + jnp.where(admit, got_w, 0)
 
     n_pre = st.n_act - st.n_run
-    new_trace = jnp.maximum(n_admit - n_pre, 0)
+    if cache_on:  # trace rows up to the last admitted one are consumed (§5.8 skips)
+        new_trace = jnp.max(jnp.where(admit & window, row - st.n_act + 1, 0))
+    else:
+        new_trace = jnp.maximum(n_admit - n_pre, 0)
     n_run1 = m_eff + n_admit
     n_act1 = st.n_act + new_trace
 
@@ -223,6 +243,15 @@ def step(
         & (free_left - _ceil_div(q_hit + q_got, bs) >= sp.watermark_blocks)
         & (n_run1 < sp.max_num_seqs)
     )
+    if cache_on:
+        # §5.8 needs the whole admission window in the slot table: flag a lane whose
+        # window reaches past row S while an unseen request has arrived.
+        u_idx = st.ptr + (S - st.n_act)
+        u_c = jnp.minimum(u_idx, R - 1)
+        q_ok = q_ok | (
+            enabled & (w_adm > 0) & (S - st.n_run < params.cache.admission_window)
+            & (st.n_run < sp.max_num_seqs) & (u_idx < nreq)
+            & dd_le(wl.arrival_hi[u_c], wl.arrival_lo[u_c], clock_hi, clock_lo))
 
     # ---- 5. iteration time ------------------------------------------------------------
     computed = computed + jnp.where(admit, hit, 0)  # an admitted hit starts at c = h
@@ -245,7 +274,8 @@ def step(
     dt_dd = costmodel.iteration_time_from_consts(consts, feats)
 
     # ---- 7a. retire (counts; times are stamped after the clock advances) --------------
-    new_row = admit & (row >= st.n_act)
+    q_prev = jnp.where(window, -1.0, st.slot_queue_s)  # < 0: never admitted yet
+    first_adm = admit & (q_prev < 0)
     computed1 = jnp.where(victim, 0, computed + got)
     generated1 = generated + samples.astype(i32)
     finished = samples & (generated1 == output)
@@ -255,7 +285,7 @@ def step(
         cu = prefix.update(
             st, params, pconsts, U, st.iterations,
             enable & active & (feats.tokens > 0), ids, ent, etier, hit_blocks, admit,
-            new_row, (row < m_eff) | admit, finished, computed1, total_blocks, bs)
+            first_adm, (row < m_eff) | admit, finished, computed1, total_blocks, bs)
         xfer = prefix.transfer_time(params, cu.read_bytes, cu.write_bytes)
         dtc = dt_dd.hi + dt_dd.lo
         exposed = jnp.maximum(xfer - params.cache.load_overlap * dtc, 0.0)
@@ -269,17 +299,18 @@ def step(
     end_hi, end_lo = dd_add2(clock_hi, clock_lo, dt, dt_lo)
 
     # ---- 7b. retire (times) ----------------------------------------------------------
-    arr_hi = jnp.where(new_row, w_arr_hi, st.slot_arrival_hi)
-    arr_lo = jnp.where(new_row, w_arr_lo, st.slot_arrival_lo)
-    req = jnp.where(new_row, t_idx, st.slot_req)
-    queue_s = jnp.where(
-        new_row, dd_sub(clock_hi, clock_lo, w_arr_hi, w_arr_lo), st.slot_queue_s
-    )
-    preempt = jnp.where(new_row, 0, st.slot_preemptions) + victim.astype(i32)
-    tokens = jnp.where(new_row, 0, st.slot_tokens) + got
+    arr_hi = jnp.where(window, w_arr_hi, st.slot_arrival_hi)
+    arr_lo = jnp.where(window, w_arr_lo, st.slot_arrival_lo)
+    req = jnp.where(window, t_idx, st.slot_req)
+    queue_s = jnp.where(first_adm, dd_sub(clock_hi, clock_lo, arr_hi, arr_lo), q_prev)
+    preempt = jnp.where(window, 0, st.slot_preemptions) + victim.astype(i32)
+    tokens = jnp.where(window, 0, st.slot_tokens) + got
     first = samples & (generated == 0)
-    first_hi = jnp.where(first, end_hi, jnp.where(new_row, 0.0, st.slot_first_hi))
-    first_lo = jnp.where(first, end_lo, jnp.where(new_row, 0.0, st.slot_first_lo))
+    first_hi = jnp.where(first, end_hi, jnp.where(window, 0.0, st.slot_first_hi))
+    first_lo = jnp.where(first, end_lo, jnp.where(window, 0.0, st.slot_first_lo))
+    if cache_on:  # §5.7 TTFT split: exposed transfer time while the request had no token
+        load = (jnp.where(window, 0.0, st.slot_load_s)
+                + jnp.where(sched & (generated == 0), exposed, 0.0))
 
     # per-request results, written at the rows of finishing requests only
     out_idx = jnp.where(finished, req, R)  # R is out of range: dropped
@@ -290,7 +321,7 @@ def step(
         return a.at[out_idx].set(v, mode="drop")
 
     # ---- 8. account -------------------------------------------------------------------
-    in_run1 = row < n_run1
+    in_run1 = (row < m_eff) | admit  # RUN (admitted rows may be out of row order, §5.8)
     used_blocks = jnp.sum(jnp.where(in_run1, _ceil_div(computed1, bs), 0), dtype=i32)
     kv_hi, kv_lo = dd_add(st.kv_used_s_hi, st.kv_used_s_lo,
                           used_blocks.astype(jnp.float32) * (dt + dt_lo))
@@ -299,12 +330,28 @@ def step(
 
     # ---- compaction: drop finished rows, keep order -----------------------------------
     keep = (row < n_act1) & ~finished
-    dest = jnp.where(keep, jnp.cumsum(keep, dtype=i32) - 1, S)
+    if cache_on:
+        # running rows kept, then the admitted rows in walk order, then the waiting rows
+        # (victims, the old queue front, skipped trace rows) in row order
+        run_k = keep & (row < m_eff)
+        adm_k = keep & admit
+        rest_k = keep & ~(row < m_eff) & ~admit
+        n_run_k = jnp.sum(run_k, dtype=i32)
+        n_adm_k = jnp.sum(adm_k, dtype=i32)
+        adm_rank = (jnp.cumsum(admit_walk & ~finished[perm], dtype=i32) - 1)[inv]
+        dest = jnp.where(run_k, jnp.cumsum(run_k, dtype=i32) - 1,
+                         jnp.where(adm_k, n_run_k + adm_rank,
+                                   jnp.where(rest_k, n_run_k + n_adm_k
+                                             + jnp.cumsum(rest_k, dtype=i32) - 1, S)))
+    else:
+        dest = jnp.where(keep, jnp.cumsum(keep, dtype=i32) - 1, S)
     src = jnp.full((S,), S - 1, i32).at[dest].set(row, mode="drop")
 
     # One row gather moves all slot fields at once (12 separate gathers cost ~3x more).
     i_fields = (req, prompt, output, computed1, generated1, preempt, tokens)
     f_fields = (arr_hi, arr_lo, first_hi, first_lo, queue_s)
+    if cache_on:
+        f_fields = (*f_fields, load)
     packed = jnp.stack(
         [*(x.astype(i32) for x in i_fields),
          *(jax.lax.bitcast_convert_type(x.astype(jnp.float32), i32) for x in f_fields)],
@@ -321,7 +368,7 @@ def step(
     cache_fields = {}
     if cache_on:
         status = status | jnp.where(cu.overflow, st_bits.OVERFLOW_CACHE, 0)
-        prompt_first = jnp.sum(jnp.where(new_row, prompt, 0), dtype=i32).astype(jnp.float32)
+        prompt_first = jnp.sum(jnp.where(first_adm, prompt, 0), dtype=i32).astype(jnp.float32)
         hit_hi, hit_lo = dd_add(st.hit_tok_hi, st.hit_tok_lo,
                                 cu.hit_tokens_first.astype(jnp.float32))
         adm_hi, adm_lo = dd_add(st.adm_tok_hi, st.adm_tok_lo, prompt_first)
@@ -336,6 +383,7 @@ def step(
             write_hi=wr_hi, write_lo=wr_lo, xfer_exposed_hi=ex_hi,
             xfer_exposed_lo=ex_lo, xfer_hidden_hi=hd_hi, xfer_hidden_lo=hd_lo,
             peak_entries=jnp.maximum(st.peak_entries, cu.entries),
+            slot_load_s=c_f[5], load_s=put(st.load_s, load),
         )
     else:
         cache_fields = {k: getattr(st, k) for k in _CACHE_FIELDS}

@@ -46,7 +46,8 @@ import numpy as np
 #: presets.json:links.nvlink4_h100_nvswitch_8gpu and Mooncake's 8x400G node).
 GPUS_PER_NODE = 8
 #: Fields of a tier that ``to_arrays`` overrides accept.
-OVERRIDABLE = ("capacity_gb", "read_gbps", "write_gbps", "latency_us")
+OVERRIDABLE = ("capacity_gb", "read_gbps", "write_gbps", "latency_us", "static_power_w",
+               "energy_pj_per_bit")
 _NUMERIC_TIER_FIELDS = ("capacity_gb", "read_gbps", "write_gbps", "latency_us",
                         "static_power_w", "energy_pj_per_bit")
 _NAN = math.nan
@@ -552,7 +553,8 @@ def _check_override(tier_name: str, field: str, value: object) -> float:
         if not (math.isfinite(v) and v > 0):
             raise ValueError(f"{where} = {value!r}: must be a finite number > 0 (GB/s)")
     elif not (math.isfinite(v) and v >= 0):
-        unit = "GB" if field == "capacity_gb" else "microseconds"
+        unit = {"capacity_gb": "GB", "latency_us": "microseconds", "static_power_w": "W",
+                "energy_pj_per_bit": "pJ/bit"}[field]
         raise ValueError(f"{where} = {value!r}: must be a finite number >= 0 ({unit})")
     return v
 
@@ -564,13 +566,14 @@ def to_arrays(names: Sequence[str],
     Args:
         names: tier preset names, top (nearest HBM) first; no duplicates.
         overrides: ``{tier name: {field: value}}`` with fields from ``OVERRIDABLE``
-            (``capacity_gb``, ``read_gbps``, ``write_gbps``, ``latency_us``); every tier
-            named must be in ``names``. Bandwidths must be finite and > 0, capacity and
-            latency finite and >= 0.
+            (``capacity_gb``, ``read_gbps``, ``write_gbps``, ``latency_us``,
+            ``static_power_w``, ``energy_pj_per_bit``); every tier named must be in
+            ``names``. Bandwidths must be finite and > 0, the others finite and >= 0.
 
     Returns:
         A dict with float64 arrays of length ``len(names)``: ``capacity_bytes``,
-        ``read_bps``, ``write_bps`` (bytes/s), ``latency_s``; ``link_id`` (int32: tiers
+        ``read_bps``, ``write_bps`` (bytes/s), ``latency_s``, ``static_power_w`` and
+        ``energy_pj_per_bit`` (NaN where no source gives a figure); ``link_id`` (int32: tiers
         behind the same link share an id; ids in order of first appearance from 0);
         ``link_bps`` (float64, indexed by link id, length ``len(names)``, unused entries
         +inf); ``names`` (list of the tier names) and ``link_names`` (link name of each
@@ -623,6 +626,8 @@ def to_arrays(names: Sequence[str],
         "read_bps": col("read_gbps", 1e9),
         "write_bps": col("write_gbps", 1e9),
         "latency_s": col("latency_us", 1e-6),
+        "static_power_w": col("static_power_w", 1.0),
+        "energy_pj_per_bit": col("energy_pj_per_bit", 1.0),
         "link_id": link_id,
         "link_bps": link_bps,
         "names": names,

@@ -64,6 +64,10 @@ def random_cache(rng) -> P.CacheParams:
         w_frequency=float(rng.choice([0.0, 0.0, 1.0, 3.0])),
         w_depth=float(rng.choice([0.0, 0.0, 1.0])),
         load_overlap=float(rng.choice([0.0, 0.5, 1.0])),
+        w_admission=float(rng.choice([0.0, 0.0, 1.0, 3.0, 100.0])),
+        admission_window=int(rng.choice([1, 2, 4, 8])),
+        static_power_w=[0.0] + pick([0.0, 5.0, 8.0], T - 1),
+        energy_pj_per_bit=[0.0] + pick([0.0, 6.5, 206.0], T - 1),
     )
 
 
@@ -81,6 +85,10 @@ def oracle_cache_config(cp: P.CacheParams) -> dict:
         "w_freq": float(cp.w_frequency),
         "w_depth": float(cp.w_depth),
         "load_overlap": float(cp.load_overlap),
+        "w_adm": float(cp.w_admission),
+        "adm_window": int(cp.admission_window),
+        "tier_static_power_w": f(cp.static_power_w),
+        "tier_energy_pj_per_bit": f(cp.energy_pj_per_bit),
     }
 
 
@@ -106,7 +114,8 @@ def run_prefix_cases(seed: int, n: int, max_iterations=None):
         np.asarray(p.scheduler.num_gpu_blocks), np.asarray(p.scheduler.block_size),
         np.asarray(p.scheduler.max_num_batched_tokens), np.asarray(p.cache.capacity_blocks),
         t.hash_block_tokens, S_MAX, 0, U) for p, (t, _, _) in zip(lanes, cases, strict=True))
-    shape = SimShape(max_requests=R_MAX, max_slots=S_MAX, chunk_iterations=256,
+    # S_MAX + 8 rows: the largest admission window (8) fits beside 32 running requests
+    shape = SimShape(max_requests=R_MAX, max_slots=S_MAX + 8, chunk_iterations=256,
                      num_tiers=T, cache_entries=max(K, 1), hash_space=max(U, 1))
     res = simulate_batch(shape, P.stack(lanes), wl, max_iterations=max_iterations)
     refs = []
@@ -145,6 +154,16 @@ def compare_cache(i, res, ref):
     for key in ("xfer_exposed_s", "xfer_hidden_s"):
         if not _close(m[key][i], ref[key], rtol=1e-5, atol=1e-12):
             errors.append(f"{key} {m[key][i]} vs ref {ref[key]}")
+    done = np.asarray(ref["completed"], bool)
+    n = len(done)
+    load = np.asarray(st.load_s[i])[:n]
+    if not _close(np.where(done, load, np.nan), np.where(done, ref["load_s"], np.nan),
+                  rtol=1e-5, atol=1e-9):
+        errors.append(f"load_s {load} vs ref {ref['load_s']}")
+    for key in ("ttft_load_mean_s", "ttft_load_p99_s", "ttft_prefill_mean_s",
+                *(k for k in ref["metrics"] if k.startswith("energy_"))):
+        if not _close(m[key][i], ref["metrics"][key], rtol=1e-5, atol=1e-9):
+            errors.append(f"{key} {m[key][i]} vs ref {ref['metrics'][key]}")
     peaks = np.asarray(st.peak_entries[i])
     if not np.array_equal(peaks, np.asarray(ref["peak_entries_by_tier"])):
         errors.append(f"peak entries {peaks} vs ref {ref['peak_entries_by_tier']}")
@@ -175,3 +194,13 @@ def test_prefix_oracle__random_lanes_match():
     assert lower >= 10, lower
     assert written >= 20, written
     assert exposed >= 5, exposed
+    # §5.8: lanes where a request with a cached prefix was admitted ahead of an older one
+    jumped = sum(_jumped(t, r) for (t, _, _), r in zip(cases, refs, strict=True))
+    assert jumped >= 5, jumped
+
+
+def _jumped(trace: Trace, ref) -> bool:
+    """Some request was first admitted before a request that arrived earlier."""
+    a = np.asarray(ref["admitted_s"], np.float64)[np.argsort(trace.arrival_s, kind="stable")]
+    a = a[~np.isnan(a)]
+    return bool(np.any(a[1:] < np.maximum.accumulate(a)[:-1]))

@@ -160,6 +160,20 @@ def test_config_keys_unchanged_and_optional_keys_accepted() -> None:
     assert (cfg["w_rec"], cfg["w_freq"], cfg["w_depth"], cfg["load_overlap"]) == (
         1.0, 0.0, 0.0, 0.0,
     )
+    # §5.8 / §5.9 defaults: w_adm 0, window 1, energy inputs unknown (NaN) per tier.
+    assert (cfg["w_adm"], cfg["adm_window"]) == (0.0, 1)
+    assert cfg["tier_static_power_w"] == () and cfg["tier_energy_pj_per_bit"] == ()
+    cfg = validate_config(make_config(**TIER1))
+    assert all(math.isnan(v) for v in cfg["tier_static_power_w"])
+    assert len(cfg["tier_energy_pj_per_bit"]) == 1
+    assert math.isnan(cfg["tier_energy_pj_per_bit"][0])
+    cfg = validate_config(
+        make_config(w_adm=2, adm_window=3.0, tier_static_power_w=[1.5],
+                    tier_energy_pj_per_bit=[float("nan")], **TIER1)
+    )
+    assert (cfg["w_adm"], cfg["adm_window"]) == (2.0, 3)
+    assert cfg["tier_static_power_w"] == (1.5,)
+    assert math.isnan(cfg["tier_energy_pj_per_bit"][0])
 
 
 @pytest.mark.parametrize(
@@ -177,6 +191,15 @@ def test_config_keys_unchanged_and_optional_keys_accepted() -> None:
         ({"load_overlap": -0.1}, "load_overlap"),
         ({"w_freq": -1.0}, "w_freq"),
         ({"enable_prefix_caching": "yes"}, "enable_prefix_caching"),
+        ({"w_adm": -0.5}, "w_adm"),
+        ({"w_adm": float("inf")}, "w_adm"),
+        ({"w_adm": 1e39}, "w_adm"),  # overflows float32
+        ({"adm_window": 0}, "adm_window"),
+        ({"adm_window": 1.5}, "adm_window"),
+        ({**TIER1, "tier_static_power_w": [1.0, 2.0]}, "tier_static_power_w"),
+        ({**TIER1, "tier_static_power_w": [-1.0]}, "tier_static_power_w"),
+        ({**TIER1, "tier_energy_pj_per_bit": [float("inf")]}, "tier_energy_pj_per_bit"),
+        ({"tier_energy_pj_per_bit": [1.0]}, "tier_energy_pj_per_bit"),
     ],
 )
 def test_invalid_prefix_config_names_the_key(overrides: dict[str, Any], key: str) -> None:
@@ -453,12 +476,16 @@ def test_unusable_tier_is_written_but_never_hit() -> None:
 
 
 def _assert_same_results(a: dict[str, Any], b: dict[str, Any], skip: set[str]) -> None:
+    # The §5.9 energy metrics exist per lower tier, so lanes with different tier
+    # lists have different energy keys: they are left out of this comparison.
     assert set(a) == set(b)
     for key, va in a.items():
         if key in skip:
             continue
         vb = b[key]
         if key == "metrics":
+            va = {mk: v for mk, v in va.items() if not mk.startswith("energy_")}
+            vb = {mk: v for mk, v in vb.items() if not mk.startswith("energy_")}
             assert set(va) == set(vb)
             for mk in va:
                 assert va[mk] == vb[mk] or (math.isnan(va[mk]) and math.isnan(vb[mk])), mk
@@ -604,3 +631,275 @@ def test_prefix_caching_off_ignores_the_optional_inputs() -> None:
         assert [it["batch"] for it in t0] == [it["batch"] for it in t2]
         assert sum(off["hit_tokens_by_tier"]) == 0
         assert sum(on_no_hashes["bytes_written_by_tier"]) == 0.0
+
+
+# --------------------------------------------------------------------------------------
+# §5.8 admission order (context-aware scheduling)
+# --------------------------------------------------------------------------------------
+
+
+def _admission_workload() -> dict[str, Any]:
+    # r0 (t 0): P 8 O 1 [1, 2]; r1 (t 100): P 8 O 1 [5, 6]; r2 (t 150): P 8 O 1 [7, 8];
+    # r3 (t 200): P 10 O 1 [1, 2, 3] (its first two blocks are r0's).
+    return make_workload(
+        [0.0, 100.0, 150.0, 200.0],
+        [8, 8, 8, 10],
+        [1, 1, 1, 1],
+        [[1, 2], [5, 6], [7, 8], [1, 2, 3]],
+    )
+
+
+# Hand-worked schedule of _admission_workload with max_num_seqs = 1 (one admission
+# per iteration), U = block_size = 4, 64 GPU blocks (nothing is ever evicted).
+# it 0 (clock 0): r0 alone, prefill 8: dt = C(8) + 202 = 5014. Blocks 1, 2 cached.
+# r1, r2, r3 arrive during it 0, so at 5014 waiting = [r1 (p 0), r2 (p 1), r3 (p 2)].
+# Lookups: r1, r2 hit nothing; r3 kmax = min(3, floor(9/4)) = 2, blocks 1 and 2 in
+# HBM: hit_blocks = 2, h = 8, q = 2, dt = 1782 (as in the two-request test above).
+# A miss of 8 tokens costs 5014. key = p - w_adm·hit_blocks for p < W, else p.
+#
+# W = 1 (or w_adm = 0): plain FCFS.
+#   it 1 @5014 keys (0, 1, 2): r1, 5014 -> 10028. it 2: r2 -> 15042.
+#   it 3: r3 -> 15042 + 1782 = 16824.
+# W = 2, w_adm = 2:
+#   it 1 @5014 keys r1 0, r2 1, r3 2 (p = 2 is outside the window, key = 2): r1
+#       (r3 is NOT preferred), -> 10028.
+#   it 2 @10028 waiting [r2 (p 0), r3 (p 1)]: r3 is now inside the window, key
+#       1 - 2·2 = -3 < 0: r3 jumps r2, -> 11810. it 3: r2 -> 16824.
+# W = 3, w_adm = 2:
+#   it 1 @5014 keys r1 0, r2 1, r3 2 - 4 = -2: r3 first, -> 6796; r1 is skipped
+#       (max_num_seqs reached) and stays at the front, never admitted.
+#   it 2 @6796: r1 -> 11810 (its first admission: queue = 6796 - 100 = 6696).
+#   it 3 @11810: r2 -> 16824.
+# W = 3, w_adm = 1 (a tie): it 1 keys r1 0, r2 1, r3 2 - 2 = 0: (0, p 0) < (0, p 2),
+#   so r1 first, as with W = 2; it 2 [r2 key 0, r3 key 1 - 2 = -1]: r3; it 3 r2.
+_FCFS_ADMITTED = [0.0, 5014.0, 10028.0, 15042.0]
+_FCFS_FIRST = [5014.0, 10028.0, 15042.0, 16824.0]
+_W2_ADMITTED = [0.0, 5014.0, 11810.0, 10028.0]
+_W2_FIRST = [5014.0, 10028.0, 16824.0, 11810.0]
+_W3_ADMITTED = [0.0, 6796.0, 11810.0, 5014.0]
+_W3_FIRST = [5014.0, 11810.0, 16824.0, 6796.0]
+
+
+@pytest.mark.parametrize(
+    ("w_adm", "window", "admitted", "first"),
+    [
+        (0.0, 3, _FCFS_ADMITTED, _FCFS_FIRST),
+        (2.0, 1, _FCFS_ADMITTED, _FCFS_FIRST),
+        (2.0, 2, _W2_ADMITTED, _W2_FIRST),
+        (2.0, 3, _W3_ADMITTED, _W3_FIRST),
+        (1.0, 3, _W2_ADMITTED, _W2_FIRST),
+    ],
+)
+def test_admission_order_by_hand(
+    w_adm: float, window: int, admitted: list[float], first: list[float]
+) -> None:
+    for mode in ("v1", "v0"):  # §5.8 applies to v1's waiting phase and v0's prefill batch
+        res, trace = run(
+            _admission_workload(),
+            enable_prefix_caching=True,
+            max_num_seqs=1,
+            mode=mode,
+            w_adm=w_adm,
+            adm_window=window,
+        )
+        assert list(res["admitted_s"]) == [approx(v) for v in admitted]
+        assert list(res["first_token_s"]) == [approx(v) for v in first]
+        arrival = [0.0, 100.0, 150.0, 200.0]
+        queue = [a - t for a, t in zip(admitted, arrival, strict=True)]
+        ttft = [f - t for f, t in zip(first, arrival, strict=True)]
+        assert list(res["queue_s"]) == [approx(v) for v in queue]
+        assert list(res["ttft_s"]) == [approx(v) for v in ttft]
+        # Whatever the order, r3's two hit blocks are counted once, at its admission.
+        assert res["hit_tokens_by_tier"] == [8]
+        assert res["admitted_prompt_tokens"] == 34
+        assert res["metrics"]["duration_s"] == approx(16824.0)
+        assert len(trace) == 4
+
+
+def test_skipped_request_is_stamped_at_its_real_first_admission() -> None:
+    # W = 3, w_adm = 2 (see above): at it 1 (clock 5014) r1 is walked after r3 and is
+    # not admitted (max_num_seqs = 1); it is admitted at it 2 (clock 6796).
+    res, trace = run(
+        _admission_workload(), enable_prefix_caching=True, max_num_seqs=1,
+        w_adm=2.0, adm_window=3,
+    )
+    assert [it["batch"] for it in trace] == [
+        [(0, 8, 0, 8, 0)], [(3, 2, 8, 10, 0)], [(1, 8, 0, 8, 0)], [(2, 8, 0, 8, 0)],
+    ]
+    assert res["admitted_s"][1] == approx(6796.0)
+    assert res["queue_s"][1] == approx(6796.0 - 100.0)
+    assert res["queue_s"][3] == approx(5014.0 - 200.0)
+    # With two slots the walk admits r3 then r1 at it 1 (appended to `running` in
+    # walk order), then stops at r2 (rule 1). r3's batch entry comes first.
+    res2, trace2 = run(
+        _admission_workload(), enable_prefix_caching=True, max_num_seqs=2,
+        w_adm=2.0, adm_window=3,
+    )
+    assert trace2[1]["batch"] == [(3, 2, 8, 10, 0), (1, 8, 0, 8, 0)]
+    assert trace2[1]["hit_blocks"] == [(3, 2, [0, 0]), (1, 0, [])]
+    assert res2["admitted_s"][1] == res2["admitted_s"][3] == approx(5014.0)
+    # AMBIGUITY pinned down (oracle): the §2.3 walk condition "while budget > 0" still
+    # holds in the §5.8 walk. With 8 tokens per iteration (chunked), it 1 admits r3
+    # (q 2) and r1 (q 6, a chunk); the budget is then 0 and the phase ends, so r2 is
+    # not admitted with q = 0.
+    res3, trace3 = run(
+        _admission_workload(), enable_prefix_caching=True, max_num_batched_tokens=8,
+        w_adm=2.0, adm_window=3,
+    )
+    assert trace3[1]["batch"] == [(3, 2, 8, 10, 0), (1, 6, 0, 8, 0)]
+    assert res3["admitted_s"][2] > res3["admitted_s"][1]
+
+
+def test_w_adm_zero_is_identical_to_omitting_the_keys() -> None:
+    # §5.8: "With w_adm = 0 this section changes nothing": bit for bit, traces too.
+    # Also with prefix caching off every hit_blocks is 0, so any w_adm is FCFS.
+    rng = np.random.default_rng(8)
+    for i in range(40):
+        wl, cfg = _random_lane(rng)
+        if i % 2:
+            cfg = dict(cfg, enable_prefix_caching=False)
+        t0: list[dict[str, Any]] = []
+        t1: list[dict[str, Any]] = []
+        base = simulate_reference(wl, cfg, trace=t0)
+        zero = simulate_reference(wl, dict(cfg, w_adm=0.0, adm_window=5), trace=t1)
+        _assert_same_results(base, zero, set())
+        assert t0 == t1
+        if not cfg["enable_prefix_caching"]:
+            t2: list[dict[str, Any]] = []
+            heavy = simulate_reference(wl, dict(cfg, w_adm=7.0, adm_window=5), trace=t2)
+            _assert_same_results(base, heavy, set())
+            assert t0 == t2
+
+
+# --------------------------------------------------------------------------------------
+# §5.7 TTFT split
+# --------------------------------------------------------------------------------------
+
+
+def test_ttft_split_load_and_prefill_by_hand() -> None:
+    # The demotion lane (num_gpu_blocks 4, TIER1) with overlap f = 0, r2 arriving
+    # during r1's iteration and decoding 5 more tokens (O = 6; P + O = 15 <= 16).
+    # r0 (t 0): P 8 O 1 [10, 11]; r1 (t 1e5): P 12 O 1 [20, 21, 22];
+    # r2 (t 101000): P 9 O 6 [10, 11]. With f = 0, exposed = x every iteration.
+    # it 0 @0: r0 prefill 8, dtc 5014, no transfer. load_0 = 0.
+    # it 1 @1e5: r1 prefill 12, dtc 7702; 11 demoted to tier 1 (W_1 = 16):
+    #      x = max(16/0.25 + 3, 16/0.125) = 128 = exposed (a write, but r1 was
+    #      scheduled with g = 0, so it counts): load_1 = 128, ttft_1 = 7830.
+    # it 2 @107830: r2 (queue 6830) hits 10 (tier 0) and 11 (tier 1): h 8, q 1,
+    #      dtc 1118. r2 keeps running (3 blocks, free 1, cap_0 = 1): 10, 11 pinned,
+    #      unpinned 20, 21, 22 -> evict 2 (deepest first) 22, 21 -> tier 1:
+    #      R_1 = 16, W_1 = 32: dev = 32 + 128 + 3 = 163, link = max(16, 32)/0.125 =
+    #      256 -> exposed 256 = load_2; first token @109204, ttft_2 = 8204.
+    # it 3-5: decodes (c 9 -> 12, still 3 blocks, cap_0 = 1, unpinned {20}): no move.
+    # it 6: decode c 12 -> 13 holds 4 blocks, cap_0 = 0: 20 demoted (W_1 = 16),
+    #      x = 128 exposed, but r2 had g = 4 at the start: NOT part of load_2.
+    # it 7: last decode, r2 finishes; nothing moves.
+    # prefill_s = ttft - queue - load = dtc of the first-token iteration here:
+    # [5014, 7830 - 0 - 128 = 7702, 8204 - 6830 - 256 = 1118].
+    wl = make_workload(
+        [0.0, 1e5, 1e5 + 1000.0], [8, 12, 9], [1, 1, 6], [[10, 11], [20, 21, 22], [10, 11]]
+    )
+    common = {"num_gpu_blocks": 4, "max_model_len": 16}
+    res, trace = run(wl, enable_prefix_caching=True, load_overlap=0.0, **common, **TIER1)
+    assert [it["exposed_s"] for it in trace] == [
+        0.0, approx(128.0), approx(256.0), 0.0, 0.0, 0.0, approx(128.0), 0.0,
+    ]
+    assert trace[2]["hit_blocks"] == [(2, 2, [0, 1])]
+    assert res["hit_tokens_by_tier"] == [4, 4]
+    assert list(res["load_s"]) == [0.0, approx(128.0), approx(256.0)]
+    assert list(res["queue_s"]) == [0.0, 0.0, approx(6830.0)]
+    assert list(res["ttft_s"]) == [approx(5014.0), approx(7830.0), approx(8204.0)]
+    assert list(res["prefill_s"]) == [approx(5014.0), approx(7702.0), approx(1118.0)]
+    assert res["xfer_exposed_s"] == approx(512.0)  # 128 of it in a decode: not load
+    m = res["metrics"]
+    assert m["ttft_load_mean_s"] == approx(128.0)
+    assert m["ttft_prefill_mean_s"] == approx((5014.0 + 7702.0 + 1118.0) / 3)
+    # p99 of [0, 128, 256]: position 0.99·2 = 1.98 -> 128 + 0.98·128 = 253.44.
+    assert m["ttft_load_p99_s"] == approx(253.44)
+
+    # Prefix caching off: load_s = 0 for every finished request, prefill = ttft - queue.
+    off, _ = run(wl, load_overlap=0.0, **common, **TIER1)
+    assert list(off["load_s"]) == [0.0, 0.0, 0.0]
+    assert np.array_equal(off["prefill_s"], off["ttft_s"] - off["queue_s"])
+    assert off["metrics"]["ttft_load_mean_s"] == 0.0
+    assert off["metrics"]["ttft_load_p99_s"] == 0.0
+
+    # Unfinished requests (iteration budget 3: r2 has its first token, not finished)
+    # are NaN like the other per-request latencies; the lane metrics use r0, r1.
+    trunc = simulate_reference(
+        wl,
+        make_config(enable_prefix_caching=True, load_overlap=0.0, **common, **TIER1),
+        max_iterations=3,
+    )
+    assert trunc["truncated"] and not trunc["completed"][2]
+    assert math.isnan(trunc["load_s"][2]) and math.isnan(trunc["prefill_s"][2])
+    assert trunc["metrics"]["ttft_load_mean_s"] == approx(64.0)
+    # No completed request at all: NaN.
+    none = simulate_reference(wl, make_config(**common), max_iterations=0)
+    for key in ("ttft_load_mean_s", "ttft_prefill_mean_s", "ttft_load_p99_s"):
+        assert math.isnan(none["metrics"][key])
+
+
+# --------------------------------------------------------------------------------------
+# §5.9 energy of the lower tiers
+# --------------------------------------------------------------------------------------
+
+
+def test_tier_energy_by_hand() -> None:
+    # The demotion lane with f = 0 (all O = 1): dt = 5014, 7702 + 128, 1118 + 128
+    # (see test_block_demoted_to_tier1_then_hit: it 1 writes 16 bytes, it 2 reads 16
+    # and writes 16), so duration_s = last finish - first arrival = 2e5 + 1246 and
+    # tier 1 moved Σ R_1 + Σ W_1 = 16 + 32 = 48 bytes = 384 bits.
+    # energy_1 = pw·duration + eb·1e-12·8·48.
+    common = {
+        "enable_prefix_caching": True, "num_gpu_blocks": 4, "max_model_len": 16,
+        "load_overlap": 0.0,
+    }
+    wl = _demotion_workload()
+    res, _ = run(wl, **common, **TIER1, tier_static_power_w=[2.5],
+                 tier_energy_pj_per_bit=[5.0])
+    m = res["metrics"]
+    assert m["duration_s"] == approx(201246.0)
+    assert res["bytes_read_by_tier"] == [0.0, 16.0]
+    assert res["bytes_written_by_tier"] == [0.0, 32.0]
+    assert m["energy_j_tier1"] == pytest.approx(2.5 * 201246.0 + 5.0 * 1e-12 * 384, rel=1e-15)
+    assert m["energy_tiers_j"] == m["energy_j_tier1"]
+    # The per-bit part alone (no static power): 5 pJ/bit · 384 bits = 1.92e-9 J.
+    res0, _ = run(wl, **common, **TIER1, tier_static_power_w=[0.0],
+                  tier_energy_pj_per_bit=[5.0])
+    assert res0["metrics"]["energy_j_tier1"] == pytest.approx(1.92e-9, rel=1e-12)
+
+    # Unknown power (the default, or an explicit NaN) or unknown energy per bit: NaN.
+    for energy in (
+        {},
+        {"tier_static_power_w": [float("nan")], "tier_energy_pj_per_bit": [5.0]},
+        {"tier_static_power_w": [2.5], "tier_energy_pj_per_bit": [float("nan")]},
+    ):
+        r, _ = run(wl, **common, **TIER1, **energy)
+        assert math.isnan(r["metrics"]["energy_j_tier1"])
+        assert math.isnan(r["metrics"]["energy_tiers_j"])
+
+    # Two lower tiers: the total is the sum, NaN as soon as one tier is unknown.
+    two = {
+        "tier_capacity_blocks": [8, 8], "tier_read_bw": [0.5, 0.5],
+        "tier_write_bw": [0.25, 0.25], "tier_latency_s": [3.0, 3.0],
+        "tier_link": [0, 0], "tier_link_bw": [0.125],
+    }
+    r2, _ = run(wl, **common, **two, tier_static_power_w=[2.5, 1.0],
+                tier_energy_pj_per_bit=[5.0, 7.0])
+    # Tier 2 never receives a block (tier 1 never overflows): static power only.
+    assert r2["bytes_read_by_tier"][2] == 0.0 and r2["bytes_written_by_tier"][2] == 0.0
+    assert r2["metrics"]["energy_j_tier2"] == approx(201246.0)
+    assert r2["metrics"]["energy_tiers_j"] == approx(
+        r2["metrics"]["energy_j_tier1"] + 201246.0
+    )
+    r3, _ = run(wl, **common, **two, tier_static_power_w=[2.5, float("nan")],
+                tier_energy_pj_per_bit=[5.0, 7.0])
+    assert r3["metrics"]["energy_j_tier1"] == approx(m["energy_j_tier1"])
+    assert math.isnan(r3["metrics"]["energy_j_tier2"])
+    assert math.isnan(r3["metrics"]["energy_tiers_j"])
+
+    # No lower tier: no energy_j_tier{t} metric and a total of 0.0.
+    r4, _ = run(wl, **dict(common, num_gpu_blocks=64))
+    assert not [k for k in r4["metrics"] if k.startswith("energy_j_tier")]
+    assert r4["metrics"]["energy_tiers_j"] == 0.0

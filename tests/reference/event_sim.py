@@ -80,6 +80,10 @@ CONFIG_KEYS: tuple[str, ...] = (
 #: length). ``tier_link_bw`` maps a link id to its bandwidth (bytes/s): a mapping
 #: ``{link id: bandwidth}`` or a sequence indexed by link id (``[bw of link 0, …]``).
 #: (It is not called ``link_bw``: that name is the §3 all-reduce bandwidth.)
+#: ``w_adm`` and ``adm_window`` are the §5.8 admission weight and window. The §5.9
+#: energy lists ``tier_static_power_w`` (W) and ``tier_energy_pj_per_bit`` (pJ/bit)
+#: also hold one entry per lower tier; their default ``None`` means "unknown" (NaN)
+#: for every lower tier, and a NaN entry marks one tier's value as unknown.
 PREFIX_CONFIG_DEFAULTS: dict[str, Any] = {
     "enable_prefix_caching": False,
     "tier_capacity_blocks": (),
@@ -92,6 +96,10 @@ PREFIX_CONFIG_DEFAULTS: dict[str, Any] = {
     "w_freq": 0.0,
     "w_depth": 0.0,
     "load_overlap": 0.0,
+    "w_adm": 0.0,
+    "adm_window": 1,
+    "tier_static_power_w": None,
+    "tier_energy_pj_per_bit": None,
 }
 OPTIONAL_CONFIG_KEYS: tuple[str, ...] = tuple(PREFIX_CONFIG_DEFAULTS)
 _TIER_LIST_KEYS: tuple[str, ...] = (
@@ -101,6 +109,8 @@ _TIER_LIST_KEYS: tuple[str, ...] = (
     "tier_latency_s",
     "tier_link",
 )
+#: §5.9 per-lower-tier energy inputs (NaN = unknown; absent = NaN for every tier).
+_TIER_ENERGY_KEYS: tuple[str, ...] = ("tier_static_power_w", "tier_energy_pj_per_bit")
 
 _INT_KEYS: frozenset[str] = frozenset(
     (
@@ -158,8 +168,10 @@ def validate_config(config: Mapping[str, Any]) -> dict[str, Any]:
         A new dict with integer fields as ``int``, other numeric fields as ``float``,
         ``mode`` as ``str`` and ``enable_chunked_prefill`` as ``bool``, plus every
         optional §5 key (defaults filled in): ``enable_prefix_caching`` as ``bool``,
-        the per-tier lists as tuples (``int`` capacities and links, ``float`` others),
-        ``tier_link_bw`` as a ``{int link id: float}`` dict, the weights as ``float``.
+        the per-tier lists as tuples (``int`` capacities and links, ``float`` others;
+        the §5.9 energy lists always have one entry per lower tier, NaN = unknown),
+        ``tier_link_bw`` as a ``{int link id: float}`` dict, the weights (``w_adm``
+        included) as ``float`` and ``adm_window`` as ``int``.
 
     Raises:
         KeyError: a required key is missing.
@@ -235,7 +247,8 @@ def _validate_prefix_config(config: Mapping[str, Any]) -> dict[str, Any]:
     Raises:
         ValueError: naming the offending key (list lengths differ, a bandwidth is not
             > 0, a capacity or latency or weight is < 0, the overlap is outside
-            [0, 1], a tier's link has no bandwidth).
+            [0, 1], a tier's link has no bandwidth, ``adm_window`` < 1, an energy
+            input is negative or infinite).
     """
     raw = {key: config.get(key, default) for key, default in PREFIX_CONFIG_DEFAULTS.items()}
     out: dict[str, Any] = {}
@@ -295,6 +308,43 @@ def _validate_prefix_config(config: Mapping[str, Any]) -> dict[str, Any]:
         raise ValueError(
             f"config['load_overlap'] must be in [0, 1], got {out['load_overlap']}"
         )
+
+    # §5.8: w_adm >= 0 (a float32 in the key), W = adm_window >= 1 (int).
+    out["w_adm"] = _as_float("w_adm", raw["w_adm"])
+    with np.errstate(over="ignore"):
+        w_adm_f32 = np.float32(out["w_adm"])
+    if out["w_adm"] < 0.0 or not np.isfinite(w_adm_f32):
+        raise ValueError(
+            f"config['w_adm'] must be >= 0 and finite as a float32, got {out['w_adm']}"
+        )
+    out["adm_window"] = _as_int("adm_window", raw["adm_window"])
+    if out["adm_window"] < 1:
+        raise ValueError(f"config['adm_window'] must be >= 1, got {out['adm_window']}")
+
+    # §5.9: static power (W) and energy per bit (pJ/bit) per lower tier; NaN means
+    # unknown (and is the default). Other values must be finite and >= 0.
+    for key in _TIER_ENERGY_KEYS:
+        if raw[key] is None:
+            out[key] = (math.nan,) * num_lower
+            continue
+        vals_list = _as_list(key, raw[key])
+        if len(vals_list) != num_lower:
+            raise ValueError(
+                f"config[{key!r}] has {len(vals_list)} entries, but "
+                f"'tier_capacity_blocks' has {num_lower} (one per lower tier)"
+            )
+        vals = []
+        for v in vals_list:
+            try:
+                as_float = float(v)
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"config[{key!r}] must hold numbers, got {v!r}") from exc
+            if not (math.isnan(as_float) or (math.isfinite(as_float) and as_float >= 0.0)):
+                raise ValueError(
+                    f"config[{key!r}] must be finite and >= 0 (or NaN), got {v!r}"
+                )
+            vals.append(as_float)
+        out[key] = tuple(vals)
     return out
 
 
@@ -986,7 +1036,9 @@ def simulate_reference(
 
     Returns:
         Per-request numpy arrays in the original input order (``first_token_s``,
-        ``finish_s``, ``admitted_s``, ``ttft_s``, ``e2e_s``, ``queue_s``,
+        ``finish_s``, ``admitted_s``, ``ttft_s``, ``e2e_s``, ``queue_s``, the §5.7
+        TTFT split ``load_s`` and ``prefill_s`` (NaN for unfinished requests, like
+        the latencies; ``load_s`` is 0 with prefix caching off),
         ``preemptions``, ``tokens_scheduled``, ``generated``, ``completed``), lane
         scalars (``infeasible``, ``truncated``, ``iterations``, ``busy_s``,
         ``total_tokens``, ``total_preemptions``, ``kv_occupancy_mean``,
@@ -996,7 +1048,9 @@ def simulate_reference(
         NaN if nothing was admitted); ``bytes_read_by_tier``,
         ``bytes_written_by_tier``: lists of T floats, tier 0 always 0;
         ``xfer_exposed_s``, ``xfer_hidden_s``: floats; ``peak_entries_by_tier``:
-        list of T ints) and ``metrics`` (§4, plus ``prefix_hit_rate``). With prefix
+        list of T ints) and ``metrics`` (§4, plus ``prefix_hit_rate``, the §5.7
+        ``ttft_load_mean_s``, ``ttft_prefill_mean_s``, ``ttft_load_p99_s`` and the
+        §5.9 ``energy_j_tier{t}`` for t = 1 … T-1 and ``energy_tiers_j``). With prefix
         caching off the §5 results are zeros (the hit rates 0.0, or NaN if nothing
         was admitted).
 
@@ -1028,6 +1082,9 @@ def simulate_reference(
     preemptions: list[int] = [0] * R
     tokens: list[int] = [0] * R
     finished: list[bool] = [False] * R
+    # §5.7 TTFT split: Σ exposed over the iterations that scheduled the request
+    # while it had emitted no token (g = 0 at the start of the iteration).
+    load: list[float] = [0.0] * R
 
     mode = cfg["mode"]
     # §0/§2.4: chunked prefill is forced off in v0.
@@ -1059,6 +1116,9 @@ def simulate_reference(
     U = U_in if U_in is not None else bs
     cache = PrefixCache(cfg, cost, U) if prefix_on else None
     overlap = cfg["load_overlap"]
+    # §5.8 admission order: the weight as a float32, the window W.
+    w_adm = np.float32(cfg["w_adm"])
+    adm_window = cfg["adm_window"]
     hit_tokens = [0] * num_tiers
     admitted_prompt_tokens = 0
     bytes_read = [0.0] * num_tiers
@@ -1136,33 +1196,68 @@ def simulate_reference(
                 sched.append((r, q, c[r], n_known, g[r]))
                 i += 1
 
+        def lookup(r: int) -> list[int]:
+            """§5.4: the tiers of r's hit blocks (cache as at the start of the
+            iteration: it only changes in §5.5, after retire); [] when caching is off."""
+            return cache.lookup(H[r], P[r] + g[r]) if cache is not None else []
+
+        def admission_order() -> list[tuple[int, list[int] | None]]:
+            """§5.8: the ready requests of `waiting` in walk order, increasing
+            ``(key, p)``, each with its §5.4 lookup when it was needed for the key
+            (None otherwise: the walk looks it up then).
+
+            Every request in `waiting` is ready (preempted, or arrived: never-admitted
+            requests join `waiting` lazily), so p runs over all of `waiting`.
+            ``key = float32(p) - w_adm·float32(hit_blocks)`` for p < W, else
+            ``float32(p)``: one float32 rounding for the product, one for the
+            difference (numpy float32 scalars, no fused multiply-add).
+            """
+            keyed: list[tuple[float, int, int, list[int] | None]] = []
+            for p, r in enumerate(waiting):
+                key = np.float32(p)
+                tiers: list[int] | None = None
+                if p < adm_window:
+                    tiers = lookup(r)
+                    key = key - w_adm * np.float32(len(tiers))
+                keyed.append((float(key), p, r, tiers))
+            keyed.sort(key=lambda item: (item[0], item[1]))
+            return [(r, tiers) for _, _, r, tiers in keyed]
+
         def waiting_phase() -> int:
-            """§2.3 (with the §5.4 lookup): admit from the front of `waiting`;
+            """§2.3 (with the §5.4 lookup and the §5.8 order): admit from `waiting`;
             returns the admission count."""
             nonlocal free, budget, admitted_prompt_tokens
             count = 0
-            while waiting and budget > 0:
-                if len(running) >= max_seqs:
+            # §5.8: walk the ready requests by increasing (key, p). With w_adm = 0
+            # every key is float32(p), so this is the §2.3 walk from the front.
+            # (Rule 2 of §2.3 is not needed: only ready requests are walked.)
+            admitted_now: set[int] = set()
+            for r, looked_up in admission_order():
+                # AMBIGUITY: §5.8 applies "§2.3's rules 1 and 3-5" to each walked
+                # request; the §2.3 walk condition "while budget > 0" is kept as
+                # well (it is not a numbered rule), so an exhausted budget ends the
+                # phase instead of admitting requests with q = 0.
+                if budget <= 0:
                     break
-                r = waiting[0]
-                if arr[r] > clock:  # cannot happen (lazy arrivals); kept for fidelity
+                if len(running) >= max_seqs:  # rule 1
                     break
                 n_known = P[r] + g[r]
-                # §5.4: look up the prefix in the cache as it was at the start of the
-                # iteration (it only changes in §5.5, after retire); c = h, not 0.
-                # A request that is not admitted simply looks up again next time.
-                tiers = cache.lookup(H[r], n_known) if cache is not None else []
+                # §5.4: look up the prefix (c = h, not 0). A request that is not
+                # admitted simply looks up again next time.
+                tiers = looked_up if looked_up is not None else lookup(r)
                 h = len(tiers) * U
-                want = n_known - h  # c[r] == 0 here; §5.4: c = h
+                want = n_known - h  # rule 3; c[r] == 0 here; §5.4: c = h
                 if thr > 0:
                     want = min(want, thr)
                 if not chunked and want > budget:
                     break
                 q = min(want, budget)
-                need = ceil_div(h + q, bs)  # §5.4: its hit blocks are held by it
+                need = ceil_div(h + q, bs)  # rule 4; §5.4: its hit blocks are held by it
                 if free - need < watermark:
                     break
-                waiting.popleft()
+                # Rule 5, admit: appended to `running` in walk order; removed from
+                # `waiting` below (the others keep their places).
+                admitted_now.add(r)
                 running.append(r)
                 free -= need
                 budget -= q
@@ -1180,6 +1275,13 @@ def simulate_reference(
                         hit_tokens[t] += U
                     admitted_prompt_tokens += P[r]
                 count += 1
+            if admitted_now:
+                # §5.8: requests that were not admitted keep their positions in
+                # `waiting` (a skipped never-admitted request stays never-admitted:
+                # its admitted_s is stamped when it is admitted).
+                kept = [r for r in waiting if r not in admitted_now]
+                waiting.clear()
+                waiting.extend(kept)
             return count
 
         if mode == "v1":
@@ -1255,6 +1357,17 @@ def simulate_reference(
             xfer_hidden += hidden
         else:
             dt = dtc
+            exposed = 0.0
+
+        # §5.7 TTFT split: the iteration's exposed time counts towards load_s of
+        # every request scheduled with g = 0 at its start (the iteration that stamps
+        # the first token included: g0 is the state before retire). A request
+        # preempted before its first token and rescheduled with g = 0 counts again.
+        # As written, it is the iteration's whole exposed time, whatever caused it
+        # (its own loads, another request's loads, or demotion writes).
+        for r, _q, _c0, _nk, g0 in sched:
+            if g0 == 0:
+                load[r] += exposed
 
         # §2.6 advance.
         start = clock
@@ -1318,6 +1431,9 @@ def simulate_reference(
     ttft_arr = np.where(completed_arr, first_arr - arrival_f, nan)
     e2e_arr = np.where(completed_arr, finish_arr - arrival_f, nan)
     queue_arr = np.where(completed_arr, admitted_arr - arrival_f, nan)
+    # §5.7 TTFT split (NaN for unfinished requests, like the other latencies).
+    load_arr = np.where(completed_arr, unsort(load, np.float64), nan)
+    prefill_arr = ttft_arr - queue_arr - load_arr
 
     metrics = lane_metrics(
         arrival_f,
@@ -1338,6 +1454,41 @@ def simulate_reference(
         hit_rate_by_tier = [math.nan] * num_tiers
         prefix_hit_rate = math.nan
     metrics["prefix_hit_rate"] = prefix_hit_rate
+    # §5.7 TTFT split lane metrics over completed requests (NaN when none):
+    # mean load_s, mean prefill_s, p99 of load_s (numpy's linear interpolation,
+    # as for the §4 percentiles).
+    load_done = load_arr[completed_arr]
+    prefill_done = prefill_arr[completed_arr]
+    if load_done.size > 0:
+        metrics["ttft_load_mean_s"] = float(np.mean(load_done))
+        metrics["ttft_prefill_mean_s"] = float(np.mean(prefill_done))
+        metrics["ttft_load_p99_s"] = float(np.percentile(load_done, 99))
+    else:
+        metrics["ttft_load_mean_s"] = math.nan
+        metrics["ttft_prefill_mean_s"] = math.nan
+        metrics["ttft_load_p99_s"] = math.nan
+    # §5.9 energy of each lower tier t = 1 … T-1:
+    # energy_t = pw_t·duration_s + eb_t·1e-12·8·(Σ R_t + Σ W_t) joules, NaN when pw_t
+    # or eb_t is unknown (NaN); duration_s is §4's (NaN when nothing completed, and
+    # then so is every energy). energy_tiers_j sums the lower tiers (NaN if any is
+    # NaN, 0.0 when there is no lower tier).
+    # AMBIGUITY: the formula is applied as written whatever the tier's state: with
+    # prefix caching off, or for a disabled tier (cap_t = 0), no bytes move but the
+    # static power still counts (energy_t = pw_t·duration_s), rather than 0 or NaN.
+    duration = metrics["duration_s"]
+    energy_total = 0.0
+    for t in range(1, num_tiers):
+        pw_t = cfg["tier_static_power_w"][t - 1]
+        eb_t = cfg["tier_energy_pj_per_bit"][t - 1]
+        if math.isnan(pw_t) or math.isnan(eb_t):
+            energy_t = math.nan
+        else:
+            energy_t = pw_t * duration + eb_t * 1e-12 * 8.0 * (
+                bytes_read[t] + bytes_written[t]
+            )
+        metrics[f"energy_j_tier{t}"] = energy_t
+        energy_total += energy_t
+    metrics["energy_tiers_j"] = energy_total
     return {
         "first_token_s": first_arr,
         "finish_s": finish_arr,
@@ -1345,6 +1496,8 @@ def simulate_reference(
         "ttft_s": ttft_arr,
         "e2e_s": e2e_arr,
         "queue_s": queue_arr,
+        "load_s": load_arr,
+        "prefill_s": prefill_arr,
         "preemptions": unsort(preemptions, np.int64),
         "tokens_scheduled": unsort(tokens, np.int64),
         "generated": unsort(g, np.int64),
