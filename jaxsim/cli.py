@@ -44,9 +44,7 @@ def cmd_simulate(args) -> int:
     try:
         cfg = config.load(args.config, args.set or [])
         trace = config.build_trace(cfg)
-        seqs = cfg["max_num_seqs"]
-        slots = cfg["max_slots"] or min(seqs, api.DEFAULT_SLOTS)
-        prep = api.prepare(cfg, trace, max_slots=slots)
+        prep = api.prepare(cfg, trace)
     except (config.ConfigError, traces.TraceError) as e:
         return _fail(str(e))
     from jaxsim.sim import simulate_batch
@@ -71,8 +69,13 @@ def cmd_simulate(args) -> int:
             if f"bytes_{kind}_tier{t}" in out:
                 out[f"bytes_{kind}_{n}"] = out.pop(f"bytes_{kind}_tier{t}")
         out[f"peak_blocks_{n}"] = out.pop(f"peak_blocks_tier{t}", 0)
+    if len(names) > 1:  # §5.9: NaN (null) where a tier has no power or pJ/bit figure
+        out["energy_j_by_tier"] = {n: out.pop(f"energy_j_tier{t}")
+                                   for t, n in enumerate(names) if t > 0}
     if args.json:
-        out["hit_rate_by_tier"] = {k: _jsonable(v) for k, v in out["hit_rate_by_tier"].items()}
+        for k in ("hit_rate_by_tier", "energy_j_by_tier"):
+            if k in out:
+                out[k] = {n: _jsonable(v) for n, v in out[k].items()}
         print(json.dumps({k: _jsonable(v) for k, v in out.items()}))
         return 0
     print(f"jaxsim: {cfg['model']} on {cfg['tp']}x {cfg['gpu']}, scheduler {cfg['scheduler']}, "
@@ -94,6 +97,15 @@ def cmd_simulate(args) -> int:
         by_tier = ", ".join(f"{n} {v:.3f}" for n, v in out["hit_rate_by_tier"].items())
         print(f"  prefix cache: hit rate {out['prefix_hit_rate']:.3f} ({by_tier}); transfers "
               f"exposed {out['xfer_exposed_s']:.3f} s, hidden {out['xfer_hidden_s']:.3f} s")
+        if "ttft_load_mean_s" in out:
+            print(f"  TTFT split (mean ms): queueing {out['queue_mean_s'] * 1e3:.2f}, load "
+                  f"{out['ttft_load_mean_s'] * 1e3:.2f}, prefill "
+                  f"{out['ttft_prefill_mean_s'] * 1e3:.2f}")
+        if "energy_j_by_tier" in out:
+            print("  tier energy (J): " + ", ".join(
+                f"{n} {v:.1f}" if math.isfinite(v) else f"{n} unknown (set "
+                f"tier.{n}.static_power_w and tier.{n}.energy_pj_per_bit)"
+                for n, v in out["energy_j_by_tier"].items()))
     print(f"  KV occupancy mean {out['kv_occupancy_mean']:.3f}, peak "
           f"{out['kv_occupancy_peak']:.3f}; simulated in {res.wall_s:.2f} s")
     return 0

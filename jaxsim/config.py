@@ -32,7 +32,7 @@ from jaxsim.params import (
     SchedulerParams,
     SimParams,
 )
-from jaxsim.workload import ARRIVAL_KINDS, Trace, synthetic
+from jaxsim.workload import ARRIVAL_KINDS, Trace, multi_turn_sessions, synthetic
 
 
 class ConfigError(ValueError):
@@ -77,6 +77,11 @@ DEFAULTS: dict[str, Any] = {
         "cv": 2.0,
         "path": None,
         "format": None,
+        "sessions": None,
+        "turns": 4,
+        "new_tokens": 256,
+        "think_time_s": 30.0,
+        "hash_block_tokens": 512,
     },
 }
 
@@ -254,7 +259,7 @@ def _length_spec(key, v):
 
 
 _WORKLOAD = {
-    "kind": lambda k, v: _choice(k, v, (*ARRIVAL_KINDS, "trace")),
+    "kind": lambda k, v: _choice(k, v, (*ARRIVAL_KINDS, "trace", "sessions")),
     "rate": lambda k, v: _float(k, v, 0.0, lo_open=True, allow_none=True),
     "num_requests": lambda k, v: _int(k, v, 1, 1 << 24, allow_none=True),
     "prompt_tokens": _length_spec,
@@ -262,6 +267,11 @@ _WORKLOAD = {
     "cv": lambda k, v: _float(k, v, 0.0, lo_open=True),
     "path": lambda k, v: None if v is None else str(v),
     "format": lambda k, v: None if v is None else _choice(k, v, TRACE_FORMATS),
+    "sessions": lambda k, v: _int(k, v, 1, 1 << 22, allow_none=True),
+    "turns": _length_spec,
+    "new_tokens": _length_spec,
+    "think_time_s": lambda k, v: _float(k, v, 0.0),
+    "hash_block_tokens": lambda k, v: _int(k, v, 1, 1 << 20),
 }
 
 
@@ -333,8 +343,11 @@ def validate(cfg: Mapping) -> dict:
         if w["format"] is None:
             raise ConfigError(f"workload.format: required when workload.kind=trace; "
                               f"allowed: {', '.join(TRACE_FORMATS)}")
-    elif w["kind"] in ("poisson", "gamma") and w["rate"] is None:
+    elif w["kind"] in ("poisson", "gamma", "sessions") and w["rate"] is None:
         raise ConfigError(f"workload.rate: required for workload.kind={w['kind']}")
+    if w["kind"] == "sessions" and w["sessions"] is None:
+        raise ConfigError("workload.sessions: required for workload.kind=sessions (the "
+                          "number of chat sessions)")
     for name in out["tier"]:
         if name not in out["tiers"]:
             raise ConfigError(f"tier.{name}: overrides a tier that is not in tiers "
@@ -342,7 +355,7 @@ def validate(cfg: Mapping) -> dict:
     if out["tiers"] and not out["enable_prefix_caching"]:
         raise ConfigError(f"tiers: {','.join(out['tiers'])} needs enable_prefix_caching: "
                           "true (lower tiers hold evicted prefix-cache blocks)")
-    if w["kind"] != "trace" and w["num_requests"] is None:
+    if w["kind"] not in ("trace", "sessions") and w["num_requests"] is None:
         raise ConfigError(f"workload.num_requests: required for workload.kind={w['kind']}")
     return out
 
@@ -434,6 +447,11 @@ def build_trace(cfg: Mapping) -> Trace:
             if w["rate"] is not None:
                 tr = tr.scaled_to_rate(w["rate"])
             return tr
+        if w["kind"] == "sessions":
+            tr = multi_turn_sessions(
+                w["sessions"], w["rate"], w["turns"], w["prompt_tokens"], w["new_tokens"],
+                w["output_tokens"], w["think_time_s"], w["hash_block_tokens"], cfg["seed"])
+            return tr if w["num_requests"] is None else tr.head(w["num_requests"])
         return synthetic(
             w["kind"], w["num_requests"], w["prompt_tokens"], w["output_tokens"],
             rate=w["rate"], cv=w["cv"], seed=cfg["seed"],

@@ -416,3 +416,70 @@ def with_shared_prefixes(trace: Trace, num_groups: int, prefix_tokens: int,
         ids.append(np.concatenate([g * shared + np.arange(k), own]))
     return Trace(trace.arrival_s, trace.prompt_tokens, trace.output_tokens,
                  f"{trace.name}+prefix({num_groups}x{prefix_tokens})", ids, U)
+
+
+def multi_turn_sessions(
+    num_sessions: int,
+    rate: float,
+    turns=4,
+    prompt_tokens=1024,
+    new_tokens=256,
+    output_tokens=256,
+    think_time_s: float = 30.0,
+    block_tokens: int = DEFAULT_HASH_BLOCK_TOKENS,
+    seed: int = 0,
+) -> Trace:
+    """Multi-turn chat sessions with prefix-cache block ids.
+
+    Sessions start as a Poisson process at ``rate`` sessions/s. A session has ``turns``
+    turns. Turn 1's prompt has ``prompt_tokens`` tokens; turn ``k+1``'s prompt is turn
+    ``k``'s prompt, then turn ``k``'s output, then ``new_tokens`` new tokens, so it
+    extends the previous context. Each turn's block ids cover the whole blocks of
+    ``block_tokens`` tokens of its prompt *and* output (docs/semantics.md §5.1), so the
+    next turn can hit the KV its predecessor wrote while decoding.
+
+    Turn ``k+1`` arrives a think time (exponential, mean ``think_time_s``) after turn
+    ``k`` arrived. Arrivals are open loop, as in a trace replay: a turn whose
+    predecessor has not finished still arrives, and reuses only what is cached by then.
+
+    ``turns``, ``prompt_tokens``, ``new_tokens`` and ``output_tokens`` are length specs
+    (see :func:`sample_lengths`); ``turns`` is drawn per session, the others per turn.
+    """
+    for name, v, lo in (("num_sessions", num_sessions, 1), ("block_tokens", block_tokens, 1)):
+        if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < lo:
+            raise ValueError(f"workload.{name}: {v!r} must be an int >= {lo}")
+    for name, v in (("rate", rate), ("think_time_s", think_time_s)):
+        if isinstance(v, bool) or not isinstance(v, int | float) or not (
+                np.isfinite(v) and (v > 0 if name == "rate" else v >= 0)):
+            raise ValueError(f"workload.{name}: {v!r} must be a finite number "
+                             f"{'> 0 (sessions/s)' if name == 'rate' else '>= 0 (s)'}")
+    rng = np.random.default_rng(seed)
+    n = int(num_sessions)
+    U = int(block_tokens)
+    starts = np.cumsum(rng.exponential(1.0 / rate, size=n))
+    starts -= starts[0]
+    n_turns = sample_lengths(turns, n, rng, "workload.turns")
+    arrival, prompt, output, ids = [], [], [], []
+    next_id = 0
+    for s in range(n):
+        k = int(n_turns[s])
+        firsts = sample_lengths(prompt_tokens, 1, rng, "workload.prompt_tokens")
+        news = sample_lengths(new_tokens, k, rng, "workload.new_tokens")
+        outs = sample_lengths(output_tokens, k, rng, "workload.output_tokens")
+        gaps = rng.exponential(think_time_s, size=k) if think_time_s > 0 else np.zeros(k)
+        t, context = float(starts[s]), 0
+        for j in range(k):
+            if j:
+                t += float(gaps[j])
+            p = int(firsts[0]) if j == 0 else context + int(news[j])
+            o = int(outs[j])
+            arrival.append(t)
+            prompt.append(p)
+            output.append(o)
+            # the session's context is one token stream: block b has id next_id + b
+            ids.append(next_id + np.arange((p + o) // U, dtype=np.int64))
+            context = p + o
+        next_id += context // U + 1
+    tr = Trace(np.array(arrival), np.array(prompt), np.array(output),
+               f"sessions({n}x{turns if isinstance(turns, int) else 'var'})", ids, U)
+    return tr._take(tr.order())  # arrival order, so head(n) is the first n turns
