@@ -12,7 +12,7 @@ from nbclient import NotebookClient
 pytestmark = pytest.mark.notebook
 
 NOTEBOOKS = ["notebooks/00_quickstart.ipynb", "notebooks/01_design_sweep.ipynb",
-             "notebooks/02_calibration.ipynb"]
+             "notebooks/02_calibration.ipynb", "notebooks/03_memory_tiers.ipynb"]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS)
