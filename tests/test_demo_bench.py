@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import json
 
+import pytest
+
 from jaxsim import bench, cli, demo
 
 
@@ -24,6 +26,7 @@ def test_demo__writes_table_and_plot(tmp_path, capsys):
     assert (tmp_path / "latency_map.png").stat().st_size > 10_000
 
 
+@pytest.mark.slow  # 30 s: runs in CI's slow step, which keeps the default suite well under 10 min
 def test_bench__quick_json(capsys, monkeypatch):
     monkeypatch.setattr(bench, "_iteration_times",
                         lambda sizes, b, rounds=4, slots=64: [1e-4] * len(sizes))
