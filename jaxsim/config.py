@@ -20,7 +20,6 @@ import yaml
 
 from jaxsim import costpresets, presets
 from jaxsim import status as st_bits
-from jaxsim import tiers as tiers_mod
 from jaxsim.params import (
     COST_ALIASES,
     COST_PARAM_NAMES,
@@ -179,7 +178,8 @@ _TOP = {
     "tiers": lambda k, v: _tier_list(k, v),
 }
 
-TIER_FIELDS = tiers_mod.OVERRIDABLE
+TIER_FIELDS = ("capacity_gb", "read_gbps", "write_gbps", "latency_us", "static_power_w",
+               "energy_pj_per_bit")
 _CACHE = {
     "recency_weight": lambda k, v: _float(k, v, 0.0),
     "frequency_weight": lambda k, v: _float(k, v, 0.0),
@@ -199,6 +199,8 @@ def _preemption_mode(key, v):
 
 
 def _tier_list(key, v):
+    from jaxsim import tiers as tiers_mod
+
     if v is None or v == "":
         return []
     names = [x.strip() for x in v.split(",")] if isinstance(v, str) else v
@@ -217,6 +219,8 @@ def _tier_list(key, v):
 
 
 def _tier_overrides(key, v) -> dict:
+    from jaxsim import tiers as tiers_mod
+
     if not isinstance(v, Mapping):
         raise ConfigError(f"{key}: {v!r} must be a mapping tier name -> fields")
     out: dict = {}
@@ -228,10 +232,12 @@ def _tier_overrides(key, v) -> dict:
             raise ConfigError(f"{key}.{name}: {fields!r} must be a mapping of "
                               f"{', '.join(TIER_FIELDS)}")
         for f, x in fields.items():
-            try:  # one validator for YAML, --set and the Python API (jaxsim.tiers)
-                out.setdefault(name, {})[f] = tiers_mod.check_override(name, f, x)
-            except ValueError as e:
-                raise ConfigError(str(e)) from None
+            k = f"{key}.{name}.{f}"
+            if f not in TIER_FIELDS:
+                raise ConfigError(f"{k}: unknown field; allowed: "
+                                  f"{', '.join(f'{key}.{name}.{g}' for g in TIER_FIELDS)}")
+            lo_open = f in ("read_gbps", "write_gbps")
+            out.setdefault(name, {})[f] = _float(k, x, 0.0, lo_open=lo_open)
     return out
 
 
@@ -685,6 +691,8 @@ def params_from_columns(
 
 def _cache_params(cols, B, kv_per_token, U, num_tiers):
     """CacheParams for every lane, or None when no lane enables prefix caching."""
+    from jaxsim import tiers as tiers_mod
+
     enable = [bool(x) for x in cols.get("enable_prefix_caching", [False] * B)]
     if not any(enable) and not num_tiers:
         return None

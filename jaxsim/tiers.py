@@ -542,9 +542,7 @@ def link(name: str) -> LinkPreset:
     raise ValueError(f"unknown link {name!r}; allowed: {', '.join(LINK_PRESETS)}")
 
 
-def check_override(tier_name: str, field: str, value: object) -> float:
-    """``value`` as a float if it is allowed for ``tier.<tier_name>.<field>``, else a
-    ValueError that names the key, the value and what is allowed."""
+def _check_override(tier_name: str, field: str, value: object) -> float:
     where = f"tier.{tier_name}.{field}"
     if field not in OVERRIDABLE:
         raise ValueError(f"{where}: unknown field; allowed: {', '.join(OVERRIDABLE)}")
@@ -608,7 +606,7 @@ def to_arrays(names: Sequence[str],
             raise ValueError(f"tier.{tname}: overrides must be a mapping of field -> value"
                              f" (fields: {', '.join(OVERRIDABLE)}), got {fields!r}")
         for field, value in fields.items():
-            values[tname][field] = check_override(tname, field, value)
+            values[tname][field] = _check_override(tname, field, value)
 
     n = len(names)
     link_names: list[str] = []
