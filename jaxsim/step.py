@@ -33,6 +33,11 @@ the vLLM scheduler becomes a prefix sum, and:
   older preempted rows);
 - FCFS admission is the longest prefix of candidates that all pass their checks;
 - finished requests are removed by an order-preserving compaction.
+
+With the prefix cache compiled in, the candidates are first permuted into the §5.8 walk
+order (one S-sized sort; the identity when the admission weight is 0), admission is the
+longest passing prefix in that order, and the compaction places the admitted rows in walk
+order after the running ones; skipped trace rows stay in the table as waiting rows.
 """
 
 from __future__ import annotations
