@@ -88,16 +88,17 @@ def prepare(
                               params.cache.capacity_blocks, U, max_slots, H, Uh)
         if cache_entries is not None:
             K = int(cache_entries)
-        cache_kw = dict(num_tiers=T, cache_entries=max(K, 1), hash_space=Uh)
+        cache_kw = dict(num_tiers=T, cache_entries=max(K, 1), hash_space=Uh,
+                        prefetch=any(c["cache"]["prefetch"] for c in cfgs))
     shape = SimShape(max_requests=R, max_slots=max_slots, chunk_iterations=chunk_iterations,
                      **cache_kw)
     return Prepared(shape, params, workload, info, cfgs)
 
 
 def _window_rows(cfg: Mapping) -> int:
-    """Extra slot rows a lane's admission window needs (docs/semantics.md §5.8)."""
+    """Extra slot rows a lane's admission / prefetch window needs (§5.8, §5.11)."""
     cache = cfg["cache"]
-    if cfg["enable_prefix_caching"] and cache["admission_weight"] > 0:
+    if cfg["enable_prefix_caching"] and (cache["admission_weight"] > 0 or cache["prefetch"]):
         return int(cache["admission_window"])
     return 0
 

@@ -101,6 +101,9 @@ def cmd_simulate(args) -> int:
             print(f"  TTFT split (mean ms): queueing {out['queue_mean_s'] * 1e3:.2f}, load "
                   f"{out['ttft_load_mean_s'] * 1e3:.2f}, prefill "
                   f"{out['ttft_prefill_mean_s'] * 1e3:.2f}")
+        if cfg["preemption_mode"] == "swap" or cfg["cache"]["prefetch"]:
+            print(f"  swap-outs {out['swaps']} (preemption_mode {cfg['preemption_mode']}); "
+                  f"prefetched blocks {out['prefetched_blocks']}")
         if "energy_j_by_tier" in out:
             print("  tier energy (J): " + ", ".join(
                 f"{n} {v:.1f}" if math.isfinite(v) else f"{n} unknown (set "

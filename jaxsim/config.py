@@ -67,7 +67,8 @@ DEFAULTS: dict[str, Any] = {
     "tiers": [],
     "tier": {},
     "cache": {"recency_weight": 1.0, "frequency_weight": 0.0, "depth_weight": 0.0,
-              "load_overlap": 0.0, "admission_weight": 0.0, "admission_window": 32},
+              "load_overlap": 0.0, "admission_weight": 0.0, "admission_window": 32,
+              "prefetch": False},
     "workload": {
         "kind": "poisson",
         "rate": 10.0,
@@ -187,15 +188,12 @@ _CACHE = {
     "load_overlap": lambda k, v: _float(k, v, 0.0, 1.0),
     "admission_weight": lambda k, v: _float(k, v, 0.0),
     "admission_window": lambda k, v: _int(k, v, 1, 4096),
+    "prefetch": _bool,
 }
 
 
 def _preemption_mode(key, v):
-    if v == "swap":
-        raise ConfigError(f"{key}: 'swap' is not implemented yet; allowed: recompute "
-                          "(preempted requests recompute, and with prefix caching their "
-                          "cached blocks are reused)")
-    return _choice(key, v, ("recompute",))
+    return _choice(key, v, ("recompute", "swap"))
 
 
 def _tier_list(key, v):
@@ -355,6 +353,12 @@ def validate(cfg: Mapping) -> dict:
     if out["tiers"] and not out["enable_prefix_caching"]:
         raise ConfigError(f"tiers: {','.join(out['tiers'])} needs enable_prefix_caching: "
                           "true (lower tiers hold evicted prefix-cache blocks)")
+    if out["preemption_mode"] == "swap" and not out["tiers"]:
+        raise ConfigError("preemption_mode: 'swap' needs a tier below HBM to swap to; list "
+                          "one in tiers (e.g. tiers: dram, with enable_prefix_caching: true)")
+    if out["cache"]["prefetch"] and not out["enable_prefix_caching"]:
+        raise ConfigError("cache.prefetch: true needs enable_prefix_caching: true (it "
+                          "prefetches cached prefixes of queued requests)")
     if w["kind"] not in ("trace", "sessions") and w["num_requests"] is None:
         raise ConfigError(f"workload.num_requests: required for workload.kind={w['kind']}")
     return out
@@ -476,7 +480,7 @@ COLUMN_KEYS = (
     "activation_reserve_gb", "slo.ttft_s", "slo.tpot_s",
     "enable_prefix_caching", "tiers", "tier", "cache.recency_weight",
     "cache.frequency_weight", "cache.depth_weight", "cache.load_overlap",
-    "cache.admission_weight", "cache.admission_window",
+    "cache.admission_weight", "cache.admission_window", "cache.prefetch", "preemption_mode",
 )
 
 
@@ -738,4 +742,8 @@ def _cache_params(cols, B, kv_per_token, U, num_tiers):
         w_admission=col("cache.admission_weight", 0.0),
         admission_window=col("cache.admission_window", 32).astype(np.int32),
         static_power_w=pw, energy_pj_per_bit=eb,
+        swap=np.array([m == "swap" for m in cols.get("preemption_mode", ["recompute"] * B)],
+                      np.int32),
+        prefetch=np.array([bool(x) for x in cols.get("cache.prefetch", [False] * B)],
+                          np.int32),
     )

@@ -123,6 +123,8 @@ def compute_metrics(params: SimParams, workload: Workload, state: SimState) -> d
             m[f"bytes_read_tier{t}"] = st.read_hi[t] + st.read_lo[t]
             m[f"bytes_written_tier{t}"] = st.write_hi[t] + st.write_lo[t]
         m[f"peak_blocks_tier{t}"] = st.peak_entries[t]
+    m["swaps"] = st.swaps_total  # §5.10 swap-outs (0 without swap preemption)
+    m["prefetched_blocks"] = st.prefetched_total  # §5.11
     m["xfer_exposed_s"] = st.xfer_exposed_hi + st.xfer_exposed_lo
     m["xfer_hidden_s"] = st.xfer_hidden_hi + st.xfer_hidden_lo
     if st.load_s.shape[-1]:  # §5.7 TTFT split into queueing, load and prefill

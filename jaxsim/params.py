@@ -270,6 +270,10 @@ class CacheParams(eqx.Module):
         admission_window: ``i32[]`` queue positions the admission weight reorders.
         static_power_w, energy_pj_per_bit: ``f32[T]`` per-tier static power (W) and
             device energy per bit moved (pJ/bit); NaN where unknown (§5.9).
+        swap: 1 = swap preemption (§5.10): victims' KV goes to the first lower tier with
+            capacity and back on re-admission, while it fits; 0 = recompute.
+        prefetch: 1 = prefetch the cached prefixes of the first ``admission_window``
+            waiting requests into HBM within each iteration's overlap window (§5.11).
     """
 
     enable: Int[Array, ""] = eqx.field(converter=as_i32)
@@ -287,6 +291,8 @@ class CacheParams(eqx.Module):
     admission_window: Int[Array, ""] = eqx.field(converter=as_i32)
     static_power_w: Float[Array, " T"] = eqx.field(converter=as_f32)
     energy_pj_per_bit: Float[Array, " T"] = eqx.field(converter=as_f32)
+    swap: Int[Array, ""] = eqx.field(converter=as_i32)
+    prefetch: Int[Array, ""] = eqx.field(converter=as_i32)
 
     @classmethod
     def hbm_only(cls, enable: bool = True, num_tiers: int = 1) -> CacheParams:
@@ -297,7 +303,7 @@ class CacheParams(eqx.Module):
             write_bps=[1e9] * T, latency_s=[0.0] * T, link_id=[0] * T,
             link_bps=[1e9] * T, w_recency=1.0, w_frequency=0.0, w_depth=0.0,
             load_overlap=0.0, w_admission=0.0, admission_window=32,
-            static_power_w=[0.0] * T, energy_pj_per_bit=[0.0] * T,
+            static_power_w=[0.0] * T, energy_pj_per_bit=[0.0] * T, swap=0, prefetch=0,
         )
 
 

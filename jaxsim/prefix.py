@@ -129,13 +129,20 @@ class CacheUpdate(NamedTuple):
     hit_tokens_first: Array  # i32[T] (first admissions only)
     entries: Array  # i32[T] entries per tier after the update
     overflow: Array  # bool[]
+    room: Array  # i32[] cap_0 minus unpinned tier-0 entries after step 5 (§5.11)
 
 
 def update(st, params: SimParams, pc: PrefixConsts, U: Array, it: Array, live: Array,
            ids: Array, ent: Array, tier0: Array, hit_blocks: Array, admit: Array,
            first_admit: Array, run_after: Array, finished: Array, computed1: Array,
-           num_gpu_blocks: Array, block_size: Array) -> CacheUpdate:
-    """§5.5: hits, touch, pinning, the HBM limit and demotion (one lane)."""
+           num_gpu_blocks: Array, block_size: Array, swap_read: Array, swap_write: Array,
+           swap_held: Array) -> CacheUpdate:
+    """§5.5: hits, touch, pinning, the HBM limit and demotion (one lane).
+
+    ``swap_read``/``swap_write`` (``f32[T]``) are this iteration's swap bytes and
+    ``swap_held`` (``i32[T]``) the blocks swapped requests hold in each tier after it
+    (§5.10); they are not cache entries but take tier space.
+    """
     cp = params.cache
     T = cp.capacity_blocks.shape[-1]
     K = st.e_id.shape[0]
@@ -149,7 +156,7 @@ def update(st, params: SimParams, pc: PrefixConsts, U: Array, it: Array, live: A
     e_hits = st.e_hits.at[jnp.where(hb, ent, K)].add(1, mode="drop")
     onehot = (tier0[..., None] == tiers[None, None, :]) & hb[..., None]  # [S, H, T]
     per_tier = jnp.sum(onehot, axis=(0, 1), dtype=i32)
-    read_bytes = jnp.where(tiers > 0, per_tier.astype(f32) * pc.block_bytes, 0.0)
+    read_bytes = jnp.where(tiers > 0, per_tier.astype(f32) * pc.block_bytes, 0.0) + swap_read
     first_hits = jnp.sum(onehot & first_admit[:, None, None], axis=(0, 1), dtype=i32) * U
 
     # 2. touch (create missing entries, move to HBM, last = it)
@@ -194,7 +201,7 @@ def update(st, params: SimParams, pc: PrefixConsts, U: Array, it: Array, live: A
     held = jnp.where(run_after & ~finished, (computed1 + block_size - 1) // block_size, 0)
     free = jnp.maximum(num_gpu_blocks - jnp.sum(held, dtype=i32), 0)
     cap0 = (free // U) * block_size + ((free % U) * block_size) // U
-    write_bytes = jnp.zeros((T,), f32)
+    write_bytes = swap_write
     valid = e_id >= 0
     member = valid & (e_tier == 0) & ~pinned
     n_ev = jnp.where(live, jnp.maximum(jnp.sum(member, dtype=i32) - cap0, 0), 0)
@@ -216,32 +223,97 @@ def update(st, params: SimParams, pc: PrefixConsts, U: Array, it: Array, live: A
     # 5. cascade down the lower tiers
     for t in range(1, T):
         member = (e_id >= 0) & (e_tier == t)
-        n_ev = jnp.maximum(jnp.sum(member, dtype=i32) - cp.capacity_blocks[t], 0)
+        n_ev = jnp.maximum(jnp.sum(member, dtype=i32)
+                           - (cp.capacity_blocks[t] - swap_held[t]), 0)
         ev = _evict(perm, member, n_ev)
         e_id, e_tier, loc, write_bytes = demote(ev, t, e_id, e_tier, loc, write_bytes)
 
     entries = jnp.sum((e_tier[:, None] == tiers[None, :]) & (e_id >= 0)[:, None], axis=0,
                       dtype=i32)
+    unpinned0 = jnp.sum((e_id >= 0) & (e_tier == 0) & ~pinned, dtype=i32)
     return CacheUpdate(loc=loc, e_id=e_id, e_tier=e_tier, e_last=e_last, e_hits=e_hits,
                        e_depth=e_depth, read_bytes=read_bytes, write_bytes=write_bytes,
-                       hit_tokens_first=first_hits, entries=entries, overflow=overflow)
+                       hit_tokens_first=first_hits, entries=entries, overflow=overflow,
+                       room=jnp.maximum(cap0 - unpinned0, 0))
+
+
+class Prefetch(NamedTuple):
+    e_tier: Array
+    e_last: Array
+    read_bytes: Array  # f32[T] the iteration's reads, prefetch included
+    count: Array  # i32[] blocks prefetched
+
+
+def prefetch(cu: CacheUpdate, params: SimParams, pc: PrefixConsts, U: Array, it: Array,
+             ids: Array, n_known: Array, want: Array, bound: Array) -> Prefetch:
+    """§5.11: move the lower-tier blocks of the queued requests' cached prefixes to HBM.
+
+    Args:
+        ids: ``i32[S, H]`` block ids of the slot rows (-1 pads).
+        n_known: ``i32[S]`` tokens known to the engine.
+        want: ``bool[S]`` prefetch requests (rows are in queue order).
+        bound: ``f32[]`` the largest transfer time that leaves the iteration's exposed
+            time unchanged, ``max(x, f * dtc)``.
+    """
+    cp = params.cache
+    T = cp.capacity_blocks.shape[-1]
+    K = cu.e_id.shape[0]
+    S, H = ids.shape
+    has = ids >= 0
+    e = jnp.where(has, cu.loc[jnp.maximum(ids, 0)], -1)
+    tier = jnp.where(e >= 0, cu.e_tier[jnp.maximum(e, 0)], -1)
+    nh = jnp.sum(has, axis=-1, dtype=i32)
+    kmax = jnp.minimum(nh, jnp.maximum(n_known - 1, 0) // U)
+    j = jnp.arange(H, dtype=i32)[None, :]
+    in_prefix = jnp.cumprod(((e >= 0) & (j < kmax[:, None])).astype(i32), axis=-1) > 0
+    fc = (want[:, None] & in_prefix & (tier >= 1)).reshape(-1)  # (p, j) order
+    fe = e.reshape(-1)
+    ft = tier.reshape(-1)
+    n = S * H
+    idx = jnp.arange(n, dtype=i32)
+    first = jnp.full((K,), n, i32).at[jnp.where(fc, fe, K)].min(idx, mode="drop")
+    fc = fc & (first[jnp.maximum(fe, 0)] == idx)
+    tiers = jnp.arange(T, dtype=i32)
+    cnt_t = jnp.cumsum((ft[:, None] == tiers[None, :]) & fc[:, None], axis=0, dtype=i32)
+    rd = cu.read_bytes[None, :] + cnt_t.astype(f32) * pc.block_bytes  # [n, T]
+    x_n = transfer_time(params, rd, cu.write_bytes[None, :])  # [n]
+    cnt = jnp.cumsum(fc, dtype=i32)
+    bad = fc & ~((cnt <= cu.room) & (x_n <= bound))
+    take = fc & (jnp.cumsum(bad, dtype=i32) == 0)
+    tgt = jnp.where(take, fe, K)
+    taken_t = jnp.sum((ft[:, None] == tiers[None, :]) & take[:, None], axis=0, dtype=i32)
+    return Prefetch(
+        e_tier=cu.e_tier.at[tgt].set(0, mode="drop"),
+        e_last=cu.e_last.at[tgt].set(it, mode="drop"),
+        read_bytes=cu.read_bytes + taken_t.astype(f32) * pc.block_bytes,
+        count=jnp.sum(take, dtype=i32),
+    )
 
 
 def transfer_time(params: SimParams, read_bytes: Array, write_bytes: Array) -> Array:
-    """§5.6 x: the iteration's transfer time (float32 seconds)."""
+    """§5.6 x: the iteration's transfer time (float32 seconds).
+
+    ``read_bytes``/``write_bytes`` are ``f32[..., T]``; leading axes broadcast.
+    """
     cp = params.cache
     T = cp.capacity_blocks.shape[-1]
-    tiers = jnp.arange(T)
+    lead = max(read_bytes.ndim, write_bytes.ndim) - 1
+    read_bytes, write_bytes = (jnp.broadcast_to(x, (*x.shape[:-1], T)) for x in
+                               (read_bytes, write_bytes))
+    per_t = lambda x: x.reshape((1,) * lead + (T,))  # noqa: E731
+    tiers = per_t(jnp.arange(T))
     moved = read_bytes + write_bytes
-    dev = (read_bytes / cp.read_bps + write_bytes / cp.write_bps
-           + jnp.where(moved > 0, cp.latency_s, 0.0))
+    dev = (read_bytes / per_t(cp.read_bps) + write_bytes / per_t(cp.write_bps)
+           + jnp.where(moved > 0, per_t(cp.latency_s), 0.0))
     dev = jnp.where(tiers > 0, dev, 0.0)
-    on_link = (cp.link_id[None, :] == tiers[:, None]) & (tiers[None, :] > 0)  # [l, t]
+    t1 = jnp.arange(T)
+    on_link = (cp.link_id[None, :] == t1[:, None]) & (t1[None, :] > 0)  # [l, t]
+    on_link = on_link.reshape((1,) * lead + (T, T))
     # full duplex: reads into HBM and writes out of it each have the link's bandwidth
-    rd = jnp.sum(jnp.where(on_link, read_bytes[None, :], 0.0), axis=1)
-    wr = jnp.sum(jnp.where(on_link, write_bytes[None, :], 0.0), axis=1)
-    link = jnp.maximum(rd, wr) / cp.link_bps
-    return jnp.maximum(jnp.maximum(jnp.max(dev), jnp.max(link)), 0.0)
+    rd = jnp.sum(jnp.where(on_link, read_bytes[..., None, :], 0.0), axis=-1)
+    wr = jnp.sum(jnp.where(on_link, write_bytes[..., None, :], 0.0), axis=-1)
+    link = jnp.maximum(rd, wr) / per_t(cp.link_bps)
+    return jnp.maximum(jnp.maximum(jnp.max(dev, axis=-1), jnp.max(link, axis=-1)), 0.0)
 
 
 def table_size(num_gpu_blocks, block_size, max_num_batched_tokens, capacity_blocks,

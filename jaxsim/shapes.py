@@ -23,6 +23,9 @@ class SimShape:
             out of rows gets ``OVERFLOW_CACHE`` (``jaxsim.prefix.table_size`` sizes it).
         hash_space: U, number of distinct block ids the workloads use (the id -> row map
             has U entries; ``Workload.hash_ids`` values are ``< U``).
+        prefetch: compile in the prefetch of queued requests' prefixes
+            (docs/semantics.md §5.11; needs the prefix cache). Lanes whose
+            ``CacheParams.prefetch`` is 1 need it; without it they are refused.
         max_replicas: P, data-parallel replicas (1; reserved).
     """
 
@@ -33,6 +36,7 @@ class SimShape:
     max_replicas: int = 1
     cache_entries: int = 0
     hash_space: int = 0
+    prefetch: bool = False
 
     def __post_init__(self):
         for name in ("max_requests", "max_slots", "chunk_iterations"):
@@ -53,6 +57,11 @@ class SimShape:
         if self.num_tiers > 1 and self.cache_entries == 0:
             raise ValueError(f"SimShape.num_tiers={self.num_tiers}: lower tiers need the "
                              "prefix cache (cache_entries > 0)")
+        if not isinstance(self.prefetch, bool):
+            raise ValueError(f"SimShape.prefetch must be a bool, got {self.prefetch!r}")
+        if self.prefetch and self.cache_entries == 0:
+            raise ValueError("SimShape.prefetch=True needs the prefix cache "
+                             "(cache_entries > 0)")
         if self.max_replicas != 1:
             raise ValueError(
                 f"SimShape.max_replicas={self.max_replicas!r}: only 1 is supported so far"

@@ -153,6 +153,13 @@ def simulate_batch(
     if wl_batched and workload.arrival_hi.shape[0] != B:
         raise ValueError(f"per-lane workload has {workload.arrival_hi.shape[0]} lanes, "
                          f"params have {B}")
+    if params.cache is not None and not shape.prefetch and not isinstance(
+            params.cache.prefetch, jax.core.Tracer):
+        n_pf = int(np.sum(np.asarray(params.cache.prefetch) != 0))
+        if n_pf:
+            raise ValueError(f"{n_pf} lane(s) set CacheParams.prefetch=1 but "
+                             "SimShape.prefetch=False; build the shape with prefetch=True "
+                             "(jaxsim.api.prepare does) or set prefetch=0")
     budget = default_iteration_budget(workload) if max_iterations is None else int(
         max_iterations)
     if budget < 1:
@@ -181,10 +188,11 @@ def _rerun_overflow(shape, params, workload, result, max_iterations):
     if over.size == 0:
         return result
     seqs = np.asarray(params.scheduler.max_num_seqs)[over]
-    if params.cache is not None:  # §5.8: the admission window must fit in the table too
+    if params.cache is not None:  # §5.8/§5.11: the window must fit in the table too
         cp = params.cache
-        seqs = seqs + np.where(np.asarray(cp.w_admission)[over] > 0,
-                               np.asarray(cp.admission_window)[over], 0)
+        uses_window = (np.asarray(cp.w_admission)[over] > 0) | (np.asarray(cp.prefetch)[over]
+                                                                 != 0)
+        seqs = seqs + np.where(uses_window, np.asarray(cp.admission_window)[over], 0)
     new_s = int(min(max(2 * shape.max_slots, 1), max(int(seqs.max()), shape.max_slots)))
     if new_s <= shape.max_slots:
         return result

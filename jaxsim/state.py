@@ -67,6 +67,9 @@ class SimState(eqx.Module):
         peak_entries: ``i32[T]`` peak cached blocks per tier.
         slot_load_s: ``f32[S]`` exposed transfer time while the slot's request had no
             token yet (§5.7 TTFT split); load_s: ``f32[R]`` the same per finished request.
+        slot_swapped: ``i32[S]`` tokens of the slot's KV held in the swap tier (§5.10).
+        swap_used: ``i32[]`` swap-tier blocks held by swapped requests.
+        swaps_total, prefetched_total: ``i32[]`` swap-outs and prefetched blocks (§5.11).
     """
 
     # evolving state
@@ -130,6 +133,10 @@ class SimState(eqx.Module):
     peak_entries: Int[Array, " T"] = eqx.field(converter=as_i32)
     slot_load_s: Float[Array, " S"] = eqx.field(converter=as_f32)
     load_s: Float[Array, " R"] = eqx.field(converter=as_f32)
+    slot_swapped: Int[Array, " S"] = eqx.field(converter=as_i32)
+    swap_used: Int[Array, ""] = eqx.field(converter=as_i32)
+    swaps_total: Int[Array, ""] = eqx.field(converter=as_i32)
+    prefetched_total: Int[Array, ""] = eqx.field(converter=as_i32)
 
 
 def init_state(
@@ -204,6 +211,10 @@ def init_state(
         peak_entries=jnp.zeros((T,), jnp.int32),
         slot_load_s=jnp.zeros((S if K else 0,), jnp.float32),
         load_s=jnp.full((R if K else 0,), jnp.nan, jnp.float32),
+        slot_swapped=jnp.zeros((S if K else 0,), jnp.int32),
+        swap_used=0,
+        swaps_total=0,
+        prefetched_total=0,
     )
 
 

@@ -59,7 +59,8 @@ _CACHE_FIELDS = (
     "loc", "e_id", "e_tier", "e_last", "e_hits", "e_depth", "hit_tok_hi", "hit_tok_lo",
     "adm_tok_hi", "adm_tok_lo", "read_hi", "read_lo", "write_hi", "write_lo",
     "xfer_exposed_hi", "xfer_exposed_lo", "xfer_hidden_hi", "xfer_hidden_lo",
-    "peak_entries", "slot_load_s", "load_s",
+    "peak_entries", "slot_load_s", "load_s", "slot_swapped", "swap_used", "swaps_total",
+    "prefetched_total",
 )
 
 MODE_V1 = 0
@@ -154,10 +155,13 @@ def step(
         req_row = jnp.where(window, t_c, st.slot_req)
         ids = wl.hash_ids[req_row]
         hit_blocks, ent, etier = prefix.lookup(st, pconsts, ids, n_known, U)
-        hit_blocks = jnp.where(enable & cand, hit_blocks, 0)
+        # §5.10: a swapped request does no lookup; it starts from its swapped tokens
+        sw_prev = jnp.where(window, 0, st.slot_swapped)
+        hit_blocks = jnp.where(enable & cand & (sw_prev == 0), hit_blocks, 0)
         hit = hit_blocks * U
+        start = jnp.where(sw_prev > 0, sw_prev, hit)
     else:
-        hit = jnp.zeros((S,), i32)
+        hit = start = jnp.zeros((S,), i32)
 
     # ---- 2. running phase -----------------------------------------------------------
     running = row < st.n_run
@@ -184,9 +188,10 @@ def step(
         group = jnp.where(cand, jnp.where(cand_ok, 1, 2), 0)
         _, _, perm = jax.lax.sort((group, jnp.where(cand_ok, key, 0.0), row), num_keys=3)
         inv = jnp.zeros((S,), i32).at[perm].set(row)
-        cand_w, cand_ok_w, hit_w, n_known_w = (x[perm] for x in (cand, cand_ok, hit, n_known))
+        cand_w, cand_ok_w, hit_w, n_known_w = (x[perm] for x in (cand, cand_ok, start,
+                                                                  n_known))
     else:
-        cand_w, cand_ok_w, hit_w, n_known_w = cand, cand_ok, hit, n_known
+        cand_w, cand_ok_w, hit_w, n_known_w = cand, cand_ok, start, n_known
     left_w = n_known_w - hit_w
     want_w = jnp.where(cand_w, jnp.where(thr > 0, jnp.minimum(left_w, thr), left_w), 0)
     kept_got = jnp.sum(jnp.where(keep_run, got_run, 0), dtype=i32)
@@ -259,7 +264,24 @@ def step(
             & dd_le(wl.arrival_hi[u_c], wl.arrival_lo[u_c], clock_hi, clock_lo))
 
     # ---- 5. iteration time ------------------------------------------------------------
-    computed = computed + jnp.where(admit, hit, 0)  # an admitted hit starts at c = h
+    if cache_on:  # §5.10 swap-out of victims (in pop order, while they fit) and swap-in
+        ts = pconsts.next_tier[0]
+        swap_on = enable & (params.cache.swap != 0) & (ts >= 0)
+        cap_ts = params.cache.capacity_blocks[jnp.maximum(ts, 0)]
+        kv_tok = _ceil_div(computed, bs) * bs  # the tokens of its KV blocks
+        sblk = _ceil_div(kv_tok, U)
+        pop_cum = jnp.cumsum(jnp.where(victim, sblk, 0)[::-1], dtype=i32)[::-1]
+        swap_out = victim & swap_on & (st.swap_used + pop_cum <= cap_ts)
+        swap_in = admit & (sw_prev > 0)
+        in_tok = _ceil_div(sw_prev, bs) * bs
+        tok_bytes = pconsts.block_bytes / U.astype(jnp.float32)
+        out_bytes = jnp.sum(jnp.where(swap_out, kv_tok, 0), dtype=i32).astype(jnp.float32)
+        in_bytes = jnp.sum(jnp.where(swap_in, in_tok, 0), dtype=i32).astype(jnp.float32)
+        swap_used1 = (st.swap_used + jnp.sum(jnp.where(swap_out, sblk, 0), dtype=i32)
+                      - jnp.sum(jnp.where(swap_in, _ceil_div(in_tok, U), 0), dtype=i32))
+        at_ts = jnp.arange(params.cache.capacity_blocks.shape[-1]) == ts
+        slot_sw1 = jnp.where(swap_out, computed, jnp.where(admit, 0, sw_prev))
+    computed = computed + jnp.where(admit, start, 0)  # an admitted hit starts at c = h
     rem = n_known - computed
     sched = got > 0
     samples = sched & (computed + got == n_known)
@@ -290,11 +312,12 @@ def step(
         cu = prefix.update(
             st, params, pconsts, U, st.iterations,
             enable & active & (feats.tokens > 0), ids, ent, etier, hit_blocks, admit,
-            first_adm, (row < m_eff) | admit, finished, computed1, total_blocks, bs)
+            first_adm, (row < m_eff) | admit, finished, computed1, total_blocks, bs,
+            jnp.where(at_ts, in_bytes * tok_bytes, 0.0),
+            jnp.where(at_ts, out_bytes * tok_bytes, 0.0), jnp.where(at_ts, swap_used1, 0))
         xfer = prefix.transfer_time(params, cu.read_bytes, cu.write_bytes)
         dtc = dt_dd.hi + dt_dd.lo
         exposed = jnp.maximum(xfer - params.cache.load_overlap * dtc, 0.0)
-        hidden = xfer - exposed
         dt_dd = ddm.add_f(dt_dd, exposed)
     finite = jnp.isfinite(dt_dd.hi) & jnp.isfinite(dt_dd.lo)
     dt = jnp.where(finite, dt_dd.hi, 0.0)
@@ -302,6 +325,33 @@ def step(
 
     # ---- 6. advance -----------------------------------------------------------------
     end_hi, end_lo = dd_add2(clock_hi, clock_lo, dt, dt_lo)
+
+    if cache_on:
+        # §5.11 prefetch for the first W waiting requests after this iteration (rows in
+        # queue order: victims, the old queue front, skipped and unread trace rows)
+        in_run1 = (row < m_eff) | admit
+        waiting1 = ~in_run1 & ((row < st.n_act) | t_in)
+        ready1 = (row < st.n_act) | dd_le(w_arr_hi, w_arr_lo, end_hi, end_lo)
+        W = params.cache.admission_window
+        pf_on = enable & active & (feats.tokens > 0) & (params.cache.prefetch != 0)
+        pf_want = (pf_on & waiting1 & ready1 & (slot_sw1 == 0)
+                   & (jnp.cumsum(waiting1, dtype=i32) <= W))
+        bound = jnp.maximum(xfer, params.cache.load_overlap * dtc)
+        if shape.prefetch:
+            pf = prefix.prefetch(cu, params, pconsts, U, st.iterations, ids,
+                                 prompt + generated1, pf_want, bound)
+            xfer = prefix.transfer_time(params, pf.read_bytes, cu.write_bytes)
+            # the window must be in the table: flag a lane whose next unseen request is
+            # needed
+            u_idx = st.ptr + (S - st.n_act)
+            u_c = jnp.minimum(u_idx, R - 1)
+            pf_over = (pf_on & (jnp.sum(waiting1, dtype=i32) < W) & (u_idx < nreq)
+                       & dd_le(wl.arrival_hi[u_c], wl.arrival_lo[u_c], end_hi, end_lo))
+        else:
+            pf = prefix.Prefetch(e_tier=cu.e_tier, e_last=cu.e_last,
+                                 read_bytes=cu.read_bytes, count=jnp.int32(0))
+            pf_over = jnp.bool_(False)
+        hidden = xfer - exposed
 
     # ---- 7b. retire (times) ----------------------------------------------------------
     arr_hi = jnp.where(window, w_arr_hi, st.slot_arrival_hi)
@@ -354,6 +404,8 @@ def step(
 
     # One row gather moves all slot fields at once (12 separate gathers cost ~3x more).
     i_fields = (req, prompt, output, computed1, generated1, preempt, tokens)
+    if cache_on:
+        i_fields = (*i_fields, slot_sw1)
     f_fields = (arr_hi, arr_lo, first_hi, first_lo, queue_s)
     if cache_on:
         f_fields = (*f_fields, load)
@@ -373,22 +425,26 @@ def step(
     cache_fields = {}
     if cache_on:
         status = status | jnp.where(cu.overflow, st_bits.OVERFLOW_CACHE, 0)
+        status = status | jnp.where(pf_over, st_bits.OVERFLOW_SLOTS, 0)
         prompt_first = jnp.sum(jnp.where(first_adm, prompt, 0), dtype=i32).astype(jnp.float32)
         hit_hi, hit_lo = dd_add(st.hit_tok_hi, st.hit_tok_lo,
                                 cu.hit_tokens_first.astype(jnp.float32))
         adm_hi, adm_lo = dd_add(st.adm_tok_hi, st.adm_tok_lo, prompt_first)
-        rd_hi, rd_lo = dd_add(st.read_hi, st.read_lo, cu.read_bytes)
+        rd_hi, rd_lo = dd_add(st.read_hi, st.read_lo, pf.read_bytes)
         wr_hi, wr_lo = dd_add(st.write_hi, st.write_lo, cu.write_bytes)
         ex_hi, ex_lo = dd_add(st.xfer_exposed_hi, st.xfer_exposed_lo, exposed)
         hd_hi, hd_lo = dd_add(st.xfer_hidden_hi, st.xfer_hidden_lo, hidden)
         cache_fields = dict(
-            loc=cu.loc, e_id=cu.e_id, e_tier=cu.e_tier, e_last=cu.e_last,
+            loc=cu.loc, e_id=cu.e_id, e_tier=pf.e_tier, e_last=pf.e_last,
             e_hits=cu.e_hits, e_depth=cu.e_depth, hit_tok_hi=hit_hi, hit_tok_lo=hit_lo,
             adm_tok_hi=adm_hi, adm_tok_lo=adm_lo, read_hi=rd_hi, read_lo=rd_lo,
             write_hi=wr_hi, write_lo=wr_lo, xfer_exposed_hi=ex_hi,
             xfer_exposed_lo=ex_lo, xfer_hidden_hi=hd_hi, xfer_hidden_lo=hd_lo,
             peak_entries=jnp.maximum(st.peak_entries, cu.entries),
-            slot_load_s=c_f[5], load_s=put(st.load_s, load),
+            slot_load_s=c_f[5], load_s=put(st.load_s, load), slot_swapped=c_i[7],
+            swap_used=swap_used1,
+            swaps_total=st.swaps_total + jnp.sum(swap_out, dtype=i32),
+            prefetched_total=st.prefetched_total + pf.count,
         )
     else:
         cache_fields = {k: getattr(st, k) for k in _CACHE_FIELDS}

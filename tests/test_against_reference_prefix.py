@@ -68,6 +68,7 @@ def random_cache(rng) -> P.CacheParams:
         admission_window=int(rng.choice([1, 2, 4, 8])),
         static_power_w=[0.0] + pick([0.0, 5.0, 8.0], T - 1),
         energy_pj_per_bit=[0.0] + pick([0.0, 6.5, 206.0], T - 1),
+        swap=int(rng.random() < 0.5), prefetch=int(rng.random() < 0.5),
     )
 
 
@@ -89,6 +90,8 @@ def oracle_cache_config(cp: P.CacheParams) -> dict:
         "adm_window": int(cp.admission_window),
         "tier_static_power_w": f(cp.static_power_w),
         "tier_energy_pj_per_bit": f(cp.energy_pj_per_bit),
+        "swap": bool(int(cp.swap)),
+        "prefetch": bool(int(cp.prefetch)),
     }
 
 
@@ -116,7 +119,8 @@ def run_prefix_cases(seed: int, n: int, max_iterations=None):
         t.hash_block_tokens, S_MAX, 0, U) for p, (t, _, _) in zip(lanes, cases, strict=True))
     # S_MAX + 8 rows: the largest admission window (8) fits beside 32 running requests
     shape = SimShape(max_requests=R_MAX, max_slots=S_MAX + 8, chunk_iterations=256,
-                     num_tiers=T, cache_entries=max(K, 1), hash_space=max(U, 1))
+                     num_tiers=T, cache_entries=max(K, 1), hash_space=max(U, 1),
+                     prefetch=True)
     res = simulate_batch(shape, P.stack(lanes), wl, max_iterations=max_iterations)
     refs = []
     for (t, _, cp), p in zip(cases, lanes, strict=True):
@@ -164,6 +168,9 @@ def compare_cache(i, res, ref):
                 *(k for k in ref["metrics"] if k.startswith("energy_"))):
         if not _close(m[key][i], ref["metrics"][key], rtol=1e-5, atol=1e-9):
             errors.append(f"{key} {m[key][i]} vs ref {ref['metrics'][key]}")
+    for key in ("swaps", "prefetched_blocks"):
+        if int(m[key][i]) != int(ref["metrics"][key]):
+            errors.append(f"{key} {m[key][i]} vs ref {ref['metrics'][key]}")
     peaks = np.asarray(st.peak_entries[i])
     if not np.array_equal(peaks, np.asarray(ref["peak_entries_by_tier"])):
         errors.append(f"peak entries {peaks} vs ref {ref['peak_entries_by_tier']}")
@@ -197,6 +204,11 @@ def test_prefix_oracle__random_lanes_match():
     # §5.8: lanes where a request with a cached prefix was admitted ahead of an older one
     jumped = sum(_jumped(t, r) for (t, _, _), r in zip(cases, refs, strict=True))
     assert jumped >= 5, jumped
+    # §5.10 / §5.11: swap-outs and prefetches happen in enough lanes
+    swapped = sum(r["metrics"]["swaps"] > 0 for r in refs)
+    prefetched = sum(r["metrics"]["prefetched_blocks"] > 0 for r in refs)
+    assert swapped >= 5, swapped
+    assert prefetched >= 5, prefetched
 
 
 def _jumped(trace: Trace, ref) -> bool:

@@ -84,6 +84,8 @@ CONFIG_KEYS: tuple[str, ...] = (
 #: energy lists ``tier_static_power_w`` (W) and ``tier_energy_pj_per_bit`` (pJ/bit)
 #: also hold one entry per lower tier; their default ``None`` means "unknown" (NaN)
 #: for every lower tier, and a NaN entry marks one tier's value as unknown.
+#: ``swap`` (§5.10 swap preemption) and ``prefetch`` (§5.11) are 0/1 flags (bools
+#: accepted); like everything in §5 they only act with ``enable_prefix_caching``.
 PREFIX_CONFIG_DEFAULTS: dict[str, Any] = {
     "enable_prefix_caching": False,
     "tier_capacity_blocks": (),
@@ -100,6 +102,8 @@ PREFIX_CONFIG_DEFAULTS: dict[str, Any] = {
     "adm_window": 1,
     "tier_static_power_w": None,
     "tier_energy_pj_per_bit": None,
+    "swap": False,
+    "prefetch": False,
 }
 OPTIONAL_CONFIG_KEYS: tuple[str, ...] = tuple(PREFIX_CONFIG_DEFAULTS)
 _TIER_LIST_KEYS: tuple[str, ...] = (
@@ -171,7 +175,8 @@ def validate_config(config: Mapping[str, Any]) -> dict[str, Any]:
         the per-tier lists as tuples (``int`` capacities and links, ``float`` others;
         the §5.9 energy lists always have one entry per lower tier, NaN = unknown),
         ``tier_link_bw`` as a ``{int link id: float}`` dict, the weights (``w_adm``
-        included) as ``float`` and ``adm_window`` as ``int``.
+        included) as ``float``, ``adm_window`` as ``int`` and the §5.10 / §5.11
+        flags ``swap`` and ``prefetch`` as ``bool``.
 
     Raises:
         KeyError: a required key is missing.
@@ -248,15 +253,20 @@ def _validate_prefix_config(config: Mapping[str, Any]) -> dict[str, Any]:
         ValueError: naming the offending key (list lengths differ, a bandwidth is not
             > 0, a capacity or latency or weight is < 0, the overlap is outside
             [0, 1], a tier's link has no bandwidth, ``adm_window`` < 1, an energy
-            input is negative or infinite).
+            input is negative or infinite, ``enable_prefix_caching``, ``swap`` or
+            ``prefetch`` is not a bool or 0/1).
     """
     raw = {key: config.get(key, default) for key, default in PREFIX_CONFIG_DEFAULTS.items()}
     out: dict[str, Any] = {}
-    flag = raw["enable_prefix_caching"]
-    if isinstance(flag, (bool, np.bool_)) or flag in (0, 1):
-        out["enable_prefix_caching"] = bool(flag)
-    else:
-        raise ValueError(f"config['enable_prefix_caching'] must be a bool, got {flag!r}")
+    # enable_prefix_caching, §5.10 swap and §5.11 prefetch: bools, or 0/1.
+    for key in ("enable_prefix_caching", "swap", "prefetch"):
+        flag = raw[key]
+        if isinstance(flag, (bool, np.bool_)) or (
+            isinstance(flag, (int, float, np.integer, np.floating)) and flag in (0, 1)
+        ):
+            out[key] = bool(flag)
+        else:
+            raise ValueError(f"config[{key!r}] must be a bool (or 0/1), got {flag!r}")
 
     lists = {key: _as_list(key, raw[key]) for key in _TIER_LIST_KEYS}
     num_lower = len(lists["tier_capacity_blocks"])
@@ -592,8 +602,12 @@ class PrefixCache:
             by §5.5 step 4).
         bblk: bytes of one cache block per GPU, ``Bblk`` of §5.1.
         usable: per tier, whether it is usable for hits (§5.3).
+        swap_tier: the §5.10 swap tier ``ts``, the smallest ``t >= 1`` with
+            ``cap_t > 0`` (None when there is none: swap then behaves as recompute).
         entries: block id -> entry (a block id has at most one entry).
         count: number of entries per tier.
+        room: the §5.11 prefetch room of the last ``update``, ``cap_0`` minus the
+            unpinned tier-0 entries after §5.5 (0 before the first update).
     """
 
     def __init__(self, cfg: Mapping[str, Any], cost: CostModel, U: int) -> None:
@@ -627,8 +641,13 @@ class PrefixCache:
                 self.bblk / self.lbw[self.link[t]],
             )
             self.usable.append(self.cap[t] > 0 and load <= compute_one_block)
+        # §5.10: the swap tier is chosen by capacity alone ("Swap ignores §5.3").
+        self.swap_tier: int | None = next(
+            (t for t in range(1, self.T) if self.cap[t] > 0), None
+        )
         self.entries: dict[int, _Entry] = {}
         self.count = [0] * self.T
+        self.room = 0
 
     # ---- §5.4 lookup ------------------------------------------------------------------
 
@@ -710,6 +729,7 @@ class PrefixCache:
         run: Sequence[tuple[Sequence[int], int, bool]],
         free_blocks: int,
         block_size: int,
+        swap_used: int = 0,
     ) -> tuple[list[float], list[float], list[tuple[int, int, int | None]]]:
         """§5.5: the cache update of iteration ``it`` (after §2.7 retire).
 
@@ -720,11 +740,15 @@ class PrefixCache:
             run: per request of ``RUN``, ``(hashes, c after retire, finished)``.
             free_blocks: ``num_gpu_blocks - Σ_{RUN \\ FIN} ceil_div(c, block_size)``.
             block_size: tokens per KV block.
+            swap_used: §5.10 blocks of the swap tier held by swapped requests after
+                this iteration's swaps (0 without swap): step 5 lets the swap tier
+                hold at most ``cap_ts - swap_used`` cache entries.
 
         Returns:
             ``(R, W, evicted)``: bytes read and written per tier in this iteration
+            by the cache itself (steps 1 and 5; the caller adds §5.10's swap bytes)
             and the evictions ``(block id, from tier, to tier or None if dropped)``
-            in the order they happened.
+            in the order they happened. Also sets ``self.room`` (§5.11).
         """
         U = self.U
         read = [0.0] * self.T
@@ -776,15 +800,94 @@ class PrefixCache:
             ]
             for block in self.eviction_order(unpinned)[:excess]:
                 self._demote(block, written, evicted)
+        # §5.11 room: cap_0 minus the unpinned tier-0 entries after §5.5 (step 5
+        # never moves an entry into tier 0, so this is also the count after step 5).
+        self.room = cap0 - (self.count[0] - len(pinned))
 
         # Step 5, demotion cascade through the lower tiers, in order.
+        # §5.10 tier space: the swap tier holds at most cap_ts - swap_used entries.
+        # AMBIGUITY: the demotion TARGET is still "the next tier t' > t with
+        # cap_t' > 0" (step 5 as written, §5.10 only bounds what the tier holds), so
+        # with cap_ts - swap_used = 0 an entry evicted from HBM is still demoted into
+        # ts (Bblk written to ts) and then evicted from it as excess (demoted on, with
+        # a second write, or dropped).
         for t in range(1, self.T):
-            excess = self.count[t] - self.cap[t]
+            cap_t = self.cap[t] - swap_used if t == self.swap_tier else self.cap[t]
+            excess = self.count[t] - cap_t
             if excess > 0:
                 in_tier = [b for b, e in self.entries.items() if e.tier == t]
                 for block in self.eviction_order(in_tier)[:excess]:
                     self._demote(block, written, evicted)
         return read, written, evicted
+
+    # ---- §5.11 prefetch ---------------------------------------------------------------
+
+    def prefetch(
+        self,
+        it: int,
+        requests: Sequence[tuple[Sequence[int], int]],
+        read: list[float],
+        written: Sequence[float],
+        window: float,
+    ) -> list[tuple[int, int]]:
+        """§5.11: prefetch lower-tier prefix blocks of waiting requests into HBM.
+
+        Called after ``update`` (the cache state after §5.5, ``self.room`` set) with
+        the iteration's complete ``R_t``/``W_t`` (swap bytes included), so that
+        ``x(0)`` is §5.6's ``x``.
+
+        Args:
+            it: the iteration index (the new ``last`` of a prefetched entry).
+            requests: the prefetch requests in order of ``p``, each
+                ``(hashes, n_known)``.
+            read: ``R_t`` per tier; the prefetch reads are added to it in place.
+            written: ``W_t`` per tier.
+            window: ``f · dtc``.
+
+        Returns:
+            The prefetched blocks ``(block id, former tier)``, in candidate order
+            (``n* = len(result)``).
+        """
+        U = self.U
+        # Candidates: blocks j < pk (the prefix with an entry in ANY tier) whose entry
+        # is in a lower tier, in (p, j) order, each block id at its first occurrence.
+        candidates: list[tuple[int, int]] = []
+        seen: set[int] = set()
+        for hashes, n_known in requests:
+            kmax = min(len(hashes), (n_known - 1) // U)
+            for j in range(kmax):
+                entry = self.entries.get(hashes[j])
+                if entry is None:
+                    break  # pk = j
+                if entry.tier >= 1 and hashes[j] not in seen:
+                    seen.add(hashes[j])
+                    candidates.append((hashes[j], entry.tier))
+
+        def reads_with(n: int) -> list[float]:
+            """R_t increased by Bblk per each of the first n candidates in tier t
+            (``R_t + count·Bblk``: one product and one sum per tier)."""
+            extra = [0] * self.T
+            for _, t in candidates[:n]:
+                extra[t] += 1
+            return [read[t] + extra[t] * self.bblk for t in range(self.T)]
+
+        x0 = self.transfer_time(read, written)
+        bound = max(x0, window)
+        # n* = the largest n <= room with x(n) <= max(x(0), f·dtc). x(n) does not
+        # decrease with n, but the largest such n is searched literally.
+        n_star = 0
+        for n in range(1, min(self.room, len(candidates)) + 1):
+            if self.transfer_time(reads_with(n), written) <= bound:
+                n_star = n
+        final = reads_with(n_star)
+        for t in range(self.T):
+            read[t] = final[t]
+        moved = candidates[:n_star]
+        for block, _t in moved:
+            entry = self.entries[block]
+            self._move(entry, 0)
+            entry.last = it  # hits unchanged
+        return moved
 
     # ---- §5.6 transfer time -----------------------------------------------------------
 
@@ -1031,8 +1134,13 @@ def simulate_reference(
             iteration, ``(request, hit_blocks, tiers)`` with ``tiers`` the tier of
             each hit block at lookup), ``evicted`` (per §5.5 eviction in order,
             ``(block id, from tier, to tier or None when dropped)``),
-            ``bytes_read``/``bytes_written`` (per tier, this iteration) and
-            ``entries`` (entries per tier after §5.5 step 5). For tests and debugging.
+            ``bytes_read``/``bytes_written`` (per tier, this iteration, the §5.10
+            swap bytes and §5.11 prefetch reads included), ``entries`` (entries per
+            tier after §5.5 step 5, before any §5.11 prefetch), ``swapped_out`` and
+            ``swapped_in`` (original indices, §5.10), ``swap_used`` (after the
+            iteration) and ``prefetched`` (``(block id, former tier)`` per §5.11
+            prefetched block, in candidate order). ``xfer_s`` is then ``x(n*)``, so
+            ``exposed_s + hidden_s = xfer_s``. For tests and debugging.
 
     Returns:
         Per-request numpy arrays in the original input order (``first_token_s``,
@@ -1049,10 +1157,11 @@ def simulate_reference(
         ``bytes_written_by_tier``: lists of T floats, tier 0 always 0;
         ``xfer_exposed_s``, ``xfer_hidden_s``: floats; ``peak_entries_by_tier``:
         list of T ints) and ``metrics`` (§4, plus ``prefix_hit_rate``, the §5.7
-        ``ttft_load_mean_s``, ``ttft_prefill_mean_s``, ``ttft_load_p99_s`` and the
-        §5.9 ``energy_j_tier{t}`` for t = 1 … T-1 and ``energy_tiers_j``). With prefix
-        caching off the §5 results are zeros (the hit rates 0.0, or NaN if nothing
-        was admitted).
+        ``ttft_load_mean_s``, ``ttft_prefill_mean_s``, ``ttft_load_p99_s``, the
+        §5.9 ``energy_j_tier{t}`` for t = 1 … T-1 and ``energy_tiers_j``, and the
+        §5.10 / §5.11 counts ``swaps`` (swap-outs) and ``prefetched_blocks`` (Σ n*),
+        ints, 0 when the features are off). With prefix caching off the §5 results
+        are zeros (the hit rates 0.0, or NaN if nothing was admitted).
 
     Raises:
         KeyError: a config or workload key is missing.
@@ -1126,6 +1235,32 @@ def simulate_reference(
     xfer_exposed = 0.0
     xfer_hidden = 0.0
     peak_entries = [0] * num_tiers
+    # §5.10 swap preemption: per request `sw` (tokens whose KV is held in the swap
+    # tier), per lane `swap_used` (swap-tier blocks of U tokens held by swapped
+    # requests) and the swap-out count. Without a tier of capacity > 0 swap behaves
+    # as recompute in every iteration, so it is simply off.
+    swap_tier = cache.swap_tier if cache is not None else None
+    swap_on = cache is not None and cfg["swap"] and swap_tier is not None
+    swap_cap = cache.cap[swap_tier] if swap_on else 0  # cap_ts
+    sw: list[int] = [0] * R
+    swap_used = 0
+    num_swaps = 0
+    # §5.11 prefetch (off without prefix caching) and Σ n*.
+    prefetch_on = cache is not None and cfg["prefetch"]
+    num_prefetched = 0
+
+    def nb(n: int) -> int:
+        """§5.10 ``nb(n) = ceil_div(n, block_size)``."""
+        return ceil_div(n, bs)
+
+    def sbytes(n: int) -> float:
+        """§5.10 ``sbytes(n) = nb(n) · block_size · Bblk / U`` (float bytes)."""
+        assert cache is not None
+        return nb(n) * bs * cache.bblk / U
+
+    def sblk(n: int) -> int:
+        """§5.10 ``sblk(n) = ceil_div(nb(n) · block_size, U)`` (swap-tier blocks)."""
+        return ceil_div(nb(n) * bs, U)
 
     # §1: `running` in order of (most recent) admission; `waiting` holds preempted
     # requests at the front (most recently preempted first) followed by arrived,
@@ -1167,10 +1302,20 @@ def simulate_reference(
         victims: list[int] = []
         # §5.4: per request admitted this iteration, (request, tiers of its hit blocks).
         admissions: list[tuple[int, list[int]]] = []
+        # §5.10: this iteration's swap-outs / swap-ins and their bytes (tier ts).
+        swapped_out: list[int] = []
+        swapped_in: list[int] = []
+        swap_written = 0.0
+        swap_read = 0.0
 
         def running_phase() -> None:
-            """§2.2: walk `running` from the front while budget remains."""
-            nonlocal free, budget, total_preemptions
+            """§2.2: walk `running` from the front while budget remains (with the
+            §5.10 swap-out of the victims when swap is on)."""
+            nonlocal free, budget, total_preemptions, swap_used, num_swaps, swap_written
+            # §5.10: victim v_k is swapped iff every earlier victim of this iteration
+            # was swapped and swap_used(start) + Σ_{i<=k} sblk(c_{v_i}) <= cap_ts;
+            # `swap_used` grows with each swap, so the test below is that sum.
+            swapping = swap_on
             i = 0
             while i < len(running) and budget > 0:
                 r = running[i]
@@ -1184,7 +1329,19 @@ def simulate_reference(
                     # Preempt the last running request (recompute).
                     v = running.pop()
                     free += ceil_div(c[v], bs)
+                    # §5.10: c[v] is still its c at the start of the iteration (a
+                    # victim is popped from the end, never an already-scheduled one).
+                    if swapping and swap_used + sblk(c[v]) <= swap_cap:
+                        sw[v] = c[v]
+                        swap_used += sblk(sw[v])
+                        swap_written += sbytes(sw[v])
+                        num_swaps += 1
+                        swapped_out.append(v)
+                    else:
+                        swapping = False  # this victim and every later one recompute
                     c[v] = 0
+                    # AMBIGUITY: a swap-out is a preemption ("its preemption count
+                    # += 1"), so it is also counted in the lane's §2.8 preemptions.
                     preemptions[v] += 1
                     total_preemptions += 1
                     waiting.appendleft(v)
@@ -1217,7 +1374,8 @@ def simulate_reference(
                 key = np.float32(p)
                 tiers: list[int] | None = None
                 if p < adm_window:
-                    tiers = lookup(r)
+                    # §5.10: a swapped request does no lookup; hit_blocks = 0.
+                    tiers = lookup(r) if sw[r] == 0 else []
                     key = key - w_adm * np.float32(len(tiers))
                 keyed.append((float(key), p, r, tiers))
             keyed.sort(key=lambda item: (item[0], item[1]))
@@ -1226,7 +1384,7 @@ def simulate_reference(
         def waiting_phase() -> int:
             """§2.3 (with the §5.4 lookup and the §5.8 order): admit from `waiting`;
             returns the admission count."""
-            nonlocal free, budget, admitted_prompt_tokens
+            nonlocal free, budget, admitted_prompt_tokens, swap_used, swap_read
             count = 0
             # §5.8: walk the ready requests by increasing (key, p). With w_adm = 0
             # every key is float32(p), so this is the §2.3 walk from the front.
@@ -1242,10 +1400,16 @@ def simulate_reference(
                 if len(running) >= max_seqs:  # rule 1
                     break
                 n_known = P[r] + g[r]
-                # §5.4: look up the prefix (c = h, not 0). A request that is not
-                # admitted simply looks up again next time.
-                tiers = looked_up if looked_up is not None else lookup(r)
-                h = len(tiers) * U
+                if sw[r] > 0:
+                    # §5.10 swap-in: no lookup, h = sw, hit_blocks = 0 (§5.5 step 1,
+                    # §5.7 and the §5.8 key).
+                    tiers = []
+                    h = sw[r]
+                else:
+                    # §5.4: look up the prefix (c = h, not 0). A request that is not
+                    # admitted simply looks up again next time.
+                    tiers = looked_up if looked_up is not None else lookup(r)
+                    h = len(tiers) * U
                 want = n_known - h  # rule 3; c[r] == 0 here; §5.4: c = h
                 if thr > 0:
                     want = min(want, thr)
@@ -1262,6 +1426,12 @@ def simulate_reference(
                 free -= need
                 budget -= q
                 c[r] = h  # §5.4: it starts the iteration with c = h
+                if sw[r] > 0:
+                    # §5.10: sbytes(sw) read from tier ts; its swap blocks are freed.
+                    swap_read += sbytes(sw[r])
+                    swap_used -= sblk(sw[r])
+                    sw[r] = 0
+                    swapped_in.append(r)
                 sched.append((r, q, c[r], n_known, g[r]))
                 admissions.append((r, tiers))
                 if math.isnan(admitted[r]):
@@ -1344,15 +1514,53 @@ def simulate_reference(
                 run_info,
                 free_after,
                 bs,
+                swap_used=swap_used,  # §5.10: after this iteration's swaps
             )
+            # §5.7 peak entries per tier, after §5.5 step 5.
+            # AMBIGUITY: this is before §5.11 moves prefetched entries to tier 0 (the
+            # literal "after step 5"); they count at the next iteration's step 5.
+            entries_after_update = list(cache.count)
+            # §5.10: the swap bytes are part of the iteration's R_ts / W_ts.
+            if swap_tier is not None:
+                it_read[swap_tier] += swap_read
+                it_written[swap_tier] += swap_written
             x = cache.transfer_time(it_read, it_written)
             exposed = max(0.0, x - overlap * dtc)
-            hidden = x - exposed
             dt = dtc + exposed  # §5.6: replaces §2.5's dt for §2.6-§2.8
+            prefetched: list[tuple[int, int]] = []
+            if prefetch_on:
+                # §5.11, after §5.5 with dtc, x and exposed fixed: the prefetch
+                # requests are those of `waiting` as it stands after this iteration
+                # (victims at the front) with p < W, sw = 0 and ready (preempted, or
+                # arrival_s <= the iteration's END clock). x(0) is §5.6's x, the
+                # §5.10 swap bytes included.
+                # AMBIGUITY: never-admitted requests that arrived DURING the
+                # iteration (start < arrival_s <= end clock) are part of `waiting`
+                # after it (§1: `waiting` holds the arrived requests), in request
+                # order behind the others; this oracle adds them to `waiting` lazily
+                # at the next iteration, so they are appended here for the numbering.
+                end_clock = clock + dt
+                after = list(waiting)
+                k = next_new
+                while k < R and arr[k] <= end_clock:
+                    after.append(k)
+                    k += 1
+                pf_requests = [
+                    (H[r], P[r] + g[r])
+                    for p, r in enumerate(after)
+                    if p < adm_window and sw[r] == 0
+                ]
+                prefetched = cache.prefetch(
+                    iterations, pf_requests, it_read, it_written, overlap * dtc
+                )
+                num_prefetched += len(prefetched)
+                # x(n*): exposed (and dt) do not change; hidden = x(n*) - exposed.
+                x = cache.transfer_time(it_read, it_written)
+            hidden = x - exposed
             for t in range(num_tiers):
                 bytes_read[t] += it_read[t]
                 bytes_written[t] += it_written[t]
-                peak_entries[t] = max(peak_entries[t], cache.count[t])
+                peak_entries[t] = max(peak_entries[t], entries_after_update[t])
             xfer_exposed += exposed
             xfer_hidden += hidden
         else:
@@ -1411,7 +1619,11 @@ def simulate_reference(
                         "evicted": it_evicted,
                         "bytes_read": it_read,
                         "bytes_written": it_written,
-                        "entries": list(cache.count),
+                        "entries": entries_after_update,
+                        "swapped_out": [orig[v] for v in swapped_out],
+                        "swapped_in": [orig[r] for r in swapped_in],
+                        "swap_used": swap_used,
+                        "prefetched": prefetched,
                     }
                 )
             trace.append(record)
@@ -1454,6 +1666,9 @@ def simulate_reference(
         hit_rate_by_tier = [math.nan] * num_tiers
         prefix_hit_rate = math.nan
     metrics["prefix_hit_rate"] = prefix_hit_rate
+    # §5.10 / §5.11 lane metrics (0 when the features are off).
+    metrics["swaps"] = num_swaps
+    metrics["prefetched_blocks"] = num_prefetched
     # §5.7 TTFT split lane metrics over completed requests (NaN when none):
     # mean load_s, mean prefill_s, p99 of load_s (numpy's linear interpolation,
     # as for the §4 percentiles).
