@@ -19,6 +19,9 @@ from jaxsim.workload import (
     ("cfg", "field"),
     [
         ({"preemption_mode": "swap"}, "preemption_mode"),
+        ({"enable_prefix_caching": True, "preemption_mode": "swap"}, "preemption_mode"),
+        ({"cache": {"prefetch": True}}, "cache.prefetch"),
+        ({"enable_prefix_caching": True, "cache": {"prefetch": "often"}}, "cache.prefetch"),
         ({"preemption_mode": "evict"}, "preemption_mode"),
         ({"enable_prefix_caching": "yes please"}, "enable_prefix_caching"),
         ({"cache": {"recency_weight": -1}}, "cache.recency_weight"),
@@ -171,3 +174,98 @@ def test_admission_window_past_the_slot_table_is_rerun_exactly():
     # the weight did reorder: some request was admitted before an earlier arrival
     q = b["queue_s"]
     assert np.any(np.diff(q) < 0)
+
+
+def _preempting(num=24, seed=3):
+    """All requests at once into a small KV cache: many preemptions, no shared blocks."""
+    return synthetic("all_at_once", num, prompt_tokens={"dist": "uniform", "low": 100,
+                                                         "high": 400},
+                     output_tokens={"dist": "uniform", "low": 20, "high": 120}, seed=seed)
+
+
+_PREEMPT_CFG = {"model": "Llama-3.1-8B", "enable_prefix_caching": True, "tiers": "dram",
+                "num_gpu_blocks": 80, "max_num_seqs": 16, "max_num_batched_tokens": 512}
+
+
+def test_swap_resumes_where_it_stopped_and_a_zero_capacity_tier_is_recompute():
+    """§5.10: with room in DRAM every preemption is a swap and no token is computed twice;
+    with the swap tier's capacity 0, swap equals recompute on every per-request value."""
+    tr = _preempting()
+    swap = api.run({**_PREEMPT_CFG, "preemption_mode": "swap"}, tr)
+    m = swap.lane(0)
+    assert m["status"] == "ok" and m["preemptions"] > 0 and m["swaps"] == m["preemptions"]
+    need = int(np.sum(tr.prompt_tokens + tr.output_tokens - 1))
+    assert int(swap.metrics["tokens_scheduled"][0]) == need
+    assert m["bytes_written_tier1"] > 0 and m["bytes_read_tier1"] == m["bytes_written_tier1"]
+
+    zero = {"tier": {"dram": {"capacity_gb": 0}}}
+    a = api.run({**_PREEMPT_CFG, **zero, "preemption_mode": "swap"}, tr)
+    b = api.run({**_PREEMPT_CFG, **zero, "preemption_mode": "recompute"}, tr)
+    assert a.lane(0)["swaps"] == 0 and a.lane(0)["preemptions"] > 0
+    ra, rb = a.requests(0), b.requests(0)
+    for k in ("ttft_s", "queue_s", "decode_s", "preemptions", "tokens_scheduled"):
+        np.testing.assert_array_equal(ra[k], rb[k])
+    assert int(b.metrics["tokens_scheduled"][0]) > need  # recompute did recompute
+
+
+def test_prefetch_needs_a_shape_that_compiles_it_in():
+    tr = _preempting(num=4)
+    p = api.prepare({**_PREEMPT_CFG, "cache": {"prefetch": True}}, tr)
+    assert p.shape.prefetch
+    import dataclasses
+
+    from jaxsim import simulate_batch
+
+    with pytest.raises(ValueError, match="SimShape.prefetch"):
+        simulate_batch(dataclasses.replace(p.shape, prefetch=False), p.params, p.workload)
+
+
+def test_prefetch_turns_a_slow_tier_into_hits_within_the_overlap_window():
+    """§5.11 on multi-turn sessions under load with a 3 GB/s SSD, which is slower than
+    recomputing a block (§5.3): without prefetch it serves no hit; with prefetch and
+    transfers hidden behind compute (overlap 1) queued turns find their prefix in HBM;
+    with overlap 0 nothing can be hidden, so prefetch changes nothing."""
+    base = {"model": "Llama-3.1-8B", "enable_prefix_caching": True, "seed": 1,
+            "tiers": "ssd", "tier": {"ssd": {"read_gbps": 3.0}}, "num_gpu_blocks": 400,
+            "max_num_seqs": 4,
+            "workload": {"kind": "sessions", "sessions": 30, "rate": 8.0, "turns": 4,
+                         "prompt_tokens": 1024, "new_tokens": 100, "output_tokens": 64,
+                         "think_time_s": 2.0, "hash_block_tokens": 64}}
+    cfgs = [config.validate({**base, "cache": {"prefetch": pf, "load_overlap": ov}})
+            for pf, ov in ((False, 1.0), (True, 1.0), (False, 0.0), (True, 0.0))]
+    res = api.run(cfgs, config.build_trace(cfgs[0]))
+    off, on, off0, on0 = (res.lane(i) for i in range(4))
+    assert all(m["status"] == "ok" for m in (off, on, off0, on0))
+    assert off["hit_rate_tier1"] == 0.0 and on["hit_rate_tier1"] == 0.0  # SSD unusable
+    assert on["prefetched_blocks"] > 0 and off["prefetched_blocks"] == 0
+    assert on["prefix_hit_rate"] > off["prefix_hit_rate"]
+    assert on["bytes_read_tier1"] > 0 and off["bytes_read_tier1"] == 0
+    assert on0["prefetched_blocks"] == 0
+    for k in ("ttft_s", "queue_s", "decode_s"):
+        np.testing.assert_array_equal(res.requests(2)[k], res.requests(3)[k])
+
+
+@pytest.mark.slow
+def test_prefetch_window_past_the_slot_table_is_rerun_exactly():
+    """§5.11 needs the first W waiting requests in the slot table: a lane whose window
+    reaches past it is flagged, re-run, and ends equal to a large-enough table."""
+    base = synthetic("all_at_once", 30, prompt_tokens={"dist": "uniform", "low": 40,
+                                                       "high": 120}, output_tokens=8, seed=2)
+    tr = with_shared_prefixes(base, num_groups=12, prefix_tokens=64, block_tokens=16, seed=2)
+    cfg = {"model": "Llama-3.1-8B", "enable_prefix_caching": True, "max_num_seqs": 4,
+           "max_num_batched_tokens": 256, "num_gpu_blocks": 40, "tiers": "dram",
+           "cache": {"prefetch": True, "admission_window": 8, "load_overlap": 1.0}}
+    small = api.prepare(cfg, tr, max_slots=4)
+    big = api.prepare(cfg, tr, max_slots=12)
+    from jaxsim import simulate_batch
+    from jaxsim import status as st_bits
+
+    raw = simulate_batch(small.shape, small.params, small.workload, auto_slots=False)
+    assert raw.status[0] & st_bits.OVERFLOW_SLOTS
+    fixed = simulate_batch(small.shape, small.params, small.workload, auto_slots=True)
+    ref = simulate_batch(big.shape, big.params, big.workload, auto_slots=False)
+    assert fixed.status[0] == 0 and ref.status[0] == 0
+    assert ref.metrics["prefetched_blocks"][0] > 0
+    a, b = fixed.requests(0), ref.requests(0)
+    for k in ("ttft_s", "queue_s", "load_s", "preemptions"):
+        np.testing.assert_array_equal(a[k], b[k])
