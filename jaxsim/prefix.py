@@ -5,6 +5,8 @@ cached block: block id, tier, last use, hits, depth) plus a map from block id to
 (``U`` ints), so a lookup is a gather and the per-iteration cost depends on S, H, K and
 T, never on the trace length. One sort of the K entries by (score, -depth, id) per
 iteration gives the eviction order; each tier evicts the first of its members in it.
+Swapped KV (§5.10) is not a cache entry but takes room in its tier; prefetch (§5.11)
+promotes entries of queued requests' prefixes with a prefix-sum over candidates.
 """
 
 from __future__ import annotations

@@ -38,6 +38,10 @@ With the prefix cache compiled in, the candidates are first permuted into the §
 order (one S-sized sort; the identity when the admission weight is 0), admission is the
 longest passing prefix in that order, and the compaction places the admitted rows in walk
 order after the running ones; skipped trace rows stay in the table as waiting rows.
+Swap preemption (§5.10) keeps a victim's computed tokens in ``slot_swapped``; its
+re-admission starts there instead of at its cached prefix. Prefetch (§5.11, compiled in
+only with ``SimShape.prefetch``) runs after the cache update on the rows that wait after
+the iteration, which are in queue order before the compaction.
 """
 
 from __future__ import annotations
