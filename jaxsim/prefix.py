@@ -16,7 +16,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxsim import costmodel
+from jaxsim import costmodel, scan
 from jaxsim import dd as ddm
 from jaxsim.params import SimParams
 from jaxsim.types import Array
@@ -115,7 +115,7 @@ def _eviction_order(e_id, e_last, e_hits, e_depth, cp) -> Array:
 def _evict(perm, member, n_ev):
     """Mask of the ``n_ev`` members first in the eviction order ``perm``."""
     m_sorted = member[perm]
-    first = m_sorted & (jnp.cumsum(m_sorted, dtype=i32) <= n_ev)
+    first = m_sorted & (scan.cumsum(m_sorted) <= n_ev)
     return jnp.zeros_like(member).at[perm].set(first)
 
 
@@ -175,9 +175,9 @@ def update(st, params: SimParams, pc: PrefixConsts, U: Array, it: Array, live: A
     p = jnp.arange(S * H, dtype=i32)
     loc = st.loc.at[jnp.where(fnew, fid, Uh)].min(-2 - p, mode="drop")
     winner = fnew & (loc[jnp.maximum(fid, 0)] == -2 - p)
-    rank = jnp.cumsum(winner, dtype=i32) - 1
+    rank = scan.cumsum(winner) - 1
     efree = st.e_id < 0
-    free_rank = jnp.cumsum(efree, dtype=i32) - 1
+    free_rank = scan.cumsum(efree) - 1
     free_pos = jnp.full((K,), K, i32).at[jnp.where(efree, free_rank, K)].set(
         jnp.arange(K, dtype=i32), mode="drop")
     n_free = jnp.sum(efree, dtype=i32)
@@ -276,12 +276,14 @@ def prefetch(cu: CacheUpdate, params: SimParams, pc: PrefixConsts, U: Array, it:
     first = jnp.full((K,), n, i32).at[jnp.where(fc, fe, K)].min(idx, mode="drop")
     fc = fc & (first[jnp.maximum(fe, 0)] == idx)
     tiers = jnp.arange(T, dtype=i32)
-    cnt_t = jnp.cumsum((ft[:, None] == tiers[None, :]) & fc[:, None], axis=0, dtype=i32)
+    cnt_t = scan.cumsum((ft[:, None] == tiers[None, :]) & fc[:, None], axis=0)
     rd = cu.read_bytes[None, :] + cnt_t.astype(f32) * pc.block_bytes  # [n, T]
     x_n = transfer_time(params, rd, cu.write_bytes[None, :])  # [n]
-    cnt = jnp.cumsum(fc, dtype=i32)
+    cnt = jnp.sum(cnt_t, axis=-1)
     bad = fc & ~((cnt <= cu.room) & (x_n <= bound))
-    take = fc & (jnp.cumsum(bad, dtype=i32) == 0)
+    # x(n) and the count never decrease: the candidates before the first failure
+    first_bad = jnp.where(jnp.any(bad), jnp.argmax(bad), n)
+    take = fc & (idx < first_bad)
     tgt = jnp.where(take, fe, K)
     taken_t = jnp.sum((ft[:, None] == tiers[None, :]) & take[:, None], axis=0, dtype=i32)
     return Prefetch(
@@ -308,14 +310,15 @@ def transfer_time(params: SimParams, read_bytes: Array, write_bytes: Array) -> A
     dev = (read_bytes / per_t(cp.read_bps) + write_bytes / per_t(cp.write_bps)
            + jnp.where(moved > 0, per_t(cp.latency_s), 0.0))
     dev = jnp.where(tiers > 0, dev, 0.0)
-    t1 = jnp.arange(T)
-    on_link = (cp.link_id[None, :] == t1[:, None]) & (t1[None, :] > 0)  # [l, t]
-    on_link = on_link.reshape((1,) * lead + (T, T))
-    # full duplex: reads into HBM and writes out of it each have the link's bandwidth
-    rd = jnp.sum(jnp.where(on_link, read_bytes[..., None, :], 0.0), axis=-1)
-    wr = jnp.sum(jnp.where(on_link, write_bytes[..., None, :], 0.0), axis=-1)
-    link = jnp.maximum(rd, wr) / per_t(cp.link_bps)
-    return jnp.maximum(jnp.maximum(jnp.max(dev, axis=-1), jnp.max(link, axis=-1)), 0.0)
+    # full duplex: reads into HBM and writes out of it each have the link's bandwidth;
+    # link l carries the tiers t >= 1 with link_id[t] == l (T <= 6: a static loop)
+    x = jnp.max(dev, axis=-1)
+    for link in range(T):
+        on = per_t((cp.link_id == link) & (jnp.arange(T) > 0))
+        rd = jnp.sum(jnp.where(on, read_bytes, 0.0), axis=-1)
+        wr = jnp.sum(jnp.where(on, write_bytes, 0.0), axis=-1)
+        x = jnp.maximum(x, jnp.maximum(rd, wr) / cp.link_bps[link])
+    return jnp.maximum(x, 0.0)
 
 
 def table_size(num_gpu_blocks, block_size, max_num_batched_tokens, capacity_blocks,

@@ -149,6 +149,7 @@ def test_sessions_workload_hits_exactly_the_previous_turns_blocks():
     assert res.lane(0)["status"] == "ok"
 
 
+@pytest.mark.slow
 def test_admission_window_past_the_slot_table_is_rerun_exactly():
     """§5.8 with a window wider than the slot table: the lane is flagged, re-run with a
     larger table, and ends equal to a run whose table was large enough from the start."""
