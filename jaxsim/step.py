@@ -331,17 +331,16 @@ def step(
     end_hi, end_lo = dd_add2(clock_hi, clock_lo, dt, dt_lo)
 
     if cache_on:
-        # §5.11 prefetch for the first W waiting requests after this iteration (rows in
-        # queue order: victims, the old queue front, skipped and unread trace rows)
-        in_run1 = (row < m_eff) | admit
-        waiting1 = ~in_run1 & ((row < st.n_act) | t_in)
-        ready1 = (row < st.n_act) | dd_le(w_arr_hi, w_arr_lo, end_hi, end_lo)
-        W = params.cache.admission_window
-        pf_on = enable & active & (feats.tokens > 0) & (params.cache.prefetch != 0)
-        pf_want = (pf_on & waiting1 & ready1 & (slot_sw1 == 0)
-                   & (jnp.cumsum(waiting1, dtype=i32) <= W))
-        bound = jnp.maximum(xfer, params.cache.load_overlap * dtc)
         if shape.prefetch:
+            # §5.11 prefetch for the first W waiting requests after this iteration (rows
+            # in queue order: victims, the old queue front, skipped and unread trace rows)
+            waiting1 = ~((row < m_eff) | admit) & ((row < st.n_act) | t_in)
+            ready1 = (row < st.n_act) | dd_le(w_arr_hi, w_arr_lo, end_hi, end_lo)
+            W = params.cache.admission_window
+            pf_on = enable & active & (feats.tokens > 0) & (params.cache.prefetch != 0)
+            pf_want = (pf_on & waiting1 & ready1 & (slot_sw1 == 0)
+                       & (jnp.cumsum(waiting1, dtype=i32) <= W))
+            bound = jnp.maximum(xfer, params.cache.load_overlap * dtc)
             pf = prefix.prefetch(cu, params, pconsts, U, st.iterations, ids,
                                  prompt + generated1, pf_want, bound)
             xfer = prefix.transfer_time(params, pf.read_bytes, cu.write_bytes)

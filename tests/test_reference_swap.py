@@ -51,59 +51,8 @@ from tests.reference.event_sim import (
     simulate_reference,
     validate_config,
 )
+from tests.test_reference_prefix import TIER1, approx, make_config, make_workload, run
 
-_GEMMS = ("qkv_proj", "o_proj", "mlp_up", "mlp_down", "lm_head")
-_ELEMS = ("norm", "residual_add", "activation", "rotary", "kv_write", "embedding", "sampling")
-
-BASE: dict[str, Any] = {
-    "mode": "v1",
-    "enable_chunked_prefill": True,
-    "max_num_seqs": 8,
-    "max_num_batched_tokens": 64,
-    "long_prefill_token_threshold": 0,
-    "block_size": 4,
-    "num_gpu_blocks": 64,
-    "watermark_blocks": 0,
-    "max_model_len": 64,
-    "tp": 1,
-    "num_layers": 1,
-    "hidden_size": 2,
-    "num_heads": 1,
-    "num_kv_heads": 1,
-    "head_dim": 2,
-    "ffn_size": 4,
-    "vocab_size": 8,
-    "num_experts": 1,
-    "experts_per_token": 1,
-    "bytes_per_weight": 1,
-    "bytes_per_kv": 1,
-    "peak_flops": 1.0,
-    "hbm_bw": 1.0,
-    "link_bw": 1.0,
-    "ar_latency_s": 0.0,
-    "eta_ar": 0.5,
-    "kernel_overhead_s": 1.0,
-    "cpu_iter_s": 10.0,
-    "cpu_seq_s": 100.0,
-    "smooth_p": 1.0,
-    "ttft_slo_s": 1e12,
-    "tpot_slo_s": 1e12,
-}
-for _op in (*_GEMMS, "attn_prefill", "attn_decode"):
-    BASE.update({f"eta_c_{_op}": 0.5, f"f0_{_op}": 0.0, f"eta_m_{_op}": 0.5, f"b0_{_op}": 0.0})
-for _g in _ELEMS:
-    BASE.update({f"eta_m_{_g}": 0.5, f"b0_{_g}": 0.0})
-
-# One lower tier: loading one block alone takes max(3 + 16/0.5, 16/0.125) = 128
-# <= C(4) - C(1) = 1656, so it is usable for hits (§5.3).
-TIER1: dict[str, Any] = {
-    "tier_capacity_blocks": [8],
-    "tier_read_bw": [0.5],
-    "tier_write_bw": [0.25],
-    "tier_latency_s": [3.0],
-    "tier_link": [0],
-    "tier_link_bw": [0.125],
-}
 # Two lower tiers with the same parameters (both usable), on the same link.
 TIER12: dict[str, Any] = {
     "tier_capacity_blocks": [8, 8],
@@ -113,42 +62,6 @@ TIER12: dict[str, Any] = {
     "tier_link": [0, 0],
     "tier_link_bw": [0.125],
 }
-
-
-def make_config(**overrides: Any) -> dict[str, Any]:
-    cfg = dict(BASE)
-    for key in overrides:
-        assert key in cfg or key in OPTIONAL_CONFIG_KEYS, key
-    cfg.update(overrides)
-    return cfg
-
-
-def make_workload(
-    arrival: list[float],
-    prompt: list[int],
-    output: list[int],
-    hashes: list[list[int]],
-    U: int = 4,
-) -> dict[str, Any]:
-    return {
-        "arrival_s": np.asarray(arrival, dtype=np.float64),
-        "prompt_tokens": np.asarray(prompt, dtype=np.int64),
-        "output_tokens": np.asarray(output, dtype=np.int64),
-        "hash_ids": hashes,
-        "hash_block_tokens": U,
-    }
-
-
-def run(
-    wl: dict[str, Any], **overrides: Any
-) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    trace: list[dict[str, Any]] = []
-    res = simulate_reference(wl, make_config(**overrides), trace=trace)
-    return res, trace
-
-
-def approx(x: float) -> Any:
-    return pytest.approx(x, rel=1e-12, abs=1e-9)
 
 
 def _tier(cap: int, **changes: Any) -> dict[str, Any]:
