@@ -272,6 +272,23 @@ def prepare(model: ModelParams, hw: HardwareParams, tp: Array, cost: CostParams
     )
 
 
+def decode_attention_time(k: CostConsts, num_decodes: Array, kv_tokens: DD) -> DD:
+    """Time of the decode-attention operator (one layer) for ``num_decodes`` sequences
+    whose KV lengths sum to ``kv_tokens``; ``kv_tokens`` may carry extra trailing axes
+    (a series of context sums), the arithmetic per element is the same."""
+    i = ROOF_OPS.index("attn_decode")
+    d = k.dims
+    nh_hd = d["nh_g"] * d["hd"]
+    nd = num_decodes.astype(jnp.float32)
+    flops = dd.mul_f(kv_tokens, 4.0 * nh_hd)
+    nbytes = dd.add(dd.two_prod(nd, ACT_BYTES * 2.0 * nh_hd), dd.mul_f(kv_tokens, d["kvb"]))
+    t_c = dd.mul(dd.add_f(flops, k.roof_f0[i]), DD(k.roof_inv_c.hi[i], k.roof_inv_c.lo[i]))
+    t_m = dd.mul(dd.add_f(nbytes, k.roof_b0[i]), DD(k.roof_inv_m.hi[i], k.roof_inv_m.lo[i]))
+    roof = dd.add_f(smooth_max(t_c, t_m, k.p_log2), k.c["kernel_overhead_s"])
+    zero = jnp.zeros_like(roof.hi)
+    return DD(jnp.where(nd > 0, roof.hi, zero), jnp.where(nd > 0, roof.lo, zero))
+
+
 def op_times_from_consts(k: CostConsts, f: BatchFeatures) -> dict[str, DD]:
     """Per-operator times of one iteration (seconds, as DD); per-layer ops for one layer."""
     c, d = k.c, k.dims
@@ -289,7 +306,9 @@ def op_times_from_consts(k: CostConsts, f: BatchFeatures) -> dict[str, DD]:
                          jnp.where(bits, k.miss_pow.lo, 0.0 * ones)))
     e_act = dd.mul_f(dd.add_f(dd.neg(miss_t), f32(1.0)), d["e"])
 
-    # --- roofline operators, all at once: [qkv, o, up, down, lm_head, attn_p, attn_d]
+    # --- roofline operators, all at once: [qkv, o, up, down, lm_head, attn_p]; decode
+    # attention on its own (decode_attention_time), so an event-skipping macro-step can
+    # evaluate it for many context sums with the same arithmetic
     m = jnp.stack([T, T, Tk, Tk, ns]).astype(f32)
     m_dd = dd.dd(m)
     g_flops = dd.mul_f(dd.mul_f(dd.mul_f(m_dd, 2.0), k.roof_k), k.roof_n)
@@ -298,22 +317,23 @@ def op_times_from_consts(k: CostConsts, f: BatchFeatures) -> dict[str, DD]:
         jnp.stack([f32(0), f32(0), e_act.lo, e_act.lo, f32(0)])))
     g_bytes = dd.add(weights, dd.mul_f(dd.two_prod(m, k.roof_k + k.roof_n), ACT_BYTES))
     nh_hd = d["nh_g"] * d["hd"]
-    kp, kd = f.prefill_kv_tokens, f.decode_kv_tokens
-    a_flops = _stack([dd.mul_f(f.prefill_pairs_x2, 2.0 * nh_hd),  # 4 nh hd Ap
-                      dd.mul_f(kd, 4.0 * nh_hd)])
-    tp_d = jnp.stack([f.prefill_tokens, f.num_decodes]).astype(f32)
-    a_bytes = dd.add(dd.two_prod(tp_d, ACT_BYTES * 2.0 * nh_hd),
-                     dd.mul_f(_stack([kp, kd]), d["kvb"]))
-    flops = DD(jnp.concatenate([g_flops.hi, a_flops.hi]),
-               jnp.concatenate([g_flops.lo, a_flops.lo]))
-    nbytes = DD(jnp.concatenate([g_bytes.hi, a_bytes.hi]),
-                jnp.concatenate([g_bytes.lo, a_bytes.lo]))
-    t_c = dd.mul(dd.add_f(flops, k.roof_f0), k.roof_inv_c)
-    t_m = dd.mul(dd.add_f(nbytes, k.roof_b0), k.roof_inv_m)
+    kp = f.prefill_kv_tokens
+    tp_f = f.prefill_tokens.astype(f32)
+    a_flops = dd.mul_f(f.prefill_pairs_x2, 2.0 * nh_hd)  # 4 nh hd Ap
+    a_bytes = dd.add(dd.two_prod(tp_f, ACT_BYTES * 2.0 * nh_hd), dd.mul_f(kp, d["kvb"]))
+    flops = DD(jnp.concatenate([g_flops.hi, a_flops.hi[None]]),
+               jnp.concatenate([g_flops.lo, a_flops.lo[None]]))
+    nbytes = DD(jnp.concatenate([g_bytes.hi, a_bytes.hi[None]]),
+                jnp.concatenate([g_bytes.lo, a_bytes.lo[None]]))
+    nr = len(ROOF_OPS) - 1
+    t_c = dd.mul(dd.add_f(flops, k.roof_f0[:nr]), DD(k.roof_inv_c.hi[:nr],
+                                                      k.roof_inv_c.lo[:nr]))
+    t_m = dd.mul(dd.add_f(nbytes, k.roof_b0[:nr]), DD(k.roof_inv_m.hi[:nr],
+                                                       k.roof_inv_m.lo[:nr]))
     roof = dd.add_f(smooth_max(t_c, t_m, k.p_log2), k_o)
-    active = jnp.concatenate([m > 0, tp_d > 0])
-    zero7 = jnp.zeros_like(roof.hi)
-    roof = DD(jnp.where(active, roof.hi, zero7), jnp.where(active, roof.lo, zero7))
+    active = jnp.concatenate([m > 0, (tp_f > 0)[None]])
+    zero6 = jnp.zeros_like(roof.hi)
+    roof = DD(jnp.where(active, roof.hi, zero6), jnp.where(active, roof.lo, zero6))
 
     # --- elementwise operators: bytes = coef * count * size
     count = jnp.stack([T, T, Tk, T, T, T, T, ns]).astype(f32)
@@ -327,7 +347,8 @@ def op_times_from_consts(k: CostConsts, f: BatchFeatures) -> dict[str, DD]:
     ar_one = dd.add_f(dd.mul(_prod(ACT_BYTES * d["h"], T.astype(f32), d["ar_factor"]),
                              k.inv_link), c["ar_latency_s"])
     zero = dd.dd(f32(0.0))
-    out = {name: DD(roof.hi[i], roof.lo[i]) for i, name in enumerate(ROOF_OPS)}
+    out = {name: DD(roof.hi[i], roof.lo[i]) for i, name in enumerate(ROOF_OPS[:nr])}
+    out["attn_decode"] = decode_attention_time(k, f.num_decodes, f.decode_kv_tokens)
     out.update({name: DD(mem.hi[i], mem.lo[i]) for i, name in enumerate(MEM_OPS)})
     out["all_reduce"] = dd.where(d["tp"] > 1, dd.mul_f(ar_one, f32(2.0)), zero)
     out["cpu"] = dd.add_f(dd.two_prod(c["cpu_seq_s"], f.num_seqs.astype(f32)),
@@ -340,13 +361,37 @@ def op_times_dd(model, hw, tp, cost, f: BatchFeatures) -> dict[str, DD]:
     return op_times_from_consts(prepare(model, hw, tp, cost), f)
 
 
+def _list_sum(xs: list[DD]) -> DD:
+    """Sum of a list by the pairwise tree of ``_dd_sum``; the entries may have different
+    shapes (a series next to scalars), and each element sees the same arithmetic."""
+    while len(xs) > 1:
+        half = len(xs) // 2
+        xs = [dd.add(xs[i], xs[i + half]) for i in range(half)] + xs[2 * half:]
+    return xs[0]
+
+
+def _total(k: CostConsts, t: dict[str, DD], tokens: Array) -> DD:
+    """Iteration time from the operator times (any may carry a trailing series axis)."""
+    layer = _list_sum([t[n] for n in PER_LAYER_OPS])
+    once = _list_sum([t[n] for n in PER_ITERATION_OPS])
+    total = dd.add(dd.mul_f(layer, k.dims["L"]), once)
+    return dd.where(tokens > 0, total, dd.dd(jnp.zeros_like(total.hi)))
+
+
 def iteration_time_from_consts(k: CostConsts, f: BatchFeatures) -> DD:
     """Seconds for one iteration with batch features ``f`` (0 when nothing is scheduled)."""
+    return _total(k, op_times_from_consts(k, f), f.tokens)
+
+
+def decode_series_times(k: CostConsts, f: BatchFeatures, kv_tokens: DD) -> DD:
+    """Iteration times of batches equal to ``f`` except for the decode KV sum, which takes
+    each value of ``kv_tokens`` (shape ``[n]``): the decode-only iterations an
+    event-skipping macro-step advances, as their context grows. Element ``j`` equals
+    ``iteration_time_from_consts`` of ``f`` with ``decode_kv_tokens = kv_tokens[j]``,
+    bit for bit."""
     t = op_times_from_consts(k, f)
-    layer = _dd_sum(_stack([t[n] for n in PER_LAYER_OPS]))
-    once = _dd_sum(_stack([t[n] for n in PER_ITERATION_OPS]))
-    total = dd.add(dd.mul_f(layer, k.dims["L"]), once)
-    return dd.where(f.tokens > 0, total, dd.dd(jnp.zeros_like(total.hi)))
+    t["attn_decode"] = decode_attention_time(k, f.num_decodes, kv_tokens)
+    return _total(k, t, f.tokens)
 
 
 def iteration_time_dd(model, hw, tp, cost, f: BatchFeatures) -> DD:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 
+#: Largest ``SimShape.macro_iterations`` (the macro-step's series are this long).
+MAX_MACRO = 64
+
 
 @dataclasses.dataclass(frozen=True)
 class SimShape:
@@ -26,6 +29,12 @@ class SimShape:
         prefetch: compile in the prefetch of queued requests' prefixes
             (docs/semantics.md §5.11; needs the prefix cache). Lanes whose
             ``CacheParams.prefetch`` is 1 need it; without it they are refused.
+        macro_iterations: event skipping (docs/semantics.md §6): each step first
+            advances up to this many decode-only iterations in closed form when no
+            event (arrival, admission, preemption, a request's finish, KV allocation
+            failure) can fall inside them, then runs one ordinary iteration. 0 steps
+            every iteration on its own. Used without the prefix cache
+            (``cache_entries == 0``); with it every iteration is its own step.
         max_replicas: P, data-parallel replicas (1; reserved).
     """
 
@@ -37,6 +46,7 @@ class SimShape:
     cache_entries: int = 0
     hash_space: int = 0
     prefetch: bool = False
+    macro_iterations: int = 16
 
     def __post_init__(self):
         for name in ("max_requests", "max_slots", "chunk_iterations"):
@@ -62,6 +72,10 @@ class SimShape:
         if self.prefetch and self.cache_entries == 0:
             raise ValueError("SimShape.prefetch=True needs the prefix cache "
                              "(cache_entries > 0)")
+        m = self.macro_iterations
+        if not isinstance(m, int) or isinstance(m, bool) or not 0 <= m <= MAX_MACRO:
+            raise ValueError(f"SimShape.macro_iterations={m!r}: must be an int in "
+                             f"0..{MAX_MACRO} (0 disables event skipping)")
         if self.max_replicas != 1:
             raise ValueError(
                 f"SimShape.max_replicas={self.max_replicas!r}: only 1 is supported so far"

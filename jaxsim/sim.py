@@ -1,10 +1,13 @@
 """Entry points: ``simulate`` (one configuration) and ``simulate_batch`` (jit of vmap).
 
-Iterations run in chunks: one compiled function advances every lane by
-``SimShape.chunk_iterations`` iterations (``lax.scan``), then the host checks, once per
-chunk, whether every lane is done. Lanes that finish early keep stepping as cheap no-ops
-until the chunk ends. The compiled function depends only on the ``SimShape`` (and whether
-the workload is shared or per lane), so sweeping any traced value never recompiles.
+Steps run in chunks: one compiled function advances every lane by
+``SimShape.chunk_iterations`` steps (``lax.scan``; a step is one iteration, or with event
+skipping a run of decode-only iterations plus one, docs/semantics.md §6), then the host
+checks, once per chunk, which lanes are done. Lanes that finish early step as no-ops
+until the chunk ends; once at most a quarter of the batch is still running, the running
+lanes continue alone in a smaller batch (lane compaction). The compiled function depends
+only on the ``SimShape``, the batch size and whether the workload is shared or per lane,
+so sweeping any traced value never recompiles.
 """
 
 from __future__ import annotations
@@ -26,6 +29,19 @@ from jaxsim.shapes import SimShape
 from jaxsim.state import SimState, flush_in_flight, init_state, is_done
 from jaxsim.step import step
 from jaxsim.workload import Workload
+
+#: Lane compaction never shrinks the working batch below this many lanes.
+COMPACT_MIN_LANES = 64
+
+
+@jax.jit
+def _gather(tree, idx):
+    return jax.tree.map(lambda x: x[idx], tree)
+
+
+@jax.jit
+def _scatter(full, sub, idx):
+    return jax.tree.map(lambda f, x: f.at[idx].set(x), full, sub)
 
 
 def default_iteration_budget(workload: Workload) -> int:
@@ -56,8 +72,7 @@ def _run_chunk_batch(shape, params, workload, state, wl_batched: bool):
         functools.partial(_run_chunk_single, shape),
         in_axes=(0, 0 if wl_batched else None, 0),
     )
-    state, done = fn(params, workload, state)
-    return state, jnp.all(done)
+    return fn(params, workload, state)
 
 
 @functools.partial(jax.jit, static_argnames=("shape", "wl_batched"))
@@ -123,6 +138,7 @@ def simulate_batch(
     workload: Workload,
     max_iterations: int | None = None,
     auto_slots: bool = True,
+    compact_lanes: bool = True,
 ) -> SimResult:
     """Simulate a batch of configurations on a shared (or per-lane) workload.
 
@@ -135,6 +151,11 @@ def simulate_batch(
         auto_slots: re-run lanes flagged ``OVERFLOW_SLOTS`` with a doubled slot table
             (up to their ``max_num_seqs``) until none overflows, so results are exact
             whatever S the shape starts with. Each new S compiles once.
+        compact_lanes: between chunks, once at most a quarter of the working batch is
+            still running (and at least ``COMPACT_MIN_LANES`` lanes would remain), the
+            running lanes continue alone in a batch a quarter the size, so a sweep's
+            wall time is not set by its slowest lanes. Each batch size compiles once;
+            results do not depend on it.
 
     Returns:
         A :class:`SimResult`.
@@ -167,23 +188,41 @@ def simulate_batch(
     state = _init_batch(shape, params, workload, jnp.int32(budget), wl_batched)
     n_chunks = -(-budget // shape.chunk_iterations)
     iters = 0
+    # Lane compaction: when few lanes are still running, they continue alone in a
+    # smaller batch (a quarter, a sixteenth, ... of B), so finished lanes stop costing.
+    idx = None  # lanes of the working batch (None: all B, in order)
+    cur = (params, workload, state)
     for _ in range(n_chunks):
-        state, all_done = _run_chunk_batch(shape, params, workload, state, wl_batched)
+        c_state, done = _run_chunk_batch(shape, cur[0], cur[1], cur[2], wl_batched)
+        cur = (cur[0], cur[1], c_state)
         iters += shape.chunk_iterations
-        if bool(all_done):
+        done = np.asarray(done)
+        if done.all():
             break
+        size = new = done.size
+        live = np.flatnonzero(~done)
+        while compact_lanes and live.size <= new // 4 and new // 4 >= COMPACT_MIN_LANES:
+            new //= 4
+        if new < size:
+            state = c_state if idx is None else _scatter(state, c_state, idx)
+            pos = np.concatenate([live, np.flatnonzero(done)[:new - live.size]])
+            idx = jnp.asarray(pos if idx is None else np.asarray(idx)[pos])
+            cur = (_gather(params, idx), _gather(workload, idx) if wl_batched else workload,
+                   _gather(state, idx))
+    state = cur[2] if idx is None else _scatter(state, cur[2], idx)
     state, m = _finish_batch(params, workload, state, wl_batched)
     metrics = {k: np.array(v) for k, v in m.items()}
     status = metrics["status"].astype(np.int32)
     result = SimResult(metrics=metrics, state=state, status=status, iterations_run=iters,
                        wall_s=time.perf_counter() - t0)
     if auto_slots:
-        result = _rerun_overflow(shape, params, workload, result, max_iterations)
+        result = _rerun_overflow(shape, params, workload, result, max_iterations,
+                                 compact_lanes)
     result.wall_s = time.perf_counter() - t0
     return result
 
 
-def _rerun_overflow(shape, params, workload, result, max_iterations):
+def _rerun_overflow(shape, params, workload, result, max_iterations, compact_lanes=True):
     over = np.flatnonzero(result.status & st_bits.OVERFLOW_SLOTS)
     if over.size == 0:
         return result
@@ -200,7 +239,8 @@ def _rerun_overflow(shape, params, workload, result, max_iterations):
     sub_wl = (jax.tree.map(lambda x: x[over], workload)
               if workload.arrival_hi.ndim == 2 else workload)
     sub = simulate_batch(dataclasses.replace(shape, max_slots=new_s), sub_params, sub_wl,
-                         max_iterations=max_iterations, auto_slots=True)
+                         max_iterations=max_iterations, auto_slots=True,
+                         compact_lanes=compact_lanes)
     for k in result.metrics:
         result.metrics[k][over] = sub.metrics[k]
     result.status[over] = sub.status

@@ -46,6 +46,8 @@ class SimState(eqx.Module):
         completed: ``bool[R]`` request finished.
         iterations: ``i32[]`` iterations that scheduled at least one token.
         iter_limit: ``i32[]`` iteration budget; the lane stops when it is reached.
+        steps: ``i32[]`` simulator steps the lane took while not done (one step is an
+            iteration, or a macro-step of several, docs/semantics.md §6).
         busy_hi, busy_lo: ``f32[]`` sum of iteration times.
         tokens_total: ``i32[]`` scheduled tokens.
         preemptions_total: ``i32[]``.
@@ -101,6 +103,7 @@ class SimState(eqx.Module):
     # accumulators
     iterations: Int[Array, ""] = eqx.field(converter=as_i32)
     iter_limit: Int[Array, ""] = eqx.field(converter=as_i32)
+    steps: Int[Array, ""] = eqx.field(converter=as_i32)
     busy_hi: Float[Array, ""] = eqx.field(converter=as_f32)
     busy_lo: Float[Array, ""] = eqx.field(converter=as_f32)
     tokens_total: Int[Array, ""] = eqx.field(converter=as_i32)
@@ -181,6 +184,7 @@ def init_state(
         completed=jnp.zeros((R,), jnp.bool_),
         iterations=0,
         iter_limit=iter_limit,
+        steps=0,
         busy_hi=0.0,
         busy_lo=0.0,
         tokens_total=0,

@@ -46,6 +46,7 @@ the iteration, which are in queue order before the compaction.
 
 from __future__ import annotations
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 
@@ -89,6 +90,126 @@ def _exact_dot(a, x) -> DD:
                    costmodel.int_to_dd(lo))
 
 
+def _floordiv(a, b, inv_b):
+    """``a // b`` for int32 ``0 <= a < 2**31`` and ``1 <= b <= 4096``, exactly, with
+    ``inv_b = 1 / b`` in float32: a float estimate and two integer corrections (integer
+    division is not vectorised on CPU and costs several times more)."""
+    i32 = jnp.int32
+    q = jnp.floor(a.astype(jnp.float32) * inv_b).astype(i32)
+    q = q + jnp.floor((a - q * b).astype(jnp.float32) * inv_b).astype(i32)
+    r = a - q * b
+    return q + (r >= b).astype(i32) - (r < 0).astype(i32)
+
+
+def _decode_run(shape: SimShape, params: SimParams, wl: Workload, st: SimState,
+                consts: costmodel.CostConsts, active, inv_bs):
+    """Event skipping (docs/semantics.md §6): advance the lane by ``k`` decode-only
+    iterations at once, where ``k`` is the longest run (at most
+    ``shape.macro_iterations`` and the block size) in which per-iteration stepping would
+    schedule exactly the running requests, one token each: every running request is
+    decoding and none finishes before the run's last iteration, their KV blocks fit, the
+    budget covers them, and nothing is admitted (the next request arrives after the
+    start of the run's last iteration, or the queue's head is blocked by a limit that
+    only a finish could lift). The iteration times are the cost model's, one per
+    iteration as the context grows (``costmodel.decode_series_times``); the clock, busy
+    time and KV-occupancy integral are summed in the same order as stepping would.
+
+    Returns the advanced state and the rows that finished in the run's last iteration
+    (still in the table; the ordinary iteration that follows removes them).
+    """
+    S, R, KC = shape.max_slots, shape.max_requests, shape.macro_iterations
+    sp = params.scheduler
+    i32, f32 = jnp.int32, jnp.float32
+    row = jnp.arange(S, dtype=i32)
+    n = st.n_run
+    running = row < n
+    c, g = st.slot_computed, st.slot_generated
+    bs, total = sp.block_size, sp.num_gpu_blocks
+    is_v0 = sp.mode == MODE_V0
+    decoding = (g >= 1) & (st.slot_prompt + g - c == 1)
+    big = jnp.int32(2**30)
+    k_fin = jnp.min(jnp.where(running, st.slot_output - g, big))  # run ends by a finish
+    fl = _floordiv(c, bs, inv_bs)
+    rem = c - fl * bs
+    blocks1 = jnp.sum(jnp.where(running, fl + 1, 0), dtype=i32)  # after the first token
+    held0 = jnp.sum(jnp.where(running, fl + (rem > 0), 0), dtype=i32)
+    first_new = jnp.where(running, bs - rem, big)  # iteration that opens its next block
+    j = jnp.arange(KC, dtype=i32)
+    # blocks held after iteration j: every request opens at most one block in the run
+    used = blocks1 + jnp.sum(jnp.where(j[:, None] >= first_new[None, :], 1.0, 0.0),
+                             axis=1).astype(i32)
+
+    # The queue's head: blocked now (and so for the whole run), or not yet arrived.
+    nreq = wl.num_requests
+    has_pre = st.n_act > n
+    hrow = jnp.minimum(n, S - 1)
+    p_c = jnp.minimum(st.ptr, R - 1)
+    h_left = jnp.where(has_pre, st.slot_prompt[hrow] + g[hrow], wl.prompt_tokens[p_c])
+    chunked = (sp.enable_chunked_prefill != 0) & ~is_v0
+    thr = jnp.where(chunked, sp.long_prefill_token_threshold, 0)
+    h_want = jnp.where(thr > 0, jnp.minimum(h_left, thr), h_left)
+    b_rem = jnp.where(is_v0, sp.max_num_batched_tokens, sp.max_num_batched_tokens - n)
+    h_got = jnp.where(chunked, jnp.clip(b_rem, 0, h_want), h_want)
+    h_budget = jnp.where(chunked, h_got > 0, h_want <= b_rem)
+    h_free = total - jnp.where(is_v0, held0, blocks1)
+    h_blocks = h_free - _floordiv(h_got + bs - 1, bs, inv_bs) >= sp.watermark_blocks
+    h_ok = h_budget & h_blocks & (n < sp.max_num_seqs)
+    a_hi, a_lo = wl.arrival_hi[p_c], wl.arrival_lo[p_c]
+    trace_head = st.ptr < nreq
+    ready0 = has_pre | (trace_head & dd_le(a_hi, a_lo, st.clock_hi, st.clock_lo))
+    blocked = ready0 & ~h_ok
+
+    # Iteration times as the decode context grows by n per iteration.
+    kd0 = _exact_dot(running.astype(i32), c + 1)
+    feats = costmodel.BatchFeatures(
+        tokens=n, num_seqs=n, num_sampled=n, prefill_tokens=jnp.int32(0),
+        prefill_pairs_x2=ddm.dd(f32(0.0)), prefill_kv_tokens=ddm.dd(f32(0.0)),
+        num_decodes=n, decode_kv_tokens=kd0)
+    kd = ddm.add_f(DD(jnp.broadcast_to(kd0.hi, (KC,)), jnp.broadcast_to(kd0.lo, (KC,))),
+                   (j * n).astype(f32))
+    dts = costmodel.decode_series_times(consts, feats, kd)
+    finite = jnp.isfinite(dts.hi) & jnp.isfinite(dts.lo)
+
+    # Clock, busy time and KV integral after each iteration of the run, summed one
+    # iteration at a time as stepping does (a scan: unrolled, XLA would fuse the chain
+    # into every output and recompute it).
+    def acc(carry, x):
+        hi, lo = carry
+        dh, dl, u = x
+        nhi, nlo = dd_add2(hi[:2], lo[:2], jnp.stack([dh, dh]), jnp.stack([dl, dl]))
+        khi, klo = dd_add(hi[2], lo[2], u.astype(f32) * (dh + dl))
+        out = (jnp.concatenate([nhi, khi[None]]), jnp.concatenate([nlo, klo[None]]))
+        return out, out
+
+    init = (jnp.stack([st.clock_hi, st.busy_hi, st.kv_used_s_hi]),
+            jnp.stack([st.clock_lo, st.busy_lo, st.kv_used_s_lo]))
+    _, (sums_hi, sums_lo) = jax.lax.scan(acc, init, (dts.hi, dts.lo, used))
+    sums_hi = jnp.concatenate([init[0][None], sums_hi])  # [KC + 1, 3]: after j iterations
+    sums_lo = jnp.concatenate([init[1][None], sums_lo])
+    arrived = trace_head & dd_le(a_hi, a_lo, sums_hi[:KC, 0], sums_lo[:KC, 0])
+
+    eligible = (active & (n >= 1) & (n < S) & (n <= sp.max_num_batched_tokens)
+                & jnp.all(decoding | ~running))
+    ok = (eligible & (j < bs) & (j < k_fin) & (used <= total) & finite
+          & (j < st.iter_limit - st.iterations) & (blocked | (~has_pre & ~arrived)))
+    k = jnp.sum(jnp.cumsum(~ok, dtype=i32) == 0, dtype=i32)
+
+    adv = jnp.where(running, k, 0)
+    ghost = running & (st.slot_output - g == k) & (k > 0)
+    end_hi, end_lo = sums_hi[k], sums_lo[k]
+    st = eqx.tree_at(
+        lambda s: (s.clock_hi, s.clock_lo, s.busy_hi, s.busy_lo, s.kv_used_s_hi,
+                   s.kv_used_s_lo, s.kv_peak_blocks, s.slot_computed, s.slot_generated,
+                   s.slot_tokens, s.tokens_total, s.iterations),
+        st,
+        (end_hi[0], end_lo[0], end_hi[1], end_lo[1], end_hi[2], end_lo[2],
+         jnp.maximum(st.kv_peak_blocks, jnp.where(k > 0, used[jnp.maximum(k - 1, 0)], 0)),
+         c + adv, g + adv, st.slot_tokens + adv, st.tokens_total + n * k,
+         st.iterations + k),
+    )
+    return st, ghost
+
+
 def step(
     shape: SimShape,
     params: SimParams,
@@ -113,6 +234,21 @@ def step(
     i32 = jnp.int32
 
     active = ((st.status & st_bits.HALTED_MASK) == 0) & (st.iterations < st.iter_limit)
+    working = active & ((st.ptr < workload.num_requests) | (st.n_act > 0))
+    inv_bs = 1.0 / params.scheduler.block_size.astype(jnp.float32)
+    # §6 event skipping: first a run of decode-only iterations in closed form; requests
+    # that finished in its last iteration ("ghost" rows) leave in this iteration's
+    # compaction and take no part in it.
+    macro = shape.macro_iterations > 0 and shape.cache_entries == 0
+    if macro:
+        st, ghost = _decode_run(shape, params, workload, st, consts, active, inv_bs)
+        active = active & (st.iterations < st.iter_limit)
+        live = (row < st.n_run) & ~ghost
+        n_ghost = jnp.sum(ghost, dtype=jnp.int32)
+    else:
+        ghost = jnp.zeros((S,), jnp.bool_)
+        live = row < st.n_run
+        n_ghost = jnp.int32(0)
 
     # ---- 1. idle jump -------------------------------------------------------------
     nreq = wl.num_requests
@@ -171,11 +307,11 @@ def step(
     running = row < st.n_run
     rem = n_known - computed
     want = jnp.where(thr > 0, jnp.minimum(rem, thr), rem)
-    want_run = jnp.where(running & active, want, 0)
+    want_run = jnp.where(live & active, want, 0)
     cum_run = jnp.cumsum(want_run, dtype=i32)
     got_run = jnp.clip(budget - (cum_run - want_run), 0, want_run)
-    held = jnp.where(running, _ceil_div(computed, bs), 0)
-    need_run = jnp.where(running, _ceil_div(computed + got_run, bs), 0) - held
+    held = jnp.where(live, _floordiv(computed + bs - 1, bs, inv_bs), 0)
+    need_run = jnp.where(live, _floordiv(computed + got_run + bs - 1, bs, inv_bs), 0) - held
     keep_run = running & (jnp.cumsum(held + need_run, dtype=i32) <= total_blocks)
     m = jnp.sum(keep_run, dtype=i32)
 
@@ -204,12 +340,13 @@ def step(
     got_w_chunk = jnp.clip(b_rem - (cum_w - want_w), 0, want_w)
     got_w = jnp.where(chunked, got_w_chunk, want_w)
     ok_budget = jnp.where(chunked, got_w_chunk > 0, cum_w <= b_rem)
-    need_w = jnp.where(cand_w, _ceil_div(hit_w + got_w, bs), 0)
+    need_w = jnp.where(cand_w, _floordiv(hit_w + got_w + bs - 1, bs, inv_bs), 0)
     free0 = total_blocks - jnp.sum(held, dtype=i32)
     free_w = jnp.where(is_v0, free0, free0 - jnp.sum(jnp.where(keep_run, need_run, 0), dtype=i32))
     cum_need = jnp.cumsum(need_w, dtype=i32)
     ok_blocks = free_w - cum_need >= sp.watermark_blocks
-    ok_seqs = row < sp.max_num_seqs  # n_run + k < max_num_seqs with k = row - n_run
+    # n_run + k < max_num_seqs with k = row - n_run (ghost rows are not running)
+    ok_seqs = row - n_ghost < sp.max_num_seqs
     ok = cand_ok_w & ok_budget & ok_blocks & ok_seqs
     enabled = active & (is_v0 | (m == st.n_run))
     bad = cand_w & ~ok
@@ -222,7 +359,7 @@ def step(
     prefill_batch = is_v0 & (n_admit > 0)
     run_sched = keep_run & ~prefill_batch
     m_eff = jnp.where(prefill_batch, st.n_run, m)
-    victim = running & (row >= m_eff)
+    victim = running & (row >= m_eff) & ~ghost
     got = jnp.where(run_sched, got_run, 0) + jnp.where(admit, got_w, 0)
 
     n_pre = st.n_act - st.n_run
@@ -255,7 +392,7 @@ def step(
         & dd_le(wl.arrival_hi[q_c], wl.arrival_lo[q_c], clock_hi, clock_lo)
         & jnp.where(chunked, b_left > 0, q_want <= b_left)
         & (free_left - _ceil_div(q_hit + q_got, bs) >= sp.watermark_blocks)
-        & (n_run1 < sp.max_num_seqs)
+        & (n_run1 - n_ghost < sp.max_num_seqs)
     )
     if cache_on:
         # §5.8 needs the whole admission window in the slot table: flag a lane whose
@@ -309,7 +446,7 @@ def step(
     first_adm = admit & (q_prev < 0)
     computed1 = jnp.where(victim, 0, computed + got)
     generated1 = generated + samples.astype(i32)
-    finished = samples & (generated1 == output)
+    finished = (samples & (generated1 == output)) | ghost
 
     # ---- §5.5/§5.6 cache update and transfer time ----------------------------------------
     if cache_on:
@@ -373,18 +510,22 @@ def step(
     # per-request results, written at the rows of finishing requests only
     out_idx = jnp.where(finished, req, R)  # R is out of range: dropped
     ttft = dd_sub(first_hi, first_lo, arr_hi, arr_lo)
-    decode = dd_sub(end_hi, end_lo, first_hi, first_lo)
+    decode = dd_sub(jnp.where(ghost, clock_hi, end_hi), jnp.where(ghost, clock_lo, end_lo),
+                    first_hi, first_lo)
 
     def put(a, v):
         return a.at[out_idx].set(v, mode="drop")
 
     # ---- 8. account -------------------------------------------------------------------
     in_run1 = (row < m_eff) | admit  # RUN (admitted rows may be out of row order, §5.8)
-    used_blocks = jnp.sum(jnp.where(in_run1, _ceil_div(computed1, bs), 0), dtype=i32)
+    used_blocks = jnp.sum(jnp.where(in_run1 & ~ghost,
+                                    _floordiv(computed1 + bs - 1, bs, inv_bs), 0), dtype=i32)
     kv_hi, kv_lo = dd_add(st.kv_used_s_hi, st.kv_used_s_lo,
                           used_blocks.astype(jnp.float32) * (dt + dt_lo))
     busy_hi, busy_lo = dd_add2(st.busy_hi, st.busy_lo, dt, dt_lo)
     n_fin = jnp.sum(finished, dtype=i32)
+    # finished rows that were running (a ghost row may sit past the preemption cut)
+    n_fin_run = jnp.sum(finished & in_run1, dtype=i32) if macro else n_fin
 
     # ---- compaction: drop finished rows, keep order -----------------------------------
     keep = (row < n_act1) & ~finished
@@ -405,21 +546,16 @@ def step(
         dest = jnp.where(keep, jnp.cumsum(keep, dtype=i32) - 1, S)
     src = jnp.full((S,), S - 1, i32).at[dest].set(row, mode="drop")
 
-    # One row gather moves all slot fields at once (12 separate gathers cost ~3x more).
+    # One gather per slot field (on CPU, cheaper than packing the fields into one array
+    # and gathering its rows: the packing and unpacking cost more than the gathers).
     i_fields = (req, prompt, output, computed1, generated1, preempt, tokens)
     if cache_on:
         i_fields = (*i_fields, slot_sw1)
     f_fields = (arr_hi, arr_lo, first_hi, first_lo, queue_s)
     if cache_on:
         f_fields = (*f_fields, load)
-    packed = jnp.stack(
-        [*(x.astype(i32) for x in i_fields),
-         *(jax.lax.bitcast_convert_type(x.astype(jnp.float32), i32) for x in f_fields)],
-        axis=-1,
-    )[src]
-    c_i = [packed[:, k] for k in range(len(i_fields))]
-    c_f = [jax.lax.bitcast_convert_type(packed[:, len(i_fields) + k], jnp.float32)
-           for k in range(len(f_fields))]
+    c_i = [x.astype(i32)[src] for x in i_fields]
+    c_f = [x.astype(jnp.float32)[src] for x in f_fields]
 
     status = st.status
     status = status | jnp.where(q_ok, st_bits.OVERFLOW_SLOTS, 0)
@@ -456,7 +592,7 @@ def step(
         clock_hi=end_hi,
         clock_lo=end_lo,
         ptr=st.ptr + new_trace,
-        n_run=n_run1 - n_fin,
+        n_run=n_run1 - n_fin_run,
         n_act=n_act1 - n_fin,
         slot_req=c_i[0],
         slot_prompt=c_i[1],
@@ -478,6 +614,7 @@ def step(
         completed=put(st.completed, True),
         iterations=st.iterations + (feats.tokens > 0).astype(i32),
         iter_limit=st.iter_limit,
+        steps=st.steps + working.astype(i32),
         busy_hi=busy_hi,
         busy_lo=busy_lo,
         tokens_total=st.tokens_total + feats.tokens,

@@ -36,9 +36,10 @@ def _step(shape, params, wl, st):
 
 
 def steps(cfg: dict, trace: Trace, n: int, slots: int = 8) -> list:
-    """States after each of n iterations (index 0 = initial state)."""
+    """States after each of n iterations (index 0 = initial state); event skipping off,
+    so each step is one iteration."""
     params = lane(cfg, trace)
-    shape = SimShape(max_requests=len(trace), max_slots=slots)
+    shape = SimShape(max_requests=len(trace), max_slots=slots, macro_iterations=0)
     wl = to_workload(trace)
     st = init_state(shape, params, wl, jnp.int32(10**6))
     out = [st]
