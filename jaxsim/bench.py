@@ -64,15 +64,49 @@ def machine() -> dict:
     }
 
 
-def _prepare(num_requests: int, batch: int, slots: int = SLOTS):
+def _prepare(num_requests: int, batch: int, slots: int = SLOTS, macro: int | None = None):
+    import dataclasses
+
     from jaxsim import api
     from jaxsim import params as P
     from jaxsim.workload import synthetic
 
     trace = synthetic("poisson", num_requests, PROMPT, OUTPUT, rate=RATE, seed=0)
     prep = api.prepare(SCENARIO, trace, max_slots=slots, chunk_iterations=CHUNK)
+    if macro is not None:
+        prep = dataclasses.replace(prep, shape=dataclasses.replace(
+            prep.shape, macro_iterations=macro))
     params = P.broadcast(P.index(prep.params, 0), batch)
     return prep, params
+
+
+def copy_bandwidth() -> float:
+    """Bytes/s of a large array copy on the default device (read + write counted)."""
+    x = jnp.ones((64 * 2**20 // 4,), jnp.float32)  # 64 MiB
+    f = jax.jit(lambda a: a + 1.0)
+    jax.block_until_ready(f(x))
+    best = float("inf")
+    for _ in range(5):
+        t0 = time.perf_counter()
+        jax.block_until_ready(f(x))
+        best = min(best, time.perf_counter() - t0)
+    return 2 * x.size * 4 / best
+
+
+def step_bytes(batch: int = 128, slots: int = SLOTS) -> float:
+    """Bytes one step moves per lane, from XLA's cost analysis of the compiled chunk
+    (operand and result bytes of every fusion, the loop body counted once)."""
+    import dataclasses
+
+    from jaxsim import sim
+
+    prep, params = _prepare(1000, batch, slots)
+    shape = dataclasses.replace(prep.shape, chunk_iterations=1)
+    state = sim._init_batch(shape, params, prep.workload, jnp.int32(1), False)
+    ca = sim._run_chunk_batch.lower(shape, params, prep.workload, state,
+                                    False).compile().cost_analysis()
+    ca = ca[0] if isinstance(ca, list) else ca
+    return float(ca["bytes accessed"]) / batch
 
 
 def _bytes_per_lane(shape, params, workload) -> int:
@@ -85,11 +119,12 @@ def _bytes_per_lane(shape, params, workload) -> int:
     return int(sum(np.prod(x.shape) * x.dtype.itemsize for x in leaves) // b)
 
 
-def _simulate(batch: int, verbose: bool, slots: int = SLOTS, repeats: int = 2) -> dict:
+def _simulate(batch: int, verbose: bool, slots: int = SLOTS, repeats: int = 2,
+              macro: int | None = None) -> dict:
     from jaxsim import sim
     from jaxsim import status as st_bits
 
-    prep, params = _prepare(1000, batch, slots)
+    prep, params = _prepare(1000, batch, slots, macro)
     shape, wl = prep.shape, prep.workload
     # compile time, measured ahead of time
     state0 = sim._init_batch(shape, params, wl, jnp.int32(10**6), False)
@@ -111,6 +146,7 @@ def _simulate(batch: int, verbose: bool, slots: int = SLOTS, repeats: int = 2) -
         "config_requests_per_s": batch * 1000 / wall,
         "iterations_run": res.iterations_run,
         "iterations_per_lane": float(np.mean(res.metrics["iterations"])),
+        "steps_per_lane": float(np.mean(res.metrics["steps"])),
         "lanes_not_ok": bad,
         "status": sorted({st_bits.describe(int(s)) for s in res.status}),
         "ttft_p50_s": float(res.metrics["ttft_p50_s"][0]),
@@ -120,13 +156,13 @@ def _simulate(batch: int, verbose: bool, slots: int = SLOTS, repeats: int = 2) -
     if verbose:
         print(f"  B={batch:<5} wall {wall:8.2f} s  compile {compile_s:5.2f} s  "
               f"{out['config_requests_per_s']:>10,.0f} config-requests/s  "
-              f"({out['iterations_per_lane']:.0f} iterations/lane, status {out['status']})",
-              flush=True)
+              f"({out['iterations_per_lane']:.0f} iterations in {out['steps_per_lane']:.0f} "
+              f"steps per lane, status {out['status']})", flush=True)
     return out
 
 
 def _iteration_times(sizes, batch: int, rounds: int = 4, slots: int = SLOTS) -> list[float]:
-    """Seconds per batched iteration for each trace size, best of ``rounds``.
+    """Seconds per batched step for each trace size, best of ``rounds``.
 
     The sizes are timed in alternation (one chunk each per round), so a slow spell of a
     noisy machine does not land on one size only.
@@ -159,13 +195,21 @@ def run(quick: bool = False, verbose: bool = True, slots: int = SLOTS) -> dict:
     """
     big = 128 if quick else 1024
     iter_batch = 16 if quick else 128
+    sizes = (1000, 10_000, 100_000)
     if verbose:
         print("jaxsim core benchmark: Llama-3.1-8B, H100-SXM, TP1, Poisson 10 req/s, "
               "512/256 tokens, 1000 requests, max_num_seqs 256, max_num_batched_tokens "
               f"2048, block 16, util 0.9 (slot table S={slots})", flush=True)
     b1 = _simulate(1, verbose, slots, repeats=5)
     bb = _simulate(big, verbose, slots)
-    it_1k, it_100k = _iteration_times((1000, 100_000), iter_batch, slots=slots)
+    if verbose:
+        print(f"  event skipping off (every iteration a step), B={iter_batch}:", flush=True)
+    off = _simulate(iter_batch, verbose, slots, repeats=1, macro=0)
+    on = bb if big == iter_batch else _simulate(iter_batch, False, slots, repeats=1)
+    it_1k, it_10k, it_100k = _iteration_times(sizes, iter_batch, slots=slots)
+    sbytes = step_bytes(iter_batch, slots)
+    bw = copy_bandwidth()
+    lane_steps_per_s = bb["steps_per_lane"] * big / bb["wall_s"]
     result = {
         "config_requests_per_s_b1": b1["config_requests_per_s"],
         f"config_requests_per_s_b{big}": bb["config_requests_per_s"],
@@ -174,9 +218,20 @@ def run(quick: bool = False, verbose: bool = True, slots: int = SLOTS) -> dict:
         "compile_s": bb["compile_s"],
         "compile_s_b1": b1["compile_s"],
         "iteration_s_1k_requests": it_1k,
+        "iteration_s_10k_requests": it_10k,
         "iteration_s_100k_requests": it_100k,
         "iteration_batch": iter_batch,
         "iteration_ratio_100k_over_1k": it_100k / it_1k,
+        "steps_per_lane": bb["steps_per_lane"],
+        "iterations_per_step": bb["iterations_per_lane"] / bb["steps_per_lane"],
+        "wall_s_stepping": off["wall_s"],
+        "wall_s_skipping": on["wall_s"],
+        "speedup_event_skipping": off["wall_s"] / on["wall_s"],
+        "stepping_batch": iter_batch,
+        "bytes_per_lane_step": sbytes,
+        "lane_steps_per_s": lane_steps_per_s,
+        "achieved_bytes_per_s": sbytes * lane_steps_per_s,
+        "copy_bytes_per_s": bw,
         "speedup_b1024_over_b1" if not quick else f"speedup_b{big}_over_b1":
             bb["config_requests_per_s"] / b1["config_requests_per_s"],
         "bytes_per_lane": bb["bytes_per_lane"],
@@ -186,9 +241,18 @@ def run(quick: bool = False, verbose: bool = True, slots: int = SLOTS) -> dict:
         "machine": machine(),
     }
     if verbose:
-        print(f"  iteration time (B={iter_batch}): {it_1k * 1e6:.1f} us with 1k requests, "
-              f"{it_100k * 1e6:.1f} us with 100k requests "
-              f"(ratio {it_100k / it_1k:.2f})")
+        print(f"  event skipping: {bb['iterations_per_lane']:.0f} iterations in "
+              f"{bb['steps_per_lane']:.0f} steps per lane "
+              f"({result['iterations_per_step']:.1f} iterations per step); wall at "
+              f"B={iter_batch}: {off['wall_s']:.2f} s stepping, {on['wall_s']:.2f} s skipping "
+              f"(speedup {result['speedup_event_skipping']:.1f}x)")
+        print(f"  step time (B={iter_batch}): {it_1k * 1e6:.1f} us with 1k requests, "
+              f"{it_10k * 1e6:.1f} us with 10k, {it_100k * 1e6:.1f} us with 100k "
+              f"(ratio 100k/1k {it_100k / it_1k:.2f})")
+        print(f"  roofline: {sbytes / 1024:.0f} KiB moved per lane-step (XLA cost analysis) "
+              f"x {lane_steps_per_s:,.0f} lane-steps/s = {sbytes * lane_steps_per_s / 1e9:.1f}"
+              f" GB/s, against {bw / 1e9:.1f} GB/s for a plain array copy on this device "
+              f"({sbytes * lane_steps_per_s / bw:.2f} of it)")
         print(f"  memory per lane: {bb['bytes_per_lane'] / 1024:.1f} KiB; speedup of "
               f"B={big} over B=1: {bb['config_requests_per_s'] / b1['config_requests_per_s']:.0f}x")
     return result

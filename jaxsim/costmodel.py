@@ -361,19 +361,16 @@ def op_times_dd(model, hw, tp, cost, f: BatchFeatures) -> dict[str, DD]:
     return op_times_from_consts(prepare(model, hw, tp, cost), f)
 
 
-def _list_sum(xs: list[DD]) -> DD:
-    """Sum of a list by the pairwise tree of ``_dd_sum``; the entries may have different
-    shapes (a series next to scalars), and each element sees the same arithmetic."""
-    while len(xs) > 1:
-        half = len(xs) // 2
-        xs = [dd.add(xs[i], xs[i + half]) for i in range(half)] + xs[2 * half:]
-    return xs[0]
-
-
 def _total(k: CostConsts, t: dict[str, DD], tokens: Array) -> DD:
     """Iteration time from the operator times (any may carry a trailing series axis)."""
-    layer = _list_sum([t[n] for n in PER_LAYER_OPS])
-    once = _list_sum([t[n] for n in PER_ITERATION_OPS])
+    def stack(names):
+        xs = [t[n] for n in names]
+        shape = jnp.broadcast_shapes(*(x.hi.shape for x in xs))
+        return DD(jnp.stack([jnp.broadcast_to(x.hi, shape) for x in xs], axis=-1),
+                  jnp.stack([jnp.broadcast_to(x.lo, shape) for x in xs], axis=-1))
+
+    layer = _dd_sum(stack(PER_LAYER_OPS))
+    once = _dd_sum(stack(PER_ITERATION_OPS))
     total = dd.add(dd.mul_f(layer, k.dims["L"]), once)
     return dd.where(tokens > 0, total, dd.dd(jnp.zeros_like(total.hi)))
 

@@ -1,0 +1,148 @@
+"""Accelerator scaling: the core scenario for B = 10^3 .. 10^6 configurations.
+
+    pip install -e '.[cuda]' && python benchmarks/bench_gpu.py
+
+(runs on any JAX backend; on CPU pass small sizes, e.g. ``--sizes 256,1024``). Each
+configuration is the core scenario of ``jaxsim.bench`` (Llama-3.1-8B, H100-SXM, Poisson
+10 req/s, 512/256 tokens, 1000 requests) with ``max_num_batched_tokens`` cycling over
+512 / 1024 / 2048 / 4096, so lanes differ. For each B the lanes run in chunks of at most
+``--chunk`` through ``simulate_batch`` and every lane's metrics are written to an
+``.npz`` file; the time reported is end to end (simulation, transfer back, file
+written), after one warm-up chunk that compiles. It also finds the largest single batch
+that fits in device memory (doubling until allocation fails) and records memory per lane.
+Writes ``results/gpu_<device>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+from jaxsim import bench  # noqa: E402
+
+BUDGETS = (512, 1024, 2048, 4096)
+
+
+def _lanes(n: int):
+    from jaxsim import api
+    from jaxsim import params as P
+    from jaxsim.workload import synthetic
+
+    trace = synthetic("poisson", 1000, bench.PROMPT, bench.OUTPUT, rate=bench.RATE, seed=0)
+    prep = api.prepare(bench.SCENARIO, trace, max_slots=bench.SLOTS,
+                       chunk_iterations=bench.CHUNK)
+    params = P.broadcast(P.index(prep.params, 0), n)
+    budget = np.resize(np.asarray(BUDGETS, np.int32), n)
+    return prep, _set_budget(params, budget)
+
+
+def _set_budget(params, budget):
+    import equinox as eqx
+    import jax.numpy as jnp
+
+    return eqx.tree_at(lambda p: p.scheduler.max_num_batched_tokens, params,
+                       jnp.asarray(budget, jnp.int32))
+
+
+def run_size(total: int, chunk: int, out_dir: str) -> dict:
+    from jaxsim import sim
+
+    prep, params = _lanes(min(chunk, total))
+    shape, wl = prep.shape, prep.workload
+    sim.simulate_batch(shape, params, wl)  # compile and warm up
+    t0 = time.perf_counter()
+    metrics: dict[str, list] = {}
+    steps = iters = 0.0
+    done = 0
+    while done < total:
+        n = min(chunk, total - done)
+        p = params if n == chunk else jax.tree.map(lambda x, n=n: x[:n], params)
+        res = sim.simulate_batch(shape, p, wl)
+        for k, v in res.metrics.items():
+            metrics.setdefault(k, []).append(np.asarray(v))
+        steps += float(np.sum(res.metrics["steps"]))
+        iters += float(np.sum(res.metrics["iterations"]))
+        done += n
+    path = os.path.join(out_dir, f"metrics_b{total}.npz")
+    np.savez(path, **{k: np.concatenate(v) for k, v in metrics.items()})
+    wall = time.perf_counter() - t0
+    os.remove(path)  # the file is written as part of the timing; it is not kept
+    bad = int(np.sum(np.concatenate(metrics["status"]) != 0))
+    return {"configs": total, "chunk": chunk, "wall_s": wall,
+            "config_requests_per_s": total * 1000 / wall, "lanes_not_ok": bad,
+            "steps_per_lane": steps / total, "iterations_per_lane": iters / total}
+
+
+def largest_batch(start: int, limit: int) -> int:
+    """The largest power-of-two batch (from ``start``) whose chunk runs without running
+    out of device memory, up to ``limit``."""
+    from jaxsim import sim
+
+    ok, b = 0, start
+    while b <= limit:
+        try:
+            prep, params = _lanes(b)
+            st = sim._init_batch(prep.shape, params, prep.workload, jax.numpy.int32(10),
+                                 False)
+            st, _ = sim._run_chunk_batch(prep.shape, params, prep.workload, st, False)
+            jax.block_until_ready(st)
+            del st
+            ok = b
+        except Exception as e:  # out of memory ends the search
+            if "RESOURCE_EXHAUSTED" not in str(e) and "out of memory" not in str(e).lower():
+                raise
+            break
+        b *= 2
+    return ok
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sizes", default="1000,10000,100000,1000000")
+    ap.add_argument("--chunk", type=int, default=262_144,
+                    help="lanes per simulate_batch call (default 2^18)")
+    ap.add_argument("--max-batch", type=int, default=2**22,
+                    help="upper end of the largest-batch search")
+    ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
+    args = ap.parse_args()
+    sizes = [int(x) for x in args.sizes.split(",")]
+    os.makedirs(args.out, exist_ok=True)
+    m = bench.machine()
+    print(f"jaxsim accelerator benchmark on {m['device']} ({m['backend']})", flush=True)
+    prep, params = _lanes(1)
+    per_lane = bench._bytes_per_lane(prep.shape, params, prep.workload)
+    rows = []
+    for total in sizes:
+        r = run_size(total, min(args.chunk, total), args.out)
+        rows.append(r)
+        print(f"  B={total:>9,}  wall {r['wall_s']:8.2f} s  {r['config_requests_per_s']:>14,.0f}"
+              f" config-requests/s  ({r['steps_per_lane']:.0f} steps, "
+              f"{r['iterations_per_lane']:.0f} iterations per lane; "
+              f"{r['lanes_not_ok']} lanes not ok)", flush=True)
+    big = largest_batch(min(args.chunk, 1024), args.max_batch)
+    print(f"  memory per lane {per_lane / 1024:.1f} KiB (state + params); largest batch "
+          f"that ran: {big:,}", flush=True)
+    result = {"rows": rows, "bytes_per_lane": per_lane, "largest_batch": big,
+              "machine": m, "command": "python benchmarks/bench_gpu.py"
+              + (f" --sizes {args.sizes}" if args.sizes != ap.get_default("sizes") else "")
+              + (f" --chunk {args.chunk}" if args.chunk != ap.get_default("chunk") else ""),
+              "date": time.strftime("%Y-%m-%d")}
+    tag = m["device"].replace(" ", "_").replace("/", "_")
+    path = os.path.join(args.out, f"gpu_{tag}.json")
+    with open(path + ".tmp", "w") as f:
+        json.dump(result, f, indent=1)
+    os.replace(path + ".tmp", path)
+    print(f"  wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
