@@ -10,7 +10,7 @@ import numpy as np
 from jaxsim import config as config_mod
 from jaxsim import prefix
 from jaxsim.params import SimParams, concatenate
-from jaxsim.shapes import SimShape
+from jaxsim.shapes import DEFAULT_MACRO, SimShape
 from jaxsim.sim import SimResult, simulate_batch
 from jaxsim.workload import Trace, Workload, stack_workloads, to_workload
 
@@ -91,7 +91,7 @@ def prepare(
         cache_kw = dict(num_tiers=T, cache_entries=max(K, 1), hash_space=Uh,
                         prefetch=any(c["cache"]["prefetch"] for c in cfgs))
     shape = SimShape(max_requests=R, max_slots=max_slots, chunk_iterations=chunk_iterations,
-                     **cache_kw)
+                     macro_iterations=DEFAULT_MACRO, **cache_kw)
     return Prepared(shape, params, workload, info, cfgs)
 
 

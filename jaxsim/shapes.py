@@ -6,6 +6,8 @@ import dataclasses
 
 #: Largest ``SimShape.macro_iterations`` (the macro-step's series are this long).
 MAX_MACRO = 64
+#: The event-skipping run length ``jaxsim.api.prepare`` and the sweep runner use.
+DEFAULT_MACRO = 16
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,8 +35,10 @@ class SimShape:
             advances up to this many decode-only iterations in closed form when no
             event (arrival, admission, preemption, a request's finish, KV allocation
             failure) can fall inside them, then runs one ordinary iteration. 0 steps
-            every iteration on its own. Used without the prefix cache
-            (``cache_entries == 0``); with it every iteration is its own step.
+            every iteration on its own (the default of a hand-built shape;
+            ``jaxsim.api.prepare`` and the sweep runner use ``DEFAULT_MACRO``). Used
+            without the prefix cache (``cache_entries == 0``); with it every iteration
+            is its own step.
         max_replicas: P, data-parallel replicas (1; reserved).
     """
 
@@ -46,7 +50,7 @@ class SimShape:
     cache_entries: int = 0
     hash_space: int = 0
     prefetch: bool = False
-    macro_iterations: int = 16
+    macro_iterations: int = 0
 
     def __post_init__(self):
         for name in ("max_requests", "max_slots", "chunk_iterations"):

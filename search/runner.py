@@ -35,7 +35,7 @@ import numpy as np
 from jaxsim import config as config_mod
 from jaxsim import sim as sim_mod
 from jaxsim import status as st_bits
-from jaxsim.shapes import SimShape
+from jaxsim.shapes import DEFAULT_MACRO, SimShape
 from jaxsim.workload import Trace, Workload, to_workload
 from search.space import DesignSpace, SpaceError, _get_key
 
@@ -309,7 +309,7 @@ def _shard(tree, plan: Plan):
 def simulate_chunk(plan: Plan, batch: Batch, max_iterations: int | None = None) -> dict:
     """Simulate one chunk; returns metrics (name -> [B] numpy) with exact overflow re-runs."""
     shape = SimShape(max_requests=plan.max_requests, max_slots=plan.slots,
-                     chunk_iterations=plan.chunk_iterations)
+                     chunk_iterations=plan.chunk_iterations, macro_iterations=DEFAULT_MACRO)
     params = _shard(batch.params, plan)
     wl = _shard(batch.workload, plan) if plan.per_lane_workload else batch.workload
     res = sim_mod.simulate_batch(shape, params, wl, max_iterations=max_iterations,

@@ -3,8 +3,8 @@
 Each lane draws its own workload (per-lane workloads, padded to a common R) and its own
 configuration: model, GPU, TP, scheduler mode, chunking, limits, block size, a KV
 capacity small enough to force preemptions in many lanes, watermark, threshold. The
-shape has event skipping on (docs/semantics.md §6), so this is also the check that
-macro-steps equal per-iteration stepping. Counts
+shape has event skipping on (docs/semantics.md §6, 16-iteration runs), so this is also
+the check that macro-steps equal per-iteration stepping. Counts
 must be identical and times equal to 1e-6 relative (the bar is 1e-5; iteration times
 are evaluated in double-float, so the only difference left is the float32 rounding of
 the stored per-request results).
@@ -80,7 +80,8 @@ def run_both(cases, max_iterations=None):
     lanes = [lane_params(c, t) for t, c in cases]
     params = P.stack(lanes)
     wl = stack_workloads([to_workload(t, R_MAX) for t in traces])
-    shape = SimShape(max_requests=R_MAX, max_slots=S_MAX, chunk_iterations=256)
+    shape = SimShape(max_requests=R_MAX, max_slots=S_MAX, chunk_iterations=256,
+                     macro_iterations=16)
     res = simulate_batch(shape, params, wl, max_iterations=max_iterations)
     refs = [
         simulate_reference(oracle_workload(t), oracle_config(p), max_iterations=max_iterations)
