@@ -124,6 +124,7 @@ def test_macro__finish_ends_the_run_and_frees_the_seat():
     _both({"max_num_seqs": 1}, tr)
 
 
+@pytest.mark.slow  # keeps the default suite under 10 min; runs in CI's slow step
 def test_macro__kv_capacity_ends_the_run():
     # 3 blocks of 16 tokens; request 0 (P=20, O=60) holds 2 blocks after its prefill and
     # needs a third at token 33, a fourth at token 49, which does not fit: the second
@@ -135,6 +136,7 @@ def test_macro__kv_capacity_ends_the_run():
     assert int(a.metrics["steps"][0]) < int(a.metrics["iterations"][0])
 
 
+@pytest.mark.slow  # keeps the default suite under 10 min; runs in CI's slow step
 def test_macro__iteration_budget_inside_a_run():
     tr = Trace([0.0], [10], [200])
     a, b = _both({}, tr, max_iterations=23)
@@ -142,6 +144,7 @@ def test_macro__iteration_budget_inside_a_run():
     assert a.status[0] & st_bits.TRUNCATED
 
 
+@pytest.mark.slow  # keeps the default suite under 10 min; runs in CI's slow step
 @pytest.mark.parametrize("mode", ["v0", "v1"])
 def test_macro__blocked_head_by_budget_and_blocks(mode):
     # Many requests at once with a small budget and KV: the queue head is blocked by the
@@ -157,6 +160,7 @@ def test_macro__blocked_head_by_budget_and_blocks(mode):
     assert int(a.metrics["steps"][0]) < int(a.metrics["iterations"][0]) // 2
 
 
+@pytest.mark.slow  # keeps the default suite under 10 min; runs in CI's slow step
 def test_macro__off_with_the_prefix_cache():
     # With the prefix cache compiled in, every iteration is a step.
     from jaxsim import api
@@ -175,6 +179,7 @@ def test_macro__shape_validation():
         SimShape(max_requests=4, max_slots=4, macro_iterations=65)
 
 
+@pytest.mark.slow  # keeps the default suite under 10 min; runs in CI's slow step
 def test_macro__lane_compaction_gives_the_same_results():
     # 256 lanes, of which 16 have 8x longer outputs: once the short lanes are done the
     # long ones continue in a batch of 64; results equal the uncompacted run.
