@@ -11,7 +11,6 @@ prints the ratios and writes a JSON + Markdown record with the machine it ran on
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -75,10 +74,7 @@ def main() -> int:
     tag = args.tag or f"{m['backend']}_{m['cpu_count']}cpu" + ("_quick" if args.quick else "") \
         + (f"_s{args.slots}" if args.slots != bench.SLOTS else "")
     path = os.path.join(args.out, f"core_{tag}.json")
-    with open(path + ".tmp", "w") as f:
-        json.dump(result, f, indent=1)
-    os.replace(path + ".tmp", path)
-    print(f"  wrote {path}")
+    bench.write_record(path, result)
     return 0
 
 

@@ -16,7 +16,6 @@ Writes ``results/gpu_<device>.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -137,10 +136,7 @@ def main() -> int:
               "date": time.strftime("%Y-%m-%d")}
     tag = m["device"].replace(" ", "_").replace("/", "_")
     path = os.path.join(args.out, f"gpu_{tag}.json")
-    with open(path + ".tmp", "w") as f:
-        json.dump(result, f, indent=1)
-    os.replace(path + ".tmp", path)
-    print(f"  wrote {path}")
+    bench.write_record(path, result)
     return 0
 
 

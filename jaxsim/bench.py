@@ -80,6 +80,16 @@ def _prepare(num_requests: int, batch: int, slots: int = SLOTS, macro: int | Non
     return prep, params
 
 
+def write_record(path: str, result: dict) -> None:
+    """Write a benchmark record as JSON, atomically (a temporary file, then a rename)."""
+    import json
+
+    with open(path + ".tmp", "w") as f:
+        json.dump(result, f, indent=1)
+    os.replace(path + ".tmp", path)
+    print(f"  wrote {path}")
+
+
 def copy_bandwidth() -> float:
     """Bytes/s of a large array copy on the default device (read + write counted)."""
     x = jnp.ones((64 * 2**20 // 4,), jnp.float32)  # 64 MiB

@@ -136,7 +136,8 @@ def _decode_run(shape: SimShape, params: SimParams, wl: Workload, st: SimState,
     first_new = jnp.where(running, bs - rem, big)  # iteration that opens its next block
     j = jnp.arange(KC, dtype=i32)
     # blocks held after iteration j: every request opens at most one block in the run
-    # (a histogram of the opening iterations: an [S, KC] comparison costs 3x more)
+    # (a histogram of the opening iterations; an [S, KC] comparison was slower, see
+    # benchmarks/README.md)
     opened = jnp.zeros((KC + 1,), i32).at[jnp.minimum(first_new, KC)].add(1)
     used = blocks1 + jnp.cumsum(opened[:KC])
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import numpy as np
 
@@ -21,6 +23,27 @@ MODEL_FIELDS = (
 
 #: Compiled once (a new lambda per call would compile once per lane).
 _cost_values = jax.jit(lambda c: c.values())
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _step(shape, params, wl, st):
+    from jaxsim.step import step
+
+    return step(shape, params, wl, st)
+
+
+def step_states(shape, params, wl, n: int) -> list:
+    """States of one lane after each of n steps (index 0 = initial state)."""
+    import jax.numpy as jnp
+
+    from jaxsim.state import init_state
+
+    st = init_state(shape, params, wl, jnp.int32(10**6))
+    out = [st]
+    for _ in range(n):
+        st = _step(shape, params, wl, st)
+        out.append(st)
+    return out
 
 
 def lane_params(cfg: dict, trace: Trace) -> P.SimParams:

@@ -9,10 +9,6 @@ results are compared with the same lanes stepped one iteration at a time.
 
 from __future__ import annotations
 
-import functools
-
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -20,10 +16,8 @@ from jaxsim import params as P
 from jaxsim import simulate_batch
 from jaxsim import status as st_bits
 from jaxsim.shapes import SimShape
-from jaxsim.state import init_state
-from jaxsim.step import step
 from jaxsim.workload import Trace, to_workload
-from tests.helpers import lane_params
+from tests.helpers import lane_params, step_states
 
 BASE = {"max_num_batched_tokens": 64, "max_num_seqs": 8, "block_size": 16,
         "num_gpu_blocks": 1000}
@@ -55,21 +49,10 @@ def _both(cfg: dict, trace: Trace, **kw):
     return a, b
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _step(shape, params, wl, st):
-    return step(shape, params, wl, st)
-
-
 def _states(cfg: dict, trace: Trace, n: int, macro: int = 16) -> list:
     params = lane_params({**BASE, **cfg}, trace)
     shape = SimShape(max_requests=R, max_slots=8, macro_iterations=macro)
-    wl = to_workload(trace, R)
-    st = init_state(shape, params, wl, jnp.int32(10**6))
-    out = [st]
-    for _ in range(n):
-        st = _step(shape, params, wl, st)
-        out.append(st)
-    return out
+    return step_states(shape, params, to_workload(trace, R), n)
 
 
 def test_macro__one_request_runs_of_block_size():

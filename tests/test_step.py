@@ -6,8 +6,6 @@ checks the state against numbers worked out by hand in the comments.
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -17,10 +15,8 @@ from jaxsim import params as P
 from jaxsim import simulate_batch
 from jaxsim import status as st_bits
 from jaxsim.shapes import SimShape
-from jaxsim.state import init_state
-from jaxsim.step import step
 from jaxsim.workload import Trace, to_workload
-from tests.helpers import lane_params
+from tests.helpers import lane_params, step_states
 
 BASE = {"max_num_batched_tokens": 64, "max_num_seqs": 8, "block_size": 4,
         "num_gpu_blocks": 1000}
@@ -30,23 +26,12 @@ def lane(cfg: dict, trace: Trace):
     return lane_params({**BASE, **cfg}, trace)
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _step(shape, params, wl, st):
-    return step(shape, params, wl, st)
-
-
 def steps(cfg: dict, trace: Trace, n: int, slots: int = 8) -> list:
     """States after each of n iterations (index 0 = initial state); event skipping off,
     so each step is one iteration."""
     params = lane(cfg, trace)
     shape = SimShape(max_requests=len(trace), max_slots=slots, macro_iterations=0)
-    wl = to_workload(trace)
-    st = init_state(shape, params, wl, jnp.int32(10**6))
-    out = [st]
-    for _ in range(n):
-        st = _step(shape, params, wl, st)
-        out.append(st)
-    return out
+    return step_states(shape, params, to_workload(trace), n)
 
 
 def run(cfg: dict, trace: Trace, slots: int = 8, **kw):
