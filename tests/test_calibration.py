@@ -157,6 +157,7 @@ def test_synthetic_recovery_within_2_percent():
     assert np.max(np.abs(pred / exact - 1)) < 0.02
 
 
+@pytest.mark.slow
 def test_cli_calibrate_json_and_simulate_with_preset(tmp_path, capsys):
     out = tmp_path / "h100.json"
     data = [os.path.join(DATA, "vidur/compute/h100"), os.path.join(DATA, "vidur/network"),

@@ -55,6 +55,7 @@ def _states(cfg: dict, trace: Trace, n: int, macro: int = 16) -> list:
     return step_states(shape, params, to_workload(trace, R), n)
 
 
+@pytest.mark.slow
 def test_macro__one_request_runs_of_block_size():
     # P=10, O=40, block 16. Step 1: the prefill iteration (c=10, g=1). Step 2: a run of
     # 16 decodes (the cap: min(macro_iterations, block_size)), then one ordinary decode:

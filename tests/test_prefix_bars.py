@@ -115,6 +115,7 @@ def test_zero_capacity_tier_is_identical_to_no_tier(mooncake):
         np.testing.assert_array_equal(a[2], a[0])
 
 
+@pytest.mark.slow
 def test_lower_tier_hit_is_never_slower_than_a_miss():
     """Request A, then a filler that pushes A's blocks out of HBM into the tier, then B.
     B shares A's prompt (a lower-tier hit, or a recompute where the tier is not worth
@@ -154,6 +155,7 @@ def test_lower_tier_hit_is_never_slower_than_a_miss():
     assert all(lower == 0 for _, _, lower in slow)  # not worth loading: recomputed
 
 
+@pytest.mark.slow
 def test_one_compile_for_a_sweep_of_capacities_bandwidths_and_weights():
     """Two batches of different tier capacities, bandwidths, latencies, weights and
     overlaps share one compiled function (benchmarks/bench_tiers.py runs 1024)."""

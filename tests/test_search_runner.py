@@ -127,6 +127,7 @@ def test_sharded_over_two_cpu_devices_matches(full_run, tmp_path):
         np.testing.assert_allclose(df2[k].to_numpy(), df[k].to_numpy(), rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_kill_dash_9_then_resume(full_run, tmp_path):
     _, _, _, df = full_run
     out = str(tmp_path / "killed")
