@@ -234,3 +234,20 @@ def test_shipped_h100_preset_gives_plausible_8b_decode():
     lane = api.run({"model": "Llama-3.1-8B", "gpu": "H100-SXM"}, tr).lane(0)
     assert lane["status"] == "ok"
     assert lane["tpot_p50_s"] < 0.025
+
+
+def test_interp_floor__exact_on_a_power_law_and_positive_on_the_shipped_subset(capsys):
+    from calibration import interp_floor
+    from calibration.schema import Measurements
+
+    m = loaders.load([os.path.join(DATA, "vidur/compute/h100")])
+    rep = interp_floor.table(interp_floor.loo_errors(m))
+    assert {"gemm", "elementwise", "qkv_proj", "norm"} <= set(rep)
+    assert all(v["n"] > 0 and 0 < v["mape"] <= v["max_ape"] for v in rep.values())
+    # time = 3 us * tokens^0.7 is a line in (log tokens, log time): interpolation is exact
+    cols = dict(m.cols)
+    cols["time_s"] = 3e-6 * np.asarray(m["num_tokens"], np.float64) ** 0.7
+    exact = interp_floor.table(interp_floor.loo_errors(Measurements(cols)))
+    assert all(v["max_ape"] < 1e-9 for v in exact.values())
+    assert interp_floor.main([os.path.join(DATA, "vidur/compute/h100"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["gemm"]["n"] == rep["gemm"]["n"]
