@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from calibration.schema import GEMM_OPS, Measurements
+from calibration.schema import ELEM_OPS, GEMM_OPS, Measurements
 from jaxsim import costmodel, presets
 from jaxsim.dd import DD
 from jaxsim.params import (
@@ -50,6 +50,8 @@ KERNEL_OPS = ("qkv_proj", "o_proj", "mlp_up", "mlp_down", "lm_head", "norm", "re
               "activation", "rotary", "kv_write", "embedding", "attn_prefill", "attn_decode",
               "all_reduce")
 _DIVISOR = {"norm": 2.0, "residual_add": 2.0, "all_reduce": 2.0}
+#: Operator families the error reports pool (besides one line per operator).
+REPORT_FAMILIES = {"gemm": GEMM_OPS, "elementwise": ELEM_OPS}
 #: Parameters each kernel operator's rows determine.
 _OP_PARAMS = {
     **{op: tuple(f"{k}_{op}" for k in ("eta_c", "f0", "eta_m", "b0")) for op in GEMM_OPS},
@@ -377,9 +379,7 @@ def error_table(m: Measurements, pred: np.ndarray, train: np.ndarray) -> dict[st
     pe = (pred / np.asarray(m["time_s"]) - 1.0) * 100.0
     ape = np.abs(pe)
     op = m["op"].astype(str)
-    fams = {"gemm": set(GEMM_OPS),
-            "elementwise": {"norm", "residual_add", "activation", "rotary", "kv_write",
-                            "embedding"}}
+    fams = REPORT_FAMILIES
     out = {}
 
     def stats(sel: np.ndarray) -> dict:

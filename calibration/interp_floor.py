@@ -20,10 +20,10 @@ import sys
 
 import numpy as np
 
+from calibration.fit import REPORT_FAMILIES
 from calibration.schema import ELEM_OPS, GEMM_OPS, Measurements
 
-#: Operators measured over a token axis, by family (as in the calibration report).
-FAMILIES = {"gemm": GEMM_OPS, "elementwise": ELEM_OPS}
+#: Operators measured over a token axis.
 TOKEN_OPS = GEMM_OPS + ELEM_OPS
 
 
@@ -51,7 +51,7 @@ def loo_errors(m: Measurements) -> dict[str, np.ndarray]:
 def table(errors: dict[str, np.ndarray]) -> dict[str, dict]:
     """Per operator and per family: rows, MAPE, p90 and max absolute percentage error."""
     groups = {k: [k] for k in sorted(errors)}
-    for fam, ops in FAMILIES.items():
+    for fam, ops in REPORT_FAMILIES.items():
         groups[fam] = [k for k in sorted(errors) if k in ops]
     rep = {}
     for name, ops in groups.items():
