@@ -23,8 +23,9 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from jaxsim import dd
+from jaxsim import dd, shapecorr
 from jaxsim.dd import DD
 from jaxsim.params import CostParams, HardwareParams, ModelParams
 from jaxsim.types import Array
@@ -134,6 +135,14 @@ MEM_OPS = ("norm", "residual_add", "activation", "rotary", "kv_write", "embeddin
 _MEM_MULT = (2.0, 2.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0)
 _MEM_COEF = (2.0 * ACT_BYTES, 3.0 * ACT_BYTES, 3.0 * ACT_BYTES, 2.0 * ACT_BYTES, 2.0,
              2.0 * ACT_BYTES, 2.0 * ACT_BYTES, 4.0)
+#: Table row (``shapecorr.CORR_OPS``) of each of ``MEM_OPS``, and whether it has one
+#: (``final_norm`` uses the norm table; KV write and sampling have none).
+_MEM_CORR_ROW = (
+    np.asarray([shapecorr.CORR_OPS.index(_g) if _g in shapecorr.CORR_OPS else 0
+                for _g in ("norm", "residual_add", "activation", "rotary", "kv_write",
+                           "embedding", "norm", "sampling")]),
+    np.asarray([_g not in ("kv_write", "sampling") for _g in MEM_OPS]),
+)
 PER_LAYER_OPS = (
     "qkv_proj", "o_proj", "mlp_up", "mlp_down", "attn_prefill", "attn_decode", "norm",
     "residual_add", "activation", "rotary", "kv_write", "all_reduce",
@@ -195,6 +204,7 @@ class CostConsts(NamedTuple):
         dims: per-GPU model sizes (float32 scalars).
         miss_pow: ``(1 - k/E) ** (2 ** i)`` for i < TOKEN_BITS (DD, [TOKEN_BITS]) for the
             expected number of experts a batch touches, ``E * (1 - (1 - k/E) ** T)``.
+        shape_corr: the per-kernel-shape correction tables (``[C, G]``; G = 0: none).
     """
 
     c: dict
@@ -212,6 +222,7 @@ class CostConsts(NamedTuple):
     inv_link: DD
     dims: dict
     miss_pow: DD
+    shape_corr: Array
 
 
 def _prod(*xs) -> DD:
@@ -269,6 +280,7 @@ def prepare(model: ModelParams, hw: HardwareParams, tp: Array, cost: CostParams
         inv_link=inv(hw.link_bw_bytes_per_s, c["eta_ar"]),
         dims=dims,
         miss_pow=DD(pows_arr[0], pows_arr[1]),
+        shape_corr=cost.shape_corr,
     )
 
 
@@ -334,11 +346,23 @@ def op_times_from_consts(k: CostConsts, f: BatchFeatures) -> dict[str, DD]:
     active = jnp.concatenate([m > 0, (tp_f > 0)[None]])
     zero6 = jnp.zeros_like(roof.hi)
     roof = DD(jnp.where(active, roof.hi, zero6), jnp.where(active, roof.lo, zero6))
+    corr = k.shape_corr.shape[-1] > 0  # static: no table, no work
+    if corr:
+        # tables of the four GEMMs and the elementwise kernels (shapecorr.CORR_OPS)
+        delta = shapecorr.delta(k.shape_corr, jnp.stack([T, T, Tk, Tk, T, T, Tk, T, T]))
+        ng = len(shapecorr.GEMM_CORR_OPS)
+        zpad = jnp.zeros((nr - ng,), f32)
+        roof = shapecorr.apply(roof, DD(jnp.concatenate([delta.hi[:ng], zpad]),
+                                        jnp.concatenate([delta.lo[:ng], zpad])))
 
     # --- elementwise operators: bytes = coef * count * size
     count = jnp.stack([T, T, Tk, T, T, T, T, ns]).astype(f32)
     mem_bytes = dd.mul_f(dd.two_prod(count, k.mem_size), _f32(_MEM_COEF))
     mem = dd.add_f(dd.mul(dd.add_f(mem_bytes, k.b0_elem), k.inv_m_elem), k_o)
+    if corr:
+        rows, has = _MEM_CORR_ROW
+        mem = shapecorr.apply(mem, DD(jnp.where(has, delta.hi[rows], 0.0),
+                                      jnp.where(has, delta.lo[rows], 0.0)))
     mem = dd.mul_f(mem, _f32(_MEM_MULT))
     mem_on = jnp.ones((len(MEM_OPS),), bool).at[-1].set(ns > 0)
     zero8 = jnp.zeros_like(mem.hi)

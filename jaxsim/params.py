@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxsim import shapecorr
 from jaxsim.types import Array, Float, Int
 
 
@@ -125,10 +126,16 @@ class CostParams(eqx.Module):
         smooth_p_log2: ``i32[]`` k of the smooth-max exponent p = 2**k (0..3): p = 1 adds
             the compute and memory times, large p approaches the hard roofline. It is
             an integer so that the double-float cost model can evaluate it exactly.
+        shape_corr: ``f32[C, G]`` per-kernel-shape correction tables of a calibrated
+            preset (``jaxsim.shapecorr``; rows ``shapecorr.CORR_OPS``, G = 451), or
+            ``[C, 0]`` (the default) for none. Not fitted by gradient: the table
+            stage of calibration solves for them in closed form.
     """
 
     theta: Float[Array, " K"] = eqx.field(converter=as_f32)
     smooth_p_log2: Int[Array, ""] = eqx.field(converter=as_i32, default=2)
+    shape_corr: Float[Array, "C G"] = eqx.field(converter=as_f32,
+                                                default_factory=shapecorr.empty)
 
     @classmethod
     def default(cls) -> CostParams:
@@ -352,8 +359,18 @@ def index(params: SimParams, i) -> SimParams:
 
 
 def concatenate(batches: Sequence[SimParams]) -> SimParams:
-    """Concatenate batches along the lane axis."""
-    return jax.tree.map(lambda *xs: jnp.concatenate(xs), *batches)
+    """Concatenate batches along the lane axis (lanes without shape-correction tables
+    get zero tables when another batch has them)."""
+    width = max(b.cost.shape_corr.shape[-1] for b in batches)
+
+    def widen(b: SimParams) -> SimParams:
+        sc = b.cost.shape_corr
+        if sc.shape[-1] == width:
+            return b
+        return eqx.tree_at(lambda p: p.cost.shape_corr, b,
+                           jnp.zeros((*sc.shape[:-1], width), jnp.float32))
+
+    return jax.tree.map(lambda *xs: jnp.concatenate(xs), *map(widen, batches))
 
 
 def num_lanes(params: SimParams) -> int:

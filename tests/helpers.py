@@ -70,6 +70,11 @@ def oracle_config(params: P.SimParams) -> dict:
     for k, v in values.items():
         cfg[k] = float(v)
     cfg["smooth_p"] = float(2 ** int(params.cost.smooth_p_log2))
+    corr = np.asarray(params.cost.shape_corr, np.float64)
+    if corr.shape[-1] > 0:
+        from jaxsim.shapecorr import CORR_OPS
+
+        cfg["shape_corr"] = {op: corr[c] for c, op in enumerate(CORR_OPS) if np.any(corr[c])}
     cfg["ttft_slo_s"] = float(params.ttft_slo_s)
     cfg["tpot_slo_s"] = float(params.tpot_slo_s)
     return cfg

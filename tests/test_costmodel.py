@@ -3,12 +3,13 @@ independent cross-check against the reference implementation's formula."""
 
 from __future__ import annotations
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxsim import costmodel
+from jaxsim import costmodel, shapecorr
 from jaxsim.params import COST_PARAM_NAMES, CostParams, HardwareParams, ModelParams
 from jaxsim.workload import Trace
 from tests.helpers import lane_params, oracle_config
@@ -190,36 +191,78 @@ def test_costmodel__gradients_match_finite_differences():
         assert g[i] == pytest.approx(fd, rel=2e-2, abs=1e-7), COST_PARAM_NAMES[i]
 
 
+def _check_against_reference(p, rng, label, batches=20):
+    cfg = oracle_config(p)
+    for _ in range(batches):
+        batch = []
+        for _ in range(int(rng.integers(1, 30))):
+            g = int(rng.integers(0, 5))
+            P_ = int(rng.integers(1, 3000))
+            n_known = P_ + g
+            c = int(rng.integers(0, n_known))
+            q = int(rng.integers(1, n_known - c + 1))
+            batch.append((q, c, n_known, g))
+        ref = ref_iteration_time(cfg, batch)
+        q = np.array([b[0] for b in batch], np.float64)
+        c = np.array([b[1] for b in batch], np.float64)
+        nk = np.array([b[2] for b in batch])
+        gen = np.array([b[3] for b in batch])
+        dec = (gen >= 1) & (nk - c == 1)
+        pre = ~dec
+        f = feats(tokens=int(q.sum()), num_seqs=len(batch),
+                  num_sampled=int(np.sum(c + q == nk)),
+                  prefill_tokens=int(q[pre].sum()),
+                  prefill_pairs=float(np.sum(q[pre] * (c[pre] + (q[pre] + 1) / 2))),
+                  prefill_kv_tokens=float(np.sum(c[pre] + q[pre])),
+                  num_decodes=int(dec.sum()),
+                  decode_kv_tokens=float(np.sum(c[dec] + 1)))
+        got = costmodel.iteration_time_dd(p.model, p.hardware, p.scheduler.tp, p.cost, f)
+        # double-float evaluation: agrees with the float64 reference to ~1e-14
+        assert float(got.hi) + float(got.lo) == pytest.approx(ref, rel=1e-12), (label, batch)
+
+
 def test_costmodel__matches_reference_formula_on_random_batches():
     rng = np.random.default_rng(5)
     for model, gpu, tp in [("Llama-3.1-8B", "H100-SXM", 1), ("Llama-3.1-70B", "A100-80GB", 4),
                            ("Mixtral-8x7B", "H200", 2), ("Qwen2.5-7B", "L40S", 2)]:
         p = lane_params({"model": model, "gpu": gpu, "tp": tp}, Trace([0.0], [4], [2]))
-        cfg = oracle_config(p)
-        for _ in range(20):
-            batch = []
-            for _ in range(int(rng.integers(1, 30))):
-                g = int(rng.integers(0, 5))
-                P_ = int(rng.integers(1, 3000))
-                n_known = P_ + g
-                c = int(rng.integers(0, n_known))
-                q = int(rng.integers(1, n_known - c + 1))
-                batch.append((q, c, n_known, g))
-            ref = ref_iteration_time(cfg, batch)
-            q = np.array([b[0] for b in batch], np.float64)
-            c = np.array([b[1] for b in batch], np.float64)
-            nk = np.array([b[2] for b in batch])
-            gen = np.array([b[3] for b in batch])
-            dec = (gen >= 1) & (nk - c == 1)
-            pre = ~dec
-            f = feats(tokens=int(q.sum()), num_seqs=len(batch),
-                      num_sampled=int(np.sum(c + q == nk)),
-                      prefill_tokens=int(q[pre].sum()),
-                      prefill_pairs=float(np.sum(q[pre] * (c[pre] + (q[pre] + 1) / 2))),
-                      prefill_kv_tokens=float(np.sum(c[pre] + q[pre])),
-                      num_decodes=int(dec.sum()),
-                      decode_kv_tokens=float(np.sum(c[dec] + 1)))
-            got = costmodel.iteration_time_dd(p.model, p.hardware, p.scheduler.tp, p.cost, f)
-            # double-float evaluation: agrees with the float64 reference to ~1e-14
-            assert float(got.hi) + float(got.lo) == pytest.approx(ref, rel=1e-12), (model,
-                                                                                 batch)
+        _check_against_reference(p, rng, model)
+
+
+def test_costmodel__shape_tables_match_reference_formula():
+    """§3.1 tables (random, some rows empty) on random batches, including token counts
+    past the last knot and on knots; and a table of zeros changes nothing, bit for bit."""
+    rng = np.random.default_rng(11)
+    for model, gpu, tp in [("Llama-3.1-8B", "H100-SXM", 1), ("Mixtral-8x7B", "H200", 2)]:
+        p = lane_params({"model": model, "gpu": gpu, "tp": tp, "cost_preset": "uncalibrated"},
+                        Trace([0.0], [4], [2]))
+        table = rng.uniform(-0.5, 1.0, (len(shapecorr.CORR_OPS), shapecorr.GRID))
+        table[rng.random(len(table)) < 0.3] = 0.0
+        pt = eqx.tree_at(lambda q: q.cost.shape_corr, p, jnp.asarray(table, jnp.float32))
+        _check_against_reference(pt, rng, model)
+        for tokens in (1, 3, 8, 1024, 1030, 32768, 40000):
+            f = feats(tokens=tokens, num_seqs=1, num_sampled=1, prefill_tokens=tokens,
+                      prefill_pairs=tokens * (tokens + 1) / 2, prefill_kv_tokens=tokens)
+            zero = eqx.tree_at(lambda q: q.cost.shape_corr, p,
+                               jnp.zeros((len(shapecorr.CORR_OPS), shapecorr.GRID)))
+            a = costmodel.iteration_time_dd(p.model, p.hardware, p.scheduler.tp, p.cost, f)
+            b = costmodel.iteration_time_dd(zero.model, zero.hardware, zero.scheduler.tp,
+                                            zero.cost, f)
+            assert (float(a.hi), float(a.lo)) == (float(b.hi), float(b.lo)), tokens
+            ref = ref_iteration_time(oracle_config(pt), [(tokens, 0, tokens, 0)])
+            got = costmodel.iteration_time_dd(pt.model, pt.hardware, pt.scheduler.tp,
+                                              pt.cost, f)
+            assert float(got.hi) + float(got.lo) == pytest.approx(ref, rel=1e-12), tokens
+
+
+def test_shape_tables__interpolation_rule():
+    knots = shapecorr.KNOTS
+    assert len(knots) == 451 and knots[0] == 1 and knots[-1] == 32768
+    assert np.all(np.diff(knots) > 0)
+    assert list(knots[:6]) == [1, 2, 4, 8, 16, 24] and 1024 in knots and 1040 in knots
+    row = np.arange(shapecorr.GRID, dtype=np.float64)  # delta = knot index
+    got = shapecorr.delta_np(row, np.array([0, 1, 3, 8, 12, 1024, 1032, 32768, 99999]))
+    np.testing.assert_allclose(got, [0, 0, 1.5, 3, 3.5, 130, 130.5, 450, 450])
+    table = jnp.asarray(np.stack([row, -row]), jnp.float32)
+    d = shapecorr.delta(table, jnp.array([12, 1032], jnp.int32))
+    np.testing.assert_allclose(np.asarray(d.hi) + np.asarray(d.lo), [3.5, -130.5])

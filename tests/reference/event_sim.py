@@ -14,6 +14,7 @@ reading is implemented (the most literal one).
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections import deque
 from collections.abc import Mapping, Sequence
@@ -105,7 +106,7 @@ PREFIX_CONFIG_DEFAULTS: dict[str, Any] = {
     "swap": False,
     "prefetch": False,
 }
-OPTIONAL_CONFIG_KEYS: tuple[str, ...] = tuple(PREFIX_CONFIG_DEFAULTS)
+OPTIONAL_CONFIG_KEYS: tuple[str, ...] = (*PREFIX_CONFIG_DEFAULTS, "shape_corr")
 _TIER_LIST_KEYS: tuple[str, ...] = (
     "tier_capacity_blocks",
     "tier_read_bw",
@@ -222,7 +223,42 @@ def validate_config(config: Mapping[str, Any]) -> dict[str, Any]:
         if not cfg[key] > 0.0:
             raise ValueError(f"config[{key!r}] must be > 0, got {cfg[key]}")
     cfg.update(_validate_prefix_config(config))
+    cfg["shape_corr"] = _validate_shape_corr(config.get("shape_corr"))
     return cfg
+
+
+def _shape_corr_knots() -> list[int]:
+    """§3.1: 1, 2, 4, every 8 tokens from 8 to 1024, then 64 knots per octave (steps
+    of 16, 32, 64, 128, 256 tokens) to 32768."""
+    knots = [1, 2, 4] + list(range(8, 1025, 8))
+    for octave in range(5):
+        step = 16 * 2**octave
+        start = 1024 * 2**octave
+        knots += list(range(start + step, 2 * start + 1, step))
+    return knots
+
+
+SHAPE_CORR_KNOTS: tuple[int, ...] = tuple(_shape_corr_knots())
+SHAPE_CORR_OPS: tuple[str, ...] = (
+    "qkv_proj", "o_proj", "mlp_up", "mlp_down", "norm", "residual_add", "activation",
+    "rotary", "embedding",
+)
+
+
+def _validate_shape_corr(value: Any) -> dict[str, list[float]]:
+    """§3.1 tables: ``{op: [delta at each knot]}`` (absent or None: no table)."""
+    if value is None:
+        return {}
+    out = {}
+    for op, row in dict(value).items():
+        if op not in SHAPE_CORR_OPS:
+            raise ValueError(f"config['shape_corr'] has unknown operator {op!r}")
+        vals = [float(v) for v in np.asarray(row, dtype=np.float64).reshape(-1)]
+        if len(vals) != len(SHAPE_CORR_KNOTS):
+            raise ValueError(f"config['shape_corr'][{op!r}] must have "
+                             f"{len(SHAPE_CORR_KNOTS)} values, got {len(vals)}")
+        out[op] = vals
+    return out
 
 
 def _as_list(name: str, value: Any) -> list[Any]:
@@ -398,6 +434,7 @@ class CostModel:
         self.link = cfg["link_bw"]
         self.k_o = cfg["kernel_overhead_s"]
         self.p = cfg["smooth_p"]
+        self.corr = cfg.get("shape_corr") or {}
         self.fam = {
             op: (
                 cfg[f"eta_c_{op}"],
@@ -428,16 +465,32 @@ class CostModel:
         t_m = (nbytes + b0) / (self.hbm * eta_m)
         return self.smax(t_c, t_m) + self.k_o
 
-    def mem(self, g: str, nbytes: float) -> float:
-        """``mem(g, B)`` of §3 (memory-bound elementwise kernel of group ``g``)."""
+    def delta(self, op: str, x: float) -> float:
+        """§3.1: the table's relative correction of ``op`` at ``x`` tokens (0 without
+        a table): linear between knots, constant beyond the first and last knot."""
+        row = self.corr.get(op)
+        if row is None:
+            return 0.0
+        knots = SHAPE_CORR_KNOTS
+        x = min(max(x, knots[0]), knots[-1])
+        j = min(bisect.bisect_right(knots, x) - 1, len(knots) - 2)
+        k0, k1 = knots[j], knots[j + 1]
+        return row[j] + (row[j + 1] - row[j]) * (x - k0) / (k1 - k0)
+
+    def mem(self, g: str, nbytes: float, table: str | None = None, x: float = 0.0) -> float:
+        """``mem(g, B)`` of §3 (memory-bound elementwise kernel of group ``g``), times
+        ``1 + delta`` of the §3.1 table ``table`` at ``x`` tokens."""
         cfg = self.cfg
-        return (nbytes + cfg[f"b0_{g}"]) / (self.hbm * cfg[f"eta_m_{g}"]) + self.k_o
+        t = (nbytes + cfg[f"b0_{g}"]) / (self.hbm * cfg[f"eta_m_{g}"]) + self.k_o
+        return t + t * self.delta(table, x) if table else t
 
     def gemm(self, op: str, M: float, K: float, N: float, W: float) -> float:
-        """``gemm(op, M, K, N, W)`` of §3; 0 when ``M`` is 0."""
+        """``gemm(op, M, K, N, W)`` of §3 (times ``1 + delta`` of §3.1); 0 when ``M``
+        is 0."""
         if M <= 0:
             return 0.0
-        return self.roof(op, 2.0 * M * K * N, W + AB * (M * K + M * N))
+        t = self.roof(op, 2.0 * M * K * N, W + AB * (M * K + M * N))
+        return t + t * self.delta(op, M)
 
     def time(
         self,
@@ -500,10 +553,10 @@ class CostModel:
         )
         mem = self.mem
         elem = (
-            2.0 * mem("norm", 2.0 * AB * Tf * h)  # two RMSNorms
-            + 2.0 * mem("residual_add", 3.0 * AB * Tf * h)  # two residual adds
-            + mem("activation", 3.0 * AB * Tf * k * f_g)  # SwiGLU activation
-            + mem("rotary", 2.0 * AB * Tf * (nh_g + nkv_g) * hd)  # rotary embedding
+            2.0 * mem("norm", 2.0 * AB * Tf * h, "norm", Tf)  # two RMSNorms
+            + 2.0 * mem("residual_add", 3.0 * AB * Tf * h, "residual_add", Tf)
+            + mem("activation", 3.0 * AB * Tf * k * f_g, "activation", Tf * k)  # SwiGLU
+            + mem("rotary", 2.0 * AB * Tf * (nh_g + nkv_g) * hd, "rotary", Tf)
             + mem("kv_write", 2.0 * kvb * Tf)  # KV-cache write
         )
         tp = self.tp
@@ -516,8 +569,8 @@ class CostModel:
             ar = 0.0
         layer = qkv + o + up + down + attnp + attnd + elem + ar
 
-        embed = mem("embedding", 2.0 * AB * Tf * h)
-        fnorm = mem("norm", 2.0 * AB * Tf * h)
+        embed = mem("embedding", 2.0 * AB * Tf * h, "embedding", Tf)
+        fnorm = mem("norm", 2.0 * AB * Tf * h, "norm", Tf)
         lmhead = self.gemm("lm_head", float(ns), h, V_g, bw_w * h * V_g)
         sample = mem("sampling", 4.0 * ns * self.V) if ns > 0 else 0.0
         return (
