@@ -20,12 +20,13 @@ import json
 import math
 import os
 import tempfile
+import time
 
 import numpy as np
 
 from calibration import fit as F
 from calibration.schema import Measurements
-from jaxsim import costpresets, presets
+from jaxsim import costpresets, presets, shapecorr
 from jaxsim.params import COST_PARAM_NAMES, CostParams
 
 
@@ -50,15 +51,21 @@ class Calibration:
     #: ``iteration_fit="separate"``: the iteration stage's fit, not applied to ``cost``
     #: (``note``, ``values``, ``smooth_p``, ``report``); else None
     engine_fit: dict | None = None
+    #: per-kernel-shape correction tables: key -> (first knot, values)
+    tables: dict = dataclasses.field(default_factory=dict)
+    #: the error report of the roofline alone (without ``tables``)
+    report_roofline: dict | None = None
 
     def values(self) -> dict[str, float]:
         return {k: float(v) for k, v in self.cost.values().items()}
 
-    def predict(self, m: Measurements | None = None) -> np.ndarray:
-        """Predicted seconds for ``m`` (default: the rows used)."""
+    def predict(self, m: Measurements | None = None, tables: bool = True) -> np.ndarray:
+        """Predicted seconds for ``m`` (default: the rows used), with the shape tables
+        (``tables=False``: the roofline alone)."""
         m = self.data if m is None else m
         _, hw = F.hardware_params(self.hardware)
-        return np.asarray(F.predict(self.cost, hw, F.prepare_rows(m)), np.float64)
+        full = F.expand_tables(self.tables) if tables else None
+        return np.asarray(F.predict(self.cost, hw, F.prepare_rows(m, full)), np.float64)
 
     def preset(self, command: str = "") -> dict:
         return {
@@ -70,6 +77,14 @@ class Calibration:
             "n_rows": self.n_rows,
             "holdout": self.holdout,
             "report": self.report,
+            **({"report_roofline": self.report_roofline}
+               if self.report_roofline is not None else {}),
+            **({"shape_tables": {
+                "grid": f"jaxsim.shapecorr.KNOTS ({shapecorr.GRID} token counts)",
+                "smoothing": F.TABLE_SMOOTHING,
+                "tables": {k: {"first": int(first), "delta": [round(float(x), 5) for x in v]}
+                           for k, (first, v) in sorted(self.tables.items())}}}
+               if self.tables else {}),
             "skipped_rows": self.skipped,
             "fitted": self.fitted,
             "copied": self.copied,
@@ -109,7 +124,7 @@ ENGINE_FIT_NOTE = (
 def calibrate(data: Measurements, hardware: str, *, holdout: str = "shape",
               robust: bool = False, steps: int = 400, smooth_p=(2, 4),
               init: CostParams | None = None,
-              iteration_fit: str = "apply") -> Calibration:
+              iteration_fit: str = "apply", shape_tables: bool = True) -> Calibration:
     """Fit one GPU's cost parameters to ``data`` and report held-out errors.
 
     Args:
@@ -124,6 +139,9 @@ def calibrate(data: Measurements, hardware: str, *, holdout: str = "shape",
             result; ``separate`` fits and reports them in ``engine_fit`` but returns the
             kernel-stage parameters (with copies, and ``init`` values for everything the
             kernel rows do not determine), and reports the iteration rows as held out.
+        shape_tables: after the kernel stage, fit per-kernel-shape correction tables
+            to the GEMM and elementwise rows (``calibration.fit.fit_tables``); the
+            iteration stage and the report use them.
     """
     if iteration_fit not in ITERATION_FIT:
         raise ValueError(f"--iteration-fit: {iteration_fit!r}; allowed: "
@@ -158,6 +176,12 @@ def calibrate(data: Measurements, hardware: str, *, holdout: str = "shape",
         cost, copied = F.copy_missing(r.cost, ops)
         fitted += names
         seconds["kernels"] = r.seconds
+    tables, full = {}, None
+    if shape_tables and kern.any():
+        t0 = time.perf_counter()
+        tables = F.fit_tables(m.select(kern), canon, train[kern], cost)
+        full = F.expand_tables(tables) or None
+        seconds["tables"] = time.perf_counter() - t0
     engine_fit = None
     _, hw = F.hardware_params(canon)
     if (~kern).any():
@@ -168,14 +192,14 @@ def calibrate(data: Measurements, hardware: str, *, holdout: str = "shape",
             names += list(F.ITERATION_ONLY_PARAMS)
         p = (2 ** int(cost.smooth_p_log2),) if kern.any() else smooth_p
         r = F.fit(m.select(~kern), canon, train[~kern], names=names, init=cost,
-                  robust=robust, steps=steps, smooth_p=p)
+                  robust=robust, steps=steps, smooth_p=p, tables=full)
         seconds["iterations"] = r.seconds
         if iteration_fit == "apply":
             cost = r.cost
             fitted += [n for n in names if n not in fitted]
         else:
             it = m.select(~kern)
-            ipred = np.asarray(F.predict(r.cost, hw, F.prepare_rows(it)), np.float64)
+            ipred = np.asarray(F.predict(r.cost, hw, F.prepare_rows(it, full)), np.float64)
             vals = r.cost.values()
             engine_fit = {
                 "note": ENGINE_FIT_NOTE,
@@ -185,13 +209,18 @@ def calibrate(data: Measurements, hardware: str, *, holdout: str = "shape",
             }
             # the returned parameters never saw the iteration rows: all are held out
             train = train & kern
-    pred = np.asarray(F.predict(cost, hw, F.prepare_rows(m)), np.float64)
+    pred = np.asarray(F.predict(cost, hw, F.prepare_rows(m, full)), np.float64)
     report = F.error_table(m, pred, train)
+    report_roofline = None
+    if full:
+        pred0 = np.asarray(F.predict(cost, hw, F.prepare_rows(m)), np.float64)
+        report_roofline = F.error_table(m, pred0, train)
     defaults = [n for n in COST_PARAM_NAMES if n not in fitted and n not in copied]
     return Calibration(hardware=canon, cost=cost, report=report, skipped=skipped,
                        holdout=holdout, data_sha256=m.digest(), n_rows=len(m),
                        fitted=fitted, copied=copied, seconds=seconds, train=train, data=m,
-                       defaults=defaults, engine_fit=engine_fit)
+                       defaults=defaults, engine_fit=engine_fit, tables=tables,
+                       report_roofline=report_roofline)
 
 
 def _clean(x):

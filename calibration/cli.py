@@ -25,6 +25,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "sampling (and attention without attention rows) into the preset; "
                         "separate: fit and report them under 'engine_fit' but keep them out "
                         "of the preset's values (for iterations of another engine)")
+    p.add_argument("--no-shape-tables", action="store_true",
+                   help="fit the roofline only, without per-kernel-shape correction tables")
     p.add_argument("--plot", metavar="FILE.png", help="write a parity plot")
     p.add_argument("--json", action="store_true",
                    help="print one JSON object: op family -> held-out error statistics")
@@ -50,7 +52,8 @@ def cmd(args) -> int:
     try:
         data = loaders.load(args.data)
         cal = C.calibrate(data, args.hardware, holdout=args.holdout, robust=args.robust,
-                          steps=args.steps, iteration_fit=args.iteration_fit)
+                          steps=args.steps, iteration_fit=args.iteration_fit,
+                          shape_tables=not args.no_shape_tables)
     except (DataError, ValueError) as e:
         return _fail(str(e))
     command = "jaxsim calibrate " + " ".join(shlex.quote(a) for a in sys.argv[2:]) \

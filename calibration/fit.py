@@ -1,15 +1,19 @@
 """Fit the differentiable cost model to measured timings by gradient (optax).
 
-Two stages, both through ``jaxsim.costmodel`` itself (the function the simulator runs),
-with ``jax.grad`` of a log-error loss -- no finite differences:
+Three stages, all through ``jaxsim.costmodel`` itself (the function the simulator runs);
+the first and last by ``jax.grad`` of a log-error loss -- no finite differences:
 
-1. **Kernel stage** (:func:`fit_kernels`): every kernel row (GEMMs, elementwise ops,
-   attention, all-reduce) is predicted by the cost model's per-operator time for that
-   shape. The loss is the mean over operators of the mean squared log error (or a
-   Huber loss on the log error with ``robust=True``), so every operator counts alike
-   whatever its row count.
-2. **Iteration stage** (:func:`fit_iterations`): whole-iteration rows (Splitwise,
-   Sarathi-Serve) are predicted by the simulator's iteration-time function; only the
+1. **Kernel stage** (:func:`fit` on :func:`kernel_param_names`): every kernel row
+   (GEMMs, elementwise ops, attention, all-reduce) is predicted by the cost model's
+   per-operator time for that shape. The loss is the mean over operators of the mean
+   squared log error (or a Huber loss on the log error with ``robust=True``), so every
+   operator counts alike whatever its row count.
+2. **Table stage** (:func:`fit_tables`): per-kernel-shape correction tables
+   (``jaxsim.shapecorr``) on the GEMM and elementwise rows, on top of the kernel stage's
+   roofline. The corrected time is linear in the table values, so each shape's table is
+   a small penalised least-squares problem, solved exactly.
+3. **Iteration stage** (:func:`fit` on ``ITERATION_PARAMS``): whole-iteration rows
+   (Splitwise, Sarathi-Serve) are predicted by the simulator's iteration-time function; only the
    parameters the kernel data cannot pin down (CPU overheads, LM head, sampling, and
    attention when no attention rows were given) are fitted, the rest stay fixed.
 
@@ -33,7 +37,7 @@ import numpy as np
 import optax
 
 from calibration.schema import ELEM_OPS, GEMM_OPS, Measurements
-from jaxsim import costmodel, presets
+from jaxsim import costmodel, presets, shapecorr
 from jaxsim.dd import DD
 from jaxsim.params import (
     COST_INDEX,
@@ -98,14 +102,38 @@ class Rows:
     op_index: np.ndarray   # index into KERNEL_OPS, or -1 for whole iterations
     divisor: jax.Array
     log_t: jax.Array
+    #: per-kernel-shape tables: each kernel row's table (index into ``corr_tab``; 0 is
+    #: the zero table), and the ``[C, G]`` lane tables of the iteration rows
+    corr_id: jax.Array | None = None
+    corr_tab: jax.Array | None = None
+    corr_iter: jax.Array | None = None
 
     @property
     def n(self) -> int:
         return len(self.op_index)
 
 
-def prepare_rows(m: Measurements) -> Rows:
-    """Cost-model inputs of every row (kernel rows and ``iteration`` rows)."""
+def row_keys(m: Measurements) -> list[dict[str, str]]:
+    """``shapecorr.shape_keys`` of every row (the model sizes of its measurement)."""
+    f = lambda c: np.asarray(m[c], np.float64)  # noqa: E731
+    bpw = np.where(m["dtype"].astype(str) == "fp8", 1.0,
+                   np.where(m["dtype"].astype(str) == "fp32", 4.0, 2.0))
+    cols = (f("hidden_size"), f("num_heads"), np.maximum(f("num_kv_heads"), 1.0),
+            np.where(f("head_dim") > 0, f("head_dim"), 1.0), f("ffn_size"),
+            np.maximum(f("tp"), 1.0), bpw)
+    cache: dict = {}
+    out = []
+    for r in zip(*(c.tolist() for c in cols), strict=True):
+        if r not in cache:
+            cache[r] = shapecorr.shape_keys(*r)
+        out.append(cache[r])
+    return out
+
+
+def prepare_rows(m: Measurements, tables: dict[str, np.ndarray] | None = None) -> Rows:
+    """Cost-model inputs of every row (kernel rows and ``iteration`` rows), with the
+    per-kernel-shape ``tables`` (key -> ``[G]`` row, see ``jaxsim.shapecorr``) applied
+    to the rows whose shape has one."""
     f64 = lambda c: np.asarray(m[c], np.float64)  # noqa: E731
     op = m["op"].astype(str)
     n = len(m)
@@ -155,31 +183,59 @@ def prepare_rows(m: Measurements) -> Rows:
         prefill_kv_tokens=_dd_np(pre_kv), num_decodes=i32(ndec), decode_kv_tokens=_dd_np(dkv))
     op_index = np.array([KERNEL_OPS.index(o) if o in KERNEL_OPS else -1 for o in op])
     div = np.array([_DIVISOR.get(o, 1.0) for o in op])
-    return Rows(model=model, tp=jnp.asarray(np.round(tp).astype(np.int32)), feats=feats,
+    rows = Rows(model=model, tp=jnp.asarray(np.round(tp).astype(np.int32)), feats=feats,
                 op_index=op_index, divisor=jnp.asarray(div, jnp.float32),
                 log_t=jnp.asarray(np.log(f64("time_s")), jnp.float32))
+    if tables:
+        keys = row_keys(m)
+        names = sorted(tables)
+        index = {k: j + 1 for j, k in enumerate(names)}
+        cid = np.array([index.get(keys[i].get(o), 0) if o in shapecorr.CORR_OPS else 0
+                        for i, o in enumerate(op)], np.int32)
+        tab = np.zeros((len(names) + 1, shapecorr.GRID), np.float32)
+        for k, j in index.items():
+            tab[j] = tables[k]
+        whole = np.flatnonzero(op_index < 0)
+        it = np.zeros((len(whole), len(shapecorr.CORR_OPS), shapecorr.GRID), np.float32)
+        for j, i in enumerate(whole):
+            lane = shapecorr.lane_table(tables, keys[i])
+            if lane is not None:
+                it[j] = lane
+        rows.corr_id, rows.corr_tab, rows.corr_iter = (jnp.asarray(cid), jnp.asarray(tab),
+                                                       jnp.asarray(it))
+    return rows
 
 
 @jax.jit
 def _predict(cost: CostParams, hw: HardwareParams, model: ModelParams, tp: jax.Array,
              feats: costmodel.BatchFeatures, kern: jax.Array, kern_op: jax.Array,
-             whole: jax.Array, divisor: jax.Array) -> jax.Array:
+             whole: jax.Array, divisor: jax.Array, corr: tuple | None) -> jax.Array:
     """Seconds of every row: ``kern`` rows take operator ``kern_op``'s time, ``whole``
-    rows the whole iteration time (index arrays; their lengths are static)."""
+    rows the whole iteration time (index arrays; their lengths are static). ``corr`` is
+    None or (kernel rows' table ids, tables, iteration rows' ``[C, G]`` tables)."""
     out = jnp.zeros(divisor.shape, jnp.float32)
     take = lambda idx: (jax.tree.map(lambda x: x[idx], model), tp[idx],  # noqa: E731
                         jax.tree.map(lambda x: x[idx], feats))
     if kern.size:
-        def one(model, tp, f, k):
+        def one(model, tp, f, k, cid):
             t = costmodel.op_times_from_consts(costmodel.prepare(model, hw, tp, cost), f)
-            return jnp.stack([t[o].value() for o in KERNEL_OPS])[k]
+            times = [t[o] for o in KERNEL_OPS]
+            sel = DD(jnp.stack([x.hi for x in times])[k], jnp.stack([x.lo for x in times])[k])
+            if corr is not None:
+                # the cost model's own rule (shapecorr.delta / apply) on this row's table
+                d = shapecorr.delta(corr[1][cid][None], f.tokens[None])
+                sel = shapecorr.apply(sel, DD(d.hi[0], d.lo[0]))
+            return sel.value()
 
-        out = out.at[kern].set(jax.vmap(one)(*take(kern), kern_op))
+        cid = corr[0][kern] if corr is not None else jnp.zeros(kern.shape, jnp.int32)
+        out = out.at[kern].set(jax.vmap(one)(*take(kern), kern_op, cid))
     if whole.size:
-        def it(model, tp, f):
-            return costmodel.iteration_time_dd(model, hw, tp, cost, f).value()
+        def it(model, tp, f, table):
+            c = cost if table is None else dataclasses.replace(cost, shape_corr=table)
+            return costmodel.iteration_time_dd(model, hw, tp, c, f).value()
 
-        out = out.at[whole].set(jax.vmap(it)(*take(whole)))
+        tables = corr[2] if corr is not None else None
+        out = out.at[whole].set(jax.vmap(it)(*take(whole), tables))
     return out / divisor
 
 
@@ -191,8 +247,10 @@ def predict(cost: CostParams, hw: HardwareParams, rows: Rows) -> jax.Array:
     """
     kern = np.flatnonzero(rows.op_index >= 0)
     whole = np.flatnonzero(rows.op_index < 0)
+    corr = None if rows.corr_id is None else (rows.corr_id, rows.corr_tab, rows.corr_iter)
     return _predict(cost, hw, rows.model, rows.tp, rows.feats, jnp.asarray(kern),
-                    jnp.asarray(rows.op_index[kern]), jnp.asarray(whole), rows.divisor)
+                    jnp.asarray(rows.op_index[kern]), jnp.asarray(whole), rows.divisor,
+                    corr)
 
 
 @dataclasses.dataclass
@@ -271,8 +329,10 @@ def _mask(names: Sequence[str]) -> np.ndarray:
 def fit(m: Measurements, hardware: str, train: np.ndarray, *, names: Sequence[str],
         init: CostParams | None = None, robust: bool = False, steps: int = 400,
         lr: float = 0.05, smooth_p: Sequence[int] = (2, 4),
-        max_rows_per_op: int = 1500) -> FitResult:
-    """Fit parameters ``names`` on the rows where ``train`` is true (one GPU's rows).
+        max_rows_per_op: int = 1500,
+        tables: dict[str, np.ndarray] | None = None) -> FitResult:
+    """Fit parameters ``names`` on the rows where ``train`` is true (one GPU's rows),
+    with the per-kernel-shape ``tables`` (fixed) applied.
 
     Each smooth-max exponent in ``smooth_p`` is tried; the lowest training loss wins.
     At most ``max_rows_per_op`` training rows of each operator are used (evenly spaced
@@ -282,7 +342,7 @@ def fit(m: Measurements, hardware: str, train: np.ndarray, *, names: Sequence[st
     _, hw = hardware_params(hardware)
     use = _subsample(m["op"].astype(str), train, max_rows_per_op)
     sub = m.select(use)
-    rows = prepare_rows(sub)
+    rows = prepare_rows(sub, tables)
     train_sub = np.ones(len(sub), bool)
     init = init if init is not None else CostParams.default()
     mask = _mask(names)
@@ -319,6 +379,70 @@ def kernel_param_names(ops: set[str]) -> list[str]:
     for op in sorted(ops):
         names += _OP_PARAMS.get(op, ())
     return names
+
+
+# --------------------------------------------------------------------------------------
+# per-kernel-shape correction tables
+# --------------------------------------------------------------------------------------
+
+#: Smoothing of the table stage: weight of the squared first differences of adjacent
+#: knot values against the squared relative errors of the rows.
+TABLE_SMOOTHING = 0.01
+
+
+def fit_tables(m: Measurements, hardware: str, train: np.ndarray, cost: CostParams,
+               smoothing: float = TABLE_SMOOTHING) -> dict[str, tuple[int, np.ndarray]]:
+    """Per-kernel-shape correction tables (``jaxsim.shapecorr``) for the kernel rows of
+    ``m`` where ``train`` is true, on top of the roofline ``cost``.
+
+    The corrected time of a row is ``roof * (1 + delta(tokens))`` with ``delta`` linear
+    in the knot values, so the least-squares problem
+
+        min  sum_rows (roof (1 + delta(T)) / t - 1)^2 + smoothing * sum_knots (d[j+1] - d[j])^2
+
+    is linear and is solved exactly (numpy ``lstsq``) for each shape, over the knots
+    between its smallest and largest training token count; knots without rows
+    between measured ones follow their neighbours (interpolation). Returns
+    key -> (first knot, values); ``shapecorr.expand`` makes the full row.
+    """
+    op = m["op"].astype(str)
+    sel = train & np.isin(op, shapecorr.CORR_OPS)
+    if not sel.any():
+        return {}
+    sub = m.select(sel)
+    _, hw = hardware_params(hardware)
+    roof = np.asarray(predict(cost, hw, prepare_rows(sub)), np.float64)
+    s = roof / np.asarray(sub["time_s"], np.float64)
+    keys = row_keys(sub)
+    sop = sub["op"].astype(str)
+    tok = np.asarray(sub["num_tokens"], np.int64)
+    groups: dict[str, list[int]] = {}
+    for i, o in enumerate(sop):
+        groups.setdefault(keys[i][o], []).append(i)
+    out = {}
+    for key, idx in sorted(groups.items()):
+        idx = np.asarray(idx)
+        j, num, den = shapecorr.positions(tok[idx])
+        w = num / den
+        lo, hi = int(j.min()), int(np.max(np.where(w > 0, j + 1, j)))
+        g = hi - lo + 1
+        a = np.zeros((len(idx), g))
+        r = np.arange(len(idx))
+        a[r, j - lo] += 1.0 - w
+        np.add.at(a, (r[w > 0], j[w > 0] + 1 - lo), w[w > 0])
+        pen = math.sqrt(smoothing) * np.diff(np.eye(g), axis=0)
+        lhs = np.vstack([a * s[idx, None], pen])
+        rhs = np.concatenate([1.0 - s[idx], np.zeros(g - 1)])
+        d = np.linalg.lstsq(lhs, rhs, rcond=None)[0]
+        # a correction can never make a time non-positive; 5 decimals (1e-5 relative)
+        # are what a preset stores, so the report is of the stored table
+        out[key] = (lo, np.round(np.maximum(d, -0.9), 5).astype(np.float32))
+    return out
+
+
+def expand_tables(tables: dict[str, tuple[int, np.ndarray]]) -> dict[str, np.ndarray]:
+    """key -> full ``[G]`` row (constant beyond the stored knots)."""
+    return {k: shapecorr.expand(first, v) for k, (first, v) in tables.items()}
 
 
 # --------------------------------------------------------------------------------------

@@ -61,6 +61,7 @@ DEFAULTS: dict[str, Any] = {
     "max_iterations": None,
     "slo": {"ttft_s": 1.0, "tpot_s": 0.05},
     "cost_preset": "auto",
+    "cost_shape_tables": True,
     "cost": {},
     "enable_prefix_caching": False,
     "preemption_mode": "recompute",
@@ -174,6 +175,7 @@ _TOP = {
     "max_slots": lambda k, v: _int(k, v, 1, 1 << 16, allow_none=True),
     "max_iterations": lambda k, v: _int(k, v, 1, 2**31 - 1, allow_none=True),
     "cost_preset": lambda k, v: _cost_preset(k, v),
+    "cost_shape_tables": _bool,
     "enable_prefix_caching": _bool,
     "preemption_mode": lambda k, v: _preemption_mode(k, v),
     "tiers": lambda k, v: _tier_list(k, v),
@@ -473,7 +475,8 @@ def build_trace(cfg: Mapping) -> Trace:
 # --------------------------------------------------------------------------------------
 
 COLUMN_KEYS = (
-    "model", "gpu", "cost_preset", "tp", "dtype", "kv_cache_dtype", "scheduler",
+    "model", "gpu", "cost_preset", "cost_shape_tables", "tp", "dtype", "kv_cache_dtype",
+    "scheduler",
     "enable_chunked_prefill",
     "max_num_seqs", "max_num_batched_tokens", "long_prefill_token_threshold", "block_size",
     "gpu_memory_utilization", "num_gpu_blocks", "watermark", "max_model_len",
@@ -653,6 +656,10 @@ def params_from_columns(
             if not any(math.isfinite(v[i]) for v in cost_vals.values()):
                 cache[key] = (theta[i].copy(), p_log2[i])
 
+    use_tables = [bool(x) for x in cols.get("cost_shape_tables", [True] * B)]
+    shape_corr = _shape_tables(preset_col, gpu_names, use_tables, B, h=h, nh=nh, nkv=nkv, hd=hd,
+                               f=mfield("ffn_size"), tp=tp, bpw=bytes_w,
+                               experts=mfield("num_experts"))
     params = SimParams(
         model=ModelParams(
             num_layers=L, hidden_size=h, num_heads=nh, num_kv_heads=nkv, head_dim=hd,
@@ -677,7 +684,7 @@ def params_from_columns(
             max_model_len=mml.astype(np.int64),
             tp=tp.astype(np.int64),
         ),
-        cost=CostParams(theta=theta, smooth_p_log2=p_log2),
+        cost=CostParams(theta=theta, smooth_p_log2=p_log2, shape_corr=shape_corr),
         ttft_slo_s=num("slo.ttft_s"),
         tpot_slo_s=num("slo.tpot_s"),
         status0=status.astype(np.int32),
@@ -691,6 +698,32 @@ def params_from_columns(
         "watermark_blocks": wm_blocks.astype(np.int64),
     }
     return params, info
+
+
+def _shape_tables(preset_col, gpu_names, use, B, **dims) -> np.ndarray:
+    """``CostParams.shape_corr`` of every lane: the per-kernel-shape tables of its cost
+    preset for its model, TP degree and dtype (``[B, C, 0]`` when no lane has one), or
+    none where ``cost_shape_tables`` is false."""
+    from jaxsim import shapecorr
+
+    names = np.array([f"{p}\0{g}" if u else "" for p, g, u in
+                      zip(preset_col, gpu_names, use, strict=True)])
+    uniq_names, name_id = np.unique(names, return_inverse=True)
+    dim = np.stack([np.broadcast_to(np.asarray(v, np.float64), (B,)) for v in dims.values()],
+                   axis=1)
+    key_arr = np.concatenate([name_id.reshape(B, 1).astype(np.float64), dim], axis=1)
+    uniq, inv = np.unique(key_arr, axis=0, return_inverse=True)
+    rows = []
+    for u in uniq:
+        name = uniq_names[int(u[0])]
+        tables = costpresets.tables(*name.split("\0")) if name else {}
+        rows.append(shapecorr.lane_table(tables, shapecorr.shape_keys(*u[1:].tolist()))
+                    if tables else None)
+    if all(r is None for r in rows):
+        return shapecorr.empty(B)
+    table = np.stack([np.zeros((len(shapecorr.CORR_OPS), shapecorr.GRID), np.float32)
+                      if r is None else r for r in rows])
+    return table[inv.reshape(-1)]
 
 
 def _cache_params(cols, B, kv_per_token, U, num_tiers):

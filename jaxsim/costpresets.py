@@ -1,7 +1,8 @@
 """Calibrated cost-model presets: fitted ``CostParams`` per GPU, stored as JSON.
 
 A preset file (written by ``jaxsim calibrate``) holds the physical coefficient values,
-the smooth-max exponent, the sha256 of the data it was fitted to, and its held-out
+the smooth-max exponent, the per-kernel-shape correction tables (``shape_tables``, see
+``jaxsim.shapecorr``), the sha256 of the data it was fitted to, and its held-out
 error report. The presets shipped in ``jaxsim/data/cost_presets/<GPU>.json`` are the
 defaults for those GPUs (``cost_preset: auto``); any other GPU uses the uncalibrated
 defaults of ``jaxsim.params.COST_SPEC``.
@@ -14,6 +15,9 @@ import json
 import os
 from importlib import resources
 
+import numpy as np
+
+from jaxsim import shapecorr
 from jaxsim.params import COST_PARAM_NAMES, SMOOTH_P_CHOICES, CostParams
 
 FORMAT = "jaxsim-cost-preset/1"
@@ -62,7 +66,30 @@ def read(path: str) -> dict:
         CostParams.from_values({**vals, "smooth_p": d["smooth_p"]})
     except (ValueError, KeyError) as e:
         raise PresetError(f"cost_preset: {path}: {e}") from None
+    _check_tables(path, d.get("shape_tables"))
     return d
+
+
+def _check_tables(path: str, st) -> None:
+    """``shape_tables`` (optional): {"tables": {key: {"first": i, "delta": [...]}}}."""
+    if st is None:
+        return
+    where = f"cost_preset: {path}: field 'shape_tables'"
+    if not isinstance(st, dict) or not isinstance(st.get("tables"), dict):
+        raise PresetError(f"{where} must be an object with an object 'tables'")
+    for key, t in st["tables"].items():
+        first = t.get("first") if isinstance(t, dict) else None
+        vals = t.get("delta") if isinstance(t, dict) else None
+        if not isinstance(first, int) or not isinstance(vals, list) or not vals:
+            raise PresetError(f"{where}: table {key!r} needs an integer 'first' and a "
+                              "non-empty list 'delta'")
+        if first < 0 or first + len(vals) > shapecorr.GRID:
+            raise PresetError(f"{where}: table {key!r} covers knots {first}.."
+                              f"{first + len(vals) - 1}; allowed: 0..{shapecorr.GRID - 1}")
+        bad = [v for v in vals if not isinstance(v, int | float) or not -1.0 < v < 1e3]
+        if bad:
+            raise PresetError(f"{where}: table {key!r} has value {bad[0]!r}; allowed: "
+                              "numbers > -1 (a relative correction)")
 
 
 @functools.cache
@@ -85,6 +112,21 @@ def resolve(preset: str, gpu: str) -> str | None:
     raise PresetError(f"cost_preset: {preset!r} is neither a file nor a shipped preset; "
                       f"allowed: {AUTO}, {UNCALIBRATED}, {', '.join(shipped())}, or a "
                       "path to a preset JSON written by `jaxsim calibrate`")
+
+
+@functools.cache
+def _cached_tables(path: str, mtime: float) -> dict[str, np.ndarray]:
+    st = read(path).get("shape_tables") or {"tables": {}}
+    return {k: shapecorr.expand(t["first"], t["delta"]) for k, t in st["tables"].items()}
+
+
+def tables(preset: str, gpu: str) -> dict[str, np.ndarray]:
+    """Per-kernel-shape correction tables (key -> full ``[G]`` row, see
+    ``jaxsim.shapecorr``) of a ``cost_preset`` and GPU; empty when it has none."""
+    path = resolve(preset, gpu)
+    if path is None:
+        return {}
+    return _cached_tables(os.path.abspath(path), os.path.getmtime(path))
 
 
 def values(preset: str, gpu: str) -> dict[str, float]:

@@ -341,11 +341,26 @@ class SimParams(eqx.Module):
 # --------------------------------------------------------------------------------------
 
 
+def _same_table_width(batches: Sequence[SimParams]) -> list[SimParams]:
+    """Give params without shape-correction tables zero tables (delta = 0: the same
+    times) when another one has them, so they stack."""
+    width = max(b.cost.shape_corr.shape[-1] for b in batches)
+
+    def widen(b: SimParams) -> SimParams:
+        sc = b.cost.shape_corr
+        if sc.shape[-1] == width:
+            return b
+        return eqx.tree_at(lambda p: p.cost.shape_corr, b,
+                           jnp.zeros((*sc.shape[:-1], width), jnp.float32))
+
+    return [widen(b) for b in batches]
+
+
 def stack(params: Sequence[SimParams]) -> SimParams:
     """Stack single-configuration params into a batch with leading axis B."""
     if not params:
         raise ValueError("stack() needs at least one SimParams")
-    return jax.tree.map(lambda *xs: jnp.stack(xs), *params)
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *_same_table_width(params))
 
 
 def broadcast(params: SimParams, num: int) -> SimParams:
@@ -361,16 +376,7 @@ def index(params: SimParams, i) -> SimParams:
 def concatenate(batches: Sequence[SimParams]) -> SimParams:
     """Concatenate batches along the lane axis (lanes without shape-correction tables
     get zero tables when another batch has them)."""
-    width = max(b.cost.shape_corr.shape[-1] for b in batches)
-
-    def widen(b: SimParams) -> SimParams:
-        sc = b.cost.shape_corr
-        if sc.shape[-1] == width:
-            return b
-        return eqx.tree_at(lambda p: p.cost.shape_corr, b,
-                           jnp.zeros((*sc.shape[:-1], width), jnp.float32))
-
-    return jax.tree.map(lambda *xs: jnp.concatenate(xs), *map(widen, batches))
+    return jax.tree.map(lambda *xs: jnp.concatenate(xs), *_same_table_width(batches))
 
 
 def num_lanes(params: SimParams) -> int:

@@ -60,12 +60,13 @@ def empty(num: int | None = None) -> np.ndarray:
 
 
 def shape_keys(h: float, nh: float, nkv: float, hd: float, f: float, tp: float,
-               bytes_per_weight: float) -> dict[str, str]:
+               bytes_per_weight: float, num_experts: float = 1.0) -> dict[str, str]:
     """Table key of each operator of :data:`CORR_OPS` for one model, TP degree and dtype.
 
     The per-GPU sizes are those of the cost model (docs/semantics.md §3): the QKV GEMM
     is ``h x (nh/tp + 2 max(nkv/tp, 1)) hd``, the gated MLP up-projection
-    ``h x 2 f/tp``, and so on.
+    ``h x 2 f/tp``, and so on. The MLP of a mixture-of-experts model is a grouped GEMM,
+    not the dense kernel the tables measure: its keys carry ``/moe`` (no table).
     """
     dt = _DTYPES.get(float(bytes_per_weight), f"{float(bytes_per_weight):g}B")
     nh_g, nkv_g, f_g = nh / tp, max(nkv / tp, 1.0), f / tp
@@ -76,6 +77,9 @@ def shape_keys(h: float, nh: float, nkv: float, hd: float, f: float, tp: float,
             "embedding": h}
     out = {op: f"{op}/{r(k)}x{r(n)}/{dt}" for op, (k, n) in gemm.items()}
     out.update({op: f"{op}/{r(s)}/{dt}" for op, s in elem.items()})
+    if num_experts > 1:
+        for op in ("mlp_up", "mlp_down", "activation"):
+            out[op] += "/moe"
     return out
 
 

@@ -251,3 +251,94 @@ def test_interp_floor__exact_on_a_power_law_and_positive_on_the_shipped_subset(c
     assert all(v["max_ape"] < 1e-9 for v in exact.values())
     assert interp_floor.main([os.path.join(DATA, "vidur/compute/h100"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["gemm"]["n"] == rep["gemm"]["n"]
+
+
+def _tables_preset(tmp_path, tables, name="t.json"):
+    path = tmp_path / name
+    path.write_text(json.dumps({
+        "format": costpresets.FORMAT, "values": {}, "smooth_p": 4,
+        "shape_tables": {"tables": {k: {"first": int(f), "delta": [float(x) for x in v]}
+                                    for k, (f, v) in tables.items()}}}))
+    return str(path)
+
+
+def test_shape_tables__fit_recovers_a_step_and_lanes_use_it(tmp_path):
+    """Times = roofline x (1.5 between 129 and 256 tokens, else 1): the table stage puts
+    the step back on the training shapes, interpolates the held-out ones, and a lane of
+    a model with that GEMM shape (from a preset file) simulates with it."""
+    import equinox as eqx
+
+    from jaxsim import config, costmodel, shapecorr
+
+    dims = dict(hidden_size=4096, num_heads=32, num_kv_heads=8, head_dim=128, ffn_size=14336,
+                vocab_size=128256, gated=1, tp=1, hardware="H100-SXM", dtype="bf16")
+    tok = np.arange(8, 1025, 8)
+    m = from_rows([{**dims, "op": "qkv_proj", "num_tokens": int(t), "time_s": 1.0}
+                   for t in tok])
+    cost = CostParams.default()
+    _, hw = F.hardware_params("H100-SXM")
+    roof = np.asarray(F.predict(cost, hw, F.prepare_rows(m)), np.float64)
+    step = np.where((tok > 128) & (tok <= 256), 0.5, 0.0)
+    m.cols["time_s"] = roof * (1.0 + step)
+    train = tok % 40 != 0  # hold out every fifth token count
+    tabs = F.fit_tables(m, "H100-SXM", train, cost)
+    key = "qkv_proj/4096x6144/bf16"
+    assert list(tabs) == [key]
+    pred = np.asarray(F.predict(cost, hw, F.prepare_rows(m, F.expand_tables(tabs))))
+    err = np.abs(pred / m["time_s"] - 1.0)
+    assert np.max(err[train]) < 0.01
+    flat = ~train & (np.abs(tok - 128) > 16) & (np.abs(tok - 256) > 16)
+    assert flat.sum() >= 20 and np.max(err[flat]) < 0.01
+    # without the table the step is missed by a third
+    assert np.max(np.abs(roof / m["time_s"] - 1.0)) > 0.3
+
+    path = _tables_preset(tmp_path, tabs)
+    cfgs = [config.validate({"model": mo, "gpu": "H100-SXM", "cost_preset": path,
+                             "cost_shape_tables": use})
+            for mo, use in (("Llama-3.1-8B", True), ("Qwen2.5-7B", True),
+                            ("Llama-3.1-8B", False))]
+    p, _ = config.params_from_columns(config.columns_from_configs(cfgs), 2048)
+    sc = np.asarray(p.cost.shape_corr)
+    assert sc.shape == (3, len(shapecorr.CORR_OPS), shapecorr.GRID)
+    np.testing.assert_array_equal(sc[0, 0], F.expand_tables(tabs)[key])
+    assert not sc[0, 1:].any() and not sc[1].any() and not sc[2].any()
+    alone, _ = config.params_from_columns(config.columns_from_configs(cfgs[1:]), 2048)
+    assert alone.cost.shape_corr.shape == (2, len(shapecorr.CORR_OPS), 0)
+
+    f = costmodel.features_from_floats(tokens=200, num_seqs=1, num_sampled=1,
+                                       prefill_tokens=200, prefill_pairs=200 * 201 / 2,
+                                       prefill_kv_tokens=200)
+    lane = jax_index(p, 0)
+    t = costmodel.op_times_dd(lane.model, lane.hardware, lane.scheduler.tp, lane.cost, f)
+    plain = eqx.tree_at(lambda c: c.shape_corr, lane.cost, shapecorr.empty())
+    t0 = costmodel.op_times_dd(lane.model, lane.hardware, lane.scheduler.tp, plain, f)
+    assert t["qkv_proj"].value() / t0["qkv_proj"].value() == pytest.approx(1.5, rel=0.01)
+    assert float(t["o_proj"].value()) == float(t0["o_proj"].value())
+
+
+def jax_index(p, i):
+    from jaxsim import params
+
+    return params.index(p, i)
+
+
+def test_shape_tables__bad_preset_and_concatenate(tmp_path, capsys):
+    from jaxsim import config, params, shapecorr
+
+    bad = _tables_preset(tmp_path, {"qkv_proj/4096x6144/bf16": (449, [0.1, 0.2, 0.3])})
+    assert cli.main(["simulate", "--set", f"cost_preset={bad}"]) == 2
+    err = capsys.readouterr().err
+    assert "'shape_tables'" in err and "knots 449..451; allowed: 0..450" in err
+    neg = _tables_preset(tmp_path, {"norm/4096/bf16": (0, [0.1, -1.5])}, "neg.json")
+    assert cli.main(["simulate", "--set", f"cost_preset={neg}"]) == 2
+    assert "has value -1.5; allowed: numbers > -1" in capsys.readouterr().err
+    # a batch with tables and one without concatenate (the latter gets zero tables)
+    good = _tables_preset(tmp_path, {"norm/4096/bf16": (0, [0.1, 0.2])}, "good.json")
+    a, _ = config.params_from_columns(config.columns_from_configs(
+        [config.validate({"gpu": "H100-SXM", "cost_preset": good})]), 2048)
+    b, _ = config.params_from_columns(config.columns_from_configs(
+        [config.validate({"gpu": "H100-SXM", "cost_preset": "uncalibrated"})]), 2048)
+    both = params.concatenate([b, a])
+    sc = np.asarray(both.cost.shape_corr)
+    assert sc.shape == (2, len(shapecorr.CORR_OPS), shapecorr.GRID)
+    assert not sc[0].any() and sc[1, shapecorr.CORR_OPS.index("norm"), 0] == np.float32(0.1)
