@@ -54,6 +54,10 @@ KERNEL_OPS = ("qkv_proj", "o_proj", "mlp_up", "mlp_down", "lm_head", "norm", "re
               "activation", "rotary", "kv_write", "embedding", "attn_prefill", "attn_decode",
               "all_reduce")
 _DIVISOR = {"norm": 2.0, "residual_add": 2.0, "all_reduce": 2.0}
+#: Table row (``shapecorr.CORR_OPS``) of each kernel operator (0 for those without one:
+#: their rows get the zero table).
+_CORR_ROW = np.asarray([shapecorr.CORR_OPS.index(o) if o in shapecorr.CORR_OPS else 0
+                        for o in KERNEL_OPS])
 #: Operator families the error reports pool (besides one line per operator).
 REPORT_FAMILIES = {"gemm": GEMM_OPS, "elementwise": ELEM_OPS}
 #: Parameters each kernel operator's rows determine.
@@ -118,9 +122,10 @@ def row_keys(m: Measurements) -> list[dict[str, str]]:
     f = lambda c: np.asarray(m[c], np.float64)  # noqa: E731
     bpw = np.where(m["dtype"].astype(str) == "fp8", 1.0,
                    np.where(m["dtype"].astype(str) == "fp32", 4.0, 2.0))
+    tp = np.where(m["op"].astype(str) == "all_reduce", f("num_workers"), f("tp"))
     cols = (f("hidden_size"), f("num_heads"), np.maximum(f("num_kv_heads"), 1.0),
             np.where(f("head_dim") > 0, f("head_dim"), 1.0), f("ffn_size"),
-            np.maximum(f("tp"), 1.0), bpw)
+            np.maximum(tp, 1.0), bpw)
     cache: dict = {}
     out = []
     for r in zip(*(c.tolist() for c in cols), strict=True):
@@ -223,7 +228,9 @@ def _predict(cost: CostParams, hw: HardwareParams, model: ModelParams, tp: jax.A
             sel = DD(jnp.stack([x.hi for x in times])[k], jnp.stack([x.lo for x in times])[k])
             if corr is not None:
                 # the cost model's own rule (shapecorr.delta / apply) on this row's table
-                d = shapecorr.delta(corr[1][cid][None], f.tokens[None])
+                pos = shapecorr.op_positions(f.tokens, f.tokens, model.hidden_size)
+                r = jnp.asarray(_CORR_ROW)[k]
+                d = shapecorr.delta(corr[1][cid][None], DD(pos.hi[r][None], pos.lo[r][None]))
                 sel = shapecorr.apply(sel, DD(d.hi[0], d.lo[0]))
             return sel.value()
 
@@ -415,7 +422,10 @@ def fit_tables(m: Measurements, hardware: str, train: np.ndarray, cost: CostPara
     s = roof / np.asarray(sub["time_s"], np.float64)
     keys = row_keys(sub)
     sop = sub["op"].astype(str)
-    tok = np.asarray(sub["num_tokens"], np.int64)
+    # axis value: the token count, or for all-reduce the size in AR_UNIT_BYTES
+    tok = np.where(sub["op"].astype(str) == "all_reduce",
+                   np.asarray(sub["bytes"], np.float64) / shapecorr.AR_UNIT_BYTES,
+                   np.asarray(sub["num_tokens"], np.float64))
     groups: dict[str, list[int]] = {}
     for i, o in enumerate(sop):
         groups.setdefault(keys[i][o], []).append(i)

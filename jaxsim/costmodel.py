@@ -349,7 +349,7 @@ def op_times_from_consts(k: CostConsts, f: BatchFeatures) -> dict[str, DD]:
     corr = k.shape_corr.shape[-1] > 0  # static: no table, no work
     if corr:
         # tables of the four GEMMs and the elementwise kernels (shapecorr.CORR_OPS)
-        delta = shapecorr.delta(k.shape_corr, jnp.stack([T, T, Tk, Tk, T, T, Tk, T, T]))
+        delta = shapecorr.delta(k.shape_corr, shapecorr.op_positions(T, Tk, d["h"]))
         ng = len(shapecorr.GEMM_CORR_OPS)
         zpad = jnp.zeros((nr - ng,), f32)
         roof = shapecorr.apply(roof, DD(jnp.concatenate([delta.hi[:ng], zpad]),
@@ -370,6 +370,9 @@ def op_times_from_consts(k: CostConsts, f: BatchFeatures) -> dict[str, DD]:
 
     ar_one = dd.add_f(dd.mul(_prod(ACT_BYTES * d["h"], T.astype(f32), d["ar_factor"]),
                              k.inv_link), c["ar_latency_s"])
+    if corr:
+        i_ar = shapecorr.CORR_OPS.index("all_reduce")
+        ar_one = shapecorr.apply(ar_one, DD(delta.hi[i_ar], delta.lo[i_ar]))
     zero = dd.dd(f32(0.0))
     out = {name: DD(roof.hi[i], roof.lo[i]) for i, name in enumerate(ROOF_OPS[:nr])}
     out["attn_decode"] = decode_attention_time(k, f.num_decodes, f.decode_kv_tokens)

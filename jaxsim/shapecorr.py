@@ -13,9 +13,11 @@ ends (docs/semantics.md §3.1).
 Tables are keyed by the kernel's shape on one GPU: ``op/KxN/dtype`` for the four
 projection and MLP GEMMs (K and N per GPU, after tensor parallelism) and
 ``op/size/dtype`` for the elementwise kernels (norm, residual add, activation, rotary,
-embedding), so every model with the same shape uses the same table. Operators without
-a table (attention, the LM head, KV write, sampling, all-reduce) and shapes not
-measured keep the plain roofline (delta = 0).
+embedding), so every model with the same shape uses the same table, and
+``all_reduce/tpN`` for the all-reduce over N GPUs, whose axis is the message size
+(2 h T bytes, in units of 2 KiB: 2 KiB to 64 MiB). Operators without a table
+(attention, the LM head, KV write, sampling) and shapes not measured keep the plain
+roofline (delta = 0).
 
 Per lane the tables are a ``[C, G]`` float32 array (``CostParams.shape_corr``; rows in
 the order of :data:`CORR_OPS`, G = 451), or ``[C, 0]`` when no lane of a batch has one:
@@ -48,8 +50,11 @@ KNOTS = _knots()
 GRID = len(KNOTS)
 #: Operators with a table row, in row order (``final_norm`` uses the ``norm`` row).
 CORR_OPS = ("qkv_proj", "o_proj", "mlp_up", "mlp_down", "norm", "residual_add",
-            "activation", "rotary", "embedding")
+            "activation", "rotary", "embedding", "all_reduce")
 GEMM_CORR_OPS = CORR_OPS[:4]
+#: The all-reduce table's axis is the message size in units of this many bytes (knot 1
+#: is 2 KiB, the last 64 MiB); every other table's axis is the token count.
+AR_UNIT_BYTES = 2048.0
 _DTYPES = {1.0: "fp8", 2.0: "bf16", 4.0: "fp32"}
 
 
@@ -77,40 +82,62 @@ def shape_keys(h: float, nh: float, nkv: float, hd: float, f: float, tp: float,
             "embedding": h}
     out = {op: f"{op}/{r(k)}x{r(n)}/{dt}" for op, (k, n) in gemm.items()}
     out.update({op: f"{op}/{r(s)}/{dt}" for op, s in elem.items()})
+    out["all_reduce"] = all_reduce_key(tp)
     if num_experts > 1:
         for op in ("mlp_up", "mlp_down", "activation"):
             out[op] += "/moe"
     return out
 
 
-def positions(tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def all_reduce_key(tp: float) -> str:
+    """Table key of the all-reduce over ``tp`` GPUs (one node)."""
+    return f"all_reduce/tp{int(round(tp))}"
+
+
+def positions(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Knot index ``i`` and the fraction ``num / den`` of the way to knot ``i + 1`` for
-    each token count (numpy; the same rule as :func:`delta`)."""
-    x = np.clip(np.asarray(tokens, np.int64), 1, KNOTS[-1])
+    each axis value (token count, or all-reduce size in :data:`AR_UNIT_BYTES`; numpy,
+    the same rule as :func:`delta`)."""
+    x = np.clip(np.asarray(x, np.float64), 1, KNOTS[-1])
     i = np.clip(np.searchsorted(KNOTS, x, side="right") - 1, 0, GRID - 2)
-    return i, x - KNOTS[i], KNOTS[i + 1] - KNOTS[i]
+    return i, x - KNOTS[i], (KNOTS[i + 1] - KNOTS[i]).astype(np.float64)
 
 
-def delta_np(table: np.ndarray, tokens: np.ndarray) -> np.ndarray:
-    """``delta`` of one table row (``[G]``) at each token count, in float64."""
+def delta_np(table: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """``delta`` of one table row (``[G]``) at each axis value, in float64."""
     t = np.asarray(table, np.float64)
-    i, num, den = positions(tokens)
+    i, num, den = positions(x)
     return t[i] + (t[i + 1] - t[i]) * num / den
 
 
-def delta(table: Array, tokens: Array) -> DD:
-    """``delta`` of each row of ``table`` (``[C, G]``, G = :data:`GRID`) at the token
-    count ``tokens[c]`` of its operator (int32 ``[C]``), as DD: the knot values are
-    exact float32 numbers and the interpolation is exact to double-float precision,
-    so it agrees with :func:`delta_np` to about 1e-14."""
+def op_positions(tokens: Array, expert_tokens: Array, hidden: Array) -> DD:
+    """Axis value of each row of :data:`CORR_OPS` for a batch of ``tokens`` (``T``;
+    ``expert_tokens`` = T k for the MLP) and hidden size ``hidden``: the token count of
+    the operator, and for the all-reduce its size ``2 h T`` bytes in
+    :data:`AR_UNIT_BYTES` (exact as DD)."""
+    f32 = jnp.float32
+    t, tk = tokens.astype(f32), expert_tokens.astype(f32)
+    ar = dd.mul_f(dd.two_prod(jnp.asarray(hidden, f32), t), f32(2.0 / AR_UNIT_BYTES))
+    hi = jnp.stack([t, t, tk, tk, t, t, tk, t, t, ar.hi])
+    lo = jnp.zeros_like(hi).at[-1].set(ar.lo)
+    return DD(hi, lo)
+
+
+def delta(table: Array, x: DD) -> DD:
+    """``delta`` of each row of ``table`` (``[C, G]``, G = :data:`GRID`) at the axis
+    value ``x[c]`` of its operator (DD ``[C]``), as DD: the knot values are exact
+    float32 numbers and the interpolation is exact to double-float precision, so it
+    agrees with :func:`delta_np` to about 1e-14."""
     f32 = jnp.float32
     kn = jnp.asarray(KNOTS, f32)
-    x = jnp.clip(tokens, 1, int(KNOTS[-1])).astype(f32)
-    i = jnp.clip(jnp.sum(kn[None, :] <= x[:, None], axis=1) - 1, 0, GRID - 2)
+    lo_end, hi_end = f32(KNOTS[0]), f32(KNOTS[-1])
+    inside = (x.hi > lo_end) & (x.hi < hi_end)
+    xc = DD(jnp.clip(x.hi, lo_end, hi_end), jnp.where(inside, x.lo, 0.0))
+    i = jnp.clip(jnp.sum(kn[None, :] <= xc.hi[:, None], axis=1) - 1, 0, GRID - 2)
     k0, k1 = kn[i], kn[i + 1]
     d0 = jnp.take_along_axis(table, i[:, None], axis=1)[:, 0]
     d1 = jnp.take_along_axis(table, i[:, None] + 1, axis=1)[:, 0]
-    frac = dd.div(dd.dd(x - k0), dd.dd(k1 - k0))  # integers below 2**24: exact
+    frac = dd.div(dd.add_f(xc, -k0), dd.dd(k1 - k0))
     return dd.add_f(dd.mul(dd.two_sum(d1, -d0), frac), d0)
 
 

@@ -31,7 +31,7 @@ What maps to what (jaxsim key -> ``EngineArgs`` field):
 
 Not representable, so omitted: ``gpu`` (the hardware the command runs on), ``slo.*``,
 ``workload.*`` and ``seed`` (the benchmark client's business, not the server's),
-``cost_preset`` / ``cost.*`` (the simulator's cost model), ``max_slots`` /
+``cost_preset`` / ``cost_shape_tables`` / ``cost.*`` (the simulator's cost model), ``max_slots`` /
 ``max_iterations`` (simulator internals), ``watermark`` (vLLM has no engine argument
 for it: V0 hard-codes 1 %, V1 uses none), ``activation_reserve_gb`` (vLLM measures it
 by profiling), lower KV tiers other than CPU memory (disk, remote: no native backend), and

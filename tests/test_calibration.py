@@ -342,3 +342,41 @@ def test_shape_tables__bad_preset_and_concatenate(tmp_path, capsys):
     sc = np.asarray(both.cost.shape_corr)
     assert sc.shape == (2, len(shapecorr.CORR_OPS), shapecorr.GRID)
     assert not sc[0].any() and sc[1, shapecorr.CORR_OPS.index("norm"), 0] == np.float32(0.1)
+
+
+def test_shape_tables__all_reduce_by_message_size(tmp_path):
+    """The all-reduce table's axis is the message size: fitted on single-node rows, it
+    reaches a TP-4 lane, whose all-reduce of 2 h T bytes reads it at 2 h T / 2048."""
+    from jaxsim import config, costmodel, params, shapecorr
+
+    sizes = np.arange(1, 2049, 4) * 2048.0
+    m = from_rows([{"hardware": "H100-SXM", "dtype": "fp16", "op": "all_reduce",
+                    "bytes": float(b), "num_workers": 4, "time_s": 1.0} for b in sizes])
+    cost = CostParams.default()
+    _, hw = F.hardware_params("H100-SXM")
+    roof = np.asarray(F.predict(cost, hw, F.prepare_rows(m)), np.float64)
+    bump = np.where((sizes > 2**20) & (sizes <= 2**22), 0.3, 0.0)
+    m.cols["time_s"] = roof * (1.0 + bump)
+    tabs = F.fit_tables(m, "H100-SXM", np.ones(len(m), bool), cost)
+    assert list(tabs) == ["all_reduce/tp4"]
+    pred = np.asarray(F.predict(cost, hw, F.prepare_rows(m, F.expand_tables(tabs))))
+    # a step between two knots is smeared over that interval only
+    away = (np.abs(sizes / 2**20 - 1) > 0.05) & (np.abs(sizes / 2**22 - 1) > 0.05)
+    assert np.max(np.abs(pred / m["time_s"] - 1.0)[away]) < 0.01
+
+    path = _tables_preset(tmp_path, tabs)
+    cfg = config.validate({"model": "Llama-3.1-8B", "gpu": "H100-SXM", "tp": 4,
+                           "cost_preset": path})
+    p, _ = config.params_from_columns(config.columns_from_configs([cfg]), 2048)
+    lane = params.index(p, 0)
+    t_tok = 192  # 2 * 4096 * 192 bytes = 1.5 MiB: inside the bump
+    f = costmodel.features_from_floats(tokens=t_tok, num_seqs=t_tok, num_sampled=t_tok,
+                                       num_decodes=t_tok, decode_kv_tokens=t_tok * 100)
+    with_t = costmodel.op_times_dd(lane.model, lane.hardware, lane.scheduler.tp, lane.cost, f)
+    plain = params.index(config.params_from_columns(config.columns_from_configs(
+        [{**cfg, "cost_shape_tables": False}]), 2048)[0], 0)
+    without = costmodel.op_times_dd(plain.model, plain.hardware, plain.scheduler.tp,
+                                    plain.cost, f)
+    ratio = float(with_t["all_reduce"].value()) / float(without["all_reduce"].value())
+    assert ratio == pytest.approx(1.3, rel=0.01)
+    assert shapecorr.CORR_OPS[-1] == "all_reduce"

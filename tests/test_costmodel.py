@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from jaxsim import costmodel, shapecorr
+from jaxsim.dd import DD
 from jaxsim.params import COST_PARAM_NAMES, CostParams, HardwareParams, ModelParams
 from jaxsim.workload import Trace
 from tests.helpers import lane_params, oracle_config
@@ -263,6 +264,12 @@ def test_shape_tables__interpolation_rule():
     row = np.arange(shapecorr.GRID, dtype=np.float64)  # delta = knot index
     got = shapecorr.delta_np(row, np.array([0, 1, 3, 8, 12, 1024, 1032, 32768, 99999]))
     np.testing.assert_allclose(got, [0, 0, 1.5, 3, 3.5, 130, 130.5, 450, 450])
-    table = jnp.asarray(np.stack([row, -row]), jnp.float32)
-    d = shapecorr.delta(table, jnp.array([12, 1032], jnp.int32))
-    np.testing.assert_allclose(np.asarray(d.hi) + np.asarray(d.lo), [3.5, -130.5])
+    table = jnp.asarray(np.stack([row, -row, row]), jnp.float32)
+    x = DD(jnp.array([12.0, 1032.0, 1.0 + 2.0**-20], jnp.float32), jnp.zeros(3, jnp.float32))
+    d = shapecorr.delta(table, x)
+    np.testing.assert_allclose(np.asarray(d.hi, np.float64) + np.asarray(d.lo),
+                               [3.5, -130.5, 2.0**-20], rtol=1e-12)
+    # the all-reduce axis: 2 h T bytes in 2 KiB units, exact past 2**24 bytes
+    pos = shapecorr.op_positions(jnp.int32(3000), jnp.int32(6000), jnp.float32(8192))
+    got = np.asarray(pos.hi, np.float64) + np.asarray(pos.lo, np.float64)
+    assert list(got) == [3000] * 2 + [6000] * 2 + [3000] * 2 + [6000] + [3000] * 2 + [24000]

@@ -241,8 +241,10 @@ def _shape_corr_knots() -> list[int]:
 SHAPE_CORR_KNOTS: tuple[int, ...] = tuple(_shape_corr_knots())
 SHAPE_CORR_OPS: tuple[str, ...] = (
     "qkv_proj", "o_proj", "mlp_up", "mlp_down", "norm", "residual_add", "activation",
-    "rotary", "embedding",
+    "rotary", "embedding", "all_reduce",
 )
+#: §3.1: the all-reduce table's axis is its message size in units of 2048 bytes.
+SHAPE_CORR_AR_UNIT = 2048.0
 
 
 def _validate_shape_corr(value: Any) -> dict[str, list[float]]:
@@ -561,10 +563,13 @@ class CostModel:
         )
         tp = self.tp
         if tp > 1:
-            ar = 2.0 * (
+            one_ar = (
                 cfg["ar_latency_s"]
                 + (2.0 * (tp - 1) / tp) * AB * Tf * h / (self.link * cfg["eta_ar"])
             )
+            # §3.1: each all-reduce moves ab·T·h bytes
+            one_ar += one_ar * self.delta("all_reduce", AB * Tf * h / SHAPE_CORR_AR_UNIT)
+            ar = 2.0 * one_ar
         else:
             ar = 0.0
         layer = qkv + o + up + down + attnp + attnd + elem + ar
