@@ -123,6 +123,20 @@ def op_positions(tokens: Array, expert_tokens: Array, hidden: Array) -> DD:
     return DD(hi, lo)
 
 
+def knot_index(x: Array) -> Array:
+    """The last knot at or below ``x`` (float32, 1 <= x <= 32768), at most GRID - 2, in
+    closed form (exact: only divisions by powers of two and floors)."""
+    f32 = jnp.float32
+    e = jnp.frexp(x)[1] - 1  # floor(log2 x)
+    small = e  # 1, 2, 4
+    mid = 3 + jnp.floor((x - 8.0) / 8.0).astype(jnp.int32)  # every 8 tokens to 1024
+    p2 = jnp.ldexp(jnp.ones_like(x, f32), e)  # 2**e
+    big = 130 + 64 * (e - 10) + jnp.floor((x - p2) / jnp.ldexp(jnp.ones_like(x, f32), e - 6)
+                                          ).astype(jnp.int32)  # 64 per octave from 1024
+    i = jnp.where(x < 8.0, small, jnp.where(x < 1024.0, mid, big))
+    return jnp.clip(i, 0, GRID - 2)
+
+
 def delta(table: Array, x: DD) -> DD:
     """``delta`` of each row of ``table`` (``[C, G]``, G = :data:`GRID`) at the axis
     value ``x[c]`` of its operator (DD ``[C]``), as DD: the knot values are exact
@@ -133,7 +147,7 @@ def delta(table: Array, x: DD) -> DD:
     lo_end, hi_end = f32(KNOTS[0]), f32(KNOTS[-1])
     inside = (x.hi > lo_end) & (x.hi < hi_end)
     xc = DD(jnp.clip(x.hi, lo_end, hi_end), jnp.where(inside, x.lo, 0.0))
-    i = jnp.clip(jnp.sum(kn[None, :] <= xc.hi[:, None], axis=1) - 1, 0, GRID - 2)
+    i = knot_index(xc.hi)
     k0, k1 = kn[i], kn[i + 1]
     d0 = jnp.take_along_axis(table, i[:, None], axis=1)[:, 0]
     d1 = jnp.take_along_axis(table, i[:, None] + 1, axis=1)[:, 0]

@@ -261,6 +261,13 @@ def test_shape_tables__interpolation_rule():
     assert len(knots) == 451 and knots[0] == 1 and knots[-1] == 32768
     assert np.all(np.diff(knots) > 0)
     assert list(knots[:6]) == [1, 2, 4, 8, 16, 24] and 1024 in knots and 1040 in knots
+    # the closed-form knot index equals a search of the knots, on every token count
+    # and on fractional all-reduce positions
+    x = np.concatenate([np.arange(1, 32769),
+                        np.random.default_rng(0).uniform(1, 32768, 20000)]).astype(np.float32)
+    want = np.clip(np.searchsorted(knots, x.astype(np.float64), side="right") - 1, 0,
+                   shapecorr.GRID - 2)
+    np.testing.assert_array_equal(np.asarray(shapecorr.knot_index(jnp.asarray(x))), want)
     row = np.arange(shapecorr.GRID, dtype=np.float64)  # delta = knot index
     got = shapecorr.delta_np(row, np.array([0, 1, 3, 8, 12, 1024, 1032, 32768, 99999]))
     np.testing.assert_allclose(got, [0, 0, 1.5, 3, 3.5, 130, 130.5, 450, 450])
