@@ -234,12 +234,25 @@ def _clean(x):
     return x
 
 
+def preset_text(d: dict) -> str:
+    """A preset as JSON text: indented, with each shape table's values on one line."""
+    tables = (d.get("shape_tables") or {}).get("tables") or {}
+    compact = {}
+    for i, t in enumerate(tables.values()):
+        compact[f"@@delta{i}@@"] = json.dumps(t["delta"], separators=(",", ":"))
+        t["delta"] = f"@@delta{i}@@"
+    text = json.dumps(d, indent=1)
+    for tag, values in compact.items():
+        text = text.replace(f'"{tag}"', values, 1)
+    return text
+
+
 def write_preset(cal: Calibration, path: str, command: str = "") -> None:
     """Write the preset JSON atomically."""
     d = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(d):
         raise ValueError(f"--out: folder {d!r} does not exist")
-    text = json.dumps(_clean(cal.preset(command)), indent=1)
+    text = preset_text(_clean(cal.preset(command)))
     fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=".json")
     try:
         with os.fdopen(fd, "w") as f:
