@@ -117,11 +117,15 @@ class Rows:
         return len(self.op_index)
 
 
+def _bytes_per_weight(m: Measurements) -> np.ndarray:
+    dt = m["dtype"].astype(str)
+    return np.where(dt == "fp8", 1.0, np.where(dt == "fp32", 4.0, 2.0))
+
+
 def row_keys(m: Measurements) -> list[dict[str, str]]:
     """``shapecorr.shape_keys`` of every row (the model sizes of its measurement)."""
     f = lambda c: np.asarray(m[c], np.float64)  # noqa: E731
-    bpw = np.where(m["dtype"].astype(str) == "fp8", 1.0,
-                   np.where(m["dtype"].astype(str) == "fp32", 4.0, 2.0))
+    bpw = _bytes_per_weight(m)
     tp = np.where(m["op"].astype(str) == "all_reduce", f("num_workers"), f("tp"))
     cols = (f("hidden_size"), f("num_heads"), np.maximum(f("num_kv_heads"), 1.0),
             np.where(f("head_dim") > 0, f("head_dim"), 1.0), f("ffn_size"),
@@ -177,8 +181,7 @@ def prepare_rows(m: Measurements, tables: dict[str, np.ndarray] | None = None) -
         num_kv_heads=np.maximum(f64("num_kv_heads"), 1.0), head_dim=hd,
         ffn_size=np.maximum(f64("ffn_size"), 1.0), vocab_size=np.maximum(f64("vocab_size"), 1.0),
         num_experts=np.ones(n), experts_per_token=np.ones(n),
-        bytes_per_weight=np.where(m["dtype"].astype(str) == "fp8", 1.0,
-                                  np.where(m["dtype"].astype(str) == "fp32", 4.0, 2.0)),
+        bytes_per_weight=_bytes_per_weight(m),
         bytes_per_kv=np.where(m["dtype"].astype(str) == "fp8", 1.0, 2.0),
     )
     i32 = lambda x: jnp.asarray(np.round(x).astype(np.int32))  # noqa: E731

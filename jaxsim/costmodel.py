@@ -135,13 +135,13 @@ MEM_OPS = ("norm", "residual_add", "activation", "rotary", "kv_write", "embeddin
 _MEM_MULT = (2.0, 2.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0)
 _MEM_COEF = (2.0 * ACT_BYTES, 3.0 * ACT_BYTES, 3.0 * ACT_BYTES, 2.0 * ACT_BYTES, 2.0,
              2.0 * ACT_BYTES, 2.0 * ACT_BYTES, 4.0)
-#: Table row (``shapecorr.CORR_OPS``) of each of ``MEM_OPS``, and whether it has one
-#: (``final_norm`` uses the norm table; KV write and sampling have none).
+#: Table row (``shapecorr.CORR_OPS``) of each of ``MEM_OPS`` (by its coefficient group,
+#: so ``final_norm`` uses the norm table), and whether it has one (KV write and
+#: sampling have none).
 _MEM_CORR_ROW = (
-    np.asarray([shapecorr.CORR_OPS.index(_g) if _g in shapecorr.CORR_OPS else 0
-                for _g in ("norm", "residual_add", "activation", "rotary", "kv_write",
-                           "embedding", "norm", "sampling")]),
-    np.asarray([_g not in ("kv_write", "sampling") for _g in MEM_OPS]),
+    np.asarray([shapecorr.CORR_OPS.index(g) if g in shapecorr.CORR_OPS else 0
+                for g in _MEM_GROUP]),
+    np.asarray([g in shapecorr.CORR_OPS for g in _MEM_GROUP]),
 )
 PER_LAYER_OPS = (
     "qkv_proj", "o_proj", "mlp_up", "mlp_down", "attn_prefill", "attn_decode", "norm",

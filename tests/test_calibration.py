@@ -268,7 +268,7 @@ def test_shape_tables__fit_recovers_a_step_and_lanes_use_it(tmp_path):
     a model with that GEMM shape (from a preset file) simulates with it."""
     import equinox as eqx
 
-    from jaxsim import config, costmodel, shapecorr
+    from jaxsim import config, costmodel, params, shapecorr
 
     dims = dict(hidden_size=4096, num_heads=32, num_kv_heads=8, head_dim=128, ffn_size=14336,
                 vocab_size=128256, gated=1, tp=1, hardware="H100-SXM", dtype="bf16")
@@ -308,18 +308,12 @@ def test_shape_tables__fit_recovers_a_step_and_lanes_use_it(tmp_path):
     f = costmodel.features_from_floats(tokens=200, num_seqs=1, num_sampled=1,
                                        prefill_tokens=200, prefill_pairs=200 * 201 / 2,
                                        prefill_kv_tokens=200)
-    lane = jax_index(p, 0)
+    lane = params.index(p, 0)
     t = costmodel.op_times_dd(lane.model, lane.hardware, lane.scheduler.tp, lane.cost, f)
     plain = eqx.tree_at(lambda c: c.shape_corr, lane.cost, shapecorr.empty())
     t0 = costmodel.op_times_dd(lane.model, lane.hardware, lane.scheduler.tp, plain, f)
     assert t["qkv_proj"].value() / t0["qkv_proj"].value() == pytest.approx(1.5, rel=0.01)
     assert float(t["o_proj"].value()) == float(t0["o_proj"].value())
-
-
-def jax_index(p, i):
-    from jaxsim import params
-
-    return params.index(p, i)
 
 
 def test_shape_tables__bad_preset_and_concatenate(tmp_path, capsys):
