@@ -80,6 +80,7 @@ def test_macro__macro_iterations_caps_the_run():
     assert [int(x.iterations) for x in s] == [0, 1, 6, 11]
 
 
+@pytest.mark.slow  # long (25-40 s on 2 cores): runs in CI's slow step
 def test_macro__arrival_ends_the_run():
     # Request 0 (P=8, O=30) prefills at t=0; request 1 arrives at 3.5 iterations' time.
     # The run may not contain the iteration that starts after the arrival: stepping

@@ -221,6 +221,7 @@ def test_prefetch_needs_a_shape_that_compiles_it_in():
         simulate_batch(dataclasses.replace(p.shape, prefetch=False), p.params, p.workload)
 
 
+@pytest.mark.slow  # long (25-40 s on 2 cores): runs in CI's slow step
 def test_prefetch_turns_a_slow_tier_into_hits_within_the_overlap_window():
     """§5.11 on multi-turn sessions under load with a 3 GB/s SSD, which is slower than
     recomputing a block (§5.3): without prefetch it serves no hit; with prefetch and

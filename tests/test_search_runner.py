@@ -86,6 +86,7 @@ def test_one_compile_per_bucket(full_run, tmp_path):
     assert res.compiles == 0 and runner.compile_count() == before
 
 
+@pytest.mark.slow  # long (25-40 s on 2 cores): runs in CI's slow step
 def test_overflow_rerun_is_exact(tmp_path):
     """Lanes outgrowing the slot table re-run with a larger one in fixed-size batches."""
     d = space.load(TINY).spec()

@@ -54,6 +54,7 @@ def _cfg(seqs):
                          "prompt_tokens": 256, "output_tokens": 32}}
 
 
+@pytest.mark.slow  # long (25-40 s on 2 cores): runs in CI's slow step
 def test_capacity_bisection_brackets_the_slo_boundary():
     slo = {"e2e_p99_s": 0.5}
     res = capacity.capacity_search([_cfg(2), _cfg(8)], slo, rate_lo=4.0, rate_hi=256.0,
