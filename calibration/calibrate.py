@@ -119,12 +119,19 @@ ENGINE_FIT_NOTE = (
     "of the engine that measured them, and with one model in the data they cannot be told "
     "apart from GPU kernel time, so these values describe that engine and are NOT part of "
     "'values'. To simulate that engine, pass them as 'cost' overrides on top of this preset.")
+ENGINE_TP_NOTE = (
+    " The engine's overheads and all-reduce (" + ", ".join(F.ENGINE_TP_PARAMS) + ") are "
+    "then fitted again for each TP degree, from those values, and 'by_tp' holds them: "
+    "for a TP degree listed there, its values replace the shared ones ('report' is of "
+    "the per-TP values, 'report_shared' of the shared ones alone). The config key "
+    "cost_engine_fit applies all of this.")
 
 
 def calibrate(data: Measurements, hardware: str, *, holdout: str = "shape",
               robust: bool = False, steps: int = 400, smooth_p=(2, 4),
               init: CostParams | None = None,
-              iteration_fit: str = "apply", shape_tables: bool = True) -> Calibration:
+              iteration_fit: str = "apply", shape_tables: bool = True,
+              engine_per_tp: bool = True) -> Calibration:
     """Fit one GPU's cost parameters to ``data`` and report held-out errors.
 
     Args:
@@ -142,6 +149,10 @@ def calibrate(data: Measurements, hardware: str, *, holdout: str = "shape",
         shape_tables: after the kernel stage, fit per-kernel-shape correction tables
             to the GEMM and elementwise rows (``calibration.fit.fit_tables``); the
             iteration stage and the report use them.
+        engine_per_tp: with ``separate``, when the iteration rows have several TP
+            degrees, refit the engine terms ``calibration.fit.ENGINE_TP_PARAMS`` for each
+            (``engine_fit["by_tp"]``): the measuring engine's overheads and all-reduce
+            need not scale with TP the way its kernels do.
     """
     if iteration_fit not in ITERATION_FIT:
         raise ValueError(f"--iteration-fit: {iteration_fit!r}; allowed: "
@@ -207,6 +218,19 @@ def calibrate(data: Measurements, hardware: str, *, holdout: str = "shape",
                 "smooth_p": 2 ** int(r.cost.smooth_p_log2),
                 "report": F.error_table(it, ipred, train[~kern]),
             }
+            it_tp = np.asarray(it["tp"]).astype(int)
+            if engine_per_tp and len(set(it_tp.tolist())) > 1:
+                t0 = time.perf_counter()
+                costs, tpred = F.fit_groups(it, canon, train[~kern], it_tp,
+                                            names=F.ENGINE_TP_PARAMS, init=r.cost,
+                                            robust=robust, steps=steps, tables=full)
+                seconds["engine_per_tp"] = time.perf_counter() - t0
+                engine_fit["report_shared"] = engine_fit["report"]
+                engine_fit["report"] = F.error_table(it, tpred, train[~kern])
+                engine_fit["by_tp"] = {
+                    str(g): {n: float(c.values()[n]) for n in F.ENGINE_TP_PARAMS}
+                    for g, c in sorted(costs.items())}
+                engine_fit["note"] = ENGINE_FIT_NOTE + ENGINE_TP_NOTE
             # the returned parameters never saw the iteration rows: all are held out
             train = train & kern
     pred = np.asarray(F.predict(cost, hw, F.prepare_rows(m, full)), np.float64)

@@ -25,6 +25,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "sampling (and attention without attention rows) into the preset; "
                         "separate: fit and report them under 'engine_fit' but keep them out "
                         "of the preset's values (for iterations of another engine)")
+    p.add_argument("--no-engine-per-tp", action="store_true",
+                   help="with --iteration-fit separate: one engine fit for all TP degrees "
+                        "(default: the engine's overheads and all-reduce are refitted per "
+                        "TP degree, under engine_fit.by_tp)")
     p.add_argument("--no-shape-tables", action="store_true",
                    help="fit the roofline only, without per-kernel-shape correction tables")
     p.add_argument("--plot", metavar="FILE.png", help="write a parity plot")
@@ -53,7 +57,8 @@ def cmd(args) -> int:
         data = loaders.load(args.data)
         cal = C.calibrate(data, args.hardware, holdout=args.holdout, robust=args.robust,
                           steps=args.steps, iteration_fit=args.iteration_fit,
-                          shape_tables=not args.no_shape_tables)
+                          shape_tables=not args.no_shape_tables,
+                          engine_per_tp=not args.no_engine_per_tp)
     except (DataError, ValueError) as e:
         return _fail(str(e))
     command = "jaxsim calibrate " + " ".join(shlex.quote(a) for a in sys.argv[2:]) \
@@ -77,7 +82,8 @@ def cmd(args) -> int:
         print(f"  skipped {n} rows: {reason}")
     print(C.format_table(cal.report))
     if cal.engine_fit is not None:
-        print("  iteration stage, kept out of the preset's values (engine_fit):")
+        per_tp = " (engine terms per TP degree: by_tp)" if "by_tp" in cal.engine_fit else ""
+        print(f"  iteration stage, kept out of the preset's values (engine_fit){per_tp}:")
         print(C.format_table(cal.engine_fit["report"]))
     print("  fit time: " + ", ".join(f"{k} {v:.1f} s" for k, v in cal.seconds.items()))
     print(f"  wrote {args.out}")

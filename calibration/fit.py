@@ -78,6 +78,12 @@ ITERATION_PARAMS = ("cpu_iter_s", "cpu_seq_s", "eta_c_lm_head", "eta_m_lm_head",
 #: efficiencies and the all-reduce.
 ITERATION_ONLY_PARAMS = (*(f"{k}_{op}" for op in GEMM_OPS for k in ("eta_c", "eta_m")),
                          "ar_latency_s", "eta_ar", "kernel_overhead_s")
+#: Engine terms fitted per tensor-parallel degree (``calibrate(..., iteration_fit=
+#: "separate")``, when the iteration rows have several): the engine's overheads per
+#: iteration and per request, and the latency and efficiency of its all-reduce. (The
+#: all-reduce latency is a per-iteration constant like ``cpu_iter_s`` except that the
+#: all-reduce's shape table scales it with the message size.)
+ENGINE_TP_PARAMS = ("cpu_iter_s", "cpu_seq_s", "ar_latency_s", "eta_ar")
 ATTN_PARAMS = tuple(f"{k}_{op}" for op in ("attn_prefill", "attn_decode")
                     for k in ("eta_c", "f0", "eta_m", "b0"))
 
@@ -288,45 +294,54 @@ def _subsample(op: np.ndarray, train: np.ndarray, cap: int) -> np.ndarray:
     return keep
 
 
+def _row_weights(op_index: np.ndarray, train: np.ndarray) -> np.ndarray:
+    """One weight per row: 1 / (training rows of its operator), over the operators; 0 off
+    the training set."""
+    ops = sorted(set(op_index[train].tolist()))
+    w = np.zeros(len(op_index))
+    for g in ops:
+        sel = train & (op_index == g)
+        w[sel] = 1.0 / sel.sum() / len(ops)
+    return w
+
+
+def _loss_value(cost: CostParams, hw: HardwareParams, rows: Rows, w: jax.Array,
+                robust: bool) -> jax.Array:
+    r = jnp.log(predict(cost, hw, rows)) - rows.log_t
+    e = optax.losses.huber_loss(r, delta=0.05) / 0.05 if robust else r * r
+    e = jnp.where(w > 0, e, 0.0)
+    return jnp.sum(w * e)
+
+
 def _loss_fn(rows: Rows, hw: HardwareParams, train: np.ndarray, robust: bool):
     """loss(theta, p_log2): the exponent is traced, so every p shares one compile."""
-    groups = rows.op_index.copy()
-    ops = sorted(set(groups[train].tolist()))
-    # one weight per row: 1 / (rows of its op in the training set), summed over ops
-    w = np.zeros(rows.n)
-    for g in ops:
-        sel = train & (groups == g)
-        w[sel] = 1.0 / sel.sum() / len(ops)
-    w = jnp.asarray(w, jnp.float32)
+    w = jnp.asarray(_row_weights(rows.op_index, train), jnp.float32)
 
     def loss(theta, p_log2):
-        cost = CostParams(theta=theta, smooth_p_log2=p_log2)
-        r = jnp.log(predict(cost, hw, rows)) - rows.log_t
-        e = optax.losses.huber_loss(r, delta=0.05) / 0.05 if robust else r * r
-        e = jnp.where(w > 0, e, 0.0)
-        return jnp.sum(w * e)
+        return _loss_value(CostParams(theta=theta, smooth_p_log2=p_log2), hw, rows, w, robust)
 
     return loss
 
 
-def _adam(loss, theta0: jax.Array, mask: np.ndarray, steps: int, lr: float):
-    """A jitted Adam run: run(theta, p_log2) -> (theta, final loss, loss history)."""
+def _adam(loss, theta0: jax.Array, mask: np.ndarray, steps: int, lr: float,
+          jit: bool = True):
+    """An Adam run: run(theta, p_log2, *data) -> (theta, final loss, loss history), with
+    ``loss(theta, p_log2, *data)``; jitted unless ``jit`` is false (to vmap it first)."""
     sched = optax.cosine_decay_schedule(lr, steps, alpha=0.05)
     opt = optax.adam(sched)
     m = jnp.asarray(mask, jnp.float32)
 
-    @jax.jit
-    def run(theta, p_log2):
+    def run(theta, p_log2, *data):
         def body(carry, _):
             th, st = carry
-            val, g = jax.value_and_grad(loss)(th, p_log2)
+            val, g = jax.value_and_grad(loss)(th, p_log2, *data)
             g = jnp.where(jnp.isfinite(g), g, 0.0) * m
             upd, st = opt.update(g, st, th)
             return (optax.apply_updates(th, upd), st), val
         (th, _), hist = jax.lax.scan(body, (theta, opt.init(theta)), None, length=steps)
-        return th, loss(th, p_log2), hist
+        return th, loss(th, p_log2, *data), hist
 
-    return run
+    return jax.jit(run) if jit else run
 
 
 def _mask(names: Sequence[str]) -> np.ndarray:
@@ -368,6 +383,59 @@ def fit(m: Measurements, hardware: str, train: np.ndarray, *, names: Sequence[st
     return FitResult(cost=CostParams(theta=theta, smooth_p_log2=k), loss=val, steps=steps,
                      seconds=time.perf_counter() - t0, fitted=tuple(names), copied={},
                      train=train, holdout=~train)
+
+
+def fit_groups(m: Measurements, hardware: str, train: np.ndarray, group: np.ndarray, *,
+               names: Sequence[str], init: CostParams, robust: bool = False,
+               steps: int = 400, lr: float = 0.05,
+               tables: dict[str, np.ndarray] | None = None
+               ) -> tuple[dict[int, CostParams], np.ndarray]:
+    """Fit parameters ``names`` separately for each value of ``group`` (one integer per
+    row), all starting from ``init`` at its smooth-max exponent, in one vmapped Adam run.
+
+    Each group's rows are padded to the largest group by repeating its first row with
+    weight 0, so there is one compile whatever the groups. A group without training rows
+    keeps ``init``. Returns the parameters of each group and every row's prediction with
+    its group's parameters.
+    """
+    _, hw = hardware_params(hardware)
+    group = np.asarray(group)
+    keys = sorted(set(group.tolist()))
+    idx = [np.flatnonzero(group == g) for g in keys]
+    width = max(len(i) for i in idx)
+    pad = [np.concatenate([i, np.full(width - len(i), i[0])]) for i in idx]
+    per = [prepare_rows(m.select(p), tables) for p in pad]
+    ops = per[0].op_index
+    weights = np.stack([_row_weights(r.op_index, train[p] & (np.arange(width) < len(i)))
+                        for r, p, i in zip(per, pad, idx, strict=True)]).astype(np.float32)
+    fields = ("model", "tp", "feats", "divisor", "log_t", "corr_id", "corr_tab", "corr_iter")
+    stacked = {f: jax.tree.map(lambda *x: jnp.stack([jnp.asarray(v) for v in x]),
+                               *[getattr(r, f) for r in per]) for f in fields}
+
+    def rows_of(arrays) -> Rows:
+        return Rows(op_index=ops, **arrays)
+
+    def loss(theta, p_log2, arrays, w):
+        return _loss_value(CostParams(theta=theta, smooth_p_log2=p_log2), hw,
+                           rows_of(arrays), w, robust)
+
+    run = jax.jit(jax.vmap(_adam(loss, init.theta, _mask(names), steps, lr, jit=False),
+                           in_axes=(None, None, 0, 0)))
+    theta, _, _ = run(init.theta, init.smooth_p_log2, stacked, jnp.asarray(weights))
+    pred_fn = jax.jit(jax.vmap(
+        lambda th, arrays: predict(CostParams(theta=th, smooth_p_log2=init.smooth_p_log2),
+                                   hw, rows_of(arrays))))
+    pred_all = np.asarray(pred_fn(theta, stacked), np.float64)
+    costs, pred = {}, np.zeros(len(m))
+    for j, (g, i) in enumerate(zip(keys, idx, strict=True)):
+        has_train = bool(train[i].any())
+        th = theta[j] if has_train else init.theta
+        costs[int(g)] = CostParams(theta=th, smooth_p_log2=init.smooth_p_log2)
+        if has_train:
+            pred[i] = pred_all[j, :len(i)]
+        else:
+            pred[i] = np.asarray(predict(costs[int(g)], hw, prepare_rows(m.select(i), tables)))
+    return costs, pred
 
 
 def copy_missing(cost: CostParams, present: set[str]) -> tuple[CostParams, dict[str, str]]:

@@ -62,6 +62,7 @@ DEFAULTS: dict[str, Any] = {
     "slo": {"ttft_s": 1.0, "tpot_s": 0.05},
     "cost_preset": "auto",
     "cost_shape_tables": True,
+    "cost_engine_fit": False,
     "cost": {},
     "enable_prefix_caching": False,
     "preemption_mode": "recompute",
@@ -176,6 +177,7 @@ _TOP = {
     "max_iterations": lambda k, v: _int(k, v, 1, 2**31 - 1, allow_none=True),
     "cost_preset": lambda k, v: _cost_preset(k, v),
     "cost_shape_tables": _bool,
+    "cost_engine_fit": _bool,
     "enable_prefix_caching": _bool,
     "preemption_mode": lambda k, v: _preemption_mode(k, v),
     "tiers": lambda k, v: _tier_list(k, v),
@@ -475,8 +477,8 @@ def build_trace(cfg: Mapping) -> Trace:
 # --------------------------------------------------------------------------------------
 
 COLUMN_KEYS = (
-    "model", "gpu", "cost_preset", "cost_shape_tables", "tp", "dtype", "kv_cache_dtype",
-    "scheduler",
+    "model", "gpu", "cost_preset", "cost_shape_tables", "cost_engine_fit", "tp", "dtype",
+    "kv_cache_dtype", "scheduler",
     "enable_chunked_prefill",
     "max_num_seqs", "max_num_batched_tokens", "long_prefill_token_threshold", "block_size",
     "gpu_memory_utilization", "num_gpu_blocks", "watermark", "max_model_len",
@@ -633,15 +635,20 @@ def params_from_columns(
     theta = np.broadcast_to(np.asarray(base.theta), (B, len(COST_PARAM_NAMES))).copy()
     p_log2 = np.full(B, int(base.smooth_p_log2), np.int32)
     preset_col = cols.get("cost_preset", [costpresets.AUTO] * B)
-    pairs = {(str(preset_col[i]), str(gpu_names[i])) for i in range(B)}
+    engine_col = [bool(x) for x in cols.get("cost_engine_fit", [False] * B)]
+    # lanes with cost_engine_fit also key on their TP degree (engine_fit.by_tp)
+    lane_keys = [(str(preset_col[i]), str(gpu_names[i]),
+                  int(tp[i]) if engine_col[i] else 0) for i in range(B)]
     try:
-        preset_vals = {k: costpresets.values(*k) for k in pairs}
+        preset_vals = {k: {**costpresets.values(*k[:2]),
+                           **(costpresets.engine_values(*k) if k[2] else {})}
+                       for k in set(lane_keys)}
     except costpresets.PresetError as e:
         raise ConfigError(str(e)) from None
     if cost_vals or any(preset_vals.values()):
         cache: dict = {}
         for i in range(B):
-            key = (str(preset_col[i]), str(gpu_names[i]))
+            key = lane_keys[i]
             given = {n: float(v[i]) for n, v in cost_vals.items() if math.isfinite(v[i])}
             if not given and key in cache:
                 theta[i], p_log2[i] = cache[key]

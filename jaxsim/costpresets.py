@@ -67,7 +67,31 @@ def read(path: str) -> dict:
     except (ValueError, KeyError) as e:
         raise PresetError(f"cost_preset: {path}: {e}") from None
     _check_tables(path, d.get("shape_tables"))
+    _check_engine(path, d.get("engine_fit"))
     return d
+
+
+def _check_engine(path: str, ef) -> None:
+    """``engine_fit`` (optional): {"values": {...}, "by_tp": {"<tp>": {...}}, ...}."""
+    if ef is None:
+        return
+    where = f"cost_preset: {path}: field 'engine_fit'"
+    if not isinstance(ef, dict) or not isinstance(ef.get("values"), dict):
+        raise PresetError(f"{where} must be an object with an object 'values'")
+    by_tp = ef.get("by_tp", {})
+    if not isinstance(by_tp, dict):
+        raise PresetError(f"{where}: 'by_tp' must be an object (TP degree -> values)")
+    bad = [k for k in by_tp if not (k.isdigit() and int(k) >= 1)]
+    if bad:
+        raise PresetError(f"{where}: 'by_tp' has key {bad[0]!r}; allowed: TP degrees "
+                          "(integers >= 1)")
+    for name, vals in [("values", ef["values"]), *((f"by_tp.{k}", v) for k, v in by_tp.items())]:
+        if not isinstance(vals, dict):
+            raise PresetError(f"{where}: {name!r} must be an object")
+        try:
+            CostParams.from_values(vals)
+        except (ValueError, KeyError) as e:
+            raise PresetError(f"{where}: {name!r}: {e}") from None
 
 
 def _check_tables(path: str, st) -> None:
@@ -136,6 +160,30 @@ def values(preset: str, gpu: str) -> dict[str, float]:
     if path is None:
         return {}
     return dict(_cached(os.path.abspath(path), os.path.getmtime(path)))
+
+
+@functools.cache
+def _cached_engine(path: str, mtime: float) -> tuple[tuple, tuple]:
+    ef = read(path).get("engine_fit")
+    if ef is None:
+        return (), ()
+    by_tp = tuple(sorted((int(k), tuple(sorted(v.items())))
+                         for k, v in ef.get("by_tp", {}).items()))
+    return tuple(sorted(ef["values"].items())), by_tp
+
+
+def engine_values(preset: str, gpu: str, tp: int) -> dict[str, float]:
+    """The iteration-stage fit a preset keeps apart (``engine_fit``) for TP degree ``tp``:
+    its shared values, with that TP degree's values (``by_tp``) over them when it has
+    them. Raises ``PresetError`` when the preset has no ``engine_fit``."""
+    path = resolve(preset, gpu)
+    shared, by_tp = ((), ()) if path is None else _cached_engine(
+        os.path.abspath(path), os.path.getmtime(path))
+    if not shared:
+        raise PresetError(f"cost_engine_fit: cost_preset {preset!r} on {gpu} has no "
+                          "'engine_fit' (written by `jaxsim calibrate --iteration-fit "
+                          "separate`); allowed: false, or a preset that has one")
+    return {**dict(shared), **dict(dict(by_tp).get(int(tp), ()))}
 
 
 def load(preset: str, gpu: str = "") -> CostParams:

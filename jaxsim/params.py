@@ -163,10 +163,12 @@ class CostParams(eqx.Module):
             raise KeyError(f"unknown cost parameter(s) {sorted(unknown)}; "
                            f"allowed: {', '.join(COST_PARAM_NAMES)}, smooth_p, "
                            f"{', '.join(COST_ALIASES)}")
-        theta = [
-            _to_unconstrained(kind, scale, float(values.get(name, default)))
-            for name, kind, scale, default, _ in COST_SPEC
-        ]
+        theta = []
+        for name, kind, scale, default, _ in COST_SPEC:
+            try:
+                theta.append(_to_unconstrained(kind, scale, float(values.get(name, default))))
+            except ValueError as e:
+                raise ValueError(f"{name}: {e}") from None
         return cls(theta=np.asarray(theta, np.float32),
                    smooth_p_log2=int(round(math.log2(p))))
 
