@@ -428,13 +428,10 @@ def fit_groups(m: Measurements, hardware: str, train: np.ndarray, group: np.ndar
     pred_all = np.asarray(pred_fn(theta, stacked), np.float64)
     costs, pred = {}, np.zeros(len(m))
     for j, (g, i) in enumerate(zip(keys, idx, strict=True)):
-        has_train = bool(train[i].any())
-        th = theta[j] if has_train else init.theta
+        # all-zero weights give zero gradients, so Adam leaves such a group at init
+        th = theta[j] if train[i].any() else init.theta
         costs[int(g)] = CostParams(theta=th, smooth_p_log2=init.smooth_p_log2)
-        if has_train:
-            pred[i] = pred_all[j, :len(i)]
-        else:
-            pred[i] = np.asarray(predict(costs[int(g)], hw, prepare_rows(m.select(i), tables)))
+        pred[i] = pred_all[j, :len(i)]
     return costs, pred
 
 
