@@ -157,11 +157,15 @@ def test_synthetic_recovery_within_2_percent():
     assert np.max(np.abs(pred / exact - 1)) < 0.02
 
 
+#: The shipped subset's H100 kernels, all-reduce and Splitwise iterations.
+H100_SUBSET = [os.path.join(DATA, "vidur/compute/h100"), os.path.join(DATA, "vidur/network"),
+               os.path.join(DATA, "splitwise")]
+
+
 @pytest.mark.slow
 def test_cli_calibrate_json_and_simulate_with_preset(tmp_path, capsys):
     out = tmp_path / "h100.json"
-    data = [os.path.join(DATA, "vidur/compute/h100"), os.path.join(DATA, "vidur/network"),
-            os.path.join(DATA, "splitwise")]
+    data = H100_SUBSET
     assert cli.main(["calibrate", *data, "--hardware", "h100-sxm", "--out", str(out),
                      "--steps", "60", "--json"]) == 0
     rep = json.loads(capsys.readouterr().out)
@@ -472,8 +476,7 @@ def test_cost_engine_fit__per_tp_values_over_the_preset(tmp_path, capsys):
 @pytest.mark.slow
 def test_cli_calibrate_separate__engine_terms_per_tp_and_simulate_with_them(tmp_path, capsys):
     out = tmp_path / "h100.json"
-    data = [os.path.join(DATA, "vidur/compute/h100"), os.path.join(DATA, "vidur/network"),
-            os.path.join(DATA, "splitwise")]
+    data = H100_SUBSET
     assert cli.main(["calibrate", *data, "--hardware", "H100-SXM", "--out", str(out),
                      "--steps", "60", "--iteration-fit", "separate", "--robust"]) == 0
     assert "engine terms per TP degree: by_tp" in capsys.readouterr().out
