@@ -197,7 +197,10 @@ def calibrate(data: Measurements, hardware: str, *, holdout: str = "shape",
     _, hw = F.hardware_params(canon)
     if (~kern).any():
         names = list(F.ITERATION_PARAMS)
-        if not {"attn_prefill", "attn_decode"} <= set(op[kern].tolist()):
+        # attention without attention rows; and always for an engine fit kept apart:
+        # the measuring engine's attention implementation is part of what it describes
+        if iteration_fit == "separate" or not {"attn_prefill", "attn_decode"} <= set(
+                op[kern].tolist()):
             names += F.ATTN_PARAMS
         if not kern.any():
             names += list(F.ITERATION_ONLY_PARAMS)
