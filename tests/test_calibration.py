@@ -266,6 +266,7 @@ def _tables_preset(tmp_path, tables, name="t.json"):
     return str(path)
 
 
+@pytest.mark.slow  # long (28-32 s on 2 cores): runs in CI's slow step
 def test_shape_tables__fit_recovers_a_step_and_lanes_use_it(tmp_path):
     """Times = roofline x (1.5 between 129 and 256 tokens, else 1): the table stage puts
     the step back on the training shapes, interpolates the held-out ones, and a lane of

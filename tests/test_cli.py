@@ -45,6 +45,7 @@ def test_cli__every_documented_set_key(capsys):
     assert obj["num_gpu_blocks"] == 4000 and obj["tp"] == 2 and obj["scheduler"] == "v0"
 
 
+@pytest.mark.slow  # long (28-32 s on 2 cores): runs in CI's slow step
 def test_cli__trace_workload(capsys, tmp_path):
     f = tmp_path / "t.csv"
     f.write_text("arrival_s,prompt_tokens,output_tokens\n0,100,5\n0.2,50,3\n")

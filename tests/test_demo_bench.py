@@ -10,6 +10,7 @@ import pytest
 from jaxsim import bench, cli, demo
 
 
+@pytest.mark.slow  # long (28-32 s on 2 cores): runs in CI's slow step
 def test_demo__writes_table_and_plot(tmp_path, capsys):
     assert len(demo.grid()) >= 1024
     code = demo.main(out_dir=str(tmp_path), num_requests=12, quiet=False)
