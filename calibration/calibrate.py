@@ -110,6 +110,32 @@ def representable(m: Measurements) -> tuple[np.ndarray, dict[str, int]]:
     return keep & ~plain, skipped
 
 
+#: A prefill batch measured this many times faster than a smaller batch of the same
+#: prompts (same model, GPU and TP) is a failed run, not a timing: more tokens of the
+#: same prompts cannot take less time. Splitwise's Llama-2-70B prefill of 64 x 512 tokens
+#: on two A100s reads 794 ms in all 5 repeats, against 6.6 s for 32 x 512.
+FAILED_RUN_FACTOR = 1.5
+
+
+def failed_runs(m: Measurements) -> np.ndarray:
+    """Prefill-only iteration rows that are failed runs (see ``FAILED_RUN_FACTOR``)."""
+    op = m["op"].astype(str)
+    pre = (op == "iteration") & (np.asarray(m["num_decodes"]) == 0)
+    bad = np.zeros(len(m), bool)
+    if not pre.any():
+        return bad
+    b = np.asarray(m["batch_size"])
+    t = np.asarray(m["time_s"], np.float64)
+    group = list(zip(m["model"].astype(str), m["hardware"].astype(str),
+                     np.asarray(m["tp"]), np.asarray(m["chunk_len"]),
+                     np.asarray(m["context_len"]), strict=True))
+    for i in np.flatnonzero(pre):
+        smaller = [j for j in np.flatnonzero(pre) if group[j] == group[i] and b[j] < b[i]]
+        if smaller and t[i] * FAILED_RUN_FACTOR < max(t[j] for j in smaller):
+            bad[i] = True
+    return bad
+
+
 ITERATION_FIT = ("apply", "separate")
 
 #: What ``engine_fit`` holds (written into the preset next to it).
@@ -172,6 +198,12 @@ def calibrate(data: Measurements, hardware: str, *, holdout: str = "shape",
     if len(m) == 0:
         raise ValueError(f"--hardware {canon}: none of its rows can be fitted ({skipped})")
     train = F.split(m, holdout)
+    # after the split, so that dropping a failed run moves no other row in or out
+    bad = failed_runs(m)
+    if bad.any():
+        skipped[f"failed run (a prefill over {FAILED_RUN_FACTOR}x faster than a smaller "
+                "batch of the same prompts)"] = int(bad.sum())
+        m, train = m.select(~bad), train[~bad]
     op = m["op"].astype(str)
     kern = op != "iteration"
     if iteration_fit == "separate" and not kern.any():

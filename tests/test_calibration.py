@@ -508,3 +508,44 @@ def test_sarathi_check__a100_preset_predicts_unfitted_prefills(capsys):
     out = capsys.readouterr().out
     assert "A100 preset: MAPE 12.3%, median 9.2%" in out
     assert "A100 preset, all-reduce over PCIe: MAPE 32.1%" in out
+
+
+def _prefills_with_failed_runs():
+    """Prefill rows at two TP degrees where batch 8 is a failed run, plus decode rows
+    (never failed runs; a decode 5% faster at a larger batch is noise, kept)."""
+    from calibration import calibrate as C
+
+    dims = {"hardware": "H100-SXM", "dtype": "fp16", "op": "iteration", "model": "m",
+            "num_layers": 2, "hidden_size": 256, "num_heads": 4, "num_kv_heads": 4,
+            "head_dim": 64, "ffn_size": 512, "vocab_size": 1000, "gated": 1}
+    times = {1: 0.10, 2: 0.21, 4: 0.40, 8: 0.05, 16: 1.7}
+    rows = [{**dims, "tp": tp, "batch_size": b, "chunk_len": 512, "num_tokens": 512 * b,
+             "time_s": t * tp} for tp in (1, 2) for b, t in times.items()]
+    rows += [{**dims, "tp": 1, "num_decodes": b, "decode_context_len": 600,
+              "num_tokens": b, "time_s": 0.02 - 0.001 * (b == 4)} for b in (2, 4)]
+    m = from_rows(rows)
+    return m, C.failed_runs(m)
+
+
+def test_failed_runs__a_faster_bigger_prefill_batch_is_a_failed_run():
+    """A prefill of more of the same prompts cannot be much faster than a smaller batch
+    (Splitwise's A100 TP2 64 x 512 reads 794 ms against 6.6 s for 32 x 512)."""
+    from calibration import calibrate as C
+
+    m, bad = _prefills_with_failed_runs()
+    assert np.flatnonzero(bad).tolist() == [3, 8]
+    assert not C.failed_runs(m.select(~bad)).any()
+
+
+@pytest.mark.slow
+def test_failed_runs__calibrate_drops_them_after_the_split():
+    """``calibrate`` drops and counts failed runs after the held-out split, so no other
+    row moves in or out of the held-out set."""
+    from calibration import calibrate as C
+
+    m, bad = _prefills_with_failed_runs()
+    cal = C.calibrate(m, "H100-SXM", steps=5, smooth_p=(2,), shape_tables=False)
+    assert cal.skipped == {"failed run (a prefill over 1.5x faster than a smaller batch "
+                           "of the same prompts)": 2}
+    assert cal.n_rows == len(m) - 2
+    np.testing.assert_array_equal(cal.train, F.split(m, "shape")[~bad])
