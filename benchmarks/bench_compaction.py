@@ -12,7 +12,7 @@ metric must be identical with and without compaction.
 Compaction is checked between chunks (``chunk_iterations`` steps), so it can only help
 once a run spans several chunks: ``--chunk`` sets the chunk length.
 
-Usage: python benchmarks/bench_compaction.py [--lanes 256] [--repeats 3] [--chunk 1024]
+Usage: python benchmarks/bench_compaction.py [--lanes 256] [--repeats 3] [--chunk 256]
        [--out benchmarks/results/compaction_cpu.json]
 """
 
@@ -37,8 +37,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--lanes", type=int, default=256)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--chunk", type=int, default=1024,
-                   help="chunk_iterations: steps between compaction checks (default 1024)")
+    p.add_argument("--chunk", type=int, default=256,
+                   help="chunk_iterations: steps between compaction checks (default 256)")
     p.add_argument("--out")
     args = p.parse_args(argv)
     cfg = {"model": "Llama-3.1-8B", "gpu": "H100-SXM", "cost_preset": "uncalibrated"}

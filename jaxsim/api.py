@@ -33,7 +33,7 @@ def prepare(
     configs: Mapping | Sequence[Mapping],
     trace: Trace | Sequence[Trace],
     max_slots: int | None = None,
-    chunk_iterations: int = 1024,
+    chunk_iterations: int = 256,
     max_requests: int | None = None,
     cache_entries: int | None = None,
 ) -> Prepared:
@@ -107,7 +107,7 @@ def run(
     configs: Mapping | Sequence[Mapping],
     trace: Trace | Sequence[Trace],
     max_slots: int | None = None,
-    chunk_iterations: int = 1024,
+    chunk_iterations: int = 256,
     max_iterations: int | None = None,
     auto_slots: bool = True,
 ) -> SimResult:

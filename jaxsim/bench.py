@@ -37,7 +37,7 @@ SCENARIO = {
 RATE = 10.0
 PROMPT, OUTPUT = 512, 256
 SLOTS = 64
-CHUNK = 1024
+CHUNK = 256
 
 
 def machine() -> dict:

@@ -148,6 +148,7 @@ PER_LAYER_OPS = (
     "residual_add", "activation", "rotary", "kv_write", "all_reduce",
 )
 PER_ITERATION_OPS = ("embedding", "final_norm", "lm_head", "sampling", "cpu")
+_LAYER_OPS_BUT_DECODE = tuple(o for o in PER_LAYER_OPS if o != "attn_decode")
 #: Binary digits of the token count used by the exact MoE expert-coverage term
 #: (tokens per iteration are validated to be < 2**18).
 TOKEN_BITS = 18
@@ -396,9 +397,14 @@ def _total(k: CostConsts, t: dict[str, DD], tokens: Array) -> DD:
         return DD(jnp.stack([jnp.broadcast_to(x.hi, shape) for x in xs], axis=-1),
                   jnp.stack([jnp.broadcast_to(x.lo, shape) for x in xs], axis=-1))
 
-    layer = _dd_sum(stack(PER_LAYER_OPS))
-    once = _dd_sum(stack(PER_ITERATION_OPS))
-    total = dd.add(dd.mul_f(layer, k.dims["L"]), once)
+    # decode attention last: in an event-skipping run it alone varies with the context,
+    # so the sum of the others can come from a table (decode_table)
+    layer = _dd_sum(stack(_LAYER_OPS_BUT_DECODE))
+    return _combine(k, layer, t["attn_decode"], _dd_sum(stack(PER_ITERATION_OPS)), tokens)
+
+
+def _combine(k: CostConsts, layer: DD, attn_decode: DD, once: DD, tokens: Array) -> DD:
+    total = dd.add(dd.mul_f(dd.add(layer, attn_decode), k.dims["L"]), once)
     return dd.where(tokens > 0, total, dd.dd(jnp.zeros_like(total.hi)))
 
 
@@ -407,15 +413,45 @@ def iteration_time_from_consts(k: CostConsts, f: BatchFeatures) -> DD:
     return _total(k, op_times_from_consts(k, f), f.tokens)
 
 
-def decode_series_times(k: CostConsts, f: BatchFeatures, kv_tokens: DD) -> DD:
-    """Iteration times of batches equal to ``f`` except for the decode KV sum, which takes
-    each value of ``kv_tokens`` (shape ``[n]``): the decode-only iterations an
-    event-skipping macro-step advances, as their context grows. Element ``j`` equals
-    ``iteration_time_from_consts`` of ``f`` with ``decode_kv_tokens = kv_tokens[j]``,
-    bit for bit."""
-    t = op_times_from_consts(k, f)
-    t["attn_decode"] = decode_attention_time(k, f.num_decodes, kv_tokens)
-    return _total(k, t, f.tokens)
+class DecodeTable(NamedTuple):
+    """Per-lane sums of the operator times of a decode-only batch of ``n`` sequences, for
+    ``n`` = 0 .. size - 1, without decode attention (the only operator that depends on
+    the context): ``layer`` over the per-layer operators, ``once`` over the
+    per-iteration ones (DD, ``[size]`` each)."""
+
+    layer: DD
+    once: DD
+
+
+def decode_only(n: Array, kv_tokens: DD) -> BatchFeatures:
+    """Features of a decode-only batch of ``n`` sequences whose contexts sum to
+    ``kv_tokens`` (each sequence schedules and samples one token)."""
+    zero = dd.dd(jnp.float32(0.0))
+    return BatchFeatures(tokens=n, num_seqs=n, num_sampled=n, prefill_tokens=jnp.int32(0),
+                         prefill_pairs_x2=zero, prefill_kv_tokens=zero, num_decodes=n,
+                         decode_kv_tokens=kv_tokens)
+
+
+def decode_table(k: CostConsts, size: int) -> DecodeTable:
+    """The :class:`DecodeTable` of one lane (computed once per chunk of steps)."""
+    def one(n):
+        t = op_times_from_consts(k, decode_only(n, dd.dd(jnp.float32(0.0))))
+        return (_dd_sum(_stack([t[o] for o in _LAYER_OPS_BUT_DECODE])),
+                _dd_sum(_stack([t[o] for o in PER_ITERATION_OPS])))
+
+    layer, once = jax.vmap(one)(jnp.arange(size, dtype=jnp.int32))
+    return DecodeTable(layer=layer, once=once)
+
+
+def decode_series_times(k: CostConsts, table: DecodeTable, n: Array, kv_tokens: DD) -> DD:
+    """Times of decode-only iterations of ``n[j]`` sequences whose contexts sum to
+    ``kv_tokens[j]`` (shapes ``[m]``; ``0 <= n < table size``): the iterations an
+    event-skipping macro-step advances, as their context grows and requests finish.
+    Element ``j`` equals ``iteration_time_from_consts`` of ``decode_only(n[j],
+    kv_tokens[j])`` (the same operations, the context-free sums from ``table``)."""
+    layer = DD(table.layer.hi[n], table.layer.lo[n])
+    once = DD(table.once.hi[n], table.once.lo[n])
+    return _combine(k, layer, decode_attention_time(k, n, kv_tokens), once, n)
 
 
 def iteration_time_dd(model, hw, tp, cost, f: BatchFeatures) -> DD:

@@ -44,7 +44,7 @@ class SimShape:
 
     max_requests: int
     max_slots: int
-    chunk_iterations: int = 1024
+    chunk_iterations: int = 256
     num_tiers: int = 1
     max_replicas: int = 1
     cache_entries: int = 0

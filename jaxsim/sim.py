@@ -58,9 +58,11 @@ def _run_chunk_single(shape: SimShape, params: SimParams, workload: Workload,
                                params.cost)
     pconsts = (prefix.prepare(params, workload, consts) if shape.cache_entries > 0
                else None)
+    dtab = (costmodel.decode_table(consts, shape.max_slots)
+            if shape.macro_iterations > 0 and shape.cache_entries == 0 else None)
 
     def body(s, _):
-        return step(shape, params, workload, s, consts, pconsts), None
+        return step(shape, params, workload, s, consts, pconsts, dtab), None
 
     state, _ = jax.lax.scan(body, state, None, length=shape.chunk_iterations)
     return state, is_done(state, workload)
@@ -289,9 +291,11 @@ def run_fixed(
                                params.cost)
     pconsts = (prefix.prepare(params, workload, consts) if shape.cache_entries > 0
                else None)
+    dtab = (costmodel.decode_table(consts, shape.max_slots)
+            if shape.macro_iterations > 0 and shape.cache_entries == 0 else None)
 
     def body(s, _):
-        return step(shape, params, workload, s, consts, pconsts), None
+        return step(shape, params, workload, s, consts, pconsts, dtab), None
 
     state, _ = jax.lax.scan(body, state, None, length=num_iterations)
     state = flush_in_flight(state)

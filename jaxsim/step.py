@@ -102,20 +102,22 @@ def _floordiv(a, b, inv_b):
 
 
 def _decode_run(shape: SimShape, params: SimParams, wl: Workload, st: SimState,
-                consts: costmodel.CostConsts, active, inv_bs):
+                consts: costmodel.CostConsts, dtab: costmodel.DecodeTable, active, inv_bs):
     """Event skipping (docs/semantics.md §6): advance the lane by ``k`` decode-only
     iterations at once, where ``k`` is the longest run (at most
     ``shape.macro_iterations`` and the block size) in which per-iteration stepping would
-    schedule exactly the running requests, one token each: every running request is
-    decoding and none finishes before the run's last iteration, their KV blocks fit, the
-    budget covers them, and nothing is admitted (the next request arrives after the
-    start of the run's last iteration, or the queue's head is blocked by a limit that
-    only a finish could lift). The iteration times are the cost model's, one per
-    iteration as the context grows (``costmodel.decode_series_times``); the clock, busy
-    time and KV-occupancy integral are summed in the same order as stepping would.
+    schedule exactly the running requests that have not finished, one token each: every
+    running request is decoding, their KV blocks fit, the budget covers them, at least
+    one is left, and nothing is admitted (the next request arrives after the start of
+    the run's last iteration, or the queue's head is blocked by a limit that only a
+    finish could lift, in which case the run ends with the first finish). The iteration
+    times are the cost model's, one per iteration as the context grows and requests
+    finish (``costmodel.decode_series_times``); the clock, busy time and KV-occupancy
+    integral are summed in the same order as stepping would.
 
-    Returns the advanced state and the rows that finished in the run's last iteration
-    (still in the table; the ordinary iteration that follows removes them).
+    Returns the advanced state, the rows that finished in the run (still in the table;
+    the ordinary iteration that follows removes them) and the clock at the end of each
+    one's last iteration (DD; meaningful at those rows).
     """
     S, R, KC = shape.max_slots, shape.max_requests, shape.macro_iterations
     sp = params.scheduler
@@ -128,20 +130,35 @@ def _decode_run(shape: SimShape, params: SimParams, wl: Workload, st: SimState,
     is_v0 = sp.mode == MODE_V0
     decoding = (g >= 1) & (st.slot_prompt + g - c == 1)
     big = jnp.int32(2**30)
-    k_fin = jnp.min(jnp.where(running, st.slot_output - g, big))  # run ends by a finish
+    # a request with ``left`` tokens to go finishes in iteration left - 1 of the run and
+    # is out of the batch from iteration ``left`` on (bin KC: not within the run)
+    left = jnp.where(running, st.slot_output - g, big)
+    k_fin = jnp.min(left)
+    gone = jnp.minimum(left, KC)
     fl = _floordiv(c, bs, inv_bs)
     rem = c - fl * bs
     blocks1 = jnp.sum(jnp.where(running, fl + 1, 0), dtype=i32)  # after the first token
     held0 = jnp.sum(jnp.where(running, fl + (rem > 0), 0), dtype=i32)
     first_new = jnp.where(running, bs - rem, big)  # iteration that opens its next block
+    opens = first_new < left
     j = jnp.arange(KC, dtype=i32)
-    # blocks held after iteration j: every request opens at most one block in the run
-    # (a histogram of the opening iterations; an [S, KC] comparison was slower, see
-    # benchmarks/README.md)
-    opened = jnp.zeros((KC + 1,), i32).at[jnp.minimum(first_new, KC)].add(1)
-    used = blocks1 + jnp.cumsum(opened[:KC])
+    # Per iteration j of the run, by histograms over the rows (an [S, KC] comparison was
+    # slower, see benchmarks/README.md): every request opens at most one block in the
+    # run, and a finished one no longer holds blocks, counts or adds context.
+    x = c + 1
+    # what each row takes out of the batch when it is gone: a sequence, its blocks, and
+    # its context (in 12-bit halves, so the sums stay exact in int32)
+    w = jnp.where(running[:, None],
+                  jnp.stack([jnp.ones_like(x), fl + 1 + opens, x >> 12, x & 4095], -1), 0)
+    out = jnp.cumsum(jnp.zeros((KC + 1, 4), i32).at[gone].add(w)[:KC], axis=0)
+    n_j = n - out[:, 0]
+    opened = jnp.zeros((KC + 1,), i32).at[jnp.where(opens, jnp.minimum(first_new, KC),
+                                                     KC)].add(1)
+    used = blocks1 + jnp.cumsum(opened[:KC]) - out[:, 1]
+    tot = jnp.sum(w, axis=0, dtype=i32)
+    a_hi, a_lo = tot[2] - out[:, 2], tot[3] - out[:, 3]
 
-    # The queue's head: blocked now (and so for the whole run), or not yet arrived.
+    # The queue's head: blocked now (and so until a finish), or not yet arrived.
     nreq = wl.num_requests
     has_pre = st.n_act > n
     hrow = jnp.minimum(n, S - 1)
@@ -156,28 +173,23 @@ def _decode_run(shape: SimShape, params: SimParams, wl: Workload, st: SimState,
     h_free = total - jnp.where(is_v0, held0, blocks1)
     h_blocks = h_free - _floordiv(h_got + bs - 1, bs, inv_bs) >= sp.watermark_blocks
     h_ok = h_budget & h_blocks & (n < sp.max_num_seqs)
-    a_hi, a_lo = wl.arrival_hi[p_c], wl.arrival_lo[p_c]
+    a_hi_t, a_lo_t = wl.arrival_hi[p_c], wl.arrival_lo[p_c]
     trace_head = st.ptr < nreq
-    ready0 = has_pre | (trace_head & dd_le(a_hi, a_lo, st.clock_hi, st.clock_lo))
+    ready0 = has_pre | (trace_head & dd_le(a_hi_t, a_lo_t, st.clock_hi, st.clock_lo))
     blocked = ready0 & ~h_ok
 
-    # Iteration times as the decode context grows by n per iteration.
-    kd0 = _exact_dot(running.astype(i32), c + 1)
-    feats = costmodel.BatchFeatures(
-        tokens=n, num_seqs=n, num_sampled=n, prefill_tokens=jnp.int32(0),
-        prefill_pairs_x2=ddm.dd(f32(0.0)), prefill_kv_tokens=ddm.dd(f32(0.0)),
-        num_decodes=n, decode_kv_tokens=kd0)
-    kd = ddm.add_f(DD(jnp.broadcast_to(kd0.hi, (KC,)), jnp.broadcast_to(kd0.lo, (KC,))),
-                   (j * n).astype(f32))
-    dts = costmodel.decode_series_times(consts, feats, kd)
+    # Iteration times as the decode context grows by one token per running request.
+    kd = ddm.add_f(ddm.add(ddm.mul_f(costmodel.int_to_dd(a_hi), f32(4096.0)),
+                           costmodel.int_to_dd(a_lo)), (j * n_j).astype(f32))
+    dts = costmodel.decode_series_times(consts, dtab, n_j, kd)
     finite = jnp.isfinite(dts.hi) & jnp.isfinite(dts.lo)
 
     # Clock, busy time and KV integral after each iteration of the run, summed one
     # iteration at a time as stepping does (a scan: unrolled, XLA would fuse the chain
     # into every output and recompute it).
-    def acc(carry, x):
+    def acc(carry, xs):
         hi, lo = carry
-        dh, dl, u = x
+        dh, dl, u = xs
         nhi, nlo = dd_add2(hi[:2], lo[:2], jnp.stack([dh, dh]), jnp.stack([dl, dl]))
         khi, klo = dd_add(hi[2], lo[2], u.astype(f32) * (dh + dl))
         out = (jnp.concatenate([nhi, khi[None]]), jnp.concatenate([nlo, klo[None]]))
@@ -188,16 +200,17 @@ def _decode_run(shape: SimShape, params: SimParams, wl: Workload, st: SimState,
     _, (sums_hi, sums_lo) = jax.lax.scan(acc, init, (dts.hi, dts.lo, used))
     sums_hi = jnp.concatenate([init[0][None], sums_hi])  # [KC + 1, 3]: after j iterations
     sums_lo = jnp.concatenate([init[1][None], sums_lo])
-    arrived = trace_head & dd_le(a_hi, a_lo, sums_hi[:KC, 0], sums_lo[:KC, 0])
+    arrived = trace_head & dd_le(a_hi_t, a_lo_t, sums_hi[:KC, 0], sums_lo[:KC, 0])
 
     eligible = (active & (n >= 1) & (n < S) & (n <= sp.max_num_batched_tokens)
                 & jnp.all(decoding | ~running))
-    ok = (eligible & (j < bs) & (j < k_fin) & (used <= total) & finite
-          & (j < st.iter_limit - st.iterations) & (blocked | (~has_pre & ~arrived)))
+    ok = (eligible & (j < bs) & (n_j >= 1) & (used <= total) & finite
+          & (j < st.iter_limit - st.iterations)
+          & jnp.where(blocked, j < k_fin, ~has_pre & ~arrived))
     k = jnp.sum(jnp.cumsum(~ok, dtype=i32) == 0, dtype=i32)
 
-    adv = jnp.where(running, k, 0)
-    ghost = running & (st.slot_output - g == k) & (k > 0)
+    adv = jnp.where(running, jnp.minimum(k, left), 0)
+    ghost = running & (left <= k) & (k > 0)
     end_hi, end_lo = sums_hi[k], sums_lo[k]
     st = eqx.tree_at(
         lambda s: (s.clock_hi, s.clock_lo, s.busy_hi, s.busy_lo, s.kv_used_s_hi,
@@ -205,11 +218,12 @@ def _decode_run(shape: SimShape, params: SimParams, wl: Workload, st: SimState,
                    s.slot_tokens, s.tokens_total, s.iterations),
         st,
         (end_hi[0], end_lo[0], end_hi[1], end_lo[1], end_hi[2], end_lo[2],
-         jnp.maximum(st.kv_peak_blocks, jnp.where(k > 0, used[jnp.maximum(k - 1, 0)], 0)),
-         c + adv, g + adv, st.slot_tokens + adv, st.tokens_total + n * k,
-         st.iterations + k),
+         jnp.maximum(st.kv_peak_blocks, jnp.max(jnp.where(j < k, used, 0))),
+         c + adv, g + adv, st.slot_tokens + adv,
+         st.tokens_total + jnp.sum(adv, dtype=i32), st.iterations + k),
     )
-    return st, ghost
+    fin = jnp.minimum(left, KC)
+    return st, ghost, (sums_hi[fin, 0], sums_lo[fin, 0])
 
 
 def step(
@@ -219,12 +233,15 @@ def step(
     st: SimState,
     consts: costmodel.CostConsts | None = None,
     pconsts: prefix.PrefixConsts | None = None,
+    dtab: costmodel.DecodeTable | None = None,
 ) -> SimState:
     """Advance one lane by one engine iteration (see the module docstring).
 
     ``consts`` are the lane's cost-model constants (``costmodel.prepare``) and
-    ``pconsts`` its prefix-cache constants (``prefix.prepare``); the scan drivers
-    compute them once per run instead of once per iteration.
+    ``pconsts`` its prefix-cache constants (``prefix.prepare``) and ``dtab`` its
+    decode-only operator sums (``costmodel.decode_table`` of size ``shape.max_slots``;
+    used by event skipping); the scan drivers compute them once per run instead of once
+    per iteration.
     """
     if consts is None:
         consts = costmodel.prepare(params.model, params.hardware, params.scheduler.tp,
@@ -243,12 +260,16 @@ def step(
     # compaction and take no part in it.
     macro = shape.macro_iterations > 0 and shape.cache_entries == 0
     if macro:
-        st, ghost = _decode_run(shape, params, workload, st, consts, active, inv_bs)
+        if dtab is None:
+            dtab = costmodel.decode_table(consts, S)
+        st, ghost, (ghost_hi, ghost_lo) = _decode_run(shape, params, workload, st, consts,
+                                                      dtab, active, inv_bs)
         active = active & (st.iterations < st.iter_limit)
         live = (row < st.n_run) & ~ghost
         n_ghost = jnp.sum(ghost, dtype=jnp.int32)
     else:
         ghost = jnp.zeros((S,), jnp.bool_)
+        ghost_hi = ghost_lo = jnp.zeros((S,), jnp.float32)
         live = row < st.n_run
         n_ghost = jnp.int32(0)
 
@@ -512,7 +533,7 @@ def step(
     # per-request results, written at the rows of finishing requests only
     out_idx = jnp.where(finished, req, R)  # R is out of range: dropped
     ttft = dd_sub(first_hi, first_lo, arr_hi, arr_lo)
-    decode = dd_sub(jnp.where(ghost, clock_hi, end_hi), jnp.where(ghost, clock_lo, end_lo),
+    decode = dd_sub(jnp.where(ghost, ghost_hi, end_hi), jnp.where(ghost, ghost_lo, end_lo),
                     first_hi, first_lo)
 
     def put(a, v):

@@ -94,7 +94,7 @@ def capacity_search(cfgs: Sequence[Mapping], slo: Mapping[str, float],
     S = slots or min(max_seqs, 64)
     plan = runner.Plan(size=N, chunk_size=B, num_chunks=-(-N // B), slots=S,
                        max_slots=max(S, max_seqs), max_requests=R, per_lane_workload=True,
-                       chunk_iterations=1024, num_devices=n_dev)
+                       chunk_iterations=256, num_devices=n_dev)
     traces = runner._TraceCache()
     sims = 0
 

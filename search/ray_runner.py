@@ -43,7 +43,7 @@ def _chunk_task(space: DesignSpace, plan: runner.Plan, c: int, out_dir: str,
 
 def run_sweep(space: DesignSpace, out_dir: str, address: str = "local", resume: bool = False,
               chunk_size: int | None = None, slots: int | None = None,
-              chunk_iterations: int = 1024, progress: bool = True,
+              chunk_iterations: int = 256, progress: bool = True,
               max_chunks: int | None = None, max_iterations: int | None = None,
               max_retries: int = 3, cpus_per_task: float | None = None,
               gpus_per_task: float = 0.0, _fail_once: str | None = None

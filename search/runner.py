@@ -132,7 +132,7 @@ def bytes_per_lane(shape: SimShape, per_lane_workload: bool) -> int:
 
 
 def make_plan(space: DesignSpace, chunk_size: int | None = None, slots: int | None = None,
-              chunk_iterations: int = 1024) -> Plan:
+              chunk_iterations: int = 256) -> Plan:
     """Choose B, S and R for a space (B from the memory per lane and the device)."""
     n_dev = len(jax.local_devices())
     per_lane = _workload_keys(space)
@@ -527,7 +527,7 @@ def run_chunk(space: DesignSpace, plan: Plan, c: int, out_dir: str,
 
 def run_sweep(space: DesignSpace, out_dir: str, resume: bool = False,
               chunk_size: int | None = None, slots: int | None = None,
-              chunk_iterations: int = 1024, progress: bool = True,
+              chunk_iterations: int = 256, progress: bool = True,
               max_chunks: int | None = None, max_iterations: int | None = None,
               on_chunk: Callable[[int], None] | None = None) -> SweepResult:
     """Evaluate every configuration of ``space``, one Parquet file per chunk in ``out_dir``.

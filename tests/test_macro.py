@@ -97,9 +97,28 @@ def test_macro__arrival_ends_the_run():
     _both({}, tr)
 
 
+def test_macro__finish_inside_the_run_when_nothing_waits():
+    # Requests 0 (P=8, O=5) and 1 (P=8, O=20) arrive together. Step 1 prefills both
+    # (g=1 each). Step 2: request 0 has 4 tokens to go, so it finishes in the run's
+    # iteration 3; nothing waits (the trace is exhausted), so the run goes on with request
+    # 1 alone to the cap of 16, and the ordinary iteration decodes request 1 (g=18) and
+    # removes request 0. Step 3: request 1's last 2 tokens are a run of 2.
+    tr = Trace([0.0, 0.0], [8, 8], [5, 20])
+    s = _states({}, tr, 3)
+    assert [int(x.iterations) for x in s] == [0, 1, 18, 20]
+    assert [int(x.num_completed) for x in s] == [0, 0, 1, 2]
+    assert int(s[2].n_act) == 1 and int(s[2].slot_generated[0]) == 18
+    assert int(s[2].tokens_total) == 16 + 4 + 16 + 1  # prefills, request 0, request 1
+    a, b = _both({}, tr)
+    assert int(a.metrics["steps"][0]) == 3
+    # request 0's E2E ends with the run's iteration 3, as in stepping
+    assert float(a.state.decode_s[0, 0]) == float(b.state.decode_s[0, 0])
+
+
 def test_macro__finish_ends_the_run_and_frees_the_seat():
     # max_num_seqs=1: request 1 waits (ready, blocked by max_num_seqs) while request 0
-    # decodes, so arrivals do not end the run; the finish of request 0 does. Request 0:
+    # decodes, so arrivals do not end the run; the finish of request 0 does (it could
+    # free the seat: the run ends with the first finish while the head waits). Request 0:
     # P=8, O=20: step 1 prefill (g=1); step 2: 16 + 1 (g=18); step 3: a run of 2 ends
     # with its finish, and the step's ordinary iteration admits request 1.
     tr = Trace([0.0, 0.0], [8, 8], [20, 5])
