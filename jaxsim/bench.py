@@ -104,17 +104,23 @@ def copy_bandwidth() -> float:
 
 
 def step_bytes(batch: int = 128, slots: int = SLOTS) -> float:
-    """Bytes one step moves per lane, from XLA's cost analysis of the compiled chunk
-    (operand and result bytes of every fusion, the loop body counted once)."""
-    import dataclasses
-
-    from jaxsim import sim
+    """Bytes one step moves per lane, from XLA's cost analysis of one compiled step
+    (operand and result bytes of every fusion), with the per-lane constants a chunk
+    computes once (cost-model constants, decode table) passed in, not recomputed."""
+    from jaxsim import costmodel, sim
+    from jaxsim.step import step
 
     prep, params = _prepare(1000, batch, slots)
-    shape = dataclasses.replace(prep.shape, chunk_iterations=1)
-    state = sim._init_batch(shape, params, prep.workload, jnp.int32(1), False)
-    ca = sim._run_chunk_batch.lower(shape, params, prep.workload, state,
-                                    False).compile().cost_analysis()
+    shape, wl = prep.shape, prep.workload
+    state = sim._init_batch(shape, params, wl, jnp.int32(1), False)
+
+    def consts(p):
+        c = costmodel.prepare(p.model, p.hardware, p.scheduler.tp, p.cost)
+        return c, costmodel.decode_table(c, shape.max_slots)
+
+    c, d = jax.jit(jax.vmap(consts))(params)
+    one = jax.jit(jax.vmap(lambda p, s, c, d: step(shape, p, wl, s, c, None, d)))
+    ca = one.lower(params, state, c, d).compile().cost_analysis()
     ca = ca[0] if isinstance(ca, list) else ca
     return float(ca["bytes accessed"]) / batch
 
