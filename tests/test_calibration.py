@@ -381,6 +381,7 @@ def test_shape_tables__all_reduce_by_message_size(tmp_path):
     assert shapecorr.CORR_OPS[-1] == "all_reduce"
 
 
+@pytest.mark.slow  # long (34-47 s on 2 cores): runs in CI's slow step
 def test_fit_groups__recovers_each_tp_degrees_engine_terms():
     """Iteration times from known per-TP engine terms (1% noise) are fitted back per TP
     degree, from one shared start, in one vmapped run."""
