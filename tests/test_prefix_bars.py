@@ -48,6 +48,7 @@ BASE = {"model": "Llama-3.1-8B", "gpu": "H100-SXM", "max_num_batched_tokens": 81
         "max_num_seqs": 4, "enable_prefix_caching": True, "max_model_len": 32768}
 
 
+@pytest.mark.slow  # long (29-30 s on 2 cores): runs in CI's slow step
 def test_mooncake_unlimited_cache_hits_the_exact_bound(mooncake):
     tr = sequential_prefill(mooncake, 300, 32000)
     # independent bound: longest prefix of whole blocks seen in any earlier request
@@ -98,6 +99,7 @@ def test_finite_lru_equals_plain_python_lru(mooncake):
         assert expect > 0
 
 
+@pytest.mark.slow  # long (29-30 s on 2 cores): runs in CI's slow step
 def test_zero_capacity_tier_is_identical_to_no_tier(mooncake):
     tr = mooncake.head(120)
     base = {**BASE, "num_gpu_blocks": 3000, "max_num_seqs": 16}
