@@ -129,10 +129,18 @@ def failed_runs(m: Measurements) -> np.ndarray:
     group = list(zip(m["model"].astype(str), m["hardware"].astype(str),
                      np.asarray(m["tp"]), np.asarray(m["chunk_len"]),
                      np.asarray(m["context_len"]), strict=True))
+    # the slowest smaller batch of each group, from the batch sizes in increasing order
+    by_group: dict = {}
     for i in np.flatnonzero(pre):
-        smaller = [j for j in np.flatnonzero(pre) if group[j] == group[i] and b[j] < b[i]]
-        if smaller and t[i] * FAILED_RUN_FACTOR < max(t[j] for j in smaller):
-            bad[i] = True
+        by_group.setdefault(group[i], []).append(i)
+    for rows in by_group.values():
+        rows.sort(key=lambda i: b[i])
+        slowest, k = -np.inf, 0
+        for i in rows:
+            while b[rows[k]] < b[i]:
+                slowest = max(slowest, t[rows[k]])
+                k += 1
+            bad[i] = t[i] * FAILED_RUN_FACTOR < slowest
     return bad
 
 

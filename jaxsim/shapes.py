@@ -84,3 +84,8 @@ class SimShape:
             raise ValueError(
                 f"SimShape.max_replicas={self.max_replicas!r}: only 1 is supported so far"
             )
+
+    @property
+    def event_skipping(self) -> bool:
+        """Whether steps advance decode runs in closed form (``macro_iterations``)."""
+        return self.macro_iterations > 0 and self.cache_entries == 0

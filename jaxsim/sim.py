@@ -59,7 +59,7 @@ def _run_chunk_single(shape: SimShape, params: SimParams, workload: Workload,
     pconsts = (prefix.prepare(params, workload, consts) if shape.cache_entries > 0
                else None)
     dtab = (costmodel.decode_table(consts, shape.max_slots)
-            if shape.macro_iterations > 0 and shape.cache_entries == 0 else None)
+            if shape.event_skipping else None)
 
     def body(s, _):
         return step(shape, params, workload, s, consts, pconsts, dtab), None
@@ -292,7 +292,7 @@ def run_fixed(
     pconsts = (prefix.prepare(params, workload, consts) if shape.cache_entries > 0
                else None)
     dtab = (costmodel.decode_table(consts, shape.max_slots)
-            if shape.macro_iterations > 0 and shape.cache_entries == 0 else None)
+            if shape.event_skipping else None)
 
     def body(s, _):
         return step(shape, params, workload, s, consts, pconsts, dtab), None

@@ -258,7 +258,7 @@ def step(
     # §6 event skipping: first a run of decode-only iterations in closed form; requests
     # that finished in its last iteration ("ghost" rows) leave in this iteration's
     # compaction and take no part in it.
-    macro = shape.macro_iterations > 0 and shape.cache_entries == 0
+    macro = shape.event_skipping
     if macro:
         if dtab is None:
             dtab = costmodel.decode_table(consts, S)
