@@ -1,6 +1,6 @@
 """Where a step's time goes: an XLA profile of the core scenario's compiled chunk.
 
-    python benchmarks/profile_step.py [--batch 1024] [--top 25]
+    python benchmarks/profile_step.py [--batch 1024] [--top 25] [--macro K]
 
 Runs the core scenario (``jaxsim.bench``) for B lanes, traces three chunks of 64 steps
 with ``jax.profiler.trace``, and sums the duration of every compiled operation by name
@@ -32,6 +32,8 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--batch", type=int, default=1024)
     ap.add_argument("--top", type=int, default=25)
+    ap.add_argument("--macro", type=int, default=None,
+                    help="SimShape.macro_iterations (default: the benchmark's)")
     args = ap.parse_args()
 
     import jax
@@ -40,7 +42,7 @@ def main() -> int:
     from jaxsim import bench, sim
 
     B, L, chunks = args.batch, 64, 3
-    prep, params = bench._prepare(1000, B)
+    prep, params = bench._prepare(1000, B, macro=args.macro)
     shape = dataclasses.replace(prep.shape, chunk_iterations=L)
     state = sim._init_batch(shape, params, prep.workload, jnp.int32(10**6), False)
     state, _ = sim._run_chunk_batch(shape, params, prep.workload, state, False)

@@ -188,19 +188,22 @@ def _decode_run(shape: SimShape, params: SimParams, wl: Workload, st: SimState,
     # iteration at a time as stepping does (a scan: unrolled, XLA would fuse the chain
     # into every output and recompute it).
     def acc(carry, xs):
-        hi, lo = carry
+        c_hi, c_lo, b_hi, b_lo, u_hi, u_lo = carry
         dh, dl, u = xs
-        nhi, nlo = dd_add2(hi[:2], lo[:2], jnp.stack([dh, dh]), jnp.stack([dl, dl]))
-        khi, klo = dd_add(hi[2], lo[2], u.astype(f32) * (dh + dl))
-        out = (jnp.concatenate([nhi, khi[None]]), jnp.concatenate([nlo, klo[None]]))
+        # three sums carried apart: stacking them costs a concatenation per iteration
+        c_hi, c_lo = dd_add2(c_hi, c_lo, dh, dl)
+        b_hi, b_lo = dd_add2(b_hi, b_lo, dh, dl)
+        u_hi, u_lo = dd_add(u_hi, u_lo, u.astype(f32) * (dh + dl))
+        out = (c_hi, c_lo, b_hi, b_lo, u_hi, u_lo)
         return out, out
 
-    init = (jnp.stack([st.clock_hi, st.busy_hi, st.kv_used_s_hi]),
-            jnp.stack([st.clock_lo, st.busy_lo, st.kv_used_s_lo]))
-    _, (sums_hi, sums_lo) = jax.lax.scan(acc, init, (dts.hi, dts.lo, used))
-    sums_hi = jnp.concatenate([init[0][None], sums_hi])  # [KC + 1, 3]: after j iterations
-    sums_lo = jnp.concatenate([init[1][None], sums_lo])
-    arrived = trace_head & dd_le(a_hi_t, a_lo_t, sums_hi[:KC, 0], sums_lo[:KC, 0])
+    init = (st.clock_hi, st.clock_lo, st.busy_hi, st.busy_lo, st.kv_used_s_hi,
+            st.kv_used_s_lo)
+    _, series = jax.lax.scan(acc, init, (dts.hi, dts.lo, used))
+    # [KC + 1] each: the clock, busy time and KV integral after j iterations
+    (clk_hi, clk_lo, bsy_hi, bsy_lo, kvs_hi, kvs_lo) = (
+        jnp.concatenate([x0[None], xs]) for x0, xs in zip(init, series, strict=True))
+    arrived = trace_head & dd_le(a_hi_t, a_lo_t, clk_hi[:KC], clk_lo[:KC])
 
     eligible = (active & (n >= 1) & (n < S) & (n <= sp.max_num_batched_tokens)
                 & jnp.all(decoding | ~running))
@@ -211,19 +214,18 @@ def _decode_run(shape: SimShape, params: SimParams, wl: Workload, st: SimState,
 
     adv = jnp.where(running, jnp.minimum(k, left), 0)
     ghost = running & (left <= k) & (k > 0)
-    end_hi, end_lo = sums_hi[k], sums_lo[k]
     st = eqx.tree_at(
         lambda s: (s.clock_hi, s.clock_lo, s.busy_hi, s.busy_lo, s.kv_used_s_hi,
                    s.kv_used_s_lo, s.kv_peak_blocks, s.slot_computed, s.slot_generated,
                    s.slot_tokens, s.tokens_total, s.iterations),
         st,
-        (end_hi[0], end_lo[0], end_hi[1], end_lo[1], end_hi[2], end_lo[2],
+        (clk_hi[k], clk_lo[k], bsy_hi[k], bsy_lo[k], kvs_hi[k], kvs_lo[k],
          jnp.maximum(st.kv_peak_blocks, jnp.max(jnp.where(j < k, used, 0))),
          c + adv, g + adv, st.slot_tokens + adv,
          st.tokens_total + jnp.sum(adv, dtype=i32), st.iterations + k),
     )
     fin = jnp.minimum(left, KC)
-    return st, ghost, (sums_hi[fin, 0], sums_lo[fin, 0])
+    return st, ghost, (clk_hi[fin], clk_lo[fin])
 
 
 def step(
