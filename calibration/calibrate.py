@@ -333,10 +333,11 @@ def write_preset(cal: Calibration, path: str, command: str = "") -> None:
 
 def format_table(report: dict[str, dict]) -> str:
     """The error table as text (percent)."""
-    lines = [f"{'op':<14}{'n_train':>9}{'n_holdout':>10}{'MAPE%':>8}{'p90%':>8}{'max%':>8}"
+    w = max([14, *(len(k) + 1 for k in report)])
+    lines = [f"{'op':<{w}}{'n_train':>9}{'n_holdout':>10}{'MAPE%':>8}{'p90%':>8}{'max%':>8}"
              f"{'bias%':>8}{'train MAPE%':>13}"]
     for k, v in report.items():
-        lines.append(f"{k:<14}{v['n_train']:>9}{v['n_holdout']:>10}{v['mape']:>8.2f}"
+        lines.append(f"{k:<{w}}{v['n_train']:>9}{v['n_holdout']:>10}{v['mape']:>8.2f}"
                      f"{v['p90_ape']:>8.2f}{v['max_ape']:>8.2f}{v.get('bias', math.nan):>8.2f}"
                      f"{v['train_mape']:>13.2f}")
     return "\n".join(lines)

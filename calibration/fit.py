@@ -577,6 +577,9 @@ def error_table(m: Measurements, pred: np.ndarray, train: np.ndarray) -> dict[st
     """Per operator and per family: n_train, n_holdout, MAPE, p90 and max absolute
     percentage error and the mean signed percentage error (``bias``: negative when the
     model is too fast) on the held-out rows (on the training rows when none is held out).
+    Whole-iteration rows of more than one phase also get a line per phase:
+    ``iteration_prefill`` (no decodes), ``iteration_decode`` (decodes only) and
+    ``iteration_mixed``.
     """
     pe = (pred / np.asarray(m["time_s"]) - 1.0) * 100.0
     ape = np.abs(pe)
@@ -601,4 +604,14 @@ def error_table(m: Measurements, pred: np.ndarray, train: np.ndarray) -> dict[st
         sel = np.isin(op, list(members))
         if sel.any() and len(set(op[sel].tolist())) > 1:
             out[fam] = stats(sel)
+    # whole iterations by phase, when there are several: a pooled figure can hide that
+    # prefills and decodes are fitted very differently well
+    it = op == "iteration"
+    if it.any():
+        pre = np.asarray(m["batch_size"]) > 0
+        dec = np.asarray(m["num_decodes"]) > 0
+        phases = {"iteration_prefill": it & pre & ~dec, "iteration_decode": it & dec & ~pre,
+                  "iteration_mixed": it & pre & dec}
+        if sum(bool(sel.any()) for sel in phases.values()) > 1:
+            out.update({name: stats(sel) for name, sel in phases.items() if sel.any()})
     return out

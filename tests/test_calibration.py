@@ -550,3 +550,25 @@ def test_failed_runs__calibrate_drops_them_after_the_split():
                            "of the same prompts)": 2}
     assert cal.n_rows == len(m) - 2
     np.testing.assert_array_equal(cal.train, F.split(m, "shape")[~bad])
+
+
+def test_error_table__iterations_are_also_reported_by_phase():
+    """Whole iterations get a line per phase beside the pooled one, each of its own rows:
+    a pooled MAPE can hide that prefills fit far worse than decodes."""
+    m, _ = _prefills_with_failed_runs()
+    t = np.asarray(m["time_s"])
+    pre = np.asarray(m["num_decodes"]) == 0
+    pred = np.where(pre, 1.2 * t, 0.99 * t)  # prefills 20% too slow, decodes 1% too fast
+    train = np.zeros(len(m), bool)
+    train[[0, 5]] = True
+    rep = F.error_table(m, pred, train)
+    assert rep["iteration_prefill"]["n_holdout"] == int((pre & ~train).sum()) == 8
+    assert rep["iteration_prefill"]["mape"] == pytest.approx(20.0)
+    assert rep["iteration_decode"]["n_holdout"] == 2
+    assert rep["iteration_decode"]["bias"] == pytest.approx(-1.0)
+    assert rep["iteration"]["n_holdout"] == 10
+    assert rep["iteration"]["mape"] == pytest.approx((8 * 20.0 + 2 * 1.0) / 10)
+    assert "iteration_mixed" not in rep
+    # one phase only: no split
+    only = F.error_table(m.select(pre), pred[pre], train[pre])
+    assert set(only) == {"iteration"}
