@@ -485,7 +485,7 @@ def test_cli_calibrate_separate__engine_terms_per_tp_and_simulate_with_them(tmp_
     ef = json.loads(out.read_text())["engine_fit"]
     assert set(ef["by_tp"]) == {"2", "4", "8"}
     assert ef["report"]["iteration"]["n_holdout"] > 0
-    assert set(ef["report_shared"]) == {"iteration"}
+    assert set(ef["report_shared"]) == {"iteration", "iteration_prefill", "iteration_decode"}
     base = ["simulate", "--json", "--set", "workload.num_requests=20", "--set",
             "workload.rate=5", "--set", "model=Llama-2-70B", "--set", "tp=8",
             "--set", f"cost_preset={out}"]
