@@ -2,7 +2,8 @@
 
     python benchmarks/bench_core.py [--quick] [--out benchmarks/results]
 
-Runs ``jaxsim.bench`` (compile time, config-requests/s at B=1 and B=1024, iteration
+Runs ``jaxsim.bench`` (compile time, config-requests/s at B=1 and B=1024, the latter on
+one CPU device per core and on one device, iteration
 time with 1k and 100k requests, memory per lane) and times the plain-Python reference
 simulator (tests/reference/event_sim.py, single thread) on the same scenario, then
 prints the ratios and writes a JSON + Markdown record with the machine it ran on.
@@ -17,7 +18,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from jaxsim import bench  # noqa: E402
+from jaxsim import bench, cli  # noqa: E402
 
 
 def reference_rps(repeats: int = 3) -> dict:
@@ -51,11 +52,12 @@ def main() -> int:
     ap.add_argument("--slots", type=int, default=bench.SLOTS,
                     help="slot-table size S (default 64)")
     args = ap.parse_args()
+    cli.use_every_core()  # one CPU device per core, as the `jaxsim bench` command does
     result = bench.run(quick=args.quick, verbose=True, slots=args.slots)
     ref = reference_rps()
     result.update(ref)
     big_key = [k for k in result if k.startswith("config_requests_per_s_b")
-               and not k.endswith("_b1")][0]
+               and not k.endswith(("_b1", "_one_device"))][0]
     cores = result["machine"]["cpu_count"] or 1
     result["ratio_batched_over_reference"] = result[big_key] / ref["reference_requests_per_s"]
     result["ratio_batched_over_reference_per_core"] = result["ratio_batched_over_reference"] / \

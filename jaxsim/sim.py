@@ -33,6 +33,9 @@ from jaxsim.workload import Workload
 #: Lane compaction never shrinks the working batch below this many lanes.
 COMPACT_MIN_LANES = 64
 
+#: A batch is split over several local devices only with at least this many lanes each.
+MIN_LANES_PER_DEVICE = 64
+
 
 @jax.jit
 def _gather(tree, idx):
@@ -42,6 +45,43 @@ def _gather(tree, idx):
 @jax.jit
 def _scatter(full, sub, idx):
     return jax.tree.map(lambda f, x: f.at[idx].set(x), full, sub)
+
+
+def _lane_placer(n_lanes: int, wl_batched: bool, devices: int | None = None):
+    """How a batch is laid out over the local devices.
+
+    With more than one local device (several GPUs, or a CPU split into one device per
+    core with ``jax.config.update("jax_num_cpu_devices", N)``, which the ``jaxsim`` command
+    does), the lane axis is split over as many of them as get ``MIN_LANES_PER_DEVICE``
+    lanes each (``jax.sharding``); lanes are independent, so each device runs its share
+    with no communication. Returns ``(devices, place_lanes, place_workload)``:
+    ``place_lanes`` puts a lane-batched pytree on the devices, ``place_workload`` the
+    workload (split too when per lane, else replicated). With one device both are the
+    identity. ``devices`` caps how many are used.
+    """
+    devs = jax.local_devices()
+    cap = len(devs) if devices is None else devices
+    devs = devs[:max(1, min(len(devs), cap, n_lanes // MIN_LANES_PER_DEVICE))]
+    if len(devs) <= 1:
+        return 1, (lambda t: t), (lambda t: t)
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    mesh = Mesh(np.array(devs), ("lanes",))
+    lanes = NamedSharding(mesh, PartitionSpec("lanes"))
+    rep = NamedSharding(mesh, PartitionSpec())
+
+    def place_lanes(tree):
+        return jax.device_put(tree, lanes)
+
+    return len(devs), place_lanes, (place_lanes if wl_batched
+                                    else lambda t: jax.device_put(t, rep))
+
+
+def _pad_lanes(tree, pad: int):
+    """Append ``pad`` copies of the last lane (so B divides over the devices)."""
+    return jax.tree.map(
+        lambda x: np.concatenate([np.asarray(x), np.repeat(np.asarray(x)[-1:], pad, 0)]),
+        tree)
 
 
 def default_iteration_budget(workload: Workload) -> int:
@@ -141,6 +181,7 @@ def simulate_batch(
     max_iterations: int | None = None,
     auto_slots: bool = True,
     compact_lanes: bool = True,
+    devices: int | None = None,
 ) -> SimResult:
     """Simulate a batch of configurations on a shared (or per-lane) workload.
 
@@ -158,6 +199,12 @@ def simulate_batch(
             running lanes continue alone in a batch a quarter the size, so a sweep's
             wall time is not set by its slowest lanes. Each batch size compiles once;
             results do not depend on it.
+        devices: at most this many local devices (default: all). With several, the
+            lanes are split over them, each getting at least ``MIN_LANES_PER_DEVICE``
+            (padded with copies of the last lane to a multiple of the device count; the
+            copies are dropped from the result). Counts and statuses do not depend on
+            it; times may differ in the last float32 bit (XLA rounds a lane of a
+            vector body and of its scalar tail differently).
 
     Returns:
         A :class:`SimResult`.
@@ -187,7 +234,16 @@ def simulate_batch(
         max_iterations)
     if budget < 1:
         raise ValueError(f"max_iterations={max_iterations!r} must be >= 1")
-    state = _init_batch(shape, params, workload, jnp.int32(budget), wl_batched)
+    if devices is not None and devices < 1:
+        raise ValueError(f"devices={devices!r} must be >= 1 (or None for all)")
+    n_dev, place, place_wl = _lane_placer(B, wl_batched, devices)
+    pad = (-B) % n_dev
+    if pad:
+        return _trim(simulate_batch(
+            shape, _pad_lanes(params, pad), _pad_lanes(workload, pad) if wl_batched
+            else workload, max_iterations, auto_slots, compact_lanes, n_dev), B, t0)
+    params, workload = place(params), place_wl(workload)
+    state = place(_init_batch(shape, params, workload, jnp.int32(budget), wl_batched))
     n_chunks = -(-budget // shape.chunk_iterations)
     iters = 0
     # Lane compaction: when few lanes are still running, they continue alone in a
@@ -205,12 +261,14 @@ def simulate_batch(
         live = np.flatnonzero(~done)
         while compact_lanes and live.size <= new // 4 and new // 4 >= COMPACT_MIN_LANES:
             new //= 4
+        new = min(size, -(-new // n_dev) * n_dev)  # a whole number of lanes per device
         if new < size:
             state = c_state if idx is None else _scatter(state, c_state, idx)
             pos = np.concatenate([live, np.flatnonzero(done)[:new - live.size]])
             idx = jnp.asarray(pos if idx is None else np.asarray(idx)[pos])
-            cur = (_gather(params, idx), _gather(workload, idx) if wl_batched else workload,
-                   _gather(state, idx))
+            cur = (place(_gather(params, idx)),
+                   place(_gather(workload, idx)) if wl_batched else workload,
+                   place(_gather(state, idx)))
     state = cur[2] if idx is None else _scatter(state, cur[2], idx)
     state, m = _finish_batch(params, workload, state, wl_batched)
     metrics = {k: np.array(v) for k, v in m.items()}
@@ -219,12 +277,22 @@ def simulate_batch(
                        wall_s=time.perf_counter() - t0)
     if auto_slots:
         result = _rerun_overflow(shape, params, workload, result, max_iterations,
-                                 compact_lanes)
+                                 compact_lanes, devices)
     result.wall_s = time.perf_counter() - t0
     return result
 
 
-def _rerun_overflow(shape, params, workload, result, max_iterations, compact_lanes=True):
+def _trim(result: SimResult, n: int, t0: float) -> SimResult:
+    """The first ``n`` lanes of a padded batch's result."""
+    result.metrics = {k: v[:n] for k, v in result.metrics.items()}
+    result.status = result.status[:n]
+    result.state = jax.tree.map(lambda x: x[:n], result.state)
+    result.wall_s = time.perf_counter() - t0
+    return result
+
+
+def _rerun_overflow(shape, params, workload, result, max_iterations, compact_lanes=True,
+                    devices=None):
     over = np.flatnonzero(result.status & st_bits.OVERFLOW_SLOTS)
     if over.size == 0:
         return result
@@ -242,7 +310,7 @@ def _rerun_overflow(shape, params, workload, result, max_iterations, compact_lan
               if workload.arrival_hi.ndim == 2 else workload)
     sub = simulate_batch(dataclasses.replace(shape, max_slots=new_s), sub_params, sub_wl,
                          max_iterations=max_iterations, auto_slots=True,
-                         compact_lanes=compact_lanes)
+                         compact_lanes=compact_lanes, devices=devices)
     for k in result.metrics:
         result.metrics[k][over] = sub.metrics[k]
     result.status[over] = sub.status

@@ -1,0 +1,136 @@
+"""Lanes split over several devices (``sim._lane_placer``): the results are those of one
+device, lane for lane (counts exactly, times to float32 rounding), whether B divides over
+the devices or is padded, and through lane compaction. Two CPU devices are made in a
+subprocess (``JAX_NUM_CPU_DEVICES=2``); the parent process, with one device, computes the
+same batch and compares."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from jaxsim import cli, sim
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# One scenario, built the same way in both processes: B lanes that differ in
+# max_num_seqs and, when `long` is set, per-lane workloads where every 16th lane has 8x
+# longer outputs (so the other lanes finish first and the batch is compacted).
+SCENARIO = """
+import numpy as np
+from jaxsim import params as P
+from jaxsim.shapes import SimShape
+from jaxsim.workload import Trace, stack_workloads, to_workload
+from tests.helpers import lane_params
+
+def scenario(B, long):
+    n, R = 6, 12
+    tr = Trace(np.linspace(0, 0.05, n), np.full(n, 32), np.full(n, 16))
+    base = {"max_num_batched_tokens": 64, "block_size": 16, "num_gpu_blocks": 1000}
+    params = P.stack([lane_params({**base, "max_num_seqs": 2 + i % 7}, tr)
+                      for i in range(B)])
+    if long:
+        out = np.where(np.arange(B)[:, None] % 16 == 0, 128, 16) * np.ones((1, n), int)
+        wl = stack_workloads([to_workload(Trace(tr.arrival_s, tr.prompt_tokens, o), R)
+                              for o in out])
+    else:
+        wl = to_workload(tr, R)
+    return SimShape(max_requests=R, max_slots=8, chunk_iterations=8), params, wl
+"""
+
+
+def _results(res) -> dict:
+    out = {f"m_{k}": np.asarray(v) for k, v in res.metrics.items()}
+    for k in ("ttft_s", "decode_s", "queue_s", "completed"):
+        out[f"s_{k}"] = np.asarray(getattr(res.state, k))
+    return out
+
+
+def _two_devices(B: int, long: bool, path: str, min_lanes: int | None = None) -> str:
+    code = SCENARIO + textwrap.dedent(f"""
+        import jax
+        from jaxsim import sim
+        from tests.test_devices import _results
+        assert jax.device_count() == 2, jax.devices()
+        sim.MIN_LANES_PER_DEVICE = {min_lanes or sim.MIN_LANES_PER_DEVICE}
+        n_dev, _, _ = sim._lane_placer({B}, {long})
+        res = sim.simulate_batch(*scenario({B}, {long}))
+        np.savez({path!r}, n_dev=n_dev, **_results(res))
+    """)
+    env = {**os.environ, "PYTHONPATH": ROOT, "JAX_NUM_CPU_DEVICES": "2"}
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return path
+
+
+def _one_device(B: int, long: bool) -> dict:
+    ns: dict = {}
+    exec(SCENARIO, ns)  # noqa: S102 - the same scenario text the subprocess runs
+    return _results(sim.simulate_batch(*ns["scenario"](B, long)))
+
+
+def _compare(B: int, long: bool, tmp_path, min_lanes: int | None = None) -> None:
+    got = np.load(_two_devices(B, long, str(tmp_path / "two.npz"), min_lanes))
+    assert int(got["n_dev"]) == 2
+    want = _one_device(B, long)
+    assert set(want) == set(got.files) - {"n_dev"}
+    for k, v in want.items():
+        assert got[k].shape == v.shape, k
+        if v.dtype.kind != "f":  # counts, status bits, completion: exactly equal
+            np.testing.assert_array_equal(got[k], v, err_msg=k)
+        else:  # times: XLA's CPU code for a batch of another size may round a lane
+            # differently in the last bit (vector body against its scalar tail), and may
+            # order the end-of-run sums over requests differently
+            np.testing.assert_allclose(got[k], v, rtol=1e-6, err_msg=k)
+
+
+def test_devices__odd_batch_is_padded_and_trimmed_and_equals_one_device(tmp_path):
+    # 5 lanes over two devices (the split threshold lowered to 2 lanes per device, to keep
+    # the test small): one padding lane added, three lanes per device, the copy dropped.
+    _compare(5, False, tmp_path, min_lanes=2)
+
+
+@pytest.mark.slow  # compiles three batch sizes twice; runs in CI's slow step
+def test_devices__compaction_over_two_devices_equals_one_device(tmp_path):
+    # 257 lanes padded to 258; 17 long lanes continue in a compacted batch of 64.
+    _compare(257, True, tmp_path)
+
+
+def test_devices__small_batches_stay_on_one_device():
+    # Fewer than MIN_LANES_PER_DEVICE lanes per device: no split (here, one device).
+    n, place, _ = sim._lane_placer(2 * sim.MIN_LANES_PER_DEVICE - 1, False)
+    assert n == 1
+    tree = {"x": np.arange(3)}
+    assert place(tree) is tree
+
+
+def test_devices__use_every_core_leaves_a_running_backend_and_user_choice_alone(
+        monkeypatch):
+    import jax
+
+    jax.devices()  # the backend is up in this process: the count cannot change
+    assert cli.use_every_core() == 0
+    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=3")
+    assert cli.use_every_core() == 0
+
+
+def test_devices__the_command_line_uses_every_core():
+    # `jaxsim bench`/`sweep`/`demo` from the command line make one CPU device per core.
+    code = ("import jax, os\nfrom jaxsim import cli\n"
+            "n = cli.use_every_core()\n"
+            "print(n, jax.device_count(), len(os.sched_getaffinity(0)))")
+    env = {k: v for k, v in os.environ.items() if k not in ("JAX_NUM_CPU_DEVICES",
+                                                             "XLA_FLAGS")}
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT,
+                       env={**env, "PYTHONPATH": ROOT, "JAX_PLATFORMS": "cpu"},
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    n, count, cores = map(int, r.stdout.split())
+    assert count == max(cores, 1)
+    assert n == (cores if cores > 1 else 0)
