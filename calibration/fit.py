@@ -202,6 +202,15 @@ def prepare_rows(m: Measurements, tables: dict[str, np.ndarray] | None = None) -
                 log_t=jnp.asarray(np.log(f64("time_s")), jnp.float32))
     if tables:
         keys = row_keys(m)
+        # elementwise shapes without a table of their own: the fallback row
+        # (shapecorr.lookup), as the simulator gives them
+        measured, tables = tables, dict(tables)
+        for i, o in enumerate(op):
+            k = keys[i].get(o) if o in shapecorr.FALLBACK_OPS else None
+            if k is not None and k not in tables:
+                r = shapecorr.lookup(measured, k)
+                if r is not None:
+                    tables[k] = r
         names = sorted(tables)
         index = {k: j + 1 for j, k in enumerate(names)}
         cid = np.array([index.get(keys[i].get(o), 0) if o in shapecorr.CORR_OPS else 0
@@ -212,7 +221,7 @@ def prepare_rows(m: Measurements, tables: dict[str, np.ndarray] | None = None) -
         whole = np.flatnonzero(op_index < 0)
         it = np.zeros((len(whole), len(shapecorr.CORR_OPS), shapecorr.GRID), np.float32)
         for j, i in enumerate(whole):
-            lane = shapecorr.lane_table(tables, keys[i])
+            lane = shapecorr.lane_table(measured, keys[i])
             if lane is not None:
                 it[j] = lane
         rows.corr_id, rows.corr_tab, rows.corr_iter = (jnp.asarray(cid), jnp.asarray(tab),

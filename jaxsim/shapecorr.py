@@ -16,8 +16,9 @@ projection and MLP GEMMs (K and N per GPU, after tensor parallelism) and
 embedding), so every model with the same shape uses the same table, and
 ``all_reduce/tpN`` for the all-reduce over N GPUs, whose axis is the message size
 (2 h T bytes, in units of 2 KiB: 2 KiB to 64 MiB). Operators without a table
-(attention, the LM head, KV write, sampling) and shapes not measured keep the plain
-roofline (delta = 0).
+(attention, the LM head, KV write, sampling) and GEMM shapes not measured keep the
+plain roofline (delta = 0); an elementwise shape not measured gets the median of that
+operator's measured tables (:func:`lookup`).
 
 Per lane the tables are a ``[C, G]`` float32 array (``CostParams.shape_corr``; rows in
 the order of :data:`CORR_OPS`, G = 451), or ``[C, 0]`` when no lane of a batch has one:
@@ -52,6 +53,9 @@ GRID = len(KNOTS)
 CORR_OPS = ("qkv_proj", "o_proj", "mlp_up", "mlp_down", "norm", "residual_add",
             "activation", "rotary", "embedding", "all_reduce")
 GEMM_CORR_OPS = CORR_OPS[:4]
+#: Elementwise operators: a shape a preset did not measure gets the knot-wise median of
+#: that operator's measured tables (same dtype), see :func:`lookup`.
+FALLBACK_OPS = ("norm", "residual_add", "activation", "rotary", "embedding")
 #: The all-reduce table's axis is the message size in units of this many bytes (knot 1
 #: is 2 KiB, the last 64 MiB); every other table's axis is the token count.
 AR_UNIT_BYTES = 2048.0
@@ -175,12 +179,38 @@ def expand(first: int, values: list[float]) -> np.ndarray:
     return out
 
 
+def lookup(tables: dict[str, np.ndarray], key: str) -> np.ndarray | None:
+    """The ``[G]`` row for ``key``: its own table, or, for an elementwise operator
+    (:data:`FALLBACK_OPS`) whose shape has none, the knot-wise median of that operator's
+    tables of the same dtype (None when there are none, and for GEMMs and all-reduce).
+
+    Elementwise kernels of different sizes share much of their departure from the
+    roofline (launch floors and the same bandwidth curve); for a model left out of the
+    fit the median brings the elementwise error down on each model tried, while the
+    GEMMs', whose tile choices depend on the shape, came out better for two models and
+    worse for the third (README, Calibration).
+    """
+    if key in tables:
+        return tables[key]
+    parts = key.split("/")
+    if parts[0] not in FALLBACK_OPS or len(parts) != 3:
+        return None
+    same = [v for k, v in tables.items()
+            if k.startswith(parts[0] + "/") and k.endswith("/" + parts[2])
+            and k.count("/") == 2]
+    if not same:
+        return None
+    return np.median(np.stack(same), axis=0).astype(np.float32)
+
+
 def lane_table(tables: dict[str, np.ndarray], keys: dict[str, str]) -> np.ndarray | None:
-    """``[C, G]`` rows for one lane from a GPU's tables (None when no key has one)."""
-    if not any(keys[op] in tables for op in CORR_OPS):
+    """``[C, G]`` rows for one lane from a GPU's tables (:func:`lookup`; None when no
+    operator has one)."""
+    rows = [lookup(tables, keys[op]) for op in CORR_OPS]
+    if all(r is None for r in rows):
         return None
     out = np.zeros((len(CORR_OPS), GRID), np.float32)
-    for c, op in enumerate(CORR_OPS):
-        if keys[op] in tables:
-            out[c] = tables[keys[op]]
+    for c, r in enumerate(rows):
+        if r is not None:
+            out[c] = r
     return out
