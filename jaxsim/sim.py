@@ -92,8 +92,11 @@ def default_iteration_budget(workload: Workload) -> int:
     return int(min(2**31 - 1, 2 * (p.sum(axis=-1).max() + o.sum(axis=-1).max()) + n + 1024))
 
 
-def _run_chunk_single(shape: SimShape, params: SimParams, workload: Workload,
-                      state: SimState) -> tuple[SimState, jax.Array]:
+def _scan_steps(shape: SimShape, params: SimParams, workload: Workload, state: SimState,
+                length: int) -> SimState:
+    """``length`` steps of one lane. The per-lane constants every step reads (the cost
+    model's, the prefix cache's when compiled in, and the decode table event skipping
+    looks up) are computed once, before the scan."""
     consts = costmodel.prepare(params.model, params.hardware, params.scheduler.tp,
                                params.cost)
     pconsts = (prefix.prepare(params, workload, consts) if shape.cache_entries > 0
@@ -104,7 +107,12 @@ def _run_chunk_single(shape: SimShape, params: SimParams, workload: Workload,
     def body(s, _):
         return step(shape, params, workload, s, consts, pconsts, dtab), None
 
-    state, _ = jax.lax.scan(body, state, None, length=shape.chunk_iterations)
+    return jax.lax.scan(body, state, None, length=length)[0]
+
+
+def _run_chunk_single(shape: SimShape, params: SimParams, workload: Workload,
+                      state: SimState) -> tuple[SimState, jax.Array]:
+    state = _scan_steps(shape, params, workload, state, shape.chunk_iterations)
     return state, is_done(state, workload)
 
 
@@ -355,16 +363,5 @@ def run_fixed(
     decisions are discrete and contribute none.
     """
     state = init_state(shape, params, workload, jnp.int32(num_iterations))
-    consts = costmodel.prepare(params.model, params.hardware, params.scheduler.tp,
-                               params.cost)
-    pconsts = (prefix.prepare(params, workload, consts) if shape.cache_entries > 0
-               else None)
-    dtab = (costmodel.decode_table(consts, shape.max_slots)
-            if shape.event_skipping else None)
-
-    def body(s, _):
-        return step(shape, params, workload, s, consts, pconsts, dtab), None
-
-    state, _ = jax.lax.scan(body, state, None, length=num_iterations)
-    state = flush_in_flight(state)
+    state = flush_in_flight(_scan_steps(shape, params, workload, state, num_iterations))
     return state, metrics_mod.compute_metrics(params, workload, state)
