@@ -260,6 +260,9 @@ def simulate_batch(
     cur = (params, workload, state)
     for _ in range(n_chunks):
         c_state, done = _run_chunk_batch(shape, cur[0], cur[1], cur[2], wl_batched)
+        # XLA may give an output another sharding than its input (a zero-size leaf comes
+        # back replicated); putting it back keeps the next chunk on the same executable
+        c_state = place(c_state)
         cur = (cur[0], cur[1], c_state)
         iters += shape.chunk_iterations
         done = np.asarray(done)

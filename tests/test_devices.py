@@ -60,7 +60,8 @@ def _two_devices(B: int, long: bool, path: str, min_lanes: int | None = None) ->
         sim.MIN_LANES_PER_DEVICE = {min_lanes or sim.MIN_LANES_PER_DEVICE}
         n_dev, _, _ = sim._lane_placer({B}, {long})
         res = sim.simulate_batch(*scenario({B}, {long}))
-        np.savez({path!r}, n_dev=n_dev, **_results(res))
+        compiles = sim._run_chunk_batch._cache_size()
+        np.savez({path!r}, n_dev=n_dev, compiles=compiles, **_results(res))
     """)
     env = {**os.environ, "PYTHONPATH": ROOT, "JAX_NUM_CPU_DEVICES": "2"}
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env,
@@ -78,8 +79,11 @@ def _one_device(B: int, long: bool) -> dict:
 def _compare(B: int, long: bool, tmp_path, min_lanes: int | None = None) -> None:
     got = np.load(_two_devices(B, long, str(tmp_path / "two.npz"), min_lanes))
     assert int(got["n_dev"]) == 2
+    # one executable per batch size (the full batch, and the compacted one): a chunk's
+    # output goes back to the input's sharding, so the next chunk does not recompile
+    assert int(got["compiles"]) == (2 if long else 1)
     want = _one_device(B, long)
-    assert set(want) == set(got.files) - {"n_dev"}
+    assert set(want) == set(got.files) - {"n_dev", "compiles"}
     for k, v in want.items():
         assert got[k].shape == v.shape, k
         if v.dtype.kind != "f":  # counts, status bits, completion: exactly equal
