@@ -72,7 +72,7 @@ def _two_devices(B: int, long: bool, path: str, min_lanes: int | None = None) ->
 
 def _one_device(B: int, long: bool) -> dict:
     ns: dict = {}
-    exec(SCENARIO, ns)  # noqa: S102 - the same scenario text the subprocess runs
+    exec(SCENARIO, ns)  # the same scenario text the subprocess runs
     return _results(sim.simulate_batch(*ns["scenario"](B, long)))
 
 
@@ -100,7 +100,7 @@ def test_devices__odd_batch_is_padded_and_trimmed_and_equals_one_device(tmp_path
     _compare(5, False, tmp_path, min_lanes=2)
 
 
-@pytest.mark.slow  # compiles three batch sizes twice; runs in CI's slow step
+@pytest.mark.slow  # compiles two batch sizes in each process; CI's slow step
 def test_devices__compaction_over_two_devices_equals_one_device(tmp_path):
     # 257 lanes padded to 258; 17 long lanes continue in a compacted batch of 64.
     _compare(257, True, tmp_path)
