@@ -20,8 +20,12 @@ under ``defaults``), the iteration fit is written under ``engine_fit`` with its 
 report, and the preset's ``report`` shows how the shipped values do on those
 iterations (all held out). Within ``engine_fit``, the engine's overheads and
 all-reduce are refitted per TP degree (``by_tp``): Splitwise's engine decodes Llama-2-70B
-slower at TP 8 than at TP 4 on H100 (33 ms against 29 ms), which no per-GPU kernel
-model can produce. ``cost_engine_fit: true`` simulates with all of it.
+slower at TP 8 than at TP 4 on H100 (31 ms against 29 ms), which no per-GPU kernel
+model can produce; then each TP degree gets a correction table for the engine's
+all-reduce over the message size (``engine_fit.tables``), which follows how that
+engine's prefill time per token changes with the iteration's token count (on H100 at
+TP 8, 65-76 ms per 1,000 tokens up to 2,048 tokens and 91-103 ms from 4,096).
+``cost_engine_fit: true`` simulates with all of it.
 """
 
 from __future__ import annotations

@@ -82,8 +82,7 @@ class Calibration:
             **({"shape_tables": {
                 "grid": f"jaxsim.shapecorr.KNOTS ({shapecorr.GRID} token counts)",
                 "smoothing": F.TABLE_SMOOTHING,
-                "tables": {k: {"first": int(first), "delta": [round(float(x), 5) for x in v]}
-                           for k, (first, v) in sorted(self.tables.items())}}}
+                "tables": tables_json(self.tables)}}
                if self.tables else {}),
             "skipped_rows": self.skipped,
             "fitted": self.fitted,
@@ -146,6 +145,12 @@ def failed_runs(m: Measurements) -> np.ndarray:
 
 ITERATION_FIT = ("apply", "separate")
 
+
+def tables_json(tables: dict[str, tuple[int, np.ndarray]]) -> dict[str, dict]:
+    """Correction tables as a preset stores them: key -> {"first", "delta"}."""
+    return {k: {"first": int(first), "delta": [round(float(x), 5) for x in v]}
+            for k, (first, v) in sorted(tables.items())}
+
 #: What ``engine_fit`` holds (written into the preset next to it).
 ENGINE_FIT_NOTE = (
     "Iteration-stage fit on this GPU's whole-iteration rows. Those times include the "
@@ -159,6 +164,13 @@ ENGINE_TP_NOTE = (
     "for a TP degree listed there, its values replace the shared ones ('report' is of "
     "the per-TP values, 'report_shared' of the shared ones alone). The config key "
     "cost_engine_fit applies all of this.")
+ENGINE_TABLE_NOTE = (
+    " With the per-kernel-shape tables on, each TP degree then also gets a correction "
+    "table for the engine's all-reduce over the message size, fitted to the iteration "
+    "rows with that degree's values ('tables', in the format of 'shape_tables'; it "
+    "replaces the kernel table of the same key): it carries whatever of that engine's "
+    "iteration time changes with the iteration's token count at that degree and the "
+    "kernel model does not follow, so it is not a measurement of the all-reduce.")
 
 
 def calibrate(data: Measurements, hardware: str, *, holdout: str = "shape",
@@ -267,6 +279,10 @@ def calibrate(data: Measurements, hardware: str, *, holdout: str = "shape",
                 costs, tpred = F.fit_groups(it, canon, train[~kern], it_tp,
                                             names=F.ENGINE_TP_PARAMS, init=r.cost,
                                             robust=robust, steps=steps, tables=full)
+                etables = {}
+                if full:
+                    etables = F.fit_engine_ar_tables(it, canon, train[~kern], costs, full)
+                    tpred = F.predict_by_tp(it, canon, costs, full, etables)
                 seconds["engine_per_tp"] = time.perf_counter() - t0
                 engine_fit["report_shared"] = engine_fit["report"]
                 engine_fit["report"] = F.error_table(it, tpred, train[~kern])
@@ -274,6 +290,9 @@ def calibrate(data: Measurements, hardware: str, *, holdout: str = "shape",
                     str(g): {n: float(c.values()[n]) for n in F.ENGINE_TP_PARAMS}
                     for g, c in sorted(costs.items())}
                 engine_fit["note"] = ENGINE_FIT_NOTE + ENGINE_TP_NOTE
+                if etables:
+                    engine_fit["tables"] = tables_json(etables)
+                    engine_fit["note"] += ENGINE_TABLE_NOTE
             # the returned parameters never saw the iteration rows: all are held out
             train = train & kern
     pred = np.asarray(F.predict(cost, hw, F.prepare_rows(m, full)), np.float64)
@@ -302,10 +321,12 @@ def _clean(x):
 
 
 def preset_text(d: dict) -> str:
-    """A preset as JSON text: indented, with each shape table's values on one line."""
-    tables = (d.get("shape_tables") or {}).get("tables") or {}
+    """A preset as JSON text: indented, with each correction table's values (shape
+    tables and the engine's) on one line."""
+    tables = [*((d.get("shape_tables") or {}).get("tables") or {}).values(),
+              *((d.get("engine_fit") or {}).get("tables") or {}).values()]
     compact = {}
-    for i, t in enumerate(tables.values()):
+    for i, t in enumerate(tables):
         compact[f"@@delta{i}@@"] = json.dumps(t["delta"], separators=(",", ":"))
         t["delta"] = f"@@delta{i}@@"
     text = json.dumps(d, indent=1)

@@ -83,6 +83,9 @@ def cmd(args) -> int:
     print(C.format_table(cal.report))
     if cal.engine_fit is not None:
         per_tp = " (engine terms per TP degree: by_tp)" if "by_tp" in cal.engine_fit else ""
+        if "tables" in cal.engine_fit:
+            per_tp += (" (engine all-reduce tables: "
+                       + ", ".join(sorted(cal.engine_fit["tables"])) + ")")
         print(f"  iteration stage, kept out of the preset's values (engine_fit){per_tp}:")
         print(C.format_table(cal.engine_fit["report"]))
     print("  fit time: " + ", ".join(f"{k} {v:.1f} s" for k, v in cal.seconds.items()))

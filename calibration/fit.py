@@ -509,21 +509,88 @@ def fit_tables(m: Measurements, hardware: str, train: np.ndarray, cost: CostPara
     out = {}
     for key, idx in sorted(groups.items()):
         idx = np.asarray(idx)
-        j, num, den = shapecorr.positions(tok[idx])
-        w = num / den
-        lo, hi = int(j.min()), int(np.max(np.where(w > 0, j + 1, j)))
-        g = hi - lo + 1
-        a = np.zeros((len(idx), g))
-        r = np.arange(len(idx))
-        a[r, j - lo] += 1.0 - w
-        np.add.at(a, (r[w > 0], j[w > 0] + 1 - lo), w[w > 0])
-        pen = math.sqrt(smoothing) * np.diff(np.eye(g), axis=0)
-        lhs = np.vstack([a * s[idx, None], pen])
-        rhs = np.concatenate([1.0 - s[idx], np.zeros(g - 1)])
-        d = np.linalg.lstsq(lhs, rhs, rcond=None)[0]
-        # a correction can never make a time non-positive; 5 decimals (1e-5 relative)
-        # are what a preset stores, so the report is of the stored table
-        out[key] = (lo, np.round(np.maximum(d, -0.9), 5).astype(np.float32))
+        out[key] = _knot_lstsq(tok[idx], s[idx], 1.0 - s[idx], smoothing)
+    return out
+
+
+def _knot_lstsq(x: np.ndarray, scale: np.ndarray, target: np.ndarray,
+                smoothing: float) -> tuple[int, np.ndarray]:
+    """Knot values ``d`` over the knots spanned by the axis values ``x`` that minimise
+    ``sum (scale * delta(x) - target)^2 + smoothing * sum (d[j+1] - d[j])^2`` (``delta``
+    piecewise linear between the knots, as ``shapecorr.delta``); (first knot, values)."""
+    j, num, den = shapecorr.positions(x)
+    w = num / den
+    lo, hi = int(j.min()), int(np.max(np.where(w > 0, j + 1, j)))
+    g = hi - lo + 1
+    a = np.zeros((len(x), g))
+    r = np.arange(len(x))
+    a[r, j - lo] += 1.0 - w
+    np.add.at(a, (r[w > 0], j[w > 0] + 1 - lo), w[w > 0])
+    pen = math.sqrt(smoothing) * np.diff(np.eye(g), axis=0)
+    lhs = np.vstack([a * scale[:, None], pen])
+    rhs = np.concatenate([target, np.zeros(g - 1)])
+    d = np.linalg.lstsq(lhs, rhs, rcond=None)[0]
+    # a correction can never make a time non-positive; 5 decimals (1e-5 relative) are
+    # what a preset stores, so the report is of the stored table
+    return lo, np.round(np.maximum(d, -0.9), 5).astype(np.float32)
+
+
+def iteration_all_reduce_sizes(m: Measurements) -> np.ndarray:
+    """Axis value of the all-reduce table for each ``iteration`` row: the message size
+    ``2 h T`` bytes (T the iteration's tokens) in ``shapecorr.AR_UNIT_BYTES``."""
+    f = lambda c: np.asarray(m[c], np.float64)  # noqa: E731
+    tokens = f("batch_size") * f("chunk_len") + f("num_decodes")
+    return costmodel.ACT_BYTES * f("hidden_size") * tokens / shapecorr.AR_UNIT_BYTES
+
+
+def fit_engine_ar_tables(m: Measurements, hardware: str, train: np.ndarray,
+                         costs: dict[int, CostParams], tables: dict[str, np.ndarray] | None,
+                         smoothing: float = TABLE_SMOOTHING
+                         ) -> dict[str, tuple[int, np.ndarray]]:
+    """The measuring engine's all-reduce correction table of each TP degree, fitted to
+    whole-iteration rows (``op == "iteration"``; TP > 1) with that degree's parameters
+    ``costs[tp]`` and the kernel ``tables``: key ``all_reduce/tpN`` -> (first knot,
+    values), to use in place of the kernel table of that key.
+
+    An iteration's time is linear in its all-reduce table, ``rest + ar (1 + delta(x))``
+    with ``x`` the message size (:func:`iteration_all_reduce_sizes`), so with ``rest``
+    and ``ar`` from two predictions (``delta`` = 0 and 1) the smoothed least-squares
+    problem of :func:`fit_tables` is linear here too and is solved exactly.
+    """
+    _, hw = hardware_params(hardware)
+    tp = np.asarray(m["tp"]).astype(int)
+    x = iteration_all_reduce_sizes(m)
+    out = {}
+    for g in sorted(set(tp[train].tolist())):
+        sel = (tp == g) & train
+        if g < 2 or not sel.any():
+            continue
+        key = shapecorr.all_reduce_key(g)
+        sub = m.select(sel)
+        pred = []
+        for v in (0.0, 1.0):
+            t = {**(tables or {}), key: np.full(shapecorr.GRID, v, np.float32)}
+            pred.append(np.asarray(predict(costs[g], hw, prepare_rows(sub, t)), np.float64))
+        ar = pred[1] - pred[0]
+        t_meas = np.asarray(sub["time_s"], np.float64)
+        out[key] = _knot_lstsq(x[sel], ar / t_meas, 1.0 - pred[0] / t_meas, smoothing)
+    return out
+
+
+def predict_by_tp(m: Measurements, hardware: str, costs: dict[int, CostParams],
+                  tables: dict[str, np.ndarray] | None,
+                  engine_tables: dict[str, tuple[int, np.ndarray]]) -> np.ndarray:
+    """Predicted seconds of every row with the parameters of its TP degree
+    (``costs[tp]``) and the kernel ``tables`` with ``engine_tables`` (key -> (first
+    knot, values), from :func:`fit_engine_ar_tables`) in place of those of the same key."""
+    _, hw = hardware_params(hardware)
+    tp = np.asarray(m["tp"]).astype(int)
+    full = {**(tables or {}), **expand_tables(engine_tables)}
+    out = np.zeros(len(m))
+    for g in sorted(set(tp.tolist())):
+        sel = tp == g
+        out[sel] = np.asarray(predict(costs[g], hw, prepare_rows(m.select(sel), full or None)),
+                              np.float64)
     return out
 
 

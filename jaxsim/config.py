@@ -664,7 +664,8 @@ def params_from_columns(
                 cache[key] = (theta[i].copy(), p_log2[i])
 
     use_tables = [bool(x) for x in cols.get("cost_shape_tables", [True] * B)]
-    shape_corr = _shape_tables(preset_col, gpu_names, use_tables, B, h=h, nh=nh, nkv=nkv, hd=hd,
+    shape_corr = _shape_tables(preset_col, gpu_names, use_tables, engine_col, B, h=h, nh=nh,
+                               nkv=nkv, hd=hd,
                                f=mfield("ffn_size"), tp=tp, bpw=bytes_w,
                                experts=mfield("num_experts"))
     params = SimParams(
@@ -707,14 +708,15 @@ def params_from_columns(
     return params, info
 
 
-def _shape_tables(preset_col, gpu_names, use, B, **dims) -> np.ndarray:
+def _shape_tables(preset_col, gpu_names, use, engine, B, **dims) -> np.ndarray:
     """``CostParams.shape_corr`` of every lane: the per-kernel-shape tables of its cost
     preset for its model, TP degree and dtype (``[B, C, 0]`` when no lane has one), or
-    none where ``cost_shape_tables`` is false."""
+    none where ``cost_shape_tables`` is false; with ``cost_engine_fit`` the preset's
+    engine all-reduce tables (``engine_fit.tables``) replace the kernel ones."""
     from jaxsim import shapecorr
 
-    names = np.array([f"{p}\0{g}" if u else "" for p, g, u in
-                      zip(preset_col, gpu_names, use, strict=True)])
+    names = np.array([f"{p}\0{g}\0{int(e)}" if u else "" for p, g, u, e in
+                      zip(preset_col, gpu_names, use, engine, strict=True)])
     uniq_names, name_id = np.unique(names, return_inverse=True)
     dim = np.stack([np.broadcast_to(np.asarray(v, np.float64), (B,)) for v in dims.values()],
                    axis=1)
@@ -723,7 +725,12 @@ def _shape_tables(preset_col, gpu_names, use, B, **dims) -> np.ndarray:
     rows = []
     for u in uniq:
         name = uniq_names[int(u[0])]
-        tables = costpresets.tables(*name.split("\0")) if name else {}
+        tables = {}
+        if name:
+            preset, gpu, eng = name.split("\0")
+            tables = costpresets.tables(preset, gpu)
+            if eng == "1":
+                tables = {**tables, **costpresets.engine_tables(preset, gpu)}
         rows.append(shapecorr.lane_table(tables, shapecorr.shape_keys(*u[1:].tolist()))
                     if tables else None)
     if all(r is None for r in rows):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 from importlib import resources
 
 import numpy as np
@@ -92,13 +93,22 @@ def _check_engine(path: str, ef) -> None:
             CostParams.from_values(vals)
         except (ValueError, KeyError) as e:
             raise PresetError(f"{where}: {name!r}: {e}") from None
+    tabs = ef.get("tables")
+    if tabs is not None:
+        if not isinstance(tabs, dict):
+            raise PresetError(f"{where}: 'tables' must be an object (key -> table)")
+        bad = [k for k in tabs if not re.fullmatch(r"all_reduce/tp[1-9][0-9]*", str(k))]
+        if bad:
+            raise PresetError(f"{where}: 'tables' has key {bad[0]!r}; allowed: "
+                              "all_reduce/tpN (the engine's all-reduce over N GPUs)")
+        _check_tables(path, {"tables": tabs}, field="engine_fit.tables")
 
 
-def _check_tables(path: str, st) -> None:
+def _check_tables(path: str, st, field: str = "shape_tables") -> None:
     """``shape_tables`` (optional): {"tables": {key: {"first": i, "delta": [...]}}}."""
     if st is None:
         return
-    where = f"cost_preset: {path}: field 'shape_tables'"
+    where = f"cost_preset: {path}: field '{field}'"
     if not isinstance(st, dict) or not isinstance(st.get("tables"), dict):
         raise PresetError(f"{where} must be an object with an object 'tables'")
     for key, t in st["tables"].items():
@@ -184,6 +194,23 @@ def engine_values(preset: str, gpu: str, tp: int) -> dict[str, float]:
                           "'engine_fit' (written by `jaxsim calibrate --iteration-fit "
                           "separate`); allowed: false, or a preset that has one")
     return {**dict(shared), **dict(dict(by_tp).get(int(tp), ()))}
+
+
+@functools.cache
+def _cached_engine_tables(path: str, mtime: float) -> dict[str, np.ndarray]:
+    ef = read(path).get("engine_fit") or {}
+    return {k: shapecorr.expand(t["first"], t["delta"])
+            for k, t in (ef.get("tables") or {}).items()}
+
+
+def engine_tables(preset: str, gpu: str) -> dict[str, np.ndarray]:
+    """The engine's all-reduce tables of a preset's ``engine_fit`` (key
+    ``all_reduce/tpN`` -> full ``[G]`` row), which lanes with ``cost_engine_fit`` use in
+    place of the kernel table of the same key; empty when it has none."""
+    path = resolve(preset, gpu)
+    if path is None:
+        return {}
+    return _cached_engine_tables(os.path.abspath(path), os.path.getmtime(path))
 
 
 def load(preset: str, gpu: str = "") -> CostParams:

@@ -472,16 +472,64 @@ def test_fit_groups__recovers_each_tp_degrees_engine_terms():
     assert np.array_equal(np.asarray(costs[8].theta), np.asarray(CostParams.default().theta))
 
 
+def test_fit_engine_ar_tables__recover_a_size_dependent_all_reduce():
+    """Iteration times whose all-reduce is 3x its kernel time from 2,048 tokens up at
+    TP 8 (and as measured at TP 4) are fitted back exactly by the engine's all-reduce
+    table of each TP degree; the kernel table of the other keys is left alone."""
+    from jaxsim import shapecorr
+
+    dims = dict(hidden_size=8192, num_heads=64, num_kv_heads=8, head_dim=128, ffn_size=28672,
+                vocab_size=32000, num_layers=80, gated=1, hardware="H100-SXM", dtype="bf16",
+                op="iteration", time_s=1.0)
+    rows = []
+    for tp in (4, 8):
+        for b in (1, 2, 4, 8):
+            for q in (128, 512, 1024, 2048, 3072, 4096):
+                rows.append({**dims, "tp": tp, "batch_size": b, "chunk_len": q})
+        for d in (1, 8, 32, 64):
+            rows.append({**dims, "tp": tp, "num_decodes": d, "decode_context_len": 1024})
+    m = from_rows(rows)
+    cost = CostParams.default()
+    x = F.iteration_all_reduce_sizes(m)
+    # the engine's all-reduce: as the kernel model up to 1,024 tokens (16 KiB a token:
+    # 8,192 units of 2 KiB), 3x from 2,048 tokens, linear between
+    knots = shapecorr.KNOTS.astype(np.float64)
+    true8 = np.interp(knots, [8192.0, 16384.0], [0.0, 2.0]).astype(np.float32)
+    kernel = {"mlp_up/8192x7168/bf16": np.full(shapecorr.GRID, 0.1, np.float32)}
+    tps = np.asarray(m["tp"])
+    exact = F.predict_by_tp(m, "H100-SXM", {4: cost, 8: cost}, kernel,
+                            {"all_reduce/tp8": (0, true8)})
+    m.cols["time_s"] = exact
+    train = np.ones(len(m), bool)
+    train[::7] = False
+    got = F.fit_engine_ar_tables(m, "H100-SXM", train, {4: cost, 8: cost}, kernel,
+                                 smoothing=1e-6)
+    assert set(got) == {"all_reduce/tp4", "all_reduce/tp8"}
+    pred = F.predict_by_tp(m, "H100-SXM", {4: cost, 8: cost}, kernel, got)
+    assert np.max(np.abs(pred / exact - 1)) < 2e-3
+    first, vals = got["all_reduce/tp8"]
+    full = shapecorr.expand(first, vals)
+    at = x[(tps == 8) & train]
+    assert np.allclose(shapecorr.delta_np(full, at), np.interp(at, knots, true8), atol=0.02)
+    # TP 4 needs no correction
+    assert np.max(np.abs(got["all_reduce/tp4"][1])) < 0.01
+
+
 def test_cost_engine_fit__per_tp_values_over_the_preset(tmp_path, capsys):
     """``cost_engine_fit: true`` lays a preset's ``engine_fit`` over its values: the
     shared values, then those of the lane's TP degree (``by_tp``); explicit ``cost``
-    overrides still win. Presets without one, and bad ones, are refused by name."""
-    from jaxsim import config
+    overrides still win; the engine's all-reduce table of the lane's TP degree replaces
+    the kernel one. Presets without one, and bad ones, are refused by name."""
+    from jaxsim import config, shapecorr
 
+    tab = lambda v: {"first": 0, "delta": [v, v]}  # noqa: E731
     preset = {"format": costpresets.FORMAT, "values": {"eta_ar": 0.7, "cpu_iter_s": 1e-3},
               "smooth_p": 2,
+              "shape_tables": {"tables": {"all_reduce/tp4": tab(0.25),
+                                          "all_reduce/tp2": tab(0.5)}},
               "engine_fit": {"values": {"cpu_iter_s": 5e-3, "cpu_seq_s": 1e-4},
-                             "by_tp": {"4": {"cpu_iter_s": 9e-3, "eta_ar": 0.3}}}}
+                             "by_tp": {"4": {"cpu_iter_s": 9e-3, "eta_ar": 0.3}},
+                             "tables": {"all_reduce/tp4": tab(2.0)}}}
     path = tmp_path / "e.json"
     path.write_text(json.dumps(preset))
     base = {"gpu": "H100-SXM", "model": "Llama-3.1-70B", "cost_preset": str(path)}
@@ -489,13 +537,22 @@ def test_cost_engine_fit__per_tp_values_over_the_preset(tmp_path, capsys):
             config.validate({**base, "tp": 2, "cost_engine_fit": True}),
             config.validate({**base, "tp": 4, "cost_engine_fit": True}),
             config.validate({**base, "tp": 4, "cost_engine_fit": True,
-                             "cost": {"cpu_iter_s": 2e-3}})]
+                             "cost": {"cpu_iter_s": 2e-3}}),
+            config.validate({**base, "tp": 4}),
+            config.validate({**base, "tp": 4, "cost_engine_fit": True,
+                             "cost_shape_tables": False})]
     p, _ = config.params_from_columns(config.columns_from_configs(cfgs), 2048)
+    # the engine's all-reduce table replaces the kernel one for engine-fit lanes of its
+    # TP degree; other TP degrees keep theirs; no tables, none of either
+    ar = np.asarray(p.cost.shape_corr)[:, shapecorr.CORR_OPS.index("all_reduce")]
+    assert ar[:, 0].tolist() == [0.5, 0.5, 2.0, 2.0, 0.25, 0.0]
     got = [{k: float(v[i]) for k, v in p.cost.values().items()} for i in range(len(cfgs))]
     want = [{"eta_ar": 0.7, "cpu_iter_s": 1e-3},
             {"eta_ar": 0.7, "cpu_iter_s": 5e-3, "cpu_seq_s": 1e-4},
             {"eta_ar": 0.3, "cpu_iter_s": 9e-3, "cpu_seq_s": 1e-4},
-            {"eta_ar": 0.3, "cpu_iter_s": 2e-3, "cpu_seq_s": 1e-4}]
+            {"eta_ar": 0.3, "cpu_iter_s": 2e-3, "cpu_seq_s": 1e-4},
+            {"eta_ar": 0.7, "cpu_iter_s": 1e-3},
+            {"eta_ar": 0.3, "cpu_iter_s": 9e-3, "cpu_seq_s": 1e-4}]
     for g, w in zip(got, want, strict=True):
         for k, v in w.items():
             assert g[k] == pytest.approx(v, rel=1e-5), (k, g[k], v)
@@ -506,6 +563,7 @@ def test_cost_engine_fit__per_tp_values_over_the_preset(tmp_path, capsys):
         assert set(ef["by_tp"]["8"]) == set(F.ENGINE_TP_PARAMS)
         assert costpresets.engine_values("auto", gpu, 8)["cpu_iter_s"] == \
             ef["by_tp"]["8"]["cpu_iter_s"]
+        assert set(ef["tables"]) == {"all_reduce/tp2", "all_reduce/tp4", "all_reduce/tp8"}
     with pytest.raises(config.ConfigError, match="cost_engine_fit: cost_preset 'uncalibrated'"):
         config.params_from_columns(config.columns_from_configs(
             [config.validate({**base, "cost_preset": "uncalibrated",
@@ -513,7 +571,11 @@ def test_cost_engine_fit__per_tp_values_over_the_preset(tmp_path, capsys):
     for ef, match in [({"values": {}, "by_tp": {"x": {}}}, "'by_tp' has key 'x'"),
                       ({"values": {"eta_ar": 2.0}},
                        "'values': eta_ar: efficiency must be in (0, 1)"),
-                      ({"values": {}, "by_tp": {"2": {"nope": 1}}}, "'by_tp.2'")]:
+                      ({"values": {}, "by_tp": {"2": {"nope": 1}}}, "'by_tp.2'"),
+                      ({"values": {}, "tables": {"mlp_up/1x1/bf16": tab(0.1)}},
+                       "'tables' has key 'mlp_up/1x1/bf16'; allowed: all_reduce/tpN"),
+                      ({"values": {}, "tables": {"all_reduce/tp2": tab(-1.5)}},
+                       "field 'engine_fit.tables': table 'all_reduce/tp2' has value -1.5")]:
         path.write_text(json.dumps({**preset, "engine_fit": ef}))
         assert cli.main(["simulate", "--set", f"cost_preset={path}"]) == 2
         assert match in capsys.readouterr().err, match
@@ -528,6 +590,7 @@ def test_cli_calibrate_separate__engine_terms_per_tp_and_simulate_with_them(tmp_
     assert "engine terms per TP degree: by_tp" in capsys.readouterr().out
     ef = json.loads(out.read_text())["engine_fit"]
     assert set(ef["by_tp"]) == {"2", "4", "8"}
+    assert set(ef["tables"]) == {"all_reduce/tp2", "all_reduce/tp4", "all_reduce/tp8"}
     assert ef["report"]["iteration"]["n_holdout"] > 0
     assert set(ef["report_shared"]) == {"iteration", "iteration_prefill", "iteration_decode"}
     base = ["simulate", "--json", "--set", "workload.num_requests=20", "--set",
@@ -553,6 +616,7 @@ def test_sarathi_check__a100_preset_predicts_unfitted_prefills(capsys):
     out = capsys.readouterr().out
     assert "A100 preset: MAPE 12.5%, median 9.2%" in out
     assert "A100 preset, all-reduce over PCIe: MAPE 32.0%" in out
+    assert "A100 preset + Splitwise engine fit (TP 2): MAPE 17.4%, median 18.2%" in out
 
 
 def _prefills_with_failed_runs():
