@@ -581,6 +581,40 @@ def test_cost_engine_fit__per_tp_values_over_the_preset(tmp_path, capsys):
         assert match in capsys.readouterr().err, match
 
 
+def test_cost_engine_fit__lane_times_equal_the_engine_fits_predictions():
+    """A ``cost_engine_fit`` lane of the shipped H100 preset (Llama-2-70B, TP 8) times
+    Splitwise-shaped prefills and decodes exactly as the calibration's engine fit
+    predicts them (its TP 8 terms and all-reduce table)."""
+    import jax
+
+    from calibration.loaders import MODEL_DIMS
+    from jaxsim import config, costmodel
+
+    cfg = config.validate({"gpu": "H100-SXM", "model": "Llama-2-70B", "tp": 8,
+                           "cost_engine_fit": True})
+    p, _ = config.params_from_columns(config.columns_from_configs([cfg]), 2048)
+    lane = jax.tree.map(lambda x: x[0], p)
+    dims = {**MODEL_DIMS["llama2-70b"], "hardware": "H100-SXM", "dtype": "fp16", "tp": 8,
+            "op": "iteration", "time_s": 1.0}
+    shapes = [(1, 512, 0), (4, 512, 0), (1, 4096, 0), (0, 0, 32)]
+    m = from_rows([{**dims, "batch_size": b, "chunk_len": q, "num_decodes": d,
+                    "decode_context_len": 600 if d else 0} for b, q, d in shapes])
+    ef = costpresets.read(costpresets.resolve("auto", "H100-SXM"))["engine_fit"]
+    cost = CostParams.from_values({**costpresets.values("auto", "H100-SXM"),
+                                   **costpresets.engine_values("auto", "H100-SXM", 8)})
+    want = F.predict_by_tp(m, "H100-SXM", {8: cost}, costpresets.tables("auto", "H100-SXM"),
+                           {k: (t["first"], np.asarray(t["delta"], np.float32))
+                            for k, t in ef["tables"].items()})
+    for (b, q, d), w in zip(shapes, want, strict=True):
+        f = costmodel.features_from_floats(
+            tokens=b * q + d, num_seqs=b + d, num_sampled=b + d, prefill_tokens=b * q,
+            prefill_pairs=b * q * (q + 1) / 2, prefill_kv_tokens=b * q, num_decodes=d,
+            decode_kv_tokens=d * 601)
+        got = float(costmodel.iteration_time(lane.model, lane.hardware, lane.scheduler.tp,
+                                             lane.cost, f))
+        assert got == pytest.approx(w, rel=1e-5), (b, q, d)
+
+
 @pytest.mark.slow
 def test_cli_calibrate_separate__engine_terms_per_tp_and_simulate_with_them(tmp_path, capsys):
     out = tmp_path / "h100.json"
