@@ -543,6 +543,15 @@ def iteration_all_reduce_sizes(m: Measurements) -> np.ndarray:
     return costmodel.ACT_BYTES * f("hidden_size") * tokens / shapecorr.AR_UNIT_BYTES
 
 
+def _tp_groups(m: Measurements) -> list[tuple[int, np.ndarray, np.ndarray]]:
+    """(TP degree, its rows, its rows padded to the largest group by repeating its first
+    row) for each TP degree of ``m``: padded groups share one compile of ``predict``."""
+    tp = np.asarray(m["tp"]).astype(int)
+    idx = [(g, np.flatnonzero(tp == g)) for g in sorted(set(tp.tolist()))]
+    width = max((len(i) for _, i in idx), default=0)
+    return [(g, i, np.concatenate([i, np.full(width - len(i), i[0])])) for g, i in idx]
+
+
 def fit_engine_ar_tables(m: Measurements, hardware: str, train: np.ndarray,
                          costs: dict[int, CostParams], tables: dict[str, np.ndarray] | None,
                          smoothing: float = TABLE_SMOOTHING
@@ -558,22 +567,23 @@ def fit_engine_ar_tables(m: Measurements, hardware: str, train: np.ndarray,
     problem of :func:`fit_tables` is linear here too and is solved exactly.
     """
     _, hw = hardware_params(hardware)
-    tp = np.asarray(m["tp"]).astype(int)
     x = iteration_all_reduce_sizes(m)
+    t_meas = np.asarray(m["time_s"], np.float64)
     out = {}
-    for g in sorted(set(tp[train].tolist())):
-        sel = (tp == g) & train
-        if g < 2 or not sel.any():
+    for g, idx, padded in _tp_groups(m):
+        tr = idx[train[idx]]
+        if g < 2 or tr.size == 0:
             continue
         key = shapecorr.all_reduce_key(g)
-        sub = m.select(sel)
-        pred = []
-        for v in (0.0, 1.0):
-            t = {**(tables or {}), key: np.full(shapecorr.GRID, v, np.float32)}
-            pred.append(np.asarray(predict(costs[g], hw, prepare_rows(sub, t)), np.float64))
-        ar = pred[1] - pred[0]
-        t_meas = np.asarray(sub["time_s"], np.float64)
-        out[key] = _knot_lstsq(x[sel], ar / t_meas, 1.0 - pred[0] / t_meas, smoothing)
+        sub = m.select(padded)
+        pred = np.zeros((2, len(m)))
+        for v in (0, 1):
+            t = {**(tables or {}), key: np.full(shapecorr.GRID, float(v), np.float32)}
+            pred[v, idx] = np.asarray(predict(costs[g], hw, prepare_rows(sub, t)),
+                                      np.float64)[:len(idx)]
+        ar = pred[1, tr] - pred[0, tr]
+        out[key] = _knot_lstsq(x[tr], ar / t_meas[tr], 1.0 - pred[0, tr] / t_meas[tr],
+                               smoothing)
     return out
 
 
@@ -584,13 +594,12 @@ def predict_by_tp(m: Measurements, hardware: str, costs: dict[int, CostParams],
     (``costs[tp]``) and the kernel ``tables`` with ``engine_tables`` (key -> (first
     knot, values), from :func:`fit_engine_ar_tables`) in place of those of the same key."""
     _, hw = hardware_params(hardware)
-    tp = np.asarray(m["tp"]).astype(int)
     full = {**(tables or {}), **expand_tables(engine_tables)}
     out = np.zeros(len(m))
-    for g in sorted(set(tp.tolist())):
-        sel = tp == g
-        out[sel] = np.asarray(predict(costs[g], hw, prepare_rows(m.select(sel), full or None)),
-                              np.float64)
+    for g, idx, padded in _tp_groups(m):
+        out[idx] = np.asarray(predict(costs[g], hw, prepare_rows(m.select(padded),
+                                                                  full or None)),
+                              np.float64)[:len(idx)]
     return out
 
 
