@@ -151,6 +151,7 @@ def tables_json(tables: dict[str, tuple[int, np.ndarray]]) -> dict[str, dict]:
     return {k: {"first": int(first), "delta": [round(float(x), 5) for x in v]}
             for k, (first, v) in sorted(tables.items())}
 
+
 #: What ``engine_fit`` holds (written into the preset next to it).
 ENGINE_FIT_NOTE = (
     "Iteration-stage fit on this GPU's whole-iteration rows. Those times include the "
