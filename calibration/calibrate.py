@@ -166,10 +166,11 @@ ENGINE_TP_NOTE = (
     "the per-TP values, 'report_shared' of the shared ones alone). The config key "
     "cost_engine_fit applies all of this.")
 ENGINE_TABLE_NOTE = (
-    " With the per-kernel-shape tables on, each TP degree then also gets a correction "
-    "table for the engine's all-reduce over the message size, fitted to the iteration "
-    "rows with that degree's values ('tables', in the format of 'shape_tables'; it "
-    "replaces the kernel table of the same key): it carries whatever of that engine's "
+    " With the per-kernel-shape tables on, each TP degree above 1 then also gets a "
+    "correction table for the engine's all-reduce over the message size, fitted to the "
+    "iteration rows with that degree's values ('tables', in the format of "
+    "'shape_tables'; it replaces the kernel table of the same key for lanes with "
+    "cost_engine_fit; 'report' includes it): it carries whatever of that engine's "
     "iteration time changes with the iteration's token count at that degree and the "
     "kernel model does not follow, so it is not a measurement of the all-reduce.")
 
@@ -275,22 +276,28 @@ def calibrate(data: Measurements, hardware: str, *, holdout: str = "shape",
                 "report": F.error_table(it, ipred, train[~kern]),
             }
             it_tp = np.asarray(it["tp"]).astype(int)
-            if engine_per_tp and len(set(it_tp.tolist())) > 1:
+            several = len(set(it_tp.tolist())) > 1
+            if engine_per_tp and (several or full):
                 t0 = time.perf_counter()
-                costs, tpred = F.fit_groups(it, canon, train[~kern], it_tp,
-                                            names=F.ENGINE_TP_PARAMS, init=r.cost,
-                                            robust=robust, steps=steps, tables=full)
+                if several:
+                    costs, tpred = F.fit_groups(it, canon, train[~kern], it_tp,
+                                                names=F.ENGINE_TP_PARAMS, init=r.cost,
+                                                robust=robust, steps=steps, tables=full)
+                else:  # one TP degree: the shared values are its values
+                    costs, tpred = {int(it_tp[0]): r.cost}, ipred
                 etables = {}
                 if full:
                     etables = F.fit_engine_ar_tables(it, canon, train[~kern], costs, full)
                     tpred = F.predict_by_tp(it, canon, costs, full, etables)
                 seconds["engine_per_tp"] = time.perf_counter() - t0
-                engine_fit["report_shared"] = engine_fit["report"]
-                engine_fit["report"] = F.error_table(it, tpred, train[~kern])
-                engine_fit["by_tp"] = {
-                    str(g): {n: float(c.values()[n]) for n in F.ENGINE_TP_PARAMS}
-                    for g, c in sorted(costs.items())}
-                engine_fit["note"] = ENGINE_FIT_NOTE + ENGINE_TP_NOTE
+                if several or etables:
+                    engine_fit["report_shared"] = engine_fit["report"]
+                    engine_fit["report"] = F.error_table(it, tpred, train[~kern])
+                if several:
+                    engine_fit["by_tp"] = {
+                        str(g): {n: float(c.values()[n]) for n in F.ENGINE_TP_PARAMS}
+                        for g, c in sorted(costs.items())}
+                    engine_fit["note"] = ENGINE_FIT_NOTE + ENGINE_TP_NOTE
                 if etables:
                     engine_fit["tables"] = tables_json(etables)
                     engine_fit["note"] += ENGINE_TABLE_NOTE

@@ -694,6 +694,30 @@ def test_failed_runs__calibrate_drops_them_after_the_split():
     np.testing.assert_array_equal(cal.train, F.split(m, "shape")[~bad])
 
 
+@pytest.mark.slow
+def test_calibrate_separate__one_tp_degree_gets_an_engine_all_reduce_table():
+    """Iteration rows of one TP degree (above 1) with kernel rows: no per-TP refit, but
+    the engine's all-reduce table of that degree, and the report is of it."""
+    from calibration import calibrate as C
+
+    m, _ = _prefills_with_failed_runs()
+    rows = [{k: m[k][i] for k in m.cols} for i in range(len(m))
+            if m["tp"][i] == 2 and m["batch_size"][i] != 8]
+    kern = {"hardware": "H100-SXM", "dtype": "fp16", "op": "mlp_up", "model": "m",
+            "hidden_size": 256, "ffn_size": 512, "num_heads": 4, "num_kv_heads": 4,
+            "head_dim": 64, "tp": 1, "gated": 1}
+    rows += [{**kern, "num_tokens": t, "time_s": 1e-5 * (1 + t / 64)}
+             for t in (16, 32, 64, 128, 256, 512)]
+    cal = C.calibrate(from_rows(rows), "H100-SXM", steps=5, smooth_p=(2,),
+                      iteration_fit="separate")
+    ef = cal.engine_fit
+    assert set(ef["tables"]) == {"all_reduce/tp2"} and "by_tp" not in ef
+    assert ef["report"] != ef["report_shared"]
+    no_tables = C.calibrate(from_rows(rows), "H100-SXM", steps=5, smooth_p=(2,),
+                            iteration_fit="separate", shape_tables=False).engine_fit
+    assert "tables" not in no_tables and "report_shared" not in no_tables
+
+
 def test_error_table__iterations_are_also_reported_by_phase():
     """Whole iterations get a line per phase beside the pooled one, each of its own rows:
     a pooled MAPE can hide that prefills fit far worse than decodes."""
