@@ -28,7 +28,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-engine-per-tp", action="store_true",
                    help="with --iteration-fit separate: one engine fit for all TP degrees "
                         "(default: the engine's overheads and all-reduce are refitted per "
-                        "TP degree, under engine_fit.by_tp)")
+                        "TP degree, under engine_fit.by_tp, and each TP degree above 1 "
+                        "gets an all-reduce table, under engine_fit.tables)")
     p.add_argument("--no-shape-tables", action="store_true",
                    help="fit the roofline only, without per-kernel-shape correction tables")
     p.add_argument("--plot", metavar="FILE.png", help="write a parity plot")
