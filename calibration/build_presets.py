@@ -24,7 +24,7 @@ slower at TP 8 than at TP 4 on H100 (31 ms against 29 ms), which no per-GPU kern
 model can produce; then each TP degree gets a correction table for the engine's
 all-reduce over the message size (``engine_fit.tables``), which follows how that
 engine's prefill time per token changes with the iteration's token count (on H100 at
-TP 8, 65-76 ms per 1,000 tokens up to 2,048 tokens and 91-103 ms from 4,096).
+TP 8, 65-76 ms per 1,000 tokens from 1,024 to 2,048 tokens and 90-103 ms from 4,096).
 ``cost_engine_fit: true`` simulates with all of it.
 """
 
