@@ -112,8 +112,8 @@ def _decode_run(shape: SimShape, params: SimParams, wl: Workload, st: SimState,
     """Event skipping (docs/semantics.md §6): advance the lane by ``k`` decode-only
     iterations at once, where ``k`` is the longest run (at most
     ``shape.macro_iterations`` and ``run_blocks(macro_iterations)`` block sizes) in which
-    per-iteration stepping would schedule exactly the running requests that have not
-    finished, one token each: every
+    per-iteration stepping would
+    schedule exactly the running requests that have not finished, one token each: every
     running request is decoding, their KV blocks fit, the budget covers them, at least
     one is left, and nothing is admitted (the next request arrives after the start of
     the run's last iteration, or the queue's head is blocked by a limit that only a
