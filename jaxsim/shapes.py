@@ -7,7 +7,7 @@ import dataclasses
 #: Largest ``SimShape.macro_iterations`` (the macro-step's series are this long).
 MAX_MACRO = 64
 #: The event-skipping run length ``jaxsim.api.prepare`` and the sweep runner use.
-DEFAULT_MACRO = 32
+DEFAULT_MACRO = 16
 
 
 @dataclasses.dataclass(frozen=True)

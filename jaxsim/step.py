@@ -101,18 +101,11 @@ def _floordiv(a, b, inv_b):
     return q + (r >= b).astype(i32) - (r < 0).astype(i32)
 
 
-def run_blocks(macro_iterations: int) -> int:
-    """How many KV blocks a request may open in one decode run: a run is at most this
-    many block sizes long (docs/semantics.md §6)."""
-    return max(1, -(-macro_iterations // 16))
-
-
 def _decode_run(shape: SimShape, params: SimParams, wl: Workload, st: SimState,
                 consts: costmodel.CostConsts, dtab: costmodel.DecodeTable, active, inv_bs):
     """Event skipping (docs/semantics.md §6): advance the lane by ``k`` decode-only
     iterations at once, where ``k`` is the longest run (at most
-    ``shape.macro_iterations`` and ``run_blocks(macro_iterations)`` block sizes) in which
-    per-iteration stepping would
+    ``shape.macro_iterations`` and the block size) in which per-iteration stepping would
     schedule exactly the running requests that have not finished, one token each: every
     running request is decoding, their KV blocks fit, the budget covers them, at least
     one is left, and nothing is admitted (the next request arrives after the start of
@@ -127,7 +120,6 @@ def _decode_run(shape: SimShape, params: SimParams, wl: Workload, st: SimState,
     one's last iteration (DD; meaningful at those rows).
     """
     S, R, KC = shape.max_slots, shape.max_requests, shape.macro_iterations
-    M = run_blocks(KC)
     sp = params.scheduler
     i32, f32 = jnp.int32, jnp.float32
     row = jnp.arange(S, dtype=i32)
@@ -147,24 +139,21 @@ def _decode_run(shape: SimShape, params: SimParams, wl: Workload, st: SimState,
     rem = c - fl * bs
     blocks1 = jnp.sum(jnp.where(running, fl + 1, 0), dtype=i32)  # after the first token
     held0 = jnp.sum(jnp.where(running, fl + (rem > 0), 0), dtype=i32)
-    # iteration that opens its next block; it opens one every block_size iterations from
-    # then on, at most M in a run (the run is at most M * block_size iterations long)
-    first_new = jnp.where(running, bs - rem, big)
+    first_new = jnp.where(running, bs - rem, big)  # iteration that opens its next block
+    opens = first_new < left
     j = jnp.arange(KC, dtype=i32)
     # Per iteration j of the run, by histograms over the rows (an [S, KC] comparison was
-    # slower, see benchmarks/README.md); a finished request no longer holds blocks,
-    # counts or adds context.
-    open_at = first_new[:, None] + (jnp.arange(M, dtype=i32) * bs)[None, :]  # [S, M]
-    opens = open_at < gone[:, None]  # opened before it is gone (and within the window)
+    # slower, see benchmarks/README.md): every request opens at most one block in the
+    # run, and a finished one no longer holds blocks, counts or adds context.
     x = c + 1
     # what each row takes out of the batch when it is gone: a sequence, its blocks, and
     # its context (in 12-bit halves, so the sums stay exact in int32)
-    n_open = jnp.sum(opens, axis=1, dtype=i32)
     w = jnp.where(running[:, None],
-                  jnp.stack([jnp.ones_like(x), fl + 1 + n_open, x >> 12, x & 4095], -1), 0)
+                  jnp.stack([jnp.ones_like(x), fl + 1 + opens, x >> 12, x & 4095], -1), 0)
     out = jnp.cumsum(jnp.zeros((KC + 1, 4), i32).at[gone].add(w)[:KC], axis=0)
     n_j = n - out[:, 0]
-    opened = jnp.zeros((KC + 1,), i32).at[jnp.where(opens, open_at, KC)].add(1)
+    opened = jnp.zeros((KC + 1,), i32).at[jnp.where(opens, jnp.minimum(first_new, KC),
+                                                     KC)].add(1)
     used = blocks1 + jnp.cumsum(opened[:KC]) - out[:, 1]
     tot = jnp.sum(w, axis=0, dtype=i32)
     a_hi, a_lo = tot[2] - out[:, 2], tot[3] - out[:, 3]
@@ -192,21 +181,8 @@ def _decode_run(shape: SimShape, params: SimParams, wl: Workload, st: SimState,
     # Iteration times as the decode context grows by one token per running request.
     kd = ddm.add_f(ddm.add(ddm.mul_f(costmodel.int_to_dd(a_hi), f32(4096.0)),
                            costmodel.int_to_dd(a_lo)), (j * n_j).astype(f32))
-    # evaluated 16 iterations at a time: XLA's CPU code for the whole series at once was
-    # several times slower per iteration from 32 on (benchmarks/README.md)
-    parts = [costmodel.decode_series_times(consts, dtab, n_j[a:a + 16],
-                                           DD(kd.hi[a:a + 16], kd.lo[a:a + 16]))
-             for a in range(0, KC, 16)]
-    finite = jnp.concatenate([jnp.isfinite(d.hi) & jnp.isfinite(d.lo) for d in parts])
-
-    def dt_at(jj):  # iteration jj's time, read from its part (no concatenation)
-        i = jj % 16
-        dh, dl = parts[-1].hi[i], parts[-1].lo[i]
-        for q in range(len(parts) - 2, -1, -1):
-            first = jj < 16 * (q + 1)
-            dh = jnp.where(first, parts[q].hi[i], dh)
-            dl = jnp.where(first, parts[q].lo[i], dl)
-        return dh, dl
+    dts = costmodel.decode_series_times(consts, dtab, n_j, kd)
+    finite = jnp.isfinite(dts.hi) & jnp.isfinite(dts.lo)
 
     # Clock, busy time and KV integral after each iteration of the run, summed one
     # iteration at a time as stepping does (a scan: unrolled, XLA would fuse the chain
@@ -215,7 +191,7 @@ def _decode_run(shape: SimShape, params: SimParams, wl: Workload, st: SimState,
         # the run's times are read by index (scanning over them as inputs would
         # transpose them, and XLA fuses the whole evaluation into that transpose)
         c_hi, c_lo, b_hi, b_lo, u_hi, u_lo = carry
-        (dh, dl), u = dt_at(jj), used[jj]
+        dh, dl, u = dts.hi[jj], dts.lo[jj], used[jj]
         # three sums carried apart: stacking them costs a concatenation per iteration
         c_hi, c_lo = dd_add2(c_hi, c_lo, dh, dl)
         b_hi, b_lo = dd_add2(b_hi, b_lo, dh, dl)
@@ -233,7 +209,7 @@ def _decode_run(shape: SimShape, params: SimParams, wl: Workload, st: SimState,
 
     eligible = (active & (n >= 1) & (n < S) & (n <= sp.max_num_batched_tokens)
                 & jnp.all(decoding | ~running))
-    ok = (eligible & (j < M * bs) & (n_j >= 1) & (used <= total) & finite
+    ok = (eligible & (j < bs) & (n_j >= 1) & (used <= total) & finite
           & (j < st.iter_limit - st.iterations)
           & jnp.where(blocked, j < k_fin, ~has_pre & ~arrived))
     k = jnp.sum(jnp.cumsum(~ok, dtype=i32) == 0, dtype=i32)

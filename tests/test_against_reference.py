@@ -3,8 +3,7 @@
 Each lane draws its own workload (per-lane workloads, padded to a common R) and its own
 configuration: model, GPU, TP, scheduler mode, chunking, limits, block size, a KV
 capacity small enough to force preemptions in many lanes, watermark, threshold. The
-shape has event skipping on (docs/semantics.md §6, runs of up to DEFAULT_MACRO = 32
-iterations), so this is also
+shape has event skipping on (docs/semantics.md §6, 16-iteration runs), so this is also
 the check that macro-steps equal per-iteration stepping. Counts
 must be identical and times equal to 1e-6 relative (the bar is 1e-5; iteration times
 are evaluated in double-float, so the only difference left is the float32 rounding of
@@ -19,7 +18,7 @@ import pytest
 from jaxsim import params as P
 from jaxsim import simulate_batch
 from jaxsim import status as st_bits
-from jaxsim.shapes import DEFAULT_MACRO, SimShape
+from jaxsim.shapes import SimShape
 from jaxsim.workload import Trace, stack_workloads, to_workload
 from tests.helpers import lane_params, oracle_config, oracle_workload
 from tests.reference.event_sim import simulate_reference
@@ -89,7 +88,7 @@ def run_both(cases, max_iterations=None):
     params = P.stack(lanes)
     wl = stack_workloads([to_workload(t, R_MAX) for t in traces])
     shape = SimShape(max_requests=R_MAX, max_slots=S_MAX, chunk_iterations=256,
-                     macro_iterations=DEFAULT_MACRO)
+                     macro_iterations=16)
     res = simulate_batch(shape, params, wl, max_iterations=max_iterations)
     refs = [
         simulate_reference(oracle_workload(t), oracle_config(p), max_iterations=max_iterations)

@@ -31,10 +31,10 @@ def _run(cfg: dict, trace: Trace, macro: int, **kw):
     return simulate_batch(shape, params, to_workload(trace, R), **kw)
 
 
-def _both(cfg: dict, trace: Trace, macro: int = 16, **kw):
-    """(event skipping with runs of up to ``macro`` iterations, per-iteration stepping);
-    asserts that every metric and per-request value agrees."""
-    a = _run(cfg, trace, macro, **kw)
+def _both(cfg: dict, trace: Trace, **kw):
+    """(event skipping with 16-iteration runs, per-iteration stepping); asserts that every
+    metric and per-request value agrees."""
+    a = _run(cfg, trace, 16, **kw)
     b = _run(cfg, trace, 0, **kw)
     for k, v in b.metrics.items():
         if k == "steps":
@@ -71,23 +71,6 @@ def test_macro__one_request_runs_of_block_size():
     assert int(a.metrics["steps"][0]) == 4 and int(b.metrics["steps"][0]) == 40
     # the clock is the sum of the per-iteration times, in the same order
     assert float(a.metrics["busy_s"][0]) == float(b.metrics["busy_s"][0])
-
-
-def test_macro__runs_open_several_blocks():
-    # macro_iterations=32 lets a request open run_blocks(32) = 2 KV blocks in a run, so
-    # a run lasts up to 2 * block_size = 32 iterations. P=10, O=80, block 16: step 1
-    # prefills (g=1); steps 2 and 3 are runs of 32 decodes plus one ordinary decode
-    # (g=34, then 67; the request opens its 2nd and 3rd blocks in step 2's run, at the
-    # tokens at positions 16 and 32); step 4's run decodes the last 13 and finishes it.
-    from jaxsim.step import run_blocks
-    assert (run_blocks(16), run_blocks(32), run_blocks(33), run_blocks(64)) == (1, 2, 3, 4)
-    tr = Trace([0.0], [10], [80])
-    s = _states({}, tr, 4, macro=32)
-    assert [int(x.iterations) for x in s] == [0, 1, 34, 67, 80]
-    assert [int(x.slot_generated[0]) for x in s[:4]] == [0, 1, 34, 67]
-    assert int(s[2].kv_peak_blocks) == 3  # 43 tokens of KV after step 2
-    # (equality with stepping at macro 32: the oracle tests, which run with the default
-    # shape, and test_macro__kv_capacity_ends_the_run)
 
 
 def test_macro__macro_iterations_caps_the_run():
@@ -146,15 +129,13 @@ def test_macro__finish_ends_the_run_and_frees_the_seat():
 
 
 @pytest.mark.slow  # keeps the default suite under 10 min; runs in CI's slow step
-@pytest.mark.parametrize("macro", [16, 32])
-def test_macro__kv_capacity_ends_the_run(macro):
+def test_macro__kv_capacity_ends_the_run():
     # 3 blocks of 16 tokens; request 0 (P=20, O=60) holds 2 blocks after its prefill and
     # needs a third at token 33, a fourth at token 49, which does not fit: the second
-    # request is preempted. Runs stop before any iteration whose blocks do not fit (with
-    # macro 32, a run may open two blocks per request).
+    # request is preempted. Runs stop before any iteration whose blocks do not fit.
     cfg = {"num_gpu_blocks": 5}
     tr = Trace([0.0, 0.0], [20, 20], [60, 60])
-    a, b = _both(cfg, tr, macro=macro)
+    a, b = _both(cfg, tr)
     assert int(b.metrics["preemptions"][0]) > 0
     assert int(a.metrics["steps"][0]) < int(a.metrics["iterations"][0])
 
