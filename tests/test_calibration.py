@@ -738,3 +738,34 @@ def test_error_table__iterations_are_also_reported_by_phase():
     # one phase only: no split
     only = F.error_table(m.select(pre), pred[pre], train[pre])
     assert set(only) == {"iteration"}
+
+
+def test_engine_floor__exact_on_its_own_model_and_runs_on_the_shipped_splitwise(capsys):
+    from calibration import engine_floor
+    from calibration.schema import Measurements
+
+    data = loaders.load([os.path.join(DATA, "splitwise/perf_model.csv")])
+    m, train = engine_floor.prefill_rows(data, "A100-80GB")
+    assert len(m) > 0 and train.any() and not train.all()
+    assert set(np.asarray(m["num_decodes"]).tolist()) == {0}
+    # times made from the free model itself are fitted back exactly on held-out rows
+    cols = dict(m.cols)
+    b = np.asarray(m["batch_size"], np.float64)
+    p = np.asarray(m["chunk_len"], np.float64)
+    tp = np.asarray(m["tp"], np.float64)
+    cols["time_s"] = (0.02 + 3e-4 * b * p / tp + 1e-8 * b * p * p + 0.01 * b * tp)
+    exact = Measurements(cols)
+    rep = engine_floor.report(exact, train, engine_floor.free_fit(exact, train))
+    assert rep["pooled"]["n_holdout"] == int((~train).sum())
+    assert rep["pooled"]["max_ape"] < 1e-6
+    # on the measured rows it is a real error, and the CLI prints it for both GPUs
+    real = engine_floor.report(m, train, engine_floor.free_fit(m, train))
+    assert 0 < real["pooled"]["mape"] < 100
+    path = os.path.join(DATA, "splitwise/perf_model.csv")
+    assert engine_floor.main([path, "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert set(out) == {"A100-80GB", "H100-SXM"}
+    assert out["A100-80GB"]["four_terms"]["pooled"]["mape"] == pytest.approx(
+        real["pooled"]["mape"])
+    assert engine_floor.main([path, "--hardware", "A40"]) == 2
+    assert "A40" in capsys.readouterr().err
