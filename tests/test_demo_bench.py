@@ -39,3 +39,39 @@ def test_bench__quick_json(capsys, monkeypatch):
               "bytes_per_lane"):
         assert k in obj, k
     assert obj["lanes_not_ok"] == 0 and obj["bytes_per_lane"] > 0
+
+
+def _bench_gpu():
+    import importlib.util
+    import os
+
+    path = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "bench_gpu.py")
+    spec = importlib.util.spec_from_file_location("bench_gpu", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.slow  # about a minute on 2 cores (three batch sizes compile): CI's slow step
+def test_bench_gpu__runs_on_cpu_and_a_short_last_chunk_does_not_recompile(tmp_path, capsys):
+    from jaxsim import sim
+
+    bg = _bench_gpu()
+    first = bg.run_size(64, 64, str(tmp_path))
+    assert first["configs"] == 64 and first["lanes_not_ok"] == 0
+    assert first["iterations_per_lane"] > first["steps_per_lane"] > 0
+    compiled = sim._run_chunk_batch._cache_size()
+    # 100 lanes in chunks of 64: the second chunk runs padded to 64 lanes
+    second = bg.run_size(100, 64, str(tmp_path))
+    assert sim._run_chunk_batch._cache_size() == compiled
+    assert second["configs"] == 100 and second["lanes_not_ok"] == 0
+    assert list(tmp_path.iterdir()) == []  # the metrics file is timed, then removed
+    out = tmp_path / "out"
+    assert bg.main(["--sizes", "64", "--chunk", "64", "--max-batch", "128",
+                    "--out", str(out)]) == 0
+    (path,) = out.iterdir()
+    rec = json.loads(path.read_text())
+    assert path.name.startswith("gpu_") and rec["largest_batch"] == 128
+    assert [r["configs"] for r in rec["rows"]] == [64]
+    assert rec["bytes_per_lane"] > 0 and "--sizes 64" in rec["command"]
+    assert "B=" in capsys.readouterr().out
