@@ -17,7 +17,7 @@ import pytest  # noqa: E402
 @pytest.fixture(scope="module", autouse=True)
 def _fresh_compilations_per_module_in_slow_runs(request):
     """In the slow step (``-m slow``, one process), drop JAX's compiled executables after
-    each test module. That step compiles several hundred executables in one process, and
+    each test module. That step compiles many executables in one process, and
     late in it XLA's CPU compiler has crashed (a segmentation fault in
     ``backend_compile_and_load``, in a test that passes on its own); keeping fewer
     executables alive is the mitigation. The default suite is left as it is."""
