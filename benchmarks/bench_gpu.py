@@ -94,7 +94,7 @@ def largest_batch(start: int, limit: int) -> int:
             prep, params = _lanes(b)
             st = sim._init_batch(prep.shape, params, prep.workload, jax.numpy.int32(10),
                                  False)
-            st, _ = sim._run_chunk_batch(prep.shape, params, prep.workload, st, False)
+            st, _, _ = sim._run_chunk_batch(prep.shape, params, prep.workload, st, False)
             jax.block_until_ready(st)
             del st
             ok = b

@@ -45,17 +45,17 @@ def main() -> int:
     prep, params = bench._prepare(1000, B, macro=args.macro)
     shape = dataclasses.replace(prep.shape, chunk_iterations=L)
     state = sim._init_batch(shape, params, prep.workload, jnp.int32(10**6), False)
-    state, _ = sim._run_chunk_batch(shape, params, prep.workload, state, False)
+    state, _, _ = sim._run_chunk_batch(shape, params, prep.workload, state, False)
     jax.block_until_ready(state)
     t0 = time.perf_counter()
     for _ in range(chunks):
-        state, _ = sim._run_chunk_batch(shape, params, prep.workload, state, False)
+        state, _, _ = sim._run_chunk_batch(shape, params, prep.workload, state, False)
     jax.block_until_ready(state)
     wall = (time.perf_counter() - t0) / (chunks * L)
     with tempfile.TemporaryDirectory() as d:
         with jax.profiler.trace(d):
             for _ in range(chunks):
-                state, _ = sim._run_chunk_batch(shape, params, prep.workload, state, False)
+                state, _, _ = sim._run_chunk_batch(shape, params, prep.workload, state, False)
             jax.block_until_ready(state)
         path = glob.glob(os.path.join(d, "**", "*.trace.json.gz"), recursive=True)[0]
         with gzip.open(path) as f:

@@ -193,16 +193,16 @@ def _iteration_times(sizes, batch: int, rounds: int = 4, slots: int = SLOTS) -> 
         prep, params = _prepare(n, batch, slots)
         shape, wl = prep.shape, prep.workload
         state = sim._init_batch(shape, params, wl, jnp.int32(2**31 - 1), False)
-        state, _ = sim._run_chunk_batch(shape, params, wl, state, False)  # compile, warm
+        state, _, _ = sim._run_chunk_batch(shape, params, wl, state, False)  # compile, warm
         jax.block_until_ready(state)
         runs.append([shape, params, wl, state])
     best = [float("inf")] * len(sizes)
     for _ in range(rounds):
         for i, r in enumerate(runs):
             t0 = time.perf_counter()
-            r[3], _ = sim._run_chunk_batch(r[0], r[1], r[2], r[3], False)
+            r[3], _, ran = sim._run_chunk_batch(r[0], r[1], r[2], r[3], False)
             jax.block_until_ready(r[3])
-            best[i] = min(best[i], (time.perf_counter() - t0) / r[0].chunk_iterations)
+            best[i] = min(best[i], (time.perf_counter() - t0) / int(ran))
     return best
 
 

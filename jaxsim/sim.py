@@ -1,10 +1,11 @@
 """Entry points: ``simulate`` (one configuration) and ``simulate_batch`` (jit of vmap).
 
 Steps run in chunks: one compiled function advances every lane by
-``SimShape.chunk_iterations`` steps (``lax.scan``; a step is one iteration, or with event
-skipping a run of decode-only iterations plus one, docs/semantics.md §6), then the host
-checks, once per chunk, which lanes are done. Lanes that finish early step as no-ops
-until the chunk ends; once at most a quarter of the batch is still running, the running
+``SimShape.chunk_iterations`` steps (a step is one iteration, or with event skipping a
+run of decode-only iterations plus one, docs/semantics.md §6), then the host checks which
+lanes are done. Lanes that finish early step as no-ops (a step of a done lane changes
+nothing), but a chunk ends as soon as every lane of the batch is done (checked every
+``CHECK_STEPS`` steps); once at most a quarter of the batch is still running, the running
 lanes continue alone in a smaller batch (lane compaction). The compiled function depends
 only on the ``SimShape``, the batch size and whether the workload is shared or per lane,
 so sweeping any traced value never recompiles.
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import time
 
 import equinox as eqx
@@ -92,17 +94,21 @@ def default_iteration_budget(workload: Workload) -> int:
     return int(min(2**31 - 1, 2 * (p.sum(axis=-1).max() + o.sum(axis=-1).max()) + n + 1024))
 
 
-def _scan_steps(shape: SimShape, params: SimParams, workload: Workload, state: SimState,
-                length: int) -> SimState:
-    """``length`` steps of one lane. The per-lane constants every step reads (the cost
-    model's, the prefix cache's when compiled in, and the decode table event skipping
-    looks up) are computed once, before the scan."""
+def _lane_consts(shape: SimShape, params: SimParams, workload: Workload):
+    """The per-lane constants every step reads: the cost model's, the prefix cache's when
+    compiled in, and the decode table event skipping looks up."""
     consts = costmodel.prepare(params.model, params.hardware, params.scheduler.tp,
                                params.cost)
     pconsts = (prefix.prepare(params, workload, consts) if shape.cache_entries > 0
                else None)
     dtab = (costmodel.decode_table(consts, shape.max_slots)
             if shape.event_skipping else None)
+    return consts, pconsts, dtab
+
+
+def _steps(shape: SimShape, params: SimParams, workload: Workload, state: SimState,
+           lane_consts, length: int) -> SimState:
+    consts, pconsts, dtab = lane_consts
 
     def body(s, _):
         return step(shape, params, workload, s, consts, pconsts, dtab), None
@@ -110,19 +116,43 @@ def _scan_steps(shape: SimShape, params: SimParams, workload: Workload, state: S
     return jax.lax.scan(body, state, None, length=length)[0]
 
 
-def _run_chunk_single(shape: SimShape, params: SimParams, workload: Workload,
-                      state: SimState) -> tuple[SimState, jax.Array]:
-    state = _scan_steps(shape, params, workload, state, shape.chunk_iterations)
-    return state, is_done(state, workload)
+def _scan_steps(shape: SimShape, params: SimParams, workload: Workload, state: SimState,
+                length: int) -> SimState:
+    """``length`` steps of one lane, the per-lane constants computed once, before the
+    scan."""
+    return _steps(shape, params, workload, state, _lane_consts(shape, params, workload),
+                  length)
+
+
+#: Within a chunk, every this many steps the batch checks whether all its lanes are
+#: done and, if so, ends the chunk there (a step of a done lane changes nothing).
+CHECK_STEPS = 16
 
 
 @functools.partial(jax.jit, static_argnames=("shape", "wl_batched"), donate_argnums=(3,))
 def _run_chunk_batch(shape, params, workload, state, wl_batched: bool):
-    fn = jax.vmap(
-        functools.partial(_run_chunk_single, shape),
-        in_axes=(0, 0 if wl_batched else None, 0),
-    )
-    return fn(params, workload, state)
+    """Up to ``shape.chunk_iterations`` steps of every lane; ends early (at a multiple of
+    ``CHECK_STEPS``) once every lane of the batch is done. Returns the state, which lanes
+    are done and how many steps ran."""
+    wl_ax = 0 if wl_batched else None
+    consts = jax.vmap(functools.partial(_lane_consts, shape), in_axes=(0, wl_ax))(
+        params, workload)
+    length = shape.chunk_iterations
+    group = math.gcd(length, CHECK_STEPS)
+    run = jax.vmap(functools.partial(_steps, shape, length=group),
+                   in_axes=(0, wl_ax, 0, 0))
+    done = jax.vmap(is_done, in_axes=(0, wl_ax))
+
+    def cond(carry):
+        i, s = carry
+        return (i < length) & ~jnp.all(done(s, workload))
+
+    def body(carry):
+        i, s = carry
+        return i + group, run(params, workload, s, consts)
+
+    n, state = jax.lax.while_loop(cond, body, (jnp.int32(0), state))
+    return state, done(state, workload), n
 
 
 @functools.partial(jax.jit, static_argnames=("shape", "wl_batched"))
@@ -150,7 +180,8 @@ class SimResult:
         state: final ``SimState`` (leading lane axis), with per-request results in
             arrival order.
         status: ``int32[B]`` status bits including ``TRUNCATED``.
-        iterations_run: iterations the host ran (chunks x chunk length).
+        iterations_run: steps the compiled chunks ran (a chunk ends early once every
+            lane of its batch is done).
         wall_s: wall time of the simulation, seconds (compile included on first call).
     """
 
@@ -259,12 +290,12 @@ def simulate_batch(
     idx = None  # lanes of the working batch (None: all B, in order)
     cur = (params, workload, state)
     for _ in range(n_chunks):
-        c_state, done = _run_chunk_batch(shape, cur[0], cur[1], cur[2], wl_batched)
+        c_state, done, ran = _run_chunk_batch(shape, cur[0], cur[1], cur[2], wl_batched)
         # XLA may give an output another sharding than its input (a zero-size leaf comes
         # back replicated); putting it back keeps the next chunk on the same executable
         c_state = place(c_state)
         cur = (cur[0], cur[1], c_state)
-        iters += shape.chunk_iterations
+        iters += int(ran)
         done = np.asarray(done)
         if done.all():
             break

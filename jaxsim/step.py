@@ -187,9 +187,11 @@ def _decode_run(shape: SimShape, params: SimParams, wl: Workload, st: SimState,
     # Clock, busy time and KV integral after each iteration of the run, summed one
     # iteration at a time as stepping does (a scan: unrolled, XLA would fuse the chain
     # into every output and recompute it).
-    def acc(carry, xs):
+    def acc(carry, jj):
+        # the run's times are read by index (scanning over them as inputs would
+        # transpose them, and XLA fuses the whole evaluation into that transpose)
         c_hi, c_lo, b_hi, b_lo, u_hi, u_lo = carry
-        dh, dl, u = xs
+        dh, dl, u = dts.hi[jj], dts.lo[jj], used[jj]
         # three sums carried apart: stacking them costs a concatenation per iteration
         c_hi, c_lo = dd_add2(c_hi, c_lo, dh, dl)
         b_hi, b_lo = dd_add2(b_hi, b_lo, dh, dl)
@@ -199,7 +201,7 @@ def _decode_run(shape: SimShape, params: SimParams, wl: Workload, st: SimState,
 
     init = (st.clock_hi, st.clock_lo, st.busy_hi, st.busy_lo, st.kv_used_s_hi,
             st.kv_used_s_lo)
-    _, series = jax.lax.scan(acc, init, (dts.hi, dts.lo, used))
+    _, series = jax.lax.scan(acc, init, j)
     # [KC + 1] each: the clock, busy time and KV integral after j iterations
     (clk_hi, clk_lo, bsy_hi, bsy_lo, kvs_hi, kvs_lo) = (
         jnp.concatenate([x0[None], xs]) for x0, xs in zip(init, series, strict=True))

@@ -153,6 +153,22 @@ def test_transforms__no_recompile_for_new_values():
     assert sim._run_chunk_batch._cache_size() == before + 1
 
 
+def test_transforms__a_chunk_ends_once_every_lane_is_done():
+    # Within a chunk the batch checks every sim.CHECK_STEPS steps whether all its lanes
+    # are done, and stops there; the results are those of short chunks.
+    wl = to_workload(TRACE)
+    ps = P.stack(lanes(3))
+    long = sim.simulate_batch(SimShape(max_requests=len(TRACE), max_slots=8,
+                                       chunk_iterations=512), ps, wl)
+    short = sim.simulate_batch(SimShape(max_requests=len(TRACE), max_slots=8,
+                                        chunk_iterations=16), ps, wl)
+    steps = int(long.metrics["steps"].max())
+    assert steps < 512 - sim.CHECK_STEPS  # so the long run ended inside its chunk
+    assert long.iterations_run == -(-steps // sim.CHECK_STEPS) * sim.CHECK_STEPS
+    assert short.iterations_run == long.iterations_run
+    assert_metrics_equal(long.metrics, short.metrics)
+
+
 def test_transforms__python_scalars_do_not_retrace():
     p = lanes(1)[0]
     # The converters turn Python floats into float32 arrays without weak types.
