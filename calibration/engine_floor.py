@@ -41,8 +41,7 @@ TERMS = {
 
 def prefill_rows(data, hardware: str):
     """(prefill rows, training mask) of one GPU, split as ``calibrate`` splits them."""
-    canon = hardware
-    m = data.select(np.char.lower(data["hardware"].astype(str)) == canon.lower())
+    m = data.select(np.char.lower(data["hardware"].astype(str)) == hardware.lower())
     keep, _ = C.representable(m)
     m = m.select(keep)
     train = F.split(m, "shape")

@@ -202,6 +202,8 @@ def _iteration_times(sizes, batch: int, rounds: int = 4, slots: int = SLOTS) -> 
             t0 = time.perf_counter()
             r[3], _, ran = sim._run_chunk_batch(r[0], r[1], r[2], r[3], False)
             jax.block_until_ready(r[3])
+            if int(ran) != r[0].chunk_iterations:  # lanes done: the steps would be no-ops
+                raise RuntimeError(f"trace of {sizes[i]} requests ended within the timing")
             best[i] = min(best[i], (time.perf_counter() - t0) / int(ran))
     return best
 

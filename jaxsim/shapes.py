@@ -20,8 +20,9 @@ class SimShape:
             Must be >= ``max_num_seqs`` of every lane for exact results; a lane whose
             admission was limited by S gets the ``OVERFLOW_SLOTS`` status bit (re-run it
             with a larger S; ``simulate_batch(..., auto_slots=True)`` does that).
-        chunk_iterations: steps per compiled chunk (``lax.scan``); the host checks
-            completion (and compacts lanes) once per chunk.
+        chunk_iterations: steps per compiled chunk; the host checks completion (and
+            compacts lanes) once per chunk, and a chunk ends early, at a multiple of
+            ``jaxsim.sim.CHECK_STEPS``, once every lane of the batch is done.
         num_tiers: T, KV memory tiers (1 = HBM only, at most 6: HBM plus five below it).
         cache_entries: K, rows of the prefix-cache table (0 = prefix caching is not
             compiled in). Must hold every cached block of every tier; a lane that runs
