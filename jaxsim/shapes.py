@@ -37,9 +37,9 @@ class SimShape:
             event (arrival, admission, preemption, a request's finish, KV allocation
             failure) can fall inside them, then runs one ordinary iteration. 0 steps
             every iteration on its own (the default of a hand-built shape;
-            ``jaxsim.api.prepare`` and the sweep runner use ``DEFAULT_MACRO``). Used
-            without the prefix cache (``cache_entries == 0``); with it every iteration
-            is its own step.
+            ``jaxsim.api.prepare`` and the sweep runner use ``DEFAULT_MACRO``). Not
+            used with prefetch compiled in (``prefetch``): then every iteration is its
+            own step.
         max_replicas: P, data-parallel replicas (1; reserved).
     """
 
@@ -89,4 +89,4 @@ class SimShape:
     @property
     def event_skipping(self) -> bool:
         """Whether steps advance decode runs in closed form (``macro_iterations``)."""
-        return self.macro_iterations > 0 and self.cache_entries == 0
+        return self.macro_iterations > 0 and not self.prefetch

@@ -113,7 +113,10 @@ def _decode_run(shape: SimShape, params: SimParams, wl: Workload, st: SimState,
     finish could lift, in which case the run ends with the first finish). The iteration
     times are the cost model's, one per iteration as the context grows and requests
     finish (``costmodel.decode_series_times``); the clock, busy time and KV-occupancy
-    integral are summed in the same order as stepping would.
+    integral are summed in the same order as stepping would. With the prefix cache
+    compiled in, the run also ends before a running request completes a hashed block
+    and before tier 0 would evict, and it sets the last use of the blocks the running
+    requests touched (§6).
 
     Returns the advanced state, the rows that finished in the run (still in the table;
     the ordinary iteration that follows removes them) and the clock at the end of each
@@ -176,7 +179,10 @@ def _decode_run(shape: SimShape, params: SimParams, wl: Workload, st: SimState,
     a_hi_t, a_lo_t = wl.arrival_hi[p_c], wl.arrival_lo[p_c]
     trace_head = st.ptr < nreq
     ready0 = has_pre | (trace_head & dd_le(a_hi_t, a_lo_t, st.clock_hi, st.clock_lo))
-    blocked = ready0 & ~h_ok
+    cache_on = shape.cache_entries > 0
+    # With the prefix cache a request that arrives during the run may come first in the
+    # §5.8 walk, so a blocked head does not keep the run going past an arrival.
+    blocked = (ready0 & ~h_ok) if not cache_on else jnp.bool_(False)
 
     # Iteration times as the decode context grows by one token per running request.
     kd = ddm.add_f(ddm.add(ddm.mul_f(costmodel.int_to_dd(a_hi), f32(4096.0)),
@@ -212,6 +218,28 @@ def _decode_run(shape: SimShape, params: SimParams, wl: Workload, st: SimState,
     ok = (eligible & (j < bs) & (n_j >= 1) & (used <= total) & finite
           & (j < st.iter_limit - st.iterations)
           & jnp.where(blocked, j < k_fin, ~has_pre & ~arrived))
+    if cache_on:
+        # §5.5 in a decode run changes only the entries' last use, when no running
+        # request completes a hashed block (a new entry) and tier 0 needs no eviction as
+        # the running requests' blocks grow (checked as if none finished: a finish frees
+        # at least as much HBM room as it unpins entries).
+        U = jnp.maximum(wl.hash_block_tokens, 1)
+        enable = params.cache.enable != 0
+        H = wl.hash_ids.shape[-1]
+        ids = wl.hash_ids[jnp.clip(st.slot_req, 0, R - 1)]  # [S, H]
+        nh = jnp.sum(ids >= 0, axis=-1, dtype=i32)
+        cblk = c // U
+        cross = jnp.where(running & (cblk < nh), U * (cblk + 1) - c - 1, big)
+        touch = running[:, None] & (jnp.arange(H, dtype=i32)[None, :]
+                                    < jnp.minimum(nh, cblk)[:, None])
+        K = st.e_id.shape[0]
+        ent = jnp.where(touch, st.loc[jnp.maximum(ids, 0)], -1)
+        tgt = jnp.where(ent >= 0, ent, K)
+        pinned = jnp.zeros((K,), jnp.bool_).at[tgt].set(True, mode="drop")
+        member0 = jnp.sum((st.e_id >= 0) & (st.e_tier == 0) & ~pinned, dtype=i32)
+        free_j = jnp.maximum(total - (blocks1 + jnp.cumsum(opened[:KC])), 0)
+        cap0_j = (free_j // U) * bs + ((free_j % U) * bs) // U
+        ok = ok & (~enable | ((j < jnp.min(cross)) & (member0 <= cap0_j)))
     k = jnp.sum(jnp.cumsum(~ok, dtype=i32) == 0, dtype=i32)
 
     adv = jnp.where(running, jnp.minimum(k, left), 0)
@@ -226,6 +254,13 @@ def _decode_run(shape: SimShape, params: SimParams, wl: Workload, st: SimState,
          c + adv, g + adv, st.slot_tokens + adv,
          st.tokens_total + jnp.sum(adv, dtype=i32), st.iterations + k),
     )
+    if cache_on:
+        # every running request touched its cached blocks in each of its iterations of
+        # the run: last use = the index of its last one (the latest toucher wins)
+        last = st.iterations - k + adv - 1  # st.iterations is already advanced by k
+        tgt = jnp.where(enable & (adv > 0)[:, None], tgt, K)
+        st = eqx.tree_at(lambda s: s.e_last, st, st.e_last.at[tgt].max(
+            jnp.broadcast_to(last[:, None], tgt.shape), mode="drop"))
     fin = jnp.minimum(left, KC)
     return st, ghost, (clk_hi[fin], clk_lo[fin])
 
@@ -480,7 +515,8 @@ def step(
         cu = prefix.update(
             st, params, pconsts, U, st.iterations,
             enable & active & (feats.tokens > 0), ids, ent, etier, hit_blocks, admit,
-            first_adm, (row < m_eff) | admit, finished, computed1, total_blocks, bs,
+            first_adm, ((row < m_eff) | admit) & ~ghost, finished, computed1, total_blocks,
+            bs,
             jnp.where(at_ts, in_bytes * tok_bytes, 0.0),
             jnp.where(at_ts, out_bytes * tok_bytes, 0.0), jnp.where(at_ts, swap_used1, 0))
         xfer = prefix.transfer_time(params, cu.read_bytes, cu.write_bytes)

@@ -9,6 +9,8 @@ count must be identical; times, bytes and transfer totals equal to 1e-6 relative
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -96,16 +98,22 @@ def oracle_cache_config(cp: P.CacheParams) -> dict:
     }
 
 
-def run_prefix_cases(seed: int, n: int, max_iterations=None):
+def prefix_inputs(seed: int, n: int, macro: int = 0, max_output: int = 24):
+    """``n`` random lanes with prefix caching and tiers: (cases, shape, params, workload).
+    With ``macro > 0`` the shape has event skipping (§6) and no prefetch (the lanes'
+    ``prefetch`` is turned off: skipping is not used with prefetch compiled in)."""
     rng = np.random.default_rng(seed)
     cases = []
     for _ in range(n):
         trace, cfg = random_case(rng)
         # shorter outputs than the base oracle test: fewer decode iterations per lane
         trace = Trace(trace.arrival_s, trace.prompt_tokens,
-                      np.minimum(trace.output_tokens, 24), trace.name)
+                      np.minimum(trace.output_tokens, max_output), trace.name)
         trace = random_hashes(rng, trace)
-        cases.append((trace, cfg, random_cache(rng)))
+        cp = random_cache(rng)
+        if macro:
+            cp = dataclasses.replace(cp, prefetch=0)
+        cases.append((trace, cfg, cp))
     lanes = [lane_params(c, t) for t, c, _ in cases]
     lanes = [P.SimParams(model=p.model, hardware=p.hardware, scheduler=p.scheduler,
                          cost=p.cost, ttft_slo_s=p.ttft_slo_s, tpot_slo_s=p.tpot_slo_s,
@@ -121,8 +129,15 @@ def run_prefix_cases(seed: int, n: int, max_iterations=None):
     # S_MAX + 8 rows: the largest admission window (8) fits beside 32 running requests
     shape = SimShape(max_requests=R_MAX, max_slots=S_MAX + 8, chunk_iterations=256,
                      num_tiers=T, cache_entries=max(K, 1), hash_space=max(U, 1),
-                     prefetch=True)
-    res = simulate_batch(shape, P.stack(lanes), wl, max_iterations=max_iterations)
+                     prefetch=not macro, macro_iterations=macro)
+    return cases, shape, P.stack(lanes), wl
+
+
+def run_prefix_cases(seed: int, n: int, max_iterations=None, **kw):
+    """``prefix_inputs`` simulated, and the reference's results."""
+    cases, shape, params, wl = prefix_inputs(seed, n, **kw)
+    lanes = [P.index(params, i) for i in range(n)]
+    res = simulate_batch(shape, params, wl, max_iterations=max_iterations)
     refs = []
     for (t, _, cp), p in zip(cases, lanes, strict=True):
         w = oracle_workload(t)
@@ -180,15 +195,15 @@ def compare_cache(i, res, ref):
     return errors
 
 
-def _check(seed, n, max_iterations=None):
-    cases, res, refs = run_prefix_cases(seed, n, max_iterations)
+def _check(seed, n, max_iterations=None, **kw):
+    cases, res, refs = run_prefix_cases(seed, n, max_iterations, **kw)
     failures = []
     for i, ((t, cfg, _), ref) in enumerate(zip(cases, refs, strict=True)):
         errs = compare_lane(i, t, res, ref) + compare_cache(i, res, ref)
         if errs:
             failures.append(f"lane {i} ({cfg}): " + "; ".join(errs[:4]))
     assert not failures, f"{len(failures)} of {n} lanes differ:\n" + "\n".join(failures[:8])
-    return cases, refs
+    return cases, refs, res
 
 
 def _assert_coverage(cases, refs, hit, lower, written, exposed, jumped, swapped, prefetched):
@@ -213,16 +228,47 @@ def _assert_coverage(cases, refs, hit, lower, written, exposed, jumped, swapped,
 def test_prefix_oracle__random_lanes_match():
     # the first 100 lanes of the slow test below (one batch of 100 compiles and runs in
     # about half the time of 220)
-    cases, refs = _check(20261121, 100)
+    cases, refs, _ = _check(20261121, 100)
     _assert_coverage(cases, refs, hit=30, lower=5, written=15, exposed=5, jumped=4,
                      swapped=2, prefetched=2)
 
 
 @pytest.mark.slow
 def test_prefix_oracle__many_random_lanes_match():
-    cases, refs = _check(20261121, 220)
+    cases, refs, _ = _check(20261121, 220)
     _assert_coverage(cases, refs, hit=60, lower=10, written=20, exposed=5, jumped=5,
                      swapped=5, prefetched=5)
+
+
+def _skipping_matches_stepping_and_the_oracle(n: int):
+    """Event skipping (§6) with the prefix cache: every lane matches the reference, and
+    the final cache table (last use, ids, tiers, hits, depths, the id map) equals
+    per-iteration stepping's exactly; the last-use times of requests that finish inside
+    a decode run rarely change a metric, so the table is compared directly."""
+    cases, refs, res = _check(20261122, n, macro=16, max_output=64)
+    _, shape, params, wl = prefix_inputs(20261122, n, macro=16, max_output=64)
+    stepped = simulate_batch(dataclasses.replace(shape, macro_iterations=0), params, wl)
+    for f in ("e_last", "e_id", "e_tier", "e_hits", "e_depth", "loc"):
+        a = np.asarray(getattr(res.state, f)).reshape(n, -1)
+        b = np.asarray(getattr(stepped.state, f)).reshape(n, -1)
+        diff = np.flatnonzero(np.any(a != b, axis=1))
+        assert diff.size == 0, f"{f} differs from stepping in lanes {diff[:10]}"
+    steps, iters = (np.asarray(res.metrics[k]) for k in ("steps", "iterations"))
+    assert np.array_equal(iters, np.asarray(stepped.metrics["iterations"]))
+    # decode runs were taken in most lanes, and the cache was exercised
+    assert np.sum(steps < iters) >= n // 2, (np.sum(steps < iters), n)
+    assert np.sum(steps) < 0.85 * np.sum(iters)
+    assert sum(sum(r["hit_tokens_by_tier"]) > 0 for r in refs) >= n // 4
+    assert sum(sum(r["bytes_written_by_tier"]) > 0 for r in refs) >= n // 10
+
+
+def test_prefix_oracle__event_skipping_matches_stepping_and_the_oracle():
+    _skipping_matches_stepping_and_the_oracle(40)
+
+
+@pytest.mark.slow
+def test_prefix_oracle__event_skipping_many_lanes():
+    _skipping_matches_stepping_and_the_oracle(220)
 
 
 def _jumped(trace: Trace, ref) -> bool:

@@ -165,15 +165,24 @@ def test_macro__blocked_head_by_budget_and_blocks(mode):
 
 
 @pytest.mark.slow  # keeps the default suite under 10 min; runs in CI's slow step
-def test_macro__off_with_the_prefix_cache():
-    # With the prefix cache compiled in, every iteration is a step.
+def test_macro__on_with_the_prefix_cache_and_off_with_prefetch():
+    # Two requests sharing one cached block decode in runs; with prefetch compiled in,
+    # every iteration is a step. The metrics are the same either way.
     from jaxsim import api
-    prep = api.prepare({"model": "Llama-3.1-8B", "gpu": "H100-SXM",
-                        "enable_prefix_caching": True},
-                       Trace([0.0, 0.1], [64, 64], [20, 20]))
-    assert prep.shape.cache_entries > 0
-    res = simulate_batch(prep.shape, prep.params, prep.workload)
-    assert int(res.metrics["steps"][0]) == int(res.metrics["iterations"][0])
+    tr = Trace([0.0, 0.1], [64, 64], [20, 20], hash_ids=[[7, 1], [7, 2]],
+               hash_block_tokens=32)
+    cfg = {"model": "Llama-3.1-8B", "gpu": "H100-SXM", "enable_prefix_caching": True}
+    runs = {}
+    for pf in (False, True):
+        prep = api.prepare({**cfg, "cache": {"prefetch": pf}}, tr)
+        assert prep.shape.cache_entries > 0 and prep.shape.prefetch == pf
+        runs[pf] = simulate_batch(prep.shape, prep.params, prep.workload)
+    on, off = runs[False].metrics, runs[True].metrics
+    assert int(off["steps"][0]) == int(off["iterations"][0])
+    assert int(on["steps"][0]) < int(on["iterations"][0]) // 2
+    assert int(on["iterations"][0]) == int(off["iterations"][0])
+    assert float(on["prefix_hit_rate"][0]) == float(off["prefix_hit_rate"][0]) > 0
+    np.testing.assert_allclose(on["e2e_mean_s"], off["e2e_mean_s"], rtol=1e-6)
 
 
 def test_macro__shape_validation():
