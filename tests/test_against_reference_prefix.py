@@ -263,7 +263,7 @@ def _skipping_matches_stepping_and_the_oracle(n: int):
 
 
 def test_prefix_oracle__event_skipping_matches_stepping_and_the_oracle():
-    _skipping_matches_stepping_and_the_oracle(40)
+    _skipping_matches_stepping_and_the_oracle(20)
 
 
 @pytest.mark.slow
