@@ -262,6 +262,7 @@ def _skipping_matches_stepping_and_the_oracle(n: int):
     assert sum(sum(r["bytes_written_by_tier"]) > 0 for r in refs) >= n // 10
 
 
+@pytest.mark.slow  # two more compiled shapes: the default suite keeps under 10 min
 def test_prefix_oracle__event_skipping_matches_stepping_and_the_oracle():
     _skipping_matches_stepping_and_the_oracle(20)
 
