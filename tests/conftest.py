@@ -4,6 +4,16 @@ import gc
 import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# A persistent compilation cache shared by the test processes (both pytest-xdist
+# workers, the subprocesses some tests start, the notebook kernels and CI's later
+# steps), so an executable one of them compiled is loaded, not compiled again. It starts
+# empty on a fresh checkout; entries are keyed by the HLO, the compile options and the
+# JAX version, so a code change never loads a stale executable. JAX_COMPILATION_CACHE_DIR
+# set to an empty string turns it off.
+os.environ.setdefault(
+    "JAX_COMPILATION_CACHE_DIR",
+    os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".jax_cache"))
+os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(2 * 1024**3))
 
 import jax  # noqa: E402
 import pytest  # noqa: E402

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -157,8 +158,36 @@ def test_cli__unknown_command_exit_2():
     assert out.returncode == 2 and "Traceback" not in out.stderr
 
 
-def test_cli__module_entry_point_json():
-    out = subprocess.run([sys.executable, "-m", "jaxsim", "simulate", "--json", *SMALL],
-                         capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr
-    assert json.loads(out.stdout)["completed"] == 40
+def test_cli__module_entry_point_json_and_the_compile_cache(tmp_path):
+    # The command line keeps compiled executables in $XDG_CACHE_HOME/jaxsim/xla; a second
+    # run loads them and prints the same metrics.
+    env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+    env["XDG_CACHE_HOME"] = str(tmp_path)
+    runs = []
+    for _ in range(2):
+        out = subprocess.run([sys.executable, "-m", "jaxsim", "simulate", "--json", *SMALL],
+                             capture_output=True, text=True, timeout=300, env=env)
+        assert out.returncode == 0, out.stderr
+        runs.append(json.loads(out.stdout))
+    assert runs[0]["completed"] == 40
+    assert any((tmp_path / "jaxsim" / "xla").iterdir())
+    for r in runs:
+        r.pop("wall_s")
+    assert runs[0] == runs[1]
+
+
+def test_cli__compile_cache_folder_and_the_environment_wins(tmp_path, monkeypatch):
+    import jax
+
+    before = (jax.config.jax_compilation_cache_dir, jax.config.jax_compilation_cache_max_size)
+    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", "")
+    assert cli.use_compile_cache() is None
+    monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    try:
+        path = cli.use_compile_cache()
+        assert path == str(tmp_path / "jaxsim" / "xla") and (tmp_path / "jaxsim" / "xla").is_dir()
+        assert jax.config.jax_compilation_cache_dir == path
+    finally:
+        jax.config.update("jax_compilation_cache_dir", before[0])
+        jax.config.update("jax_compilation_cache_max_size", before[1])
