@@ -1,0 +1,101 @@
+"""The persistent compilation cache of the ``jaxsim`` command line.
+
+    python benchmarks/bench_compile_cache.py [--repeats 2] [--demo]
+
+Times ``jaxsim simulate --json`` (the default configuration) end to end, each run its
+own process: once with an empty cache folder (``XDG_CACHE_HOME`` pointed at a fresh
+temporary folder, so the run compiles and fills it), then ``--repeats`` times with that
+cache filled and, alternating with them, with the cache off
+(``JAX_COMPILATION_CACHE_DIR=``). Checks that every run prints the same metrics (all
+keys but ``wall_s``). With ``--demo`` it times ``jaxsim demo`` the same way (empty cache,
+then filled). Writes ``results/compile_cache_cpu.json`` with the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+from jaxsim import bench  # noqa: E402
+
+
+def _run(args: list[str], env: dict) -> tuple[float, str]:
+    t0 = time.perf_counter()
+    out = subprocess.run([sys.executable, "-m", "jaxsim", *args], env=env,
+                         capture_output=True, text=True, timeout=1800)
+    wall = time.perf_counter() - t0
+    if out.returncode != 0:
+        raise RuntimeError(f"jaxsim {' '.join(args)} failed:\n{out.stderr}")
+    return wall, out.stdout
+
+
+def _metrics(stdout: str) -> dict:
+    m = json.loads(stdout)
+    m.pop("wall_s", None)
+    return m
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--demo", action="store_true", help="also time `jaxsim demo`")
+    ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
+    args = ap.parse_args()
+
+    base = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+    off = dict(base, JAX_COMPILATION_CACHE_DIR="")
+    rec: dict = {"command": "python benchmarks/bench_compile_cache.py"
+                 + (" --demo" if args.demo else "")}
+    with tempfile.TemporaryDirectory() as tmp:
+        on = dict(base, XDG_CACHE_HOME=tmp)
+        sim = ["simulate", "--json"]
+        first, out0 = _run(sim, on)
+        want = _metrics(out0)
+        warm, cold = [], []
+        for _ in range(args.repeats):
+            w, o = _run(sim, on)
+            warm.append(w)
+            assert _metrics(o) == want, "metrics differ with the cache filled"
+            w, o = _run(sim, off)
+            cold.append(w)
+            assert _metrics(o) == want, "metrics differ with the cache off"
+        rec.update({
+            "simulate_first_s": first, "simulate_cached_s": warm, "simulate_off_s": cold,
+            "simulate_ratio_off_over_cached": min(cold) / min(warm),
+            "cache_bytes": sum(os.path.getsize(os.path.join(d, f))
+                               for d, _, fs in os.walk(tmp) for f in fs),
+        })
+        print(f"jaxsim simulate: first run {first:.1f} s (empty cache); cached "
+              f"{', '.join(f'{w:.1f}' for w in warm)} s; cache off "
+              f"{', '.join(f'{w:.1f}' for w in cold)} s; off / cached "
+              f"{rec['simulate_ratio_off_over_cached']:.2f}x; same metrics")
+        if args.demo:
+            with tempfile.TemporaryDirectory() as tmp2, \
+                    tempfile.TemporaryDirectory() as outdir:
+                on2 = dict(base, XDG_CACHE_HOME=tmp2)
+                demo = ["demo", "--out", outdir]
+                d_first, _ = _run(demo, on2)
+                d_warm, _ = _run(demo, on2)
+            rec.update({"demo_first_s": d_first, "demo_cached_s": d_warm,
+                        "demo_ratio_first_over_cached": d_first / d_warm})
+            print(f"jaxsim demo: first run {d_first:.1f} s (empty cache); cached "
+                  f"{d_warm:.1f} s; {d_first / d_warm:.2f}x")
+    import jax
+
+    rec["machine"] = bench.machine()
+    rec["jax"] = jax.__version__
+    rec["date"] = time.strftime("%Y-%m-%d")
+    os.makedirs(args.out, exist_ok=True)
+    bench.write_record(os.path.join(args.out, "compile_cache_cpu.json"), rec)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
