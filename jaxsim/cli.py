@@ -232,6 +232,10 @@ def use_compile_cache() -> str | None:
     except OSError:  # read-only home: compile every time, as without the cache
         return None
     jax.config.update("jax_compilation_cache_dir", path)
+    try:
+        import filelock  # noqa: F401  (JAX's cache evicts only with it)
+    except ImportError:  # an install without it: the cache works, unbounded
+        return path
     if jax.config.jax_compilation_cache_max_size == -1:
         jax.config.update("jax_compilation_cache_max_size", 1024**3)
     return path

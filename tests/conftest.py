@@ -13,7 +13,12 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault(
     "JAX_COMPILATION_CACHE_DIR",
     os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".jax_cache"))
-os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(2 * 1024**3))
+try:  # JAX evicts from the cache only with filelock (a dependency; checked, not assumed)
+    import filelock  # noqa: F401
+
+    os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(2 * 1024**3))
+except ImportError:
+    pass
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
