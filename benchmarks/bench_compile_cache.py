@@ -7,7 +7,9 @@ own process: once with an empty cache folder (``XDG_CACHE_HOME`` pointed at a fr
 temporary folder, so the run compiles and fills it), then ``--repeats`` times with that
 cache filled and, alternating with them, with the cache off
 (``JAX_COMPILATION_CACHE_DIR=``). Checks that every run prints the same metrics (all
-keys but ``wall_s``). With ``--demo`` it times ``jaxsim demo`` the same way (empty cache,
+keys but ``wall_s``). It also times tracing, lowering and compiling the core scenario's
+chunk function (1,024 lanes) in a fresh process, with an empty cache and then loaded
+from it. With ``--demo`` it times ``jaxsim demo`` the same way (empty cache,
 then filled). Writes ``results/compile_cache_cpu.json`` with the machine.
 """
 
@@ -34,6 +36,27 @@ def _run(args: list[str], env: dict) -> tuple[float, str]:
     if out.returncode != 0:
         raise RuntimeError(f"jaxsim {' '.join(args)} failed:\n{out.stderr}")
     return wall, out.stdout
+
+
+_CHUNK = (
+    "import time, jax.numpy as jnp\n"
+    "from jaxsim import bench, sim\n"
+    "prep, params = bench._prepare(1000, 1024)\n"
+    "st = sim._init_batch(prep.shape, params, prep.workload, jnp.int32(10**6), False)\n"
+    "t0 = time.perf_counter()\n"
+    "sim._run_chunk_batch.lower(prep.shape, params, prep.workload, st, False).compile()\n"
+    "print(time.perf_counter() - t0)\n"
+)
+
+
+def _chunk_compile_s(env: dict) -> float:
+    """Seconds to trace, lower and compile (or load) the core scenario's chunk function
+    for 1,024 lanes on one device, in a fresh process."""
+    out = subprocess.run([sys.executable, "-c", _CHUNK], env=env, capture_output=True,
+                         text=True, timeout=600)
+    if out.returncode != 0:
+        raise RuntimeError(out.stderr)
+    return float(out.stdout.split()[-1])
 
 
 def _metrics(stdout: str) -> dict:
@@ -76,17 +99,24 @@ def main() -> int:
               f"{', '.join(f'{w:.1f}' for w in warm)} s; cache off "
               f"{', '.join(f'{w:.1f}' for w in cold)} s; off / cached "
               f"{rec['simulate_ratio_off_over_cached']:.2f}x; same metrics")
-        if args.demo:
-            with tempfile.TemporaryDirectory() as tmp2, \
-                    tempfile.TemporaryDirectory() as outdir:
-                on2 = dict(base, XDG_CACHE_HOME=tmp2)
-                demo = ["demo", "--out", outdir]
-                d_first, _ = _run(demo, on2)
-                d_warm, _ = _run(demo, on2)
-            rec.update({"demo_first_s": d_first, "demo_cached_s": d_warm,
-                        "demo_ratio_first_over_cached": d_first / d_warm})
-            print(f"jaxsim demo: first run {d_first:.1f} s (empty cache); cached "
-                  f"{d_warm:.1f} s; {d_first / d_warm:.2f}x")
+    with tempfile.TemporaryDirectory() as tmp:
+        env = dict(base, JAX_COMPILATION_CACHE_DIR=tmp)
+        first = _chunk_compile_s(env)
+        loaded = [_chunk_compile_s(env) for _ in range(args.repeats)]
+    rec.update({"chunk_compile_s": first, "chunk_loaded_s": loaded,
+                "chunk_ratio_compile_over_loaded": first / min(loaded)})
+    print(f"core chunk function (B = 1024): compiled in {first:.1f} s; from the cache "
+          f"{', '.join(f'{w:.1f}' for w in loaded)} s; {first / min(loaded):.1f}x")
+    if args.demo:
+        with tempfile.TemporaryDirectory() as tmp, tempfile.TemporaryDirectory() as outdir:
+            on = dict(base, XDG_CACHE_HOME=tmp)
+            demo = ["demo", "--out", outdir]
+            d_first, _ = _run(demo, on)
+            d_warm, _ = _run(demo, on)
+        rec.update({"demo_first_s": d_first, "demo_cached_s": d_warm,
+                    "demo_ratio_first_over_cached": d_first / d_warm})
+        print(f"jaxsim demo: first run {d_first:.1f} s (empty cache); cached "
+              f"{d_warm:.1f} s; {d_first / d_warm:.2f}x")
     import jax
 
     rec["machine"] = bench.machine()
