@@ -238,7 +238,38 @@ def use_compile_cache() -> str | None:
         return path
     if jax.config.jax_compilation_cache_max_size == -1:
         jax.config.update("jax_compilation_cache_max_size", 1024**3)
+    heal_compile_cache(path)
     return path
+
+
+def heal_compile_cache(path: str) -> int:
+    """Give every entry of a JAX compilation cache folder its last-use file.
+
+    With a size limit, JAX keeps each entry ``<key>-cache`` beside ``<key>-atime`` (its
+    last use, nanoseconds, 8 bytes little-endian) and, before every write, reads the
+    ``-atime`` of every entry to find the least recently used. Entries written without a
+    size limit (an install without filelock, or another program pointed at the same
+    folder) have no such file, and then every later write fails with a warning and the
+    new executable is not kept. This writes the missing files, dated by the entry's
+    modification time. Returns how many it wrote (0 where the folder is unreadable)."""
+    import os
+
+    made = 0
+    try:
+        names = set(os.listdir(path))
+    except OSError:
+        return 0
+    for name in names:
+        if not name.endswith("-cache") or f"{name[:-6]}-atime" in names:
+            continue
+        try:
+            ns = os.stat(os.path.join(path, name)).st_mtime_ns
+            with open(os.path.join(path, f"{name[:-6]}-atime"), "xb") as f:
+                f.write(ns.to_bytes(8, "little"))
+            made += 1
+        except OSError:  # removed meanwhile, written by another process, or read-only
+            continue
+    return made
 
 
 def main(argv=None) -> int:

@@ -17,6 +17,10 @@ try:  # JAX evicts from the cache only with filelock (a dependency; checked, not
     import filelock  # noqa: F401
 
     os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(2 * 1024**3))
+    if os.environ["JAX_COMPILATION_CACHE_DIR"]:  # entries some run left without a size limit
+        from jaxsim.cli import heal_compile_cache
+
+        heal_compile_cache(os.environ["JAX_COMPILATION_CACHE_DIR"])
 except ImportError:
     pass
 

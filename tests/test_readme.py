@@ -1,0 +1,112 @@
+"""The README is the front door: its code runs and its examples are valid as written.
+
+The Quick start's Python block is executed as it stands; the YAML blocks are loaded
+with the parsers users would feed them to; every ``jaxsim`` command in a bash block, and
+every flag in the "Command line" summary, is parsed by the real argument parser (and,
+for ``jaxsim simulate``, its ``--set`` values by the configuration loader), without
+running the long ones.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+
+import numpy as np
+import pytest
+import yaml
+
+from jaxsim import cli, config
+from search import space as space_mod
+
+README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
+
+
+def _blocks(lang: str) -> list[str]:
+    """The fenced blocks of one language, in order (``""``: blocks with no language)."""
+    with open(README) as f:
+        text = f.read()
+    return [m.group(2) for m in re.finditer(r"^```(\w*)\n(.*?)^```", text, re.S | re.M)
+            if m.group(1) == lang]
+
+
+def _section_block(heading: str) -> str:
+    """The first fenced block after a ``## heading`` line."""
+    with open(README) as f:
+        text = f.read()
+    start = text.index(f"\n## {heading}\n")
+    m = re.compile(r"^```\w*\n(.*?)^```", re.S | re.M).search(text, start)
+    return m.group(1)
+
+
+def _jaxsim_commands() -> list[list[str]]:
+    """Every ``jaxsim ...`` command line of the README's bash blocks, as argv lists
+    (line continuations joined, comments dropped, ``.venv/bin/jaxsim`` included)."""
+    out = []
+    for block in _blocks("bash"):
+        for line in block.replace("\\\n", " ").splitlines():
+            for part in re.split(r"&&|;", line.split(" #")[0]):
+                argv = shlex.split(part)
+                if argv and os.path.basename(argv[0]) == "jaxsim":
+                    out.append(argv[1:])
+    return out
+
+
+def test_readme__quick_start_runs_as_written():
+    (code,) = _blocks("python")
+    ns: dict = {}
+    exec(compile(code, "README.md (Quick start)", "exec"), ns)  # noqa: S102
+    one, sweep = ns["res"].lane(0), ns["sweep"]
+    assert one["status"] == "ok" and one["completed"] == 1000
+    assert 0 < one["ttft_p99_s"] < 10 and 0 < one["tpot_p50_s"] < 1
+    assert len(ns["configs"]) == 18 and ns["sweep"].metrics["ttft_p99_s"].shape == (18,)
+    assert np.all(np.isfinite(sweep.metrics["ttft_p99_s"])) and np.all(sweep.status == 0)
+    assert np.all(np.asarray(sweep.metrics["completed"]) == 1000)
+
+
+def test_readme__configuration_block_spells_out_the_defaults():
+    block = _section_block("Command line")  # the usage summary comes first ...
+    assert block.lstrip().startswith("jaxsim simulate")
+    (cfg_block,) = [b for b in _blocks("yaml") if b.startswith("model:")]  # ... then this
+    assert config.validate(yaml.safe_load(cfg_block)) == config.validate({})
+
+
+def test_readme__design_space_block_is_a_valid_space():
+    (block,) = [b for b in _blocks("yaml") if b.startswith("base:")]
+    sp = space_mod.from_dict(yaml.safe_load(block), source="README")
+    assert [a.key for a in sp.axes] == ["max_num_seqs", "max_num_batched_tokens",
+                                        "gpu_memory_utilization", "cost.cpu_iter_s"]
+    assert sp.size == 8 * 4 * 25 * 5
+
+
+def test_readme__command_summary_matches_the_parser():
+    """Every subcommand and ``--flag`` of the "Command line" summary exists."""
+    parser = cli.build_parser()
+    subs = next(a for a in parser._actions if a.dest == "command").choices
+    lines = [ln.split("#")[0] for ln in _section_block("Command line").splitlines()]
+    seen = set()
+    for ln in filter(str.strip, lines):
+        words = ln.split()
+        assert words[0] == "jaxsim" and words[1] in subs, ln
+        known = {o for a in subs[words[1]]._actions for o in a.option_strings}
+        for flag in re.findall(r"--[a-z][a-z-]*", ln):
+            assert flag in known, f"jaxsim {words[1]}: README lists {flag}; parser has {known}"
+        seen.add(words[1])
+    assert seen == set(subs), f"README's summary lacks {set(subs) - seen}"
+
+
+def test_readme__every_jaxsim_command_parses_and_its_configuration_is_valid():
+    cmds = _jaxsim_commands()
+    assert {c[0] for c in cmds} >= {"demo", "simulate", "profile", "calibrate", "sweep",
+                                    "best", "pareto"}
+    parser = cli.build_parser()
+    for argv in cmds:
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as e:  # argparse reports on stderr and exits
+            pytest.fail(f"README: jaxsim {' '.join(argv)}: not accepted ({e})")
+        if args.command == "simulate":
+            sets = [s for s in args.set or [] if not s.startswith("cost_preset=")]
+            cfg = config.load(args.config, sets)  # raises ConfigError naming the field
+            config.build_trace(cfg)
