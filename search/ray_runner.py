@@ -9,7 +9,8 @@ dataset and either can resume the other. Tasks that fail (an exception, or a wor
 node that dies) are retried by Ray up to ``max_retries`` times.
 
 The results folder must be visible to every node under the same path (a shared
-filesystem) when the cluster has more than one machine.
+filesystem) when the cluster has more than one machine. Compiled executables are kept
+per node, in the folder ``jaxsim.cli.use_compile_cache`` picks there.
 
 Ray is optional: ``pip install 'jaxsim[ray]'``. ``address="local"`` starts a Ray instance
 on this machine (what the tests do).
@@ -30,6 +31,13 @@ def _chunk_task(space: DesignSpace, plan: runner.Plan, c: int, out_dir: str,
     """Body of one Ray task (importable, so tests can call it directly)."""
     import jax
 
+    from jaxsim import cli
+
+    # Ray's workers do not share the driver's JAX settings: each keeps compiled
+    # executables in its own node's cache folder, as the command line does, so a retried
+    # task or a worker that Ray starts afresh loads the chunk function instead of
+    # compiling it again.
+    cli.use_compile_cache()
     if fail_once is not None and not os.path.exists(fail_once):
         with open(fail_once, "w") as f:
             f.write(str(c))

@@ -20,12 +20,16 @@ TINY = os.path.join(HERE, "data", "tiny_space.yaml")
 @pytest.mark.ray
 @pytest.mark.filterwarnings("ignore:os.fork:RuntimeWarning")
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
-def test_ray_sweep_matches_local_and_retries_a_failed_chunk(tmp_path):
+def test_ray_sweep_matches_local_and_retries_a_failed_chunk(tmp_path, monkeypatch):
     from search import ray_runner
 
     sp = space.load(TINY)
     local = str(tmp_path / "local")
     runner.run_sweep(sp, local, chunk_size=6, progress=False)
+    # the workers (started below, with this environment) keep compiled executables in
+    # their node's jaxsim cache folder, not in the driver's
+    monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     out = str(tmp_path / "ray")
     marker = str(tmp_path / "failed_once")
     # half on Ray first, then resume the rest on Ray: one task fails once and is retried
@@ -40,5 +44,6 @@ def test_ray_sweep_matches_local_and_retries_a_failed_chunk(tmp_path):
     assert len(b) == 18 and b["config_id"].is_unique
     for k in ("status", "ttft_p99_s", "tpot_p50_s", "throughput_rps"):
         np.testing.assert_allclose(b[k].to_numpy(), a[k].to_numpy(), rtol=1e-6)
+    assert any((tmp_path / "xdg" / "jaxsim" / "xla").glob("*-cache"))
     with pytest.raises(runner.SweepError, match="--resume"):
         ray_runner.run_sweep(sp, out, address="local", chunk_size=6, progress=False)
