@@ -7,7 +7,10 @@ with ``jax.profiler.trace``, and sums the duration of every compiled operation b
 (over all threads, so a 2-core machine can show up to twice the wall time). Prints the
 wall time per lane-step, the kernel time per lane-step by kind of operation
 (reduce-window is ``cumsum`` on CPU; concatenate comes from stacking per-lane scalars),
-the number of distinct operations in a step, and the largest ones.
+the number of distinct operations in a step, and the largest ones. ``--by-source`` also
+sums the kernel time by the jaxsim function that built each operation, read from the
+stack frames XLA keeps in the optimised HLO (double-float helpers are charged to their
+callers).
 """
 
 from __future__ import annotations
@@ -26,6 +29,69 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 KINDS = ("reduce-window", "concatenate", "gather", "scatter", "sort", "dot")
+#: Helper modules whose operations are charged to the jaxsim function that called them.
+HELPERS = ("dd.py", "timeutil.py", "scan.py")
+
+
+def source_of_ops(hlo_text: str) -> dict[str, str]:
+    """Operation name -> ``file:function`` of the innermost jaxsim frame that built it
+    (frames in :data:`HELPERS`, the double-float and time helpers, are skipped so their
+    cost lands on the caller), from the stack-frame tables of an optimised HLO module's
+    text. Operations without a jaxsim frame map to ``"(no jaxsim frame)"``."""
+    import re
+
+    sections: dict[str, dict[int, str]] = {}
+    current = None
+    for line in hlo_text.splitlines():
+        if line in ("FileNames", "FunctionNames", "FileLocations", "StackFrames"):
+            current = sections.setdefault(line, {})
+            continue
+        m = re.match(r"(\d+) (.*)$", line) if current is not None else None
+        if m is None:
+            current = None
+            continue
+        current[int(m.group(1))] = m.group(2)
+    files = {k: v.strip('"') for k, v in sections.get("FileNames", {}).items()}
+    funcs = {k: v.strip('"') for k, v in sections.get("FunctionNames", {}).items()}
+    locs = {}
+    for k, v in sections.get("FileLocations", {}).items():
+        f = int(re.search(r"file_name_id=(\d+)", v).group(1))
+        g = int(re.search(r"function_name_id=(\d+)", v).group(1))
+        locs[k] = (files.get(f, "?"), funcs.get(g, "?"))
+    frames = {}
+    for k, v in sections.get("StackFrames", {}).items():
+        loc = int(re.search(r"file_location_id=(\d+)", v).group(1))
+        parent = int(re.search(r"parent_frame_id=(\d+)", v).group(1)) - 1  # printed 1-based
+        frames[k] = (loc, parent)
+
+    def owner(fid: int) -> str:
+        seen = set()
+        while fid in frames and fid not in seen:
+            seen.add(fid)
+            loc, fid = frames[fid]
+            path, func = locs.get(loc, ("?", "?"))
+            if "/jaxsim/" in path and not path.endswith(HELPERS):
+                return f"{os.path.basename(path)}:{func}"
+        return "(no jaxsim frame)"
+
+    # a fusion that lost its own metadata (XLA's wrapped reduce-windows) takes the first
+    # stack frame inside the computation it calls
+    comp_frame, comp = {}, None
+    for line in hlo_text.splitlines():
+        m = re.match(r"%?([\w.\-]+) \(.*\{$", line)
+        if m:
+            comp = m.group(1)
+        f = re.search(r"stack_frame_id=(\d+)", line)
+        if comp is not None and f and comp not in comp_frame:
+            comp_frame[comp] = int(f.group(1))
+    out = {}
+    for m in re.finditer(r"^\s*(?:ROOT )?%?([\w.\-]+) = (.*)$", hlo_text, re.M):
+        f = re.search(r"stack_frame_id=(\d+)", m.group(2))
+        c = re.search(r"calls=%?([\w.\-]+)", m.group(2))
+        fid = int(f.group(1)) if f else comp_frame.get(c.group(1)) if c else None
+        if fid is not None:
+            out[m.group(1)] = owner(fid)
+    return out
 
 
 def main() -> int:
@@ -34,6 +100,9 @@ def main() -> int:
     ap.add_argument("--top", type=int, default=25)
     ap.add_argument("--macro", type=int, default=None,
                     help="SimShape.macro_iterations (default: the benchmark's)")
+    ap.add_argument("--by-source", action="store_true",
+                    help="also sum the kernel time by the jaxsim function that built each "
+                         "operation (from the optimised HLO's stack frames)")
     args = ap.parse_args()
 
     import jax
@@ -80,6 +149,23 @@ def main() -> int:
     print("largest operations (ns per lane-step, calls per step):")
     for k, v in sorted(per_lane.items(), key=lambda kv: -kv[1])[:args.top]:
         print(f"  {v:7.1f}  {count[k] / steps:5.1f}x  {k[:80]}")
+    if args.by_source:
+        hlo = sim._run_chunk_batch.lower(shape, params, prep.workload, state,
+                                         False).compile().as_text()
+        src = source_of_ops(hlo)
+        by_src, n_ops = collections.Counter(), collections.Counter()
+        for k, v in per_lane.items():
+            where = src.get(k, "(cumsum: XLA keeps no source for reduce-windows)"
+                            if "reduce-window" in k else "(host: dispatch of the chunk)"
+                            if k.startswith("PjitFunction") else
+                            "(no source kept: copies and slices XLA inserted)")
+            by_src[where] += v
+            n_ops[where] += 1
+        kernel = sum(per_lane.values())
+        print("kernel time by the jaxsim function that built the operation "
+              "(ns per lane-step, share, operations):")
+        for k, v in by_src.most_common():
+            print(f"  {v:7.0f}  {100 * v / kernel:5.1f}%  {n_ops[k]:4d}  {k}")
     return 0
 
 
