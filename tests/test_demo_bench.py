@@ -41,15 +41,41 @@ def test_bench__quick_json(capsys, monkeypatch):
     assert obj["lanes_not_ok"] == 0 and obj["bytes_per_lane"] > 0
 
 
-def _bench_gpu():
+def _benchmark_script(name: str = "bench_gpu"):
     import importlib.util
     import os
 
-    path = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "bench_gpu.py")
-    spec = importlib.util.spec_from_file_location("bench_gpu", path)
+    path = os.path.join(os.path.dirname(__file__), "..", "benchmarks", f"{name}.py")
+    spec = importlib.util.spec_from_file_location(name, path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+def _bench_gpu():
+    return _benchmark_script("bench_gpu")
+
+
+def test_profile_step__charges_operations_to_the_jaxsim_function_that_built_them():
+    import jax
+    import jax.numpy as jnp
+
+    from jaxsim import costmodel, dd
+
+    ps = _benchmark_script("profile_step")
+
+    def f(a, b, k):
+        # smooth_max calls the dd helpers, which are charged to it, not to dd.py
+        return costmodel.smooth_max(dd.dd(a), dd.dd(b), k).hi * 2.0
+
+    x = jnp.linspace(0.5, 2.0, 16, dtype=jnp.float32)
+    hlo = jax.jit(f).lower(x, x[::-1], jnp.int32(2)).compile().as_text()
+    src = ps.source_of_ops(hlo)
+    owners = set(src.values())
+    assert "costmodel.py:smooth_max" in owners
+    assert not any(o.startswith(("dd.py", "test_")) for o in owners), owners
+    # every operation name that carries a frame is a real instruction of the module
+    assert src and all(f" {name} = " in hlo or f"%{name} = " in hlo for name in src)
 
 
 @pytest.mark.slow  # about a minute on 2 cores (three batch sizes compile): CI's slow step
