@@ -37,7 +37,11 @@ def source_of_ops(hlo_text: str) -> dict[str, str]:
     """Operation name -> ``file:function`` of the innermost jaxsim frame that built it
     (frames in :data:`HELPERS`, the double-float and time helpers, are skipped so their
     cost lands on the caller), from the stack-frame tables of an optimised HLO module's
-    text. Operations without a jaxsim frame map to ``"(no jaxsim frame)"``."""
+    text. Operations without a jaxsim frame map to ``"(no jaxsim frame)"``.
+
+    Older JAX (before the stack-frame tables, e.g. 0.7) records only the innermost
+    frame's ``source_file`` and ``source_line``; then the key is ``file:line`` of that
+    frame when it is in jaxsim, helpers included (their callers are not recorded)."""
     import re
 
     sections: dict[str, dict[int, str]] = {}
@@ -74,23 +78,35 @@ def source_of_ops(hlo_text: str) -> dict[str, str]:
                 return f"{os.path.basename(path)}:{func}"
         return "(no jaxsim frame)"
 
-    # a fusion that lost its own metadata (XLA's wrapped reduce-windows) takes the first
-    # stack frame inside the computation it calls
-    comp_frame, comp = {}, None
+    def tag(text: str) -> str | None:
+        """The owner named by one instruction's metadata, or None without any."""
+        f = re.search(r"stack_frame_id=(\d+)", text)
+        if f:
+            return owner(int(f.group(1)))
+        f = re.search(r'source_file="([^"]*)" source_line=(\d+)', text)
+        if f:
+            return (f"{os.path.basename(f.group(1))}:{f.group(2)}"
+                    if "/jaxsim/" in f.group(1) else "(no jaxsim frame)")
+        return None
+
+    # a fusion that lost its own metadata (XLA's wrapped reduce-windows) takes the owner
+    # of the first instruction with metadata inside the computation it calls
+    comp_tag, comp = {}, None
     for line in hlo_text.splitlines():
         m = re.match(r"%?([\w.\-]+) \(.*\{$", line)
         if m:
             comp = m.group(1)
-        f = re.search(r"stack_frame_id=(\d+)", line)
-        if comp is not None and f and comp not in comp_frame:
-            comp_frame[comp] = int(f.group(1))
+        if comp is not None and comp not in comp_tag:
+            t = tag(line)
+            if t is not None:
+                comp_tag[comp] = t
     out = {}
     for m in re.finditer(r"^\s*(?:ROOT )?%?([\w.\-]+) = (.*)$", hlo_text, re.M):
-        f = re.search(r"stack_frame_id=(\d+)", m.group(2))
+        t = tag(m.group(2))
         c = re.search(r"calls=%?([\w.\-]+)", m.group(2))
-        fid = int(f.group(1)) if f else comp_frame.get(c.group(1)) if c else None
-        if fid is not None:
-            out[m.group(1)] = owner(fid)
+        t = t if t is not None else comp_tag.get(c.group(1)) if c else None
+        if t is not None:
+            out[m.group(1)] = t
     return out
 
 
