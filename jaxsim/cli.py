@@ -260,11 +260,12 @@ def heal_compile_cache(path: str) -> int:
     except OSError:
         return 0
     for name in names:
-        if not name.endswith("-cache") or f"{name[:-6]}-atime" in names:
+        atime = f"{name.removesuffix('-cache')}-atime"
+        if not name.endswith("-cache") or atime in names:
             continue
         try:
             ns = os.stat(os.path.join(path, name)).st_mtime_ns
-            with open(os.path.join(path, f"{name[:-6]}-atime"), "xb") as f:
+            with open(os.path.join(path, atime), "xb") as f:
                 f.write(ns.to_bytes(8, "little"))
             made += 1
         except OSError:  # removed meanwhile, written by another process, or read-only

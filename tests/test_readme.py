@@ -23,21 +23,23 @@ from search import space as space_mod
 README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
 
 
+_FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.S | re.M)
+
+
+def _readme() -> str:
+    with open(README) as f:
+        return f.read()
+
+
 def _blocks(lang: str) -> list[str]:
     """The fenced blocks of one language, in order (``""``: blocks with no language)."""
-    with open(README) as f:
-        text = f.read()
-    return [m.group(2) for m in re.finditer(r"^```(\w*)\n(.*?)^```", text, re.S | re.M)
-            if m.group(1) == lang]
+    return [m.group(2) for m in _FENCE.finditer(_readme()) if m.group(1) == lang]
 
 
 def _section_block(heading: str) -> str:
     """The first fenced block after a ``## heading`` line."""
-    with open(README) as f:
-        text = f.read()
-    start = text.index(f"\n## {heading}\n")
-    m = re.compile(r"^```\w*\n(.*?)^```", re.S | re.M).search(text, start)
-    return m.group(1)
+    text = _readme()
+    return _FENCE.search(text, text.index(f"\n## {heading}\n")).group(2)
 
 
 def _jaxsim_commands() -> list[list[str]]:
@@ -66,9 +68,7 @@ def test_readme__quick_start_runs_as_written():
 
 
 def test_readme__configuration_block_spells_out_the_defaults():
-    block = _section_block("Command line")  # the usage summary comes first ...
-    assert block.lstrip().startswith("jaxsim simulate")
-    (cfg_block,) = [b for b in _blocks("yaml") if b.startswith("model:")]  # ... then this
+    (cfg_block,) = [b for b in _blocks("yaml") if b.startswith("model:")]
     assert config.validate(yaml.safe_load(cfg_block)) == config.validate({})
 
 
@@ -84,7 +84,9 @@ def test_readme__command_summary_matches_the_parser():
     """Every subcommand and ``--flag`` of the "Command line" summary exists."""
     parser = cli.build_parser()
     subs = next(a for a in parser._actions if a.dest == "command").choices
-    lines = [ln.split("#")[0] for ln in _section_block("Command line").splitlines()]
+    block = _section_block("Command line")
+    assert block.lstrip().startswith("jaxsim simulate"), "the usage summary comes first"
+    lines = [ln.split("#")[0] for ln in block.splitlines()]
     seen = set()
     for ln in filter(str.strip, lines):
         words = ln.split()
