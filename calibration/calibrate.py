@@ -19,7 +19,6 @@ import datetime
 import json
 import math
 import os
-import tempfile
 import time
 
 import numpy as np
@@ -27,6 +26,7 @@ import numpy as np
 from calibration import fit as F
 from calibration.schema import Measurements
 from jaxsim import costpresets, presets, shapecorr
+from jaxsim.fileio import atomic_open
 from jaxsim.params import COST_PARAM_NAMES, CostParams
 
 
@@ -212,14 +212,19 @@ def calibrate(data: Measurements, hardware: str, *, holdout: str = "shape",
     hw_col = np.char.lower(data["hardware"].astype(str))
     if not np.any(hw_col == canon.lower()):
         have = sorted(set(data["hardware"].astype(str).tolist()))
+        hint = ("" if not have else "; rows are matched by their hardware column "
+                "(label a profile of this GPU with `jaxsim profile --hardware NAME`)")
         raise ValueError(f"--hardware: no rows measured on {canon}; the data has: "
-                         f"{', '.join(have) or 'no rows'}")
+                         f"{', '.join(have) or 'no rows'}{hint}")
     m = data.select(hw_col == canon.lower())
     keep, skipped = representable(m)
     m = m.select(keep)
     if len(m) == 0:
         raise ValueError(f"--hardware {canon}: none of its rows can be fitted ({skipped})")
     train = F.split(m, holdout)
+    if not train.any():
+        raise ValueError(f"--holdout {holdout}: holds out all {len(m)} rows of {canon}, "
+                         "so nothing is left to fit; hold out another model, or use shape")
     # after the split, so that dropping a failed run moves no other row in or out
     bad = failed_runs(m)
     if bad.any():
@@ -349,24 +354,24 @@ def write_preset(cal: Calibration, path: str, command: str = "") -> None:
     if not os.path.isdir(d):
         raise ValueError(f"--out: folder {d!r} does not exist")
     text = preset_text(_clean(cal.preset(command)))
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=".json")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_open(path) as f:
+        f.write(text + "\n")
+
+
+def evaluated_on(entry: dict) -> str:
+    """Which rows an error-table entry's MAPE, p90, max and bias describe: ``holdout``,
+    or ``train`` where the operator has no held-out rows (``fit.error_table``)."""
+    return "holdout" if entry["n_holdout"] > 0 else "train"
 
 
 def format_table(report: dict[str, dict]) -> str:
-    """The error table as text (percent)."""
+    """The error table as text (percent). MAPE, p90, max and bias are on the held-out
+    rows; the ``on`` column says ``train`` where an operator has none."""
     w = max([14, *(len(k) + 1 for k in report)])
-    lines = [f"{'op':<{w}}{'n_train':>9}{'n_holdout':>10}{'MAPE%':>8}{'p90%':>8}{'max%':>8}"
-             f"{'bias%':>8}{'train MAPE%':>13}"]
+    lines = [f"{'op':<{w}}{'n_train':>9}{'n_holdout':>10}{'on':>8}{'MAPE%':>8}{'p90%':>8}"
+             f"{'max%':>8}{'bias%':>8}{'train MAPE%':>13}"]
     for k, v in report.items():
-        lines.append(f"{k:<{w}}{v['n_train']:>9}{v['n_holdout']:>10}{v['mape']:>8.2f}"
-                     f"{v['p90_ape']:>8.2f}{v['max_ape']:>8.2f}{v.get('bias', math.nan):>8.2f}"
-                     f"{v['train_mape']:>13.2f}")
+        lines.append(f"{k:<{w}}{v['n_train']:>9}{v['n_holdout']:>10}{evaluated_on(v):>8}"
+                     f"{v['mape']:>8.2f}{v['p90_ape']:>8.2f}{v['max_ape']:>8.2f}"
+                     f"{v.get('bias', math.nan):>8.2f}{v['train_mape']:>13.2f}")
     return "\n".join(lines)

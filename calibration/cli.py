@@ -34,7 +34,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="fit the roofline only, without per-kernel-shape correction tables")
     p.add_argument("--plot", metavar="FILE.png", help="write a parity plot")
     p.add_argument("--json", action="store_true",
-                   help="print one JSON object: op family -> held-out error statistics")
+                   help="print one JSON object: op family -> held-out error statistics "
+                        "(\"on\": \"train\" where an operator has no held-out rows)")
+
+
+#: File suffixes ``--plot`` accepts (matplotlib's raster and vector formats).
+PLOT_FORMATS = ("png", "pdf", "svg", "jpg", "jpeg")
 
 
 def _fail(msg: str) -> int:
@@ -51,9 +56,19 @@ def cmd(args) -> int:
 
     if args.steps < 1:
         return _fail(f"--steps: {args.steps} must be >= 1")
-    out_dir = os.path.dirname(os.path.abspath(args.out))
-    if not os.path.isdir(out_dir):
-        return _fail(f"--out: folder {out_dir!r} does not exist")
+    for flag, path in (("--out", args.out), ("--plot", args.plot)):
+        if path is None:
+            continue
+        folder = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(folder):
+            return _fail(f"{flag}: folder {folder!r} does not exist")
+        if os.path.isdir(path):
+            return _fail(f"{flag}: {path!r} is a folder; give a file name")
+    if args.plot is not None:
+        fmt = os.path.splitext(args.plot)[1].lstrip(".").lower()
+        if fmt not in PLOT_FORMATS:
+            return _fail(f"--plot: {args.plot!r} has suffix {fmt!r}; allowed: "
+                         f"{', '.join('.' + f for f in PLOT_FORMATS)}")
     try:
         data = loaders.load(args.data)
         cal = C.calibrate(data, args.hardware, holdout=args.holdout, robust=args.robust,
@@ -64,16 +79,21 @@ def cmd(args) -> int:
         return _fail(str(e))
     command = "jaxsim calibrate " + " ".join(shlex.quote(a) for a in sys.argv[2:]) \
         if len(sys.argv) > 2 and sys.argv[1] == "calibrate" else ""
-    C.write_preset(cal, args.out, command=command)
     if args.plot:
         from calibration.plots import parity
 
-        parity(cal.data, cal.predict(), cal.train, args.plot,
-               title=f"{cal.hardware}, held out by {cal.holdout}")
+        # before the preset, so that a plot that cannot be written leaves no preset
+        try:
+            parity(cal.data, cal.predict(), cal.train, args.plot,
+                   title=f"{cal.hardware}, held out by {cal.holdout}")
+        except OSError as e:
+            return _fail(f"--plot: cannot write {args.plot!r}: {e.strerror or e}")
+    C.write_preset(cal, args.out, command=command)
     if args.json:
         keys = ("n_train", "n_holdout", "mape", "p90_ape", "max_ape")
-        obj = {op: {k: (None if isinstance(v[k], float) and not math.isfinite(v[k]) else v[k])
-                    for k in keys} for op, v in cal.report.items()}
+        obj = {op: {**{k: (None if isinstance(v[k], float) and not math.isfinite(v[k])
+                           else v[k]) for k in keys}, "on": C.evaluated_on(v)}
+               for op, v in cal.report.items()}
         print(json.dumps(obj))
         return 0
     print(f"jaxsim calibrate: {cal.hardware}, {cal.n_rows} rows "

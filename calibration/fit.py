@@ -619,6 +619,13 @@ def _size_key(m: Measurements) -> list[tuple]:
     return [tuple(r) for r in arr]
 
 
+def _model_key(name: str) -> str:
+    """A model name without its organisation, a ``-hf`` suffix or letter case, so that
+    ``Llama-2-70B`` names Vidur's ``meta-llama/Llama-2-70b-hf``."""
+    base = name.strip().rsplit("/", 1)[-1].lower()
+    return base.removesuffix("-hf")
+
+
 def split(m: Measurements, holdout: str = "shape", every: int = 5) -> np.ndarray:
     """The training mask for a hold-out rule.
 
@@ -627,7 +634,9 @@ def split(m: Measurements, holdout: str = "shape", every: int = 5) -> np.ndarray
       ``every``-th one is held out, so held-out shapes are never seen in fitting
       (interpolation).
     * ``model:NAME``: every row of model NAME is held out (extrapolation to an unseen
-      model on the same GPU); rows without a model are split by shape.
+      model on the same GPU); rows without a model are split by shape. NAME matches
+      case-insensitively, and without the organisation and ``-hf`` when nothing matches
+      in full.
     * ``none``: everything trains.
     """
     n = len(m)
@@ -646,14 +655,18 @@ def split(m: Measurements, holdout: str = "shape", every: int = 5) -> np.ndarray
     if holdout == "shape":
         return by_shape
     if holdout.startswith("model:"):
-        name = holdout[len("model:"):].lower()
-        models = np.char.lower(m["model"].astype(str))
-        if not np.any(models == name):
-            known = sorted({x for x in m["model"].astype(str) if x})
-            raise ValueError(f"--holdout: model {holdout[6:]!r} has no rows; models in the "
+        name = holdout[len("model:"):]
+        raw = m["model"].astype(str)
+        models = np.char.lower(raw)
+        held = models == name.lower()
+        if not held.any():  # "Llama-2-70B" for "meta-llama/Llama-2-70b-hf"
+            held = np.array([_model_key(x) == _model_key(name) for x in raw.tolist()], bool)
+        if not held.any():
+            known = sorted({x for x in raw if x})
+            raise ValueError(f"--holdout: model {name!r} has no rows; models in the "
                              f"data: {', '.join(known)}")
         has_model = models != ""
-        train = np.where(has_model, models != name, by_shape)
+        train = np.where(has_model, ~held, by_shape)
         return train
     raise ValueError(f"--holdout: {holdout!r}; allowed: shape, model:NAME, none")
 

@@ -129,6 +129,13 @@ def load_vidur_mlp(path: str, hardware: str | None = None) -> Measurements:
     rd = _Reader(path, shape_cols)
     header = set(rd._r.fieldnames or [])
     ops = [o for o in VIDUR_OPS if f"time_stats.{o}.median" in header]
+    # an op may be absent (some models' files have no post-attention norm), but not half
+    part = sorted(c for c in header if c.startswith("time_stats.")
+                  and c.split(".")[1] in VIDUR_OPS and c.split(".")[1] not in ops)
+    if part:
+        rd._f.close()
+        raise DataError(f"{path}: column {part[0]!r} but no "
+                        f"'time_stats.{part[0].split('.')[1]}.median'")
     if not ops:
         rd._f.close()
         raise DataError(f"{path}: no 'time_stats.<op>.median' column of a known op "
@@ -327,6 +334,20 @@ def _kind(path: str) -> str | None:
     return None
 
 
+def _explain_unknown(path: str) -> None:
+    """Raise a precise :class:`DataError` for a file given directly that is empty or
+    is a jaxsim CSV with columns missing; return for anything else."""
+    if os.path.getsize(path) == 0:
+        raise DataError(f"{path}: empty file")
+    if path.endswith(".csv"):
+        with open(path, newline="") as f:
+            header = next(csv.reader(f), [])
+        if {"hardware", "op"} <= set(header):
+            missing = [c for c in COLUMNS if c not in header and c != "source"]
+            raise DataError(f"{path}: missing column(s) {missing}; the jaxsim measurement "
+                            f"schema has: {', '.join(COLUMNS)}")
+
+
 def load(paths: Iterable[str], hardware: str | None = None) -> Measurements:
     """Load files and folders (walked recursively) into one table.
 
@@ -352,6 +373,7 @@ def load(paths: Iterable[str], hardware: str | None = None) -> Measurements:
             k = _kind(f)
             if k is None:
                 if f == p:
+                    _explain_unknown(f)
                     raise DataError(f"{f}: not a known measurement file (Vidur mlp.csv, "
                                     "attention.csv, all_reduce.csv, send_recv.csv; Splitwise "
                                     "perf_model.csv; Sarathi figure-2_prefill.csv; or a "

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from calibration.schema import Measurements
+from jaxsim.fileio import atomic_open
 
 
 def parity(m: Measurements, pred: np.ndarray, train: np.ndarray, path: str | None = None,
@@ -35,6 +38,8 @@ def parity(m: Measurements, pred: np.ndarray, train: np.ndarray, path: str | Non
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     if path:
-        fig.savefig(path, dpi=110)
+        fmt = os.path.splitext(os.fspath(path))[1].lstrip(".") or "png"
+        with atomic_open(path, "wb") as f:
+            fig.savefig(f, format=fmt, dpi=110)
         plt.close(fig)
     return fig

@@ -41,10 +41,11 @@ import csv
 import dataclasses
 import math
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
 
 import numpy as np
+
+from jaxsim.fileio import atomic_open
 
 #: Operators a row may time. Kernel operators use the cost model's names.
 GEMM_OPS = ("qkv_proj", "o_proj", "mlp_up", "mlp_down", "lm_head")
@@ -213,8 +214,8 @@ def validate(m: Measurements) -> None:
         if not rows.any():
             continue
         for c in req:
-            fail(rows & ~(m[c] > 0), lambda i, c=c, o=o: f"column {c!r}: {m[c][i]!r} must be "
-                 f"> 0 for op {o!r}")
+            fail(rows & ~(m[c] > 0), lambda i, c=c, o=o: f"column {c!r}: {m[c][i].item()!r} "
+                 f"must be > 0 for op {o!r}")
 
 
 def _fmt(v) -> str:
@@ -230,20 +231,11 @@ def _row_text(m: Measurements, i: int, with_source: bool = True) -> str:
 
 def write_csv(m: Measurements, path: str | os.PathLike) -> None:
     """Write the table as CSV atomically (a temporary file renamed into place)."""
-    path = os.fspath(path)
-    d = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=".csv")
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(COLUMNS)
-            for i in range(len(m)):
-                w.writerow([_fmt(m.cols[c][i]) for c in COLUMNS])
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(COLUMNS)
+        for i in range(len(m)):
+            w.writerow([_fmt(m.cols[c][i]) for c in COLUMNS])
 
 
 def read_csv(path: str | os.PathLike) -> Measurements:
@@ -279,4 +271,6 @@ def read_csv(path: str | os.PathLike) -> Measurements:
                 row[c] = x
             row["source"] = f"{path}:{i}"
             rows.append(row)
+    if not rows:
+        raise DataError(f"{path}: a header but no rows")
     return from_rows(rows, origin=path)

@@ -13,13 +13,14 @@ Dimension letters: ``B`` rows (configurations), ``k`` objectives, ``n`` front po
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from jaxsim.fileio import atomic_open
 
 __all__ = [
     "ParetoArchive",
@@ -425,15 +426,8 @@ def plot_pareto(
     if path is not None:
         path = os.fspath(path)
         fmt = os.path.splitext(path)[1].lstrip(".") or "png"
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                ax.figure.savefig(fh, format=fmt, dpi=120, bbox_inches="tight")
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            raise
+        with atomic_open(path, "wb") as fh:
+            ax.figure.savefig(fh, format=fmt, dpi=120, bbox_inches="tight")
     return ax
 
 

@@ -105,6 +105,61 @@ def test_bad_data__jaxsim_csv(tmp_path):
                     "bytes": 10.0, "num_workers": 2, "time_s": 0.0}])
 
 
+def test_bad_data__empty_headers_and_half_columns(tmp_path):
+    """Files that are empty, a header alone, a jaxsim CSV without a required column, or a
+    Vidur file with an op's statistics but not its median get errors that say so."""
+    m = loaders.load([os.path.join(DATA, "splitwise")])
+    good = tmp_path / "good.csv"
+    write_csv(m, good)
+    header, *rows = good.read_text().splitlines()
+    cases = {"empty.csv": ("", r"empty.csv: empty file"),
+             "header.csv": (header + "\n", r"header.csv: a header but no rows"),
+             "no_time.csv": ("\n".join([header.replace("time_s,", "time_ms,"), *rows]),
+                             r"no_time.csv: missing column\(s\) \['time_s'\]")}
+    for name, (text, match) in cases.items():
+        (tmp_path / name).write_text(text)
+        with pytest.raises(DataError, match=match):
+            loaders.load([str(tmp_path / name)])
+
+    def drop_median(rows):
+        i = rows[0].index("time_stats.mlp_down_proj.median")
+        for r in rows:
+            del r[i]
+
+    p = _corrupt(tmp_path, drop_median)
+    with pytest.raises(DataError, match=r"mlp.csv: column 'time_stats.mlp_down_proj.max' "
+                                        r"but no 'time_stats.mlp_down_proj.median'"):
+        loaders.load([p])
+
+
+def test_written_files_get_the_umasks_permissions_and_failures_leave_nothing(tmp_path):
+    m = loaders.load([os.path.join(DATA, "splitwise")])
+    old = os.umask(0o022)
+    try:
+        write_csv(m, tmp_path / "m.csv")
+    finally:
+        os.umask(old)
+    assert os.stat(tmp_path / "m.csv").st_mode & 0o777 == 0o644
+    from jaxsim.fileio import atomic_open
+
+    with pytest.raises(RuntimeError), atomic_open(tmp_path / "x.json") as f:
+        f.write("half")
+        raise RuntimeError
+    assert sorted(os.listdir(tmp_path)) == ["m.csv"]
+
+
+def test_format_table__says_which_rows_each_line_is_on():
+    from calibration import calibrate as C
+
+    line = {"n_train": 9, "mape": 1.0, "p90_ape": 2.0, "max_ape": 3.0, "bias": 0.5,
+            "train_mape": 1.0}
+    text = C.format_table({"norm": {**line, "n_holdout": 3}, "rotary": {**line,
+                                                                         "n_holdout": 0}})
+    head, norm, rotary = text.splitlines()
+    assert head.split()[:4] == ["op", "n_train", "n_holdout", "on"]
+    assert norm.split()[3] == "holdout" and rotary.split()[3] == "train"
+
+
 def test_split__shape_and_model():
     m = loaders.load([os.path.join(DATA, "vidur/compute")])
     train = F.split(m, "shape")
@@ -117,6 +172,8 @@ def test_split__shape_and_model():
     tm = F.split(m, "model:meta-llama/Llama-2-70b-hf")
     assert not np.any(tm & (m["model"] == "meta-llama/Llama-2-70b-hf"))
     assert np.all(tm[m["model"] == "meta-llama/Llama-2-7b-hf"])
+    # the README's names: no organisation, no -hf, any letter case
+    assert np.array_equal(F.split(m, "model:llama-2-70B"), tm)
     with pytest.raises(ValueError, match="has no rows"):
         F.split(m, "model:nope")
     with pytest.raises(ValueError, match="allowed: shape"):
@@ -171,8 +228,9 @@ def test_cli_calibrate_json_and_simulate_with_preset(tmp_path, capsys):
     rep = json.loads(capsys.readouterr().out)
     for op in ("qkv_proj", "mlp_down", "norm", "all_reduce", "iteration", "gemm",
                "elementwise"):
-        assert set(rep[op]) == {"n_train", "n_holdout", "mape", "p90_ape", "max_ape"}, op
-        assert rep[op]["n_holdout"] > 0 and rep[op]["mape"] >= 0
+        assert set(rep[op]) == {"n_train", "n_holdout", "mape", "p90_ape", "max_ape",
+                                "on"}, op
+        assert rep[op]["n_holdout"] > 0 and rep[op]["mape"] >= 0 and rep[op]["on"] == "holdout"
     preset = json.loads(out.read_text())
     assert preset["format"] == costpresets.FORMAT and len(preset["data_sha256"]) == 64
     base = ["simulate", "--json", "--set", "workload.num_requests=20", "--set",
@@ -195,6 +253,22 @@ def test_cli_calibrate__bad_arguments(tmp_path, capsys):
                      "--out", str(out)]) == 2
     assert "no such file" in capsys.readouterr().err
     assert not out.exists()
+    # paths that cannot be written are refused before fitting, and nothing is written
+    (tmp_path / "folder").mkdir()
+    for extra, err in (
+            (["--out", str(tmp_path / "folder")], "--out: '" + str(tmp_path / "folder")
+             + "' is a folder"),
+            (["--out", str(out), "--plot", str(tmp_path / "no" / "p.png")],
+             "--plot: folder"),
+            (["--out", str(out), "--plot", str(tmp_path / "p.txt")],
+             "--plot: '" + str(tmp_path / "p.txt") + "' has suffix 'txt'; allowed: .png")):
+        assert cli.main(["calibrate", MLP7B, "--hardware", "H100-SXM", *extra]) == 2
+        assert err in capsys.readouterr().err
+    assert sorted(os.listdir(tmp_path)) == ["folder"]
+    # a hold-out that leaves nothing to fit (Llama-2-7B names meta-llama/Llama-2-7b-hf)
+    assert cli.main(["calibrate", MLP7B, "--hardware", "H100-SXM", "--holdout",
+                     "model:Llama-2-7B", "--out", str(out)]) == 2
+    assert "holds out all" in capsys.readouterr().err and not out.exists()
 
 
 def test_cost_preset_config(tmp_path, capsys):

@@ -112,3 +112,32 @@ def test_readme__every_jaxsim_command_parses_and_its_configuration_is_valid():
             sets = [s for s in args.set or [] if not s.startswith("cost_preset=")]
             cfg = config.load(args.config, sets)  # raises ConfigError naming the field
             config.build_trace(cfg)
+
+
+def test_readme__preset_error_table_matches_the_shipped_presets():
+    """The held-out MAPE / p90 the README quotes for the shipped presets are the ones
+    in their ``report`` (with shape tables) and ``report_roofline`` (roofline alone)."""
+    import json
+
+    from jaxsim import costpresets
+
+    rows = {"GEMMs (QKV, O, MLP up/down), with shape tables": ("report", "gemm"),
+            "GEMMs, roofline alone": ("report_roofline", "gemm"),
+            "norms and elementwise, with shape tables": ("report", "elementwise"),
+            "norms and elementwise, roofline alone": ("report_roofline", "elementwise"),
+            "all-reduce (single node), with tables over message size": ("report",
+                                                                        "all_reduce"),
+            "all-reduce, roofline alone": ("report_roofline", "all_reduce")}
+    gpus = ("H100-SXM", "A100-80GB", "A40")
+    presets = {}
+    for g in gpus:
+        with open(costpresets.resolve("auto", g)) as f:
+            presets[g] = json.load(f)
+    text = _readme()
+    for label, (report, fam) in rows.items():
+        cells = [c.strip() for c in re.search(rf"^\| {re.escape(label)} \|(.*)\|$", text,
+                                              re.M).group(1).split("|")]
+        for g, cell in zip(gpus, cells, strict=True):
+            r = presets[g][report].get(fam)
+            want = "no data" if r is None else f"{r['mape']:.1f} / {r['p90_ape']:.1f}"
+            assert cell == want, f"README {label!r}, {g}: {cell!r}; preset has {want!r}"

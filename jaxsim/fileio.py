@@ -1,0 +1,45 @@
+"""Atomic file writes: a temporary file in the target's folder, renamed into place.
+
+A failed write leaves nothing behind, and readers never see half a file. The file gets
+the permissions a plain ``open(path, "w")`` would give (``0o666`` less the umask), not the
+owner-only ones of ``tempfile.mkstemp``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from typing import IO
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike, mode: str = "w", **kw) -> Iterator[IO]:
+    """Open a temporary file next to ``path`` for writing (``mode`` ``"w"`` or ``"wb"``;
+    ``kw`` go to :func:`os.fdopen`) and, when the block ends without an exception, rename
+    it to ``path``; otherwise remove it."""
+    path = os.fspath(path)
+    d = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-",
+                               suffix=os.path.splitext(path)[1] or ".tmp")
+    try:
+        try:
+            os.fchmod(fd, 0o666 & ~_umask())
+            f = os.fdopen(fd, mode, **kw)
+        except BaseException:
+            os.close(fd)
+            raise
+        with f:
+            yield f
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
