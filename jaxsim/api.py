@@ -105,13 +105,40 @@ def _window_rows(cfg: Mapping) -> int:
 
 def run(
     configs: Mapping | Sequence[Mapping],
-    trace: Trace | Sequence[Trace],
+    trace: Trace | Sequence[Trace] | None = None,
     max_slots: int | None = None,
     chunk_iterations: int = 256,
     max_iterations: int | None = None,
     auto_slots: bool = True,
 ) -> SimResult:
-    """Prepare and simulate in one call."""
+    """Prepare and simulate in one call.
+
+    Without ``trace``, each configuration's ``workload`` section (the defaults where it
+    has none) builds its trace, as ``jaxsim simulate`` does; with one, no configuration
+    may have a ``workload`` section. ``max_iterations`` (default: each configuration's
+    own ``max_iterations``, the generous default where that is null) bounds every lane.
+    """
+    if isinstance(configs, Mapping):
+        configs = [configs]
+    if trace is None:
+        cfgs = [config_mod.validate(c) for c in configs]
+        built: dict[str, Trace] = {}
+        traces = []
+        for c in cfgs:  # one trace per distinct workload section
+            key = repr((c["workload"], c["seed"]))
+            if key not in built:
+                built[key] = config_mod.build_trace(c)
+            traces.append(built[key])
+        trace = traces[0] if len(built) == 1 else traces
+    else:
+        with_wl = [i for i, c in enumerate(configs) if "workload" in c]
+        if with_wl:
+            raise config_mod.ConfigError(
+                f"configs[{with_wl[0]}].workload: given together with a trace, which it "
+                "would not change; drop the trace argument to build traces from the "
+                "configurations' workload sections, or drop the section")
     p = prepare(configs, trace, max_slots=max_slots, chunk_iterations=chunk_iterations)
+    if max_iterations is None and any(c["max_iterations"] is not None for c in p.configs):
+        max_iterations = [c["max_iterations"] for c in p.configs]
     return simulate_batch(p.shape, p.params, p.workload, max_iterations=max_iterations,
                           auto_slots=auto_slots)

@@ -11,6 +11,7 @@ status bits instead of raising.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -453,7 +454,12 @@ def build_trace(cfg: Mapping) -> Trace:
             if w["num_requests"] is not None:
                 tr = tr.head(w["num_requests"])
             if w["rate"] is not None:
-                tr = tr.scaled_to_rate(w["rate"])
+                a = np.sort(tr.arrival_s)
+                own = (len(a) - 1) / (a[-1] - a[0]) if len(a) > 1 and a[-1] > a[0] else 0.0
+                tr = dataclasses.replace(
+                    tr.scaled_to_rate(w["rate"]),
+                    name=f"{tr.name}, rescaled from {own:.3g} to {w['rate']:g} req/s; "
+                         "workload.rate=null replays it as recorded")
             return tr
         if w["kind"] == "sessions":
             tr = multi_turn_sessions(

@@ -86,6 +86,32 @@ def _pad_lanes(tree, pad: int):
         tree)
 
 
+def iteration_limits(max_iterations, workload: Workload, num_lanes: int) -> np.ndarray:
+    """Per-lane iteration budgets (int32 ``[B]``) from ``None`` (the default budget for
+    every lane), one int, or one value per lane (``None`` entries: the default)."""
+    if max_iterations is None:
+        return np.full(num_lanes, default_iteration_budget(workload), np.int32)
+    vals = np.asarray(max_iterations, dtype=object)
+    if vals.ndim == 0:
+        vals = np.full(num_lanes, max_iterations, dtype=object)
+    if vals.shape != (num_lanes,):
+        raise ValueError(f"max_iterations: {vals.size} values for {num_lanes} lanes; give "
+                         "one int, or one per lane")
+    default = None
+    out = np.empty(num_lanes, np.int64)
+    for i, v in enumerate(vals.tolist()):
+        if v is None:
+            default = default_iteration_budget(workload) if default is None else default
+            v = default
+        if isinstance(v, bool) or not isinstance(v, int | np.integer) or not (
+                1 <= v <= 2**31 - 1):
+            where = "max_iterations" if np.ndim(max_iterations) == 0 else \
+                f"max_iterations[{i}]"
+            raise ValueError(f"{where}={v!r} must be an int in 1..{2**31 - 1}")
+        out[i] = v
+    return out.astype(np.int32)
+
+
 def default_iteration_budget(workload: Workload) -> int:
     """A generous iteration budget: every token in its own iteration, plus slack."""
     n = int(workload.num_requests.max())
@@ -158,7 +184,7 @@ def _run_chunk_batch(shape, params, workload, state, wl_batched: bool):
 @functools.partial(jax.jit, static_argnames=("shape", "wl_batched"))
 def _init_batch(shape, params, workload, iter_limit, wl_batched: bool):
     return jax.vmap(
-        functools.partial(init_state, shape), in_axes=(0, 0 if wl_batched else None, None)
+        functools.partial(init_state, shape), in_axes=(0, 0 if wl_batched else None, 0)
     )(params, workload, iter_limit)
 
 
@@ -228,7 +254,8 @@ def simulate_batch(
         shape: static capacities (R must equal the workload's padded length).
         params: ``SimParams`` with a leading lane axis B on every leaf.
         workload: shared ``Workload`` (leaves ``[R]``) or per-lane (leaves ``[B, R]``).
-        max_iterations: per-lane iteration budget (default: generous, see
+        max_iterations: iteration budget, one int for every lane or one per lane
+            (``None`` entries: the default, generous, see
             :func:`default_iteration_budget`); lanes that reach it get ``TRUNCATED``.
         auto_slots: re-run lanes flagged ``OVERFLOW_SLOTS`` with a doubled slot table
             (up to their ``max_num_seqs``) until none overflows, so results are exact
@@ -269,10 +296,7 @@ def simulate_batch(
             raise ValueError(f"{n_pf} lane(s) set CacheParams.prefetch=1 but "
                              "SimShape.prefetch=False; build the shape with prefetch=True "
                              "(jaxsim.api.prepare does) or set prefetch=0")
-    budget = default_iteration_budget(workload) if max_iterations is None else int(
-        max_iterations)
-    if budget < 1:
-        raise ValueError(f"max_iterations={max_iterations!r} must be >= 1")
+    budget = iteration_limits(max_iterations, workload, B)
     if devices is not None and devices < 1:
         raise ValueError(f"devices={devices!r} must be >= 1 (or None for all)")
     n_dev, place, place_wl = _lane_placer(B, wl_batched, devices)
@@ -280,10 +304,10 @@ def simulate_batch(
     if pad:
         return _trim(simulate_batch(
             shape, _pad_lanes(params, pad), _pad_lanes(workload, pad) if wl_batched
-            else workload, max_iterations, auto_slots, compact_lanes, n_dev), B, t0)
+            else workload, _pad_lanes(budget, pad), auto_slots, compact_lanes, n_dev), B, t0)
     params, workload = place(params), place_wl(workload)
-    state = place(_init_batch(shape, params, workload, jnp.int32(budget), wl_batched))
-    n_chunks = -(-budget // shape.chunk_iterations)
+    state = place(_init_batch(shape, params, workload, jnp.asarray(budget), wl_batched))
+    n_chunks = -(-int(budget.max()) // shape.chunk_iterations)
     iters = 0
     # Lane compaction: when few lanes are still running, they continue alone in a
     # smaller batch (a quarter, a sixteenth, ... of B), so finished lanes stop costing.
@@ -318,7 +342,7 @@ def simulate_batch(
     result = SimResult(metrics=metrics, state=state, status=status, iterations_run=iters,
                        wall_s=time.perf_counter() - t0)
     if auto_slots:
-        result = _rerun_overflow(shape, params, workload, result, max_iterations,
+        result = _rerun_overflow(shape, params, workload, result, budget,
                                  compact_lanes, devices)
     result.wall_s = time.perf_counter() - t0
     return result
@@ -351,7 +375,7 @@ def _rerun_overflow(shape, params, workload, result, max_iterations, compact_lan
     sub_wl = (jax.tree.map(lambda x: x[over], workload)
               if workload.arrival_hi.ndim == 2 else workload)
     sub = simulate_batch(dataclasses.replace(shape, max_slots=new_s), sub_params, sub_wl,
-                         max_iterations=max_iterations, auto_slots=True,
+                         max_iterations=np.asarray(max_iterations)[over], auto_slots=True,
                          compact_lanes=compact_lanes, devices=devices)
     for k in result.metrics:
         result.metrics[k][over] = sub.metrics[k]

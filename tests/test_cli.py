@@ -71,6 +71,13 @@ def test_cli__text_output(capsys):
 def test_cli__example_yaml_is_complete_and_valid(capsys):
     cfg = config.load("examples/config.yaml")
     assert cfg == config.validate({})  # the example spells out every default
+    # ... every key of it: it is the README's configuration block (tests/test_readme.py
+    # checks that block against the defaults), after its comment lines
+    from tests.test_readme import _blocks
+
+    with open("examples/config.yaml") as f:
+        body = "".join(ln for ln in f if not ln.startswith("#"))
+    assert body in _blocks("yaml")
     code, out, err = run_cli(["simulate", "examples/config.yaml", "--json", *SMALL], capsys)
     assert code == 0, err
 

@@ -69,7 +69,14 @@ def test_readme__quick_start_runs_as_written():
 
 def test_readme__configuration_block_spells_out_the_defaults():
     (cfg_block,) = [b for b in _blocks("yaml") if b.startswith("model:")]
-    assert config.validate(yaml.safe_load(cfg_block)) == config.validate({})
+    raw, defaults = yaml.safe_load(cfg_block), config.validate({})
+    assert config.validate(raw) == defaults
+
+    def keys(d, prefix=""):  # every key, nested ones dotted; the block leaves none out
+        return {prefix + k for k in d} | {x for k, v in d.items() if isinstance(v, dict)
+                                           for x in keys(v, f"{prefix}{k}.")}
+
+    assert keys(raw) == keys(defaults)
 
 
 def test_readme__design_space_block_is_a_valid_space():

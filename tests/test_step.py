@@ -286,3 +286,35 @@ def test_step__truncation_sets_status():
     assert int(res.status[0]) & st_bits.TRUNCATED
     assert int(res.metrics["iterations"][0]) == 10
     assert int(res.metrics["completed"][0]) == 0
+
+
+def test_step__max_iterations_per_lane_from_the_configurations():
+    """``max_iterations`` in a configuration bounds that lane alone, in ``api.run`` as in
+    ``jaxsim simulate``; a lane past its budget stops and is flagged, the others run on,
+    and an explicit per-lane list does the same."""
+    from jaxsim import api
+
+    tr = Trace([0.0, 0.01], [8, 8], [50, 50])
+    res = api.run([{"max_iterations": 10}, {}, {"max_iterations": 10**6}], tr)
+    assert [int(s) & st_bits.TRUNCATED for s in res.status] == [st_bits.TRUNCATED, 0, 0]
+    assert res.metrics["iterations"][0] == 10
+    assert list(res.metrics["completed"]) == [0, 2, 2]
+    assert res.metrics["iterations"][1] == res.metrics["iterations"][2] > 10
+    prep = api.prepare([{}, {}], tr)
+    both = simulate_batch(prep.shape, prep.params, prep.workload, max_iterations=[7, None])
+    assert list(both.metrics["iterations"]) == [7, res.metrics["iterations"][1]]
+    with pytest.raises(ValueError, match=r"max_iterations\[1\]=0 must be an int in 1\.\."):
+        simulate_batch(prep.shape, prep.params, prep.workload, max_iterations=[7, 0])
+    with pytest.raises(ValueError, match="3 values for 2 lanes"):
+        simulate_batch(prep.shape, prep.params, prep.workload, max_iterations=[7, 8, 9])
+
+
+def test_api_run__builds_traces_from_workload_sections_and_refuses_both():
+    from jaxsim import api, config
+
+    res = api.run([{"workload": {"num_requests": 12, "rate": 4.0}},
+                   {"workload": {"num_requests": 20, "rate": 4.0}}])
+    assert list(res.metrics["completed"]) == [12, 20]
+    with pytest.raises(config.ConfigError, match=r"configs\[1\]\.workload: given together "
+                                                 "with a trace"):
+        api.run([{}, {"workload": {"num_requests": 5}}], Trace([0.0], [8], [4]))
