@@ -280,7 +280,14 @@ def main(argv=None) -> int:
             use_compile_cache()
         if args.command in BATCH_COMMANDS:
             use_every_core()
-    return args.func(args)
+    try:
+        return args.func(args)
+    except BrokenPipeError:  # output piped into a reader that stopped (`| head`)
+        import os
+
+        # the interpreter flushes stdout again at exit: point it at /dev/null first
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":

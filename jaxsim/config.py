@@ -412,17 +412,39 @@ def apply_sets(cfg: dict, assignments: Sequence[str]) -> dict:
     return cfg
 
 
+class _DuplicateKey(yaml.YAMLError):
+    def __init__(self, key, mark):
+        super().__init__(f"key {key!r} given twice")
+        self.key, self.problem_mark = key, mark
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (plain YAML
+    keeps the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise _DuplicateKey(key, key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_yaml(path: str, error: type[Exception] = ConfigError) -> Any:
-    """Parse a YAML file; a missing file or bad YAML raises ``error`` naming the path
-    (and the line)."""
+    """Parse a YAML file; a missing file, bad YAML or a key given twice in one mapping
+    raises ``error`` naming the path (and the line)."""
     try:
         with open(path) as f:
-            return yaml.safe_load(f)
+            return yaml.load(f, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader
     except FileNotFoundError:
         raise error(f"{path}: no such file") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""
+        if isinstance(e, _DuplicateKey):
+            raise error(f"{path}{where}: key {e.key!r} given twice") from None
         raise error(f"{path}: not valid YAML{where}") from None
 
 

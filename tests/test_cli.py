@@ -122,6 +122,7 @@ def test_cli__bad_set_is_one_line_exit_2(capsys, sets, msg):
     ("workload: 5\n", "workload: 5 must be a mapping"),
     ("- a\n- b\n", "the top level must be a mapping"),
     ("a: [1, 2\n", "not valid YAML"),
+    ("tp: 1\nworkload:\n  rate: 2\n  rate: 3\n", "cfg.yaml (line 4): key 'rate' given twice"),
     ("workload:\n  kind: trace\n  path: bad.csv\n  format: csv\n", "bad.csv"),
 ])
 def test_cli__bad_yaml_is_one_line_exit_2(capsys, tmp_path, content, msg):
