@@ -114,9 +114,10 @@ def run(
     """Prepare and simulate in one call.
 
     Without ``trace``, each configuration's ``workload`` section (the defaults where it
-    has none) builds its trace, as ``jaxsim simulate`` does; with one, no configuration
-    may have a ``workload`` section. ``max_iterations`` (default: each configuration's
-    own ``max_iterations``, the generous default where that is null) bounds every lane.
+    has none) builds its trace, as ``jaxsim simulate`` does; a given ``trace`` is used
+    instead, and the sections are not read. ``max_iterations`` (default: each
+    configuration's own ``max_iterations``, the generous default where that is null)
+    bounds every lane.
     """
     if isinstance(configs, Mapping):
         configs = [configs]
@@ -130,13 +131,6 @@ def run(
                 built[key] = config_mod.build_trace(c)
             traces.append(built[key])
         trace = traces[0] if len(built) == 1 else traces
-    else:
-        with_wl = [i for i, c in enumerate(configs) if "workload" in c]
-        if with_wl:
-            raise config_mod.ConfigError(
-                f"configs[{with_wl[0]}].workload: given together with a trace, which it "
-                "would not change; drop the trace argument to build traces from the "
-                "configurations' workload sections, or drop the section")
     p = prepare(configs, trace, max_slots=max_slots, chunk_iterations=chunk_iterations)
     if max_iterations is None and any(c["max_iterations"] is not None for c in p.configs):
         max_iterations = [c["max_iterations"] for c in p.configs]

@@ -86,19 +86,19 @@ def _pad_lanes(tree, pad: int):
         tree)
 
 
-def iteration_limits(max_iterations, workload: Workload, num_lanes: int) -> np.ndarray:
+def iteration_limits(max_iterations, workload: Workload, lanes: int) -> np.ndarray:
     """Per-lane iteration budgets (int32 ``[B]``) from ``None`` (the default budget for
     every lane), one int, or one value per lane (``None`` entries: the default)."""
     if max_iterations is None:
-        return np.full(num_lanes, default_iteration_budget(workload), np.int32)
+        return np.full(lanes, default_iteration_budget(workload), np.int32)
     vals = np.asarray(max_iterations, dtype=object)
     if vals.ndim == 0:
-        vals = np.full(num_lanes, max_iterations, dtype=object)
-    if vals.shape != (num_lanes,):
-        raise ValueError(f"max_iterations: {vals.size} values for {num_lanes} lanes; give "
+        vals = np.full(lanes, max_iterations, dtype=object)
+    if vals.shape != (lanes,):
+        raise ValueError(f"max_iterations: {vals.size} values for {lanes} lanes; give "
                          "one int, or one per lane")
     default = None
-    out = np.empty(num_lanes, np.int64)
+    out = np.empty(lanes, np.int64)
     for i, v in enumerate(vals.tolist()):
         if v is None:
             default = default_iteration_budget(workload) if default is None else default
@@ -183,6 +183,8 @@ def _run_chunk_batch(shape, params, workload, state, wl_batched: bool):
 
 @functools.partial(jax.jit, static_argnames=("shape", "wl_batched"))
 def _init_batch(shape, params, workload, iter_limit, wl_batched: bool):
+    """Initial states of a lane batch; ``iter_limit`` is one budget or one per lane."""
+    iter_limit = jnp.broadcast_to(iter_limit, (num_lanes(params),))
     return jax.vmap(
         functools.partial(init_state, shape), in_axes=(0, 0 if wl_batched else None, 0)
     )(params, workload, iter_limit)

@@ -68,6 +68,39 @@ def cmd_sweep(args) -> int:
 # ---- best ----------------------------------------------------------------------------
 
 
+def _check_results_dir(out_dir: str) -> str | None:
+    """Why ``out_dir`` is not a results folder of ``jaxsim sweep`` (None when it is)."""
+    if not os.path.isdir(out_dir):
+        what = "a file, not a folder" if os.path.exists(out_dir) else "no such folder"
+        return f"{out_dir}: {what}; give the results folder of jaxsim sweep (--out)"
+    path = os.path.join(out_dir, "sweep.json")
+    if not os.path.isfile(path):
+        return (f"{out_dir}: not a results folder of jaxsim sweep (no sweep.json); give the "
+                "folder passed to jaxsim sweep --out")
+    try:
+        with open(path) as f:
+            spec = json.load(f)["space"]
+        if not (isinstance(spec["base"], dict) and isinstance(spec["axes"], dict)):
+            raise TypeError(spec)
+    except (OSError, ValueError, KeyError, TypeError):
+        return (f"{path}: unreadable (not the manifest jaxsim sweep writes); run the sweep "
+                "again into a new folder")
+    return None
+
+
+def _sweep_gpus(out_dir: str, df) -> list[str]:
+    """GPUs of a sweep: those in its results and the values of a ``gpu`` axis (so a
+    partial sweep can be priced for GPUs of chunks not yet run)."""
+    gpus = {str(g) for g in df["gpu"]} if "gpu" in df.columns else set()
+    try:
+        with open(os.path.join(out_dir, "sweep.json")) as f:
+            axis = json.load(f)["space"]["axes"].get("gpu") or {}
+        gpus |= {str(g) for g in axis.get("values", [])}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        pass
+    return sorted(gpus)
+
+
 def _settings(out_dir: str) -> dict:
     path = os.path.join(out_dir, "sweep.json")
     try:
@@ -77,7 +110,9 @@ def _settings(out_dir: str) -> dict:
         return {}
 
 
-def _prices(args, settings) -> dict:
+def _prices(args, settings, gpus) -> dict:
+    """Prices from the space file's objectives, overridden by ``--price`` (whose GPUs must
+    be among ``gpus``, the GPUs of the sweep)."""
     prices = {k: settings[k] for k in ("gpu_hour_usd", "mem_gb_hour_usd") if k in settings}
     for item in args.price or []:
         if "=" not in item:
@@ -87,10 +122,17 @@ def _prices(args, settings) -> dict:
             val = float(v)
         except ValueError:
             raise ValueError(f"--price {item!r}: {v!r} is not a number") from None
+        if not (math.isfinite(val) and val >= 0):
+            raise ValueError(f"--price {item!r}: {v} must be a finite number >= 0")
+        if k != "mem" and k not in gpus:
+            raise ValueError(f"--price {item!r}: {k!r} is not a GPU of this sweep; its GPUs: "
+                             f"{', '.join(gpus)} (or mem=USD_PER_GB_HOUR)")
         if k == "mem":
             prices["mem_gb_hour_usd"] = val
         else:
-            g = dict(prices.get("gpu_hour_usd") or {})
+            g = prices.get("gpu_hour_usd") or {}
+            # one price for every GPU (a number in the space file): per GPU from here on
+            g = dict(g) if isinstance(g, dict) else {x: g for x in gpus}
             g[k] = val
             prices["gpu_hour_usd"] = g
     return prices
@@ -119,11 +161,14 @@ def cmd_best(args) -> int:
     from search import objectives as ob
     from search import runner
 
+    bad = _check_results_dir(args.dir)
+    if bad:
+        return _fail(bad)
     settings = _settings(args.dir)
     try:
         df = runner.load_results(args.dir)
         slo = ob.parse_slo(args.slo) if args.slo else ob.parse_slo(settings.get("slo"))
-        prices = _prices(args, settings)
+        prices = _prices(args, settings, _sweep_gpus(args.dir, df))
         objective = args.objective or ("cost_per_mtok" if prices.get("gpu_hour_usd")
                                        else "throughput_per_gpu")
         table = {c: df[c].to_numpy() for c in df.columns}
@@ -216,6 +261,25 @@ def _fmt(v) -> str:
 
 # ---- pareto --------------------------------------------------------------------------
 
+#: ``--plot`` suffixes (no suffix: PNG, as :func:`search.pareto.plot_pareto` does).
+PLOT_FORMATS = ("png", "pdf", "svg", "jpg", "jpeg")
+
+
+def _check_out_file(flag: str, path: str, formats=None) -> str | None:
+    """Why ``path`` cannot be written as the output of ``flag`` (None when it can)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        return f"{flag} {path!r}: folder {folder!r} does not exist"
+    if os.path.isdir(path):
+        return f"{flag} {path!r}: is a folder; give a file name"
+    if not os.access(folder, os.W_OK):
+        return f"{flag} {path!r}: folder {folder!r} is not writable"
+    fmt = os.path.splitext(path)[1].lstrip(".").lower()
+    if formats is not None and fmt and fmt not in formats:
+        return (f"{flag} {path!r}: suffix {'.' + fmt!r} is not a format it can write; "
+                f"allowed: {', '.join('.' + f for f in formats)}")
+    return None
+
 
 def add_pareto_arguments(p) -> None:
     p.add_argument("dir", help="results folder of jaxsim sweep")
@@ -233,14 +297,24 @@ def cmd_pareto(args) -> int:
     from search import objectives as ob
     from search import pareto, runner
 
-    settings = _settings(args.dir)
     names = [s.strip() for s in args.objectives.split(",") if s.strip()]
     if not 2 <= len(names) <= 4:
         return _fail(f"--objectives {args.objectives!r}: give 2 to 4 objectives")
+    if args.plot and len(names) != 2:
+        return _fail(f"--plot {args.plot!r}: needs exactly 2 objectives, not {len(names)}")
+    # output paths are checked before any work, so a bad one costs nothing
+    for flag, path, formats in (("--csv", args.csv, None), ("--plot", args.plot, PLOT_FORMATS)):
+        bad = path and _check_out_file(flag, path, formats)
+        if bad:
+            return _fail(bad)
+    bad = _check_results_dir(args.dir)
+    if bad:
+        return _fail(bad)
+    settings = _settings(args.dir)
     try:
         df = runner.load_results(args.dir)
         slo = ob.parse_slo(args.slo) if args.slo else ob.parse_slo(settings.get("slo"))
-        prices = _prices(args, settings)
+        prices = _prices(args, settings, _sweep_gpus(args.dir, df))
         table = {c: df[c].to_numpy() for c in df.columns}
         c = ob.costs(table, names, slo, prices)
     except (runner.SweepError, ob.ObjectiveError, ValueError) as e:
@@ -266,12 +340,17 @@ def cmd_pareto(args) -> int:
                   for n in names)]
         print("  " + "  ".join(f"{_fmt(v):>14}" for v in vals))
     if args.csv:
-        tmp = args.csv + ".tmp"
-        shown.to_csv(tmp, index=False)
-        os.replace(tmp, args.csv)
+        from jaxsim.fileio import atomic_open
+
+        try:
+            with atomic_open(args.csv, "w", newline="") as fh:
+                shown.to_csv(fh, index=False)
+        except OSError as e:
+            return _fail(f"--csv {args.csv!r}: cannot write: {e.strerror or e}")
     if args.plot:
-        if len(names) != 2:
-            return _fail("--plot: needs exactly 2 objectives")
-        pareto.plot_pareto(c, front_idx=front, labels=tuple(names), path=args.plot)
+        try:
+            pareto.plot_pareto(c, front_idx=front, labels=tuple(names), path=args.plot)
+        except OSError as e:
+            return _fail(f"--plot {args.plot!r}: cannot write: {e.strerror or e}")
         print(f"wrote {args.plot}")
     return 0

@@ -42,6 +42,14 @@ def _col(table: Mapping, name: str) -> np.ndarray:
     return np.asarray(table[name])
 
 
+def _price(field: str, v) -> float:
+    """A price: a finite number >= 0 (a negative one would turn the ranking around)."""
+    if isinstance(v, bool) or not isinstance(v, int | float | np.number) or not (
+            np.isfinite(v) and v >= 0):
+        raise ObjectiveError(f"{field}: {v!r} must be a finite number >= 0")
+    return float(v)
+
+
 def derived(table: Mapping, name: str, prices: Mapping | None = None) -> np.ndarray:
     """Value of objective ``name`` per row (not yet signed as a cost)."""
     prices = prices or {}
@@ -62,14 +70,15 @@ def derived(table: Mapping, name: str, prices: Mapping | None = None) -> np.ndar
             if missing:
                 raise ObjectiveError(f"gpu_hour_usd: no price for {', '.join(missing)}; "
                                      f"given: {', '.join(sorted(gpu_prices))}")
-            price = np.array([float(gpu_prices[g]) for g in gpus])
+            used = {str(g): _price(f"gpu_hour_usd.{g}", gpu_prices[g]) for g in set(gpus)}
+            price = np.array([used[str(g)] for g in gpus])
         else:
-            price = np.full(len(gpus), float(gpu_prices))
+            price = np.full(len(gpus), _price("gpu_hour_usd", gpu_prices))
         usd_per_s = _col(table, "tp") * price / 3600.0
         mem_price = prices.get("mem_gb_hour_usd")
         if mem_price is not None and "host_memory_gb" in table:
-            usd_per_s = usd_per_s + np.asarray(table["host_memory_gb"]) * float(
-                mem_price) / 3600.0
+            usd_per_s = usd_per_s + np.asarray(table["host_memory_gb"]) * _price(
+                "mem_gb_hour_usd", mem_price) / 3600.0
         tps = _col(table, "output_tps").astype(np.float64)
         with np.errstate(divide="ignore", invalid="ignore"):
             return np.where(tps > 0, usd_per_s / tps * 1e6, np.inf)
@@ -77,30 +86,37 @@ def derived(table: Mapping, name: str, prices: Mapping | None = None) -> np.ndar
 
 
 def parse_slo(items: Sequence[str] | Mapping | None) -> dict[str, float]:
-    """``["ttft_p99_s<=1", "min_slo_attainment=0.99"]`` or a mapping -> {name: bound}."""
+    """``["ttft_p99_s<=1", "slo_attainment>=0.99"]`` (the operators are ``<=`` and ``>=``)
+    or a mapping (``{"ttft_p99_s": 1, "min_slo_attainment": 0.99}``) -> {name: bound}.
+
+    Bounds are numbers, not NaN (a NaN bound would make every lane miss the SLO)."""
     if items is None:
         return {}
     if isinstance(items, Mapping):
         out = {}
         for k, v in items.items():
-            if isinstance(v, bool) or not isinstance(v, int | float):
-                raise ObjectiveError(f"slo.{k}: {v!r} must be a number")
+            if isinstance(v, bool) or not isinstance(v, int | float) or np.isnan(v):
+                raise ObjectiveError(f"slo.{k}: {v!r} must be a number (not NaN)")
             out[str(k)] = float(v)
         return out
     out = {}
     for it in items:
         s = it.replace(" ", "")
-        for sep in ("<=", ">=", "="):
+        for sep in ("<=", ">="):
             if sep in s:
                 k, v = s.split(sep, 1)
                 break
         else:
+            k = v = ""
+        if not k or "=" in k or "<" in k or ">" in k:
             raise ObjectiveError(f"--slo {it!r}: expected METRIC<=VALUE (e.g. ttft_p99_s<=1.0) "
-                                 "or METRIC>=VALUE")
+                                 "or METRIC>=VALUE; the operators are <= and >=")
         try:
             val = float(v)
         except ValueError:
             raise ObjectiveError(f"--slo {it!r}: {v!r} is not a number") from None
+        if np.isnan(val):
+            raise ObjectiveError(f"--slo {it!r}: {v!r} is not a bound; give a number (not NaN)")
         out[f"min_{k}" if sep == ">=" else k] = val
     return out
 

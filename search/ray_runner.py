@@ -73,11 +73,12 @@ def run_sweep(space: DesignSpace, out_dir: str, address: str = "local", resume: 
         raise runner.SweepError("--ray: Ray is not installed; pip install 'jaxsim[ray]'") \
             from None
     t0 = time.perf_counter()
+    runner.check_sweep_args(out_dir, max_chunks)
     plan = runner.make_plan(space, chunk_size=chunk_size, slots=slots,
                             chunk_iterations=chunk_iterations)
-    os.makedirs(out_dir, exist_ok=True)
+    runner.make_out_dir(out_dir)
     runner._check_manifest(out_dir, runner._manifest(space, plan), resume)
-    done = runner.finished_chunks(out_dir)
+    done = runner.resumable_chunks(out_dir, plan)
     todo = [c for c in range(plan.num_chunks) if c not in done]
     if max_chunks is not None:
         todo = todo[:max_chunks]

@@ -122,8 +122,8 @@ def bytes_per_lane(shape: SimShape, per_lane_workload: bool) -> int:
     cfg = cm.validate({})
     params, _ = cm.params_from_columns(cm.columns_from_configs([cfg]), 1024)
     wl = to_workload(Trace([0.0], [1], [1]), shape.max_requests)
-    st = jax.eval_shape(lambda p, w: sim_mod._init_batch(shape, p, w, jnp.int32(1), False),
-                        params, wl)
+    st = jax.eval_shape(lambda p, w: sim_mod._init_batch(shape, p, w, jnp.ones(1, jnp.int32),
+                                                         False), params, wl)
     n = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(st))
     n += sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(params))
     if per_lane_workload:
@@ -312,6 +312,10 @@ def simulate_chunk(plan: Plan, batch: Batch, max_iterations: int | None = None) 
                      chunk_iterations=plan.chunk_iterations, macro_iterations=DEFAULT_MACRO)
     params = _shard(batch.params, plan)
     wl = _shard(batch.workload, plan) if plan.per_lane_workload else batch.workload
+    if max_iterations is None and any(c["max_iterations"] is not None for c in batch.cfgs):
+        # the configurations' own budgets (the padding lanes copy the last one)
+        own = [c["max_iterations"] for c in batch.cfgs]
+        max_iterations = own + own[-1:] * (plan.chunk_size - len(own))
     res = sim_mod.simulate_batch(shape, params, wl, max_iterations=max_iterations,
                                  auto_slots=False)
     metrics = {k: np.array(v) for k, v in res.metrics.items()}
@@ -330,8 +334,10 @@ def simulate_chunk(plan: Plan, batch: Batch, max_iterations: int | None = None) 
                         plan)
             sw = (_shard(jax.tree.map(lambda x, pad=pad: np.asarray(x)[pad], batch.workload),
                          plan) if plan.per_lane_workload else batch.workload)
-            sub = sim_mod.simulate_batch(sub_shape, sp, sw, max_iterations=max_iterations,
-                                         auto_slots=False)
+            sub = sim_mod.simulate_batch(
+                sub_shape, sp, sw, auto_slots=False,
+                max_iterations=(max_iterations if np.ndim(max_iterations) == 0
+                                else [max_iterations[i] for i in pad]))
             for k in metrics:
                 metrics[k][sel] = np.asarray(sub.metrics[k])[:sel.size]
             slots_used[sel] = s_next
@@ -406,6 +412,37 @@ def finished_chunks(out_dir: str) -> set[int]:
     return done
 
 
+def unreadable_chunks(out_dir: str, plan: Plan, chunks) -> dict[int, str]:
+    """Of the finished ``chunks``, those whose file is not a whole chunk of ``plan``:
+    chunk number -> why. Reads only each file's Parquet footer (cheap); a file written by
+    :func:`write_chunk` always passes, so this catches files damaged afterwards."""
+    import pyarrow.parquet as pq
+
+    bad = {}
+    for c in sorted(chunks):
+        if c >= plan.num_chunks:
+            continue
+        try:
+            rows = pq.read_metadata(os.path.join(out_dir, CHUNK_FMT.format(c))).num_rows
+        except (OSError, ValueError) as e:  # pyarrow.ArrowInvalid is a ValueError
+            bad[c] = str(e)
+            continue
+        if rows != len(chunk_ids(plan, c)):
+            bad[c] = f"{rows} rows, not {len(chunk_ids(plan, c))}"
+    return bad
+
+
+def resumable_chunks(out_dir: str, plan: Plan) -> set[int]:
+    """The finished chunks a resume keeps: damaged chunk files are run again (a note on
+    stderr names each one)."""
+    done = finished_chunks(out_dir)
+    for c, why in unreadable_chunks(out_dir, plan, done).items():
+        print(f"[sweep] {os.path.join(out_dir, CHUNK_FMT.format(c))}: unreadable ({why}); "
+              "running this chunk again", file=sys.stderr, flush=True)
+        done.discard(c)
+    return done
+
+
 def load_results(out_dir: str):
     """Every finished chunk of a sweep as one pandas DataFrame, sorted by config_id."""
     import pandas as pd
@@ -415,7 +452,14 @@ def load_results(out_dir: str):
                    for c in finished_chunks(out_dir))
     if not files:
         raise SweepError(f"{out_dir}: no finished chunks (chunk-*.parquet)")
-    df = pd.concat([pq.read_table(f).to_pandas() for f in files], ignore_index=True)
+    parts = []
+    for f in files:
+        try:
+            parts.append(pq.read_table(f).to_pandas())
+        except (OSError, ValueError) as e:  # pyarrow.ArrowInvalid is a ValueError
+            raise SweepError(f"{f}: unreadable chunk ({e}); run the sweep again with "
+                             "--resume to redo it") from None
+    df = pd.concat(parts, ignore_index=True)
     return df.sort_values("config_id", kind="stable").reset_index(drop=True)
 
 
@@ -431,8 +475,14 @@ def _manifest(space: DesignSpace, plan: Plan) -> dict:
 def _check_manifest(out_dir: str, man: dict, resume: bool) -> None:
     path = os.path.join(out_dir, MANIFEST)
     if os.path.exists(path):
-        with open(path) as f:
-            old = json.load(f)
+        try:
+            with open(path) as f:
+                old = json.load(f)
+            if not isinstance(old, dict):
+                raise ValueError(old)
+        except (OSError, ValueError):
+            raise SweepError(f"{path}: unreadable (not the manifest of a sweep); use another "
+                             "--out") from None
         if old.get("digest") != man["digest"]:
             raise SweepError(f"{path}: this folder holds a different sweep (space digest "
                              f"{str(old.get('digest'))[:12]}, not {man['digest'][:12]}); use "
@@ -474,11 +524,16 @@ class Progress:
         left = self.total - self.done
         eta = left / rate if rate > 0 else math.inf
         line = (f"[sweep] chunk {chunk + 1}/{num_chunks}  {self.done:,}/{self.total:,} "
-                f"configs  {rate:,.0f} configs/s  ETA {_fmt_s(eta)}")
+                f"configs  {_fmt_rate(rate)} configs/s  ETA {_fmt_s(eta)}")
         if self.enabled:
             end = "\r" if self.tty and left > 0 else "\n"
             print(line, end=end, file=self.stream, flush=True)
         return line
+
+
+def _fmt_rate(r: float) -> str:
+    """Three significant digits below 100/s (0.0523, 1.43, 12.3), whole numbers above."""
+    return f"{r:,.0f}" if r >= 99.95 else f"{r:.3g}"
 
 
 def _fmt_s(s: float) -> str:
@@ -525,6 +580,26 @@ def run_chunk(space: DesignSpace, plan: Plan, c: int, out_dir: str,
     return len(batch.ids), sim_s
 
 
+def check_sweep_args(out_dir: str, max_chunks: int | None) -> None:
+    """Refuse, before any work, an output path that is a file and a bad ``max_chunks``."""
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise SweepError(f"{out_dir}: is a file, not a folder; give a new folder, or the "
+                         "results folder of this sweep")
+    if max_chunks is not None and (isinstance(max_chunks, bool) or not isinstance(
+            max_chunks, int) or max_chunks < 1):
+        raise SweepError(f"max_chunks: {max_chunks!r} must be an integer >= 1 (or None for "
+                         "all)")
+
+
+def make_out_dir(out_dir: str) -> None:
+    """Create the results folder (and its parents)."""
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+    except OSError as e:
+        raise SweepError(f"{out_dir}: cannot create the results folder: "
+                         f"{e.strerror or e}") from None
+
+
 def run_sweep(space: DesignSpace, out_dir: str, resume: bool = False,
               chunk_size: int | None = None, slots: int | None = None,
               chunk_iterations: int = 256, progress: bool = True,
@@ -541,15 +616,17 @@ def run_sweep(space: DesignSpace, out_dir: str, resume: bool = False,
         chunk_iterations: iterations per compiled scan.
         progress: print a progress line per chunk on stderr.
         max_chunks: stop after this many chunks (for tests and partial runs).
-        max_iterations: per-lane iteration budget (default: generous).
+        max_iterations: iteration budget of every lane (default: each configuration's
+            own `max_iterations`, generous where that is null).
         on_chunk: called with the chunk number after each chunk is written.
     """
     t0 = time.perf_counter()
+    check_sweep_args(out_dir, max_chunks)
     plan = make_plan(space, chunk_size=chunk_size, slots=slots,
                      chunk_iterations=chunk_iterations)
-    os.makedirs(out_dir, exist_ok=True)
+    make_out_dir(out_dir)
     _check_manifest(out_dir, _manifest(space, plan), resume)
-    done = finished_chunks(out_dir)
+    done = resumable_chunks(out_dir, plan)
     todo = [c for c in range(plan.num_chunks) if c not in done]
     if max_chunks is not None:
         todo = todo[:max_chunks]

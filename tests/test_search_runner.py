@@ -43,7 +43,7 @@ def test_rows_exact_and_match_direct_simulation(full_run):
     # feasible points equal a direct simulation of the same configuration
     for i in np.flatnonzero(ok)[:2]:
         c = cfgs[i]
-        direct = api.run(c, __import__("jaxsim").config.build_trace(c)).lane(0)
+        direct = api.run(c).lane(0)  # the trace built from c's own workload section
         for k in ("ttft_p99_s", "tpot_p50_s", "throughput_rps", "preemptions"):
             assert df[k][i] == pytest.approx(direct[k], rel=1e-6), (i, k)
 
@@ -86,6 +86,73 @@ def test_one_compile_per_bucket(full_run, tmp_path):
     assert res.compiles == 0 and runner.compile_count() == before
 
 
+def test_resume_reruns_damaged_chunks(full_run, tmp_path, capsys):
+    """A chunk file that cannot be read (or is short) is not counted as done: a resume
+    runs it again, and load_results names it instead of failing with a traceback."""
+    import shutil
+
+    sp, src, _, df = full_run
+    out = str(tmp_path / "damaged")
+    shutil.copytree(src, out)
+    with open(os.path.join(out, runner.CHUNK_FMT.format(1)), "w") as f:
+        f.write("not parquet")
+    with open(os.path.join(src, runner.CHUNK_FMT.format(3)), "rb") as f:
+        head = f.read(200)
+    with open(os.path.join(out, runner.CHUNK_FMT.format(3)), "wb") as f:
+        f.write(head)  # truncated: no footer
+    with pytest.raises(runner.SweepError, match=r"chunk-000001\.parquet: unreadable"):
+        runner.load_results(out)
+    res = runner.run_sweep(sp, out, chunk_size=4, progress=False, resume=True)
+    assert res.chunks_run == [1, 3] and res.chunks_skipped == [0, 2, 4]
+    err = capsys.readouterr().err
+    assert "chunk-000001.parquet: unreadable" in err and "chunk-000003.parquet" in err
+    df2 = runner.load_results(out)
+    num = df.select_dtypes("number").columns
+    np.testing.assert_array_equal(df2[num].to_numpy(), df[num].to_numpy())
+
+
+def test_bad_out_and_max_chunks_refused_before_work(tmp_path):
+    sp = space.load(TINY)
+    f = tmp_path / "afile"
+    f.write_text("keep")
+    with pytest.raises(runner.SweepError, match="is a file, not a folder"):
+        runner.run_sweep(sp, str(f), chunk_size=4, progress=False)
+    assert f.read_text() == "keep"
+    for bad in (0, -1):
+        with pytest.raises(runner.SweepError, match=f"max_chunks: {bad} must be an integer "
+                                                    ">= 1"):
+            runner.run_sweep(sp, str(tmp_path / "o"), chunk_size=4, max_chunks=bad,
+                             progress=False)
+    assert not os.path.exists(tmp_path / "o")
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / runner.MANIFEST).write_text("{not json")
+    with pytest.raises(runner.SweepError, match="sweep.json: unreadable"):
+        runner.run_sweep(sp, str(tmp_path / "m"), chunk_size=4, progress=False)
+
+
+def test_default_chunk_size_from_memory_per_lane():
+    """Without --chunk-size, B comes from the memory one lane holds (no simulation)."""
+    import jax
+
+    plan = runner.make_plan(space.load(TINY))
+    n_dev = len(jax.local_devices())
+    assert plan.chunk_size % n_dev == 0 and n_dev <= plan.chunk_size <= -(-18 // n_dev) * n_dev
+    from jaxsim.shapes import SimShape
+
+    assert runner.bytes_per_lane(SimShape(max_requests=24, max_slots=8), False) > 0
+
+
+def test_progress_rate_has_significant_digits():
+    import io
+
+    bar = runner.Progress(100, 0, stream=io.StringIO())
+    bar.t0 -= 40.0  # one configuration in ~40 s
+    assert " 0.025 configs/s" in bar.update(1, 0, 100)
+    bar = runner.Progress(10**6, 0, stream=io.StringIO())
+    bar.t0 -= 1.0
+    assert " 12,3" in bar.update(12_345, 0, 100)
+
+
 @pytest.mark.slow  # long (25-40 s on 2 cores): runs in CI's slow step
 def test_overflow_rerun_is_exact(tmp_path):
     """Lanes outgrowing the slot table re-run with a larger one in fixed-size batches."""
@@ -100,7 +167,7 @@ def test_overflow_rerun_is_exact(tmp_path):
     assert list(df["slots"]) == [8, 16]
     assert res.plan.slot_ladder() == [8, 16]
     cfg = sp.configs(sp.sample(np.array([1])))[0]
-    direct = api.run(cfg, __import__("jaxsim").config.build_trace(cfg), max_slots=16).lane(0)
+    direct = api.run(cfg, max_slots=16).lane(0)
     assert (df["status"] == 0).all()
     assert df["ttft_p99_s"][1] == pytest.approx(direct["ttft_p99_s"], rel=1e-6)
     assert df["e2e_mean_s"][1] == pytest.approx(direct["e2e_mean_s"], rel=1e-6)
@@ -154,3 +221,23 @@ def test_kill_dash_9_then_resume(full_run, tmp_path):
     assert len(df2) == 18 and df2["config_id"].is_unique
     np.testing.assert_allclose(df2["ttft_p99_s"].to_numpy(), df["ttft_p99_s"].to_numpy(),
                                rtol=1e-6)
+
+
+def test_configurations_max_iterations_bounds_their_lanes(tmp_path):
+    """A space's ``max_iterations`` (here on an axis) bounds each lane as ``api.run`` and
+    ``jaxsim simulate`` do; ``run_sweep(max_iterations=...)`` overrides it for all."""
+    import yaml
+
+    with open(TINY) as f:
+        d = yaml.safe_load(f)
+    d["axes"] = {"max_iterations": [10, 100000], "max_num_seqs": [4]}
+    d.pop("constraints")
+    sp = space.from_dict(d, source="test")
+    df = runner.load_results(runner.run_sweep(sp, str(tmp_path / "a"), chunk_size=2,
+                                              progress=False).out_dir)
+    assert list(df["max_iterations"]) == [10, 100000]
+    assert list(df["status_str"]) == ["truncated", "ok"]
+    assert df["iterations"][0] == 10 and df["iterations"][1] > 10
+    df = runner.load_results(runner.run_sweep(sp, str(tmp_path / "b"), chunk_size=2,
+                                              progress=False, max_iterations=12).out_dir)
+    assert list(df["iterations"]) == [12, 12]

@@ -309,12 +309,11 @@ def test_step__max_iterations_per_lane_from_the_configurations():
         simulate_batch(prep.shape, prep.params, prep.workload, max_iterations=[7, 8, 9])
 
 
-def test_api_run__builds_traces_from_workload_sections_and_refuses_both():
-    from jaxsim import api, config
+def test_api_run__builds_traces_from_workload_sections_unless_given_one():
+    from jaxsim import api
 
-    res = api.run([{"workload": {"num_requests": 12, "rate": 4.0}},
-                   {"workload": {"num_requests": 20, "rate": 4.0}}])
-    assert list(res.metrics["completed"]) == [12, 20]
-    with pytest.raises(config.ConfigError, match=r"configs\[1\]\.workload: given together "
-                                                 "with a trace"):
-        api.run([{}, {"workload": {"num_requests": 5}}], Trace([0.0], [8], [4]))
+    cfgs = [{"workload": {"num_requests": 12, "rate": 4.0}},
+            {"workload": {"num_requests": 20, "rate": 4.0}}]
+    assert list(api.run(cfgs).metrics["completed"]) == [12, 20]
+    tr = Trace([0.0, 0.1, 0.2], [8, 8, 8], [4, 4, 4])
+    assert list(api.run(cfgs, tr).metrics["completed"]) == [3, 3]

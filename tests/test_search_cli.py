@@ -1,0 +1,145 @@
+"""``jaxsim sweep | best | pareto`` on bad input: one error line, exit status 2, no output
+written, nothing half done."""
+
+from __future__ import annotations
+
+import json
+import os
+import types
+
+import numpy as np
+import pytest
+
+from search import cli as search_cli
+from search import objectives
+
+HERE = os.path.dirname(__file__)
+TINY = os.path.join(HERE, "data", "tiny_space.yaml")
+OBJ = "ttft_p99_s,cost_per_mtok"
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    from jaxsim import cli
+
+    out = str(tmp_path_factory.mktemp("cli") / "sw")
+    assert cli.main(["sweep", TINY, "--out", out, "--chunk-size", "6", "--quiet"]) == 0
+    return out
+
+
+def _error(capsys, *argv) -> str:
+    """Run the command; it must fail with one error line and print nothing else."""
+    from jaxsim import cli
+
+    assert cli.main(list(argv)) == 2
+    cap = capsys.readouterr()
+    err = cap.err.strip()
+    assert cap.out == "" and err.startswith("jaxsim: error: ") and "\n" not in err, cap
+    return err
+
+
+def test_sweep_out_is_a_file_or_bad_max_chunks(tmp_path, capsys):
+    f = tmp_path / "afile"
+    f.write_text("keep")
+    err = _error(capsys, "sweep", TINY, "--out", str(f), "--chunk-size", "6")
+    assert "is a file, not a folder" in err and f.read_text() == "keep"
+    out = str(tmp_path / "o")
+    for bad in ("-1", "0"):
+        err = _error(capsys, "sweep", TINY, "--out", out, "--max-chunks", bad)
+        assert f"max_chunks: {bad} must be an integer >= 1" in err
+    err = _error(capsys, "sweep", TINY, "--out", out, "--chunk-size", "-2")
+    assert "chunk_size: -2 must be an integer >= 1" in err
+    assert not os.path.exists(out)
+
+
+def test_best_and_pareto_on_a_folder_that_is_not_a_sweep(results, tmp_path, capsys):
+    import shutil
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    chunks_only = tmp_path / "chunks_only"  # results without the manifest
+    shutil.copytree(results, chunks_only)
+    os.remove(chunks_only / "sweep.json")
+    broken = tmp_path / "broken"
+    shutil.copytree(results, broken)
+    (broken / "sweep.json").write_text("{")
+    for d in (empty, chunks_only):
+        for argv in (["best", str(d)], ["pareto", str(d), "--objectives", OBJ]):
+            err = _error(capsys, *argv)
+            assert f"{d}: not a results folder of jaxsim sweep (no sweep.json)" in err
+    assert "sweep.json: unreadable" in _error(capsys, "best", str(broken))
+    assert "no such folder" in _error(capsys, "best", str(tmp_path / "nope"))
+    (tmp_path / "f").write_text("")
+    assert "a file, not a folder" in _error(capsys, "pareto", str(tmp_path / "f"),
+                                            "--objectives", OBJ)
+
+
+def test_pareto_output_paths_checked_before_the_work(results, tmp_path, capsys):
+    missing = str(tmp_path / "no" / "dir")
+    err = _error(capsys, "pareto", results, "--objectives", OBJ, "--plot", missing + "/f.png")
+    assert f"--plot '{missing}/f.png': folder '{missing}' does not exist" in err
+    err = _error(capsys, "pareto", results, "--objectives", OBJ, "--csv", missing + "/f.csv")
+    assert f"--csv '{missing}/f.csv': folder '{missing}' does not exist" in err
+    err = _error(capsys, "pareto", results, "--objectives", OBJ, "--csv", str(tmp_path))
+    assert "is a folder; give a file name" in err
+    err = _error(capsys, "pareto", results, "--objectives", OBJ,
+                 "--plot", str(tmp_path / "f.txt"))
+    assert "suffix '.txt' is not a format it can write; allowed: .png" in err
+    # a CSV before a plot that cannot be drawn: neither is written
+    err = _error(capsys, "pareto", results, "--objectives", OBJ + ",tpot_p99_s",
+                 "--csv", str(tmp_path / "f.csv"), "--plot", str(tmp_path / "f.png"))
+    assert "needs exactly 2 objectives, not 3" in err
+    assert os.listdir(tmp_path) == []
+    from jaxsim import cli
+
+    assert cli.main(["pareto", results, "--objectives", OBJ, "--csv", str(tmp_path / "f.csv"),
+                     "--plot", str(tmp_path / "f.svg")]) == 0
+    assert sorted(os.listdir(tmp_path)) == ["f.csv", "f.svg"]  # no temporary files left
+    assert "config_id" in (tmp_path / "f.csv").read_text().splitlines()[0]
+
+
+def test_best_prices_and_slos_are_checked(results, capsys):
+    for price, msg in (("H100-SXM=-1", "-1 must be a finite number >= 0"),
+                       ("H100-SXM=nan", "nan must be a finite number >= 0"),
+                       ("H100-SXM=inf", "inf must be a finite number >= 0"),
+                       ("H100=3", "'H100' is not a GPU of this sweep; its GPUs: H100-SXM")):
+        for cmd in (["best", results], ["pareto", results, "--objectives", OBJ]):
+            assert msg in _error(capsys, *cmd, "--price", price)
+    err = _error(capsys, "best", results, "--slo", "ttft_p99_s<=nan")
+    assert "--slo 'ttft_p99_s<=nan'" in err and "not NaN" in err
+    err = _error(capsys, "best", results, "--slo", "ttft_p99_s=0.05")
+    assert "the operators are <= and >=" in err
+    from jaxsim import cli
+
+    assert cli.main(["best", results, "--json", "--price", "H100-SXM=0"]) == 0
+    assert json.loads(capsys.readouterr().out)["status"] == 0
+
+
+def test_parse_slo_and_prices_units():
+    assert objectives.parse_slo(["ttft_p99_s <= 1", "slo_attainment>=0.9"]) == {
+        "ttft_p99_s": 1.0, "min_slo_attainment": 0.9}
+    for bad in (["ttft_p99_s=1"], ["ttft_p99_s<=nan"], ["<=1"], ["a=b<=1"], ["x<1"]):
+        with pytest.raises(objectives.ObjectiveError, match="--slo"):
+            objectives.parse_slo(bad)
+    with pytest.raises(objectives.ObjectiveError, match="slo.ttft_p99_s: nan"):
+        objectives.parse_slo({"ttft_p99_s": float("nan")})
+    table = {"status": np.array([0, 0]), "tp": np.array([1, 2]),
+             "gpu": np.array(["A", "B"]), "output_tps": np.array([10.0, 10.0])}
+    for prices, field in (({"gpu_hour_usd": {"A": 1.0, "B": -2.0}}, "gpu_hour_usd.B: -2.0"),
+                          ({"gpu_hour_usd": float("inf")}, "gpu_hour_usd: inf")):
+        with pytest.raises(objectives.ObjectiveError, match=field):
+            objectives.derived(table, "cost_per_mtok", prices)
+    # --price on top of one price for every GPU (a number in the space file)
+    args = types.SimpleNamespace(price=["A=2"])
+    assert search_cli._prices(args, {"gpu_hour_usd": 3.0}, ["A", "B"]) == {
+        "gpu_hour_usd": {"A": 2.0, "B": 3.0}}
+
+
+def test_price_gpus_include_the_gpu_axis(tmp_path):
+    """A partial sweep may be priced for GPUs of its space whose chunks have not run."""
+    import pandas as pd
+
+    (tmp_path / "sweep.json").write_text(json.dumps({"space": {"base": {}, "axes": {
+        "gpu": {"kind": "choice", "values": ["H100-SXM", "A100-80GB"]}}}}))
+    df = pd.DataFrame({"gpu": ["H100-SXM"]})
+    assert search_cli._sweep_gpus(str(tmp_path), df) == ["A100-80GB", "H100-SXM"]
