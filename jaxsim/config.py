@@ -648,6 +648,7 @@ def params_from_columns(
          st_bits.INF_NO_KV_MEMORY)
     flag(blocks - wm_blocks < np.ceil(mml / bs), st_bits.INF_KV_TOO_SMALL)
     flag(workload_max_len > mml, st_bits.INF_REQUEST_TOO_LONG)
+    flag(mml > model_max, st_bits.INF_MML_OVER_CONTEXT)
     flag(~chunked & (budget < mml), st_bits.INF_BUDGET_TOO_SMALL)
     flag(budget < max_seqs, st_bits.INF_BUDGET_LT_SEQS)
     tp_i, nh_i, nkv_i = tp.astype(np.int64), nh.astype(np.int64), nkv.astype(np.int64)

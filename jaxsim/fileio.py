@@ -15,7 +15,16 @@ from typing import IO
 
 
 def _umask() -> int:
-    mask = os.umask(0)
+    """The process's umask, read without setting it where the OS allows (Linux), since
+    setting it, even back, races with other threads creating files."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
     os.umask(mask)
     return mask
 

@@ -92,8 +92,8 @@ def iteration_limits(max_iterations, workload: Workload, lanes: int) -> np.ndarr
     if max_iterations is None:
         return np.full(lanes, default_iteration_budget(workload), np.int32)
     vals = np.asarray(max_iterations, dtype=object)
-    if vals.ndim == 0:
-        vals = np.full(lanes, max_iterations, dtype=object)
+    if vals.ndim == 0:  # one budget: checked once (B may be a million lanes)
+        return np.full(lanes, iteration_limits([max_iterations], workload, 1)[0], np.int32)
     if vals.shape != (lanes,):
         raise ValueError(f"max_iterations: {vals.size} values for {lanes} lanes; give "
                          "one int, or one per lane")
@@ -105,8 +105,7 @@ def iteration_limits(max_iterations, workload: Workload, lanes: int) -> np.ndarr
             v = default
         if isinstance(v, bool) or not isinstance(v, int | np.integer) or not (
                 1 <= v <= 2**31 - 1):
-            where = "max_iterations" if np.ndim(max_iterations) == 0 else \
-                f"max_iterations[{i}]"
+            where = "max_iterations" if lanes == 1 else f"max_iterations[{i}]"
             raise ValueError(f"{where}={v!r} must be an int in 1..{2**31 - 1}")
         out[i] = v
     return out.astype(np.int32)

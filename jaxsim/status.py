@@ -25,6 +25,7 @@ INF_BUDGET_LT_SEQS = 1 << 12  #: max_num_batched_tokens < max_num_seqs
 INF_TP_SHAPE = 1 << 13  #: tp does not divide the heads / KV heads
 INF_DTYPE = 1 << 14  #: the GPU has no tensor cores for the requested dtype (e.g. FP8)
 INF_CONSTRAINT = 1 << 15  #: the point violates a constraint of its design space (search)
+INF_MML_OVER_CONTEXT = 1 << 16  #: max_model_len exceeds the model's context (vLLM refuses)
 
 #: Bits after which a lane does no further work.
 HALTED_MASK = INFEASIBLE | NONFINITE
@@ -43,6 +44,7 @@ _NAMES = {
     INF_TP_SHAPE: "tp_does_not_divide_heads",
     INF_DTYPE: "dtype_not_supported_by_gpu",
     INF_CONSTRAINT: "violates_space_constraint",
+    INF_MML_OVER_CONTEXT: "max_model_len_exceeds_model_context",
 }
 
 

@@ -133,6 +133,16 @@ def test_cli__bad_yaml_is_one_line_exit_2(capsys, tmp_path, content, msg):
     assert code == 2 and msg in err and err.count("\n") == 1, err
 
 
+def test_cli__max_model_len_beyond_the_models_context_is_infeasible(capsys):
+    code, out, err = run_cli(["simulate", "--json", "--set", "max_model_len=200000",
+                              *SMALL], capsys)
+    assert code == 0, err
+    assert "max_model_len_exceeds_model_context" in json.loads(out)["status"]
+    code, out, err = run_cli(["simulate", "--json", "--set", "max_model_len=131072",
+                              *SMALL], capsys)
+    assert "max_model_len_exceeds_model_context" not in json.loads(out)["status"]
+
+
 def test_cli__infeasible_config_reports_status(capsys):
     code, out, err = run_cli(["simulate", "--json", "--set", "dtype=fp8",
                               "--set", "gpu=A100-80GB", *SMALL], capsys)
