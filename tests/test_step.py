@@ -310,10 +310,14 @@ def test_step__max_iterations_per_lane_from_the_configurations():
 
 
 def test_api_run__builds_traces_from_workload_sections_unless_given_one():
-    from jaxsim import api
+    """(Two-request traces: the same compiled shape as the test above.)"""
+    from jaxsim import api, config
 
-    cfgs = [{"workload": {"num_requests": 12, "rate": 4.0}},
-            {"workload": {"num_requests": 20, "rate": 4.0}}]
-    assert list(api.run(cfgs).metrics["completed"]) == [12, 20]
-    tr = Trace([0.0, 0.1, 0.2], [8, 8, 8], [4, 4, 4])
-    assert list(api.run(cfgs, tr).metrics["completed"]) == [3, 3]
+    cfg = {"workload": {"num_requests": 2, "rate": 4.0, "prompt_tokens": 64}}
+    own = api.run([cfg, cfg])
+    v = config.validate(cfg)
+    direct = api.run([v, v], config.build_trace(v))
+    assert list(own.metrics["completed"]) == [2, 2]
+    assert own.metrics["ttft_mean_s"][0] == direct.metrics["ttft_mean_s"][0]
+    given = api.run([cfg, cfg], Trace([0.0, 0.01], [8, 8], [50, 50]))  # the trace wins
+    assert given.metrics["ttft_mean_s"][0] < own.metrics["ttft_mean_s"][0]
