@@ -9,6 +9,8 @@ import math
 import shlex
 import sys
 
+from jaxsim import fileio
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("data", nargs="+", metavar="DATA",
@@ -38,8 +40,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(\"on\": \"train\" where an operator has no held-out rows)")
 
 
-#: File suffixes ``--plot`` accepts (matplotlib's raster and vector formats).
-PLOT_FORMATS = ("png", "pdf", "svg", "jpg", "jpeg")
+#: File suffixes ``--plot`` accepts.
+PLOT_FORMATS = fileio.PLOT_FORMATS
 
 
 def _fail(msg: str) -> int:

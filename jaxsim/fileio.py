@@ -13,6 +13,10 @@ import tempfile
 from collections.abc import Iterator
 from typing import IO
 
+#: Figure file suffixes the plotting commands accept (matplotlib's raster and vector
+#: formats).
+PLOT_FORMATS = ("png", "pdf", "svg", "jpg", "jpeg")
+
 
 def _umask() -> int:
     """The process's umask, read without setting it where the OS allows (Linux), since

@@ -11,6 +11,8 @@ import math
 import os
 import sys
 
+from jaxsim import fileio
+
 EXIT_USAGE = 2
 
 
@@ -68,6 +70,16 @@ def cmd_sweep(args) -> int:
 # ---- best ----------------------------------------------------------------------------
 
 
+def _manifest(out_dir: str) -> dict | None:
+    """The parsed ``sweep.json`` of a results folder (None when unreadable)."""
+    try:
+        with open(os.path.join(out_dir, "sweep.json")) as f:
+            man = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return man if isinstance(man, dict) else None
+
+
 def _check_results_dir(out_dir: str) -> str | None:
     """Why ``out_dir`` is not a results folder of ``jaxsim sweep`` (None when it is)."""
     if not os.path.isdir(out_dir):
@@ -77,12 +89,9 @@ def _check_results_dir(out_dir: str) -> str | None:
     if not os.path.isfile(path):
         return (f"{out_dir}: not a results folder of jaxsim sweep (no sweep.json); give the "
                 "folder passed to jaxsim sweep --out")
-    try:
-        with open(path) as f:
-            spec = json.load(f)["space"]
-        if not (isinstance(spec["base"], dict) and isinstance(spec["axes"], dict)):
-            raise TypeError(spec)
-    except (OSError, ValueError, KeyError, TypeError):
+    spec = (_manifest(out_dir) or {}).get("space")
+    if not (isinstance(spec, dict) and isinstance(spec.get("base"), dict)
+            and isinstance(spec.get("axes"), dict)):
         return (f"{path}: unreadable (not the manifest jaxsim sweep writes); run the sweep "
                 "again into a new folder")
     return None
@@ -92,22 +101,14 @@ def _sweep_gpus(out_dir: str, df) -> list[str]:
     """GPUs of a sweep: those in its results and the values of a ``gpu`` axis (so a
     partial sweep can be priced for GPUs of chunks not yet run)."""
     gpus = {str(g) for g in df["gpu"]} if "gpu" in df.columns else set()
-    try:
-        with open(os.path.join(out_dir, "sweep.json")) as f:
-            axis = json.load(f)["space"]["axes"].get("gpu") or {}
-        gpus |= {str(g) for g in axis.get("values", [])}
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        pass
+    axis = (((_manifest(out_dir) or {}).get("space") or {}).get("axes") or {}).get("gpu")
+    if isinstance(axis, dict):
+        gpus |= {str(g) for g in axis.get("values") or []}
     return sorted(gpus)
 
 
 def _settings(out_dir: str) -> dict:
-    path = os.path.join(out_dir, "sweep.json")
-    try:
-        with open(path) as f:
-            return json.load(f).get("objectives", {}) or {}
-    except (OSError, ValueError):
-        return {}
+    return (_manifest(out_dir) or {}).get("objectives", {}) or {}
 
 
 def _prices(args, settings, gpus) -> dict:
@@ -262,7 +263,7 @@ def _fmt(v) -> str:
 # ---- pareto --------------------------------------------------------------------------
 
 #: ``--plot`` suffixes (no suffix: PNG, as :func:`search.pareto.plot_pareto` does).
-PLOT_FORMATS = ("png", "pdf", "svg", "jpg", "jpeg")
+PLOT_FORMATS = fileio.PLOT_FORMATS
 
 
 def _check_out_file(flag: str, path: str, formats=None) -> str | None:
