@@ -57,7 +57,9 @@ def run_size(total: int, chunk: int, out_dir: str) -> dict:
 
     prep, params = _lanes(min(chunk, total))
     shape, wl = prep.shape, prep.workload
-    sim.simulate_batch(shape, params, wl)  # compile and warm up
+    t0 = time.perf_counter()
+    jax.block_until_ready(sim.simulate_batch(shape, params, wl).metrics)  # compile, warm up
+    warm = time.perf_counter() - t0
     t0 = time.perf_counter()
     metrics: dict[str, list] = {}
     steps = iters = 0.0
@@ -78,7 +80,7 @@ def run_size(total: int, chunk: int, out_dir: str) -> dict:
     wall = time.perf_counter() - t0
     os.remove(path)  # the file is written as part of the timing; it is not kept
     bad = int(np.sum(np.concatenate(metrics["status"]) != 0))
-    return {"configs": total, "chunk": chunk, "wall_s": wall,
+    return {"configs": total, "chunk": chunk, "wall_s": wall, "warmup_s": warm,
             "config_requests_per_s": total * 1000 / wall, "lanes_not_ok": bad,
             "steps_per_lane": steps / total, "iterations_per_lane": iters / total}
 
@@ -112,7 +114,7 @@ def main(argv=None) -> int:
     ap.add_argument("--chunk", type=int, default=262_144,
                     help="lanes per simulate_batch call (default 2^18)")
     ap.add_argument("--max-batch", type=int, default=2**22,
-                    help="upper end of the largest-batch search")
+                    help="upper end of the largest-batch search (0 skips the search)")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
     args = ap.parse_args(argv)
     sizes = [int(x) for x in args.sizes.split(",")]
@@ -121,24 +123,28 @@ def main(argv=None) -> int:
     print(f"jaxsim accelerator benchmark on {m['device']} ({m['backend']})", flush=True)
     prep, params = _lanes(1)
     per_lane = bench._bytes_per_lane(prep.shape, params, prep.workload)
-    rows = []
-    for total in sizes:
-        r = run_size(total, min(args.chunk, total), args.out)
-        rows.append(r)
-        print(f"  B={total:>9,}  wall {r['wall_s']:8.2f} s  {r['config_requests_per_s']:>14,.0f}"
-              f" config-requests/s  ({r['steps_per_lane']:.0f} steps, "
-              f"{r['iterations_per_lane']:.0f} iterations per lane; "
-              f"{r['lanes_not_ok']} lanes not ok)", flush=True)
-    big = largest_batch(min(args.chunk, 1024), args.max_batch)
-    print(f"  memory per lane {per_lane / 1024:.1f} KiB (state + params); largest batch "
-          f"that ran: {big:,}", flush=True)
-    result = {"rows": rows, "bytes_per_lane": per_lane, "largest_batch": big,
+    tag = m["device"].replace(" ", "_").replace("/", "_")
+    path = os.path.join(args.out, f"gpu_{tag}.json")
+    result = {"rows": [], "bytes_per_lane": per_lane, "largest_batch": None,
               "machine": m, "command": "python benchmarks/bench_gpu.py"
               + (f" --sizes {args.sizes}" if args.sizes != ap.get_default("sizes") else "")
               + (f" --chunk {args.chunk}" if args.chunk != ap.get_default("chunk") else ""),
-              "date": time.strftime("%Y-%m-%d")}
-    tag = m["device"].replace(" ", "_").replace("/", "_")
-    path = os.path.join(args.out, f"gpu_{tag}.json")
+              "date": time.strftime("%Y-%m-%d"), "complete": False}
+    # the record is rewritten after every size, so a run cut short keeps what it measured
+    for total in sizes:
+        r = run_size(total, min(args.chunk, total), args.out)
+        result["rows"].append(r)
+        print(f"  B={total:>9,}  wall {r['wall_s']:8.2f} s  {r['config_requests_per_s']:>14,.0f}"
+              f" config-requests/s  ({r['steps_per_lane']:.0f} steps, "
+              f"{r['iterations_per_lane']:.0f} iterations per lane; "
+              f"{r['lanes_not_ok']} lanes not ok; warm-up {r['warmup_s']:.1f} s)", flush=True)
+        bench.write_record(path, result)
+    if args.max_batch:
+        big = largest_batch(min(args.chunk, args.max_batch), args.max_batch)
+        result["largest_batch"] = big
+        print(f"  memory per lane {per_lane / 1024:.1f} KiB (state + params); largest batch "
+              f"that ran: {big:,}", flush=True)
+    result["complete"] = True
     bench.write_record(path, result)
     return 0
 
