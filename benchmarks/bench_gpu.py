@@ -129,7 +129,10 @@ def main(argv=None) -> int:
               "machine": m, "command": "python benchmarks/bench_gpu.py"
               + (f" --sizes {args.sizes}" if args.sizes != ap.get_default("sizes") else "")
               + (f" --chunk {args.chunk}" if args.chunk != ap.get_default("chunk") else ""),
-              "date": time.strftime("%Y-%m-%d"), "complete": False}
+              "date": time.strftime("%Y-%m-%d"), "complete": False,
+              "env": {k: os.environ[k] for k in ("XLA_PYTHON_CLIENT_MEM_FRACTION",
+                                                 "XLA_PYTHON_CLIENT_PREALLOCATE", "XLA_FLAGS")
+                      if k in os.environ}}
     # the record is rewritten after every size, so a run cut short keeps what it measured
     for total in sizes:
         r = run_size(total, min(args.chunk, total), args.out)
