@@ -295,3 +295,24 @@ def test_profile__all_reduce_on_two_host_devices(tmp_path):
     assert m["bytes"].tolist() == [4096.0, 65536.0]
     assert np.all(m["num_workers"] == 2)
     assert all(math.isfinite(t) and t > 0 for t in m["time_s"].tolist())
+
+
+H200_DIR = Path(__file__).resolve().parent.parent / "calibration" / "data" / "h200"
+
+
+def test_h200_profile__shipped_preset_is_fitted_to_the_shipped_measurements():
+    """The H200 profile measured with ``jaxsim profile`` on one H200 and the preset
+    calibrated from it: the preset's data hash is the CSV's, it reads as a preset, and
+    every operator of the profile is in its error report."""
+    from calibration import loaders
+    from calibration.calibrate import representable
+    from jaxsim import costpresets
+
+    m = loaders.load([str(H200_DIR / "llama-3.1-8b_profile.csv")])
+    m = m.select(representable(m)[0])  # the rows calibrate fits (copies are not)
+    preset = costpresets.read(str(H200_DIR / "H200-jaxsim-profile.json"))
+    assert preset["hardware"] == "H200" and set(m["hardware"]) == {"H200"}
+    assert preset["data_sha256"] == m.digest()
+    ops = set(m["op"]) - {"h2d_copy", "d2h_copy"}
+    assert ops <= set(preset["report"])
+    assert all(np.isfinite(v) and v > 0 for v in preset["values"].values())
