@@ -38,21 +38,21 @@ COMPACT_MIN_LANES = 64
 #: A batch is split over several local devices only with at least this many lanes each.
 MIN_LANES_PER_DEVICE = 64
 
-#: XLA options of the simulator's compiled functions. On a GPU, XLA by default times
-#: candidate kernels for every fusion of a new shape (autotuning). A step has hundreds of
-#: small fusions and no matrix products worth tuning: on an H200, compiling the chunk
-#: function for 3,000 lanes took 38 s with autotuning and its first chunk did not finish in
-#: two minutes; with it off, 10,000 lanes compiled in 6.9 s and ran 256 steps in 0.14 s.
-#: CPU and other backends ignore the option.
+#: XLA options of the compiled chunk function. On a GPU, XLA by default times candidate
+#: kernels for the fusions of every new shape (autotuning); a step has hundreds of small
+#: fusions and no large matrix products to tune. On one H200 (JAX 0.11.2) the chunk
+#: function for 3,000 lanes compiled in 38 s with autotuning on; with it off, 10,000 lanes
+#: compiled in 6.9 s (benchmarks/README.md). Other backends ignore the option. JAX takes
+#: compiler options only on a top-level jit, so only the chunk function carries them.
 XLA_OPTIONS = {"xla_gpu_autotune_level": 0}
 
 
-@functools.partial(jax.jit, compiler_options=XLA_OPTIONS)
+@jax.jit
 def _gather(tree, idx):
     return jax.tree.map(lambda x: x[idx], tree)
 
 
-@functools.partial(jax.jit, compiler_options=XLA_OPTIONS)
+@jax.jit
 def _scatter(full, sub, idx):
     return jax.tree.map(lambda f, x: f.at[idx].set(x), full, sub)
 
@@ -189,8 +189,7 @@ def _run_chunk_batch(shape, params, workload, state, wl_batched: bool):
     return state, done(state, workload), n
 
 
-@functools.partial(jax.jit, static_argnames=("shape", "wl_batched"),
-                   compiler_options=XLA_OPTIONS)
+@functools.partial(jax.jit, static_argnames=("shape", "wl_batched"))
 def _init_batch(shape, params, workload, iter_limit, wl_batched: bool):
     """Initial states of a lane batch; ``iter_limit`` is one budget or one per lane."""
     iter_limit = jnp.broadcast_to(iter_limit, (num_lanes(params),))
@@ -199,7 +198,7 @@ def _init_batch(shape, params, workload, iter_limit, wl_batched: bool):
     )(params, workload, iter_limit)
 
 
-@functools.partial(jax.jit, static_argnames=("wl_batched",), compiler_options=XLA_OPTIONS)
+@functools.partial(jax.jit, static_argnames=("wl_batched",))
 def _finish_batch(params, workload, state, wl_batched: bool):
     state = jax.vmap(flush_in_flight)(state)
     m = jax.vmap(metrics_mod.compute_metrics, in_axes=(0, 0 if wl_batched else None, 0))(

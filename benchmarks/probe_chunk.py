@@ -1,0 +1,86 @@
+"""Where a batch size stalls: compile and run the chunk function for several lane counts.
+
+    python benchmarks/probe_chunk.py --sizes 1000,2500,3000,10000 [--timeout 120]
+
+For each B, in a child process of its own (killed after ``--timeout`` seconds, so one
+stalled size does not stop the others), the core-scenario lanes of ``bench_gpu.py`` are
+built and the chunk function is lowered, compiled ahead of time and run for four chunks
+(compaction and metrics are not involved). Each stage prints its time as it ends, so the
+last line of a killed size names the stage it stalled in. Environment variables pass to the
+children unchanged, e.g. ``XLA_FLAGS=--xla_gpu_autotune_level=4`` to compare autotuning.
+
+On one H200 (JAX 0.11.2, 2026-11-23) ``bench_gpu.py`` finished B = 1,000 and
+B = 1,000,000 (chunks of 2^18, compaction down to 64 lanes) but not B = 10,000 within three
+minutes; this probe found 10,000 lanes compiling in 6.9 s and running 256 steps in 0.14 s
+with autotuning off, and 3,000 lanes with autotuning on compiling in 38 s and not finishing
+their first chunk in two minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+
+def probe(b: int, chunks: int) -> None:
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    sys.path.insert(0, os.path.dirname(__file__))
+    import bench_gpu
+
+    from jaxsim import sim
+
+    def say(msg: str) -> None:
+        print(f"B={b}: {msg}", flush=True)
+
+    t = time.perf_counter()
+    prep, params = bench_gpu._lanes(b)
+    shape, wl = prep.shape, prep.workload
+    st = sim._init_batch(shape, params, wl, jnp.int32(10**6), False)
+    jax.block_until_ready(st)
+    say(f"lanes built and initialised in {time.perf_counter() - t:.1f} s "
+        f"({jax.devices()[0].device_kind})")
+    t = time.perf_counter()
+    lowered = sim._run_chunk_batch.lower(shape, params, wl, st, False)
+    say(f"lowered in {time.perf_counter() - t:.1f} s")
+    t = time.perf_counter()
+    compiled = lowered.compile()
+    say(f"compiled in {time.perf_counter() - t:.1f} s")
+    for c in range(chunks):
+        t = time.perf_counter()
+        st, done, n = compiled(params, wl, st)
+        done = np.asarray(done)
+        say(f"chunk {c}: {int(n)} steps in {time.perf_counter() - t:.3f} s, "
+            f"{int(done.sum())} lanes done")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sizes", default="1000,2500,3000,10000")
+    ap.add_argument("--timeout", type=float, default=120.0, help="seconds per size")
+    ap.add_argument("--chunks", type=int, default=4)
+    ap.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.child is not None:
+        probe(args.child, args.chunks)
+        return 0
+    for b in [int(x) for x in args.sizes.split(",")]:
+        t = time.perf_counter()
+        try:
+            subprocess.run([sys.executable, __file__, "--child", str(b), "--chunks",
+                            str(args.chunks)], timeout=args.timeout, check=False)
+        except subprocess.TimeoutExpired:
+            print(f"B={b}: killed after {time.perf_counter() - t:.0f} s (the stage after "
+                  "the last line above did not end)", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
