@@ -26,18 +26,25 @@ Operators (``dtype`` bf16 unless ``--dtype fp32``; per-GPU sizes ``nh_g = num_he
 * ``all_reduce`` of a ``bytes``-byte array per device with :func:`jax.shard_map` and
   :func:`jax.lax.psum` over all local devices, only when there are several devices.
 
-Timing method: every kernel is jitted and compiled before timing, called twice to warm up,
-then called ``repeats`` times, each call timed with :func:`time.perf_counter` around the
-call and ``block_until_ready``. A row records the median (``time_s``), minimum, mean,
-standard deviation and the number of repeats. Inputs are random (fixed seed) and created on
-the device before timing. Shapes that run out of device memory are skipped (reported
-through ``progress``).
+Timing method: every kernel is jitted and compiled before timing and called twice to warm
+up; then ``repeats`` samples are taken with :func:`time.perf_counter`. ``timing="sync"``
+times each call on its own, around the call and ``block_until_ready``. ``"back-to-back"``
+issues ``k`` calls without waiting and blocks on the last (one stream runs them in order),
+and divides by ``k``; ``k`` is chosen from a blocking call so that a sample lasts about
+:data:`BACK_TO_BACK_TARGET_S` (at most :data:`BACK_TO_BACK_MAX_CALLS` calls), so the
+synchronisation is paid once per sample and the host's dispatch of the next call overlaps
+the running kernel. ``"auto"`` (the default) is back-to-back on a GPU and sync elsewhere
+(a CPU backend may run independent calls at the same time). A row records the median
+(``time_s``), minimum, mean, standard deviation and the number of samples. Inputs are random
+(fixed seed) and created on the device before timing. Shapes that run out of device memory
+are skipped (reported through ``progress``). Copies are always timed one at a time.
 
-Known limitation: the times include JAX's per-call dispatch and synchronisation overhead
-(some microseconds on a GPU), which dominates tiny kernels (a decode-sized GEMM or a norm of
-a few tokens); the calibrated cost model then sees that overhead as the kernel's floor. For
-kernel-only numbers, profile larger shapes (more tokens, longer contexts) or use a device
-profiler. Copies of small host arrays on a CPU backend may be zero-copy.
+Known limitation: a kernel shorter than the host's dispatch of one call is timed as that
+dispatch (back-to-back) or as dispatch plus synchronisation (sync), which then becomes the
+kernel's floor in the calibrated cost model. With sync timing on one H200 in a gVisor VM,
+the smallest kernels all took 50-60 us (``calibration/data/h200``). For kernel-only
+numbers of tiny shapes, use a device profiler. Copies of small host arrays on a CPU backend
+may be zero-copy.
 
 Importing this module is cheap (JAX is imported only when profiling runs), because the
 command-line parser imports it.
@@ -99,6 +106,12 @@ DEFAULTS = {
 }
 WARMUP = 2
 SEED = 0
+#: Timing methods of :func:`profile` (see the module docstring).
+TIMINGS = ("auto", "sync", "back-to-back")
+#: A back-to-back sample issues enough calls to last about this long ...
+BACK_TO_BACK_TARGET_S = 2e-3
+#: ... but at most this many.
+BACK_TO_BACK_MAX_CALLS = 100
 #: Inputs of at most this many elements are drawn on the host, larger ones on the device.
 HOST_RANDOM_MAX = 1 << 22
 
@@ -193,7 +206,7 @@ def _pairs(values: Iterable[Any] | None, field: str, names: tuple[str, str],
 
 def _resolve(model: str, *, tp: int, hardware: str | None, repeats: int, dtype: str,
              ops: Sequence[str] | str | None, sizes: dict[str, Any],
-             labels: dict[str, str] | None = None) -> _Spec:
+             labels: dict[str, str] | None = None, timing: str = "auto") -> _Spec:
     """Validate a request; every error is a ValueError naming the field and value."""
     from calibration import schema
     from jaxsim import presets
@@ -217,6 +230,9 @@ def _resolve(model: str, *, tp: int, hardware: str | None, repeats: int, dtype: 
     if dtype not in DTYPES:
         raise ValueError(f"{_label(labels, 'dtype')}: {dtype!r} is not supported; allowed: "
                          f"{', '.join(DTYPES)}")
+    if timing not in TIMINGS:
+        raise ValueError(f"{_label(labels, 'timing')}: {timing!r} is not a timing method; "
+                         f"allowed: {', '.join(TIMINGS)}")
     if hardware is not None and (not isinstance(hardware, str) or not hardware.strip()):
         raise ValueError(f"{_label(labels, 'hardware')}: {hardware!r} must be a non-empty "
                          "name")
@@ -244,7 +260,7 @@ def _resolve(model: str, *, tp: int, hardware: str | None, repeats: int, dtype: 
     chosen = [op for op in SUPPORTED_OPS if op in chosen]
     return _Spec(
         model=name, dims=dims, tp=tp, hardware=hardware, repeats=repeats, dtype=dtype,
-        ops=tuple(chosen),
+        ops=tuple(chosen), timing=timing,
         token_counts=_sizes(sizes["token_counts"], "token_counts", labels),
         prefill_shapes=_pairs(sizes["prefill_shapes"], "prefill_shapes",
                               ("chunk_len", "context_len"), True, labels),
@@ -262,7 +278,8 @@ def profile(model: str, *, tp: int = 1, hardware: str | None = None,
             copy_bytes: Sequence[int] | None = None,
             allreduce_bytes: Sequence[int] | None = None, repeats: int = 10,
             dtype: str = "bf16", ops: Sequence[str] | None = None, quick: bool = False,
-            progress: Callable[[str], None] | None = None) -> Measurements:
+            progress: Callable[[str], None] | None = None,
+            timing: str = "auto") -> Measurements:
     """Measure kernel timings of one model shard on the local accelerator.
 
     Args:
@@ -287,6 +304,8 @@ def profile(model: str, *, tp: int = 1, hardware: str | None = None,
         quick: use the tiny :data:`QUICK` shapes for the sizes not given (CPU smoke runs).
         progress: called with a short message as each operator starts and for each
             skipped shape.
+        timing: ``"sync"``, ``"back-to-back"`` or ``"auto"`` (back-to-back on a GPU, sync
+            elsewhere); see the module docstring.
 
     Returns:
         The measured rows (validated), ``source`` ``jaxsim-profile:<op>:<i>``.
@@ -300,7 +319,7 @@ def profile(model: str, *, tp: int = 1, hardware: str | None = None,
     base = QUICK if quick else DEFAULTS
     sizes = {k: base[k] if v is None else v for k, v in given.items()}
     spec = _resolve(model, tp=tp, hardware=hardware, repeats=repeats, dtype=dtype, ops=ops,
-                    sizes=sizes)
+                    sizes=sizes, timing=timing)
     return _run(spec, progress)
 
 
@@ -324,8 +343,20 @@ def _repeat(once: Callable[[], float], repeats: int) -> dict[str, float | int]:
     return _stats([once() for _ in range(repeats)])
 
 
-def _time_kernel(fn: Callable, args: tuple, repeats: int) -> dict[str, float | int]:
-    """Compile ``fn`` for ``args`` (untimed), then time ``repeats`` blocking calls."""
+def calls_per_sample(one_call_s: float) -> int:
+    """Back-to-back calls in one sample, for a kernel whose blocking call takes
+    ``one_call_s``: enough to last :data:`BACK_TO_BACK_TARGET_S`, 1 to
+    :data:`BACK_TO_BACK_MAX_CALLS`."""
+    if not one_call_s > 0:
+        return BACK_TO_BACK_MAX_CALLS
+    return int(min(max(math.ceil(BACK_TO_BACK_TARGET_S / one_call_s), 1),
+                   BACK_TO_BACK_MAX_CALLS))
+
+
+def _time_kernel(fn: Callable, args: tuple, repeats: int,
+                 timing: str = "sync") -> dict[str, float | int]:
+    """Compile ``fn`` for ``args`` (untimed), then take ``repeats`` samples: one blocking
+    call each (``"sync"``) or ``k`` calls issued back to back, divided by ``k``."""
     import jax
 
     compiled = jax.jit(fn).lower(*args).compile()
@@ -335,7 +366,21 @@ def _time_kernel(fn: Callable, args: tuple, repeats: int) -> dict[str, float | i
         jax.block_until_ready(compiled(*args))
         return time.perf_counter() - t0
 
-    return _repeat(once, repeats)
+    if timing == "sync":
+        return _repeat(once, repeats)
+    for _ in range(WARMUP):
+        once()
+    k = calls_per_sample(min(once() for _ in range(3)))
+
+    def batch() -> float:
+        t0 = time.perf_counter()
+        out = None
+        for _ in range(k):
+            out = compiled(*args)
+        jax.block_until_ready(out)
+        return (time.perf_counter() - t0) / k
+
+    return _repeat(batch, repeats)
 
 
 def _is_oom(e: BaseException) -> bool:
@@ -427,6 +472,8 @@ class _Env:
         self.spec = spec
         self.dt = jnp.dtype(DTYPES[spec.dtype])
         self.dev = jax.devices()[0]
+        self.timing = spec.timing if spec.timing != "auto" else (
+            "back-to-back" if self.dev.platform == "gpu" else "sync")
         self.h, self.hd, self.nh_g, self.nkv_g, self.f_g = _shard_dims(spec.dims, spec.tp)
         self.root = jax.random.key(SEED)
         self.count = 0
@@ -470,7 +517,7 @@ def _gemm_cases(op: str, env: _Env) -> Iterator[_Case]:
 
 
 def _time_gemm(env: _Env, m: int, kk: int, w) -> dict:
-    return _time_kernel(_matmul, (env.rand((m, kk)), w), env.spec.repeats)
+    return _time_kernel(_matmul, (env.rand((m, kk)), w), env.spec.repeats, env.timing)
 
 
 def _elem_cases(op: str, env: _Env) -> Iterator[_Case]:
@@ -494,7 +541,7 @@ def _time_elementwise(env: _Env, op: str, m: int) -> dict:
         x = env.rand((m, env.nh_g + env.nkv_g, hd))
         positions = jax.device_put(np.arange(m, dtype=np.int32), env.dev)
         fn, args = _rotary, (x, positions, env.rand((m, hd), np.float32))
-    return _time_kernel(fn, args, env.spec.repeats)
+    return _time_kernel(fn, args, env.spec.repeats, env.timing)
 
 
 def _attn_cases(op: str, env: _Env) -> Iterator[_Case]:
@@ -515,7 +562,7 @@ def _time_attention(env: _Env, fn: Callable, batch: int, q_len: int, kv_len: int
     q = env.rand((batch, q_len, env.nh_g, env.hd))
     k = env.rand((batch, kv_len, env.nkv_g, env.hd))
     v = env.rand((batch, kv_len, env.nkv_g, env.hd))
-    return _time_kernel(fn, (q, k, v), env.spec.repeats)
+    return _time_kernel(fn, (q, k, v), env.spec.repeats, env.timing)
 
 
 def _copy_cases(op: str, env: _Env) -> Iterator[_Case]:
@@ -634,7 +681,7 @@ def _time_all_reduce(env: _Env, devices: list, elems: int) -> dict:
                 out_shardings=NamedSharding(mesh, P("x")))(env.key())
     fn = jax.shard_map(lambda a: jax.lax.psum(a, "x"), mesh=mesh, in_specs=P("x"),
                        out_specs=P())
-    return _time_kernel(fn, (x,), env.spec.repeats)
+    return _time_kernel(fn, (x,), env.spec.repeats, env.timing)
 
 
 # --------------------------------------------------------------------------- command line
@@ -659,6 +706,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"operators to time (default all): {', '.join(SUPPORTED_OPS)}")
     p.add_argument("--repeats", type=int, default=10,
                    help="timed calls per shape after 2 warm-up calls (default 10)")
+    p.add_argument("--timing", default="auto", metavar="|".join(TIMINGS),
+                   help="sync: time each call on its own; back-to-back: time k calls issued "
+                        "without waiting, divided by k; auto (default): back-to-back on a "
+                        "GPU, sync elsewhere")
     p.add_argument("--dtype", choices=tuple(DTYPES), default="bf16",
                    help="activation/weight dtype (default bf16)")
     p.add_argument("--quick", action="store_true",
@@ -669,7 +720,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 _CLI_LABELS = {"model": "--model", "tp": "--tp", "hardware": "--hardware",
                "token_counts": "--tokens", "ops": "--ops", "repeats": "--repeats",
-               "dtype": "--dtype"}
+               "dtype": "--dtype", "timing": "--timing"}
 
 
 def _fail(msg: str) -> int:
@@ -705,7 +756,7 @@ def cmd(args: argparse.Namespace) -> int:
             sizes["token_counts"] = tokens
         spec = _resolve(args.model, tp=args.tp, hardware=args.hardware, repeats=args.repeats,
                         dtype=args.dtype, ops=_split(args.ops), sizes=sizes,
-                        labels=_CLI_LABELS)
+                        labels=_CLI_LABELS, timing=args.timing)
     except ValueError as e:
         return _fail(str(e))
     out_dir = os.path.dirname(os.path.abspath(args.out))

@@ -121,10 +121,10 @@ def test_profile__fp32_ops_subset_and_hardware_name():
 def test_profile__out_of_memory_shape_is_skipped(monkeypatch):
     real = prof._time_kernel
 
-    def fake(fn, args, repeats):
+    def fake(fn, args, repeats, timing):
         if args[0].shape[0] == 4:
             raise RuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating 1 bytes")
-        return real(fn, args, repeats)
+        return real(fn, args, repeats, timing)
 
     monkeypatch.setattr(prof, "_time_kernel", fake)
     said: list[str] = []
@@ -133,7 +133,7 @@ def test_profile__out_of_memory_shape_is_skipped(monkeypatch):
     assert m["num_tokens"].tolist() == [2]
     assert any("skipped num_tokens=4" in s for s in said), said
 
-    def broken(fn, args, repeats):
+    def broken(fn, args, repeats, timing):
         raise RuntimeError("some other failure")
 
     monkeypatch.setattr(prof, "_time_kernel", broken)
@@ -142,6 +142,57 @@ def test_profile__out_of_memory_shape_is_skipped(monkeypatch):
 
 
 # --------------------------------------------------------------------------- kernels
+
+
+def test_profile__calls_per_sample_fill_the_target_within_bounds():
+    target, most = prof.BACK_TO_BACK_TARGET_S, prof.BACK_TO_BACK_MAX_CALLS
+    assert prof.calls_per_sample(target * 10) == 1
+    assert prof.calls_per_sample(target) == 1
+    assert prof.calls_per_sample(target / 4) == 4
+    assert prof.calls_per_sample(target / 4.5) == 5  # rounded up: a sample lasts >= target
+    assert prof.calls_per_sample(1e-9) == most
+    assert prof.calls_per_sample(0.0) == most
+
+
+def test_profile__back_to_back_timing_issues_k_calls_per_sample(monkeypatch):
+    """A back-to-back sample issues k calls and waits once; sync waits on every call.
+    Counted through a stand-in for the compiled kernel."""
+    import jax
+
+    log: list[str] = []
+
+    class Compiled:
+        def __call__(self, *args):
+            log.append("call")
+            return np.zeros(1)
+
+    class Jitted:
+        def lower(self, *args):
+            return self
+
+        def compile(self):
+            return Compiled()
+
+    monkeypatch.setattr(jax, "jit", lambda fn: Jitted())
+    monkeypatch.setattr(jax, "block_until_ready", lambda x: log.append("wait") or x)
+    monkeypatch.setattr(prof, "calls_per_sample", lambda t: 7)
+    row = prof._time_kernel(None, (), 3, "back-to-back")
+    assert row["repeats"] == 3 and row["time_s"] > 0
+    blocking = ["call", "wait"] * (prof.WARMUP + 3)  # warm-up, then 3 to choose k
+    sample = ["call"] * 7 + ["wait"]
+    assert log == blocking + sample * (prof.WARMUP + 3)
+    log.clear()
+    prof._time_kernel(None, (), 3, "sync")
+    assert log == ["call", "wait"] * (prof.WARMUP + 3)
+
+
+def test_profile__timing_auto_is_sync_on_cpu_and_back_to_back_runs():
+    m = prof.profile("Qwen3-30B-A3B", ops=["residual_add"], token_counts=(2,), repeats=2,
+                     timing="back-to-back")
+    assert len(m) == 1 and m["repeats"][0] == 2 and m["time_s"][0] > 0
+    env = prof._Env(prof._resolve("Qwen3-30B-A3B", tp=1, hardware=None, repeats=1,
+                                  dtype="bf16", ops=None, sizes=prof.QUICK))
+    assert env.timing == "sync"
 
 
 def test_profile__prefill_mask_sees_context_plus_causal_chunk():
@@ -204,6 +255,7 @@ def test_profile__module_imports_no_jax_at_top_level():
     ({"repeats": 0}, "repeats", "0"),
     ({"dtype": "fp16"}, "dtype", "fp16"),
     ({"hardware": " "}, "hardware", "' '"),
+    ({"timing": "fast"}, "timing", "'fast'"),
 ])
 def test_profile__bad_input_raises_value_error_naming_the_field(kwargs, field, value):
     kw = {"model": MODEL, "quick": True, **kwargs}
@@ -252,6 +304,7 @@ def test_profile__cli_through_jaxsim_main(tmp_path, capsys):
     (["--model", MODEL, "--tokens", "1,x"], "--tokens: '1,x'"),
     (["--model", MODEL, "--tokens", "0"], "--tokens: 0"),
     (["--model", MODEL, "--repeats", "0"], "--repeats: 0"),
+    (["--model", MODEL, "--timing", "fast"], "--timing: 'fast' is not a timing method"),
 ])
 def test_profile__cli_bad_input_is_one_line_and_exit_2(argv, needle, tmp_path, capsys):
     out = tmp_path / "m.csv"
