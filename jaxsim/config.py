@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -378,7 +379,7 @@ def parse_set(assignment: str) -> tuple[list[str], Any]:
     if not key:
         raise ConfigError(f"--set {assignment!r}: empty key")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = yaml.load(raw, Loader=_StrictLoader) if raw.strip() else None  # noqa: S506
     except yaml.YAMLError:
         value = raw
     return key.split("."), value
@@ -420,7 +421,8 @@ class _DuplicateKey(yaml.YAMLError):
 
 class _StrictLoader(yaml.SafeLoader):
     """``yaml.SafeLoader`` that refuses a key given twice in one mapping (plain YAML
-    keeps the last silently)."""
+    keeps the last silently) and reads ``1e3`` and ``5E-6`` as numbers, as YAML 1.2 does
+    (PyYAML's YAML 1.1 reads an exponent without a decimal point as a string)."""
 
     def construct_mapping(self, node, deep=False):
         seen = set()
@@ -430,6 +432,12 @@ class _StrictLoader(yaml.SafeLoader):
                 raise _DuplicateKey(key, key_node.start_mark)
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"))
 
 
 def read_yaml(path: str, error: type[Exception] = ConfigError) -> Any:

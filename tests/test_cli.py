@@ -133,6 +133,24 @@ def test_cli__bad_yaml_is_one_line_exit_2(capsys, tmp_path, content, msg):
     assert code == 2 and msg in err and err.count("\n") == 1, err
 
 
+def test_config__exponent_numbers_read_as_numbers_in_files_and_sets(tmp_path):
+    """YAML 1.2 numbers: ``1e3`` and ``3E-4`` are numbers (PyYAML's YAML 1.1 reads them as
+    strings, which the validators then refused as "not an integer")."""
+    from jaxsim import config
+
+    assert config.parse_set("max_num_seqs=1e3") == (["max_num_seqs"], 1000.0)
+    assert config.parse_set("cost.cpu_iter_s=3E-4") == (["cost", "cpu_iter_s"], 3e-4)
+    assert config.parse_set("x=-2e+2")[1] == -200.0
+    assert config.parse_set("x=1e")[1] == "1e" and config.parse_set("x=12")[1] == 12
+    f = tmp_path / "cfg.yaml"
+    f.write_text("max_num_seqs: 1e3\nworkload: {rate: 2.5e1}\n")
+    cfg = config.load(str(f))
+    assert cfg["max_num_seqs"] == 1000 and cfg["workload"]["rate"] == 25.0
+    f.write_text("max_num_seqs: 1.55e1\n")
+    with pytest.raises(config.ConfigError, match="max_num_seqs: 15.5 is not an integer"):
+        config.load(str(f))
+
+
 def test_cli__max_model_len_beyond_the_models_context_is_infeasible(capsys):
     code, out, err = run_cli(["simulate", "--json", "--set", "max_model_len=200000",
                               *SMALL], capsys)
