@@ -6,7 +6,11 @@ For each B, in a child process of its own (killed after ``--timeout`` seconds, s
 stalled size does not stop the others), the core-scenario lanes of ``bench_gpu.py`` are
 built and the chunk function is lowered, compiled ahead of time and run for four chunks
 (compaction and metrics are not involved). Each stage prints its time as it ends, so the
-last line of a killed size names the stage it stalled in. Environment variables pass to the
+last line of a killed size names the stage it stalled in. ``--simulate`` instead runs the
+whole ``simulate_batch`` for each B twice, each in its own child: with lane compaction off
+(one batch size, then the metrics) and on (as ``bench_gpu.py`` runs it), printing the
+time of each; a size that finishes without compaction but not with it stalls in a
+compacted batch size (B/4, B/16, ... down to 64). Environment variables pass to the
 children unchanged, e.g. ``XLA_FLAGS=--xla_gpu_autotune_level=4`` to compare autotuning.
 
 On one H200 (JAX 0.11.2, 2026-11-23) ``bench_gpu.py`` finished B = 1,000 and
@@ -61,24 +65,56 @@ def probe(b: int, chunks: int) -> None:
             f"{int(done.sum())} lanes done")
 
 
+def probe_simulate(b: int, compact: bool) -> None:
+    import jax
+
+    sys.path.insert(0, os.path.dirname(__file__))
+    import bench_gpu
+
+    from jaxsim import sim
+
+    prep, params = bench_gpu._lanes(b)
+    t = time.perf_counter()
+    res = sim.simulate_batch(prep.shape, params, prep.workload, compact_lanes=compact)
+    jax.block_until_ready(res.metrics)
+    print(f"B={b}: simulate_batch with compaction {'on' if compact else 'off'}: "
+          f"{time.perf_counter() - t:.1f} s including compilation, "
+          f"{int((res.status != 0).sum())} lanes not ok", flush=True)
+
+
+def _child(args: list[str], label: str, timeout: float) -> None:
+    t = time.perf_counter()
+    try:
+        subprocess.run([sys.executable, __file__, *args], timeout=timeout, check=False)
+    except subprocess.TimeoutExpired:
+        print(f"{label}: killed after {time.perf_counter() - t:.0f} s (the stage after "
+              "the last line above did not end)", flush=True)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", default="1000,2500,3000,10000")
     ap.add_argument("--timeout", type=float, default=120.0, help="seconds per size")
     ap.add_argument("--chunks", type=int, default=4)
+    ap.add_argument("--simulate", action="store_true",
+                    help="run simulate_batch with compaction off, then on, per size")
     ap.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--compact", type=int, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child is not None:
-        probe(args.child, args.chunks)
+        if args.compact is None:
+            probe(args.child, args.chunks)
+        else:
+            probe_simulate(args.child, bool(args.compact))
         return 0
     for b in [int(x) for x in args.sizes.split(",")]:
-        t = time.perf_counter()
-        try:
-            subprocess.run([sys.executable, __file__, "--child", str(b), "--chunks",
-                            str(args.chunks)], timeout=args.timeout, check=False)
-        except subprocess.TimeoutExpired:
-            print(f"B={b}: killed after {time.perf_counter() - t:.0f} s (the stage after "
-                  "the last line above did not end)", flush=True)
+        if not args.simulate:
+            _child(["--child", str(b), "--chunks", str(args.chunks)], f"B={b}",
+                   args.timeout)
+            continue
+        for compact in (0, 1):
+            _child(["--child", str(b), "--compact", str(compact)],
+                   f"B={b} compaction {'on' if compact else 'off'}", args.timeout)
     return 0
 
 
