@@ -41,8 +41,9 @@ MIN_LANES_PER_DEVICE = 64
 #: XLA options of the compiled chunk function. On a GPU, XLA by default times candidate
 #: kernels for the fusions of every new shape (autotuning); a step has hundreds of small
 #: fusions and no large matrix products to tune. On one H200 (JAX 0.11.2) the chunk
-#: function for 3,000 lanes compiled in 38 s with autotuning on; with it off, 10,000 lanes
-#: compiled in 6.9 s (benchmarks/README.md). Other backends ignore the option. JAX takes
+#: function compiled in 7.5 s for 1,000 lanes and in 38 s for 3,000 with autotuning on,
+#: and in 6.9 s for 10,000 with it off (benchmarks/README.md): what the option saves is not
+#: settled, and it costs nothing measurable here. Other backends ignore it. JAX takes
 #: compiler options only on a top-level jit, so only the chunk function carries them.
 XLA_OPTIONS = {"xla_gpu_autotune_level": 0}
 
