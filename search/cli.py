@@ -244,6 +244,8 @@ def _config_of(out_dir: str, row) -> dict:
 
 
 def _jsonable(v):
+    if hasattr(v, "tolist") and getattr(v, "ndim", 0) > 0:  # a list-valued key (tiers)
+        return [_jsonable(x) for x in v.tolist()]
     if hasattr(v, "item"):
         v = v.item()
     if isinstance(v, float) and not math.isfinite(v):

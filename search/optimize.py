@@ -98,9 +98,10 @@ class Evaluator:
         for s in range(0, len(idx), B):
             part = idx[s:s + B]
             pad = part + [part[-1]] * (B - len(part))
-            cfgs = self.space.configs(u[pad])
+            cfgs, reasons = self.space.expand(u[pad])
             ok = self.space.constraint_mask(cfgs)
-            batch = runner.batch_from_configs(cfgs, self.plan, ok, self.traces)
+            batch = runner.batch_from_configs(cfgs, self.plan, ok, self.traces,
+                                              reasons=reasons, stand_in=self.space.stand_in)
             m = runner.simulate_chunk(self.plan, batch, max_iterations=self.max_iterations)
             table = {k: np.asarray(v)[:len(part)] for k, v in m.items()}
             for k in ("tp", "gpu"):
@@ -116,7 +117,7 @@ class Evaluator:
 
     def result(self, u: np.ndarray, history: list[float]) -> SearchResult:
         c, v, s = self(u[None])
-        return SearchResult(u=np.asarray(u), config=self.space.configs(u[None])[0],
+        return SearchResult(u=np.asarray(u), config=self.space.expand(u[None])[0][0],
                             cost=float(c[0]), value=float(v[0]), status=int(s[0]),
                             evaluations=self.evaluations, history=history)
 
@@ -149,7 +150,7 @@ class TableEvaluator(Evaluator):
 
     def result(self, u, history):
         c, v, s = self(u[None])
-        return SearchResult(u=np.asarray(u), config=self.space.configs(u[None])[0],
+        return SearchResult(u=np.asarray(u), config=self.space.expand(u[None])[0][0],
                             cost=float(c[0]), value=float(v[0]), status=int(s[0]),
                             evaluations=self.evaluations, history=history)
 

@@ -136,7 +136,7 @@ def make_plan(space: DesignSpace, chunk_size: int | None = None, slots: int | No
     """Choose B, S and R for a space (B from the memory per lane and the device)."""
     n_dev = len(jax.local_devices())
     per_lane = _workload_keys(space)
-    probe = space.configs(space._probe_points())
+    probe = space.probe_configs  # the valid configurations among the probe points
     cache = _TraceCache()
     R = max(_num_requests(c, cache) for c in probe)
     max_seqs = max(int(c["max_num_seqs"]) for c in probe)
@@ -229,6 +229,7 @@ class Batch:
     workload: Workload
     info: dict[str, np.ndarray]
     constraint_ok: np.ndarray
+    reasons: list[str | None] | None = None
 
 
 def build_batch(space: DesignSpace, plan: Plan, ids: np.ndarray,
@@ -239,18 +240,25 @@ def build_batch(space: DesignSpace, plan: Plan, ids: np.ndarray,
     B = plan.chunk_size
     if n < B:
         ids = np.concatenate([ids, np.full(B - n, ids[-1])])
-    cfgs = space.configs(space.sample(ids))
-    batch = batch_from_configs(cfgs, plan, space.constraint_mask(cfgs), traces)
+    cfgs, reasons = space.expand(space.sample(ids))
+    batch = batch_from_configs(cfgs, plan, space.constraint_mask(cfgs), traces,
+                               reasons=reasons, stand_in=space.stand_in)
     return dataclasses.replace(batch, ids=ids[:n], cfgs=cfgs[:n],
-                               constraint_ok=batch.constraint_ok[:n])
+                               constraint_ok=batch.constraint_ok[:n], reasons=reasons[:n])
 
 
 def batch_from_configs(cfgs: Sequence[Mapping], plan: Plan,
                        constraint_ok: np.ndarray | None = None,
-                       traces: _TraceCache | None = None) -> Batch:
+                       traces: _TraceCache | None = None,
+                       reasons: Sequence[str | None] | None = None,
+                       stand_in: Mapping | None = None) -> Batch:
     """Batch validated configurations (exactly ``plan.chunk_size`` of them).
 
-    Lanes where ``constraint_ok`` is False get ``INFEASIBLE | INF_CONSTRAINT``.
+    Lanes where ``constraint_ok`` is False get ``INFEASIBLE | INF_CONSTRAINT``. So do
+    lanes with a ``reasons`` entry (an invalid combination of levels, see
+    ``DesignSpace.expand``): they are not simulated (``stand_in``, a valid configuration
+    of the space, fills their parameters; the lane halts at once), their memory figures
+    are NaN (0 blocks), and the results give the reason after the status.
     """
     from jaxsim.params import concatenate
 
@@ -258,6 +266,14 @@ def batch_from_configs(cfgs: Sequence[Mapping], plan: Plan,
         raise ValueError(f"{len(cfgs)} configurations for a plan of B={plan.chunk_size}")
     traces = traces or _TraceCache()
     ok = np.ones(len(cfgs), bool) if constraint_ok is None else np.asarray(constraint_ok)
+    shown = list(cfgs)
+    invalid = np.array([r is not None for r in reasons] if reasons is not None
+                       else [False] * len(cfgs))
+    if invalid.any():
+        if stand_in is None:
+            raise ValueError("invalid configurations need a stand_in configuration")
+        ok = ok & ~invalid
+        cfgs = [stand_in if bad else c for c, bad in zip(cfgs, invalid, strict=True)]
     trs = [traces.get(c) for c in cfgs] if plan.per_lane_workload else [traces.get(cfgs[0])]
     if not plan.per_lane_workload:
         first = json.dumps([cfgs[0]["workload"], cfgs[0]["seed"]], sort_keys=True, default=str)
@@ -288,12 +304,16 @@ def batch_from_configs(cfgs: Sequence[Mapping], plan: Plan,
     bad = np.where(ok, 0, st_bits.INFEASIBLE | st_bits.INF_CONSTRAINT).astype(np.int32)
     params = eqx.tree_at(lambda p: p.status0, params,
                          np.asarray(params.status0, np.int32) | bad)
+    if invalid.any():
+        info = {k: np.where(invalid, np.nan if np.asarray(v).dtype.kind == "f" else 0,
+                            np.asarray(v)) for k, v in info.items()}
     if plan.per_lane_workload:
         wl = _stack_traces(trs, plan.max_requests)
     else:
         wl = to_workload(trs[0], plan.max_requests)
-    return Batch(ids=np.arange(len(cfgs)), cfgs=list(cfgs), params=params, workload=wl,
-                 info=info, constraint_ok=ok)
+    return Batch(ids=np.arange(len(cfgs)), cfgs=shown, params=params, workload=wl,
+                 info=info, constraint_ok=ok,
+                 reasons=list(reasons) if reasons is not None else None)
 
 
 def _shard(tree, plan: Plan):
@@ -356,6 +376,9 @@ def rows_from_chunk(space: DesignSpace, batch: Batch, metrics: Mapping) -> dict[
     status = np.asarray(metrics["status"]).astype(np.int64)[:n]
     out["status"] = status.astype(np.int32)
     out["status_str"] = [st_bits.describe(int(s)) for s in status]
+    for i, r in enumerate((batch.reasons or [])[:n]):
+        if r is not None:  # an invalid combination of levels: why, after the status
+            out["status_str"][i] += f": {r}"
     out["ok"] = status == 0
     for k in ("weights_gb", "kv_gb", "num_gpu_blocks"):
         out[k] = np.asarray(batch.info[k])[:n]

@@ -19,9 +19,13 @@ Constraints are expressions over the keys (``max_num_batched_tokens >= max_num_s
 bit ``INF_CONSTRAINT``), never raised. The simulator's own feasibility rules (TP divides
 the heads, the model fits in memory, ...) apply as always.
 
-Every mistake in a space file (unknown key, empty axis, low > high, a bad unit, a
-constraint that no point satisfies, an unknown sampler) raises :class:`SpaceError` naming
-the field, the value and what is allowed, before anything runs.
+Every mistake in a space file (unknown key, empty axis, low > high, a bad unit, a level
+that is invalid whatever the other axes are, a space with no valid point, a constraint
+that no point satisfies, an unknown sampler) raises :class:`SpaceError` naming the field,
+the value and what is allowed, before anything runs. A level that is valid only with
+other axes' levels (``tiers: dram`` needs ``enable_prefix_caching: true``) is kept; a
+point whose combination the configuration rules refuse is an infeasible lane like a
+constraint violator (``INF_CONSTRAINT``), with the validation message as its reason.
 """
 
 from __future__ import annotations
@@ -291,6 +295,10 @@ class DesignSpace:
         seed: seed of the sampler (each point's coordinates depend only on seed and id).
         name: label for reports.
         objectives: free-form settings for ranking (SLOs, prices), kept with the results.
+
+    Set by the checks: ``probe_configs``, the valid configurations at the probe points
+    (corners, levels, random points), and ``stand_in``, the first of them (it fills the
+    parameters of invalid points, which are never simulated).
     """
 
     base: dict
@@ -351,19 +359,46 @@ class DesignSpace:
         return {a.key: a.decode(u[:, j]) for j, a in enumerate(self.axes)}
 
     def configs(self, u: np.ndarray) -> list[dict]:
-        """Validated configuration dicts at points ``u`` [n, d]."""
+        """Validated configuration dicts at points ``u`` [n, d]; an invalid point raises."""
+        cfgs, reasons = self.expand(u)
+        for i, r in enumerate(reasons):
+            if r is not None:
+                raise SpaceError(f"point {i}: {r}")
+        return cfgs
+
+    def expand(self, u: np.ndarray) -> tuple[list[dict], list[str | None]]:
+        """Configurations at points ``u`` [n, d] and, per point, why it is invalid.
+
+        A point whose combination of levels the configuration rules refuse (e.g.
+        ``tiers: dram`` with ``enable_prefix_caching: false``) gets its validation message
+        as reason (``None`` for a valid point) and, as configuration, the validated base
+        with the axes' normalised levels (for the results table only: it is never
+        simulated; see ``search.runner.batch_from_configs``).
+        """
         cols = self.decode_columns(u)
         n = np.atleast_2d(u).shape[0]
-        out = []
+        out, reasons = [], []
         for i in range(n):
             c = copy.deepcopy(self.base)
             for k, v in cols.items():
                 _set_key(c, k, _py(v[i]))
             try:
                 out.append(config_mod.validate(c))
+                reasons.append(None)
             except config_mod.ConfigError as e:
-                raise SpaceError(f"point {i}: {e}") from None
-        return out
+                out.append(self._shown({k: _py(v[i]) for k, v in cols.items()}))
+                reasons.append(str(e))
+        return out, reasons
+
+    def _shown(self, values: Mapping[str, Any]) -> dict:
+        """The validated base with normalised axis values (an invalid point, as shown)."""
+        c = copy.deepcopy(self._base_valid)
+        for a in self.axes:
+            v = values[a.key]
+            if a.kind != "float":
+                v = copy.deepcopy(self._normalised[a.key][_level_key(v)])
+            _set_key(c, a.key, v)
+        return c
 
     def constraint_mask(self, cfgs: Sequence[Mapping]) -> np.ndarray:
         """True where every constraint holds."""
@@ -412,28 +447,86 @@ class DesignSpace:
                 raise SpaceError(f"num_samples: {n!r} must be an integer >= 1 for the "
                                  f"{self.sampler} sampler")
         try:
-            config_mod.validate(self.base)
+            self._base_valid = config_mod.validate(self.base)
         except config_mod.ConfigError as e:
             raise SpaceError(f"base.{e}") from None
-        # Every level / bound of every axis must be a valid value of its key.
-        for a in self.axes:
-            for v in (a.values if a.kind != "float" else (a.low, a.high)):
+        self._check_levels()
+        # Some point must be valid, and each constraint must hold at some valid point.
+        probe = self._probe_points()
+        cfgs, reasons = self.expand(probe)
+        valid = [c for c, r in zip(cfgs, reasons, strict=True) if r is None]
+        if not valid:
+            raise SpaceError(f"axes: no combination of levels is a valid configuration at "
+                             f"any of {len(cfgs)} probe points of the space (corners, "
+                             f"levels and random points); e.g. {reasons[0]}")
+        self.stand_in = valid[0]
+        self.probe_configs = valid
+        for con in self.constraints:
+            con._parse()
+            ok = con.evaluate(_constraint_columns(con, valid))
+            if not ok.any():
+                raise SpaceError(f"{con.field}: {con.expr!r} is false at every one of "
+                                 f"{len(valid)} valid probe points of the space (corners, "
+                                 "levels and random points): no configuration can satisfy "
+                                 "it")
+
+    def _check_levels(self):
+        """Refuse a level (or bound) that is invalid whatever the other axes are.
+
+        Each level is validated on the base. One that fails there is tried with each level
+        (or bound) of every other axis in turn, then at 64 random points of the space; it
+        is refused (with the base's message) only if all of these fail too. A level that
+        passes is kept: combinations where it is invalid become infeasible lanes.
+        Records each discrete level's normalised value (for :meth:`_shown`).
+        """
+        def levels(a):
+            return a.values if a.kind != "float" else (a.low, a.high)
+
+        self._normalised: dict[str, dict[str, Any]] = {}
+        rng = np.random.default_rng(1)
+        for j, a in enumerate(self.axes):
+            norm = self._normalised[a.key] = {}
+            for li, v in enumerate(levels(a)):
                 c = copy.deepcopy(self.base)
                 _set_key(c, a.key, _py(v))
                 try:
-                    config_mod.validate(c)
+                    good = config_mod.validate(c)
                 except config_mod.ConfigError as e:
-                    raise SpaceError(f"axes.{a.key}: {e}") from None
-        # Constraints: parse, check names, and make sure some point satisfies each.
-        probe = self._probe_points()
-        cfgs = self.configs(probe)
-        for con in self.constraints:
-            con._parse()
-            ok = con.evaluate(_constraint_columns(con, cfgs))
-            if not ok.any():
-                raise SpaceError(f"{con.field}: {con.expr!r} is false at every one of "
-                                 f"{len(cfgs)} probe points of the space (corners, levels "
-                                 "and random points): no configuration can satisfy it")
+                    good = self._witness(j, li, _py(v), rng)
+                    if good is None:
+                        raise SpaceError(f"axes.{a.key}: {e}") from None
+                if a.kind != "float":
+                    norm[_level_key(_py(v))] = _get_key(good, a.key)
+
+    def _witness(self, j: int, li: int, v: Any, rng) -> dict | None:
+        """A valid configuration with level ``v`` of axis ``j`` and other axes' levels."""
+        a = self.axes[j]
+        for k, b in enumerate(self.axes):
+            if k == j:
+                continue
+            for w in (b.values if b.kind != "float" else (b.low, b.high)):
+                c = copy.deepcopy(self.base)
+                _set_key(c, a.key, v)
+                _set_key(c, b.key, _py(w))
+                try:
+                    return config_mod.validate(c)
+                except config_mod.ConfigError:
+                    continue
+        u = rng.random((64, self.num_dims))
+        if a.kind == "float":
+            u[:, j] = float(li)  # low (0) or high (1)
+        else:
+            u[:, j] = (li + 0.5) / len(a.values)
+        cols = self.decode_columns(u)
+        for i in range(len(u)):
+            c = copy.deepcopy(self.base)
+            for key, vals in cols.items():
+                _set_key(c, key, _py(vals[i]))
+            try:
+                return config_mod.validate(c)
+            except config_mod.ConfigError:
+                continue
+        return None
 
     def _probe_points(self) -> np.ndarray:
         """Corners of discrete levels and bounds, plus random points (for checks)."""
@@ -466,6 +559,11 @@ def _constraint_columns(con: Constraint, cfgs: Sequence[Mapping]) -> dict[str, n
             raise SpaceError(f"{con.field}: {name!r} is not a configuration key; use keys "
                              "such as max_num_seqs, tp, workload.rate") from None
     return cols
+
+
+def _level_key(v) -> str:
+    """A hashable key of an axis level (levels may be lists or mappings)."""
+    return json.dumps(v, sort_keys=True, default=str)
 
 
 def _py(v):

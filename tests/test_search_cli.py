@@ -143,3 +143,54 @@ def test_price_gpus_include_the_gpu_axis(tmp_path):
         "gpu": {"kind": "choice", "values": ["H100-SXM", "A100-80GB"]}}}}))
     df = pd.DataFrame({"gpu": ["H100-SXM"]})
     assert search_cli._sweep_gpus(str(tmp_path), df) == ["A100-80GB", "H100-SXM"]
+
+
+CROSS = """\
+base: {model: Llama-3.1-8B, gpu: H100-SXM, cost_preset: uncalibrated, max_num_seqs: 4,
+       workload: {kind: poisson, rate: 20, num_requests: 8, prompt_tokens: 64, output_tokens: 8}}
+axes:
+  enable_prefix_caching: [false, true]
+  tiers: ["", "%s"]
+"""
+
+
+def test_sweep_cross_axis_space(tmp_path, capsys):
+    """Axes that depend on each other: the space sweeps; the invalid combination (no prefix
+    caching, a DRAM tier) is an infeasible row with the validation message as reason, the
+    valid ones run; `best` skips it."""
+    from jaxsim import cli
+    from jaxsim import status as st_bits
+    from search import runner
+
+    p = tmp_path / "cross.yaml"
+    p.write_text(CROSS % "dram")
+    out = str(tmp_path / "sw")
+    assert cli.main(["sweep", str(p), "--out", out, "--chunk-size", "4", "--quiet"]) == 0
+    df = runner.load_results(out)
+    assert [(c, list(t)) for c, t in zip(df["enable_prefix_caching"], df["tiers"],
+                                                     strict=True)] == [
+        (False, []), (False, ["dram"]), (True, []), (True, ["dram"])]
+    assert list(df["ok"]) == [True, False, True, True]
+    assert df["status"][1] == st_bits.INFEASIBLE | st_bits.INF_CONSTRAINT
+    assert df["status_str"][1] == ("infeasible,violates_space_constraint: tiers: dram needs "
+                                   "enable_prefix_caching: true (lower tiers hold evicted "
+                                   "prefix-cache blocks)")
+    assert (df["completed"][[0, 2, 3]] == 8).all()
+    capsys.readouterr()
+    assert cli.main(["best", out]) == 0
+    assert "3 of 4 configurations" in capsys.readouterr().out
+
+
+def test_sweep_cross_axis_typo_and_no_valid_point_refused(tmp_path, capsys):
+    """A level invalid whatever the other axes are (a typo), and a space with no valid
+    combination, are refused before anything runs."""
+    out = str(tmp_path / "sw")
+    p = tmp_path / "typo.yaml"
+    p.write_text(CROSS % "drma")
+    err = _error(capsys, "sweep", str(p), "--out", out)
+    assert "axes.tiers: tiers: 'drma' is not a tier preset; allowed: dram" in err
+    p = tmp_path / "none.yaml"
+    p.write_text(CROSS.replace("[false, true]", "[false]") % "dram")
+    err = _error(capsys, "sweep", str(p), "--out", out)
+    assert "axes.tiers: tiers: dram needs enable_prefix_caching: true" in err
+    assert not os.path.exists(out)

@@ -149,3 +149,82 @@ def test_random_space_size_and_digest():
     assert space.from_dict(d2).digest() != sp.digest()
     with pytest.raises(SpaceError, match="ids must lie"):
         sp.sample(np.array([100]))
+
+
+def _cross(**axes):
+    """A space whose tiers axis depends on its enable_prefix_caching axis."""
+    return {"base": {"model": "Llama-3.1-8B", "gpu": "H100-SXM", "cost_preset": "uncalibrated",
+                     "workload": {"kind": "poisson", "rate": 20, "num_requests": 8,
+                                  "prompt_tokens": 64, "output_tokens": 8}},
+            "axes": axes or {"enable_prefix_caching": [False, True], "tiers": ["", "dram"]}}
+
+
+def test_cross_axis_levels_kept_invalid_points_have_a_reason():
+    """tiers: dram is invalid on the base alone (no prefix caching) but valid with
+    enable_prefix_caching: true: the space loads; only the invalid combination carries
+    the validation message, and its configuration shows the point's own levels."""
+    sp = space.from_dict(_cross())
+    cfgs, reasons = sp.expand(sp.sample(np.arange(sp.size)))
+    shown = [(c["enable_prefix_caching"], c["tiers"]) for c in cfgs]
+    assert shown == [(False, []), (False, ["dram"]), (True, []), (True, ["dram"])]
+    assert [r is None for r in reasons] == [True, False, True, True]
+    assert reasons[1] == ("tiers: dram needs enable_prefix_caching: true (lower tiers hold "
+                          "evicted prefix-cache blocks)")
+    with pytest.raises(SpaceError, match="point 1: tiers: dram needs"):
+        sp.configs(sp.sample(np.arange(sp.size)))
+    assert sp.stand_in in sp.probe_configs
+    # the other order of axes, and a third axis, change nothing
+    d = _cross(tiers=["", "dram"], max_num_seqs=[2, 4], enable_prefix_caching=[False, True])
+    sp = space.from_dict(d)
+    cfgs, reasons = sp.expand(sp.sample(np.arange(sp.size)))
+    bad = [(c["tiers"], c["enable_prefix_caching"]) for c, r in zip(cfgs, reasons, strict=True)
+           if r]
+    assert bad == [(["dram"], False)] * 2
+
+
+def test_cross_axis_batch_marks_invalid_lanes_infeasible():
+    """An invalid combination becomes an infeasible lane (INF_CONSTRAINT, the path of
+    constraint violators): a valid stand-in fills its parameters, its memory figures are
+    NaN; the batch keeps the point's own configuration and reason."""
+    from jaxsim import status as st_bits
+    from search import runner
+
+    sp = space.from_dict(_cross())
+    plan = runner.make_plan(sp, chunk_size=4)
+    b = runner.build_batch(sp, plan, np.arange(4))
+    status0 = np.asarray(b.params.status0)
+    assert status0[1] == st_bits.INFEASIBLE | st_bits.INF_CONSTRAINT
+    assert not np.any(status0[[0, 2, 3]] & st_bits.INF_CONSTRAINT)
+    assert list(b.constraint_ok) == [True, False, True, True]
+    assert np.isnan(b.info["kv_gb"][1]) and np.all(np.isfinite(b.info["kv_gb"][[0, 2, 3]]))
+    assert b.cfgs[1]["tiers"] == ["dram"] and not b.cfgs[1]["enable_prefix_caching"]
+    assert b.reasons[1].startswith("tiers: dram needs") and b.reasons[0] is None
+
+
+@pytest.mark.parametrize("axes, needle", [
+    # invalid whatever the other axes are: still refused up front, with the same message
+    ({"enable_prefix_caching": [False, True], "tiers": ["", "drma"]},
+     "axes.tiers: tiers: 'drma' is not a tier preset; allowed: dram"),
+    ({"enable_prefix_caching": [False, True], "tiers": ["", "dram"], "max_num_seqs": [4, -1]},
+     "axes.max_num_seqs: max_num_seqs: -1 must be >= 1"),
+    ({"enable_prefix_caching": [False, True], "tiers": ["", "dram"],
+      "max_num_seqs": [4, "eight"]}, "axes.max_num_seqs: max_num_seqs: 'eight'"),
+    # a level valid with no level of the other axes
+    ({"enable_prefix_caching": [False], "tiers": ["", "dram"]},
+     "axes.tiers: tiers: dram needs enable_prefix_caching: true"),
+])
+def test_level_invalid_whatever_the_other_axes_refused(axes, needle):
+    with pytest.raises(SpaceError) as e:
+        space.from_dict(_cross(**axes))
+    assert str(e.value).startswith(needle) and "\n" not in str(e.value), str(e.value)
+
+
+def test_space_with_no_valid_point_refused():
+    """Each level is valid on the base, but no combination is."""
+    d = _cross(enable_prefix_caching=[False], tiers=["dram", "ssd"])
+    d["base"]["enable_prefix_caching"] = True
+    with pytest.raises(SpaceError) as e:
+        space.from_dict(d)
+    msg = str(e.value)
+    assert msg.startswith("axes: no combination of levels is a valid configuration at any "
+                          "of ") and "needs enable_prefix_caching: true" in msg, msg
