@@ -408,8 +408,17 @@ class DesignSpace:
         return ok
 
     def point(self, values: Mapping[str, Any]) -> np.ndarray:
-        """Unit-cube coordinates of a point given by its axis values."""
-        return np.array([a.encode(values[a.key]) for a in self.axes])
+        """Unit-cube coordinates of a point given by its axis values, as the space file
+        gives them or as the results hold them (normalised: ``tiers: dram`` is stored as
+        ``["dram"]``)."""
+        out = []
+        for a in self.axes:
+            v = values[a.key]
+            if a.kind != "float" and not any(x == v for x in a.values):
+                norm = getattr(self, "_normalised", {}).get(a.key, {})
+                v = next((x for x in a.values if norm.get(_level_key(_py(x))) == v), v)
+            out.append(a.encode(v))
+        return np.array(out)
 
     # ---- identity --------------------------------------------------------------------
 

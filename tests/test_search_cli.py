@@ -179,6 +179,9 @@ def test_sweep_cross_axis_space(tmp_path, capsys):
     capsys.readouterr()
     assert cli.main(["best", out]) == 0
     assert "3 of 4 configurations" in capsys.readouterr().out
+    # --why finds the winner's coordinates from its stored (normalised) tiers value
+    assert cli.main(["best", out, "--why"]) == 0
+    assert "no continuous axes" in capsys.readouterr().out
 
 
 def test_sweep_cross_axis_typo_and_no_valid_point_refused(tmp_path, capsys):

@@ -182,6 +182,20 @@ def test_cross_axis_levels_kept_invalid_points_have_a_reason():
     assert bad == [(["dram"], False)] * 2
 
 
+def test_point_accepts_the_normalised_values_the_results_hold():
+    """Results store a level as validated (tiers "dram" -> ["dram"]); ``point`` maps it
+    back to the level, so ``jaxsim best --why`` can find the winner's coordinates."""
+    sp = space.from_dict(_cross())
+    u = sp.sample(np.arange(sp.size))
+    cfgs, _ = sp.expand(u)
+    for i, c in enumerate(cfgs):
+        got = sp.point({a.key: c[a.key] for a in sp.axes})
+        assert np.allclose(got, u[i]), (i, c["tiers"])
+    assert np.allclose(sp.point({"enable_prefix_caching": True, "tiers": "dram"}), u[3])
+    with pytest.raises(SpaceError, match="axes.tiers: 'ssd' is not one of its values"):
+        sp.point({"enable_prefix_caching": True, "tiers": "ssd"})
+
+
 def test_cross_axis_batch_marks_invalid_lanes_infeasible():
     """An invalid combination becomes an infeasible lane (INF_CONSTRAINT, the path of
     constraint violators): a valid stand-in fills its parameters, its memory figures are
