@@ -300,24 +300,25 @@ def test_step__max_iterations_per_lane_from_the_configurations():
     assert res.metrics["iterations"][0] == 10
     assert list(res.metrics["completed"]) == [0, 2, 2]
     assert res.metrics["iterations"][1] == res.metrics["iterations"][2] > 10
-    prep = api.prepare([{}, {}], tr)
-    both = simulate_batch(prep.shape, prep.params, prep.workload, max_iterations=[7, None])
-    assert list(both.metrics["iterations"]) == [7, res.metrics["iterations"][1]]
+    prep = api.prepare([{}, {}, {}], tr)  # three lanes: api.run's compiled shape
+    both = simulate_batch(prep.shape, prep.params, prep.workload,
+                          max_iterations=[7, None, 5])
+    assert list(both.metrics["iterations"]) == [7, res.metrics["iterations"][1], 5]
     with pytest.raises(ValueError, match=r"max_iterations\[1\]=0 must be an int in 1\.\."):
-        simulate_batch(prep.shape, prep.params, prep.workload, max_iterations=[7, 0])
-    with pytest.raises(ValueError, match="3 values for 2 lanes"):
-        simulate_batch(prep.shape, prep.params, prep.workload, max_iterations=[7, 8, 9])
+        simulate_batch(prep.shape, prep.params, prep.workload, max_iterations=[7, 0, 1])
+    with pytest.raises(ValueError, match="2 values for 3 lanes"):
+        simulate_batch(prep.shape, prep.params, prep.workload, max_iterations=[7, 8])
 
 
 def test_api_run__builds_traces_from_workload_sections_unless_given_one():
-    """(Two-request traces: the same compiled shape as the test above.)"""
+    """(Three lanes of two-request traces: the compiled shape of the test above.)"""
     from jaxsim import api, config
 
     cfg = {"workload": {"num_requests": 2, "rate": 4.0, "prompt_tokens": 64}}
-    own = api.run([cfg, cfg])
+    own = api.run([cfg, cfg, cfg])
     v = config.validate(cfg)
-    direct = api.run([v, v], config.build_trace(v))
-    assert list(own.metrics["completed"]) == [2, 2]
+    direct = api.run([v, v, v], config.build_trace(v))
+    assert list(own.metrics["completed"]) == [2, 2, 2]
     assert own.metrics["ttft_mean_s"][0] == direct.metrics["ttft_mean_s"][0]
-    given = api.run([cfg, cfg], Trace([0.0, 0.01], [8, 8], [50, 50]))  # the trace wins
+    given = api.run([cfg, cfg, cfg], Trace([0.0, 0.01], [8, 8], [50, 50]))  # trace wins
     assert given.metrics["ttft_mean_s"][0] < own.metrics["ttft_mean_s"][0]
