@@ -98,14 +98,11 @@ class Evaluator:
         for s in range(0, len(idx), B):
             part = idx[s:s + B]
             pad = part + [part[-1]] * (B - len(part))
-            cfgs, reasons = self.space.expand(u[pad])
-            ok = self.space.constraint_mask(cfgs)
-            batch = runner.batch_from_configs(cfgs, self.plan, ok, self.traces,
-                                              reasons=reasons, stand_in=self.space.stand_in)
+            batch = runner.batch_at_points(self.space, self.plan, u[pad], self.traces)
             m = runner.simulate_chunk(self.plan, batch, max_iterations=self.max_iterations)
             table = {k: np.asarray(v)[:len(part)] for k, v in m.items()}
             for k in ("tp", "gpu"):
-                table[k] = np.array([c[k] for c in cfgs[:len(part)]])
+                table[k] = np.array([c[k] for c in batch.cfgs[:len(part)]])
             c = ob.costs(table, [self.objective], self.slo, self.prices)[:, 0]
             v = ob.derived(table, self.objective, self.prices)
             for j, i in enumerate(part):

@@ -240,11 +240,19 @@ def build_batch(space: DesignSpace, plan: Plan, ids: np.ndarray,
     B = plan.chunk_size
     if n < B:
         ids = np.concatenate([ids, np.full(B - n, ids[-1])])
-    cfgs, reasons = space.expand(space.sample(ids))
-    batch = batch_from_configs(cfgs, plan, space.constraint_mask(cfgs), traces,
-                               reasons=reasons, stand_in=space.stand_in)
-    return dataclasses.replace(batch, ids=ids[:n], cfgs=cfgs[:n],
-                               constraint_ok=batch.constraint_ok[:n], reasons=reasons[:n])
+    batch = batch_at_points(space, plan, space.sample(ids), traces)
+    return dataclasses.replace(batch, ids=ids[:n], cfgs=batch.cfgs[:n],
+                               constraint_ok=batch.constraint_ok[:n],
+                               reasons=batch.reasons[:n])
+
+
+def batch_at_points(space: DesignSpace, plan: Plan, u: np.ndarray,
+                    traces: _TraceCache | None = None) -> Batch:
+    """Batch the configurations at points ``u`` [B, d] of a space: constraint violators
+    and invalid combinations of levels become infeasible lanes."""
+    cfgs, reasons = space.expand(u)
+    return batch_from_configs(cfgs, plan, space.constraint_mask(cfgs), traces,
+                              reasons=reasons, stand_in=space.stand_in)
 
 
 def batch_from_configs(cfgs: Sequence[Mapping], plan: Plan,

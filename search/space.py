@@ -488,14 +488,11 @@ class DesignSpace:
         passes is kept: combinations where it is invalid become infeasible lanes.
         Records each discrete level's normalised value (for :meth:`_shown`).
         """
-        def levels(a):
-            return a.values if a.kind != "float" else (a.low, a.high)
-
         self._normalised: dict[str, dict[str, Any]] = {}
         rng = np.random.default_rng(1)
         for j, a in enumerate(self.axes):
             norm = self._normalised[a.key] = {}
-            for li, v in enumerate(levels(a)):
+            for li, v in enumerate(_levels(a)):
                 c = copy.deepcopy(self.base)
                 _set_key(c, a.key, _py(v))
                 try:
@@ -513,7 +510,7 @@ class DesignSpace:
         for k, b in enumerate(self.axes):
             if k == j:
                 continue
-            for w in (b.values if b.kind != "float" else (b.low, b.high)):
+            for w in _levels(b):
                 c = copy.deepcopy(self.base)
                 _set_key(c, a.key, v)
                 _set_key(c, b.key, _py(w))
@@ -568,6 +565,11 @@ def _constraint_columns(con: Constraint, cfgs: Sequence[Mapping]) -> dict[str, n
             raise SpaceError(f"{con.field}: {name!r} is not a configuration key; use keys "
                              "such as max_num_seqs, tp, workload.rate") from None
     return cols
+
+
+def _levels(a: Axis) -> Sequence[Any]:
+    """An axis's discrete levels, or a float axis's bounds."""
+    return a.values if a.kind != "float" else (a.low, a.high)
 
 
 def _level_key(v) -> str:
