@@ -65,6 +65,29 @@ def probe(b: int, chunks: int) -> None:
             f"{int(done.sum())} lanes done")
 
 
+def _trace_calls(sim, label: str) -> None:
+    """Wrap the jitted pieces ``simulate_batch`` calls so that each call blocks on its
+    result and prints its time and lane count: the last line before a stall names it."""
+    import jax
+
+    def wrap(name):
+        fn = getattr(sim, name)
+
+        def traced(*args, **kwargs):
+            lanes = [x.shape[0] for x in jax.tree_util.tree_leaves(args)
+                     if getattr(x, "ndim", 0) >= 1][:1]
+            print(f"{label}: {name} on {lanes} lanes ...", flush=True)
+            t = time.perf_counter()
+            out = jax.block_until_ready(fn(*args, **kwargs))
+            print(f"{label}: {name} done in {time.perf_counter() - t:.3f} s", flush=True)
+            return out
+
+        setattr(sim, name, traced)
+
+    for name in ("_init_batch", "_run_chunk_batch", "_gather", "_scatter", "_finish_batch"):
+        wrap(name)
+
+
 def probe_simulate(b: int, compact: bool) -> None:
     import jax
 
@@ -74,6 +97,7 @@ def probe_simulate(b: int, compact: bool) -> None:
     from jaxsim import sim
 
     prep, params = bench_gpu._lanes(b)
+    _trace_calls(sim, f"B={b} compaction {'on' if compact else 'off'}")
     t = time.perf_counter()
     res = sim.simulate_batch(prep.shape, params, prep.workload, compact_lanes=compact)
     jax.block_until_ready(res.metrics)
@@ -85,7 +109,9 @@ def probe_simulate(b: int, compact: bool) -> None:
 def _child(args: list[str], label: str, timeout: float) -> None:
     t = time.perf_counter()
     try:
-        subprocess.run([sys.executable, __file__, *args], timeout=timeout, check=False)
+        # the child prints every thread's Python stack shortly before it is killed
+        subprocess.run([sys.executable, __file__, *args, "--dump-after",
+                        str(max(timeout - 10, 1))], timeout=timeout, check=False)
     except subprocess.TimeoutExpired:
         print(f"{label}: killed after {time.perf_counter() - t:.0f} s (the stage after "
               "the last line above did not end)", flush=True)
@@ -100,8 +126,14 @@ def main(argv=None) -> int:
                     help="run simulate_batch with compaction off, then on, per size")
     ap.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--compact", type=int, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--dump-after", type=float, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child is not None:
+        if args.dump_after:
+            import faulthandler
+
+            faulthandler.dump_traceback_later(args.dump_after, exit=False)
+        os.environ.setdefault("JAX_LOG_COMPILES", "1")
         if args.compact is None:
             probe(args.child, args.chunks)
         else:
