@@ -13,11 +13,13 @@ time of each; a size that finishes without compaction but not with it stalls in 
 compacted batch size (B/4, B/16, ... down to 64). Environment variables pass to the
 children unchanged, e.g. ``XLA_FLAGS=--xla_gpu_autotune_level=4`` to compare autotuning.
 
-On one H200 (JAX 0.11.2, 2026-11-23) ``bench_gpu.py`` finished B = 1,000 and
-B = 1,000,000 (chunks of 2^18, compaction down to 64 lanes) but not B = 10,000 within three
-minutes; this probe found 10,000 lanes compiling in 6.9 s and running 256 steps in 0.14 s
-with autotuning off, and 3,000 lanes with autotuning on compiling in 38 s and not finishing
-their first chunk in two minutes.
+Each child logs its compiles (``JAX_LOG_COMPILES``), times every jitted piece that
+``simulate_batch`` calls, and prints its Python stacks ten seconds before it is killed.
+
+On one H200 (JAX 0.11.2, 2026-11-23) this found the chunk function stalling at 1,536 to
+4,096 lanes and running at 1,024, 1,200 and 6,000 or more; ``jaxsim.sim.GPU_AVOID_LANES``
+keeps working batches out of that range (benchmarks/README.md). Several sizes can be
+probed at once, one process each, with ``XLA_PYTHON_CLIENT_PREALLOCATE=false``.
 """
 
 from __future__ import annotations
@@ -96,6 +98,7 @@ def probe_simulate(b: int, compact: bool) -> None:
 
     from jaxsim import sim
 
+    sim.GPU_AVOID_LANES = None  # probe the sizes themselves, not their padded stand-ins
     prep, params = bench_gpu._lanes(b)
     _trace_calls(sim, f"B={b} compaction {'on' if compact else 'off'}")
     t = time.perf_counter()

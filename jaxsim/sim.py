@@ -47,6 +47,30 @@ MIN_LANES_PER_DEVICE = 64
 #: compiler options only on a top-level jit, so only the chunk function carries them.
 XLA_OPTIONS = {"xla_gpu_autotune_level": 0}
 
+#: Lane counts (per device, both ends excluded) that a working batch never runs at on a
+#: GPU: such a batch is padded to the upper end (copies of its last lane, dropped from the
+#: result), and lane compaction skips them. On one H200 (JAX 0.11.2, 2026-11-23) the chunk
+#: function for 1,536, 2,048, 2,500, 3,000 and 4,096 lanes compiled 2-5x slower than for
+#: 1,024 or 10,000 and its first call had not returned after one to three minutes, while
+#: 1,024, 1,200, 6,000, 8,192, 9,000, 12,000 and 2^18 lanes ran 256 steps in 0.08-0.35 s
+#: (benchmarks/README.md). The cause is not found. ``None`` turns the padding off.
+GPU_AVOID_LANES: tuple[int, int] | None = (1200, 6000)
+
+
+def _avoided_lanes() -> tuple[int, int] | None:
+    """``GPU_AVOID_LANES`` on a GPU backend, else ``None``."""
+    if GPU_AVOID_LANES is None or jax.local_devices()[0].platform != "gpu":
+        return None
+    return GPU_AVOID_LANES
+
+
+def _run_lanes(n: int, per_device: int, band: tuple[int, int] | None) -> int:
+    """The lane count a working batch of ``n`` lanes (a multiple of the device count, with
+    ``per_device`` lanes on each) runs at: ``n``, or padded up past ``band``."""
+    if band is not None and band[0] < per_device < band[1]:
+        return n // per_device * band[1]
+    return n
+
 
 @jax.jit
 def _gather(tree, idx):
@@ -89,10 +113,26 @@ def _lane_placer(n_lanes: int, wl_batched: bool, devices: int | None = None):
 
 
 def _pad_lanes(tree, pad: int):
-    """Append ``pad`` copies of the last lane (so B divides over the devices)."""
+    """Append ``pad`` copies of the last lane (so B divides over the devices, or skips
+    ``GPU_AVOID_LANES``)."""
     return jax.tree.map(
         lambda x: np.concatenate([np.asarray(x), np.repeat(np.asarray(x)[-1:], pad, 0)]),
         tree)
+
+
+def _compacted_size(size: int, live: int, n_dev: int, band: tuple[int, int] | None) -> int:
+    """Lanes of the next working batch when ``live`` of ``size`` lanes still run: a
+    quarter, a sixteenth, ... of ``size`` while the running lanes fit (never below
+    ``COMPACT_MIN_LANES``), a whole number per device, and not inside ``band`` per device
+    (down to its lower end if the running lanes fit there, else up to its upper end)."""
+    new = size
+    while live <= new // 4 and new // 4 >= COMPACT_MIN_LANES:
+        new //= 4
+    new = min(size, -(-new // n_dev) * n_dev)
+    if band is not None and band[0] < new // n_dev < band[1]:
+        fits = live <= band[0] * n_dev and band[0] >= COMPACT_MIN_LANES
+        new = min(size, (band[0] if fits else band[1]) * n_dev)
+    return new
 
 
 def iteration_limits(max_iterations, workload: Workload, lanes: int) -> np.ndarray:
@@ -281,7 +321,8 @@ def simulate_batch(
             (padded with copies of the last lane to a multiple of the device count; the
             copies are dropped from the result). Counts and statuses do not depend on
             it; times may differ in the last float32 bit (XLA rounds a lane of a
-            vector body and of its scalar tail differently).
+            vector body and of its scalar tail differently). On a GPU, a batch whose
+            lanes per device fall inside ``GPU_AVOID_LANES`` is padded the same way.
 
     Returns:
         A :class:`SimResult`.
@@ -311,7 +352,9 @@ def simulate_batch(
     if devices is not None and devices < 1:
         raise ValueError(f"devices={devices!r} must be >= 1 (or None for all)")
     n_dev, place, place_wl = _lane_placer(B, wl_batched, devices)
-    pad = (-B) % n_dev
+    band = _avoided_lanes()
+    per_dev = -(-B // n_dev)
+    pad = _run_lanes(per_dev * n_dev, per_dev, band) - B
     if pad:
         return _trim(simulate_batch(
             shape, _pad_lanes(params, pad), _pad_lanes(workload, pad) if wl_batched
@@ -334,11 +377,9 @@ def simulate_batch(
         done = np.asarray(done)
         if done.all():
             break
-        size = new = done.size
+        size = done.size
         live = np.flatnonzero(~done)
-        while compact_lanes and live.size <= new // 4 and new // 4 >= COMPACT_MIN_LANES:
-            new //= 4
-        new = min(size, -(-new // n_dev) * n_dev)  # a whole number of lanes per device
+        new = _compacted_size(size, live.size, n_dev, band) if compact_lanes else size
         if new < size:
             state = c_state if idx is None else _scatter(state, c_state, idx)
             pos = np.concatenate([live, np.flatnonzero(done)[:new - live.size]])

@@ -138,3 +138,55 @@ def test_devices__the_command_line_uses_every_core():
     n, count, cores = map(int, r.stdout.split())
     assert count == max(cores, 1)
     assert n == (cores if cores > 1 else 0)
+
+
+def test_devices__gpu_avoided_lane_counts_are_padded_past_or_compacted_around():
+    # sim.GPU_AVOID_LANES: a working batch never runs at a per-device lane count inside
+    # the range (both ends excluded); arithmetic only, and off on a CPU backend.
+    band = (1200, 6000)
+    assert sim._avoided_lanes() is None  # this suite runs on CPU
+    assert sim._run_lanes(2500, 2500, band) == 6000
+    assert sim._run_lanes(5000, 2500, band) == 12000  # two devices, 2,500 each
+    assert sim._run_lanes(1200, 1200, band) == 1200  # the ends are allowed
+    assert sim._run_lanes(6000, 6000, band) == 6000
+    assert sim._run_lanes(2500, 2500, None) == 2500
+    # compaction: 100,000 lanes, 1,000 running -> a sixteenth would be 1,562, inside the
+    # range: down to 1,200 (the running lanes fit); with 1,500 running, up to 6,000
+    assert sim._compacted_size(100_000, 1_000, 1, None) == 1_562
+    assert sim._compacted_size(100_000, 1_000, 1, band) == 1_200
+    assert sim._compacted_size(25_000, 1_500, 1, band) == 6_000
+    assert sim._compacted_size(6_000, 5_000, 1, band) == 6_000  # no smaller batch
+    assert sim._compacted_size(10_000, 100, 1, band) == 156  # below the range: unchanged
+    assert sim._compacted_size(10_000, 100, 2, band) == 156
+    assert sim._compacted_size(200, 100, 1, band) == 200  # too many running to compact
+
+
+@pytest.mark.slow  # compiles three batch sizes; CI's slow step
+def test_devices__padding_past_an_avoided_lane_count_keeps_every_result(monkeypatch):
+    # With a small avoided range monkeypatched in (it is GPU-only otherwise): 5 lanes run
+    # padded to 8, and 256 lanes compact to 100 instead of 64; results are those of the
+    # plain run, lane for lane.
+    ns: dict = {}
+    exec(SCENARIO, ns)
+    plain = {B: _one_device(B, long) for B, long in ((5, False), (256, True))}
+    monkeypatch.setattr(sim, "_avoided_lanes", lambda: (3, 8))
+    got = _results(sim.simulate_batch(*ns["scenario"](5, False)))
+    monkeypatch.setattr(sim, "_avoided_lanes", lambda: (32, 100))
+    sizes = []
+    real = sim._run_chunk_batch
+
+    def spy(shape, params, *a, **k):
+        sizes.append(int(np.shape(params.scheduler.mode)[0]))
+        return real(shape, params, *a, **k)
+
+    monkeypatch.setattr(sim, "_run_chunk_batch", spy)
+    got_long = _results(sim.simulate_batch(*ns["scenario"](256, True)))
+    assert sizes[0] == 256 and 100 in sizes and 64 not in sizes, sizes
+    for want, have in ((plain[5], got), (plain[256], got_long)):
+        assert set(want) == set(have)
+        for k, v in want.items():
+            assert have[k].shape == v.shape, k
+            if v.dtype.kind != "f":
+                np.testing.assert_array_equal(have[k], v, err_msg=k)
+            else:  # another batch size may round a lane's times in the last bit
+                np.testing.assert_allclose(have[k], v, rtol=1e-6, err_msg=k)

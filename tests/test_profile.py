@@ -353,17 +353,22 @@ def test_profile__all_reduce_on_two_host_devices(tmp_path):
 H200_DIR = Path(__file__).resolve().parent.parent / "calibration" / "data" / "h200"
 
 
-def test_h200_profile__shipped_preset_is_fitted_to_the_shipped_measurements():
-    """The H200 profile measured with ``jaxsim profile`` on one H200 and the preset
-    calibrated from it: the preset's data hash is the CSV's, it reads as a preset, and
+@pytest.mark.parametrize("csv_name,preset_name", [
+    ("llama-3.1-8b_profile.csv", "H200-jaxsim-profile.json"),  # --timing sync
+    ("llama-3.1-8b_profile_back-to-back.csv", "H200-jaxsim-profile-back-to-back.json"),
+])
+def test_h200_profile__shipped_preset_is_fitted_to_the_shipped_measurements(
+        csv_name, preset_name):
+    """The H200 profiles measured with ``jaxsim profile`` on one H200 and the presets
+    calibrated from them: each preset's data hash is its CSV's, it reads as a preset, and
     every operator of the profile is in its error report."""
     from calibration import loaders
     from calibration.calibrate import representable
     from jaxsim import costpresets
 
-    m = loaders.load([str(H200_DIR / "llama-3.1-8b_profile.csv")])
+    m = loaders.load([str(H200_DIR / csv_name)])
     m = m.select(representable(m)[0])  # the rows calibrate fits (copies are not)
-    preset = costpresets.read(str(H200_DIR / "H200-jaxsim-profile.json"))
+    preset = costpresets.read(str(H200_DIR / preset_name))
     assert preset["hardware"] == "H200" and set(m["hardware"]) == {"H200"}
     assert preset["data_sha256"] == m.digest()
     ops = set(m["op"]) - {"h2d_copy", "d2h_copy"}
