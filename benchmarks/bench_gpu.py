@@ -10,7 +10,8 @@ configuration is the core scenario of ``jaxsim.bench`` (Llama-3.1-8B, H100-SXM, 
 ``.npz`` file; the time reported is end to end (simulation, transfer back, file
 written), after one warm-up chunk that compiles (a short last chunk runs padded to the
 chunk size, so nothing compiles inside the timing). It also finds the largest single batch
-that fits in device memory (doubling until allocation fails) and records memory per lane.
+that fits in device memory (doubling until allocation fails, each size in a child process
+with a time limit, ``--fit-timeout``) and records memory per lane.
 Writes ``results/gpu_<device>.json``.
 """
 
@@ -85,27 +86,52 @@ def run_size(total: int, chunk: int, out_dir: str) -> dict:
             "steps_per_lane": steps / total, "iterations_per_lane": iters / total}
 
 
-def largest_batch(start: int, limit: int) -> int:
-    """The largest power-of-two batch (from ``start``) whose chunk runs without running
-    out of device memory, up to ``limit``."""
+def fits(b: int) -> int:
+    """Run one chunk of ``b`` lanes (a child of :func:`largest_batch`): exit status 0 if
+    it ran, ``OOM_EXIT`` if the device ran out of memory."""
     from jaxsim import sim
 
-    ok, b = 0, start
+    try:
+        prep, params = _lanes(b)
+        st = sim._init_batch(prep.shape, params, prep.workload, jax.numpy.int32(10), False)
+        st, _, _ = sim._run_chunk_batch(prep.shape, params, prep.workload, st, False)
+        jax.block_until_ready(st)
+    except Exception as e:  # out of memory is an answer; anything else is an error
+        if "RESOURCE_EXHAUSTED" not in str(e) and "out of memory" not in str(e).lower():
+            raise
+        return OOM_EXIT
+    return 0
+
+
+#: Exit status of a :func:`fits` child whose batch did not fit in device memory.
+OOM_EXIT = 3
+
+
+def largest_batch(start: int, limit: int, timeout: float) -> tuple[int, list[dict]]:
+    """The largest power-of-two batch (from ``start``, up to ``limit``) whose chunk runs,
+    and one row per size tried. Each size runs in a child process of its own, killed
+    after ``timeout`` seconds (compiling a very large batch can take minutes); the search
+    ends at the first size that does not fit, fails or runs out of time."""
+    import subprocess
+
+    ok, b, tried = 0, start, []
     while b <= limit:
+        t = time.perf_counter()
         try:
-            prep, params = _lanes(b)
-            st = sim._init_batch(prep.shape, params, prep.workload, jax.numpy.int32(10),
-                                 False)
-            st, _, _ = sim._run_chunk_batch(prep.shape, params, prep.workload, st, False)
-            jax.block_until_ready(st)
-            del st
-            ok = b
-        except Exception as e:  # out of memory ends the search
-            if "RESOURCE_EXHAUSTED" not in str(e) and "out of memory" not in str(e).lower():
-                raise
+            r = subprocess.run([sys.executable, os.path.abspath(__file__), "--fits", str(b)],
+                               timeout=timeout, check=False, capture_output=True, text=True)
+            result = {0: "ran", OOM_EXIT: "out of memory"}.get(
+                r.returncode, f"failed (exit {r.returncode}): {r.stderr[-300:]}")
+        except subprocess.TimeoutExpired:
+            result = f"not done after {timeout:.0f} s"
+        tried.append({"lanes": b, "result": result,
+                      "seconds": round(time.perf_counter() - t, 1)})
+        print(f"  largest-batch search: {b:,} lanes: {result} "
+              f"({tried[-1]['seconds']} s)", flush=True)
+        if result != "ran":
             break
-        b *= 2
-    return ok
+        ok, b = b, 2 * b
+    return ok, tried
 
 
 def main(argv=None) -> int:
@@ -115,8 +141,13 @@ def main(argv=None) -> int:
                     help="lanes per simulate_batch call (default 2^18)")
     ap.add_argument("--max-batch", type=int, default=2**22,
                     help="upper end of the largest-batch search (0 skips the search)")
+    ap.add_argument("--fit-timeout", type=float, default=240.0,
+                    help="seconds each size of the largest-batch search may take")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
+    ap.add_argument("--fits", type=int, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.fits is not None:
+        return fits(args.fits)
     sizes = [int(x) for x in args.sizes.split(",")]
     os.makedirs(args.out, exist_ok=True)
     m = bench.machine()
@@ -143,8 +174,9 @@ def main(argv=None) -> int:
               f"{r['lanes_not_ok']} lanes not ok; warm-up {r['warmup_s']:.1f} s)", flush=True)
         bench.write_record(path, result)
     if args.max_batch:
-        big = largest_batch(min(args.chunk, args.max_batch), args.max_batch)
-        result["largest_batch"] = big
+        big, tried = largest_batch(min(args.chunk, args.max_batch), args.max_batch,
+                                   args.fit_timeout)
+        result["largest_batch"], result["largest_batch_search"] = big, tried
         print(f"  memory per lane {per_lane / 1024:.1f} KiB (state + params); largest batch "
               f"that ran: {big:,}", flush=True)
     result["complete"] = True

@@ -101,6 +101,17 @@ def test_bench_gpu__runs_on_cpu_and_a_short_last_chunk_does_not_recompile(tmp_pa
     (path,) = out.iterdir()
     rec = json.loads(path.read_text())
     assert path.name.startswith("gpu_") and rec["largest_batch"] == 128
+    # each size ran in a child process of its own, doubling from the chunk size
+    assert [(r["lanes"], r["result"]) for r in rec["largest_batch_search"]] == [
+        (64, "ran"), (128, "ran")]
     assert [r["configs"] for r in rec["rows"]] == [64]
     assert rec["bytes_per_lane"] > 0 and "--sizes 64" in rec["command"]
     assert "B=" in capsys.readouterr().out
+
+
+def test_bench_gpu__largest_batch_search_ends_at_a_size_that_runs_out_of_time():
+    # a size whose child has not finished within the time limit ends the search; nothing
+    # is counted as fitting
+    big, tried = _bench_gpu().largest_batch(64, 1024, timeout=0.01)
+    assert big == 0 and len(tried) == 1
+    assert tried[0]["lanes"] == 64 and tried[0]["result"].startswith("not done after")
