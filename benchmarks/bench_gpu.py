@@ -86,6 +86,10 @@ def run_size(total: int, chunk: int, out_dir: str) -> dict:
             "steps_per_lane": steps / total, "iterations_per_lane": iters / total}
 
 
+#: Exit status of a :func:`fits` child whose batch did not fit in device memory.
+OOM_EXIT = 3
+
+
 def fits(b: int) -> int:
     """Run one chunk of ``b`` lanes (a child of :func:`largest_batch`): exit status 0 if
     it ran, ``OOM_EXIT`` if the device ran out of memory."""
@@ -101,10 +105,6 @@ def fits(b: int) -> int:
             raise
         return OOM_EXIT
     return 0
-
-
-#: Exit status of a :func:`fits` child whose batch did not fit in device memory.
-OOM_EXIT = 3
 
 
 def largest_batch(start: int, limit: int, timeout: float) -> tuple[int, list[dict]]:
