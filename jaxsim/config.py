@@ -157,10 +157,26 @@ def _gpu(key, v):
         raise ConfigError(f"{key}: {e.args[0]}") from None
 
 
+#: The largest tensor-parallel degree: one node of eight GPUs. The all-reduce model uses
+#: the GPU's intra-node link (presets.json ``link_bw_gbs``, an 8-GPU NVSwitch figure);
+#: tensor parallelism across nodes is not modelled.
+MAX_TP = 8
+
+
+def _tp(key, v):
+    v = _int(key, v, 1)
+    if v > MAX_TP:
+        raise ConfigError(
+            f"{key}: {v} must be <= {MAX_TP} (tensor parallelism within one node of "
+            f"{MAX_TP} GPUs; the all-reduce model uses the GPU's intra-node link, and "
+            "multi-node tensor parallelism is not modelled)")
+    return v
+
+
 _TOP = {
     "model": _model,
     "gpu": _gpu,
-    "tp": lambda k, v: _int(k, v, 1, 64),
+    "tp": _tp,
     "dtype": lambda k, v: _choice(k, v, ("bf16", "fp8")),
     "kv_cache_dtype": lambda k, v: _choice(k, v, ("auto", "fp8")),
     "scheduler": lambda k, v: _choice(k, v, ("v1", "v0")),

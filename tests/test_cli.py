@@ -103,6 +103,8 @@ def test_cli__example_yaml_is_complete_and_valid(capsys):
     (["enable_chunked_prefill=maybe"], "enable_chunked_prefill: 'maybe' must be true or false"),
     (["scheduler=v0", "enable_chunked_prefill=true"], "not allowed with scheduler=v0"),
     (["tp"], "expected key=value"),
+    (["tp=16"], "tp: 16 must be <= 8 (tensor parallelism within one node of 8 GPUs"),
+    (["tp=0"], "tp: 0 must be >= 1"),
     (["a.b.c=1"], "unknown key"),
     (["workload.prompt_tokens={dist: uniform, low: 5}"], "workload.prompt_tokens.high: missing"),
 ])

@@ -70,6 +70,7 @@ def test_int_axis_levels_and_units():
 @pytest.mark.parametrize("mutate, needle", [
     (lambda d: d["axes"].update({"max_num_seq": [1, 2]}), "max_num_seq: unknown key"),
     (lambda d: d["axes"].update({"max_num_seqs": []}), "axes.max_num_seqs.values"),
+    (lambda d: d["axes"].update({"tp": [1, 8, 16]}), "axes.tp: tp: 16 must be <= 8"),
     (lambda d: d["axes"].update({"block_size": {"kind": "int", "low": 32, "high": 16}}),
      "low=32 > high=16"),
     (lambda d: d.update({"constraints": ["max_num_seqs > 1000"]}), "constraints[0]"),
