@@ -33,8 +33,12 @@ issues ``k`` calls without waiting and blocks on the last (one stream runs them 
 and divides by ``k``; ``k`` is chosen from a blocking call so that a sample lasts about
 :data:`BACK_TO_BACK_TARGET_S` (at most :data:`BACK_TO_BACK_MAX_CALLS` calls), so the
 synchronisation is paid once per sample and the host's dispatch of the next call overlaps
-the running kernel. ``"auto"`` (the default) is back-to-back on a GPU and sync elsewhere
-(a CPU backend may run independent calls at the same time). A row records the median
+the running kernel. ``"device"`` runs the ``repeats`` calls one at a time inside a
+:func:`jax.profiler.trace` and takes each call's time from the trace: the span of the
+kernels (operations, on a CPU backend) of that execution, so the host's dispatch and
+synchronisation are left out (:func:`call_times_from_trace`). ``"auto"`` (the default) is
+back-to-back on a GPU and sync elsewhere (a CPU backend may run independent calls at the
+same time). A row records the median
 (``time_s``), minimum, mean, standard deviation and the number of samples. Inputs are random
 (fixed seed) and created on the device before timing. Shapes that run out of device memory
 are skipped (reported through ``progress``). Copies are always timed one at a time.
@@ -42,9 +46,10 @@ are skipped (reported through ``progress``). Copies are always timed one at a ti
 Known limitation: a kernel shorter than the host's dispatch of one call is timed as that
 dispatch (back-to-back) or as dispatch plus synchronisation (sync), which then becomes the
 kernel's floor in the calibrated cost model. With sync timing on one H200 in a gVisor VM,
-the smallest kernels all took 50-60 us (``calibration/data/h200``). For kernel-only
-numbers of tiny shapes, use a device profiler. Copies of small host arrays on a CPU backend
-may be zero-copy.
+the smallest kernels all took 50-60 us (``calibration/data/h200``). ``timing="device"``
+removes that floor; it needs the accelerator's profiler (CUPTI on NVIDIA GPUs, which
+JAX's CUDA wheels ship) and has been checked on the CPU backend only. Copies of small host
+arrays on a CPU backend may be zero-copy.
 
 Importing this module is cheap (JAX is imported only when profiling runs), because the
 command-line parser imports it.
@@ -107,7 +112,7 @@ DEFAULTS = {
 WARMUP = 2
 SEED = 0
 #: Timing methods of :func:`profile` (see the module docstring).
-TIMINGS = ("auto", "sync", "back-to-back")
+TIMINGS = ("auto", "sync", "back-to-back", "device")
 #: A back-to-back sample issues enough calls to last about this long ...
 BACK_TO_BACK_TARGET_S = 2e-3
 #: ... but at most this many.
@@ -304,8 +309,8 @@ def profile(model: str, *, tp: int = 1, hardware: str | None = None,
         quick: use the tiny :data:`QUICK` shapes for the sizes not given (CPU smoke runs).
         progress: called with a short message as each operator starts and for each
             skipped shape.
-        timing: ``"sync"``, ``"back-to-back"`` or ``"auto"`` (back-to-back on a GPU, sync
-            elsewhere); see the module docstring.
+        timing: ``"sync"``, ``"back-to-back"``, ``"device"`` or ``"auto"`` (back-to-back on
+            a GPU, sync elsewhere); see the module docstring.
 
     Returns:
         The measured rows (validated), ``source`` ``jaxsim-profile:<op>:<i>``.
@@ -370,6 +375,8 @@ def _time_kernel(fn: Callable, args: tuple, repeats: int,
         return _repeat(once, repeats)
     for _ in range(WARMUP):
         once()
+    if timing == "device":
+        return _stats(_traced_call_times(compiled, args, repeats))
     k = calls_per_sample(min(once() for _ in range(3)))
 
     def batch() -> float:
@@ -381,6 +388,89 @@ def _time_kernel(fn: Callable, args: tuple, repeats: int,
         return (time.perf_counter() - t0) / k
 
     return _repeat(batch, repeats)
+
+
+class DeviceTimingError(RuntimeError):
+    """``timing="device"`` found no usable kernel events in the profiler's trace."""
+
+
+def module_name(hlo_text: str) -> str:
+    """The module name in the first line of a compiled executable's HLO text."""
+    head = hlo_text.split("\n", 1)[0].split()
+    return head[1].rstrip(",") if len(head) > 1 and head[0] == "HloModule" else ""
+
+
+def _of_module(event: dict, module: str) -> bool:
+    m = str(event.get("args", {}).get("hlo_module", ""))
+    return m == module or m.startswith((module + "(", module + "."))
+
+
+def call_times_from_trace(events: list[dict], module: str, calls: int) -> list[float]:
+    """Seconds the device spent on each of ``calls`` executions of ``module``, from the
+    events of a :func:`jax.profiler.trace` (its ``*.trace.json.gz`` ``traceEvents``).
+
+    The events are the complete (``"ph": "X"``) ones whose ``hlo_module`` argument names
+    the module. Those of device processes (named ``/device:...``, the kernels a GPU ran)
+    are used when there are any; otherwise the host's (a CPU backend runs its operations
+    on host threads). Events are grouped into executions by their ``run_id`` argument
+    when it tells ``calls`` executions apart, else in time order into ``calls`` equal
+    groups. An execution's time is the span from its first event's start to its last
+    event's end: the kernels and the gaps between them, without the host's dispatch and
+    synchronisation.
+
+    Raises:
+        DeviceTimingError: no event names the module, or the events cannot be split into
+            ``calls`` executions.
+    """
+    procs = {e.get("pid"): str(e.get("args", {}).get("name", "")) for e in events
+             if e.get("ph") == "M" and e.get("name") == "process_name"}
+    mine = [e for e in events if e.get("ph") == "X" and "dur" in e and _of_module(e, module)]
+    device = [e for e in mine if procs.get(e.get("pid"), "").startswith("/device:")]
+    use = device or mine
+    if not use:
+        raise DeviceTimingError(
+            f"timing 'device': the profiler trace has no kernel events of {module!r} "
+            "(is the accelerator's profiler, e.g. CUPTI, available?); use --timing "
+            "back-to-back or sync")
+    runs: dict[Any, list[dict]] = {}
+    for e in use:
+        runs.setdefault(e.get("args", {}).get("run_id"), []).append(e)
+    if None in runs or len(runs) != calls:
+        if len(use) % calls:
+            raise DeviceTimingError(
+                f"timing 'device': {len(use)} kernel events of {module!r} for {calls} "
+                "calls; cannot tell the calls apart")
+        per = len(use) // calls
+        ordered = sorted(use, key=lambda e: float(e["ts"]))
+        runs = {i: ordered[i * per:(i + 1) * per] for i in range(calls)}
+    spans = []
+    for group in sorted(runs.values(), key=lambda g: min(float(e["ts"]) for e in g)):
+        start = min(float(e["ts"]) for e in group)
+        end = max(float(e["ts"]) + float(e["dur"]) for e in group)
+        spans.append((end - start) * 1e-6)  # trace times are microseconds
+    return spans
+
+
+def _traced_call_times(compiled: Any, args: tuple, calls: int) -> list[float]:
+    """Run ``compiled`` ``calls`` times, one at a time, inside a profiler trace, and
+    return each execution's device time (:func:`call_times_from_trace`)."""
+    import glob
+    import gzip
+    import json
+    import tempfile
+
+    import jax
+
+    module = module_name(compiled.as_text())
+    with tempfile.TemporaryDirectory(prefix="jaxsim-profile-") as d:
+        with jax.profiler.trace(d):
+            for _ in range(calls):
+                jax.block_until_ready(compiled(*args))
+        events: list[dict] = []
+        for path in glob.glob(os.path.join(d, "**", "*.trace.json.gz"), recursive=True):
+            with gzip.open(path) as f:
+                events += json.load(f).get("traceEvents", [])
+    return call_times_from_trace(events, module, calls)
 
 
 def _is_oom(e: BaseException) -> bool:
@@ -708,8 +798,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="timed calls per shape after 2 warm-up calls (default 10)")
     p.add_argument("--timing", default="auto", metavar="|".join(TIMINGS),
                    help="sync: time each call on its own; back-to-back: time k calls issued "
-                        "without waiting, divided by k; auto (default): back-to-back on a "
-                        "GPU, sync elsewhere")
+                        "without waiting, divided by k; device: each call's kernel time from a "
+                        "profiler trace (jax.profiler), without dispatch; auto (default): "
+                        "back-to-back on a GPU, sync elsewhere")
     p.add_argument("--dtype", choices=tuple(DTYPES), default="bf16",
                    help="activation/weight dtype (default bf16)")
     p.add_argument("--quick", action="store_true",
@@ -765,7 +856,10 @@ def cmd(args: argparse.Namespace) -> int:
     from calibration import schema
 
     t0 = time.perf_counter()
-    m = _run(spec, lambda msg: print(f"jaxsim profile: {msg}", file=sys.stderr))
+    try:
+        m = _run(spec, lambda msg: print(f"jaxsim profile: {msg}", file=sys.stderr))
+    except DeviceTimingError as e:
+        return _fail(f"--timing: {e}")
     wall = time.perf_counter() - t0
     try:
         schema.write_csv(m, args.out)

@@ -195,6 +195,79 @@ def test_profile__timing_auto_is_sync_on_cpu_and_back_to_back_runs():
     assert env.timing == "sync"
 
 
+# --------------------------------------------------------------------------- device timing
+
+
+def _meta(pid: int, name: str) -> dict:
+    return {"ph": "M", "name": "process_name", "pid": pid, "args": {"name": name}}
+
+
+def _x(pid: int, ts: float, dur: float, module: str, **args) -> dict:
+    return {"ph": "X", "pid": pid, "tid": 1, "name": "k", "ts": ts, "dur": dur,
+            "args": {"hlo_module": module, **args}}
+
+
+def test_profile__device_times_from_a_gpu_like_trace():
+    """Two kernels per call on a device process, no run ids: the calls are split in time
+    order, each call's time is its kernels' span (gap included), and the host's launch
+    events of the same module and other modules' kernels are ignored."""
+    mod = "jit__matmul"
+    events = [_meta(1, "/host:CPU"), _meta(7, "/device:GPU:0 NVIDIA H200")]
+    for i in range(3):
+        t = 1000.0 * i
+        events += [_x(1, t, 200.0, mod),  # host-side launch: not kernel time
+                   _x(7, t + 50, 10.0 + i, mod), _x(7, t + 62 + i, 5.0, mod),
+                   _x(7, t + 300, 99.0, "jit_other")]
+    got = prof.call_times_from_trace(events, mod, 3)
+    assert got == pytest.approx([17e-6, 18e-6, 19e-6])
+
+
+def test_profile__device_times_group_host_operations_by_run_id():
+    """On a CPU backend the operations run on host threads, possibly at the same time:
+    grouped by run id, a call's time is its span, not the sum of its operations."""
+    mod = "jit_k"
+    events = [_meta(1, "/host:CPU"),
+              _x(1, 0.0, 30.0, mod, run_id="5"), _x(1, 10.0, 30.0, mod, run_id="5"),
+              _x(1, 100.0, 4.0, mod, run_id="6"),
+              _x(1, 500.0, 8.0, "jit_k.1", run_id="7")]  # a module suffix XLA may add
+    got = prof.call_times_from_trace(events, mod, 3)
+    assert got == pytest.approx([40e-6, 4e-6, 8e-6])
+
+
+def test_profile__device_times_errors_name_the_module():
+    with pytest.raises(prof.DeviceTimingError, match="no kernel events of 'jit_a'.*back-to-back"):
+        prof.call_times_from_trace([_x(1, 0.0, 1.0, "jit_b")], "jit_a", 1)
+    events = [_x(1, float(t), 1.0, "jit_a") for t in range(5)]
+    with pytest.raises(prof.DeviceTimingError, match="5 kernel events of 'jit_a' for 2 calls"):
+        prof.call_times_from_trace(events, "jit_a", 2)
+    assert prof.module_name("HloModule jit_f, is_scheduled=true\nENTRY ...") == "jit_f"
+    assert prof.module_name("garbage") == ""
+
+
+def test_profile__device_timing_on_cpu_leaves_out_the_dispatch():
+    """A one-token norm takes microseconds; a synchronised call also pays the dispatch
+    and the wait. The traced time is each call's operations only, so it is smaller."""
+    kw = dict(ops=["norm"], token_counts=(1,), repeats=8)
+    dev = prof.profile(MODEL, timing="device", **kw)
+    sync = prof.profile(MODEL, timing="sync", **kw)
+    assert dev["repeats"][0] == 8 and dev["time_s"][0] > 0
+    assert dev["time_s"][0] < sync["time_s"][0], (dev["time_s"], sync["time_s"])
+
+
+def test_profile__cli_device_timing_failure_is_one_line(monkeypatch, tmp_path, capsys):
+    def no_events(compiled, args, calls):
+        return prof.call_times_from_trace([], "jit_norm", calls)
+
+    monkeypatch.setattr(prof, "_traced_call_times", no_events)
+    out = tmp_path / "m.csv"
+    code, _, err = _run_cmd(["--model", MODEL, "--quick", "--ops", "norm", "--timing",
+                             "device", "--out", str(out)], capsys)
+    assert code == 2 and not out.exists()
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("jaxsim: error: --timing: timing 'device': the profiler trace "
+                           "has no kernel events of 'jit_norm'"), err
+
+
 def test_profile__prefill_mask_sees_context_plus_causal_chunk():
     import jax
 
