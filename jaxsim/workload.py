@@ -386,7 +386,13 @@ def synthetic(
         arrival = np.cumsum(gaps) - gaps[0]  # first request at t = 0
     p = sample_lengths(prompt_tokens, n, rng, "workload.prompt_tokens")
     o = sample_lengths(output_tokens, n, rng, "workload.output_tokens")
-    return Trace(arrival, p, o, name=f"{kind}({n})")
+    if kind == "all_at_once":
+        name = "all at once"
+    elif kind == "poisson":
+        name = f"poisson, {rate:g} req/s"
+    else:
+        name = f"gamma, {rate:g} req/s, cv {cv:g}"
+    return Trace(arrival, p, o, name=name)
 
 
 def with_shared_prefixes(trace: Trace, num_groups: int, prefix_tokens: int,

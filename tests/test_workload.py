@@ -34,6 +34,12 @@ def test_synthetic__all_at_once():
     assert np.all(a.arrival_s == 0) and len(a) == 7
 
 
+def test_synthetic__name_says_the_arrival_process_and_rate():
+    assert synthetic("all_at_once", 3).name == "all at once"
+    assert synthetic("poisson", 3, rate=2.5).name == "poisson, 2.5 req/s"
+    assert synthetic("gamma", 3, rate=10, cv=3).name == "gamma, 10 req/s, cv 3"
+
+
 def test_lengths__distributions():
     rng = np.random.default_rng(0)
     assert np.all(sample_lengths(12, 5, rng, "x") == 12)
