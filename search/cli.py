@@ -181,7 +181,7 @@ def cmd_best(args) -> int:
     n_ok = int(np.isfinite(c).sum())
     if n_ok == 0:
         print(f"jaxsim best: none of {len(df):,} configurations meets the SLOs "
-              f"({', '.join(f'{k} {v}' for k, v in slo.items()) or 'none given'})")
+              f"({', '.join(f'{k} <= {v}' for k, v in slo.items()) or 'none given'})")
         return 1
     best = df.iloc[int(order[0])]
     from search.export import vllm_serve_command
@@ -195,9 +195,12 @@ def cmd_best(args) -> int:
         print(json.dumps(out))
         return 0
     axes = list(_settings_axes(args.dir)) or ["max_num_seqs", "max_num_batched_tokens"]
-    print(f"jaxsim best: {n_ok:,} of {len(df):,} configurations meet the SLOs "
-          f"({', '.join(f'{k} {v}' for k, v in slo.items()) or 'none'}); ranked by "
-          f"{objective}")
+    if slo:
+        print(f"jaxsim best: {n_ok:,} of {len(df):,} configurations meet the SLOs "
+              f"({', '.join(f'{k} <= {v}' for k, v in slo.items())}); ranked by {objective}")
+    else:
+        print(f"jaxsim best: {n_ok:,} of {len(df):,} configurations are feasible (no SLO "
+              f"given: --slo or the space file's objectives.slo); ranked by {objective}")
     head = ["rank", "config_id", *axes, objective, "ttft_p99_s", "tpot_p99_s"]
     print("  " + "  ".join(f"{h:>14}" for h in head))
     for r, i in enumerate(order[:min(args.top, n_ok)]):
