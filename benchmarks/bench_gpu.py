@@ -10,8 +10,12 @@ configuration is the core scenario of ``jaxsim.bench`` (Llama-3.1-8B, H100-SXM, 
 ``.npz`` file; the time reported is end to end (simulation, transfer back, file
 written), after one warm-up chunk that compiles (a short last chunk runs padded to the
 chunk size, so nothing compiles inside the timing). It also finds the largest single batch
-that fits in device memory (doubling until allocation fails, each size in a child process
-with a time limit, ``--fit-timeout``) and records memory per lane.
+that fits in device memory and records memory per lane: XLA's buffer assignment of the
+chunk function compiled (not run) for 1,024 and 8,192 lanes gives the bytes per lane,
+and with the device's memory limit a predicted largest batch; the search then tries 90%,
+100% and 110% of the prediction (or, where the device reports no limit, doubles from the
+chunk size), each size in a child process with a time limit (``--fit-timeout``), until
+one does not run.
 Writes ``results/gpu_<device>.json``.
 """
 
@@ -107,15 +111,68 @@ def fits(b: int) -> int:
     return 0
 
 
-def largest_batch(start: int, limit: int, timeout: float) -> tuple[int, list[dict]]:
-    """The largest power-of-two batch (from ``start``, up to ``limit``) whose chunk runs,
-    and one row per size tried. Each size runs in a child process of its own, killed
-    after ``timeout`` seconds (compiling a very large batch can take minutes); the search
-    ends at the first size that does not fit, fails or runs out of time."""
+#: Batch sizes whose chunk function is compiled (not run) to read XLA's memory use.
+MEMORY_SIZES = (1024, 8192)
+#: Sizes the largest-batch search tries, as fractions of the predicted largest batch.
+PREDICTED_FRACTIONS = (0.9, 1.0, 1.1)
+
+
+def xla_memory(b: int) -> dict:
+    """XLA's buffer assignment for the chunk function of ``b`` lanes, compiled and not
+    run: argument, output, temporary and aliased bytes, and their total (arguments +
+    outputs + temporaries - aliased, what one call holds on the device)."""
+    from jaxsim import sim
+
+    prep, params = _lanes(b)
+    state = jax.eval_shape(lambda p: sim._init_batch(prep.shape, p, prep.workload,
+                                                     jax.numpy.int32(10), False), params)
+    m = sim._run_chunk_batch.lower(prep.shape, params, prep.workload, state,
+                                   False).compile().memory_analysis()
+    row = {"lanes": b, "argument": int(m.argument_size_in_bytes),
+           "output": int(m.output_size_in_bytes), "temp": int(m.temp_size_in_bytes),
+           "alias": int(m.alias_size_in_bytes)}
+    row["total"] = row["argument"] + row["output"] + row["temp"] - row["alias"]
+    return row
+
+
+def predicted_largest(rows: list[dict], bytes_limit: float | None) -> dict:
+    """Bytes per lane (the slope of XLA's total between the two sizes in ``rows``), the
+    fixed bytes (its intercept) and, when the device's memory limit is known, the
+    largest batch whose total fits in it."""
+    (a, b) = rows[0], rows[-1]
+    per_lane = (b["total"] - a["total"]) / (b["lanes"] - a["lanes"])
+    fixed = a["total"] - per_lane * a["lanes"]
+    out = {"xla_bytes_per_lane": per_lane, "xla_fixed_bytes": fixed,
+           "device_bytes_limit": bytes_limit, "predicted_largest_batch": None}
+    if bytes_limit and per_lane > 0:
+        out["predicted_largest_batch"] = int((bytes_limit - max(fixed, 0.0)) // per_lane)
+    return out
+
+
+def search_sizes(start: int, limit: int, predicted: int | None) -> list[int]:
+    """Sizes the largest-batch search tries, in order: around the prediction (fractions
+    :data:`PREDICTED_FRACTIONS`, rounded down to a multiple of 1024) when there is one,
+    else doubling from ``start``; none above ``limit``."""
+    if predicted:
+        sizes = [max(int(f * predicted) // 1024 * 1024, 1024) for f in PREDICTED_FRACTIONS]
+        return [b for b in dict.fromkeys(sizes) if b <= limit]
+    sizes, b = [], start
+    while b <= limit:
+        sizes.append(b)
+        b *= 2
+    return sizes
+
+
+def largest_batch(start: int, limit: int, timeout: float,
+                  predicted: int | None = None) -> tuple[int, list[dict]]:
+    """The largest batch of :func:`search_sizes` whose chunk runs, and one row per size
+    tried. Each size runs in a child process of its own, killed after ``timeout`` seconds
+    (compiling a very large batch can take minutes); the search ends at the first size
+    that does not fit, fails or runs out of time."""
     import subprocess
 
-    ok, b, tried = 0, start, []
-    while b <= limit:
+    ok, tried = 0, []
+    for b in search_sizes(start, limit, predicted):
         t = time.perf_counter()
         try:
             r = subprocess.run([sys.executable, os.path.abspath(__file__), "--fits", str(b)],
@@ -130,7 +187,7 @@ def largest_batch(start: int, limit: int, timeout: float) -> tuple[int, list[dic
               f"({tried[-1]['seconds']} s)", flush=True)
         if result != "ran":
             break
-        ok, b = b, 2 * b
+        ok = b
     return ok, tried
 
 
@@ -174,8 +231,16 @@ def main(argv=None) -> int:
               f"{r['lanes_not_ok']} lanes not ok; warm-up {r['warmup_s']:.1f} s)", flush=True)
         bench.write_record(path, result)
     if args.max_batch:
+        rows = [xla_memory(b) for b in MEMORY_SIZES]
+        stats = jax.devices()[0].memory_stats() or {}
+        pred = predicted_largest(rows, stats.get("bytes_limit"))
+        result.update(pred, xla_memory=rows)
+        bench.write_record(path, result)
+        print(f"  XLA's buffers: {pred['xla_bytes_per_lane'] / 1024:.1f} KiB per lane "
+              f"(state + params {per_lane / 1024:.1f} KiB); predicted largest batch "
+              f"{pred['predicted_largest_batch']}", flush=True)
         big, tried = largest_batch(min(args.chunk, args.max_batch), args.max_batch,
-                                   args.fit_timeout)
+                                   args.fit_timeout, pred["predicted_largest_batch"])
         result["largest_batch"], result["largest_batch_search"] = big, tried
         print(f"  memory per lane {per_lane / 1024:.1f} KiB (state + params); largest batch "
               f"that ran: {big:,}", flush=True)

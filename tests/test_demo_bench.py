@@ -96,6 +96,7 @@ def test_bench_gpu__runs_on_cpu_and_a_short_last_chunk_does_not_recompile(tmp_pa
     assert second["configs"] == 100 and second["lanes_not_ok"] == 0
     assert list(tmp_path.iterdir()) == []  # the metrics file is timed, then removed
     out = tmp_path / "out"
+    bg.MEMORY_SIZES = (64, 128)  # XLA's buffer sizes from two small compiles
     assert bg.main(["--sizes", "64", "--chunk", "64", "--max-batch", "128",
                     "--out", str(out)]) == 0
     (path,) = out.iterdir()
@@ -106,7 +107,27 @@ def test_bench_gpu__runs_on_cpu_and_a_short_last_chunk_does_not_recompile(tmp_pa
         (64, "ran"), (128, "ran")]
     assert [r["configs"] for r in rec["rows"]] == [64]
     assert rec["bytes_per_lane"] > 0 and "--sizes 64" in rec["command"]
+    # the state is one of XLA's buffers; the step's temporaries come on top
+    assert [r["lanes"] for r in rec["xla_memory"]] == [64, 128]
+    assert rec["xla_bytes_per_lane"] > rec["bytes_per_lane"]
+    assert rec["predicted_largest_batch"] is None  # a CPU device reports no memory limit
     assert "B=" in capsys.readouterr().out
+
+
+def test_bench_gpu__largest_batch_prediction_and_the_sizes_searched():
+    bg = _bench_gpu()
+    rows = [{"lanes": 1024, "total": 1000 + 1024 * 50_000},
+            {"lanes": 8192, "total": 1000 + 8192 * 50_000}]
+    pred = bg.predicted_largest(rows, 100e9)
+    assert pred["xla_bytes_per_lane"] == pytest.approx(50_000)
+    assert pred["xla_fixed_bytes"] == pytest.approx(1000)
+    assert pred["predicted_largest_batch"] == (100e9 - 1000) // 50_000 == 1_999_999
+    assert bg.predicted_largest(rows, None)["predicted_largest_batch"] is None
+    # around the prediction, in multiples of 1024, none above the limit
+    assert bg.search_sizes(64, 2**22, 1_999_999) == [1_799_168, 1_999_872, 2_199_552]
+    assert bg.search_sizes(64, 2_000_000, 1_999_999) == [1_799_168, 1_999_872]
+    # without a prediction: doubling from the start
+    assert bg.search_sizes(64, 1000, None) == [64, 128, 256, 512]
 
 
 def test_bench_gpu__largest_batch_search_ends_at_a_size_that_runs_out_of_time():
