@@ -405,18 +405,20 @@ def _of_module(event: dict, module: str) -> bool:
     return m == module or m.startswith((module + "(", module + "."))
 
 
-def call_times_from_trace(events: list[dict], module: str, calls: int) -> list[float]:
+def call_times_from_trace(events: list[dict], module: str, calls: int,
+                          device_only: bool = False) -> list[float]:
     """Seconds the device spent on each of ``calls`` executions of ``module``, from the
     events of a :func:`jax.profiler.trace` (its ``*.trace.json.gz`` ``traceEvents``).
 
     The events are the complete (``"ph": "X"``) ones whose ``hlo_module`` argument names
     the module. Those of device processes (named ``/device:...``, the kernels a GPU ran)
     are used when there are any; otherwise the host's (a CPU backend runs its operations
-    on host threads). Events are grouped into executions by their ``run_id`` argument
-    when it tells ``calls`` executions apart, else in time order into ``calls`` equal
-    groups. An execution's time is the span from its first event's start to its last
-    event's end: the kernels and the gaps between them, without the host's dispatch and
-    synchronisation.
+    on host threads), unless ``device_only`` (an accelerator backend, whose host events
+    time the launches, not the kernels). Events are grouped into executions by their
+    ``run_id`` argument when it tells ``calls`` executions apart, else in time order into
+    ``calls`` equal groups. An execution's time is the span from its first event's start
+    to its last event's end: the kernels and the gaps between them, without the host's
+    dispatch and synchronisation.
 
     Raises:
         DeviceTimingError: no event names the module, or the events cannot be split into
@@ -426,7 +428,12 @@ def call_times_from_trace(events: list[dict], module: str, calls: int) -> list[f
              if e.get("ph") == "M" and e.get("name") == "process_name"}
     mine = [e for e in events if e.get("ph") == "X" and "dur" in e and _of_module(e, module)]
     device = [e for e in mine if procs.get(e.get("pid"), "").startswith("/device:")]
-    use = device or mine
+    use = device if device_only else device or mine
+    if not use and mine:
+        raise DeviceTimingError(
+            f"timing 'device': the profiler trace has host events of {module!r} but no "
+            "device kernel events (is the accelerator's profiler, e.g. CUPTI, "
+            "available?); use --timing back-to-back or sync")
     if not use:
         raise DeviceTimingError(
             f"timing 'device': the profiler trace has no kernel events of {module!r} "
@@ -462,6 +469,7 @@ def _traced_call_times(compiled: Any, args: tuple, calls: int) -> list[float]:
     import jax
 
     module = module_name(compiled.as_text())
+    device_only = jax.devices()[0].platform != "cpu"
     with tempfile.TemporaryDirectory(prefix="jaxsim-profile-") as d:
         with jax.profiler.trace(d):
             for _ in range(calls):
@@ -470,7 +478,7 @@ def _traced_call_times(compiled: Any, args: tuple, calls: int) -> list[float]:
         for path in glob.glob(os.path.join(d, "**", "*.trace.json.gz"), recursive=True):
             with gzip.open(path) as f:
                 events += json.load(f).get("traceEvents", [])
-    return call_times_from_trace(events, module, calls)
+    return call_times_from_trace(events, module, calls, device_only)
 
 
 def _is_oom(e: BaseException) -> bool:

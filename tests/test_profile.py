@@ -220,6 +220,12 @@ def test_profile__device_times_from_a_gpu_like_trace():
                    _x(7, t + 300, 99.0, "jit_other")]
     got = prof.call_times_from_trace(events, mod, 3)
     assert got == pytest.approx([17e-6, 18e-6, 19e-6])
+    assert prof.call_times_from_trace(events, mod, 3, device_only=True) == got
+    # on an accelerator, host launch events alone are not kernel times
+    host_only = [e for e in events if e.get("pid") != 7]
+    with pytest.raises(prof.DeviceTimingError, match="host events of 'jit__matmul' but no "
+                                                     "device kernel events"):
+        prof.call_times_from_trace(host_only, mod, 3, device_only=True)
 
 
 def test_profile__device_times_group_host_operations_by_run_id():
