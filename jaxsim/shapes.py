@@ -17,9 +17,11 @@ class SimShape:
     Attributes:
         max_requests: R, rows of the request table (the workload is padded to R).
         max_slots: S, rows of the slot table, which holds running and preempted requests.
-            Must be >= ``max_num_seqs`` of every lane for exact results; a lane whose
-            admission was limited by S gets the ``OVERFLOW_SLOTS`` status bit (re-run it
-            with a larger S; ``simulate_batch(..., auto_slots=True)`` does that).
+            A lane whose admission was limited by S gets the ``OVERFLOW_SLOTS`` status
+            bit (re-run it with a larger S; ``simulate_batch(..., auto_slots=True)`` does
+            that). ``max_num_seqs`` rows always suffice without event skipping; with it,
+            the rows of requests that finished inside a decode run stay until the step
+            ends, so up to twice ``max_num_seqs`` may be needed.
         chunk_iterations: steps per compiled chunk; the host checks completion (and
             compacts lanes) once per chunk, and a chunk ends early, at a multiple of
             ``jaxsim.sim.CHECK_STEPS``, once every lane of the batch is done.

@@ -309,8 +309,9 @@ def simulate_batch(
             (``None`` entries: the default, generous, see
             :func:`default_iteration_budget`); lanes that reach it get ``TRUNCATED``.
         auto_slots: re-run lanes flagged ``OVERFLOW_SLOTS`` with a doubled slot table
-            (up to their ``max_num_seqs``) until none overflows, so results are exact
-            whatever S the shape starts with. Each new S compiles once.
+            (up to their ``max_num_seqs``, twice that with event skipping, plus the
+            admission window with the prefix cache) until none overflows, so results
+            are exact whatever S the shape starts with. Each new S compiles once.
         compact_lanes: between chunks, once at most a quarter of the working batch is
             still running (and at least ``COMPACT_MIN_LANES`` lanes would remain), the
             running lanes continue alone in a batch a quarter the size, so a sweep's
@@ -415,6 +416,10 @@ def _rerun_overflow(shape, params, workload, result, max_iterations, compact_lan
     if over.size == 0:
         return result
     seqs = np.asarray(params.scheduler.max_num_seqs)[over]
+    if shape.macro_iterations:
+        # the rows of requests that finished inside a decode run stay in the table until
+        # the step's compaction, beside up to max_num_seqs running and admitted rows
+        seqs = 2 * seqs
     if params.cache is not None:  # §5.8/§5.11: the window must fit in the table too
         cp = params.cache
         uses_window = (np.asarray(cp.w_admission)[over] > 0) | (np.asarray(cp.prefetch)[over]

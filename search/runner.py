@@ -67,7 +67,8 @@ class Plan:
         chunk_size: B, lanes per compiled call (a multiple of the device count).
         num_chunks: ceil(size / B).
         slots: S, initial slot-table rows.
-        max_slots: largest slot table needed (the space's largest ``max_num_seqs``).
+        max_slots: largest slot table needed (twice the space's largest
+            ``max_num_seqs``: with event skipping, finished rows stay until a step ends).
         max_requests: R, request rows per lane (the longest workload of the space).
         per_lane_workload: whether lanes have their own workloads (an axis changes one).
         chunk_iterations: iterations per compiled scan.
@@ -90,7 +91,7 @@ class Plan:
         return min(b, self.chunk_size)
 
     def slot_ladder(self) -> list[int]:
-        """Slot-table sizes: S, 2S, ... up to the space's largest max_num_seqs."""
+        """Slot-table sizes: S, 2S, ... up to :attr:`max_slots`."""
         out = [self.slots]
         while out[-1] < self.max_slots:
             out.append(min(2 * out[-1], self.max_slots))
@@ -160,7 +161,9 @@ def make_plan(space: DesignSpace, chunk_size: int | None = None, slots: int | No
         raise SpaceError(f"chunk_size: {chunk_size} must be a multiple of the {n_dev} local "
                          "devices")
     return Plan(size=size, chunk_size=chunk_size, num_chunks=-(-size // chunk_size),
-                slots=int(slots), max_slots=max(int(slots), max_seqs), max_requests=R,
+                # event skipping: rows of requests that finished inside a decode run
+                # stay until the step's compaction (SimShape.max_slots)
+                slots=int(slots), max_slots=max(int(slots), 2 * max_seqs), max_requests=R,
                 per_lane_workload=per_lane, chunk_iterations=chunk_iterations,
                 num_devices=n_dev)
 
