@@ -202,6 +202,7 @@ def test_oracle__random_lanes_match():
     assert steps.sum() < 0.6 * iters.sum(), (int(steps.sum()), int(iters.sum()))
 
 
+@pytest.mark.slow  # two slot-table sizes compile (about 30 s on 2 cores): CI's slow step
 def test_oracle__rows_finished_in_a_decode_run_can_outgrow_max_num_seqs_rows():
     """With event skipping, requests that finish inside a decode run keep their rows
     until the step ends, so a table of max_num_seqs rows can limit admission. Such a
