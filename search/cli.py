@@ -156,6 +156,12 @@ def add_best_arguments(p) -> None:
                         "axis (a few more simulations), ranked")
 
 
+def _slo_text(slo: dict) -> str:
+    """SLO bounds as given: ``ttft_p99_s <= 1.0`` (``min_X`` is an ``X >= v`` bound)."""
+    return ", ".join(f"{k[4:]} >= {v}" if k.startswith("min_") else f"{k} <= {v}"
+                     for k, v in slo.items())
+
+
 def cmd_best(args) -> int:
     import numpy as np
 
@@ -181,7 +187,7 @@ def cmd_best(args) -> int:
     n_ok = int(np.isfinite(c).sum())
     if n_ok == 0:
         print(f"jaxsim best: none of {len(df):,} configurations meets the SLOs "
-              f"({', '.join(f'{k} <= {v}' for k, v in slo.items()) or 'none given'})")
+              f"({_slo_text(slo) or 'none given'})")
         return 1
     best = df.iloc[int(order[0])]
     from search.export import vllm_serve_command
@@ -197,7 +203,7 @@ def cmd_best(args) -> int:
     axes = list(_settings_axes(args.dir)) or ["max_num_seqs", "max_num_batched_tokens"]
     if slo:
         print(f"jaxsim best: {n_ok:,} of {len(df):,} configurations meet the SLOs "
-              f"({', '.join(f'{k} <= {v}' for k, v in slo.items())}); ranked by {objective}")
+              f"({_slo_text(slo)}); ranked by {objective}")
     else:
         print(f"jaxsim best: {n_ok:,} of {len(df):,} configurations are feasible (no SLO "
               f"given: --slo or the space file's objectives.slo); ranked by {objective}")

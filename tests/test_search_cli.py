@@ -118,6 +118,8 @@ def test_best_prices_and_slos_are_checked(results, capsys):
 def test_parse_slo_and_prices_units():
     assert objectives.parse_slo(["ttft_p99_s <= 1", "slo_attainment>=0.9"]) == {
         "ttft_p99_s": 1.0, "min_slo_attainment": 0.9}
+    assert search_cli._slo_text({"ttft_p99_s": 1.0, "min_slo_attainment": 0.9}) == (
+        "ttft_p99_s <= 1.0, slo_attainment >= 0.9")
     for bad in (["ttft_p99_s=1"], ["ttft_p99_s<=nan"], ["<=1"], ["a=b<=1"], ["x<1"]):
         with pytest.raises(objectives.ObjectiveError, match="--slo"):
             objectives.parse_slo(bad)
