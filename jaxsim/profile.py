@@ -429,16 +429,12 @@ def call_times_from_trace(events: list[dict], module: str, calls: int,
     mine = [e for e in events if e.get("ph") == "X" and "dur" in e and _of_module(e, module)]
     device = [e for e in mine if procs.get(e.get("pid"), "").startswith("/device:")]
     use = device if device_only else device or mine
-    if not use and mine:
-        raise DeviceTimingError(
-            f"timing 'device': the profiler trace has host events of {module!r} but no "
-            "device kernel events (is the accelerator's profiler, e.g. CUPTI, "
-            "available?); use --timing back-to-back or sync")
     if not use:
+        found = (f"host events of {module!r} but no device kernel events" if mine
+                 else f"no kernel events of {module!r}")
         raise DeviceTimingError(
-            f"timing 'device': the profiler trace has no kernel events of {module!r} "
-            "(is the accelerator's profiler, e.g. CUPTI, available?); use --timing "
-            "back-to-back or sync")
+            f"timing 'device': the profiler trace has {found} (is the accelerator's "
+            "profiler, e.g. CUPTI, available?); use --timing back-to-back or sync")
     runs: dict[Any, list[dict]] = {}
     for e in use:
         runs.setdefault(e.get("args", {}).get("run_id"), []).append(e)
@@ -450,17 +446,13 @@ def call_times_from_trace(events: list[dict], module: str, calls: int,
         per = len(use) // calls
         ordered = sorted(use, key=lambda e: float(e["ts"]))
         runs = {i: ordered[i * per:(i + 1) * per] for i in range(calls)}
-    spans = []
-    for group in sorted(runs.values(), key=lambda g: min(float(e["ts"]) for e in g)):
-        start = min(float(e["ts"]) for e in group)
-        end = max(float(e["ts"]) + float(e["dur"]) for e in group)
-        spans.append((end - start) * 1e-6)  # trace times are microseconds
-    return spans
+    spans = sorted((min(float(e["ts"]) for e in g),
+                    max(float(e["ts"]) + float(e["dur"]) for e in g)) for g in runs.values())
+    return [(end - start) * 1e-6 for start, end in spans]  # trace times are microseconds
 
 
-def _traced_call_times(compiled: Any, args: tuple, calls: int) -> list[float]:
-    """Run ``compiled`` ``calls`` times, one at a time, inside a profiler trace, and
-    return each execution's device time (:func:`call_times_from_trace`)."""
+def trace_events(run: Callable[[], Any]) -> list[dict]:
+    """The ``traceEvents`` of a :func:`jax.profiler.trace` around ``run()``."""
     import glob
     import gzip
     import json
@@ -468,17 +460,28 @@ def _traced_call_times(compiled: Any, args: tuple, calls: int) -> list[float]:
 
     import jax
 
-    module = module_name(compiled.as_text())
-    device_only = jax.devices()[0].platform != "cpu"
     with tempfile.TemporaryDirectory(prefix="jaxsim-profile-") as d:
         with jax.profiler.trace(d):
-            for _ in range(calls):
-                jax.block_until_ready(compiled(*args))
+            run()
         events: list[dict] = []
         for path in glob.glob(os.path.join(d, "**", "*.trace.json.gz"), recursive=True):
             with gzip.open(path) as f:
                 events += json.load(f).get("traceEvents", [])
-    return call_times_from_trace(events, module, calls, device_only)
+    return events
+
+
+def _traced_call_times(compiled: Any, args: tuple, calls: int) -> list[float]:
+    """Run ``compiled`` ``calls`` times, one at a time, inside a profiler trace, and
+    return each execution's device time (:func:`call_times_from_trace`)."""
+    import jax
+
+    def run() -> None:
+        for _ in range(calls):
+            jax.block_until_ready(compiled(*args))
+
+    device_only = jax.devices()[0].platform != "cpu"
+    return call_times_from_trace(trace_events(run), module_name(compiled.as_text()), calls,
+                                 device_only)
 
 
 def _is_oom(e: BaseException) -> bool:

@@ -253,24 +253,13 @@ def test_profile__device_times_errors_name_the_module():
 def _cpu_trace_names_modules() -> bool:
     """Whether this JAX's CPU runtime records its operations, with their module, in a
     profiler trace (JAX 0.10 does; 0.7 records none)."""
-    import glob
-    import gzip
-    import json
-    import tempfile
-
     import jax
     import jax.numpy as jnp
 
     f = jax.jit(lambda x: jnp.tanh(x) * 2)
     x = jnp.ones((64, 64))
     jax.block_until_ready(f(x))
-    with tempfile.TemporaryDirectory() as d:
-        with jax.profiler.trace(d):
-            jax.block_until_ready(f(x))
-        events = []
-        for path in glob.glob(os.path.join(d, "**", "*.trace.json.gz"), recursive=True):
-            with gzip.open(path) as fh:
-                events += json.load(fh).get("traceEvents", [])
+    events = prof.trace_events(lambda: jax.block_until_ready(f(x)))
     return any("hlo_module" in e.get("args", {}) for e in events if e.get("ph") == "X")
 
 
