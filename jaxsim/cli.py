@@ -47,6 +47,7 @@ def cmd_simulate(args) -> int:
         prep = api.prepare(cfg, trace)
     except (config.ConfigError, traces.TraceError) as e:
         return _fail(str(e))
+    from jaxsim import status as st_bits
     from jaxsim.sim import simulate_batch
 
     res = simulate_batch(prep.shape, prep.params, prep.workload,
@@ -60,6 +61,9 @@ def cmd_simulate(args) -> int:
     out["scheduler"] = cfg["scheduler"]
     out["workload"] = trace.name
     out["num_requests"] = len(trace)
+    out["status_reasons"] = config.status_reasons(
+        cfg, out["status_bits"], {k: v[0] for k, v in prep.info.items()}, trace.max_len(),
+        out)
     out["wall_s"] = res.wall_s
     names = ["hbm", *cfg["tiers"]]
     out["hit_rate_by_tier"] = {n: out.pop(f"hit_rate_tier{t}", 0.0)
@@ -85,6 +89,10 @@ def cmd_simulate(args) -> int:
           f"max_model_len {out['max_model_len']}")
     print(f"  status: {out['status']}   completed {out['completed']}/{len(trace)}   "
           f"preemptions {out['preemptions']}   iterations {out['iterations']}")
+    for reason in out["status_reasons"]:
+        print(f"  why: {reason}")
+    if out["status_bits"] & st_bits.INFEASIBLE:
+        return 0  # nothing was simulated: no latency or throughput to show
     rows = [("TTFT", "ttft"), ("TPOT", "tpot"), ("E2E", "e2e"), ("queueing", "queue")]
     print(f"  {'latency (ms)':<14}{'mean':>10}{'p50':>10}{'p90':>10}{'p99':>10}")
     for label, key in rows:

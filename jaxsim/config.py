@@ -757,8 +757,76 @@ def params_from_columns(
         "num_gpu_blocks": blocks.astype(np.int64),
         "max_model_len": mml.astype(np.int64),
         "watermark_blocks": wm_blocks.astype(np.int64),
+        "reserve_gb": reserve / 1e9,
+        "usable_gb": cap * util / 1e9,
     }
     return params, info
+
+
+def status_reasons(cfg: Mapping, status: int, info: Mapping, workload_max_len: int,
+                   metrics: Mapping) -> list[str]:
+    """One sentence per problem in a lane's ``status``, with the configuration's values
+    and what would lift it (host side; for ``jaxsim simulate``). ``info`` holds the
+    lane's entries of ``params_from_columns``'s info (scalars); ``metrics`` its metrics
+    (``iterations``, ``completed``)."""
+    status = int(status)
+    out = []
+    model, gpu, tp = cfg["model"], cfg["gpu"], int(cfg["tp"])
+    m = presets.model(model)[1]
+    mml = int(info["max_model_len"])
+    budget, seqs = int(cfg["max_num_batched_tokens"]), int(cfg["max_num_seqs"])
+    if status & st_bits.INF_TP_SHAPE:
+        nh, nkv = int(m["num_heads"]), int(m["num_kv_heads"])
+        ok = [t for t in range(1, MAX_TP + 1)
+              if nh % t == 0 and (nkv % t == 0 or t % nkv == 0)]
+        out.append(f"tp {tp} does not divide {model}'s {nh} attention heads and "
+                   f"{nkv} KV heads (tp values that do: {', '.join(map(str, ok))})")
+    if status & st_bits.INF_DTYPE:
+        out.append(f"{gpu} has no FP8 tensor cores (dtype fp8); use dtype bf16")
+    if status & st_bits.INF_NO_KV_MEMORY:
+        out.append(f"no room for the KV cache: weights {float(info['weights_gb']):.1f} GB "
+                   f"and activation reserve {float(info['reserve_gb']):.1f} GB per GPU "
+                   f"against {float(info['usable_gb']):.1f} GB usable "
+                   f"(gpu_memory_utilization {cfg['gpu_memory_utilization']}); raise tp or "
+                   "gpu_memory_utilization, or use dtype fp8")
+    elif status & st_bits.INF_KV_TOO_SMALL:
+        blocks, wm = int(info["num_gpu_blocks"]), int(info["watermark_blocks"])
+        bs = int(cfg["block_size"])
+        more = ("num_gpu_blocks" if cfg.get("num_gpu_blocks") is not None
+                else "tp or gpu_memory_utilization")
+        out.append(f"the KV cache ({blocks} blocks of {bs} tokens"
+                   + (f", less a watermark of {wm}" if wm else "")
+                   + f") cannot hold one sequence of max_model_len {mml} tokens; lower "
+                   f"max_model_len, or raise {more}")
+    if status & st_bits.INF_REQUEST_TOO_LONG:
+        out.append(f"the workload has a request of {workload_max_len} tokens (prompt + "
+                   f"output), more than max_model_len {mml}")
+    if status & st_bits.INF_MML_OVER_CONTEXT:
+        out.append(f"max_model_len {mml} exceeds {model}'s context of "
+                   f"{int(m['max_position_embeddings'])} tokens")
+    if status & st_bits.INF_BUDGET_TOO_SMALL:
+        why = ("the v0 scheduler does not chunk prefills" if cfg["scheduler"] == "v0"
+               else "enable_chunked_prefill is false")
+        out.append(f"{why}, so max_num_batched_tokens {budget} must be >= max_model_len "
+                   f"{mml}")
+    if status & st_bits.INF_BUDGET_LT_SEQS:
+        out.append(f"max_num_batched_tokens {budget} is smaller than max_num_seqs {seqs}; "
+                   "vLLM requires max_num_batched_tokens >= max_num_seqs")
+    if status & st_bits.TRUNCATED:
+        limit = cfg.get("max_iterations")
+        out.append(f"the iteration budget ran out after {int(metrics['iterations'])} "
+                   + (f"iterations (max_iterations {limit})" if limit else "iterations")
+                   + f" with {int(metrics['completed'])} requests completed; raise "
+                   "max_iterations")
+    if status & st_bits.NONFINITE:
+        out.append("an iteration time was not finite (NaN or inf): check the cost "
+                   "parameters (cost.* or cost_preset); the lane stopped there")
+    if status & st_bits.OVERFLOW_SLOTS:
+        out.append("the slot table limited admission: raise max_slots")
+    if status & st_bits.OVERFLOW_CACHE:
+        out.append("the prefix-cache table (SimShape.cache_entries) ran out of rows: "
+                   "give a larger cache_entries, or leave it to prefix.table_size")
+    return out
 
 
 def _shape_tables(preset_col, gpu_names, use, engine, B, **dims) -> np.ndarray:

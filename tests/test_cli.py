@@ -170,9 +170,50 @@ def test_cli__infeasible_config_reports_status(capsys):
     obj = json.loads(out)
     assert "infeasible" in obj["status"] and "dtype_not_supported_by_gpu" in obj["status"]
     assert obj["completed"] == 0 and obj["ttft_mean_s"] is None
+    assert obj["status_reasons"] == ["A100-80GB has no FP8 tensor cores (dtype fp8); use "
+                                     "dtype bf16"]
     code, out, err = run_cli(["simulate", "--json", "--set", "model=Llama-3.1-70B", *SMALL],
                              capsys)
-    assert "model_does_not_fit" in json.loads(out)["status"]
+    obj = json.loads(out)
+    assert "model_does_not_fit" in obj["status"]
+    assert obj["status_reasons"][0].startswith("no room for the KV cache: weights 141.1 GB")
+    # the text output says why, and shows no table of NaN latencies
+    code, out, err = run_cli(["simulate", "--set", "tp=3", *SMALL], capsys)
+    assert code == 0, err
+    assert ("why: tp 3 does not divide Llama-3.1-8B's 32 attention heads and 8 KV heads "
+            "(tp values that do: 1, 2, 4, 8)") in out
+    assert "TTFT" not in out and "nan" not in out
+
+
+def test_config__status_reasons_name_the_values_and_the_remedy():
+    from jaxsim import status as st
+
+    cfg = config.validate({"model": "Llama-3.1-70B", "gpu": "L40S", "tp": 3,
+                           "scheduler": "v0", "max_num_batched_tokens": 100,
+                           "max_num_seqs": 128, "max_iterations": 50})
+    info = {"max_model_len": 4096, "weights_gb": 47.0, "reserve_gb": 1.5,
+            "usable_gb": 43.2, "num_gpu_blocks": 10, "watermark_blocks": 1}
+    everything = sum(st._NAMES)
+    got = config.status_reasons(cfg, everything, info, 5000,
+                                {"iterations": 50, "completed": 3})
+    text = "\n".join(got)
+    for want in ("tp 3 does not divide Llama-3.1-70B's 64 attention heads and 8 KV heads",
+                 "L40S has no FP8 tensor cores",
+                 "weights 47.0 GB and activation reserve 1.5 GB per GPU against 43.2 GB",
+                 "a request of 5000 tokens (prompt + output), more than max_model_len 4096",
+                 "max_model_len 4096 exceeds Llama-3.1-70B's context of 131072 tokens",
+                 "the v0 scheduler does not chunk prefills, so max_num_batched_tokens 100",
+                 "max_num_batched_tokens 100 is smaller than max_num_seqs 128",
+                 "ran out after 50 iterations (max_iterations 50) with 3 requests completed",
+                 "not finite", "raise max_slots", "cache_entries"):
+        assert want in text, want
+    # the KV-too-small reason, when the weights fit; given blocks suggest num_gpu_blocks
+    cfg["num_gpu_blocks"] = 10
+    (only,) = config.status_reasons(cfg, st.INFEASIBLE | st.INF_KV_TOO_SMALL, info, 5000, {})
+    assert only == ("the KV cache (10 blocks of 16 tokens, less a watermark of 1) cannot "
+                    "hold one sequence of max_model_len 4096 tokens; lower max_model_len, "
+                    "or raise num_gpu_blocks")
+    assert config.status_reasons(cfg, st.OK, info, 5000, {}) == []
 
 
 def test_cli__missing_config_file(capsys):
