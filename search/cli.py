@@ -162,6 +162,51 @@ def _slo_text(slo: dict) -> str:
                      for k, v in slo.items())
 
 
+def _status_counts(status) -> str:
+    """``800 ok, 320 infeasible (model_does_not_fit 200, ...), 8 truncated``."""
+    import collections
+
+    import numpy as np
+
+    from jaxsim import status as st_bits
+
+    status = np.asarray(status).astype(np.int64)
+    parts = [f"{int(np.sum(status == 0)):,} ok"]
+    reasons = collections.Counter()
+    others = collections.Counter()
+    for s, n in zip(*np.unique(status[status != 0], return_counts=True), strict=True):
+        names = st_bits.decode(int(s))
+        if "infeasible" in names:
+            others["infeasible"] += int(n)
+            reasons.update({r: int(n) for r in names if r != "infeasible"})
+        else:
+            others.update({r: int(n) for r in names})
+    for name, n in sorted(others.items(), key=lambda kv: -kv[1]):
+        why = (" (" + ", ".join(f"{r} {c:,}" for r, c in reasons.most_common()) + ")"
+               if name == "infeasible" and reasons else "")
+        parts.append(f"{n:,} {name}{why}")
+    return ", ".join(parts)
+
+
+def _slo_misses(table, slo: dict) -> list[str]:
+    """Per SLO bound: how many ok configurations meet it alone, and the best value."""
+    import numpy as np
+
+    from search import objectives as ob
+
+    ok = np.asarray(table["status"]).astype(np.int64) == 0
+    lines = []
+    for k, bound in slo.items():
+        name, ge = (k[4:], True) if k.startswith("min_") else (k, False)
+        v = ob.derived(table, name).astype(np.float64)[ok]
+        v = v[np.isfinite(v)]
+        met = int(np.sum(v >= bound) if ge else np.sum(v <= bound))
+        best = (f"; best {float(v.max() if ge else v.min()):.4g}" if v.size else "")
+        lines.append(f"  {name} {'>=' if ge else '<='} {bound}: met by {met:,} of "
+                     f"{int(ok.sum()):,} ok configurations{best}")
+    return lines
+
+
 def cmd_best(args) -> int:
     import numpy as np
 
@@ -188,6 +233,9 @@ def cmd_best(args) -> int:
     if n_ok == 0:
         print(f"jaxsim best: none of {len(df):,} configurations meets the SLOs "
               f"({_slo_text(slo) or 'none given'})")
+        print(f"  status: {_status_counts(table['status'])}")
+        for line in _slo_misses(table, slo):
+            print(line)
         return 1
     best = df.iloc[int(order[0])]
     from search.export import vllm_serve_command

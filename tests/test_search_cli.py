@@ -199,3 +199,33 @@ def test_sweep_cross_axis_typo_and_no_valid_point_refused(tmp_path, capsys):
     err = _error(capsys, "sweep", str(p), "--out", out)
     assert "axes.tiers: tiers: dram needs enable_prefix_caching: true" in err
     assert not os.path.exists(out)
+
+
+def test_best_with_no_configuration_meeting_the_slos_says_how_close_they_came(results, capsys):
+    """Exit 1 with the status counts and, per bound, how many ok configurations meet it
+    alone and the best value among them."""
+    import pandas as pd
+
+    from jaxsim import cli
+    from jaxsim import status as st_bits
+    from search import runner
+
+    df = runner.load_results(results)
+    ok = df["status"].to_numpy() == 0
+    ttft = df["ttft_p99_s"].to_numpy()[ok]
+    tput = df["throughput_rps"].to_numpy()[ok]
+    assert cli.main(["best", results, "--slo", "ttft_p99_s<=1e-9",
+                     "--slo", f"throughput_rps>={tput.min()}"]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith(f"jaxsim best: none of {len(df):,} configurations meets")
+    assert out[1].startswith(f"  status: {int(ok.sum()):,} ok")
+    assert out[2] == (f"  ttft_p99_s <= 1e-09: met by 0 of {int(ok.sum()):,} ok "
+                      f"configurations; best {ttft.min():.4g}")
+    assert out[3].startswith(f"  throughput_rps >= {tput.min()}: met by {int(ok.sum()):,} ")
+    # the status counts name each infeasibility reason
+    status = pd.Series([0, 0, st_bits.INFEASIBLE | st_bits.INF_TP_SHAPE,
+                        st_bits.INFEASIBLE | st_bits.INF_TP_SHAPE | st_bits.INF_DTYPE,
+                        st_bits.TRUNCATED])
+    assert search_cli._status_counts(status) == (
+        "2 ok, 2 infeasible (tp_does_not_divide_heads 2, dtype_not_supported_by_gpu 1), "
+        "1 truncated")
