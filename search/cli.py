@@ -198,9 +198,9 @@ def _slo_misses(table, slo: dict) -> list[str]:
     lines = []
     for k, bound in slo.items():
         name, ge = (k[4:], True) if k.startswith("min_") else (k, False)
+        met = int(ob.feasible(table, {k: bound}).sum())  # one bound's rule, in one place
         v = ob.derived(table, name).astype(np.float64)[ok]
         v = v[np.isfinite(v)]
-        met = int(np.sum(v >= bound) if ge else np.sum(v <= bound))
         best = (f"; best {float(v.max() if ge else v.min()):.4g}" if v.size else "")
         lines.append(f"  {name} {'>=' if ge else '<='} {bound}: met by {met:,} of "
                      f"{int(ok.sum()):,} ok configurations{best}")
