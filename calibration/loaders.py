@@ -370,28 +370,38 @@ def load(paths: Iterable[str], hardware: str | None = None) -> Measurements:
             files = [p]
         found = 0
         for f in files:
-            k = _kind(f)
-            if k is None:
-                if f == p:
-                    _explain_unknown(f)
-                    raise DataError(f"{f}: not a known measurement file (Vidur mlp.csv, "
-                                    "attention.csv, all_reduce.csv, send_recv.csv; Splitwise "
-                                    "perf_model.csv; Sarathi figure-2_prefill.csv; or a "
-                                    f"jaxsim CSV with columns {', '.join(COLUMNS)})")
-                continue
-            found += 1
-            if k == "vidur_mlp":
-                parts.append(load_vidur_mlp(f, hardware))
-            elif k == "vidur_attention":
-                parts.append(load_vidur_attention(f, hardware))
-            elif k == "vidur_network":
-                parts.append(load_vidur_network(f, hardware))
-            elif k == "splitwise":
-                parts.append(load_splitwise(f))
-            elif k == "sarathi":
-                parts.append(load_sarathi(os.path.dirname(f)))
-            else:
-                parts.append(read_csv(f))
+            try:
+                found += _load_file(f, p, hardware, parts)
+            except UnicodeDecodeError as e:
+                raise DataError(f"{f}: not a UTF-8 text file ({e.reason} at byte "
+                                f"{e.start})") from None
         if not found:
             raise DataError(f"{p}: no measurement files found")
     return Measurements.concat(parts)
+
+
+def _load_file(f: str, p: str, hardware: str | None, parts: list) -> int:
+    """Append the measurements of file ``f`` (found under the argument ``p``) to
+    ``parts``; returns 1 if it is a measurement file, 0 if it is skipped."""
+    k = _kind(f)
+    if k is None:
+        if f == p:
+            _explain_unknown(f)
+            raise DataError(f"{f}: not a known measurement file (Vidur mlp.csv, "
+                            "attention.csv, all_reduce.csv, send_recv.csv; Splitwise "
+                            "perf_model.csv; Sarathi figure-2_prefill.csv; or a "
+                            f"jaxsim CSV with columns {', '.join(COLUMNS)})")
+        return 0
+    if k == "vidur_mlp":
+        parts.append(load_vidur_mlp(f, hardware))
+    elif k == "vidur_attention":
+        parts.append(load_vidur_attention(f, hardware))
+    elif k == "vidur_network":
+        parts.append(load_vidur_network(f, hardware))
+    elif k == "splitwise":
+        parts.append(load_splitwise(f))
+    elif k == "sarathi":
+        parts.append(load_sarathi(os.path.dirname(f)))
+    else:
+        parts.append(read_csv(f))
+    return 1

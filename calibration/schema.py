@@ -267,6 +267,9 @@ def read_csv(path: str | os.PathLike) -> Measurements:
                 if c in INT_COLS:
                     if not math.isfinite(x) or x != int(x):
                         raise DataError(f"{path}:{i}: column {c!r}: {v!r} is not an integer")
+                    if abs(x) > 2**31 - 1:
+                        raise DataError(f"{path}:{i}: column {c!r}: {v!r} is out of range "
+                                        "(at most 2**31 - 1)")
                     x = int(x)
                 row[c] = x
             row["source"] = f"{path}:{i}"

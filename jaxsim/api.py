@@ -49,8 +49,14 @@ def prepare(
     """
     if isinstance(configs, Mapping):
         configs = [configs]
+    configs = _check_configs(configs)
     cfgs = [config_mod.validate(c) for c in configs]
     per_lane = not isinstance(trace, Trace)
+    if per_lane and (isinstance(trace, str | bytes) or not isinstance(trace, Sequence)
+                     or not trace or not all(isinstance(t, Trace) for t in trace)):
+        raise TypeError(f"trace: {type(trace).__name__} {trace!r:.60} is not a Trace or a "
+                        "non-empty list of Traces (load a file or a bundled trace with "
+                        "jaxsim.traces.load(path, fmt) or jaxsim.traces.bundled(name))")
     caching = any(c["enable_prefix_caching"] for c in cfgs)
     T = 1 + max(len(c["tiers"]) for c in cfgs) if caching else 1
     all_traces = list(trace) if per_lane else [trace]
@@ -95,6 +101,18 @@ def prepare(
     return Prepared(shape, params, workload, info, cfgs)
 
 
+def _check_configs(configs) -> list:
+    try:
+        out = None if isinstance(configs, str | bytes) else list(configs)
+    except TypeError:
+        out = None
+    if not out:
+        raise config_mod.ConfigError(
+            f"configs: {type(configs).__name__} {configs!r:.60} is not a configuration "
+            "mapping or a non-empty list of them")
+    return out
+
+
 def _window_rows(cfg: Mapping) -> int:
     """Extra slot rows a lane's admission / prefetch window needs (§5.8, §5.11)."""
     cache = cfg["cache"]
@@ -121,6 +139,7 @@ def run(
     """
     if isinstance(configs, Mapping):
         configs = [configs]
+    configs = _check_configs(configs)
     if trace is None:
         cfgs = [config_mod.validate(c) for c in configs]
         built: dict[str, Trace] = {}

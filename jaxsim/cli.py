@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 
 EXIT_USAGE = 2
@@ -132,12 +133,18 @@ def cmd_presets(args) -> int:
 def cmd_demo(args) -> int:
     from jaxsim import demo
 
+    if args.num_requests < 1:
+        return _fail(f"--num-requests: {args.num_requests} must be >= 1")
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        return _fail(f"--out: {args.out} exists and is not a folder")
     return demo.main(out_dir=args.out, num_requests=args.num_requests, quiet=False)
 
 
 def cmd_bench(args) -> int:
     from jaxsim import bench
 
+    if args.slots < 1:
+        return _fail(f"--slots: {args.slots} must be >= 1")
     result = bench.run(quick=args.quick, verbose=not args.json, slots=args.slots)
     if args.json:
         print(json.dumps({k: _jsonable(v) for k, v in result.items()}))

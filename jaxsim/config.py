@@ -33,6 +33,7 @@ from jaxsim.params import (
     ModelParams,
     SchedulerParams,
     SimParams,
+    expand_cost_aliases,
 )
 from jaxsim.workload import ARRIVAL_KINDS, Trace, multi_turn_sessions, synthetic
 
@@ -257,7 +258,8 @@ def _tier_overrides(key, v) -> dict:
                 raise ConfigError(f"{k}: unknown field; allowed: "
                                   f"{', '.join(f'{key}.{name}.{g}' for g in TIER_FIELDS)}")
             lo_open = f in ("read_gbps", "write_gbps")
-            out.setdefault(name, {})[f] = _float(k, x, 0.0, lo_open=lo_open)
+            # bounded so that a capacity in blocks, a time or an energy stays representable
+            out.setdefault(name, {})[f] = _float(k, x, 0.0, 1e9, lo_open=lo_open)
     return out
 
 
@@ -284,7 +286,7 @@ _WORKLOAD = {
     "num_requests": lambda k, v: _int(k, v, 1, 1 << 24, allow_none=True),
     "prompt_tokens": _length_spec,
     "output_tokens": _length_spec,
-    "cv": lambda k, v: _float(k, v, 0.0, lo_open=True),
+    "cv": lambda k, v: _float(k, v, 1e-3, 1e3),
     "path": lambda k, v: None if v is None else str(v),
     "format": lambda k, v: None if v is None else _choice(k, v, TRACE_FORMATS),
     "sessions": lambda k, v: _int(k, v, 1, 1 << 22, allow_none=True),
@@ -296,7 +298,8 @@ _WORKLOAD = {
 
 
 def _cost(key, v):
-    return _float(key, v, 0.0, lo_open=True)
+    # bounded so that the unconstrained value stays a finite float32
+    return _float(key, v, 0.0, 1e30, lo_open=True)
 
 
 def validate(cfg: Mapping) -> dict:
@@ -305,6 +308,9 @@ def validate(cfg: Mapping) -> dict:
         raise ConfigError(f"configuration must be a mapping of keys, got {type(cfg).__name__}")
     out = copy.deepcopy(DEFAULTS)
     for key, value in cfg.items():
+        if not isinstance(key, str):
+            raise ConfigError(f"{key!r}: keys must be strings (a key such as yes, no, on "
+                              "or a number needs quotes in YAML)")
         if key in _TOP:
             out[key] = _TOP[key](key, value)
         elif key == "tier":
@@ -363,6 +369,11 @@ def validate(cfg: Mapping) -> dict:
         if w["format"] is None:
             raise ConfigError(f"workload.format: required when workload.kind=trace; "
                               f"allowed: {', '.join(TRACE_FORMATS)}")
+    elif w["path"] or w["format"]:
+        given = "workload.path" if w["path"] else "workload.format"
+        raise ConfigError(f"{given}: {w['path'] or w['format']!r} is read only with "
+                          f"workload.kind=trace, not {w['kind']}; set workload.kind: trace "
+                          "to replay a file")
     elif w["kind"] in ("poisson", "gamma", "sessions") and w["rate"] is None:
         raise ConfigError(f"workload.rate: required for workload.kind={w['kind']}")
     if w["kind"] == "sessions" and w["sessions"] is None:
@@ -410,7 +421,11 @@ def apply_sets(cfg: dict, assignments: Sequence[str]) -> dict:
             node = cfg.setdefault("tier", {})
             if not isinstance(node, dict):
                 raise ConfigError("tier: must be a mapping")
-            node.setdefault(path[1], {})[path[2]] = value
+            sub = node.setdefault(path[1], {})
+            if not isinstance(sub, dict):
+                raise ConfigError(f"tier.{path[1]}: {sub!r} must be a mapping of fields "
+                                  f"(given with --set {'.'.join(path)})")
+            sub[path[2]] = value
             continue
         if len(path) > 2:
             raise ConfigError(f"{'.'.join(path)}: unknown key (at most one dot: "
@@ -464,6 +479,11 @@ def read_yaml(path: str, error: type[Exception] = ConfigError) -> Any:
             return yaml.load(f, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader
     except FileNotFoundError:
         raise error(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise error(f"{path}: is a directory, expected a YAML file") from None
+    except UnicodeDecodeError as e:
+        raise error(f"{path}: not a UTF-8 text file ({e.reason} at byte {e.start})") \
+            from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""
@@ -706,7 +726,9 @@ def params_from_columns(
             if not given and key in cache:
                 theta[i], p_log2[i] = cache[key]
                 continue
-            given = {**preset_vals[key], **given}
+            # the lane's own values over the preset's, a family shorthand of its own
+            # (cost.eta_c_gemm) included
+            given = {**preset_vals[key], **expand_cost_aliases(given)}
             if "smooth_p" in given:
                 given["smooth_p"] = int(given["smooth_p"])
             if given:

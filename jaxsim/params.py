@@ -91,6 +91,22 @@ COST_ALIASES: dict[str, tuple[str, ...]] = {
        for k in ("eta_c", "f0", "eta_m", "b0")},
     **{f"{k}_elem": tuple(f"{k}_{op}" for op in ELEM_COST_GROUPS) for k in ("eta_m", "b0")},
 }
+
+
+def expand_cost_aliases(values: dict) -> dict:
+    """``values`` with each family shorthand of ``COST_ALIASES`` replaced by its
+    per-operator names; a per-operator name given in ``values`` too wins over the
+    shorthand. Expand one source of values (a user's, a preset's) before layering it
+    over another, so that a user's shorthand overrides a preset's per-operator values.
+    """
+    out = {k: v for k, v in values.items() if k not in COST_ALIASES}
+    for alias, names in COST_ALIASES.items():
+        if alias in values:
+            for n in names:
+                out.setdefault(n, values[alias])
+    return out
+
+
 #: Allowed smooth-max exponents p = 2**k (an integer, not part of ``theta``).
 SMOOTH_P_CHOICES = (1, 2, 4, 8)
 DEFAULT_SMOOTH_P = 4
@@ -149,13 +165,8 @@ class CostParams(eqx.Module):
         ``smooth_p`` (one of ``SMOOTH_P_CHOICES``) may be given too, and the family
         shorthands of ``COST_ALIASES`` (a per-operator name given too wins).
         """
-        values = dict(values)
+        values = expand_cost_aliases(values)
         p = values.pop("smooth_p", DEFAULT_SMOOTH_P)
-        for alias, names in COST_ALIASES.items():
-            if alias in values:
-                v = values.pop(alias)
-                for n in names:
-                    values.setdefault(n, v)
         if p not in SMOOTH_P_CHOICES:
             raise ValueError(f"smooth_p must be one of {SMOOTH_P_CHOICES}, got {p!r}")
         unknown = set(values) - set(COST_PARAM_NAMES)

@@ -261,6 +261,9 @@ def prefetch(cu: CacheUpdate, params: SimParams, pc: PrefixConsts, U: Array, it:
     T = cp.capacity_blocks.shape[-1]
     K = cu.e_id.shape[0]
     S, H = ids.shape
+    if S * H == 0:  # a workload without block ids: nothing is cached, nothing to move
+        return Prefetch(e_tier=cu.e_tier, e_last=cu.e_last, read_bytes=cu.read_bytes,
+                        count=jnp.int32(0))
     has = ids >= 0
     e = jnp.where(has, cu.loc[jnp.maximum(ids, 0)], -1)
     tier = jnp.where(e >= 0, cu.e_tier[jnp.maximum(e, 0)], -1)

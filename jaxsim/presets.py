@@ -30,7 +30,7 @@ def gpu_names() -> list[str]:
 def _lookup(kind: str, name: str) -> tuple[str, dict]:
     table = _data()[kind]
     if not isinstance(name, str):
-        raise KeyError(f"{name!r} is not a {kind[:-1]} name")
+        raise KeyError(f"{name!r} is not a {kind[:-1]} name; allowed: {', '.join(table)}")
     for key, value in table.items():
         if key.lower() == name.lower():
             return key, value

@@ -864,6 +864,8 @@ def cmd(args: argparse.Namespace) -> int:
     out_dir = os.path.dirname(os.path.abspath(args.out))
     if not os.path.isdir(out_dir):
         return _fail(f"--out: {args.out}: folder {out_dir} does not exist")
+    if os.path.isdir(args.out) or args.out.endswith(os.sep):
+        return _fail(f"--out: {args.out!r} is a folder; give a file name")
     from calibration import schema
 
     t0 = time.perf_counter()
@@ -872,6 +874,9 @@ def cmd(args: argparse.Namespace) -> int:
     except DeviceTimingError as e:
         return _fail(f"--timing: {e}")
     wall = time.perf_counter() - t0
+    if not len(m):
+        return _fail(f"no shape could be measured ({', '.join(spec.ops)} at the token counts "
+                     "asked for; see the messages above); nothing written")
     try:
         schema.write_csv(m, args.out)
     except OSError as e:

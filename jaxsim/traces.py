@@ -31,6 +31,8 @@ class TraceError(ValueError):
 
 
 def _int_cell(path, row, col, raw):
+    if isinstance(raw, bool):
+        raise TraceError(f"{path}: row {row}, column {col}: {raw!r} is not a number")
     try:
         v = float(raw)
     except (TypeError, ValueError):
@@ -39,10 +41,15 @@ def _int_cell(path, row, col, raw):
         raise TraceError(f"{path}: row {row}, column {col}: {raw!r} is not a whole number")
     if v < 1:
         raise TraceError(f"{path}: row {row}, column {col}: {raw!r} must be >= 1 token")
+    if v > 2**30:
+        raise TraceError(f"{path}: row {row}, column {col}: {raw!r} must be <= 2**30 "
+                         "tokens")
     return int(v)
 
 
 def _float_cell(path, row, col, raw):
+    if isinstance(raw, bool):
+        raise TraceError(f"{path}: row {row}, column {col}: {raw!r} is not a number")
     try:
         v = float(raw)
     except (TypeError, ValueError):
@@ -58,19 +65,28 @@ def _open(path):
         raise TraceError(f"{path}: no such file")
     if os.path.isdir(path):
         raise TraceError(f"{path}: is a directory, expected a trace file")
-    return open(path, newline="")
+    # utf-8-sig: a byte-order mark (a CSV saved by a spreadsheet) is not part of the header
+    return open(path, newline="", encoding="utf-8-sig")
 
 
 def _read_csv(path, columns):
-    with _open(path) as f:
-        reader = csv.DictReader(f)
-        header = reader.fieldnames or []
-        missing = [c for c in columns if c not in header]
-        if missing:
-            raise TraceError(f"{path}: missing column(s) {', '.join(missing)} "
-                             f"(header is {','.join(header) or 'empty'}; expected "
-                             f"{','.join(columns)})")
-        rows = list(reader)
+    try:
+        with _open(path) as f:
+            reader = csv.DictReader(f)
+            header = reader.fieldnames or []
+            missing = [c for c in columns if c not in header]
+            if missing:
+                raise TraceError(f"{path}: missing column(s) {', '.join(missing)} "
+                                 f"(header is {','.join(header) or 'empty'}; expected "
+                                 f"{','.join(columns)})")
+            rows = list(reader)
+    except UnicodeDecodeError as e:
+        raise TraceError(f"{path}: not a UTF-8 text file ({e.reason} at byte "
+                         f"{e.start})") from None
+    for i, r in enumerate(rows):
+        if None in r:  # csv.DictReader's key for fields beyond the header's
+            raise TraceError(f"{path}: row {i + 2} has {len(header) + len(r[None])} "
+                             f"fields; the header has {len(header)}")
     if not rows:
         raise TraceError(f"{path}: no data rows")
     return rows
@@ -129,28 +145,34 @@ def load_mooncake(path: str, with_hashes: bool = False):
     (``Trace.hash_ids``, 512 tokens each) for prefix caching. With ``with_hashes`` also
     returns the raw per-request ``hash_ids`` lists."""
     a, p, o, hashes = [], [], [], []
-    with _open(path) as f:
-        for i, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                raise TraceError(f"{path}: row {i}: not valid JSON") from None
-            if not isinstance(rec, dict):
-                raise TraceError(f"{path}: row {i}: expected a JSON object")
-            for key in ("timestamp", "input_length", "output_length"):
-                if key not in rec:
-                    raise TraceError(f"{path}: row {i}, column {key}: missing")
-            a.append(_float_cell(path, i, "timestamp", rec["timestamp"]) / 1000.0)
-            p.append(_int_cell(path, i, "input_length", rec["input_length"]))
-            o.append(_int_cell(path, i, "output_length", rec["output_length"]))
-            h = rec.get("hash_ids", [])
-            if not isinstance(h, list) or not all(
-                    isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in h):
-                raise TraceError(f"{path}: row {i}, column hash_ids: must be a list of "
-                                 "non-negative integers")
-            hashes.append(h)
+    try:
+        with _open(path) as f:
+            lines = list(f)
+    except UnicodeDecodeError as e:
+        raise TraceError(f"{path}: not a UTF-8 text file ({e.reason} at byte "
+                         f"{e.start})") from None
+    for i, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            raise TraceError(f"{path}: row {i}: not valid JSON") from None
+        if not isinstance(rec, dict):
+            raise TraceError(f"{path}: row {i}: expected a JSON object")
+        for key in ("timestamp", "input_length", "output_length"):
+            if key not in rec:
+                raise TraceError(f"{path}: row {i}, column {key}: missing")
+        a.append(_float_cell(path, i, "timestamp", rec["timestamp"]) / 1000.0)
+        p.append(_int_cell(path, i, "input_length", rec["input_length"]))
+        o.append(_int_cell(path, i, "output_length", rec["output_length"]))
+        h = rec.get("hash_ids", [])
+        if not isinstance(h, list) or not all(
+                isinstance(x, int) and not isinstance(x, bool) and 0 <= x < 2**63
+                for x in h):
+            raise TraceError(f"{path}: row {i}, column hash_ids: must be a list of "
+                             "integers in 0..2**63-1")
+        hashes.append(h)
     if not a:
         raise TraceError(f"{path}: no data rows")
     # Mooncake ids cover ceil(input/512) blocks, the last one partial. Only whole prompt

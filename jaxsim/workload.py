@@ -74,6 +74,11 @@ class Workload(eqx.Module):
         return int(self.arrival_hi.shape[-1])
 
 
+#: Largest span of a trace's arrival times, seconds: the clock is a double-float sum
+#: (about 48 bits), so it resolves 1e8 s to about 0.4 microseconds.
+MAX_ARRIVAL_SPAN_S = 1e8
+
+
 @dataclasses.dataclass
 class Trace:
     """Requests on the host.
@@ -147,6 +152,14 @@ class Trace:
             bad = int(np.flatnonzero(~np.isfinite(a) | (a < 0))[0])
             raise ValueError(f"{self.name}: arrival_s[{bad}] = {a[bad]!r}; must be finite "
                              "and >= 0")
+        span = float(a.max() - a.min())
+        if span > MAX_ARRIVAL_SPAN_S:
+            bad = int(np.argmax(a))
+            raise ValueError(
+                f"{self.name}: arrival_s[{bad}] = {float(a[bad])!r} lies {span:.4g} s after the "
+                f"first arrival; the arrivals may span at most {MAX_ARRIVAL_SPAN_S:.0e} s "
+                "(about 3 years), within which the simulator's clock resolves under "
+                "1 microsecond (check the time unit: arrival_s is in seconds)")
 
     def __len__(self) -> int:
         return len(self.arrival_s)
@@ -163,6 +176,9 @@ class Trace:
 
     def head(self, n: int) -> Trace:
         """The first ``n`` requests in arrival order."""
+        if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 1:
+            raise ValueError(f"{self.name}: head({n!r}): the number of requests must be an "
+                             "int >= 1")
         return self._take(self.order()[:n])
 
     def scaled_to_rate(self, rate: float) -> Trace:
@@ -234,7 +250,9 @@ def to_workload(trace: Trace, max_requests: int | None = None,
         raise ValueError(f"max_requests={R} is smaller than the workload ({n} requests)")
     o = trace.order()
     arrival = np.full(R, np.inf)
-    arrival[:n] = trace.arrival_s[o]
+    # relative to the first arrival, as every metric is: an epoch-based trace keeps the
+    # clock's full resolution (a double-float clock at 1.7e9 s resolves 6 microseconds)
+    arrival[:n] = trace.arrival_s[o] - trace.arrival_s[o[0]]
     prompt = np.ones(R, np.int32)
     prompt[:n] = trace.prompt_tokens[o]
     output = np.ones(R, np.int32)
@@ -308,12 +326,12 @@ def sample_lengths(spec, n: int, rng: np.random.Generator, field: str) -> np.nda
         raise ValueError(f"{field}: unknown key(s) {sorted(extra)} for dist={kind}; "
                          f"allowed: {sorted(allowed[kind])}")
 
-    def need(key, lo=1):
-        if key not in spec:
+    def need(key, lo=1, default=None):
+        if key not in spec and default is None:
             raise ValueError(f"{field}.{key}: missing (required for dist={kind})")
-        v = spec[key]
-        if isinstance(v, bool) or not isinstance(v, int | float) or not v >= lo:
-            raise ValueError(f"{field}.{key}: {v!r} must be a number >= {lo}")
+        v = spec.get(key, default)
+        if isinstance(v, bool) or not isinstance(v, int | float) or not lo <= v <= 2**30:
+            raise ValueError(f"{field}.{key}: {v!r} must be a number in [{lo}, 2**30]")
         return v
 
     if kind == "fixed":
@@ -325,8 +343,8 @@ def sample_lengths(spec, n: int, rng: np.random.Generator, field: str) -> np.nda
         return rng.integers(lo, hi + 1, size=n)
     if kind == "lognormal":
         med, sig = float(need("median")), float(need("sigma", 0))
-        lo = int(spec.get("min", 1))
-        hi = int(spec.get("max", 2**20))
+        lo = int(need("min", default=1))
+        hi = int(need("max", default=2**20))
         if lo < 1 or hi < lo:
             raise ValueError(f"{field}: need 1 <= min <= max, got min={lo}, max={hi}")
         x = np.exp(np.log(med) + sig * rng.standard_normal(n))
@@ -334,8 +352,9 @@ def sample_lengths(spec, n: int, rng: np.random.Generator, field: str) -> np.nda
     values = np.asarray(spec.get("values", []))
     if values.size == 0 or values.ndim != 1:
         raise ValueError(f"{field}.values: must be a non-empty list of lengths")
-    if not np.issubdtype(values.dtype, np.number) or np.any(values < 1):
-        raise ValueError(f"{field}.values: every value must be a number >= 1")
+    if not np.issubdtype(values.dtype, np.number) or np.any(values < 1) or np.any(
+            values > 2**30):
+        raise ValueError(f"{field}.values: every value must be a number in [1, 2**30]")
     return rng.choice(values.astype(np.int64), size=n, replace=True)
 
 
@@ -379,8 +398,9 @@ def synthetic(
         if kind == "poisson":
             gaps = rng.exponential(1.0 / rate, size=n)
         else:
-            if isinstance(cv, bool) or not isinstance(cv, int | float) or not cv > 0:
-                raise ValueError(f"workload.cv: {cv!r} must be a number > 0")
+            if isinstance(cv, bool) or not isinstance(cv, int | float) or \
+                    not 1e-3 <= cv <= 1e3:
+                raise ValueError(f"workload.cv: {cv!r} must be a number in [0.001, 1000]")
             shape = 1.0 / cv**2
             gaps = rng.gamma(shape, 1.0 / (rate * shape), size=n)
         arrival = np.cumsum(gaps) - gaps[0]  # first request at t = 0

@@ -141,7 +141,7 @@ def _prices(args, settings, gpus) -> dict:
 
 def add_best_arguments(p) -> None:
     p.add_argument("dir", help="results folder of jaxsim sweep")
-    p.add_argument("--slo", action="append", metavar="METRIC<=VALUE",
+    p.add_argument("--slo", action="append", metavar="'METRIC<=VALUE'",
                    help="SLO bound, e.g. --slo ttft_p99_s<=1.0 --slo tpot_p99_s<=0.05 "
                         "(default: the space file's objectives.slo)")
     p.add_argument("--objective", default=None,
@@ -213,6 +213,8 @@ def cmd_best(args) -> int:
     from search import objectives as ob
     from search import runner
 
+    if args.top < 1:
+        return _fail(f"--top: {args.top} must be >= 1")
     bad = _check_results_dir(args.dir)
     if bad:
         return _fail(bad)
@@ -345,7 +347,7 @@ def add_pareto_arguments(p) -> None:
     p.add_argument("dir", help="results folder of jaxsim sweep")
     p.add_argument("--objectives", required=True,
                    help="2-4 comma-separated objectives, e.g. ttft_p99_s,cost_per_mtok")
-    p.add_argument("--slo", action="append", metavar="METRIC<=VALUE", help="as for best")
+    p.add_argument("--slo", action="append", metavar="'METRIC<=VALUE'", help="as for best")
     p.add_argument("--price", action="append", metavar="GPU=USD", help="as for best")
     p.add_argument("--plot", default=None, help="write a Pareto plot (PNG; 2 objectives)")
     p.add_argument("--csv", default=None, help="write the front as CSV")
@@ -360,6 +362,8 @@ def cmd_pareto(args) -> int:
     names = [s.strip() for s in args.objectives.split(",") if s.strip()]
     if not 2 <= len(names) <= 4:
         return _fail(f"--objectives {args.objectives!r}: give 2 to 4 objectives")
+    if len(set(names)) != len(names):
+        return _fail(f"--objectives {args.objectives!r}: an objective is given twice")
     if args.plot and len(names) != 2:
         return _fail(f"--plot {args.plot!r}: needs exactly 2 objectives, not {len(names)}")
     # output paths are checked before any work, so a bad one costs nothing

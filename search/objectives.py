@@ -82,7 +82,13 @@ def derived(table: Mapping, name: str, prices: Mapping | None = None) -> np.ndar
         tps = _col(table, "output_tps").astype(np.float64)
         with np.errstate(divide="ignore", invalid="ignore"):
             return np.where(tps > 0, usd_per_s / tps * 1e6, np.inf)
-    return _col(table, name).astype(np.float64)
+    col = _col(table, name)
+    if col.dtype.kind not in "biuf":
+        held = "text" if col.dtype.kind in "OUS" else str(col.dtype)
+        raise ObjectiveError(f"{name}: not a numeric column of the results (it holds "
+                             f"{held}); give a metric such as ttft_p99_s, "
+                             "throughput_per_gpu or cost_per_mtok")
+    return col.astype(np.float64)
 
 
 def parse_slo(items: Sequence[str] | Mapping | None) -> dict[str, float]:

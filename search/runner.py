@@ -33,10 +33,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxsim import config as config_mod
+from jaxsim import prefix
 from jaxsim import sim as sim_mod
 from jaxsim import status as st_bits
 from jaxsim.shapes import DEFAULT_MACRO, SimShape
-from jaxsim.workload import Trace, Workload, to_workload
+from jaxsim.workload import Trace, Workload, stack_workloads, to_workload
 from search.space import DesignSpace, SpaceError, _get_key
 
 #: Configuration keys always written to the results (besides the axes).
@@ -160,6 +161,8 @@ def make_plan(space: DesignSpace, chunk_size: int | None = None, slots: int | No
     if chunk_size % n_dev:
         raise SpaceError(f"chunk_size: {chunk_size} must be a multiple of the {n_dev} local "
                          "devices")
+    # no chunk larger than the space: the lanes beyond it would be padding
+    chunk_size = min(chunk_size, -(-size // n_dev) * n_dev)
     return Plan(size=size, chunk_size=chunk_size, num_chunks=-(-size // chunk_size),
                 # event skipping: rows of requests that finished inside a decode run
                 # stay until the step's compaction (SimShape.max_slots)
@@ -211,7 +214,7 @@ def _stack_traces(traces: Sequence[Trace], R: int) -> Workload:
     for i, t in enumerate(traces):
         o = t.order()
         k = len(t)
-        arrival[i, :k] = t.arrival_s[o]
+        arrival[i, :k] = t.arrival_s[o] - t.arrival_s[o[0]]  # as to_workload does
         prompt[i, :k] = t.prompt_tokens[o]
         output[i, :k] = t.output_tokens[o]
         n[i] = k
@@ -233,6 +236,15 @@ class Batch:
     info: dict[str, np.ndarray]
     constraint_ok: np.ndarray
     reasons: list[str | None] | None = None
+    #: SimShape's prefix-cache fields (num_tiers, cache_entries, hash_space, prefetch)
+    #: when a lane enables prefix caching, else empty
+    cache_kw: dict = dataclasses.field(default_factory=dict)
+
+
+def _pow2(n: int) -> int:
+    """``n`` rounded up to a power of two (0 stays 0), so chunks whose workloads differ a
+    little share one compiled function."""
+    return 0 if n <= 0 else 1 << (int(n) - 1).bit_length()
 
 
 def build_batch(space: DesignSpace, plan: Plan, ids: np.ndarray,
@@ -295,6 +307,16 @@ def batch_from_configs(cfgs: Sequence[Mapping], plan: Plan,
     if max(len(t) for t in trs) > plan.max_requests:
         raise ValueError(f"a workload has {max(len(t) for t in trs)} requests; the plan "
                          f"holds {plan.max_requests}")
+    # the prefix cache, as jaxsim.api.prepare compiles it: tiers, block ids, table size
+    caching = any(c["enable_prefix_caching"] for c in cfgs)
+    build: dict = {}
+    H = 0
+    if caching:
+        U = trs[0].hash_block_tokens
+        if any(t.hash_block_tokens != U for t in trs):
+            raise ValueError("the workloads of a chunk must share one hash_block_tokens")
+        build = dict(hash_block_tokens=U, num_tiers=1 + max(len(c["tiers"]) for c in cfgs))
+        H = _pow2(max(t.num_hash_blocks() for t in trs))
     cols = config_mod.columns_from_configs(cfgs)
     max_len = np.array([t.max_len() for t in trs])
     if plan.per_lane_workload and len(np.unique(max_len)) > 1:
@@ -303,7 +325,7 @@ def batch_from_configs(cfgs: Sequence[Mapping], plan: Plan,
         for m in np.unique(max_len):
             sel = np.flatnonzero(max_len == m)
             p, inf = config_mod.params_from_columns(
-                {k: [v[i] for i in sel] for k, v in cols.items()}, int(m))
+                {k: [v[i] for i in sel] for k, v in cols.items()}, int(m), **build)
             parts.append(p)
             infos.append(inf)
             order.append(sel)
@@ -311,20 +333,31 @@ def batch_from_configs(cfgs: Sequence[Mapping], plan: Plan,
         params = jax.tree.map(lambda x: np.asarray(x)[inv], concatenate(parts))
         info = {k: np.concatenate([inf[k] for inf in infos])[inv] for k in infos[0]}
     else:
-        params, info = config_mod.params_from_columns(cols, int(max_len.max()))
+        params, info = config_mod.params_from_columns(cols, int(max_len.max()), **build)
     bad = np.where(ok, 0, st_bits.INFEASIBLE | st_bits.INF_CONSTRAINT).astype(np.int32)
     params = eqx.tree_at(lambda p: p.status0, params,
                          np.asarray(params.status0, np.int32) | bad)
     if invalid.any():
         info = {k: np.where(invalid, np.nan if np.asarray(v).dtype.kind == "f" else 0,
                             np.asarray(v)) for k, v in info.items()}
-    if plan.per_lane_workload:
+    cache_kw: dict = {}
+    if caching:
+        wl = (stack_workloads([to_workload(t, plan.max_requests, H) for t in trs])
+              if plan.per_lane_workload else to_workload(trs[0], plan.max_requests, H))
+        Uh = _pow2(max(1, int(np.max(np.asarray(wl.num_hash_ids)))))
+        sp = params.scheduler
+        K = prefix.table_size(sp.num_gpu_blocks, sp.block_size, sp.max_num_batched_tokens,
+                              params.cache.capacity_blocks, build["hash_block_tokens"],
+                              plan.max_slots, H, Uh)
+        cache_kw = dict(num_tiers=build["num_tiers"], cache_entries=max(_pow2(K), 1),
+                        hash_space=Uh, prefetch=any(c["cache"]["prefetch"] for c in cfgs))
+    elif plan.per_lane_workload:
         wl = _stack_traces(trs, plan.max_requests)
     else:
         wl = to_workload(trs[0], plan.max_requests)
     return Batch(ids=np.arange(len(cfgs)), cfgs=shown, params=params, workload=wl,
                  info=info, constraint_ok=ok,
-                 reasons=list(reasons) if reasons is not None else None)
+                 reasons=list(reasons) if reasons is not None else None, cache_kw=cache_kw)
 
 
 def _shard(tree, plan: Plan):
@@ -340,7 +373,8 @@ def _shard(tree, plan: Plan):
 def simulate_chunk(plan: Plan, batch: Batch, max_iterations: int | None = None) -> dict:
     """Simulate one chunk; returns metrics (name -> [B] numpy) with exact overflow re-runs."""
     shape = SimShape(max_requests=plan.max_requests, max_slots=plan.slots,
-                     chunk_iterations=plan.chunk_iterations, macro_iterations=DEFAULT_MACRO)
+                     chunk_iterations=plan.chunk_iterations, macro_iterations=DEFAULT_MACRO,
+                     **batch.cache_kw)
     params = _shard(batch.params, plan)
     wl = _shard(batch.workload, plan) if plan.per_lane_workload else batch.workload
     if max_iterations is None and any(c["max_iterations"] is not None for c in batch.cfgs):

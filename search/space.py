@@ -732,9 +732,43 @@ def from_dict(d: Mapping, source: str = "space") -> DesignSpace:
     objectives = d.get("objectives") or {}
     if not isinstance(objectives, Mapping):
         raise SpaceError(f"objectives: {objectives!r} must be a mapping")
+    _check_objectives(objectives)
     return DesignSpace(base=dict(base), axes=axes, constraints=constraints,
                        sampler=d.get("sampler", "grid"), num_samples=d.get("num_samples"),
                        seed=seed, name=str(d.get("name", source)), objectives=dict(objectives))
+
+
+OBJECTIVE_KEYS = ("objective", "slo", "gpu_hour_usd", "mem_gb_hour_usd")
+
+
+def _check_objectives(o: Mapping) -> None:
+    """The ``objectives`` section is read by ``jaxsim best`` and ``pareto`` after a sweep;
+    check it before anything runs, so a typo does not wait for the sweep's end."""
+    from jaxsim import presets
+    from search import objectives as ob
+
+    for k in o:
+        if k not in OBJECTIVE_KEYS:
+            raise SpaceError(f"objectives.{k}: unknown key; allowed: "
+                             f"{', '.join('objectives.' + x for x in OBJECTIVE_KEYS)}")
+    if "objective" in o and not isinstance(o["objective"], str):
+        raise SpaceError(f"objectives.objective: {o['objective']!r} must be a metric name")
+    try:
+        ob.parse_slo(o.get("slo"))
+        if "mem_gb_hour_usd" in o:
+            ob._price("mem_gb_hour_usd", o["mem_gb_hour_usd"])
+        g = o.get("gpu_hour_usd")
+        if isinstance(g, Mapping):
+            gpus = presets.gpu_names()
+            for name, v in g.items():
+                if str(name).lower() not in {x.lower() for x in gpus}:
+                    raise SpaceError(f"objectives.gpu_hour_usd.{name}: not a GPU name; "
+                                     f"allowed: {', '.join(gpus)}")
+                ob._price(f"gpu_hour_usd.{name}", v)
+        elif g is not None:
+            ob._price("gpu_hour_usd", g)
+    except ob.ObjectiveError as e:
+        raise SpaceError(f"objectives: {e}") from None
 
 
 def load(path: str) -> DesignSpace:

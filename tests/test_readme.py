@@ -48,8 +48,15 @@ def _jaxsim_commands() -> list[list[str]]:
     out = []
     for block in _blocks("bash"):
         for line in block.replace("\\\n", " ").splitlines():
+            if line.lstrip().startswith("#"):  # a comment line
+                continue
             for part in re.split(r"&&|;", line.split(" #")[0]):
-                argv = shlex.split(part)
+                # split as a shell would: an unquoted < or > (an SLO's <=) is a redirection
+                lex = shlex.shlex(part, posix=True, punctuation_chars=True)
+                lex.whitespace_split = True
+                argv = list(lex)
+                ops = [a for a in argv if a and set(a) <= set("();<>|&")]
+                assert not ops, f"README: {part.strip()!r}: unquoted shell operator {ops}"
                 if argv and os.path.basename(argv[0]) == "jaxsim":
                     out.append(argv[1:])
     return out

@@ -229,3 +229,46 @@ def test_best_with_no_configuration_meeting_the_slos_says_how_close_they_came(re
     assert search_cli._status_counts(status) == (
         "2 ok, 2 infeasible (tp_does_not_divide_heads 2, dtype_not_supported_by_gpu 1), "
         "1 truncated")
+
+
+def test_best_and_pareto_refuse_bad_ranking_flags(results, capsys):
+    """--top below 1, an objective given twice and a text column as an objective or SLO
+    are refused with one line naming the flag or column."""
+    assert _error(capsys, "best", results, "--top", "-1") == \
+        "jaxsim: error: --top: -1 must be >= 1"
+    err = _error(capsys, "pareto", results, "--objectives", "ttft_p99_s,ttft_p99_s")
+    assert "an objective is given twice" in err
+    for argv in (("best", results, "--objective", "model"),
+                 ("best", results, "--slo", "model<=1"),
+                 ("pareto", results, "--objectives", "ttft_p99_s,model")):
+        assert "model: not a numeric column of the results (it holds text)" in \
+            _error(capsys, *argv)
+
+
+@pytest.mark.parametrize("objectives, needle", [
+    ("{slo: {ttft_p99_s: fast}}", "objectives: "),
+    ("{objective: [1]}", "objectives.objective: [1] must be a metric name"),
+    ("{gpu_hour_usd: {H100-SXM: -3}}", "gpu_hour_usd.H100-SXM: -3 must be a finite number"),
+    ("{gpu_hour_usd: {H1000: 3}}", "objectives.gpu_hour_usd.H1000: not a GPU name"),
+    ("{thruput: 1}", "objectives.thruput: unknown key; allowed: objectives.objective"),
+])
+def test_sweep_checks_objectives_before_running(tmp_path, capsys, objectives, needle):
+    """The space file's objectives section (read by best and pareto after the sweep) is
+    checked when the space is loaded, so a typo does not wait for the sweep's end."""
+    p = tmp_path / "s.yaml"
+    with open(TINY) as f:
+        text = f.read()
+    p.write_text(text[:text.index("objectives:")] + f"objectives: {objectives}\n")
+    out = str(tmp_path / "sw")
+    assert needle in _error(capsys, "sweep", str(p), "--out", out)
+    assert not os.path.exists(out)
+
+
+def test_chunk_size_is_capped_at_the_space():
+    """A chunk larger than the space would only add padding lanes (a --chunk-size of
+    10^8 used to allocate them all)."""
+    from search import runner, space
+
+    sp = space.load(TINY)
+    plan = runner.make_plan(sp, chunk_size=100_000_000)
+    assert plan.chunk_size <= sp.size + plan.num_devices and plan.num_chunks == 1

@@ -242,3 +242,41 @@ def test_configurations_max_iterations_bounds_their_lanes(tmp_path):
     df = runner.load_results(runner.run_sweep(sp, str(tmp_path / "b"), chunk_size=2,
                                               progress=False, max_iterations=12).out_dir)
     assert list(df["iterations"]) == [12, 12]
+
+
+PREFIX_SPACE = """\
+base: {model: Llama-3.1-8B, gpu: H100-SXM, cost_preset: uncalibrated, max_num_seqs: 8,
+       num_gpu_blocks: 160, preemption_mode: recompute,
+       workload: {kind: sessions, sessions: 4, rate: 2, num_requests: 24}}
+axes:
+  enable_prefix_caching: [false, true]
+  tiers: ["", dram]
+  seed: [0, 1]
+"""
+
+
+@pytest.mark.slow  # two sweeps' compiles and one direct batch (about a minute on 2 cores)
+def test_prefix_caching_and_tiers_sweep_equal_direct_simulation(tmp_path):
+    """Lanes with the prefix cache and a DRAM tier (and per-lane workloads with block ids)
+    give the rows a direct simulation gives; the sweep used to compile no cache and
+    simulate them as if caching were off."""
+    p = tmp_path / "s.yaml"
+    p.write_text(PREFIX_SPACE)
+    sp = space.load(str(p))
+    runner.run_sweep(sp, str(tmp_path / "out"), chunk_size=4, progress=False)
+    df = runner.load_results(str(tmp_path / "out"))
+    cfgs, reasons = sp.expand(sp.sample(np.arange(sp.size)))
+    ok = df["ok"].to_numpy()
+    assert [r is None for r in reasons] == list(ok)
+    # (caching off, a DRAM tier) is the invalid combination: 2 of 8 rows
+    assert int((~ok).sum()) == 2
+    direct = api.run([c for c, o in zip(cfgs, ok, strict=True) if o])
+    rows = np.flatnonzero(ok)
+    hit = [direct.lane(j)["prefix_hit_rate"] for j in range(len(rows))]
+    caching = [cfgs[i]["enable_prefix_caching"] for i in rows]
+    assert all(h > 0 for h, c in zip(hit, caching, strict=True) if c)  # the cache is used
+    for j, i in enumerate(rows):
+        d = direct.lane(j)
+        for k in ("ttft_p50_s", "ttft_p99_s", "e2e_p99_s", "preemptions", "iterations",
+                  "prefix_hit_rate"):
+            assert df[k][i] == pytest.approx(d[k], rel=1e-6, nan_ok=True), (i, k)

@@ -1,0 +1,233 @@
+"""Bad input found by trying the command line and the API as a user would: each case
+gets one clear error naming the field, the file or the flag, or (where the input is
+valid) the result it should have. None of these compiles a simulation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from jaxsim import api, cli, config, traces
+from jaxsim.workload import MAX_ARRIVAL_SPAN_S, Trace, synthetic, to_workload
+
+
+def _cli_error(capsys, *argv) -> str:
+    assert cli.main(list(argv)) == 2
+    cap = capsys.readouterr()
+    err = cap.err.strip()
+    assert cap.out == "" and err.startswith("jaxsim: error: ") and "\n" not in err, cap
+    return err
+
+
+def _theta(cfg: dict) -> np.ndarray:
+    cols = config.columns_from_configs([config.validate(cfg)])
+    params, _ = config.params_from_columns(cols, 1024)
+    return np.asarray(params.cost.theta)[0]
+
+
+def test_cost_family_shorthand_overrides_a_calibrated_preset():
+    """cost.eta_c_gemm used to be dropped under a calibrated preset (the default on
+    H100-SXM): the preset's per-operator values won over the user's shorthand."""
+    from jaxsim.params import COST_INDEX, GEMM_COST_OPS
+
+    base = {"gpu": "H100-SXM"}  # cost_preset auto: the shipped calibrated preset
+    t0, t1 = _theta(base), _theta({**base, "cost": {"eta_c_gemm": 0.01}})
+    for op in GEMM_COST_OPS:
+        i = COST_INDEX[f"eta_c_{op}"]
+        assert 1 / (1 + np.exp(-t1[i])) == pytest.approx(0.01, rel=1e-5)
+        assert t0[i] != t1[i]
+    # a per-operator value given alongside still wins over the shorthand
+    t2 = _theta({**base, "cost": {"eta_c_gemm": 0.01, "eta_c_mlp_up": 0.5}})
+    assert 1 / (1 + np.exp(-t2[COST_INDEX["eta_c_mlp_up"]])) == pytest.approx(0.5, rel=1e-5)
+    assert t2[COST_INDEX["eta_c_qkv_proj"]] == t1[COST_INDEX["eta_c_qkv_proj"]]
+
+
+def test_arrivals_are_relative_to_the_first_and_their_span_is_bounded():
+    """An epoch-based trace simulates as the same trace from t = 0 (metrics are relative to
+    the first arrival; absolute epoch times left the clock a resolution of tens of
+    milliseconds and zero latencies with status ok), and a span the clock cannot resolve
+    is refused."""
+    a = np.array([0.0, 0.1, 0.25, 0.3])
+    p, o = np.array([512, 64, 8, 100]), np.array([64, 8, 3, 1])
+    w0 = to_workload(Trace(a, p, o))
+    w1 = to_workload(Trace(a + 1.7e15, p, o))  # epoch microseconds taken as seconds
+    w2 = to_workload(Trace(a + 1.7e9, p, o))
+    for w in (w1, w2):
+        got = np.asarray(w.arrival_hi, np.float64) + np.asarray(w.arrival_lo, np.float64)
+        assert got[0] == 0.0
+    np.testing.assert_allclose(np.asarray(w2.arrival_hi, np.float64)
+                               + np.asarray(w2.arrival_lo, np.float64), a, atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(w1.prompt_tokens), np.asarray(w0.prompt_tokens))
+    with pytest.raises(ValueError, match=r"arrival_s\[1\] = 1e\+300 lies 1e\+300 s after "
+                                         r"the first arrival; the arrivals may span at most"):
+        Trace([0.0, 1e300], [1, 1], [1, 1])
+    Trace([0.0, MAX_ARRIVAL_SPAN_S], [1, 1], [1, 1])
+    with pytest.raises(config.ConfigError, match="arrivals may span at most"):
+        config.build_trace(config.validate({"workload": {"rate": 1e-15, "num_requests": 5}}))
+
+
+def test_trace_files(tmp_path):
+    f = tmp_path / "t.csv"
+    # a byte-order mark (a CSV saved by a spreadsheet) is not part of the first column
+    f.write_bytes("\ufeffarrival_s,prompt_tokens,output_tokens\n0,10,2\n".encode())
+    assert len(traces.load(str(f), "csv")) == 1
+    for body, needle in [
+        (b"arrival_s,prompt_tokens,output_tokens\n0,10,2,7\n",
+         "row 2 has 4 fields; the header has 3"),
+        (b"arrival_s,prompt_tokens,output_tokens\n0,1e30,2\n",
+         "row 2, column prompt_tokens: '1e30' must be <= 2\\*\\*30 tokens"),
+        (b"\x99\x01\x02binary", "not a UTF-8 text file"),
+    ]:
+        f.write_bytes(body)
+        with pytest.raises(traces.TraceError, match=needle) as e:
+            traces.load(str(f), "csv")
+        assert str(f) in str(e.value)
+    j = tmp_path / "m.jsonl"
+    for rec, needle in [
+        ('{"timestamp": 0, "input_length": true, "output_length": 2}',
+         "row 1, column input_length: True is not a number"),
+        ('{"timestamp": 0, "input_length": 600, "output_length": 2, '
+         '"hash_ids": [99999999999999999999]}', "integers in 0..2\\*\\*63-1"),
+    ]:
+        j.write_text(rec + "\n")
+        with pytest.raises(traces.TraceError, match=needle):
+            traces.load(str(j), "mooncake")
+
+
+@pytest.mark.parametrize("text, sets, needle", [
+    (b"\x9c\x00\xff\xfe", [], "not a UTF-8 text file"),
+    (b"1: 2\n", [], "1: keys must be strings"),
+    (b"tier: {dram: 5}\n", ["tier.dram.capacity_gb=1"], "tier.dram: 5 must be a mapping"),
+])
+def test_config_files(tmp_path, capsys, text, sets, needle):
+    f = tmp_path / "c.yaml"
+    f.write_bytes(text)
+    args = [a for s in sets for a in ("--set", s)]
+    assert needle in _cli_error(capsys, "simulate", str(f), *args)
+
+
+def test_config_path_is_a_folder(tmp_path, capsys):
+    assert "is a directory, expected a YAML file" in _cli_error(capsys, "simulate",
+                                                                str(tmp_path))
+
+
+@pytest.mark.parametrize("assignment, needle", [
+    ("workload.cv=1e-300", "workload.cv: 1e-300 must be >= 0.001"),
+    ("workload.cv=1e300", "workload.cv: 1e+300 must be <= 1000"),
+    ("tier.dram.capacity_gb=1e300", "tier.dram.capacity_gb: 1e+300 must be <= 1000000000"),
+    ("cost.cpu_iter_s=1e300", "cost.cpu_iter_s: 1e+300 must be <= 1e+30"),
+])
+def test_values_beyond_what_the_simulator_represents(capsys, assignment, needle):
+    extra = (["--set", "enable_prefix_caching=true", "--set", "tiers=dram"]
+             if assignment.startswith("tier.") else [])
+    assert needle in _cli_error(capsys, "simulate", "--set", assignment, *extra)
+
+
+def test_gamma_workload_cv_bounds():
+    with pytest.raises(ValueError, match=r"workload.cv: 0.0 must be a number in"):
+        synthetic("gamma", 5, 8, 8, rate=1.0, cv=0.0)
+    assert len(synthetic("gamma", 5, 8, 8, rate=1.0, cv=1e-3)) == 5
+
+
+def test_demo_and_bench_flags(tmp_path, capsys):
+    f = tmp_path / "afile"
+    f.write_text("x")
+    # refused before the simulation, not after it
+    assert _cli_error(capsys, "demo", "--out", str(f)) == \
+        f"jaxsim: error: --out: {f} exists and is not a folder"
+    for n in ("0", "-5"):
+        assert _cli_error(capsys, "demo", "--num-requests", n) == \
+            f"jaxsim: error: --num-requests: {n} must be >= 1"
+    assert _cli_error(capsys, "bench", "--quick", "--slots", "0") == \
+        "jaxsim: error: --slots: 0 must be >= 1"
+    with pytest.raises(ValueError, match=r"head\(-5\)"):
+        Trace([0.0, 1.0], [1, 1], [1, 1]).head(-5)
+
+
+def test_api_arguments_of_the_wrong_kind():
+    tr = synthetic("poisson", 4, 8, 8, rate=1.0)
+    with pytest.raises(TypeError, match="trace: str 'bundled:azure_conv' is not a Trace"):
+        api.prepare({}, "bundled:azure_conv")
+    with pytest.raises(TypeError, match="is not a Trace or a non-empty list of Traces"):
+        api.prepare({}, [1, 2, 3])
+    for bad in (None, "gpu", []):
+        with pytest.raises(config.ConfigError, match="^configs: "):
+            api.run(bad, tr)
+    with pytest.raises(config.ConfigError, match="1: keys must be strings"):
+        api.prepare({1: 2}, tr)
+
+
+def test_trace_keys_without_a_trace_workload(capsys):
+    """workload.path and .format used to be ignored (a missing file included) unless
+    workload.kind was trace."""
+    err = _cli_error(capsys, "simulate", "--set", "workload.path=foo.csv")
+    assert err == ("jaxsim: error: workload.path: 'foo.csv' is read only with "
+                   "workload.kind=trace, not poisson; set workload.kind: trace to replay "
+                   "a file")
+    assert "workload.format: 'csv' is read only with workload.kind=trace, not gamma" in \
+        _cli_error(capsys, "simulate", "--set", "workload.kind=gamma",
+                   "--set", "workload.format=csv")
+
+
+@pytest.mark.slow
+def test_prefetch_on_a_workload_without_block_ids_runs():
+    """Prefetch with nothing to prefetch (a synthetic workload has no block ids) used to
+    stop with argmax of an empty sequence; it runs as prefix caching without prefetch."""
+    cfg = {"enable_prefix_caching": True, "tiers": "dram", "cost_preset": "uncalibrated",
+           "workload": {"num_requests": 12, "prompt_tokens": 64, "output_tokens": 4}}
+    on = api.run({**cfg, "cache": {"prefetch": True}})
+    off = api.run(cfg)
+    assert on.lane(0)["status"] == "ok" and on.lane(0)["completed"] == 12
+    assert on.lane(0)["prefetched_blocks"] == 0
+    for k in ("ttft_p50_s", "e2e_p99_s", "iterations"):
+        assert on.lane(0)[k] == pytest.approx(off.lane(0)[k], rel=1e-6), k
+
+
+def test_profile_refuses_a_folder_and_writes_nothing_when_nothing_was_measured(
+        tmp_path, capsys):
+    assert "is a folder; give a file name" in _cli_error(
+        capsys, "profile", "--model", "Llama-3.1-8B", "--quick", "--out", str(tmp_path) + "/")
+    out = tmp_path / "huge.csv"
+    assert cli.main(["profile", "--model", "Llama-3.1-8B", "--repeats", "1", "--ops", "norm",
+                     "--tokens", "1000000000", "--out", str(out)]) == 2
+    assert "no shape could be measured" in capsys.readouterr().err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("spec, needle", [
+    ("{dist: uniform, low: 1, high: 1e30}", "workload.prompt_tokens.high: 1e+30 must be a "
+                                           "number in [1, 2**30]"),
+    ("{dist: empirical, values: [1, 1e30]}", "every value must be a number in [1, 2**30]"),
+])
+def test_length_distributions_are_bounded(capsys, spec, needle):
+    assert needle in _cli_error(capsys, "simulate", "--set", f"workload.prompt_tokens={spec}")
+
+
+def test_an_empty_gpu_lists_the_allowed_names(capsys):
+    assert "gpu: None is not a gpu name; allowed: " in _cli_error(capsys, "simulate",
+                                                                  "--set", "gpu=")
+
+
+def test_calibration_files_binary_and_out_of_range(tmp_path):
+    import os
+
+    from calibration import loaders
+    from calibration.schema import DataError, write_csv
+
+    b = tmp_path / "bin.csv"
+    b.write_bytes(b"\x99\x01\x02binary")
+    with pytest.raises(DataError, match=r"bin.csv: not a UTF-8 text file"):
+        loaders.load([str(b)])
+    here = os.path.dirname(__file__)
+    m = loaders.load([os.path.join(here, "..", "calibration", "data", "splitwise")])
+    p = tmp_path / "m.csv"
+    write_csv(m, p)
+    lines = p.read_text().splitlines()
+    col = lines[0].split(",").index("num_workers")
+    cells = lines[1].split(",")
+    cells[col] = "1e30"
+    lines[1] = ",".join(cells)
+    p.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=r"m.csv:2: column 'num_workers': '1e30' is out of "
+                                        r"range"):
+        loaders.load([str(p)])
