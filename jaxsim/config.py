@@ -841,8 +841,12 @@ def status_reasons(cfg: Mapping, status: int, info: Mapping, workload_max_len: i
                    + f" with {int(metrics['completed'])} requests completed; raise "
                    "max_iterations")
     if status & st_bits.NONFINITE:
+        tiers = cfg.get("tiers") or []
         out.append("an iteration time was not finite (NaN or inf): check the cost "
-                   "parameters (cost.* or cost_preset); the lane stopped there")
+                   "parameters (cost.* or cost_preset)"
+                   + (f" and the tiers' bandwidths and latencies (tier.<name>.*: "
+                      f"{', '.join(tiers)})" if tiers else "")
+                   + "; the lane stopped there")
     if status & st_bits.OVERFLOW_SLOTS:
         out.append("the slot table limited admission: raise max_slots")
     if status & st_bits.OVERFLOW_CACHE:

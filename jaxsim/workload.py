@@ -74,6 +74,11 @@ class Workload(eqx.Module):
         return int(self.arrival_hi.shape[-1])
 
 
+#: Most turns a sessions workload may generate in all, and most block ids its prompts
+#: may hold in all (each turn's prompt repeats the session so far: 8 bytes an id).
+MAX_SESSION_TURNS = 10_000_000
+MAX_SESSION_IDS = 50_000_000
+
 #: Largest span of a trace's arrival times, seconds: the clock is a double-float sum
 #: (about 48 bits), so it resolves 1e8 s to about 0.4 microseconds.
 MAX_ARRIVAL_SPAN_S = 1e8
@@ -485,8 +490,12 @@ def multi_turn_sessions(
     starts = np.cumsum(rng.exponential(1.0 / rate, size=n))
     starts -= starts[0]
     n_turns = sample_lengths(turns, n, rng, "workload.turns")
+    if int(n_turns.sum()) > MAX_SESSION_TURNS:
+        raise ValueError(f"workload.turns: {int(n_turns.sum()):,} turns over {n} sessions; "
+                         f"at most {MAX_SESSION_TURNS:,} in all (each turn's prompt holds "
+                         "the session so far)")
     arrival, prompt, output, ids = [], [], [], []
-    next_id = 0
+    next_id = n_ids = 0
     for s in range(n):
         k = int(n_turns[s])
         firsts = sample_lengths(prompt_tokens, 1, rng, "workload.prompt_tokens")
@@ -503,6 +512,13 @@ def multi_turn_sessions(
             prompt.append(p)
             output.append(o)
             # the session's context is one token stream: block b has id next_id + b
+            n_ids += (p + o) // U
+            if n_ids > MAX_SESSION_IDS:
+                raise ValueError(
+                    f"workload.turns: the prompts of {n} sessions would hold more than "
+                    f"{MAX_SESSION_IDS:,} block ids in all (each turn's prompt holds the "
+                    f"session so far; session {s} reached turn {j + 1} of {k}); give "
+                    "fewer turns or sessions")
             ids.append(next_id + np.arange((p + o) // U, dtype=np.int64))
             context = p + o
         next_id += context // U + 1

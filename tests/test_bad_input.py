@@ -231,3 +231,13 @@ def test_calibration_files_binary_and_out_of_range(tmp_path):
     with pytest.raises(DataError, match=r"m.csv:2: column 'num_workers': '1e30' is out of "
                                         r"range"):
         loaders.load([str(p)])
+
+
+def test_sessions_that_would_not_fit_in_memory_are_refused(capsys):
+    """A million turns per session used to be generated until the process was killed for
+    memory, with no message."""
+    err = _cli_error(capsys, "simulate", "--set", "workload.kind=sessions",
+                     "--set", "workload.sessions=3",
+                     "--set", "workload.turns={dist: uniform, low: 1, high: 1000000}")
+    assert "workload.turns: the prompts of 3 sessions would hold more than 50,000,000 " \
+           "block ids in all" in err

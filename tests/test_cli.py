@@ -214,6 +214,10 @@ def test_config__status_reasons_name_the_values_and_the_remedy():
                     "hold one sequence of max_model_len 4096 tokens; lower max_model_len, "
                     "or raise num_gpu_blocks")
     assert config.status_reasons(cfg, st.OK, info, 5000, {}) == []
+    # a non-finite time with tiers also points at the tiers' figures
+    tiered = config.validate({"enable_prefix_caching": True, "tiers": "dram,ssd"})
+    (only,) = config.status_reasons(tiered, st.NONFINITE, info, 5000, {})
+    assert "and the tiers' bandwidths and latencies (tier.<name>.*: dram, ssd)" in only
 
 
 def test_cli__missing_config_file(capsys):
