@@ -177,7 +177,14 @@ def main():
     if os.path.exists(a.out):
         with open(a.out) as f:
             old = json.load(f)
+    # the date of each part: a run with --skip keeps the parts it skipped from before
+    dates = old.get("part_dates") or {k: old.get("date") for k in
+                                      ("offload_curve", "trace_length", "one_compile")
+                                      if k in old}
+    dates.update({k: res["date"] for k in ("offload_curve", "trace_length", "one_compile")
+                  if k in res})
     old.update(res)
+    old["part_dates"] = dates
     with open(a.out, "w") as f:
         json.dump(old, f, indent=1)
     print(f"wrote {a.out}")
