@@ -142,7 +142,7 @@ def _prices(args, settings, gpus) -> dict:
 def add_best_arguments(p) -> None:
     p.add_argument("dir", help="results folder of jaxsim sweep")
     p.add_argument("--slo", action="append", metavar="'METRIC<=VALUE'",
-                   help="SLO bound, e.g. --slo ttft_p99_s<=1.0 --slo tpot_p99_s<=0.05 "
+                   help="SLO bound, e.g. --slo 'ttft_p99_s<=1.0' --slo 'tpot_p99_s<=0.05' "
                         "(default: the space file's objectives.slo)")
     p.add_argument("--objective", default=None,
                    help="what to optimise (default: cost_per_mtok when prices are known, "
