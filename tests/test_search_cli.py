@@ -156,6 +156,8 @@ axes:
 """
 
 
+@pytest.mark.slow  # compiles a prefix-cache chunk (about 20-40 s): CI's slow step; batch-level
+# cross-axis checks stay in the default suite (test_search_space.py)
 def test_sweep_cross_axis_space(tmp_path, capsys):
     """Axes that depend on each other: the space sweeps; the invalid combination (no prefix
     caching, a DRAM tier) is an infeasible row with the validation message as reason, the

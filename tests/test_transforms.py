@@ -14,6 +14,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from jaxsim import params as P
 from jaxsim import sim
@@ -206,6 +207,7 @@ def test_transforms__grad_of_latency_wrt_cost_is_finite_and_nonzero():
     assert int(m["completed"]) == len(TRACE)  # the 400 iterations finished the trace
 
 
+@pytest.mark.slow  # a fresh x64 process compiles everything again (about 30 s): CI's slow step
 def test_transforms__dtypes_hold_under_x64():
     code = textwrap.dedent(
         """
