@@ -35,9 +35,15 @@ Not representable, so omitted: ``gpu`` (the hardware the command runs on), ``slo
 ``max_iterations`` (simulator internals), ``watermark`` (vLLM has no engine argument
 for it: V0 hard-codes 1 %, V1 uses none), ``activation_reserve_gb`` (vLLM measures it
 by profiling), lower KV tiers other than CPU memory (disk, remote: no native backend), and
-vLLM's ``swap_space`` (the simulator preempts by recomputation). When ``max_model_len``
-is unset the simulator derives it from the workload, while vLLM takes the model's
-context length, which only matters for the feasibility checks.
+vLLM's ``swap_space`` (the simulator preempts by recomputation).
+
+When ``max_model_len`` is unset the simulator derives it from the workload (its longest
+request, capped by the model's context length), while vLLM takes the model's context
+length, and refuses to start when one sequence of that length does not fit the KV cache
+or, without chunked prefill, ``max_num_batched_tokens``. So the export leaves it out
+(vLLM then takes the whole context) unless the model's context would fail one of those
+checks by the simulator's own figures (its KV blocks, less the watermark); then it writes
+the value the simulator used.
 """
 
 from __future__ import annotations
@@ -119,6 +125,21 @@ def _cpu_offload_gb(cfg: Mapping) -> float | None:
     return total if found and total > 0 else None
 
 
+def _needed_max_model_len(cfg: Mapping) -> int | None:
+    """The simulator's derived ``max_model_len`` of a validated configuration whose own
+    ``max_model_len`` is unset, where vLLM's default (the model's context length) would
+    not start: one sequence of it does not fit the KV cache or, without chunked prefill,
+    ``max_num_batched_tokens``. None where the default starts."""
+    context = int(presets.model(cfg["model"])[1]["max_position_embeddings"])
+    _, info = jconfig.params_from_columns(jconfig.columns_from_configs([cfg]), context)
+    kv_tokens = (int(info["num_gpu_blocks"][0]) - int(info["watermark_blocks"][0])) * int(
+        cfg["block_size"])
+    chunked = cfg["enable_chunked_prefill"] and cfg["scheduler"] != "v0"
+    if kv_tokens >= context and (chunked or cfg["max_num_batched_tokens"] >= context):
+        return None
+    return min(context, jconfig.build_trace(cfg).max_len())
+
+
 def vllm_engine_args(cfg: Mapping) -> dict[str, object]:
     """vLLM ``EngineArgs`` keyword arguments for a jaxsim configuration.
 
@@ -134,8 +155,9 @@ def vllm_engine_args(cfg: Mapping) -> dict[str, object]:
     if c["dtype"] == "fp8":
         args["quantization"] = "fp8"
     args["tensor_parallel_size"] = c["tp"]
-    if c["max_model_len"] is not None:
-        args["max_model_len"] = c["max_model_len"]
+    mml = c["max_model_len"] if c["max_model_len"] is not None else _needed_max_model_len(c)
+    if mml is not None:
+        args["max_model_len"] = mml
     args["block_size"] = c["block_size"]
     args["gpu_memory_utilization"] = c["gpu_memory_utilization"]
     if c["num_gpu_blocks"] is not None:

@@ -69,6 +69,24 @@ def test_export__default_config():
     assert export.vllm_engine_args(config.DEFAULTS) == args
 
 
+def test_export__max_model_len_where_the_context_does_not_fit():
+    """vLLM refuses to start when one sequence of max_model_len (default: the model's
+    context) does not fit the KV cache: the export then writes the simulator's value."""
+    seventy = {"model": "Llama-3.1-70B", "gpu": "B200", "tp": 1,
+               "workload": {"prompt_tokens": 3000, "output_tokens": 100}}
+    _, info = config.params_from_columns(config.columns_from_configs(
+        [config.validate(seventy)]), 3100)
+    context = presets.model("Llama-3.1-70B")[1]["max_position_embeddings"]
+    assert 3100 <= int(info["num_gpu_blocks"][0]) * 16 < context  # 58k of 131k tokens
+    assert export.vllm_engine_args(seventy)["max_model_len"] == 3100
+    assert "--max-model-len 3100" in export.vllm_serve_command(seventy)
+    # TP 4 holds the whole context: vLLM's default stands
+    assert "max_model_len" not in export.vllm_engine_args({**seventy, "tp": 4})
+    # a longest request beyond the context: the context (the lane is infeasible anyway)
+    long = {**seventy, "workload": {"prompt_tokens": 200_000, "output_tokens": 10}}
+    assert export.vllm_engine_args(long)["max_model_len"] == context
+
+
 @pytest.mark.parametrize(
     ("cfg", "expected", "absent"),
     [
@@ -86,11 +104,17 @@ def test_export__default_config():
         ({}, {}, ("max_model_len", "long_prefill_token_threshold", "kv_offloading_size")),
         ({"long_prefill_token_threshold": 512}, {"long_prefill_token_threshold": 512}, ()),
         ({"long_prefill_token_threshold": 0}, {}, ("long_prefill_token_threshold",)),
-        ({"enable_chunked_prefill": False}, {"enable_chunked_prefill": False}, ()),
+        # without chunked prefill vLLM needs max_num_batched_tokens >= max_model_len, so the
+        # simulator's max_model_len (the workload's 512 + 256) replaces the model's context
+        ({"enable_chunked_prefill": False},
+         {"enable_chunked_prefill": False, "max_model_len": 768}, ()),
         ({"enable_chunked_prefill": "true"}, {"enable_chunked_prefill": True}, ()),
-        ({"model": "qwen3-32b"}, {"model": "Qwen/Qwen3-32B"}, ()),
-        ({"model": "Mixtral-8x7B"}, {"model": "mistralai/Mixtral-8x7B-Instruct-v0.1"}, ()),
-        ({"scheduler": "v0"}, {"enable_chunked_prefill": False}, ()),
+        # one H100's KV cache holds less than these models' context (the MoE's weights do not
+        # even fit): the simulator's max_model_len again
+        ({"model": "qwen3-32b"}, {"model": "Qwen/Qwen3-32B", "max_model_len": 768}, ()),
+        ({"model": "Mixtral-8x7B"}, {"model": "mistralai/Mixtral-8x7B-Instruct-v0.1",
+                                    "max_model_len": 768}, ()),
+        ({"scheduler": "v0"}, {"enable_chunked_prefill": False, "max_model_len": 768}, ()),
         # keys with no engine argument change nothing
         ({"gpu": "A100-80GB", "seed": 7, "watermark": 0.05, "activation_reserve_gb": 2.0,
           "max_slots": 8, "max_iterations": 100, "cost_preset": "uncalibrated",

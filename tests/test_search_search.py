@@ -8,6 +8,7 @@ import os
 import numpy as np
 import pytest
 
+from jaxsim import config
 from jaxsim import status as st_bits
 from search import capacity, objectives, optimize, space
 from search.cli import cmd_best  # noqa: F401  (import check)
@@ -47,19 +48,27 @@ def test_costs_rank_infeasible_and_slo_missing_last():
         objectives.parse_slo(["ttft_p99_s"])
 
 
-def _cfg(seqs):
+def _cfg(seqs, n=24):
     return {"model": "Llama-3.1-8B", "gpu": "H100-SXM", "cost_preset": "uncalibrated",
             "max_num_seqs": seqs, "max_num_batched_tokens": 512,
-            "workload": {"kind": "poisson", "rate": 1.0, "num_requests": 24,
+            "workload": {"kind": "poisson", "rate": 1.0, "num_requests": n,
                          "prompt_tokens": 256, "output_tokens": 32}}
 
 
 @pytest.mark.slow  # long (25-40 s on 2 cores): runs in CI's slow step
 def test_capacity_bisection_brackets_the_slo_boundary():
     slo = {"e2e_p99_s": 0.5}
-    res = capacity.capacity_search([_cfg(2), _cfg(8)], slo, rate_lo=4.0, rate_hi=256.0,
-                                   rounds=5)
-    assert res.status.tolist() == [0, 0]
+    # at 8 seats 24 requests end before steady state at the capacity found; 400 do not
+    with pytest.warns(capacity.CapacityWarning, match=r"configuration\(s\) \[1\]: .* "
+                      "fewer than 5 mean request lifetimes"):
+        res = capacity.capacity_search([_cfg(2), _cfg(8), _cfg(8, 400)], slo, rate_lo=4.0,
+                                       rate_hi=256.0, rounds=5)
+    assert res.status.tolist() == [0, 0, 0]
+    assert res.steady.tolist() == [True, False, True]
+    np.testing.assert_array_equal(res.steady, res.span_s >= 5 * res.metrics["e2e_mean_s"])
+    # the span is the trace's at the capacity rate: the unit-rate trace's over the rate
+    unit = config.build_trace(config.validate(_cfg(8, 400))).arrival_s  # rate 1
+    assert res.span_s[2] * res.capacity_rps[2] == pytest.approx(np.ptp(unit), rel=1e-6)
     assert np.all(res.capacity_rps < res.upper_rps)
     np.testing.assert_allclose(res.upper_rps / res.capacity_rps, 64 ** (1 / 32), rtol=1e-6)
     assert res.capacity_rps[1] > res.capacity_rps[0]  # more concurrency, more capacity
