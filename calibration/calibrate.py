@@ -214,6 +214,16 @@ def calibrate(data: Measurements, hardware: str, *, holdout: str = "shape",
         have = sorted(set(data["hardware"].astype(str).tolist()))
         hint = ("" if not have else "; rows are matched by their hardware column "
                 "(label a profile of this GPU with `jaxsim profile --hardware NAME`)")
+        unknown = []
+        for h in have:
+            try:
+                presets.gpu(h)
+            except KeyError:
+                unknown.append(h)
+        if unknown:
+            hint += (f"; {', '.join(unknown)} {'is' if len(unknown) == 1 else 'are'} no GPU "
+                     "preset, so such rows fit only once their hardware column names one "
+                     "(the GPU whose figures the cost model should take)")
         raise ValueError(f"--hardware: no rows measured on {canon}; the data has: "
                          f"{', '.join(have) or 'no rows'}{hint}")
     m = data.select(hw_col == canon.lower())
@@ -362,6 +372,51 @@ def evaluated_on(entry: dict) -> str:
     """Which rows an error-table entry's MAPE, p90, max and bias describe: ``holdout``,
     or ``train`` where the operator has no held-out rows (``fit.error_table``)."""
     return "holdout" if entry["n_holdout"] > 0 else "train"
+
+
+#: ``data_notes`` warns when the kernel rows' median time is this many times slower, or
+#: faster, than the uncalibrated cost model predicts for the named GPU.
+UNIT_WARN_FACTOR = 20.0
+
+
+def data_notes(data: Measurements, cal: Calibration) -> list[str]:
+    """What the command line says about the data beside the error table: rows of other
+    hardware that were not used, fp32 rows, kernel times far from the named GPU's
+    roofline (seconds mistaken for milliseconds, or a profile of another device), and
+    the roofline alone where shape tables carry the fit."""
+    notes = []
+    hw = data["hardware"].astype(str)
+    other = hw[np.char.lower(hw) != cal.hardware.lower()]
+    if other.size:
+        labels, counts = np.unique(other, return_counts=True)
+        notes.append(f"not used: {other.size} rows of other hardware ("
+                     + ", ".join(f"{str(k)!r}: {int(n)}" for k, n in zip(labels, counts,
+                                                                       strict=True)) + ")")
+    m = cal.data
+    n32 = int(np.sum(m["dtype"].astype(str) == "fp32"))
+    if n32:
+        notes.append(f"{n32} fp32 rows are fitted against the BF16 peak; the preset applies "
+                     "to bf16 lanes (the simulator models bf16 and fp8)")
+    kern = m["op"].astype(str) != "iteration"
+    if kern.any():
+        km = m.select(kern)
+        _, hw_p = F.hardware_params(cal.hardware)
+        ref = np.asarray(F.predict(CostParams.default(), hw_p, F.prepare_rows(km)), np.float64)
+        ratio = float(np.median(np.asarray(km["time_s"], np.float64) / ref))
+        if not 1 / UNIT_WARN_FACTOR <= ratio <= UNIT_WARN_FACTOR:
+            notes.append(
+                f"warning: the kernel times are {ratio:.3g}x what the uncalibrated model "
+                f"predicts for {cal.hardware} (median over {int(kern.sum())} rows): check that "
+                "time_s is in seconds and that the rows were measured on this GPU; the "
+                "fitted preset would simulate it at that speed")
+    if cal.report_roofline:
+        fams = [k for k in ("gemm", "elementwise") if k in cal.report_roofline]
+        if fams:
+            notes.append("without the shape tables (the roofline alone, which shapes the data "
+                         "did not measure get): " + ", ".join(
+                             f"{k} MAPE {cal.report_roofline[k]['mape']:.2f}% (train "
+                             f"{cal.report_roofline[k]['train_mape']:.2f}%)" for k in fams))
+    return notes
 
 
 def format_table(report: dict[str, dict]) -> str:

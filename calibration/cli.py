@@ -91,7 +91,10 @@ def cmd(args) -> int:
         except OSError as e:
             return _fail(f"--plot: cannot write {args.plot!r}: {e.strerror or e}")
     C.write_preset(cal, args.out, command=command)
+    notes = C.data_notes(data, cal)
     if args.json:
+        for note in notes:  # stdout holds the JSON only
+            print(f"jaxsim calibrate: {note}", file=sys.stderr)
         keys = ("n_train", "n_holdout", "mape", "p90_ape", "max_ape")
         obj = {op: {**{k: (None if isinstance(v[k], float) and not math.isfinite(v[k])
                            else v[k]) for k in keys}, "on": C.evaluated_on(v)}
@@ -104,6 +107,8 @@ def cmd(args) -> int:
     for reason, n in cal.skipped.items():
         print(f"  skipped {n} rows: {reason}")
     print(C.format_table(cal.report))
+    for note in notes:
+        print(f"  {note}")
     if cal.engine_fit is not None:
         per_tp = " (engine terms per TP degree: by_tp)" if "by_tp" in cal.engine_fit else ""
         if "tables" in cal.engine_fit:

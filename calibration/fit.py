@@ -117,10 +117,29 @@ class Rows:
     corr_id: jax.Array | None = None
     corr_tab: jax.Array | None = None
     corr_iter: jax.Array | None = None
+    #: each row's peak FLOP/s over the GPU's BF16 peak (the FP8 peak for fp8 rows, as
+    #: the simulator takes it for ``dtype: fp8`` lanes); None: 1 everywhere
+    peak_scale: jax.Array | None = None
 
     @property
     def n(self) -> int:
         return len(self.op_index)
+
+
+def _peak_scale(m: Measurements) -> np.ndarray:
+    """Per row: the peak FLOP/s of its dtype over its GPU's BF16 peak (FP8 rows on a GPU
+    with FP8 tensor cores: the FP8 peak; everything else, or a GPU without a preset: 1)."""
+    out = np.ones(len(m))
+    dt, hwname = m["dtype"].astype(str), m["hardware"].astype(str)
+    for name in set(hwname[dt == "fp8"].tolist()):
+        try:
+            g = presets.gpu(name)[1]
+        except KeyError:
+            continue
+        fp8 = g.get("fp8_dense_tflops")
+        if fp8 is not None and np.isfinite(fp8):
+            out[(dt == "fp8") & (hwname == name)] = fp8 / g["bf16_dense_tflops"]
+    return out
 
 
 def _bytes_per_weight(m: Measurements) -> np.ndarray:
@@ -199,7 +218,8 @@ def prepare_rows(m: Measurements, tables: dict[str, np.ndarray] | None = None) -
     div = np.array([_DIVISOR.get(o, 1.0) for o in op])
     rows = Rows(model=model, tp=jnp.asarray(np.round(tp).astype(np.int32)), feats=feats,
                 op_index=op_index, divisor=jnp.asarray(div, jnp.float32),
-                log_t=jnp.asarray(np.log(f64("time_s")), jnp.float32))
+                log_t=jnp.asarray(np.log(f64("time_s")), jnp.float32),
+                peak_scale=jnp.asarray(_peak_scale(m), jnp.float32))
     if tables:
         keys = row_keys(m)
         # elementwise shapes without a table of their own: the fallback row
@@ -232,16 +252,25 @@ def prepare_rows(m: Measurements, tables: dict[str, np.ndarray] | None = None) -
 @jax.jit
 def _predict(cost: CostParams, hw: HardwareParams, model: ModelParams, tp: jax.Array,
              feats: costmodel.BatchFeatures, kern: jax.Array, kern_op: jax.Array,
-             whole: jax.Array, divisor: jax.Array, corr: tuple | None) -> jax.Array:
+             whole: jax.Array, divisor: jax.Array, corr: tuple | None,
+             peak_scale: jax.Array) -> jax.Array:
     """Seconds of every row: ``kern`` rows take operator ``kern_op``'s time, ``whole``
     rows the whole iteration time (index arrays; their lengths are static). ``corr`` is
-    None or (kernel rows' table ids, tables, iteration rows' ``[C, G]`` tables)."""
+    None or (kernel rows' table ids, tables, iteration rows' ``[C, G]`` tables);
+    ``peak_scale`` scales ``hw``'s peak per row."""
     out = jnp.zeros(divisor.shape, jnp.float32)
     take = lambda idx: (jax.tree.map(lambda x: x[idx], model), tp[idx],  # noqa: E731
-                        jax.tree.map(lambda x: x[idx], feats))
+                        jax.tree.map(lambda x: x[idx], feats), peak_scale[idx])
+
+    def row_hw(scale):
+        return HardwareParams(peak_flops=hw.peak_flops * scale,
+                              hbm_bw_bytes_per_s=hw.hbm_bw_bytes_per_s,
+                              link_bw_bytes_per_s=hw.link_bw_bytes_per_s)
+
     if kern.size:
-        def one(model, tp, f, k, cid):
-            t = costmodel.op_times_from_consts(costmodel.prepare(model, hw, tp, cost), f)
+        def one(model, tp, f, scale, k, cid):
+            t = costmodel.op_times_from_consts(costmodel.prepare(model, row_hw(scale), tp,
+                                                                 cost), f)
             times = [t[o] for o in KERNEL_OPS]
             sel = DD(jnp.stack([x.hi for x in times])[k], jnp.stack([x.lo for x in times])[k])
             if corr is not None:
@@ -255,9 +284,9 @@ def _predict(cost: CostParams, hw: HardwareParams, model: ModelParams, tp: jax.A
         cid = corr[0][kern] if corr is not None else jnp.zeros(kern.shape, jnp.int32)
         out = out.at[kern].set(jax.vmap(one)(*take(kern), kern_op, cid))
     if whole.size:
-        def it(model, tp, f, table):
+        def it(model, tp, f, scale, table):
             c = cost if table is None else dataclasses.replace(cost, shape_corr=table)
-            return costmodel.iteration_time_dd(model, hw, tp, c, f).value()
+            return costmodel.iteration_time_dd(model, row_hw(scale), tp, c, f).value()
 
         tables = corr[2] if corr is not None else None
         out = out.at[whole].set(jax.vmap(it)(*take(whole), tables))
@@ -273,9 +302,11 @@ def predict(cost: CostParams, hw: HardwareParams, rows: Rows) -> jax.Array:
     kern = np.flatnonzero(rows.op_index >= 0)
     whole = np.flatnonzero(rows.op_index < 0)
     corr = None if rows.corr_id is None else (rows.corr_id, rows.corr_tab, rows.corr_iter)
+    scale = (rows.peak_scale if rows.peak_scale is not None
+             else jnp.ones(rows.divisor.shape, jnp.float32))
     return _predict(cost, hw, rows.model, rows.tp, rows.feats, jnp.asarray(kern),
                     jnp.asarray(rows.op_index[kern]), jnp.asarray(whole), rows.divisor,
-                    corr)
+                    corr, scale)
 
 
 @dataclasses.dataclass
@@ -417,7 +448,8 @@ def fit_groups(m: Measurements, hardware: str, train: np.ndarray, group: np.ndar
     ops = per[0].op_index
     weights = np.stack([_row_weights(r.op_index, train[p] & (np.arange(width) < len(i)))
                         for r, p, i in zip(per, pad, idx, strict=True)]).astype(np.float32)
-    fields = ("model", "tp", "feats", "divisor", "log_t", "corr_id", "corr_tab", "corr_iter")
+    fields = ("model", "tp", "feats", "divisor", "log_t", "corr_id", "corr_tab", "corr_iter",
+              "peak_scale")
     stacked = {f: jax.tree.map(lambda *x: jnp.stack([jnp.asarray(v) for v in x]),
                                *[getattr(r, f) for r in per]) for f in fields}
 
@@ -635,8 +667,8 @@ def split(m: Measurements, holdout: str = "shape", every: int = 5) -> np.ndarray
       (interpolation).
     * ``model:NAME``: every row of model NAME is held out (extrapolation to an unseen
       model on the same GPU); rows without a model are split by shape. NAME matches
-      case-insensitively, and without the organisation and ``-hf`` when nothing matches
-      in full.
+      case-insensitively and without the organisation and ``-hf``, so every spelling of
+      the model is held out (``Llama-2-70B`` and ``meta-llama/Llama-2-70b-hf``).
     * ``none``: everything trains.
     """
     n = len(m)
@@ -658,9 +690,11 @@ def split(m: Measurements, holdout: str = "shape", every: int = 5) -> np.ndarray
         name = holdout[len("model:"):]
         raw = m["model"].astype(str)
         models = np.char.lower(raw)
-        held = models == name.lower()
-        if not held.any():  # "Llama-2-70B" for "meta-llama/Llama-2-70b-hf"
-            held = np.array([_model_key(x) == _model_key(name) for x in raw.tolist()], bool)
+        # every spelling of the model is held out: "Llama-2-70B" also names Vidur's
+        # "meta-llama/Llama-2-70b-hf" (a leak into training otherwise, when data sources
+        # spell it differently)
+        held = (models == name.lower()) | np.array(
+            [_model_key(x) == _model_key(name) for x in raw.tolist()], bool)
         if not held.any():
             known = sorted({x for x in raw if x})
             raise ValueError(f"--holdout: model {name!r} has no rows; models in the "

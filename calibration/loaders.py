@@ -62,7 +62,7 @@ class _Reader:
 
     def __init__(self, path: str, required: Iterable[str]):
         self.path = path
-        self._f = open(path, newline="")  # noqa: SIM115 - closed in rows()
+        self._f = open(path, newline="", encoding="utf-8-sig")  # noqa: SIM115 - closed in rows()
         self._r = csv.DictReader(self._f)
         header = self._r.fieldnames or []
         missing = [c for c in required if c not in header]
@@ -327,7 +327,7 @@ def _kind(path: str) -> str | None:
     if base == "figure-2_prefill.csv":
         return "sarathi"
     if base.endswith(".csv"):
-        with open(path, newline="") as f:
+        with open(path, newline="", encoding="utf-8-sig") as f:
             header = next(csv.reader(f), [])
         if "time_s" in header and "op" in header:
             return "jaxsim"
@@ -340,7 +340,7 @@ def _explain_unknown(path: str) -> None:
     if os.path.getsize(path) == 0:
         raise DataError(f"{path}: empty file")
     if path.endswith(".csv"):
-        with open(path, newline="") as f:
+        with open(path, newline="", encoding="utf-8-sig") as f:
             header = next(csv.reader(f), [])
         if {"hardware", "op"} <= set(header):
             missing = [c for c in COLUMNS if c not in header and c != "source"]

@@ -241,7 +241,7 @@ def write_csv(m: Measurements, path: str | os.PathLike) -> None:
 def read_csv(path: str | os.PathLike) -> Measurements:
     """Read a CSV in this schema; errors name the file, row and column."""
     path = os.fspath(path)
-    with open(path, newline="") as f:
+    with open(path, newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
         header = reader.fieldnames or []
         missing = [c for c in COLUMNS if c not in header and c != "source"]

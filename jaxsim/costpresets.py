@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import re
 from importlib import resources
@@ -60,7 +61,8 @@ def read(path: str) -> dict:
     unknown = sorted(set(vals) - set(COST_PARAM_NAMES))
     if unknown:
         raise PresetError(f"cost_preset: {path}: unknown parameter(s) {unknown} in 'values'")
-    if d.get("smooth_p") not in SMOOTH_P_CHOICES:
+    _check_numbers(f"cost_preset: {path}: field 'values'", vals)
+    if isinstance(d.get("smooth_p"), bool) or d.get("smooth_p") not in SMOOTH_P_CHOICES:
         raise PresetError(f"cost_preset: {path}: field 'smooth_p' is {d.get('smooth_p')!r}; "
                           f"allowed: {', '.join(map(str, SMOOTH_P_CHOICES))}")
     try:
@@ -70,6 +72,13 @@ def read(path: str) -> dict:
     _check_tables(path, d.get("shape_tables"))
     _check_engine(path, d.get("engine_fit"))
     return d
+
+
+def _check_numbers(where: str, vals: dict) -> None:
+    """Every parameter value is a finite number (not a bool, null, string or list)."""
+    for k, v in vals.items():
+        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+            raise PresetError(f"{where}: parameter {k!r} is {v!r}; allowed: a finite number")
 
 
 def _check_engine(path: str, ef) -> None:
@@ -82,13 +91,14 @@ def _check_engine(path: str, ef) -> None:
     by_tp = ef.get("by_tp", {})
     if not isinstance(by_tp, dict):
         raise PresetError(f"{where}: 'by_tp' must be an object (TP degree -> values)")
-    bad = [k for k in by_tp if not (k.isdigit() and int(k) >= 1)]
+    bad = [k for k in by_tp if not re.fullmatch(r"[1-9][0-9]*", k)]
     if bad:
         raise PresetError(f"{where}: 'by_tp' has key {bad[0]!r}; allowed: TP degrees "
                           "(integers >= 1)")
     for name, vals in [("values", ef["values"]), *((f"by_tp.{k}", v) for k, v in by_tp.items())]:
         if not isinstance(vals, dict):
             raise PresetError(f"{where}: {name!r} must be an object")
+        _check_numbers(f"{where}: {name!r}", vals)
         try:
             CostParams.from_values(vals)
         except (ValueError, KeyError) as e:
@@ -111,16 +121,27 @@ def _check_tables(path: str, st, field: str = "shape_tables") -> None:
     where = f"cost_preset: {path}: field '{field}'"
     if not isinstance(st, dict) or not isinstance(st.get("tables"), dict):
         raise PresetError(f"{where} must be an object with an object 'tables'")
+    gemm = "|".join(shapecorr.GEMM_CORR_OPS)
+    elem = "|".join(o for o in shapecorr.CORR_OPS[4:] if o != "all_reduce")
+    key_re = (rf"({gemm})/[0-9]+x[0-9]+/[a-z0-9]+|({elem})/[0-9]+/[a-z0-9]+"
+              r"|all_reduce/tp[1-9][0-9]*")
     for key, t in st["tables"].items():
+        if not re.fullmatch(key_re, str(key)):  # a misspelt key would never be looked up
+            raise PresetError(f"{where}: table key {key!r} is not a kernel shape; allowed: "
+                              "OP/KxN/DTYPE for the GEMMs (qkv_proj/4096x6144/bf16), "
+                              "OP/SIZE/DTYPE for the elementwise operators (norm/4096/bf16), "
+                              "all_reduce/tpN")
         first = t.get("first") if isinstance(t, dict) else None
         vals = t.get("delta") if isinstance(t, dict) else None
-        if not isinstance(first, int) or not isinstance(vals, list) or not vals:
+        if (isinstance(first, bool) or not isinstance(first, int) or not isinstance(vals, list)
+                or not vals):
             raise PresetError(f"{where}: table {key!r} needs an integer 'first' and a "
                               "non-empty list 'delta'")
         if first < 0 or first + len(vals) > shapecorr.GRID:
             raise PresetError(f"{where}: table {key!r} covers knots {first}.."
                               f"{first + len(vals) - 1}; allowed: 0..{shapecorr.GRID - 1}")
-        bad = [v for v in vals if not isinstance(v, int | float) or not -1.0 < v < 1e3]
+        bad = [v for v in vals if isinstance(v, bool) or not isinstance(v, int | float)
+               or not -1.0 < v < 1e3]
         if bad:
             raise PresetError(f"{where}: table {key!r} has value {bad[0]!r}; allowed: "
                               "numbers > -1 (a relative correction)")

@@ -5,7 +5,9 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 
+import jax
 import numpy as np
 import pytest
 
@@ -49,6 +51,11 @@ def test_schema_csv_roundtrip(tmp_path):
     write_csv(m, p)
     back = read_csv(p)
     assert back.digest() == m.digest()
+    # saved again by a spreadsheet, with a UTF-8 byte order mark: the same rows
+    bom = tmp_path / "bom.csv"
+    bom.write_bytes(b"\xef\xbb\xbf" + p.read_bytes())
+    assert read_csv(bom).digest() == m.digest()
+    assert loaders.load([str(bom)]).digest() == m.digest()
 
 
 def _corrupt(tmp_path, edit):
@@ -176,8 +183,47 @@ def test_split__shape_and_model():
     assert np.array_equal(F.split(m, "model:llama-2-70B"), tm)
     with pytest.raises(ValueError, match="has no rows"):
         F.split(m, "model:nope")
+    # Splitwise spells the model "Llama-2-70B", Vidur "meta-llama/Llama-2-70b-hf": either
+    # name holds out both sources' rows (neither leaks into training)
+    both = loaders.load([os.path.join(DATA, "vidur/compute"), os.path.join(DATA, "splitwise")])
+    names = both["model"].astype(str)
+    assert {"Llama-2-70B", "meta-llama/Llama-2-70b-hf"} <= set(names.tolist())
+    seventy = np.isin(names, ["Llama-2-70B", "meta-llama/Llama-2-70b-hf"])
+    for spelling in ("Llama-2-70B", "meta-llama/Llama-2-70b-hf"):
+        tb = F.split(both, f"model:{spelling}")
+        assert not np.any(tb & seventy) and np.all(tb[names == "meta-llama/Llama-2-7b-hf"])
     with pytest.raises(ValueError, match="allowed: shape"):
         F.split(m, "random")
+
+
+def test_fp8_rows_take_the_fp8_peak_as_a_dtype_fp8_lane_does():
+    """An fp8 kernel row is predicted with the GPU's FP8 peak, the peak the simulator
+    gives a ``dtype: fp8`` lane (a fit against the BF16 peak would be applied to fp8
+    lanes twice as fast as measured)."""
+    from jaxsim import config
+
+    dims = dict(hidden_size=4096, num_heads=32, num_kv_heads=8, head_dim=128, ffn_size=14336,
+                vocab_size=128256, gated=1, tp=1, hardware="H100-SXM", model="Llama-3.1-8B")
+    rows = [{**dims, "op": op, "dtype": dt, "num_tokens": t, "time_s": 1.0}
+            for dt in ("fp8", "bf16") for op in ("mlp_up", "o_proj") for t in (16, 8192)]
+    m = from_rows(rows)
+    cost = costpresets.load("H100-SXM")
+    _, hw = F.hardware_params("H100-SXM")
+    got = np.asarray(F.predict(cost, hw, F.prepare_rows(m)), np.float64)
+    params, _ = config.params_from_columns(config.columns_from_configs(
+        [config.validate({"gpu": "H100-SXM", "dtype": "fp8"})]), 1024)
+    lane_hw = jax.tree.map(lambda x: x[0], params.hardware)
+    assert float(lane_hw.peak_flops) == pytest.approx(2 * float(hw.peak_flops), rel=1e-3)
+    plain = F.prepare_rows(m)
+    plain.peak_scale = None
+    fp8 = m["dtype"] == "fp8"
+    want = np.asarray(F.predict(cost, lane_hw, plain), np.float64)
+    np.testing.assert_allclose(got[fp8], want[fp8], rtol=1e-6)
+    # bf16 rows keep the BF16 peak; a compute-bound fp8 GEMM is about twice as fast
+    np.testing.assert_allclose(got[~fp8], np.asarray(F.predict(cost, hw, plain))[~fp8],
+                               rtol=1e-6)
+    big = m["num_tokens"] == 8192
+    assert 1.6 < got[~fp8 & big][0] / got[fp8 & big][0] < 2.2
 
 
 def test_synthetic_recovery_within_2_percent():
@@ -437,6 +483,34 @@ def test_shape_tables__fit_recovers_a_step_and_lanes_use_it(tmp_path):
     t0 = costmodel.op_times_dd(lane.model, lane.hardware, lane.scheduler.tp, plain, f)
     assert t["qkv_proj"].value() / t0["qkv_proj"].value() == pytest.approx(1.5, rel=0.01)
     assert float(t["o_proj"].value()) == float(t0["o_proj"].value())
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    (lambda d: d["values"].update(cpu_iter_s=None), "parameter 'cpu_iter_s' is None"),
+    (lambda d: d["values"].update(cpu_iter_s=True), "parameter 'cpu_iter_s' is True"),
+    (lambda d: d["values"].update(cpu_iter_s=[1e-3]), "parameter 'cpu_iter_s' is [0.001]"),
+    (lambda d: d["values"].update(b0_norm=float("inf")), "parameter 'b0_norm' is inf"),
+    (lambda d: d.update(smooth_p=True), "'smooth_p' is True"),
+    (lambda d: d["shape_tables"]["tables"].update(
+        {"NORM/4096/BF16": {"first": 0, "delta": [0.1]}}), "table key 'NORM/4096/BF16'"),
+    (lambda d: d["shape_tables"]["tables"]["norm/4096/bf16"].update(first=True),
+     "needs an integer 'first'"),
+    (lambda d: d["engine_fit"]["by_tp"].update({"01": {}}), "'by_tp' has key '01'"),
+    (lambda d: d["engine_fit"]["by_tp"].update({"\u0661": {}}), "'by_tp' has key"),
+    (lambda d: d["engine_fit"]["by_tp"]["4"].update(eta_ar="0.5"),
+     "'by_tp.4': parameter 'eta_ar' is '0.5'"),
+])
+def test_hand_edited_preset_is_refused_naming_the_field(tmp_path, edit, message):
+    """A preset edited by hand: a value that is not a finite number, a bool where a number
+    goes, a misspelt table key (never looked up) or a TP key like "01" is an error naming
+    the field, not a traceback or a silent misreading."""
+    with open(costpresets.resolve("auto", "H100-SXM")) as f:
+        d = json.load(f)
+    edit(d)
+    path = tmp_path / "edited.json"
+    path.write_text(json.dumps(d))
+    with pytest.raises(costpresets.PresetError, match=re.escape(message)):
+        costpresets.read(str(path))
 
 
 def test_shape_tables__bad_preset_and_concatenate(tmp_path, capsys):
