@@ -264,7 +264,9 @@ def calibrate(data: Measurements, hardware: str, *, holdout: str = "shape",
         seconds["tables"] = time.perf_counter() - t0
     engine_fit = None
     _, hw = F.hardware_params(canon)
-    if (~kern).any():
+    # an iteration stage without training rows (all held out by --holdout model:NAME)
+    # fits nothing: its parameters keep their values and are not listed as fitted
+    if (~kern).any() and train[~kern].any():
         names = list(F.ITERATION_PARAMS)
         # attention without attention rows; and always for an engine fit kept apart:
         # the measuring engine's attention implementation is part of what it describes
@@ -280,6 +282,8 @@ def calibrate(data: Measurements, hardware: str, *, holdout: str = "shape",
         if iteration_fit == "apply":
             cost = r.cost
             fitted += [n for n in names if n not in fitted]
+            # a value copied from another operator and then fitted is a fitted one
+            copied = {k: v for k, v in copied.items() if k not in names}
         else:
             it = m.select(~kern)
             ipred = np.asarray(F.predict(r.cost, hw, F.prepare_rows(it, full)), np.float64)

@@ -226,6 +226,43 @@ def test_fp8_rows_take_the_fp8_peak_as_a_dtype_fp8_lane_does():
     assert 1.6 < got[~fp8 & big][0] / got[fp8 & big][0] < 2.2
 
 
+def test_calibrate_notes_units_other_hardware_and_fp32():
+    """Times in milliseconds under ``time_s`` fit without error (shape tables can even hide
+    it in the report), so calibrate warns when the kernel times are far from what the
+    named GPU's uncalibrated model predicts; it also names rows of other hardware it did
+    not use, and fp32 rows (fitted against the BF16 peak)."""
+    from types import SimpleNamespace
+
+    from calibration import calibrate as C
+
+    m = read_csv(os.path.join(DATA, "h200", "llama-3.1-8b_profile_back-to-back.csv"))
+    m = m.select(np.isin(m["op"].astype(str), ["qkv_proj", "norm"]))
+
+    def notes(data):  # what data_notes reads of a calibration: the GPU and its rows
+        used = data.select(np.char.lower(data["hardware"].astype(str)) == "h200")
+        return C.data_notes(data, SimpleNamespace(hardware="H200", data=used,
+                                                  report_roofline=None))
+
+    assert notes(m) == []
+    ms = m.select(np.arange(len(m)))
+    ms.cols["time_s"] = np.asarray(m["time_s"], np.float64) * 1e3
+    ms.cols["hardware"] = np.where(np.arange(len(m)) < 3, "H100", "H200").astype(object)
+    ms.cols["dtype"] = np.where(np.arange(len(m)) == 5, "fp32", "bf16").astype(object)
+    got = notes(ms)
+    assert "not used: 3 rows of other hardware ('H100': 3)" in got
+    assert any(n.startswith("1 fp32 rows are fitted against the BF16 peak") for n in got)
+    warn = [n for n in got if n.startswith("warning: the kernel times are")]
+    assert warn and "check that time_s is in seconds" in warn[0]
+    ratio = float(warn[0].split()[5].rstrip("x"))
+    assert 200 < ratio < 20000
+    # where shape tables carry the fit, the roofline alone (what unmeasured shapes get)
+    roof = SimpleNamespace(hardware="H200", data=m.select(np.zeros(len(m), bool)),
+                           report_roofline={"gemm": {"mape": 28.4, "train_mape": 30.1}})
+    assert C.data_notes(m.select(np.zeros(len(m), bool)), roof) == [
+        "without the shape tables (the roofline alone, which shapes the data did not "
+        "measure get): gemm MAPE 28.40% (train 30.10%)"]
+
+
 def test_synthetic_recovery_within_2_percent():
     """Times generated from known parameters with 1% noise are fitted back within 2%."""
     true = {"eta_c_qkv_proj": 0.72, "f0_qkv_proj": 4e9, "eta_m_qkv_proj": 0.83,
