@@ -316,6 +316,9 @@ def load_sarathi(folder: str) -> Measurements:
 
 def _kind(path: str) -> str | None:
     base = os.path.basename(path)
+    # the schema's own header first: a jaxsim CSV saved as mlp.csv is still one
+    if base.endswith(".csv") and _is_jaxsim_csv(path):
+        return "jaxsim"
     if base == "mlp.csv":
         return "vidur_mlp"
     if base == "attention.csv":
@@ -326,12 +329,13 @@ def _kind(path: str) -> str | None:
         return "splitwise"
     if base == "figure-2_prefill.csv":
         return "sarathi"
-    if base.endswith(".csv"):
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            header = next(csv.reader(f), [])
-        if "time_s" in header and "op" in header:
-            return "jaxsim"
     return None
+
+
+def _is_jaxsim_csv(path: str) -> bool:
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        header = next(csv.reader(f), [])
+    return "time_s" in header and "op" in header
 
 
 def _explain_unknown(path: str) -> None:
