@@ -216,6 +216,13 @@ def validate(m: Measurements) -> None:
         for c in req:
             fail(rows & ~(m[c] > 0), lambda i, c=c, o=o: f"column {c!r}: {m[c][i].item()!r} "
                  f"must be > 0 for op {o!r}")
+    # an iteration runs something: prefill sequences (batch_size x chunk_len) or decodes
+    it = op == "iteration"
+    if it.any():
+        pre = (m["batch_size"] > 0) & (m["chunk_len"] > 0)
+        fail(it & ~pre & ~(m["num_decodes"] > 0),
+             lambda i: "an 'iteration' row needs prefill sequences (batch_size and chunk_len "
+             "> 0) or decodes (num_decodes > 0); this one has neither")
 
 
 def _fmt(v) -> str:

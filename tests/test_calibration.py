@@ -114,6 +114,13 @@ def test_bad_data__jaxsim_csv(tmp_path):
     with pytest.raises(DataError, match="time_s"):
         from_rows([{"hardware": "H100-SXM", "op": "all_reduce", "dtype": "fp16",
                     "bytes": 10.0, "num_workers": 2, "time_s": 0.0}])
+    empty_iteration = {"hardware": "H100-SXM", "op": "iteration", "dtype": "fp16",
+                       "num_layers": 80, "hidden_size": 8192, "num_heads": 64,
+                       "num_kv_heads": 8, "head_dim": 128, "ffn_size": 28672,
+                       "vocab_size": 32000, "tp": 4, "time_s": 0.03}
+    with pytest.raises(DataError, match="needs prefill sequences .* or decodes"):
+        from_rows([empty_iteration])
+    assert len(from_rows([{**empty_iteration, "num_decodes": 8, "decode_context_len": 1000}]))
 
 
 def test_bad_data__empty_headers_and_half_columns(tmp_path):
