@@ -264,19 +264,35 @@ def prepare(model: ModelParams, hw: HardwareParams, tp: Array, cost: CostParams
         "e": model.num_experts, "k": model.experts_per_token, "L": model.num_layers,
         "tp": tp, "ar_factor": 2.0 * (tp_f - 1.0) / tp_f,
     }
+    roof_inv_c = inv(peak, _f32([c[f"eta_c_{op}"] for op in ROOF_OPS]))
+    roof_inv_m = inv(hbm, _f32([c[f"eta_m_{op}"] for op in ROOF_OPS]))
+    roof_f0 = _f32([c[f"f0_{op}"] for op in ROOF_OPS])
+    roof_b0 = _f32([c[f"b0_{op}"] for op in ROOF_OPS])
+    inv_m_elem = inv(hbm, _f32([c[f"eta_m_{g}"] for g in _MEM_GROUP]))
+    b0_elem = _f32([c[f"b0_{g}"] for g in _MEM_GROUP])
+    # A non-finite constant (a NaN coefficient, a zero peak or efficiency) makes every
+    # operator time NaN through the launch overhead each of them adds: the roofline's
+    # smooth maximum would otherwise drop the bad term and keep the other one, an
+    # operator faster than any finite parameter makes it, where the lane should halt
+    # with ``nonfinite``. Checked once here rather than in every smooth maximum.
+    finite = jnp.ones(jnp.shape(c["kernel_overhead_s"]), bool)
+    for x in (roof_inv_c.hi, roof_inv_c.lo, roof_inv_m.hi, roof_inv_m.lo, roof_f0, roof_b0,
+              inv_m_elem.hi, inv_m_elem.lo, b0_elem):
+        finite = finite & jnp.all(jnp.isfinite(x), axis=-1)
+    c = {**c, "kernel_overhead_s": jnp.where(finite, c["kernel_overhead_s"], jnp.nan)}
     return CostConsts(
         c=c,
         p_log2=cost.smooth_p_log2,
-        roof_inv_c=inv(peak, _f32([c[f"eta_c_{op}"] for op in ROOF_OPS])),
-        roof_inv_m=inv(hbm, _f32([c[f"eta_m_{op}"] for op in ROOF_OPS])),
-        roof_f0=_f32([c[f"f0_{op}"] for op in ROOF_OPS]),
-        roof_b0=_f32([c[f"b0_{op}"] for op in ROOF_OPS]),
+        roof_inv_c=roof_inv_c,
+        roof_inv_m=roof_inv_m,
+        roof_f0=roof_f0,
+        roof_b0=roof_b0,
         roof_k=_f32([h, nh_g * hd, h, f_g, h]),
         roof_n=_f32([qkv_n, h, 2.0 * f_g, h, v_g]),
         roof_w=_stack([_prod(bw_w, h, qkv_n), _prod(bw_w, nh_g * hd, h),
                        _prod(bw_w, h, 2.0 * f_g), _prod(bw_w, f_g, h), _prod(bw_w, h, v_g)]),
-        inv_m_elem=inv(hbm, _f32([c[f"eta_m_{g}"] for g in _MEM_GROUP])),
-        b0_elem=_f32([c[f"b0_{g}"] for g in _MEM_GROUP]),
+        inv_m_elem=inv_m_elem,
+        b0_elem=b0_elem,
         mem_size=_f32([h, h, f_g, (nh_g + nkv_g) * hd, kvb, h, h, model.vocab_size]),
         inv_link=inv(hw.link_bw_bytes_per_s, c["eta_ar"]),
         dims=dims,

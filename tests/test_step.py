@@ -272,10 +272,23 @@ def test_step__nan_parameter_halts_lane_with_flag():
     p = jax.tree_util.tree_map(lambda x: x, p)
     import equinox as eqx
 
+    from jaxsim.params import COST_INDEX
+
     bad = eqx.tree_at(lambda q: q.hardware.hbm_bw_bytes_per_s, p, jnp.float32(jnp.nan))
+    # a NaN in one operator's compute term, a zero peak, an efficiency that underflows
+    # to 0: the smooth maximum must not drop the bad term and keep the other one (an
+    # operator faster than any finite value makes it, with status ok)
+    theta = p.cost.theta
+    bad_c = eqx.tree_at(lambda q: q.cost.theta, p,
+                        theta.at[COST_INDEX["eta_c_mlp_up"]].set(jnp.nan))
+    no_peak = eqx.tree_at(lambda q: q.hardware.peak_flops, p, jnp.float32(0.0))
+    eta_zero = eqx.tree_at(lambda q: q.cost.theta, p,
+                           theta.at[COST_INDEX["eta_c_attn_prefill"]].set(-120.0))
     shape = SimShape(max_requests=2, max_slots=8, chunk_iterations=16)
-    res = simulate_batch(shape, P.stack([bad, p]), to_workload(tr))
-    assert int(res.status[0]) & st_bits.NONFINITE
+    res = simulate_batch(shape, P.stack([bad, p, bad_c, no_peak, eta_zero]),
+                         to_workload(tr))
+    assert [int(s) & st_bits.NONFINITE for s in res.status] == [
+        st_bits.NONFINITE, 0, st_bits.NONFINITE, st_bits.NONFINITE, st_bits.NONFINITE]
     assert int(res.status[1]) == 0
     assert int(res.metrics["completed"][1]) == 2
 
