@@ -12,7 +12,13 @@ from jaxsim import prefix
 from jaxsim.params import SimParams, concatenate
 from jaxsim.shapes import DEFAULT_MACRO, SimShape
 from jaxsim.sim import SimResult, simulate_batch
-from jaxsim.workload import Trace, Workload, stack_workloads, to_workload
+from jaxsim.workload import (
+    Trace,
+    Workload,
+    shared_hash_block_tokens,
+    stack_workloads,
+    to_workload,
+)
 
 #: Default slot-table size (grown per lane on overflow).
 DEFAULT_SLOTS = 64
@@ -60,9 +66,7 @@ def prepare(
     caching = any(c["enable_prefix_caching"] for c in cfgs)
     T = 1 + max(len(c["tiers"]) for c in cfgs) if caching else 1
     all_traces = list(trace) if per_lane else [trace]
-    U = all_traces[0].hash_block_tokens
-    if caching and any(t.hash_block_tokens != U for t in all_traces):
-        raise ValueError("per-lane traces must share one hash_block_tokens")
+    U = shared_hash_block_tokens(all_traces) if caching else all_traces[0].hash_block_tokens
     H = max(t.num_hash_blocks() for t in all_traces) if caching else 0
     build = dict(hash_block_tokens=U, num_tiers=T if caching else None)
     if per_lane:

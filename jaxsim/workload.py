@@ -11,7 +11,7 @@ lognormal, empirical); ``jaxsim.traces`` loads real traces from files.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import equinox as eqx
 import jax.numpy as jnp
@@ -242,6 +242,27 @@ def dense_hash_ids(trace: Trace, width: int | None = None) -> tuple[np.ndarray, 
     return out, int(uniq.size)
 
 
+def _is_real(v) -> bool:
+    """A Python or NumPy int or float (a NumPy scalar from ``np.arange`` counts; a bool
+    does not)."""
+    return not isinstance(v, bool) and isinstance(v, int | float | np.integer | np.floating)
+
+
+def shared_hash_block_tokens(traces: Sequence[Trace]) -> int:
+    """The one prefix block length (tokens per hash id) a batch of traces compiles with:
+    that of the traces carrying block ids (a trace without ids has no block to share, so
+    its default length does not count). Traces with ids but different lengths cannot
+    share one compiled cache: ValueError naming them."""
+    with_ids = [t for t in traces if t.num_hash_blocks() > 0]
+    sizes = sorted({int(t.hash_block_tokens) for t in with_ids})
+    if len(sizes) > 1:
+        raise ValueError(
+            f"workloads with prefix block ids must share one hash_block_tokens; these have "
+            f"{', '.join(map(str, sizes))} tokens per block id: simulate them in separate "
+            "calls (or sweeps)")
+    return sizes[0] if sizes else int(traces[0].hash_block_tokens)
+
+
 def to_workload(trace: Trace, max_requests: int | None = None,
                 max_prefix_blocks: int | None = None) -> Workload:
     """Sort by arrival, pad to ``max_requests`` rows and move to the device.
@@ -335,7 +356,7 @@ def sample_lengths(spec, n: int, rng: np.random.Generator, field: str) -> np.nda
         if key not in spec and default is None:
             raise ValueError(f"{field}.{key}: missing (required for dist={kind})")
         v = spec.get(key, default)
-        if isinstance(v, bool) or not isinstance(v, int | float) or not lo <= v <= 2**30:
+        if not _is_real(v) or not lo <= v <= 2**30:
             raise ValueError(f"{field}.{key}: {v!r} must be a number in [{lo}, 2**30]")
         return v
 
@@ -397,13 +418,13 @@ def synthetic(
     if kind == "all_at_once":
         arrival = np.zeros(n)
     else:
-        if rate is None or isinstance(rate, bool) or not isinstance(rate, int | float) or \
+        if rate is None or not _is_real(rate) or \
                 not (rate > 0 and np.isfinite(rate)):
             raise ValueError(f"workload.rate: {rate!r} must be a number > 0 (requests/s)")
         if kind == "poisson":
             gaps = rng.exponential(1.0 / rate, size=n)
         else:
-            if isinstance(cv, bool) or not isinstance(cv, int | float) or \
+            if not _is_real(cv) or \
                     not 1e-3 <= cv <= 1e3:
                 raise ValueError(f"workload.cv: {cv!r} must be a number in [0.001, 1000]")
             shape = 1.0 / cv**2
@@ -480,7 +501,7 @@ def multi_turn_sessions(
         if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < lo:
             raise ValueError(f"workload.{name}: {v!r} must be an int >= {lo}")
     for name, v in (("rate", rate), ("think_time_s", think_time_s)):
-        if isinstance(v, bool) or not isinstance(v, int | float) or not (
+        if not _is_real(v) or not (
                 np.isfinite(v) and (v > 0 if name == "rate" else v >= 0)):
             raise ValueError(f"workload.{name}: {v!r} must be a finite number "
                              f"{'> 0 (sessions/s)' if name == 'rate' else '>= 0 (s)'}")

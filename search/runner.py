@@ -37,7 +37,13 @@ from jaxsim import prefix
 from jaxsim import sim as sim_mod
 from jaxsim import status as st_bits
 from jaxsim.shapes import DEFAULT_MACRO, SimShape
-from jaxsim.workload import Trace, Workload, stack_workloads, to_workload
+from jaxsim.workload import (
+    Trace,
+    Workload,
+    shared_hash_block_tokens,
+    stack_workloads,
+    to_workload,
+)
 from search.space import DesignSpace, SpaceError, _get_key
 
 #: Configuration keys always written to the results (besides the axes).
@@ -312,10 +318,8 @@ def batch_from_configs(cfgs: Sequence[Mapping], plan: Plan,
     build: dict = {}
     H = 0
     if caching:
-        U = trs[0].hash_block_tokens
-        if any(t.hash_block_tokens != U for t in trs):
-            raise ValueError("the workloads of a chunk must share one hash_block_tokens")
-        build = dict(hash_block_tokens=U, num_tiers=1 + max(len(c["tiers"]) for c in cfgs))
+        build = dict(hash_block_tokens=shared_hash_block_tokens(trs),
+                     num_tiers=1 + max(len(c["tiers"]) for c in cfgs))
         H = _pow2(max(t.num_hash_blocks() for t in trs))
     cols = config_mod.columns_from_configs(cfgs)
     max_len = np.array([t.max_len() for t in trs])

@@ -241,3 +241,38 @@ def test_sessions_that_would_not_fit_in_memory_are_refused(capsys):
                      "--set", "workload.turns={dist: uniform, low: 1, high: 1000000}")
     assert "workload.turns: the prompts of 3 sessions would hold more than 50,000,000 " \
            "block ids in all" in err
+
+
+def test_per_lane_traces_share_the_block_length_of_those_with_block_ids():
+    """A plain trace has no block ids; its default block length (512) must not stop it
+    from sharing a batch with a sessions trace of 256-token blocks. Two traces whose ids
+    mean different block lengths cannot share one compiled cache: one clear error."""
+    from jaxsim.workload import multi_turn_sessions
+
+    sess = multi_turn_sessions(4, 2.0, 3, 256, 64, 32, 1.0, 256, 0)
+    plain = synthetic("poisson", 12, 128, 16, rate=5.0)
+    assert plain.num_hash_blocks() == 0 and plain.hash_block_tokens == 512
+    for lanes in ([sess, plain], [plain, sess]):
+        cfgs = [{"enable_prefix_caching": True}, {}]
+        p = api.prepare(cfgs, lanes)
+        assert p.shape.hash_space > 0  # the sessions lane's ids are compiled in
+    other = multi_turn_sessions(4, 2.0, 3, 256, 64, 32, 1.0, 128, 0)
+    with pytest.raises(ValueError, match="share one hash_block_tokens; these have 128, 256"):
+        api.prepare([{"enable_prefix_caching": True}, {}], [sess, other])
+
+
+def test_workload_builders_take_numpy_scalars():
+    """Rates from ``np.arange`` and friends are numbers, as the configuration path
+    already takes them; a bool is still not one."""
+    from jaxsim.workload import multi_turn_sessions
+
+    for r in np.arange(4, 20, 8):
+        a = synthetic("poisson", 10, 64, 8, rate=r)
+        np.testing.assert_array_equal(a.arrival_s, synthetic("poisson", 10, 64, 8,
+                                                             rate=int(r)).arrival_s)
+    assert len(synthetic("gamma", 10, 64, 8, rate=np.float32(5), cv=np.float32(2))) == 10
+    spec = {"dist": "uniform", "low": np.int64(4), "high": np.int64(9)}
+    assert len(synthetic("poisson", 10, spec, 8, rate=5.0)) == 10
+    assert len(multi_turn_sessions(3, np.int64(1))) == 12
+    with pytest.raises(ValueError, match="workload.rate: np.True_ must be a number > 0"):
+        synthetic("poisson", 10, 64, 8, rate=np.True_)
