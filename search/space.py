@@ -69,19 +69,22 @@ def units_for(key: str) -> dict[str, float]:
 
 
 def _set_key(cfg: dict, key: str, value: Any) -> None:
-    parts = key.split(".")
-    if len(parts) == 1:
-        cfg[key] = value
-    else:
-        cfg.setdefault(parts[0], {})
-        if not isinstance(cfg[parts[0]], dict):
-            raise SpaceError(f"base.{parts[0]}: {cfg[parts[0]]!r} must be a mapping")
-        cfg[parts[0]][parts[1]] = value
+    """Set dotted ``key`` (``max_num_seqs``, ``workload.rate``, ``tier.dram.capacity_gb``)."""
+    *outer, last = key.split(".")
+    node = cfg
+    for i, part in enumerate(outer):
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            where = ".".join(outer[: i + 1])
+            raise SpaceError(f"base.{where}: {node!r} must be a mapping")
+    node[last] = value
 
 
 def _get_key(cfg: Mapping, key: str) -> Any:
-    parts = key.split(".")
-    return cfg[parts[0]] if len(parts) == 1 else cfg[parts[0]][parts[1]]
+    node = cfg
+    for part in key.split("."):
+        node = node[part]
+    return node
 
 
 @dataclasses.dataclass(frozen=True)

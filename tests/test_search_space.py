@@ -243,3 +243,27 @@ def test_space_with_no_valid_point_refused():
     msg = str(e.value)
     assert msg.startswith("axes: no combination of levels is a valid configuration at any "
                           "of ") and "needs enable_prefix_caching: true" in msg, msg
+
+
+def test_three_part_tier_keys_are_axes():
+    """``tier.dram.capacity_gb`` and other keys three deep are ordinary axes: each point
+    sets the nested field (the key is not cut to ``tier.dram``), the batch carries each
+    lane's capacity, and the results table shows the axis value."""
+    from search import runner
+
+    d = _cross(**{"tier.dram.capacity_gb": {"kind": "float", "low": 0, "high": 8, "num": 2},
+                  "tier.dram.read_gbps": [10, 20]})
+    d["base"].update(enable_prefix_caching=True, tiers="dram")
+    sp = space.from_dict(d)
+    cfgs = sp.configs(sp.sample(np.arange(sp.size)))
+    got = [(c["tier"]["dram"]["capacity_gb"], c["tier"]["dram"]["read_gbps"]) for c in cfgs]
+    assert got == [(0.0, 10), (0.0, 20), (8.0, 10), (8.0, 20)]
+    b = runner.build_batch(sp, runner.make_plan(sp, chunk_size=4), np.arange(4))
+    cap = np.asarray(b.params.cache.capacity_blocks)[:, 1]  # [:, 0] is HBM
+    assert cap[0] == cap[1] == 0 and cap[2] == cap[3] > 0
+    rows = runner.rows_from_chunk(sp, b, {"status": np.zeros(4, np.int32)})
+    assert rows["tier.dram.capacity_gb"] == [0.0, 0.0, 8.0, 8.0]
+    # a key whose middle is not a mapping in the base is refused, naming it
+    d["base"]["tier"] = {"dram": 5}
+    with pytest.raises(SpaceError, match=r"base\.tier\.dram: 5 must be a mapping"):
+        space.from_dict(d)
