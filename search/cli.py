@@ -42,6 +42,7 @@ def add_sweep_arguments(p) -> None:
 
 
 def cmd_sweep(args) -> int:
+    from jaxsim.config import ConfigError
     from search import runner, space
 
     try:
@@ -56,8 +57,13 @@ def cmd_sweep(args) -> int:
             res = runner.run_sweep(sp, args.out, resume=args.resume,
                                    chunk_size=args.chunk_size, slots=args.slots,
                                    progress=not args.quiet, max_chunks=args.max_chunks)
-    except (space.SpaceError, runner.SweepError) as e:
+    except (space.SpaceError, runner.SweepError, ConfigError) as e:
         return _fail(str(e))
+    except KeyboardInterrupt:
+        done = len(runner.finished_chunks(args.out))
+        print(f"\njaxsim sweep: interrupted; {done} finished chunk(s) are kept in {args.out}; "
+              "run the same command with --resume to continue", file=sys.stderr)
+        return 130
     done = len(runner.finished_chunks(args.out))
     n = res.plan.size
     print(f"jaxsim sweep: {sp.name}: {len(res.chunks_run)} chunks run, "
@@ -114,6 +120,8 @@ def _settings(out_dir: str) -> dict:
 def _prices(args, settings, gpus) -> dict:
     """Prices from the space file's objectives, overridden by ``--price`` (whose GPUs must
     be among ``gpus``, the GPUs of the sweep)."""
+    from search import objectives as ob
+
     prices = {k: settings[k] for k in ("gpu_hour_usd", "mem_gb_hour_usd") if k in settings}
     for item in args.price or []:
         if "=" not in item:
@@ -125,15 +133,17 @@ def _prices(args, settings, gpus) -> dict:
             raise ValueError(f"--price {item!r}: {v!r} is not a number") from None
         if not (math.isfinite(val) and val >= 0):
             raise ValueError(f"--price {item!r}: {v} must be a finite number >= 0")
-        if k != "mem" and k not in gpus:
+        spelt = {x.lower(): x for x in gpus}  # GPU names are case-insensitive
+        if k != "mem" and k.lower() not in spelt:
             raise ValueError(f"--price {item!r}: {k!r} is not a GPU of this sweep; its GPUs: "
                              f"{', '.join(gpus)} (or mem=USD_PER_GB_HOUR)")
         if k == "mem":
             prices["mem_gb_hour_usd"] = val
         else:
+            k = spelt[k.lower()]
             g = prices.get("gpu_hour_usd") or {}
             # one price for every GPU (a number in the space file): per GPU from here on
-            g = dict(g) if isinstance(g, dict) else {x: g for x in gpus}
+            g = ob.canonical_prices(g) if isinstance(g, dict) else {x: g for x in gpus}
             g[k] = val
             prices["gpu_hour_usd"] = g
     return prices
@@ -145,8 +155,8 @@ def add_best_arguments(p) -> None:
                    help="SLO bound, e.g. --slo 'ttft_p99_s<=1.0' --slo 'tpot_p99_s<=0.05' "
                         "(default: the space file's objectives.slo)")
     p.add_argument("--objective", default=None,
-                   help="what to optimise (default: cost_per_mtok when prices are known, "
-                        "else throughput_per_gpu)")
+                   help="what to optimise (default: the space file's objectives.objective, "
+                        "else cost_per_mtok when prices are known, else throughput_per_gpu)")
     p.add_argument("--price", action="append", metavar="GPU=USD",
                    help="GPU-hour price, e.g. --price H100-SXM=3.0; mem=USD per GB-hour")
     p.add_argument("--top", type=int, default=10, help="rows to print")
@@ -188,7 +198,7 @@ def _status_counts(status) -> str:
     return ", ".join(parts)
 
 
-def _slo_misses(table, slo: dict) -> list[str]:
+def _slo_misses(table, slo: dict, prices: dict) -> list[str]:
     """Per SLO bound: how many ok configurations meet it alone, and the best value."""
     import numpy as np
 
@@ -198,8 +208,8 @@ def _slo_misses(table, slo: dict) -> list[str]:
     lines = []
     for k, bound in slo.items():
         name, ge = (k[4:], True) if k.startswith("min_") else (k, False)
-        met = int(ob.feasible(table, {k: bound}).sum())  # one bound's rule, in one place
-        v = ob.derived(table, name).astype(np.float64)[ok]
+        met = int(ob.feasible(table, {k: bound}, prices).sum())  # one bound's rule
+        v = ob.derived(table, name, prices).astype(np.float64)[ok]
         v = v[np.isfinite(v)]
         best = (f"; best {float(v.max() if ge else v.min()):.4g}" if v.size else "")
         lines.append(f"  {name} {'>=' if ge else '<='} {bound}: met by {met:,} of "
@@ -223,8 +233,9 @@ def cmd_best(args) -> int:
         df = runner.load_results(args.dir)
         slo = ob.parse_slo(args.slo) if args.slo else ob.parse_slo(settings.get("slo"))
         prices = _prices(args, settings, _sweep_gpus(args.dir, df))
-        objective = args.objective or ("cost_per_mtok" if prices.get("gpu_hour_usd")
-                                       else "throughput_per_gpu")
+        objective = (args.objective or settings.get("objective")
+                     or ("cost_per_mtok" if prices.get("gpu_hour_usd")
+                         else "throughput_per_gpu"))
         table = {c: df[c].to_numpy() for c in df.columns}
         c = ob.costs(table, [objective], slo, prices)[:, 0]
         value = ob.derived(table, objective, prices)
@@ -232,12 +243,20 @@ def cmd_best(args) -> int:
         return _fail(str(e))
     order = np.argsort(c, kind="stable")
     n_ok = int(np.isfinite(c).sum())
+    size = (_manifest(args.dir) or {}).get("size")
+    partial = (f" (a partial sweep: {len(df):,} of its {size:,} configurations have run)"
+               if isinstance(size, int) and len(df) < size else "")
     if n_ok == 0:
+        lines = [f"status: {_status_counts(table['status'])}",
+                 *(x.strip() for x in _slo_misses(table, slo, prices))]
+        if args.json:
+            print(json.dumps({"meets_slo": 0, "configurations": len(df),
+                              "sweep_size": size, "slo": slo, "why": lines}))
+            return 1
         print(f"jaxsim best: none of {len(df):,} configurations meets the SLOs "
-              f"({_slo_text(slo) or 'none given'})")
-        print(f"  status: {_status_counts(table['status'])}")
-        for line in _slo_misses(table, slo):
-            print(line)
+              f"({_slo_text(slo) or 'none given'}){partial}")
+        for line in lines:
+            print(f"  {line}")
         return 1
     best = df.iloc[int(order[0])]
     from search.export import vllm_serve_command
@@ -253,16 +272,18 @@ def cmd_best(args) -> int:
     axes = list(_settings_axes(args.dir)) or ["max_num_seqs", "max_num_batched_tokens"]
     if slo:
         print(f"jaxsim best: {n_ok:,} of {len(df):,} configurations meet the SLOs "
-              f"({_slo_text(slo)}); ranked by {objective}")
+              f"({_slo_text(slo)}); ranked by {objective}{partial}")
     else:
         print(f"jaxsim best: {n_ok:,} of {len(df):,} configurations are feasible (no SLO "
-              f"given: --slo or the space file's objectives.slo); ranked by {objective}")
-    head = ["rank", "config_id", *axes, objective, "ttft_p99_s", "tpot_p99_s"]
+              f"given: --slo or the space file's objectives.slo); ranked by "
+              f"{objective}{partial}")
+    extra = [m for m in ("ttft_p99_s", "tpot_p99_s") if m != objective and m not in axes]
+    head = ["rank", "config_id", *axes, objective, *extra]
     print("  " + "  ".join(f"{h:>14}" for h in head))
     for r, i in enumerate(order[:min(args.top, n_ok)]):
         row = df.iloc[int(i)]
         vals = [r + 1, row["config_id"], *(row[a] for a in axes), value[i],
-                row["ttft_p99_s"], row["tpot_p99_s"]]
+                *(row[m] for m in extra)]
         print("  " + "  ".join(f"{_fmt(v):>14}" for v in vals))
     print(f"\nwinner as a vLLM launch command:\n  {cmd}")
     if args.why:
@@ -397,11 +418,11 @@ def cmd_pareto(args) -> int:
     axes = list(_settings_axes(args.dir))
     cols = ["config_id", *axes, *names]
     print("  " + "  ".join(f"{h:>14}" for h in cols))
-    shown = df.iloc[front]
+    shown = df.iloc[front].copy()
+    for n in names:  # derived objectives (cost_per_mtok, ...) become columns of the front
+        shown[n] = ob.derived(table, n, prices)[front]
     for _, row in shown.head(40).iterrows():
-        vals = [row["config_id"], *(row[a] for a in axes),
-                *(ob.derived({k: np.asarray([row[k]]) for k in df.columns}, n, prices)[0]
-                  for n in names)]
+        vals = [row["config_id"], *(row[a] for a in axes), *(row[n] for n in names)]
         print("  " + "  ".join(f"{_fmt(v):>14}" for v in vals))
     if args.csv:
         from jaxsim.fileio import atomic_open

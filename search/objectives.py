@@ -22,13 +22,47 @@ SLOs are upper bounds on metric columns, e.g. ``{"ttft_p99_s": 1.0, "tpot_p99_s"
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import difflib
+import re
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
 MAXIMISED = ("throughput_rps", "output_tps", "input_tps", "goodput_rps", "slo_attainment",
              "throughput_per_gpu", "goodput_per_gpu", "capacity_rps")
 DERIVED = ("throughput_per_gpu", "goodput_per_gpu", "cost_per_mtok", "num_gpus")
+
+
+#: Numeric columns every sweep's results hold (``search.runner.rows_from_chunk``), besides
+#: the axes and the per-tier columns of :data:`TIER_COLUMN`.
+METRIC_COLUMNS = (
+    "busy_s", "completed", "duration_s", "energy_tiers_j", "goodput_rps", "input_tps",
+    "iterations", "itl_mean_s", "kv_gb", "kv_occupancy_mean", "kv_occupancy_peak",
+    "max_num_batched_tokens", "max_num_seqs", "num_gpu_blocks", "num_requests",
+    "output_tps", "preemptions", "prefetched_blocks", "prefix_hit_rate", "slo_attainment",
+    "slots", "steps", "swaps", "throughput_rps", "tokens_scheduled", "tp",
+    "ttft_load_mean_s", "ttft_load_p99_s", "ttft_prefill_mean_s", "weights_gb",
+    "xfer_exposed_s", "xfer_hidden_s", "block_size", "gpu_memory_utilization",
+    "workload.rate", "slo.ttft_s", "slo.tpot_s",
+    *(f"{m}_{s}_s" for m in ("ttft", "tpot", "e2e", "queue")
+      for s in ("mean", "p50", "p90", "p95", "p99")),
+)
+TIER_COLUMN = re.compile(r"(hit_rate|bytes_read|bytes_written|energy_j|peak_blocks)_tier[0-9]+")
+
+
+def check_name(field: str, name: str, axes: Iterable[str] = ()) -> None:
+    """ObjectiveError unless ``name`` is an objective or SLO a sweep's results can give: a
+    metric column, a derived objective, or a numeric axis (``axes``). Checked when the
+    space file is read, so a misspelt metric does not wait for the sweep's end."""
+    names = set(METRIC_COLUMNS) | set(DERIVED) | set(axes)
+    if name in names or TIER_COLUMN.fullmatch(name):
+        return
+    close = difflib.get_close_matches(name, sorted(names), n=3)
+    hint = f"did you mean {', '.join(close)}? " if close else ""
+    raise ObjectiveError(f"{field}: {name!r} is not a metric of the results; {hint}metrics: "
+                         "ttft_p99_s, tpot_p99_s, e2e_p99_s, throughput_rps, goodput_rps, "
+                         "slo_attainment, ... (any column of the results), or "
+                         f"{', '.join(DERIVED)}")
 
 
 class ObjectiveError(ValueError):
@@ -50,6 +84,20 @@ def _price(field: str, v) -> float:
     return float(v)
 
 
+def canonical_prices(gpu_prices: Mapping) -> dict:
+    """``{GPU: price}`` keyed by the presets' spelling of each GPU (names are matched
+    case-insensitively, as everywhere else); names that are no preset are kept as given."""
+    from jaxsim import presets
+
+    out = {}
+    for name, v in gpu_prices.items():
+        try:
+            out[presets.gpu(str(name))[0]] = v
+        except KeyError:
+            out[str(name)] = v
+    return out
+
+
 def derived(table: Mapping, name: str, prices: Mapping | None = None) -> np.ndarray:
     """Value of objective ``name`` per row (not yet signed as a cost)."""
     prices = prices or {}
@@ -66,6 +114,7 @@ def derived(table: Mapping, name: str, prices: Mapping | None = None) -> np.ndar
                                  "a number or {GPU: price}) in the objectives settings")
         gpus = _col(table, "gpu")
         if isinstance(gpu_prices, Mapping):
+            gpu_prices = canonical_prices(gpu_prices)
             missing = sorted({str(g) for g in gpus} - set(gpu_prices))
             if missing:
                 raise ObjectiveError(f"gpu_hour_usd: no price for {', '.join(missing)}; "
@@ -127,15 +176,17 @@ def parse_slo(items: Sequence[str] | Mapping | None) -> dict[str, float]:
     return out
 
 
-def feasible(table: Mapping, slo: Mapping[str, float] | None = None) -> np.ndarray:
-    """True where the lane is OK and meets every SLO."""
+def feasible(table: Mapping, slo: Mapping[str, float] | None = None,
+             prices: Mapping | None = None) -> np.ndarray:
+    """True where the lane is OK and meets every SLO (``prices`` for a bound on
+    ``cost_per_mtok``)."""
     ok = _col(table, "status").astype(np.int64) == 0
     for k, bound in (slo or {}).items():
         if k.startswith("min_"):
-            v = derived(table, k[4:]).astype(np.float64)
+            v = derived(table, k[4:], prices).astype(np.float64)
             ok &= np.nan_to_num(v, nan=-np.inf) >= bound
         else:
-            v = derived(table, k).astype(np.float64)
+            v = derived(table, k, prices).astype(np.float64)
             ok &= np.nan_to_num(v, nan=np.inf) <= bound
     return ok
 
@@ -145,7 +196,7 @@ def costs(table: Mapping, objectives: Sequence[str], slo: Mapping[str, float] | 
     """``[N, k]`` costs (minimise); ``+inf`` rows for infeasible / SLO-missing lanes."""
     if not objectives:
         raise ObjectiveError("objectives: give at least one (e.g. cost_per_mtok, ttft_p99_s)")
-    ok = feasible(table, slo)
+    ok = feasible(table, slo, prices)
     cols = []
     for name in objectives:
         v = derived(table, name, prices).astype(np.float64)

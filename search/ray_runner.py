@@ -76,6 +76,9 @@ def run_sweep(space: DesignSpace, out_dir: str, address: str = "local", resume: 
     runner.check_sweep_args(out_dir, max_chunks)
     plan = runner.make_plan(space, chunk_size=chunk_size, slots=slots,
                             chunk_iterations=chunk_iterations)
+    new_dir = not os.path.exists(out_dir)
+    manifest = os.path.join(out_dir, runner.MANIFEST)
+    new_manifest = not os.path.exists(manifest)
     runner.make_out_dir(out_dir)
     runner._check_manifest(out_dir, runner._manifest(space, plan), resume)
     done = runner.resumable_chunks(out_dir, plan)
@@ -84,11 +87,20 @@ def run_sweep(space: DesignSpace, out_dir: str, address: str = "local", resume: 
         todo = todo[:max_chunks]
     started_here = False
     if not ray.is_initialized():
-        if address == "local":
-            ray.init(num_cpus=os.cpu_count(), include_dashboard=False,
-                     log_to_driver=False, configure_logging=False)
-        else:
-            ray.init(address=address, log_to_driver=False, configure_logging=False)
+        try:
+            if address == "local":
+                ray.init(num_cpus=os.cpu_count(), include_dashboard=False,
+                         log_to_driver=False, configure_logging=False)
+            else:
+                ray.init(address=address, log_to_driver=False, configure_logging=False)
+        except Exception as e:  # no cluster there, a refused connection, ...
+            if new_manifest and not runner.finished_chunks(out_dir):
+                os.unlink(manifest)  # nothing ran: leave nothing that would bind a rerun
+                if new_dir and not os.listdir(out_dir):
+                    os.rmdir(out_dir)
+            raise runner.SweepError(f"--ray {address}: Ray could not start or connect: "
+                                    f"{type(e).__name__}: {str(e).strip().splitlines()[0]}; "
+                                    "give a running cluster's address, or 'local'") from None
         started_here = True
     try:
         cpus = cpus_per_task if cpus_per_task is not None else (

@@ -463,11 +463,45 @@ def write_chunk(out_dir: str, c: int, cols: Mapping[str, object]) -> str:
 
     path = os.path.join(out_dir, CHUNK_FMT.format(c))
     tmp = os.path.join(out_dir, f".{CHUNK_FMT.format(c)}.{os.getpid()}.tmp")
-    pq.write_table(_arrow_table(cols), tmp)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        pq.write_table(_arrow_table(cols), tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # an error or Ctrl-C: no partial file is left behind
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
     return path
+
+
+def remove_stale_temporaries(out_dir: str) -> list[str]:
+    """Remove the temporary chunk files of writers that no longer run (a sweep killed
+    with ``kill -9`` while writing); returns their names."""
+    gone = []
+    for name in os.listdir(out_dir) if os.path.isdir(out_dir) else []:
+        parts = name.split(".")
+        if not (name.startswith(".chunk-") and name.endswith(".tmp") and len(parts) >= 4):
+            continue
+        try:
+            pid = int(parts[-2])
+        except ValueError:
+            continue
+        try:
+            os.kill(pid, 0)  # signal 0: does the writer still run on this machine?
+            alive = pid != os.getpid()
+        except ProcessLookupError:
+            alive = False
+        except PermissionError:
+            alive = True
+        if alive:
+            continue
+        try:
+            os.unlink(os.path.join(out_dir, name))
+            gone.append(name)
+        except FileNotFoundError:
+            pass
+    return gone
 
 
 def finished_chunks(out_dir: str) -> set[int]:
@@ -567,11 +601,22 @@ def _check_manifest(out_dir: str, man: dict, resume: bool) -> None:
             raise SweepError(f"{out_dir}: holds {len(finished_chunks(out_dir))} finished "
                              "chunks of this sweep; pass --resume to continue it, or use "
                              "another --out")
+        remove_stale_temporaries(out_dir)
+        if old.get("objectives") != man["objectives"]:
+            # The objectives (SLOs, prices) rank results but change no simulation: the
+            # space file's latest ones are what jaxsim best and pareto read.
+            print(f"jaxsim sweep: {out_dir}: objectives changed since the sweep began; "
+                  "jaxsim best and pareto will use the new ones", file=sys.stderr)
+            _write_manifest(path, {**old, "objectives": man["objectives"]})
     else:
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(man, f, indent=1, sort_keys=True, default=str)
-        os.replace(tmp, path)
+        _write_manifest(path, man)
+
+
+def _write_manifest(path: str, man: dict) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(man, f, indent=1, sort_keys=True, default=str)
+    os.replace(tmp, path)
 
 
 # --------------------------------------------------------------------------------------

@@ -735,7 +735,7 @@ def from_dict(d: Mapping, source: str = "space") -> DesignSpace:
     objectives = d.get("objectives") or {}
     if not isinstance(objectives, Mapping):
         raise SpaceError(f"objectives: {objectives!r} must be a mapping")
-    _check_objectives(objectives)
+    _check_objectives(objectives, [a.key for a in axes])
     return DesignSpace(base=dict(base), axes=axes, constraints=constraints,
                        sampler=d.get("sampler", "grid"), num_samples=d.get("num_samples"),
                        seed=seed, name=str(d.get("name", source)), objectives=dict(objectives))
@@ -744,9 +744,10 @@ def from_dict(d: Mapping, source: str = "space") -> DesignSpace:
 OBJECTIVE_KEYS = ("objective", "slo", "gpu_hour_usd", "mem_gb_hour_usd")
 
 
-def _check_objectives(o: Mapping) -> None:
+def _check_objectives(o: Mapping, axes: Sequence[str] = ()) -> None:
     """The ``objectives`` section is read by ``jaxsim best`` and ``pareto`` after a sweep;
-    check it before anything runs, so a typo does not wait for the sweep's end."""
+    check it before anything runs, so a typo does not wait for the sweep's end: known
+    keys, an objective and SLO metrics the results will hold, prices."""
     from jaxsim import presets
     from search import objectives as ob
 
@@ -757,7 +758,11 @@ def _check_objectives(o: Mapping) -> None:
     if "objective" in o and not isinstance(o["objective"], str):
         raise SpaceError(f"objectives.objective: {o['objective']!r} must be a metric name")
     try:
-        ob.parse_slo(o.get("slo"))
+        if "objective" in o:
+            ob.check_name("objectives.objective", o["objective"], axes)
+        for k in ob.parse_slo(o.get("slo")):
+            name = k[4:] if k.startswith("min_") else k
+            ob.check_name(f"objectives.slo.{k}", name, axes)
         if "mem_gb_hour_usd" in o:
             ob._price("mem_gb_hour_usd", o["mem_gb_hour_usd"])
         g = o.get("gpu_hour_usd")

@@ -253,6 +253,10 @@ def test_best_and_pareto_refuse_bad_ranking_flags(results, capsys):
     ("{gpu_hour_usd: {H100-SXM: -3}}", "gpu_hour_usd.H100-SXM: -3 must be a finite number"),
     ("{gpu_hour_usd: {H1000: 3}}", "objectives.gpu_hour_usd.H1000: not a GPU name"),
     ("{thruput: 1}", "objectives.thruput: unknown key; allowed: objectives.objective"),
+    ("{objective: ttft_p999_s}", "objectives.objective: 'ttft_p999_s' is not a metric of "
+                                 "the results; did you mean ttft_p99_s"),
+    ("{slo: {ttft_p999_s: 1}}", "objectives.slo.ttft_p999_s: 'ttft_p999_s' is not a metric"),
+    ("{slo: {min_thruput_rps: 1}}", "objectives.slo.min_thruput_rps: 'thruput_rps' is not"),
 ])
 def test_sweep_checks_objectives_before_running(tmp_path, capsys, objectives, needle):
     """The space file's objectives section (read by best and pareto after the sweep) is
@@ -274,3 +278,62 @@ def test_chunk_size_is_capped_at_the_space():
     sp = space.load(TINY)
     plan = runner.make_plan(sp, chunk_size=100_000_000)
     assert plan.chunk_size <= sp.size + plan.num_devices and plan.num_chunks == 1
+
+
+def test_space_objectives_rank_best_and_prices_are_case_insensitive(results, tmp_path, capsys):
+    """best ranks by the space file's objectives.objective when --objective is not given;
+    GPU names in prices match whatever their case (as everywhere else); a cost_per_mtok
+    SLO gets the prices; pareto's CSV holds the objectives it ranked on."""
+    import shutil
+
+    from jaxsim import cli
+    from search import runner
+
+    d = tmp_path / "sw"
+    shutil.copytree(results, d)
+    man = json.loads((d / "sweep.json").read_text())
+    man["objectives"].update(objective="ttft_p99_s", gpu_hour_usd={"h100-sxm": 3.0})
+    (d / "sweep.json").write_text(json.dumps(man))
+    assert cli.main(["best", str(d), "--json"]) == 0
+    won = json.loads(capsys.readouterr().out)
+    df = runner.load_results(str(d))
+    ok = (df["status"] == 0) & (df["ttft_p99_s"] <= 5.0)
+    assert won["ttft_p99_s"] == df.loc[ok, "ttft_p99_s"].min()
+    assert cli.main(["best", str(d)]) == 0
+    out = capsys.readouterr().out
+    assert "ranked by ttft_p99_s" in out
+    head = out.splitlines()[1].split()
+    assert head.count("ttft_p99_s") == 1 and "tpot_p99_s" in head
+    # a cost bound, with the lower-case price key; --price in any case too
+    cost = objectives.derived({c: df[c].to_numpy() for c in df.columns}, "cost_per_mtok",
+                              {"gpu_hour_usd": {"H100-SXM": 3.0}})
+    bound = float(np.median(cost[ok.to_numpy()]))
+    assert cli.main(["best", str(d), "--slo", f"cost_per_mtok<={bound}", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["config_id"] in set(
+        df.loc[ok & (cost <= bound), "config_id"])
+    assert cli.main(["best", str(d), "--price", "H100-sxm=6", "--objective",
+                     "cost_per_mtok", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["cost_per_mtok"] == pytest.approx(
+        2 * cost[ok.to_numpy()].min())
+    # no configuration meets the SLOs: --json still prints JSON (and exits 1)
+    assert cli.main(["best", str(d), "--slo", "ttft_p99_s<=1e-9", "--json"]) == 1
+    none = json.loads(capsys.readouterr().out)
+    assert none["meets_slo"] == 0 and none["configurations"] == len(df)
+    assert none["why"][0].startswith("status: ")
+    csv = tmp_path / "front.csv"
+    assert cli.main(["pareto", str(d), "--objectives", OBJ, "--csv", str(csv)]) == 0
+    capsys.readouterr()
+    header = csv.read_text().splitlines()[0].split(",")
+    assert "cost_per_mtok" in header and "ttft_p99_s" in header
+
+
+def test_metric_columns_cover_the_results(results):
+    """objectives.METRIC_COLUMNS (what a space file's objective and SLOs are checked
+    against) names every numeric column a sweep writes."""
+    from search import runner, space
+
+    df = runner.load_results(results)
+    axes = [a.key for a in space.load(TINY).axes]
+    for c in df.columns:
+        if df[c].dtype.kind in "iuf" and c not in ("config_id", "status"):
+            objectives.check_name("test", c, axes)

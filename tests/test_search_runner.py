@@ -57,7 +57,15 @@ def test_resume_skips_finished_chunks_and_gives_same_table(full_run, tmp_path):
         runner.run_sweep(sp, out, chunk_size=4, progress=False)
     with pytest.raises(runner.SweepError, match="chunked by 4"):
         runner.run_sweep(sp, out, chunk_size=2, progress=False, resume=True)
-    r2 = runner.run_sweep(sp, out, chunk_size=4, progress=False, resume=True)
+    # new objectives (SLOs, prices) change no simulation: the resume takes them, and
+    # best and pareto read them from the manifest
+    import dataclasses
+    import json
+
+    sp_new = dataclasses.replace(sp, objectives={"slo": {"ttft_p99_s": 0.025}})
+    r2 = runner.run_sweep(sp_new, out, chunk_size=4, progress=False, resume=True)
+    with open(os.path.join(out, runner.MANIFEST)) as f:
+        assert json.load(f)["objectives"] == {"slo": {"ttft_p99_s": 0.025}}
     assert r2.chunks_skipped == [0, 1] and r2.chunks_run == [2, 3, 4]
     assert r2.compiles == 0  # same shapes as the first run: nothing recompiles
     df2 = runner.load_results(out)
@@ -212,6 +220,10 @@ def test_kill_dash_9_then_resume(full_run, tmp_path):
             assert p.poll() is None, log.read_text()[-2000:]
         p.send_signal(signal.SIGKILL)
         p.wait()
+    # a chunk file a killed writer left half-written is removed by the resume
+    stale = os.path.join(out, f".chunk-000008.parquet.{p.pid}.tmp")
+    with open(stale, "wb") as f:
+        f.write(b"PAR1")
     n_before = len(runner.finished_chunks(out))
     assert 2 <= n_before < 9
     r = subprocess.run([*cmd, "--resume"], cwd=ROOT, env=env, capture_output=True, text=True,
@@ -222,6 +234,22 @@ def test_kill_dash_9_then_resume(full_run, tmp_path):
     assert len(df2) == 18 and df2["config_id"].is_unique
     np.testing.assert_allclose(df2["ttft_p99_s"].to_numpy(), df["ttft_p99_s"].to_numpy(),
                                rtol=1e-6)
+    assert not [n for n in os.listdir(out) if n.endswith(".tmp")]
+
+
+def test_interrupted_chunk_write_leaves_no_file(tmp_path, monkeypatch):
+    """Ctrl-C (or an error) while a chunk is written removes its temporary file."""
+    import pyarrow.parquet as pq
+
+    def half_then_interrupt(table, path):
+        with open(path, "wb") as f:
+            f.write(b"PAR1")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pq, "write_table", half_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        runner.write_chunk(str(tmp_path), 0, {"config_id": np.arange(2)})
+    assert os.listdir(tmp_path) == []
 
 
 def test_configurations_max_iterations_bounds_their_lanes(tmp_path):
