@@ -62,7 +62,9 @@ def offload_curve():
         for label, b in (("cpu", a), ("gpu", list(range(2 * 10**6, 2 * 10**6 + n)))):
             tr = Trace([0.0, 1000.0, 2000.0], [P, filler_len, P], [1, 4, 1], "offload",
                        [a, filler, b], U)
-            p = api.prepare([{**cfg, "num_gpu_blocks": 131072 // 16 + 64}], tr, max_slots=4)
+            # 8 spare KV blocks (128 tokens) after the filler: no whole 512-token block of A
+            # stays in HBM, so B loads its every cached block from DRAM
+            p = api.prepare([{**cfg, "num_gpu_blocks": 131072 // 16 + 8}], tr, max_slots=4)
             r = simulate_batch(p.shape, p.params, p.workload)
             assert r.lane(0)["status"] == "ok", r.lane(0)["status"]
             res[label] = float(np.asarray(r.state.ttft_s)[0, 2])
