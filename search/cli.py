@@ -69,7 +69,8 @@ def cmd_sweep(args) -> int:
     print(f"jaxsim sweep: {sp.name}: {len(res.chunks_run)} chunks run, "
           f"{len(res.chunks_skipped)} already done, {done}/{res.plan.num_chunks} finished "
           f"({n:,} configurations, B={res.plan.chunk_size}, {res.plan.num_devices} "
-          f"device(s)); {res.wall_s:.1f} s; compiles {res.compiles}; results in {args.out}")
+          f"device(s)); {res.wall_s:.1f} s; "
+          f"{'' if args.ray else f'compiles {res.compiles}; '}results in {args.out}")
     return 0
 
 

@@ -180,6 +180,13 @@ def exhaustive(ev: Evaluator) -> SearchResult:
     return ev.result(best_u, hist)
 
 
+def _check_budget(max_evals) -> None:
+    if isinstance(max_evals, bool) or not isinstance(max_evals, int | np.integer) \
+            or max_evals < 1:
+        raise ValueError(f"max_evals: {max_evals!r} must be an integer >= 1 (simulations "
+                         "the search may run)")
+
+
 def _warm_start(ev: Evaluator, n: int, seed: int) -> tuple[np.ndarray, float]:
     """Best of ``n`` scrambled-Halton points (exact simulations)."""
     u = samplers.halton(np.arange(n), ev.space.num_dims, seed)
@@ -200,6 +207,8 @@ def cmaes_search(ev: Evaluator, max_evals: int, seed: int = 0,
     restarts elsewhere, until the budget is spent. (0 warm-start points: one run from the
     centre.)
     """
+    _check_budget(max_evals)
+    warm_start = min(int(warm_start), max_evals)  # the warm start is part of the budget
     strat = CMAES.from_space(ev.space, population_size=population_size)
     base = strat.default_params()
     base = eqx.tree_at(lambda p: p.sigma_init, base, jnp.float32(sigma_init))
@@ -253,6 +262,8 @@ def cmaes_search(ev: Evaluator, max_evals: int, seed: int = 0,
         run += 1
         if not warm_start:
             break
+    if best["u"] is None:  # a budget below one generation and no warm start: the centre
+        best["u"] = np.full(ev.space.num_dims, 0.5)
     return ev.result(best["u"], hist)
 
 
@@ -316,6 +327,8 @@ def gradient_search(ev: Evaluator, max_evals: int, seed: int = 0, pairs: int = 4
     (or from ``u0``). The smoothing width decays geometrically from ``sigma`` to
     ``sigma_final`` over the budget (wide early to see past plateaus, narrow late).
     """
+    _check_budget(max_evals)
+    warm_start = min(int(warm_start), max_evals)  # the warm start is part of the budget
     d = ev.space.num_dims
     rng = np.random.default_rng(seed)
     hist: list[float] = []
@@ -366,10 +379,11 @@ def gradient_search(ev: Evaluator, max_evals: int, seed: int = 0, pairs: int = 4
         hist.append(best["c"])
     # re-check: the final means as well as the best sample, in the exact simulator
     u_fin = np.asarray(jax.nn.sigmoid(z), np.float64)
-    c_fin, _, _ = ev(u_fin)
-    i = int(np.argmin(c_fin))
-    if c_fin[i] < best["c"]:
-        best["c"], best["u"] = float(c_fin[i]), u_fin[i]
+    if ev.evaluations - start + len(u_fin) <= max_evals:
+        c_fin, _, _ = ev(u_fin)
+        i = int(np.argmin(c_fin))
+        if c_fin[i] < best["c"]:
+            best["c"], best["u"] = float(c_fin[i]), u_fin[i]
     # round the relaxed optimum: move to a better neighbour (one level, or sigma_final on
     # a continuous axis, along one axis; then along two axes at once) while one exists
     # and the budget allows

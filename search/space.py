@@ -449,6 +449,10 @@ class DesignSpace:
         if dup:
             raise SpaceError(f"axes: {sorted(dup)[0]!r} appears twice")
         if self.sampler == "grid":
+            if self.num_samples is not None:
+                raise SpaceError(f"num_samples: {self.num_samples!r} is for the random and "
+                                 "halton samplers; the grid sampler runs every point of the "
+                                 "grid (leave num_samples out, or set sampler)")
             for a in self.axes:
                 if a.kind == "float" and a.num is None:
                     raise SpaceError(f"axes.{a.key}.num: required by the grid sampler for a "
@@ -694,27 +698,36 @@ def axis_from_spec(key: str, spec: Any) -> Axis:
     step = spec.get("step")
     if step is not None and log:
         raise SpaceError(f"{field}: give either step or log, not both")
+    too_many = (f"{field}: more than {MAX_LEVELS:,} levels from low={lo} to high={hi}; "
+                "use a larger step, or log: true")
     if log:
         n = num if num is not None else int(math.floor(math.log2(hi / lo))) + 1
+        if n > MAX_LEVELS:
+            raise SpaceError(too_many.replace(", or log: true", " or a smaller num"))
         vals = np.unique(np.round(np.geomspace(lo, hi, max(n, 1))).astype(np.int64))
     else:
         step = 1 if step is None else _num(f"{field}.step", step, True)
         if step < 1:
             raise SpaceError(f"{field}.step: {step} must be >= 1")
-        vals = np.arange(lo, hi + 1, step, dtype=np.int64)
         if num is not None:
             raise SpaceError(f"{field}.num: for int axes use step (or log with num)")
+        if (hi - lo) // step + 1 > MAX_LEVELS:
+            raise SpaceError(too_many)
+        vals = np.arange(lo, hi + 1, step, dtype=np.int64)
     return Axis(key, "int", values=tuple(int(v) for v in vals))
+
+
+#: Levels an int axis may have (each is validated when the space is read).
+MAX_LEVELS = 100_000
 
 
 def from_dict(d: Mapping, source: str = "space") -> DesignSpace:
     """A :class:`DesignSpace` from a mapping (the parsed YAML)."""
-    if not isinstance(d, Mapping):
-        raise SpaceError(f"{source}: the top level must be a mapping with keys "
-                         f"{', '.join(_SPACE_KEYS)}")
+    if not isinstance(d, Mapping):  # (load() puts the file's name before the message)
+        raise SpaceError(f"the top level must be a mapping with keys {', '.join(_SPACE_KEYS)}")
     for k in d:
         if k not in _SPACE_KEYS:
-            raise SpaceError(f"{k}: unknown key in {source}; allowed: {', '.join(_SPACE_KEYS)}")
+            raise SpaceError(f"{k}: unknown key; allowed: {', '.join(_SPACE_KEYS)}")
     base = d.get("base") or {}
     if not isinstance(base, Mapping):
         raise SpaceError(f"base: {base!r} must be a mapping of configuration keys")

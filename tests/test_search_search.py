@@ -113,6 +113,16 @@ def test_optimisers_return_exactly_simulated_feasible_points(evaluator):
     tab = optimize.TableEvaluator(disc, *table)
     r = optimize.cmaes_search(tab, max_evals=10, seed=1, warm_start=4)
     assert r.evaluations <= 10 and r.cost >= ex.cost
+    # the budget holds whatever it is: the warm start is part of it, and a budget below
+    # one CMA-ES generation with no warm start returns the centre, simulated once
+    for search in (optimize.cmaes_search, optimize.gradient_search):
+        for budget, warm in ((1, 32), (3, 32), (5, 32), (3, 0), (12, 4)):
+            t = optimize.TableEvaluator(disc, *table)
+            r = search(t, max_evals=budget, seed=0, warm_start=warm)
+            assert 1 <= r.evaluations <= budget, (search.__name__, budget, warm)
+            assert r.cost == t(r.u[None])[0][0]
+        with pytest.raises(ValueError, match="max_evals: 0 must be an integer >= 1"):
+            search(optimize.TableEvaluator(disc, *table), max_evals=0)
     assert tab(disc.sample(np.arange(18)))[0].tolist() == table[0].tolist()
     # "why this configuration": d cost / d rate at the winner, as a ranked table
     from search.pareto import sensitivity_table

@@ -92,6 +92,13 @@ def test_int_axis_levels_and_units():
      "axes.tp.setp: unknown axis field"),
     (lambda d: d["base"].update({"max_num_seqs": -1}), "base.max_num_seqs"),
     (lambda d: d.update({"axes": {}}), "axes:"),
+    (lambda d: d.update({"num_samples": 5}), "num_samples: 5 is for the random and halton"),
+    (lambda d: d["axes"].update({"max_num_seqs": {"kind": "int", "low": 1, "high": 10**10}}),
+     "axes.max_num_seqs: more than 100,000 levels from low=1 to high=10000000000; use a "
+     "larger step"),
+    (lambda d: d["axes"].update({"max_num_seqs": {"kind": "int", "low": 1, "high": 10**6,
+                                                  "log": True, "num": 10**6}}),
+     "more than 100,000 levels"),
 ])
 def test_space_errors_name_the_field(mutate, needle):
     d = _raw()
