@@ -368,6 +368,11 @@ def write_preset(cal: Calibration, path: str, command: str = "") -> None:
     if not os.path.isdir(d):
         raise ValueError(f"--out: folder {d!r} does not exist")
     text = preset_text(_clean(cal.preset(command)))
+    try:  # what jaxsim simulate will read: refuse here a preset it would refuse
+        costpresets.check(json.loads(text), path)
+    except costpresets.PresetError as e:
+        raise ValueError(f"--out {path}: not written, the fitted preset would not load: "
+                         f"{e}") from None
     with atomic_open(path) as f:
         f.write(text + "\n")
 
@@ -432,5 +437,7 @@ def format_table(report: dict[str, dict]) -> str:
     for k, v in report.items():
         lines.append(f"{k:<{w}}{v['n_train']:>9}{v['n_holdout']:>10}{evaluated_on(v):>8}"
                      f"{v['mape']:>8.2f}{v['p90_ape']:>8.2f}{v['max_ape']:>8.2f}"
-                     f"{v.get('bias', math.nan):>8.2f}{v['train_mape']:>13.2f}")
+                     f"{v.get('bias', math.nan):>8.2f}"
+                     # no training rows (a stage that fitted nothing on them): say so
+                     f"{'-' if v['n_train'] == 0 else format(v['train_mape'], '.2f'):>13}")
     return "\n".join(lines)

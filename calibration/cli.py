@@ -66,6 +66,11 @@ def cmd(args) -> int:
             return _fail(f"{flag}: folder {folder!r} does not exist")
         if os.path.isdir(path):
             return _fail(f"{flag}: {path!r} is a folder; give a file name")
+        for d in args.data:
+            if os.path.isfile(d) and os.path.exists(path) and os.path.samefile(d, path):
+                return _fail(f"{flag}: {path!r} is one of the measurement files read; "
+                             "give another file name")
+    args.hardware = args.hardware.strip()
     if args.plot is not None:
         fmt = os.path.splitext(args.plot)[1].lstrip(".").lower()
         if fmt not in PLOT_FORMATS:
@@ -90,7 +95,10 @@ def cmd(args) -> int:
                    title=f"{cal.hardware}, held out by {cal.holdout}")
         except OSError as e:
             return _fail(f"--plot: cannot write {args.plot!r}: {e.strerror or e}")
-    C.write_preset(cal, args.out, command=command)
+    try:
+        C.write_preset(cal, args.out, command=command)
+    except ValueError as e:
+        return _fail(str(e))
     notes = C.data_notes(data, cal)
     if args.json:
         for note in notes:  # stdout holds the JSON only

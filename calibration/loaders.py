@@ -29,6 +29,18 @@ from calibration.schema import COLUMNS, DataError, Measurements, from_rows, read
 
 #: Vidur GPU folder -> jaxsim GPU preset.
 VIDUR_GPU = {"h100": "H100-SXM", "a100": "A100-80GB", "a40": "A40"}
+def _vidur_gpu(path: str, parts: list[str]) -> str:
+    """The GPU of a Vidur file, from the nearest folder named h100, a100 or a40 (any
+    case) above it."""
+    gpu = next((p.lower() for p in reversed(parts[:-1]) if p.lower() in VIDUR_GPU), None)
+    if gpu is None:
+        raise DataError(f"{path}: cannot tell the GPU from the path: expected a folder named "
+                        f"one of {', '.join(VIDUR_GPU)} above it, as in Vidur's "
+                        "compute/<gpu>/<org>/<model>/ (loaders.load(..., hardware=NAME) "
+                        "labels the rows in Python)")
+    return VIDUR_GPU[gpu]
+
+
 #: Vidur network node -> hardware label (DGX nodes are the SXM presets).
 VIDUR_NODE = {"h100_dgx": "H100-SXM", "a100_dgx": "A100-80GB",
               "h100_pairwise_nvlink": "H100-NVL-pairwise",
@@ -118,11 +130,7 @@ def load_vidur_mlp(path: str, hardware: str | None = None) -> Measurements:
     """A Vidur ``compute/<gpu>/<org>/<model>/mlp.csv`` (one row per op per token count)."""
     parts = _parts(path)
     if hardware is None:
-        gpu = next((p for p in reversed(parts[:-1]) if p in VIDUR_GPU), None)
-        if gpu is None:
-            raise DataError(f"{path}: cannot tell the GPU from the path (expected a folder "
-                            f"named one of {', '.join(VIDUR_GPU)}); pass hardware=")
-        hardware = VIDUR_GPU[gpu]
+        hardware = _vidur_gpu(path, parts)
     model = "/".join(parts[-3:-1])
     shape_cols = ("n_head", "n_kv_head", "n_embd", "n_expanded_embd", "vocab_size",
                   "use_gated_mlp", "num_tokens", "num_tensor_parallel_workers")
@@ -168,10 +176,7 @@ def load_vidur_mlp(path: str, hardware: str | None = None) -> Measurements:
 def load_vidur_attention(path: str, hardware: str | None = None) -> Measurements:
     """Vidur's ``attention.csv`` (prefill rows -> ``attn_prefill``, decode -> ``attn_decode``)."""
     if hardware is None:
-        gpu = next((p for p in reversed(_parts(path)[:-1]) if p in VIDUR_GPU), None)
-        if gpu is None:
-            raise DataError(f"{path}: cannot tell the GPU from the path; pass hardware=")
-        hardware = VIDUR_GPU[gpu]
+        hardware = _vidur_gpu(path, _parts(path))
     cols = ("n_embd", "n_q_head", "n_kv_head", "num_tensor_parallel_workers", "batch_size",
             "prefill_chunk_size", "kv_cache_size", "is_prefill")
     rd = _Reader(path, cols + ("time_stats.attn_prefill.median",
@@ -314,10 +319,13 @@ def load_sarathi(folder: str) -> Measurements:
     return from_rows(rows, origin=folder)
 
 
-def _kind(path: str) -> str | None:
+def _kind(path: str, direct: bool = False) -> str | None:
+    """The loader of ``path`` (None: not a measurement file). A jaxsim CSV is told by its
+    header: any file given directly (``prof.CSV``, ``timings.txt``), and in folders any
+    ``.csv`` in any case."""
     base = os.path.basename(path)
     # the schema's own header first: a jaxsim CSV saved as mlp.csv is still one
-    if base.endswith(".csv") and _is_jaxsim_csv(path):
+    if (direct or base.lower().endswith(".csv")) and _is_jaxsim_csv(path):
         return "jaxsim"
     if base == "mlp.csv":
         return "vidur_mlp"
@@ -343,13 +351,12 @@ def _explain_unknown(path: str) -> None:
     is a jaxsim CSV with columns missing; return for anything else."""
     if os.path.getsize(path) == 0:
         raise DataError(f"{path}: empty file")
-    if path.endswith(".csv"):
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            header = next(csv.reader(f), [])
-        if {"hardware", "op"} <= set(header):
-            missing = [c for c in COLUMNS if c not in header and c != "source"]
-            raise DataError(f"{path}: missing column(s) {missing}; the jaxsim measurement "
-                            f"schema has: {', '.join(COLUMNS)}")
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        header = next(csv.reader(f), [])
+    if {"hardware", "op"} <= set(header):
+        missing = [c for c in COLUMNS if c not in header and c != "source"]
+        raise DataError(f"{path}: missing column(s) {missing}; the jaxsim measurement "
+                        f"schema has: {', '.join(COLUMNS)}")
 
 
 def load(paths: Iterable[str], hardware: str | None = None) -> Measurements:
@@ -387,7 +394,7 @@ def load(paths: Iterable[str], hardware: str | None = None) -> Measurements:
 def _load_file(f: str, p: str, hardware: str | None, parts: list) -> int:
     """Append the measurements of file ``f`` (found under the argument ``p``) to
     ``parts``; returns 1 if it is a measurement file, 0 if it is skipped."""
-    k = _kind(f)
+    k = _kind(f, direct=f == p)
     if k is None:
         if f == p:
             _explain_unknown(f)

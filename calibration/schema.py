@@ -216,6 +216,13 @@ def validate(m: Measurements) -> None:
         for c in req:
             fail(rows & ~(m[c] > 0), lambda i, c=c, o=o: f"column {c!r}: {m[c][i].item()!r} "
                  f"must be > 0 for op {o!r}")
+    g = m["gated"]
+    fail(~np.isin(g, (0, 1)), lambda i: f"column 'gated': {g[i].item()!r} must be 1 (a "
+         "gated, SwiGLU MLP) or 0 (a plain one)")
+    qkv = op == "qkv_proj"
+    fail(qkv & ~((m["num_kv_heads"] > 0) & (m["num_kv_heads"] <= m["num_heads"])),
+         lambda i: f"column 'num_kv_heads': {m['num_kv_heads'][i].item()!r} must be > 0 and "
+         f"at most num_heads ({m['num_heads'][i].item()!r}) for op 'qkv_proj'")
     # an iteration runs something: prefill sequences (batch_size x chunk_len) or decodes
     it = op == "iteration"
     if it.any():
@@ -251,12 +258,19 @@ def read_csv(path: str | os.PathLike) -> Measurements:
     with open(path, newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
         header = reader.fieldnames or []
+        twice = sorted({c for c in header if header.count(c) > 1})
+        if twice:
+            raise DataError(f"{path}:1: column {twice[0]!r} appears more than once in the "
+                            "header")
         missing = [c for c in COLUMNS if c not in header and c != "source"]
         if missing:
             raise DataError(f"{path}: missing column(s) {missing}; the jaxsim measurement "
                             f"schema has: {', '.join(COLUMNS)}")
         rows = []
         for i, r in enumerate(reader, start=2):
+            if None in r:  # DictReader keeps the fields beyond the header under None
+                raise DataError(f"{path}:{i}: {len(header) + len(r[None])} fields; the "
+                                f"header has {len(header)} columns")
             row = {}
             for c in COLUMNS:
                 v = (r.get(c) or "").strip()

@@ -98,7 +98,7 @@ def cmd_simulate(args) -> int:
     print(f"  {'latency (ms)':<14}{'mean':>10}{'p50':>10}{'p90':>10}{'p99':>10}")
     for label, key in rows:
         vals = [out[f"{key}_{s}_s"] * 1e3 for s in ("mean", "p50", "p90", "p99")]
-        print(f"  {label:<14}" + "".join(f"{v:>10.2f}" for v in vals))
+        print(f"  {label:<14}" + "".join(f" {v:>9.2f}" for v in vals))  # a space always
     print(f"  throughput {out['throughput_rps']:.3f} req/s, input {out['input_tps']:.1f} tok/s, "
           f"output {out['output_tps']:.1f} tok/s; goodput {out['goodput_rps']:.3f} req/s "
           f"(TTFT <= {cfg['slo']['ttft_s']} s, TPOT <= {cfg['slo']['tpot_s']} s)")
@@ -303,6 +303,10 @@ def main(argv=None) -> int:
         # the interpreter flushes stdout again at exit: point it at /dev/null first
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
+    except KeyboardInterrupt:  # Ctrl-C: one line, not a traceback (output files are
+        # written to a temporary name and renamed, so none is left half-written)
+        print(f"\njaxsim {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -53,6 +53,11 @@ def read(path: str) -> dict:
         raise PresetError(f"cost_preset: {path!r}: no such file") from None
     except json.JSONDecodeError as e:
         raise PresetError(f"cost_preset: {path}: not JSON ({e})") from None
+    return check(d, path)
+
+
+def check(d, path: str) -> dict:
+    """Check a parsed preset (``path`` names it in errors); returns it."""
     if not isinstance(d, dict) or d.get("format") != FORMAT:
         raise PresetError(f"cost_preset: {path}: field 'format' must be {FORMAT!r}")
     vals = d.get("values")
@@ -114,6 +119,12 @@ def _check_engine(path: str, ef) -> None:
         _check_tables(path, {"tables": tabs}, field="engine_fit.tables")
 
 
+#: Largest shape-table value a preset may hold: a kernel 10^6 times slower than its
+#: roofline is a unit error, not a measurement (a fit stopped early on CPU timings of
+#: GPU-sized kernels gave corrections of a few thousand, which must still load).
+TABLE_MAX = 1e6
+
+
 def _check_tables(path: str, st, field: str = "shape_tables") -> None:
     """``shape_tables`` (optional): {"tables": {key: {"first": i, "delta": [...]}}}."""
     if st is None:
@@ -141,10 +152,11 @@ def _check_tables(path: str, st, field: str = "shape_tables") -> None:
             raise PresetError(f"{where}: table {key!r} covers knots {first}.."
                               f"{first + len(vals) - 1}; allowed: 0..{shapecorr.GRID - 1}")
         bad = [v for v in vals if isinstance(v, bool) or not isinstance(v, int | float)
-               or not -1.0 < v < 1e3]
+               or not -1.0 < v < TABLE_MAX]
         if bad:
             raise PresetError(f"{where}: table {key!r} has value {bad[0]!r}; allowed: "
-                              "numbers > -1 (a relative correction)")
+                              f"numbers above -1 and below {TABLE_MAX:g} (a relative "
+                              "correction: the time is multiplied by 1 + value)")
 
 
 @functools.cache

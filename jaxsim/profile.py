@@ -62,6 +62,7 @@ import functools
 import math
 import numbers
 import os
+import re
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -132,6 +133,7 @@ _GPU_KINDS = (
     (("A100", "80"), "A100-80GB"),
     (("B200",), "B200"),
     (("L40S",), "L40S"),
+    (("A40",), "A40"),
     (("MI300X",), "MI300X"),
 )
 
@@ -222,6 +224,11 @@ def _resolve(model: str, *, tp: int, hardware: str | None, repeats: int, dtype: 
     except KeyError as e:
         raise ValueError(f"{_label(labels, 'model')}: {e.args[0]}") from None
     tp = _positive_int(tp, _label(labels, "tp"))
+    from jaxsim.config import MAX_TP
+
+    if tp > MAX_TP:
+        raise ValueError(f"{_label(labels, 'tp')}: {tp} must be <= {MAX_TP} (the simulator's "
+                         "tensor parallelism is within one node)")
     nh, nkv, ffn = dims["num_heads"], dims["num_kv_heads"], dims["ffn_size"]
     tpl = _label(labels, "tp")
     if nh % tp:
@@ -263,7 +270,7 @@ def _resolve(model: str, *, tp: int, hardware: str | None, repeats: int, dtype: 
         raise ValueError(f"{_label(labels, 'ops')}: empty; allowed: "
                          f"{', '.join(SUPPORTED_OPS)}")
     chosen = [op for op in SUPPORTED_OPS if op in chosen]
-    return _Spec(
+    spec = _Spec(
         model=name, dims=dims, tp=tp, hardware=hardware, repeats=repeats, dtype=dtype,
         ops=tuple(chosen), timing=timing,
         token_counts=_sizes(sizes["token_counts"], "token_counts", labels),
@@ -274,6 +281,17 @@ def _resolve(model: str, *, tp: int, hardware: str | None, repeats: int, dtype: 
         copy_bytes=_sizes(sizes["copy_bytes"], "copy_bytes", labels),
         allreduce_bytes=_sizes(sizes["allreduce_bytes"], "allreduce_bytes", labels),
     )
+    from jaxsim.costmodel import TOKEN_BITS
+
+    # tokens in one measured batch: what calibrate (and the cost model) take
+    for field, vals in (("token_counts", spec.token_counts),
+                        ("prefill_shapes", [q for q, _ in spec.prefill_shapes]),
+                        ("decode_shapes", [b for b, _ in spec.decode_shapes])):
+        big = [v for v in vals if v >= 2 ** TOKEN_BITS]
+        if big:
+            raise ValueError(f"{_label(labels, field)}: {big[0]} tokens in one batch; the cost "
+                             f"model (and so calibrate) takes fewer than {2 ** TOKEN_BITS}")
+    return spec
 
 
 def profile(model: str, *, tp: int = 1, hardware: str | None = None,
@@ -485,7 +503,8 @@ def _traced_call_times(compiled: Any, args: tuple, calls: int) -> list[float]:
 
 
 def _is_oom(e: BaseException) -> bool:
-    return any(m in str(e) for m in _OOM_MARKERS)
+    """Out of device memory (XLA's messages), or of host memory (a copy's buffer)."""
+    return isinstance(e, MemoryError) or any(m in str(e) for m in _OOM_MARKERS)
 
 
 # kernels (pure functions of device arrays; shapes follow from the arguments)
@@ -726,7 +745,8 @@ def _run(spec: _Spec, progress: Callable[[str], None] | None) -> Measurements:
             except Exception as e:  # only out-of-memory is skipped
                 if not _is_oom(e):
                     raise
-                say(f"{op}: skipped {what}: out of device memory")
+                where = "host" if isinstance(e, MemoryError) else "device"
+                say(f"{op}: skipped {what}: out of {where} memory")
                 continue
             n += 1
             rows.append({"hardware": hardware, "op": op, "dtype": spec.dtype, "bytes": 0.0,
@@ -848,7 +868,7 @@ def cmd(args: argparse.Namespace) -> int:
     try:
         tokens = _split(args.tokens)
         if tokens is not None:
-            bad = [t for t in tokens if not t.lstrip("+-").isdigit()]
+            bad = [t for t in tokens if not re.fullmatch(r"[+-]?[0-9]+", t.strip())]
             if bad or not tokens:
                 return _fail(f"--tokens: {args.tokens!r} is not a comma list of integers")
             tokens = [int(t) for t in tokens]

@@ -184,12 +184,24 @@ def test_prefetch_on_a_workload_without_block_ids_runs():
 
 
 def test_profile_refuses_a_folder_and_writes_nothing_when_nothing_was_measured(
-        tmp_path, capsys):
+        tmp_path, capsys, monkeypatch):
+    from jaxsim import profile as prof
+
     assert "is a folder; give a file name" in _cli_error(
         capsys, "profile", "--model", "Llama-3.1-8B", "--quick", "--out", str(tmp_path) + "/")
     out = tmp_path / "huge.csv"
+    # a batch the cost model cannot take is refused before anything runs
     assert cli.main(["profile", "--model", "Llama-3.1-8B", "--repeats", "1", "--ops", "norm",
                      "--tokens", "1000000000", "--out", str(out)]) == 2
+    assert "--tokens: 1000000000 tokens in one batch" in capsys.readouterr().err
+    assert not out.exists()
+
+    def oom(fn, args, repeats, timing):
+        raise RuntimeError("RESOURCE_EXHAUSTED: Out of memory")
+
+    monkeypatch.setattr(prof, "_time_kernel", oom)  # every shape runs out of memory
+    assert cli.main(["profile", "--model", "Llama-3.1-8B", "--repeats", "1", "--ops", "norm",
+                     "--tokens", "4096", "--out", str(out)]) == 2
     assert "no shape could be measured" in capsys.readouterr().err
     assert not out.exists()
 

@@ -121,6 +121,27 @@ def test_bad_data__jaxsim_csv(tmp_path):
     with pytest.raises(DataError, match="needs prefill sequences .* or decodes"):
         from_rows([empty_iteration])
     assert len(from_rows([{**empty_iteration, "num_decodes": 8, "decode_context_len": 1000}]))
+    # a column twice in the header, a row with more fields than the header, gated not 0/1,
+    # a qkv_proj row without KV heads: each named (they used to load, silently misread)
+    header, *rows = p.read_text().splitlines()
+    rows[2] = rows[2].replace("matmul", "iteration")
+    cols = header.split(",")
+    for name, text, match in (
+            ("twice.csv", [header + ",time_s", *(r + ",1.0" for r in rows)],
+             r"twice.csv:1: column 'time_s' appears more than once"),
+            ("extra.csv", [header, rows[0], rows[1] + ",7,8"],
+             rf"extra.csv:3: {len(cols) + 2} fields; the header has {len(cols)} columns")):
+        (tmp_path / name).write_text("\n".join(text) + "\n")
+        with pytest.raises(DataError, match=match):
+            read_csv(tmp_path / name)
+    with pytest.raises(DataError, match="column 'gated': 2 must be 1"):
+        from_rows([{**empty_iteration, "num_decodes": 8, "gated": 2}])
+    qkv = {"hardware": "H100-SXM", "op": "qkv_proj", "dtype": "bf16", "hidden_size": 4096,
+           "num_heads": 32, "head_dim": 128, "tp": 1, "num_tokens": 64, "time_s": 1e-5}
+    with pytest.raises(DataError, match="'num_kv_heads': 0 must be > 0 and at most "
+                                        "num_heads"):
+        from_rows([qkv])
+    assert len(from_rows([{**qkv, "num_kv_heads": 8}])) == 1
 
 
 def test_bad_data__empty_headers_and_half_columns(tmp_path):
@@ -359,6 +380,14 @@ def test_cli_calibrate__bad_arguments(tmp_path, capsys):
         assert cli.main(["calibrate", MLP7B, "--hardware", "H100-SXM", *extra]) == 2
         assert err in capsys.readouterr().err
     assert sorted(os.listdir(tmp_path)) == ["folder"]
+    # --out naming an input file is refused (the measurements would be overwritten)
+    data = tmp_path / "m.csv"
+    write_csv(loaders.load([os.path.join(DATA, "splitwise")]), data)
+    assert cli.main(["calibrate", str(data), "--hardware", "H100-SXM", "--out",
+                     str(data)]) == 2
+    assert "is one of the measurement files read" in capsys.readouterr().err
+    assert data.read_text().startswith("hardware,op,")
+    os.remove(data)
     # a hold-out that leaves nothing to fit (Llama-2-7B names meta-llama/Llama-2-7b-hf)
     assert cli.main(["calibrate", MLP7B, "--hardware", "H100-SXM", "--holdout",
                      "model:Llama-2-7B", "--out", str(out)]) == 2
@@ -570,7 +599,14 @@ def test_shape_tables__bad_preset_and_concatenate(tmp_path, capsys):
     assert "'shape_tables'" in err and "knots 449..451; allowed: 0..450" in err
     neg = _tables_preset(tmp_path, {"norm/4096/bf16": (0, [0.1, -1.5])}, "neg.json")
     assert cli.main(["simulate", "--set", f"cost_preset={neg}"]) == 2
-    assert "has value -1.5; allowed: numbers > -1" in capsys.readouterr().err
+    assert "has value -1.5; allowed: numbers above -1 and below 1e+06" in \
+        capsys.readouterr().err
+    # a large correction (a fit of CPU timings stopped early gave 2,193) loads; 10^6 not
+    big = _tables_preset(tmp_path, {"norm/4096/bf16": (0, [2192.98])}, "big.json")
+    assert costpresets.read(str(big))["shape_tables"]["tables"]["norm/4096/bf16"]
+    huge = _tables_preset(tmp_path, {"norm/4096/bf16": (0, [1e6])}, "huge.json")
+    with pytest.raises(costpresets.PresetError, match="has value 1000000.0"):
+        costpresets.read(str(huge))
     # a batch with tables and one without concatenate (the latter gets zero tables)
     good = _tables_preset(tmp_path, {"norm/4096/bf16": (0, [0.1, 0.2])}, "good.json")
     a, _ = config.params_from_columns(config.columns_from_configs(
@@ -965,3 +1001,55 @@ def test_engine_floor__exact_on_its_own_model_and_runs_on_the_shipped_splitwise(
         real["pooled"]["mape"])
     assert engine_floor.main([path, "--hardware", "A40"]) == 2
     assert "A40" in capsys.readouterr().err
+
+
+def test_write_preset_refuses_what_simulate_would_refuse(tmp_path):
+    """calibrate checks the preset it writes as jaxsim simulate reads it: one that would
+    not load is not written."""
+    from calibration import calibrate as C
+
+    with open(costpresets.resolve("auto", "H100-SXM")) as f:
+        good = json.load(f)
+
+    class Fitted:
+        def __init__(self, d):
+            self.d = d
+
+        def preset(self, command):
+            return json.loads(json.dumps(self.d))
+
+    out = tmp_path / "p.json"
+    C.write_preset(Fitted(good), str(out))
+    assert costpresets.read(str(out))["values"] == good["values"]
+    bad = json.loads(json.dumps(good))
+    bad["shape_tables"]["tables"]["norm/4096/bf16"] = {"first": 0, "delta": [2e6]}
+    with pytest.raises(ValueError, match=r"p2.json: not written, the fitted preset would "
+                                         r"not load: .*has value 2000000.0"):
+        C.write_preset(Fitted(bad), str(tmp_path / "p2.json"))
+    assert not (tmp_path / "p2.json").exists()
+
+
+def test_a_profile_saved_under_any_name_loads(tmp_path):
+    """A jaxsim CSV is told by its header, whatever its name (prof.CSV, timings.txt)."""
+    m = loaders.load([os.path.join(DATA, "splitwise")])
+    for name in ("prof.CSV", "timings.txt"):
+        write_csv(m, tmp_path / name)
+        assert len(loaders.load([str(tmp_path / name)])) == len(m)
+    assert len(loaders.load([str(tmp_path)])) == len(m)  # in a folder: *.csv in any case
+
+
+def test_vidur_gpu_folder_in_any_case(tmp_path):
+    """compute/H100/... names the GPU as compute/h100/... does; no GPU folder is an error
+    that says which folder names are known."""
+    import shutil
+
+    d = tmp_path / "compute" / "H100" / "meta-llama" / "Llama-2-7b-hf"
+    d.mkdir(parents=True)
+    shutil.copy(MLP7B, d / "mlp.csv")
+    m = loaders.load([str(tmp_path / "compute")])
+    assert set(m["hardware"].tolist()) == {"H100-SXM"} and len(m) > 0
+    e = tmp_path / "elsewhere" / "org" / "model"
+    e.mkdir(parents=True)
+    shutil.copy(MLP7B, e / "mlp.csv")
+    with pytest.raises(DataError, match="expected a folder named one of h100, a100, a40"):
+        loaders.load([str(e / "mlp.csv")])

@@ -281,3 +281,20 @@ def test_cli__compile_cache_folder_and_the_environment_wins(tmp_path, monkeypatc
     finally:
         jax.config.update("jax_compilation_cache_dir", before[0])
         jax.config.update("jax_compilation_cache_max_size", before[1])
+
+
+def test_ctrl_c_is_one_line_and_exit_130(monkeypatch, capsys):
+    """Ctrl-C during any command ends with one line on stderr, not a traceback."""
+    from jaxsim import cli as jcli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    parser = jcli.build_parser()
+    monkeypatch.setattr(jcli, "build_parser", lambda: parser)
+    for action in parser._subparsers._group_actions:
+        for name, sub in action.choices.items():
+            if name == "calibrate":
+                sub.set_defaults(func=interrupted)
+    assert jcli.main(["calibrate", "x.csv", "--hardware", "H100-SXM", "--out", "p.json"]) == 130
+    assert capsys.readouterr().err.strip() == "jaxsim calibrate: interrupted"

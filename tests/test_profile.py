@@ -133,6 +133,21 @@ def test_profile__out_of_memory_shape_is_skipped(monkeypatch):
     assert m["num_tokens"].tolist() == [2]
     assert any("skipped num_tokens=4" in s for s in said), said
 
+    # a host buffer too large for host memory (a copy size) is skipped the same way
+    real_host = prof._host_bytes
+
+    def host(nbytes):
+        if nbytes > 4096:
+            raise MemoryError(f"Unable to allocate {nbytes} bytes")
+        return real_host(nbytes)
+
+    monkeypatch.setattr(prof, "_host_bytes", host)
+    said.clear()
+    m = prof.profile("Qwen3-30B-A3B", ops=["h2d_copy"], copy_bytes=(1024, 10**12),
+                     repeats=1, progress=said.append)
+    assert m["bytes"].tolist() == [1024.0]
+    assert any("out of host memory" in s for s in said), said
+
     def broken(fn, args, repeats, timing):
         raise RuntimeError("some other failure")
 
@@ -313,6 +328,7 @@ def test_profile__hardware_name_maps_device_kinds_to_presets():
     cases = {"NVIDIA H100 80GB HBM3": "H100-SXM", "NVIDIA H100 PCIe": "H100-PCIe",
              "NVIDIA H200": "H200", "NVIDIA GH200 480GB": "GH200",
              "NVIDIA A100-SXM4-80GB": "A100-80GB", "NVIDIA L40S": "L40S",
+             "NVIDIA A40": "A40",
              "NVIDIA GeForce RTX 4090": "NVIDIA GeForce RTX 4090"}
     for kind, name in cases.items():
         assert prof.hardware_name(kind) == name, kind
@@ -353,6 +369,9 @@ def test_profile__module_imports_no_jax_at_top_level():
     ({"dtype": "fp16"}, "dtype", "fp16"),
     ({"hardware": " "}, "hardware", "' '"),
     ({"timing": "fast"}, "timing", "'fast'"),
+    ({"tp": 16}, "tp", "16 must be <= 8"),
+    ({"token_counts": (1, 262144)}, "token_counts", "262144 tokens in one batch"),
+    ({"decode_shapes": ((262144, 8),)}, "decode_shapes", "262144 tokens in one batch"),
 ])
 def test_profile__bad_input_raises_value_error_naming_the_field(kwargs, field, value):
     kw = {"model": MODEL, "quick": True, **kwargs}
@@ -400,6 +419,9 @@ def test_profile__cli_through_jaxsim_main(tmp_path, capsys):
     (["--model", MODEL, "--ops", "norm,bogus"], "--ops: unknown op 'bogus'"),
     (["--model", MODEL, "--tokens", "1,x"], "--tokens: '1,x'"),
     (["--model", MODEL, "--tokens", "0"], "--tokens: 0"),
+    (["--model", MODEL, "--tokens", "+-5"], "--tokens: '+-5' is not a comma list"),
+    (["--model", MODEL, "--tokens", "\u00b2"], "is not a comma list of integers"),
+    (["--model", MODEL, "--tokens", "262144"], "--tokens: 262144 tokens in one batch"),
     (["--model", MODEL, "--repeats", "0"], "--repeats: 0"),
     (["--model", MODEL, "--timing", "fast"], "--timing: 'fast' is not a timing method"),
 ])
