@@ -521,11 +521,13 @@ def build_trace(cfg: Mapping) -> Trace:
                 tr = tr.head(w["num_requests"])
             if w["rate"] is not None:
                 a = np.sort(tr.arrival_s)
-                own = (len(a) - 1) / (a[-1] - a[0]) if len(a) > 1 and a[-1] > a[0] else 0.0
-                tr = dataclasses.replace(
-                    tr.scaled_to_rate(w["rate"]),
-                    name=f"{tr.name}, rescaled from {own:.3g} to {w['rate']:g} req/s; "
-                         "workload.rate=null replays it as recorded")
+                if len(a) > 1 and a[-1] > a[0]:
+                    own = (len(a) - 1) / (a[-1] - a[0])
+                    name = (f"{tr.name}, rescaled from {own:.3g} to {w['rate']:g} req/s; "
+                            "workload.rate=null replays it as recorded")
+                else:  # one request, or all at once: no gap to rescale
+                    name = f"{tr.name}, all arrivals at once (workload.rate has no gap to scale)"
+                tr = dataclasses.replace(tr.scaled_to_rate(w["rate"]), name=name)
             return tr
         if w["kind"] == "sessions":
             tr = multi_turn_sessions(

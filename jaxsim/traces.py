@@ -19,6 +19,7 @@ import csv
 import json
 import math
 import os
+import re
 from importlib import resources
 
 import numpy as np
@@ -79,17 +80,27 @@ def _read_csv(path, columns):
                 raise TraceError(f"{path}: missing column(s) {', '.join(missing)} "
                                  f"(header is {','.join(header) or 'empty'}; expected "
                                  f"{','.join(columns)})")
-            rows = list(reader)
+            # each row with its line in the file (blank lines are skipped but counted)
+            rows = [(reader.line_num, r) for r in reader]
     except UnicodeDecodeError as e:
         raise TraceError(f"{path}: not a UTF-8 text file ({e.reason} at byte "
                          f"{e.start})") from None
-    for i, r in enumerate(rows):
+    for line, r in rows:
         if None in r:  # csv.DictReader's key for fields beyond the header's
-            raise TraceError(f"{path}: row {i + 2} has {len(header) + len(r[None])} "
+            raise TraceError(f"{path}: row {line} has {len(header) + len(r[None])} "
                              f"fields; the header has {len(header)}")
+        short = [c for c in columns if r.get(c) is None]
+        if short:
+            raise TraceError(f"{path}: row {line} has {len(header) - len(short)} fields; "
+                             f"the header has {len(header)} (no {', '.join(short)})")
     if not rows:
         raise TraceError(f"{path}: no data rows")
     return rows
+
+
+#: An Azure trace timestamp: date and time, no time zone (the trace's own format).
+_AZURE_TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}[ T][0-9]{2}:[0-9]{2}"
+                         r"(:[0-9]{2}(\.[0-9]+)?)?")
 
 
 def load_azure(path: str) -> Trace:
@@ -100,9 +111,11 @@ def load_azure(path: str) -> Trace:
     prompt = np.empty(len(rows), np.int64)
     output = np.empty(len(rows), np.int64)
     base = None
-    for i, r in enumerate(rows):
-        line = i + 2  # 1-based, after the header
+    for i, (line, r) in enumerate(rows):
         raw = (r["TIMESTAMP"] or "").strip()
+        if not _AZURE_TIME.fullmatch(raw):  # a bare number would parse as a year
+            raise TraceError(f"{path}: row {line}, column TIMESTAMP: {raw!r} is not a "
+                             "timestamp (YYYY-MM-DD HH:MM:SS.fffffff, no time zone)")
         try:
             t = np.datetime64(raw.replace(" ", "T"), "ns")
         except ValueError:
@@ -128,8 +141,7 @@ def load_csv(path: str) -> Trace:
     a = np.empty(n)
     p = np.empty(n, np.int64)
     o = np.empty(n, np.int64)
-    for i, r in enumerate(rows):
-        line = i + 2
+    for i, (line, r) in enumerate(rows):
         a[i] = _float_cell(path, line, "arrival_s", r["arrival_s"])
         p[i] = _int_cell(path, line, "prompt_tokens", r["prompt_tokens"])
         o[i] = _int_cell(path, line, "output_tokens", r["output_tokens"])

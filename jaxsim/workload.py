@@ -11,6 +11,7 @@ lognormal, empirical); ``jaxsim.traces`` loads real traces from files.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping, Sequence
 
 import equinox as eqx
@@ -187,12 +188,22 @@ class Trace:
         return self._take(self.order()[:n])
 
     def scaled_to_rate(self, rate: float) -> Trace:
-        """The same requests with arrival times rescaled to a mean rate (req/s)."""
+        """The same requests with arrival times rescaled to a mean rate (req/s): ``n``
+        requests then span ``(n - 1) / rate`` seconds. A trace whose arrivals span 0 s
+        (one request, or all at once) has no gap to rescale and is returned as recorded."""
+        if isinstance(rate, bool) or not isinstance(rate, int | float | np.number) or not (
+                math.isfinite(rate) and rate > 0):
+            raise ValueError(f"workload.rate: {rate!r} must be a finite number of req/s > 0")
         o = self.order()
         a = self.arrival_s[o] - self.arrival_s[o][0]
         span = a[-1]
         if len(a) < 2 or span <= 0:
-            raise ValueError(f"{self.name}: cannot rescale a trace whose arrivals span 0 s")
+            return self._take(o, a)
+        if (len(a) - 1) / rate > MAX_ARRIVAL_SPAN_S:
+            raise ValueError(f"workload.rate: {rate:g} req/s spreads {self.name}'s {len(a)} "
+                             f"requests over {(len(a) - 1) / rate:.4g} s; the arrivals may "
+                             f"span at most {MAX_ARRIVAL_SPAN_S:.0e} s (a rate of at least "
+                             f"{(len(a) - 1) / MAX_ARRIVAL_SPAN_S:.3g} req/s)")
         new = a * ((len(a) - 1) / rate) / span
         return self._take(o, new)
 
@@ -352,12 +363,14 @@ def sample_lengths(spec, n: int, rng: np.random.Generator, field: str) -> np.nda
         raise ValueError(f"{field}: unknown key(s) {sorted(extra)} for dist={kind}; "
                          f"allowed: {sorted(allowed[kind])}")
 
-    def need(key, lo=1, default=None):
+    def need(key, lo=1, default=None, whole=True):
         if key not in spec and default is None:
             raise ValueError(f"{field}.{key}: missing (required for dist={kind})")
         v = spec.get(key, default)
         if not _is_real(v) or not lo <= v <= 2**30:
             raise ValueError(f"{field}.{key}: {v!r} must be a number in [{lo}, 2**30]")
+        if whole and v != int(v):  # a token count (the scalar form refuses 2.5 too)
+            raise ValueError(f"{field}.{key}: {v!r} is not a whole number of tokens")
         return v
 
     if kind == "fixed":
@@ -368,7 +381,7 @@ def sample_lengths(spec, n: int, rng: np.random.Generator, field: str) -> np.nda
             raise ValueError(f"{field}.high: {hi} must be >= low ({lo})")
         return rng.integers(lo, hi + 1, size=n)
     if kind == "lognormal":
-        med, sig = float(need("median")), float(need("sigma", 0))
+        med, sig = float(need("median", whole=False)), float(need("sigma", 0, whole=False))
         lo = int(need("min", default=1))
         hi = int(need("max", default=2**20))
         if lo < 1 or hi < lo:
@@ -378,9 +391,12 @@ def sample_lengths(spec, n: int, rng: np.random.Generator, field: str) -> np.nda
     values = np.asarray(spec.get("values", []))
     if values.size == 0 or values.ndim != 1:
         raise ValueError(f"{field}.values: must be a non-empty list of lengths")
-    if not np.issubdtype(values.dtype, np.number) or np.any(values < 1) or np.any(
-            values > 2**30):
+    if not np.issubdtype(values.dtype, np.number) or not np.all(
+            (values >= 1) & (values <= 2**30)):  # (NaN fails both)
         raise ValueError(f"{field}.values: every value must be a number in [1, 2**30]")
+    if np.any(values != np.round(values)):
+        bad = float(values[values != np.round(values)][0])
+        raise ValueError(f"{field}.values: {bad!r} is not a whole number of tokens")
     return rng.choice(values.astype(np.int64), size=n, replace=True)
 
 

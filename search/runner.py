@@ -202,7 +202,10 @@ class _TraceCache:
         if tr is None:
             if w["kind"] == "trace" and w["rate"] is not None:
                 base = self.get({**cfg, "workload": {**w, "rate": None}})
-                tr = base.scaled_to_rate(w["rate"])
+                try:
+                    tr = base.scaled_to_rate(w["rate"])
+                except ValueError as e:  # a rate that spreads it too far: one error line
+                    raise config_mod.ConfigError(str(e)) from None
             else:
                 tr = config_mod.build_trace(cfg)
             if len(self._cache) > 4096:

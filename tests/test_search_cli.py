@@ -337,3 +337,18 @@ def test_metric_columns_cover_the_results(results):
     for c in df.columns:
         if df[c].dtype.kind in "iuf" and c not in ("config_id", "status"):
             objectives.check_name("test", c, axes)
+
+
+def test_sweep_trace_rate_errors_are_one_line(tmp_path, capsys):
+    """A trace rescaled by a workload.rate axis too far (over 1e8 s) is one error line
+    naming workload.rate, not a traceback, and nothing is written."""
+    f = tmp_path / "t.csv"
+    f.write_text("arrival_s,prompt_tokens,output_tokens\n"
+                 + "".join(f"{i},100,10\n" for i in range(200)))
+    p = tmp_path / "s.yaml"
+    p.write_text(f"base: {{model: Llama-3.1-8B, gpu: H100-SXM, workload: {{kind: trace, "
+                 f"format: csv, path: {f}}}}}\naxes: {{workload.rate: [1e-6, 10]}}\n")
+    out = str(tmp_path / "sw")
+    err = _error(capsys, "sweep", str(p), "--out", out)
+    assert "workload.rate: 1e-06 req/s spreads t.csv's 200 requests" in err
+    assert not os.path.exists(out)

@@ -59,6 +59,11 @@ def test_lengths__distributions():
     ({"dist": "fixed", "value": 3, "extra": 1}, "unknown key"),
     ({"dist": "empirical", "values": []}, "non-empty"),
     ("abc", "is not a length"),
+    ({"dist": "fixed", "value": 2.5}, "value: 2.5 is not a whole number of tokens"),
+    ({"dist": "uniform", "low": 1.5, "high": 3}, "low: 1.5 is not a whole number"),
+    ({"dist": "lognormal", "median": 100, "sigma": 1, "max": 20.9}, "max: 20.9 is not a"),
+    ({"dist": "empirical", "values": [2.7, 5]}, "values: 2.7 is not a whole number"),
+    ({"dist": "empirical", "values": [float("nan"), 5]}, "every value must be a number"),
 ])
 def test_lengths__bad_specs(spec, msg):
     with pytest.raises(ValueError, match=msg):
@@ -124,6 +129,16 @@ def test_traces__plain_csv(tmp_path):
     ('{"timestamp": 0, "input_length": 5, "output_length": 2}\nnot json\n', "mooncake",
      "row 2: not valid JSON"),
     ("arrival_s,prompt_tokens,output_tokens\n", "csv", "no data rows"),
+    # rows are named by their line in the file, blank lines counted
+    ("arrival_s,prompt_tokens,output_tokens\n\n\n0,100,10\n\n1,-5,10\n", "csv",
+     "row 6, column prompt_tokens: '-5'"),
+    ("arrival_s,prompt_tokens,output_tokens\n0,100\n", "csv",
+     "row 2 has 2 fields; the header has 3 \\(no output_tokens\\)"),
+    # a bare number in TIMESTAMP (numpy reads 1700000000 as a year), a time zone
+    ("TIMESTAMP,ContextTokens,GeneratedTokens\n1700000000,374,44\n", "azure",
+     "row 2, column TIMESTAMP: '1700000000' is not a timestamp"),
+    ("TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46.5+01:00,374,44\n",
+     "azure", "no time zone"),
 ])
 def test_traces__bad_files_name_file_row_column(tmp_path, content, fmt, msg):
     f = tmp_path / "bad.txt"
@@ -141,3 +156,35 @@ def test_traces__unknown_format_and_missing_file(tmp_path):
     with pytest.raises(traces.TraceError, match="unknown bundled trace"):
         traces.bundled("nope")
     json.dumps(traces.BUNDLED)
+
+
+def test_trace__rescaling_a_trace_with_no_gap_and_too_far():
+    """A trace whose arrivals span 0 s (one request, all at once) has no gap to rescale
+    and is kept as recorded; a rate that spreads the trace over more than 1e8 s is
+    refused naming workload.rate and the smallest rate allowed."""
+    one = Trace([5.0], [10], [2], name="one")
+    assert one.scaled_to_rate(10.0).arrival_s.tolist() == [0.0]
+    same = Trace([3.0, 3.0, 3.0], [10, 11, 12], [2, 2, 2], name="same")
+    assert same.scaled_to_rate(1.0).arrival_s.tolist() == [0.0, 0.0, 0.0]
+    tr = Trace(np.arange(200.0), np.full(200, 10), np.full(200, 2), name="t")
+    np.testing.assert_allclose(np.diff(tr.scaled_to_rate(4.0).arrival_s), 0.25)
+    with pytest.raises(ValueError, match=r"workload.rate: 1e-06 req/s spreads t's 200 "
+                                         r"requests over 1.99e\+08 s"):
+        tr.scaled_to_rate(1e-6)
+    for bad in (0, -1.0, float("nan"), True):
+        with pytest.raises(ValueError, match="workload.rate: .* must be a finite number"):
+            tr.scaled_to_rate(bad)
+
+
+def test_trace__one_request_file_runs_at_the_default_rate(tmp_path, capsys):
+    """The default workload.rate (10 req/s) on a one-request trace: simulate and sweep
+    run it as recorded (both refused it, the sweep with a traceback)."""
+    from jaxsim import cli
+
+    f = tmp_path / "one.csv"
+    f.write_text("arrival_s,prompt_tokens,output_tokens\n0,100,10\n")
+    argv = ["simulate", "--set", "workload.kind=trace", "--set", "workload.format=csv",
+            "--set", f"workload.path={f}", "--json"]
+    assert cli.main(argv) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["completed"] == 1 and out["status"] == "ok"
