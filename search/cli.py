@@ -64,12 +64,16 @@ def cmd_sweep(args) -> int:
         print(f"\njaxsim sweep: interrupted; {done} finished chunk(s) are kept in {args.out}; "
               "run the same command with --resume to continue", file=sys.stderr)
         return 130
+    from jaxsim.sim import MIN_LANES_PER_DEVICE
+
     done = len(runner.finished_chunks(args.out))
     n = res.plan.size
+    # the devices a chunk runs on: each gets at least MIN_LANES_PER_DEVICE lanes
+    used = max(1, min(res.plan.num_devices, res.plan.chunk_size // MIN_LANES_PER_DEVICE))
+    where = ("on Ray workers" if args.ray else f"{used} device(s)")
     print(f"jaxsim sweep: {sp.name}: {len(res.chunks_run)} chunks run, "
           f"{len(res.chunks_skipped)} already done, {done}/{res.plan.num_chunks} finished "
-          f"({n:,} configurations, B={res.plan.chunk_size}, {res.plan.num_devices} "
-          f"device(s)); {res.wall_s:.1f} s; "
+          f"({n:,} configurations, B={res.plan.chunk_size}, {where}); {res.wall_s:.1f} s; "
           f"{'' if args.ray else f'compiles {res.compiles}; '}results in {args.out}")
     return 0
 
