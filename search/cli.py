@@ -58,7 +58,12 @@ def cmd_sweep(args) -> int:
                                    chunk_size=args.chunk_size, slots=args.slots,
                                    progress=not args.quiet, max_chunks=args.max_chunks)
     except (space.SpaceError, runner.SweepError, ConfigError) as e:
-        return _fail(str(e))
+        msg = str(e)
+        for name in ("chunk_size", "max_chunks"):  # the API's argument is the CLI's flag
+            if msg.startswith(f"{name}: "):
+                msg = ("--" + name.replace("_", "-") + msg[len(name):]).replace(
+                    "(or None for all)", "(omit it for all)")
+        return _fail(msg)
     except KeyboardInterrupt:
         done = len(runner.finished_chunks(args.out))
         print(f"\njaxsim sweep: interrupted; {done} finished chunk(s) are kept in {args.out}; "
@@ -164,8 +169,10 @@ def add_best_arguments(p) -> None:
                         "else cost_per_mtok when prices are known, else throughput_per_gpu)")
     p.add_argument("--price", action="append", metavar="GPU=USD",
                    help="GPU-hour price, e.g. --price H100-SXM=3.0; mem=USD per GB-hour")
-    p.add_argument("--top", type=int, default=10, help="rows to print")
-    p.add_argument("--json", action="store_true", help="print the winner as JSON")
+    p.add_argument("--top", type=int, default=10, help="rows of the table to print")
+    p.add_argument("--json", action="store_true",
+                   help="print only the winner, as one JSON object (no table: --top and "
+                        "--why do not apply)")
     p.add_argument("--why", action="store_true",
                    help="also print d objective / d knob at the winner for each continuous "
                         "axis (a few more simulations), ranked")

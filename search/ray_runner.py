@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import socket
 import time
 
 from search import runner
@@ -47,6 +48,26 @@ def _chunk_task(space: DesignSpace, plan: runner.Plan, c: int, out_dir: str,
                                 else 1)
     n, sim_s = runner.run_chunk(space, local, c, out_dir, max_iterations=max_iterations)
     return c, n, sim_s
+
+
+CONNECT_TIMEOUT_S = 10.0
+
+
+def _check_reachable(address: str) -> None:
+    """Raise ``ConnectionError`` when ``address`` names a host and port that do not
+    accept a TCP connection within :data:`CONNECT_TIMEOUT_S`: ``ray.init`` itself keeps
+    retrying an unreachable cluster for minutes. ``auto`` and other forms without a port
+    are left to Ray."""
+    rest = address.split("://", 1)[-1].rstrip("/")
+    host, sep, port = rest.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        return
+    host = host.strip("[]")
+    try:
+        socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as e:
+        raise ConnectionError(f"nothing accepts connections at {host}:{port} "
+                              f"({e.strerror or type(e).__name__})") from None
 
 
 def run_sweep(space: DesignSpace, out_dir: str, address: str = "local", resume: bool = False,
@@ -92,6 +113,7 @@ def run_sweep(space: DesignSpace, out_dir: str, address: str = "local", resume: 
                 ray.init(num_cpus=os.cpu_count(), include_dashboard=False,
                          log_to_driver=False, configure_logging=False)
             else:
+                _check_reachable(address)
                 ray.init(address=address, log_to_driver=False, configure_logging=False)
         except Exception as e:  # no cluster there, a refused connection, ...
             if new_manifest and not runner.finished_chunks(out_dir):

@@ -46,9 +46,9 @@ def test_sweep_out_is_a_file_or_bad_max_chunks(tmp_path, capsys):
     out = str(tmp_path / "o")
     for bad in ("-1", "0"):
         err = _error(capsys, "sweep", TINY, "--out", out, "--max-chunks", bad)
-        assert f"max_chunks: {bad} must be an integer >= 1" in err
+        assert f"--max-chunks: {bad} must be an integer >= 1 (omit it for all)" in err
     err = _error(capsys, "sweep", TINY, "--out", out, "--chunk-size", "-2")
-    assert "chunk_size: -2 must be an integer >= 1" in err
+    assert "--chunk-size: -2 must be an integer >= 1" in err
     assert not os.path.exists(out)
 
 

@@ -308,3 +308,22 @@ def test_prefix_caching_and_tiers_sweep_equal_direct_simulation(tmp_path):
         for k in ("ttft_p50_s", "ttft_p99_s", "e2e_p99_s", "preemptions", "iterations",
                   "prefix_hit_rate"):
             assert df[k][i] == pytest.approx(d[k], rel=1e-6, nan_ok=True), (i, k)
+
+
+def test_ray_address_that_refuses_connections_fails_fast():
+    """``ray.init`` keeps retrying an unreachable cluster for minutes; a host:port that
+    accepts no connection is refused at once (Ray itself is not needed for the check)."""
+    import socket
+
+    from search import ray_runner
+    with socket.socket() as srv:  # a port that listens, then one that was just freed
+        srv.bind(("127.0.0.1", 0))
+        srv.listen()
+        port = srv.getsockname()[1]
+        ray_runner._check_reachable(f"127.0.0.1:{port}")
+        ray_runner._check_reachable(f"ray://127.0.0.1:{port}")
+    t0 = time.perf_counter()
+    with pytest.raises(ConnectionError, match=f"127.0.0.1:{port}"):
+        ray_runner._check_reachable(f"ray://127.0.0.1:{port}")
+    assert time.perf_counter() - t0 < ray_runner.CONNECT_TIMEOUT_S
+    ray_runner._check_reachable("auto")  # no port: left to Ray
