@@ -118,8 +118,8 @@ def capacity_search(cfgs: Sequence[Mapping], slo: Mapping[str, float],
     max_seqs = max(int(c["max_num_seqs"]) for c in full)
     S = slots or min(max_seqs, 64)
     plan = runner.Plan(size=N, chunk_size=B, num_chunks=-(-N // B), slots=S,
-                       max_slots=max(S, max_seqs), max_requests=R, per_lane_workload=True,
-                       chunk_iterations=256, num_devices=n_dev)
+                       max_slots=runner.max_slots_for(S, max_seqs), max_requests=R,
+                       per_lane_workload=True, chunk_iterations=256, num_devices=n_dev)
     traces = runner._TraceCache()
     sims = 0
 

@@ -170,11 +170,17 @@ def make_plan(space: DesignSpace, chunk_size: int | None = None, slots: int | No
     # no chunk larger than the space: the lanes beyond it would be padding
     chunk_size = min(chunk_size, -(-size // n_dev) * n_dev)
     return Plan(size=size, chunk_size=chunk_size, num_chunks=-(-size // chunk_size),
-                # event skipping: rows of requests that finished inside a decode run
-                # stay until the step's compaction (SimShape.max_slots)
-                slots=int(slots), max_slots=max(int(slots), 2 * max_seqs), max_requests=R,
+                slots=int(slots), max_slots=max_slots_for(slots, max_seqs), max_requests=R,
                 per_lane_workload=per_lane, chunk_iterations=chunk_iterations,
                 num_devices=n_dev)
+
+
+def max_slots_for(slots: int, max_num_seqs: int) -> int:
+    """The largest slot table an overflowing lane is re-run with: up to ``max_num_seqs``
+    running and admitted rows, and as many again of requests that finished inside an
+    event-skipping decode run, whose rows stay until the step's compaction
+    (``SimShape.max_slots``)."""
+    return max(int(slots), 2 * int(max_num_seqs))
 
 
 def _num_requests(cfg: Mapping, cache: _TraceCache | None = None) -> int:

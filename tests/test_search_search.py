@@ -81,6 +81,17 @@ def test_capacity_bisection_brackets_the_slo_boundary():
         capacity.capacity_search([_cfg(2)], slo, rate_lo=2.0, rate_hi=1.0)
 
 
+def test_capacity_reruns_lanes_whose_slot_table_overflows_like_the_sweep():
+    """A lane that needs more slot-table rows than ``max_num_seqs`` (rows of requests that
+    finished inside an event-skipping decode run stay until compaction) is re-run with up
+    to twice that, as the sweep runner does; it was counted as missing the SLO."""
+    cfg = {**_cfg(20, 400), "max_num_batched_tokens": 384}
+    res = capacity.capacity_search([cfg], {"ttft_p99_s": 0.5, "tpot_p99_s": 0.03},
+                                   rate_lo=10.0, rate_hi=80.0, rounds=0, slots=20)
+    assert res.status.tolist() == [1]  # 80 req/s meets the SLOs
+    assert res.metrics["slots"][0] > 20 and res.metrics["status"][0] == 0
+
+
 @pytest.fixture(scope="module")
 def evaluator():
     sp = space.load(TINY)
