@@ -39,7 +39,7 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--chunk", type=int, default=256,
                    help="chunk_iterations: steps between compaction checks (default 256)")
-    p.add_argument("--out")
+    p.add_argument("--out", help="file to write the record to (JSON; default: none)")
     args = p.parse_args(argv)
     cfg = {"model": "Llama-3.1-8B", "gpu": "H100-SXM", "cost_preset": "uncalibrated"}
     lengths = [LONG if i % EVERY == 0 else SHORT for i in range(args.lanes)]

@@ -69,7 +69,9 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--demo", action="store_true", help="also time `jaxsim demo`")
-    ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
+    ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"),
+                    help="folder of the record compile_cache_cpu.json (default "
+                         "benchmarks/results)")
     args = ap.parse_args()
 
     base = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}

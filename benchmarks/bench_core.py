@@ -47,11 +47,14 @@ def reference_rps(repeats: int = 3) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
+    ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"),
+                    help="folder of the record core_<tag>.json (default benchmarks/results)")
     ap.add_argument("--tag", default=None, help="file name tag (default: backend + cpus)")
     ap.add_argument("--slots", type=int, default=bench.SLOTS,
                     help="slot-table size S (default 64)")
     args = ap.parse_args()
+    if args.slots < 1:
+        ap.error(f"--slots: {args.slots} must be >= 1")
     cli.use_every_core()  # one CPU device per core, as the `jaxsim bench` command does
     result = bench.run(quick=args.quick, verbose=True, slots=args.slots)
     ref = reference_rps()

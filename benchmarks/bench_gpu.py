@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 import time
 
@@ -191,21 +192,41 @@ def largest_batch(start: int, limit: int, timeout: float,
     return ok, tried
 
 
+def _sizes(text: str) -> list[int]:
+    """``--sizes``: a comma list of positive integers."""
+    try:
+        sizes = [int(x) for x in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} must be a comma list of integers, e.g. 1000,10000") from None
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: every size must be >= 1")
+    return sizes
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--sizes", default="1000,10000,100000,1000000")
+    ap.add_argument("--sizes", type=_sizes, default="1000,10000,100000,1000000",
+                    help="comma list of batch sizes B to time (default 1000,...,1000000)")
     ap.add_argument("--chunk", type=int, default=262_144,
                     help="lanes per simulate_batch call (default 2^18)")
     ap.add_argument("--max-batch", type=int, default=2**22,
                     help="upper end of the largest-batch search (0 skips the search)")
     ap.add_argument("--fit-timeout", type=float, default=240.0,
                     help="seconds each size of the largest-batch search may take")
-    ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
+    ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"),
+                    help="folder of the record gpu_<device>.json (default benchmarks/results)")
     ap.add_argument("--fits", type=int, default=None, help=argparse.SUPPRESS)
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = ap.parse_args(argv)
+    for flag, v, low in (("--chunk", args.chunk, 1), ("--max-batch", args.max_batch, 0)):
+        if v < low:
+            ap.error(f"{flag}: {v} must be >= {low}")
+    if not args.fit_timeout > 0:
+        ap.error(f"--fit-timeout: {args.fit_timeout} must be > 0")
     if args.fits is not None:
         return fits(args.fits)
-    sizes = [int(x) for x in args.sizes.split(",")]
+    sizes = args.sizes
     os.makedirs(args.out, exist_ok=True)
     m = bench.machine()
     print(f"jaxsim accelerator benchmark on {m['device']} ({m['backend']})", flush=True)
@@ -214,9 +235,9 @@ def main(argv=None) -> int:
     tag = m["device"].replace(" ", "_").replace("/", "_")
     path = os.path.join(args.out, f"gpu_{tag}.json")
     result = {"rows": [], "bytes_per_lane": per_lane, "largest_batch": None,
-              "machine": m, "command": "python benchmarks/bench_gpu.py"
-              + (f" --sizes {args.sizes}" if args.sizes != ap.get_default("sizes") else "")
-              + (f" --chunk {args.chunk}" if args.chunk != ap.get_default("chunk") else ""),
+              "machine": m,
+              "command": " ".join(["python", "benchmarks/bench_gpu.py",
+                                   *map(shlex.quote, argv)]),
               "date": time.strftime("%Y-%m-%d"), "complete": False,
               "env": {k: os.environ[k] for k in ("XLA_PYTHON_CLIENT_MEM_FRACTION",
                                                  "XLA_PYTHON_CLIENT_PREALLOCATE", "XLA_FLAGS")

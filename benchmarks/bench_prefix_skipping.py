@@ -51,7 +51,8 @@ def main(argv=None) -> int:
     ap.add_argument("--requests", type=int, default=300)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--out", default=None,
-                    help="default: results/prefix_skipping_<scenario>_cpu.json")
+                    help="the record's file (default: "
+                         "benchmarks/results/prefix_skipping_<scenario>_cpu.json)")
     args = ap.parse_args(argv)
     out_path = args.out or os.path.join(HERE, "results",
                                         f"prefix_skipping_{args.scenario}_cpu.json")

@@ -26,7 +26,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--lanes", type=int, default=256)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--out")
+    p.add_argument("--out", help="file to write the record to (JSON; default: none)")
     args = p.parse_args(argv)
     tr = synthetic("poisson", 1000, 512, 256, rate=10.0, seed=0)
     times: dict[bool, list[float]] = {False: [], True: []}

@@ -156,11 +156,15 @@ def one_compile(n=1024):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--out", default=os.path.join(HERE, "results", "tiers_cpu.json"))
+    ap.add_argument("--out", default=os.path.join(HERE, "results", "tiers_cpu.json"),
+                    help="the record's file (default benchmarks/results/tiers_cpu.json)")
     ap.add_argument("--skip", default="", help="comma list of parts to skip: "
                     "offload,length,compile")
     a = ap.parse_args()
     skip = set(filter(None, a.skip.split(",")))
+    if skip - {"offload", "length", "compile"}:
+        ap.error(f"--skip: {','.join(sorted(skip - {'offload', 'length', 'compile'}))}: "
+                 "not a part; the parts are offload, length, compile")
     res = {"machine": f"{platform.processor() or platform.machine()}, "
                       f"{os.cpu_count()} cores, {jax.default_backend()}",
            "date": time.strftime("%Y-%m-%d"),

@@ -282,7 +282,7 @@ def run(quick: bool = False, verbose: bool = True, slots: int = SLOTS) -> dict:
         print(f"  roofline: {sbytes / 1024:.0f} KiB moved per lane-step (XLA cost analysis) "
               f"x {lane_steps_per_s:,.0f} lane-steps/s = {sbytes * lane_steps_per_s / 1e9:.1f}"
               f" GB/s, against {bw / 1e9:.1f} GB/s for a plain array copy on this device "
-              f"({sbytes * lane_steps_per_s / bw:.2f} of it)")
+              f"({sbytes * lane_steps_per_s / bw:.2f}x it)")
         print(f"  memory per lane: {bb['bytes_per_lane'] / 1024:.1f} KiB; speedup of "
-              f"B={big} over B=1: {bb['config_requests_per_s'] / b1['config_requests_per_s']:.0f}x")
+              f"B={big} over B=1: {bb['config_requests_per_s'] / b1['config_requests_per_s']:.1f}x")
     return result

@@ -137,6 +137,14 @@ def cmd_demo(args) -> int:
         return _fail(f"--num-requests: {args.num_requests} must be >= 1")
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         return _fail(f"--out: {args.out} exists and is not a folder")
+    try:  # before the sweep, which would otherwise run for nothing
+        os.makedirs(args.out, exist_ok=True)
+        probe = os.path.join(args.out, f".jaxsim-write-test-{os.getpid()}")
+        with open(probe, "w"):
+            pass
+        os.unlink(probe)
+    except OSError as e:
+        return _fail(f"--out: {args.out}: cannot write there ({e.strerror or e})")
     return demo.main(out_dir=args.out, num_requests=args.num_requests, quiet=False)
 
 

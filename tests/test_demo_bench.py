@@ -27,6 +27,17 @@ def test_demo__writes_table_and_plot(tmp_path, capsys):
     assert (tmp_path / "latency_map.png").stat().st_size > 10_000
 
 
+def test_demo__an_out_folder_it_cannot_write_is_refused_before_simulating(tmp_path, capsys,
+                                                                        monkeypatch):
+    monkeypatch.setattr(demo, "main", lambda **kw: pytest.fail("simulated"))
+    f = tmp_path / "afile"
+    f.write_text("keep")
+    assert cli.main(["demo", "--out", str(f / "sub")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"jaxsim: error: --out: {f / 'sub'}: cannot write there (Not a directory)"
+    assert f.read_text() == "keep"
+
+
 @pytest.mark.slow  # 30 s: runs in CI's slow step, which keeps the default suite well under 10 min
 def test_bench__quick_json(capsys, monkeypatch):
     monkeypatch.setattr(bench, "_iteration_times",
