@@ -161,6 +161,9 @@ def cmd_bench(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="jaxsim", description="Vectorised LLM-serving simulator.")
+    from jaxsim import __version__
+
+    p.add_argument("--version", action="version", version=f"jaxsim {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     s = sub.add_parser("simulate", help="simulate one configuration and print its metrics")
     s.add_argument("config", nargs="?", help="YAML configuration file (optional)")
@@ -170,10 +173,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_simulate)
     pr = sub.add_parser("presets", help="list model and GPU presets with their sources")
     pr.set_defaults(func=cmd_presets)
-    d = sub.add_parser("demo", help="sweep >= 1024 configurations on a real trace")
-    d.add_argument("--out", default="demo_out", help="output folder (table + plot)")
+    d = sub.add_parser("demo", help="sweep >= 1024 configurations on a real trace",
+                       description="Sweep 1,120 configurations of Llama-3.1-70B (GPU x TP x "
+                       "max_num_seqs x max_num_batched_tokens) on the bundled Azure "
+                       "conversation trace; print the best that meet a latency SLO and write "
+                       "results.csv and latency_map.png.")
+    d.add_argument("--out", default="demo_out",
+                   help="output folder (table + plot; default demo_out)")
     d.add_argument("--num-requests", type=int, default=300,
-                   help="requests taken from the bundled Azure conversation trace")
+                   help="requests taken from the bundled Azure conversation trace "
+                        "(default 300)")
     d.set_defaults(func=cmd_demo)
     b = sub.add_parser("bench", help="run the core benchmark")
     b.add_argument("--json", action="store_true", help="print one JSON object")
@@ -200,6 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     pa = sub.add_parser("pareto", help="Pareto front of a sweep's results")
     search_cli.add_pareto_arguments(pa)
     pa.set_defaults(func=search_cli.cmd_pareto)
+    sub.metavar = "{" + ",".join(sub.choices) + "}"  # a missing command lists them
     return p
 
 

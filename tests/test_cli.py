@@ -298,3 +298,17 @@ def test_ctrl_c_is_one_line_and_exit_130(monkeypatch, capsys):
                 sub.set_defaults(func=interrupted)
     assert jcli.main(["calibrate", "x.csv", "--hardware", "H100-SXM", "--out", "p.json"]) == 130
     assert capsys.readouterr().err.strip() == "jaxsim calibrate: interrupted"
+
+
+def test_cli__no_command_lists_the_commands_and_version_prints(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main([])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("jaxsim: error: the following arguments are required: {simulate,")
+    assert "\n" not in err and "calibrate" in err
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--version"])
+    assert e.value.code == 0
+    from jaxsim import __version__
+    assert capsys.readouterr().out.strip() == f"jaxsim {__version__}"
