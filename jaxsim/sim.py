@@ -18,7 +18,6 @@ import functools
 import math
 import time
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -255,10 +254,12 @@ class SimResult:
     Attributes:
         metrics: name -> array with a leading lane axis (B,) (see ``jaxsim.metrics``).
         state: final ``SimState`` (leading lane axis), with per-request results in
-            arrival order.
+            arrival order. For a lane re-run with a larger slot table (``auto_slots``)
+            every array is its re-run's except the slot table's rows (arrays with an
+            axis of ``SimShape.max_slots``), which keep the first run's.
         status: ``int32[B]`` status bits including ``TRUNCATED``.
         iterations_run: steps the compiled chunks ran (a chunk ends early once every
-            lane of its batch is done).
+            lane of its batch is done); with re-runs, the most of any run.
         wall_s: wall time of the simulation, seconds (compile included on first call).
     """
 
@@ -437,18 +438,14 @@ def _rerun_overflow(shape, params, workload, result, max_iterations, compact_lan
     for k in result.metrics:
         result.metrics[k][over] = sub.metrics[k]
     result.status[over] = sub.status
-    # Per-request state of the re-run lanes: copy the request-table arrays.
-    st = result.state
+    # The re-run lanes' final state: every array whose shape does not depend on the slot
+    # table (the request table, counters, clocks, the prefix cache); the slot table's own
+    # rows cannot be copied into the smaller table and keep the first run's (SimResult).
     idx = jnp.asarray(over)
-    updates = {}
-    names = ["ttft_s", "decode_s", "queue_s", "preemptions", "tokens_scheduled", "completed"]
-    if st.load_s.shape[-1]:
-        names.append("load_s")
-    for name in names:
-        updates[name] = getattr(st, name).at[idx].set(getattr(sub.state, name))
-    result.state = eqx.tree_at(
-        lambda s: [getattr(s, n) for n in updates], st, list(updates.values())
-    )
+    result.state = jax.tree.map(
+        lambda a, b: a.at[idx].set(b) if a.shape[1:] == b.shape[1:] else a,
+        result.state, sub.state)
+    result.iterations_run = max(result.iterations_run, sub.iterations_run)
     return result
 
 

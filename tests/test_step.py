@@ -258,6 +258,10 @@ def test_step__slot_overflow_is_flagged_and_auto_rerun_is_exact():
     assert int(auto.status[0]) == 0
     for k in ("ttft_mean_s", "e2e_p99_s", "iterations"):
         assert auto.metrics[k][0] == exact.metrics[k][0]
+    # the final state is the re-run's too, except the slot table's own rows
+    for name in ("status", "iterations", "busy_hi", "clock_hi", "num_completed", "ttft_s"):
+        np.testing.assert_array_equal(getattr(auto.state, name), getattr(exact.state, name),
+                                      err_msg=name)
 
 
 def test_step__no_overflow_flag_when_max_num_seqs_fits():
