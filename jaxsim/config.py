@@ -844,7 +844,7 @@ def status_reasons(cfg: Mapping, status: int, info: Mapping, workload_max_len: i
                    "max_iterations")
     if status & st_bits.NONFINITE:
         tiers = cfg.get("tiers") or []
-        out.append("an iteration time was not finite (NaN or inf): check the cost "
+        out.append("an iteration time was not finite (NaN or inf) or negative: check the cost "
                    "parameters (cost.* or cost_preset)"
                    + (f" and the tiers' bandwidths and latencies (tier.<name>.*: "
                       f"{', '.join(tiers)})" if tiers else "")

@@ -275,10 +275,14 @@ def prepare(model: ModelParams, hw: HardwareParams, tp: Array, cost: CostParams
     # smooth maximum would otherwise drop the bad term and keep the other one, an
     # operator faster than any finite parameter makes it, where the lane should halt
     # with ``nonfinite``. Checked once here rather than in every smooth maximum.
+    # A negative peak, bandwidth or efficiency (hand-built parameters: the configuration
+    # refuses them) is as bad: the smooth maximum would keep the other, positive term.
     finite = jnp.ones(jnp.shape(c["kernel_overhead_s"]), bool)
     for x in (roof_inv_c.hi, roof_inv_c.lo, roof_inv_m.hi, roof_inv_m.lo, roof_f0, roof_b0,
               inv_m_elem.hi, inv_m_elem.lo, b0_elem):
         finite = finite & jnp.all(jnp.isfinite(x), axis=-1)
+    for x in (roof_inv_c.hi, roof_inv_m.hi, inv_m_elem.hi):
+        finite = finite & jnp.all(x > 0, axis=-1)
     c = {**c, "kernel_overhead_s": jnp.where(finite, c["kernel_overhead_s"], jnp.nan)}
     return CostConsts(
         c=c,

@@ -13,7 +13,7 @@ OK = 0
 TRUNCATED = 1 << 0  #: the iteration budget ran out before every request finished
 OVERFLOW_SLOTS = 1 << 1  #: the slot table (SimShape.max_slots) limited admission
 INFEASIBLE = 1 << 2  #: the configuration cannot serve this workload (see reasons)
-NONFINITE = 1 << 3  #: an iteration time was NaN/inf (bad parameters); lane halted
+NONFINITE = 1 << 3  #: an iteration time was NaN/inf or negative (bad parameters); halted
 OVERFLOW_CACHE = 1 << 4  #: the prefix-cache table (SimShape.cache_entries) ran out of rows
 
 # Reasons for INFEASIBLE (set together with INFEASIBLE).

@@ -188,7 +188,8 @@ def _decode_run(shape: SimShape, params: SimParams, wl: Workload, st: SimState,
     kd = ddm.add_f(ddm.add(ddm.mul_f(costmodel.int_to_dd(a_hi), f32(4096.0)),
                            costmodel.int_to_dd(a_lo)), (j * n_j).astype(f32))
     dts = costmodel.decode_series_times(consts, dtab, n_j, kd)
-    finite = jnp.isfinite(dts.hi) & jnp.isfinite(dts.lo)
+    # a negative time (a hand-built negative bandwidth or FLOP/s) halts the lane as NaN does
+    finite = jnp.isfinite(dts.hi) & jnp.isfinite(dts.lo) & (dts.hi >= 0)
 
     # Clock, busy time and KV integral after each iteration of the run, summed one
     # iteration at a time as stepping does (a scan: unrolled, XLA would fuse the chain
@@ -523,7 +524,7 @@ def step(
         dtc = dt_dd.hi + dt_dd.lo
         exposed = jnp.maximum(xfer - params.cache.load_overlap * dtc, 0.0)
         dt_dd = ddm.add_f(dt_dd, exposed)
-    finite = jnp.isfinite(dt_dd.hi) & jnp.isfinite(dt_dd.lo)
+    finite = jnp.isfinite(dt_dd.hi) & jnp.isfinite(dt_dd.lo) & (dt_dd.hi >= 0)
     dt = jnp.where(finite, dt_dd.hi, 0.0)
     dt_lo = jnp.where(finite, dt_dd.lo, 0.0)
 

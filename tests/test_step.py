@@ -288,11 +288,14 @@ def test_step__nan_parameter_halts_lane_with_flag():
     no_peak = eqx.tree_at(lambda q: q.hardware.peak_flops, p, jnp.float32(0.0))
     eta_zero = eqx.tree_at(lambda q: q.cost.theta, p,
                            theta.at[COST_INDEX["eta_c_attn_prefill"]].set(-120.0))
+    # negative figures (hand-built: the configuration refuses them) halt the lane too
+    neg_peak = eqx.tree_at(lambda q: q.hardware.peak_flops, p, jnp.float32(-1e15))
+    neg_hbm = eqx.tree_at(lambda q: q.hardware.hbm_bw_bytes_per_s, p, jnp.float32(-3e12))
     shape = SimShape(max_requests=2, max_slots=8, chunk_iterations=16)
-    res = simulate_batch(shape, P.stack([bad, p, bad_c, no_peak, eta_zero]),
-                         to_workload(tr))
+    res = simulate_batch(shape, P.stack([bad, p, bad_c, no_peak, eta_zero, neg_peak,
+                                         neg_hbm]), to_workload(tr))
     assert [int(s) & st_bits.NONFINITE for s in res.status] == [
-        st_bits.NONFINITE, 0, st_bits.NONFINITE, st_bits.NONFINITE, st_bits.NONFINITE]
+        st_bits.NONFINITE, 0] + [st_bits.NONFINITE] * 5
     assert int(res.status[1]) == 0
     assert int(res.metrics["completed"][1]) == 2
 
