@@ -257,9 +257,9 @@ def _tier_overrides(key, v) -> dict:
             if f not in TIER_FIELDS:
                 raise ConfigError(f"{k}: unknown field; allowed: "
                                   f"{', '.join(f'{key}.{name}.{g}' for g in TIER_FIELDS)}")
-            lo_open = f in ("read_gbps", "write_gbps")
+            bw = f in ("read_gbps", "write_gbps")
             # bounded so that a capacity in blocks, a time or an energy stays representable
-            out.setdefault(name, {})[f] = _float(k, x, 0.0, 1e9, lo_open=lo_open)
+            out.setdefault(name, {})[f] = _float(k, x, TIER_BW_MIN_GBPS if bw else 0.0, 1e9)
     return out
 
 
@@ -297,9 +297,16 @@ _WORKLOAD = {
 }
 
 
+#: Smallest cost coefficient accepted (smaller ones are 0 in the simulator's float32).
+COST_MIN = 1e-30
+#: Smallest tier bandwidth accepted, GB/s (1 kB/s; smaller ones are 0 in float32 bytes/s).
+TIER_BW_MIN_GBPS = 1e-6
+
+
 def _cost(key, v):
-    # bounded so that the unconstrained value stays a finite float32
-    return _float(key, v, 0.0, 1e30, lo_open=True)
+    # bounded so that the unconstrained value stays a finite float32, and its transform
+    # back (exp, sigmoid) does not underflow to 0 (a halted, nonfinite lane)
+    return _float(key, v, COST_MIN, 1e30)
 
 
 def validate(cfg: Mapping) -> dict:

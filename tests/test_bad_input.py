@@ -116,6 +116,11 @@ def test_config_path_is_a_folder(tmp_path, capsys):
     ("workload.cv=1e300", "workload.cv: 1e+300 must be <= 1000"),
     ("tier.dram.capacity_gb=1e300", "tier.dram.capacity_gb: 1e+300 must be <= 1000000000"),
     ("cost.cpu_iter_s=1e300", "cost.cpu_iter_s: 1e+300 must be <= 1e+30"),
+    # values that are 0 in float32: a lane that halts as nonfinite, not a config error
+    ("cost.eta_c_gemm=1e-300", "cost.eta_c_gemm: 1e-300 must be >= 1e-30"),
+    ("cost.eta_m_elem=1e-45", "cost.eta_m_elem: 1e-45 must be >= 1e-30"),
+    ("tier.dram.read_gbps=1e-300", "tier.dram.read_gbps: 1e-300 must be >= 1e-06"),
+    ("tier.dram.write_gbps=0", "tier.dram.write_gbps: 0.0 must be >= 1e-06"),
 ])
 def test_values_beyond_what_the_simulator_represents(capsys, assignment, needle):
     extra = (["--set", "enable_prefix_caching=true", "--set", "tiers=dram"]
