@@ -331,11 +331,7 @@ def simulate_batch(
     """
     t0 = time.perf_counter()
     wl_batched = workload.arrival_hi.ndim == 2
-    if workload.arrival_hi.shape[-1] != shape.max_requests:
-        raise ValueError(
-            f"workload has {workload.arrival_hi.shape[-1]} rows but "
-            f"SimShape.max_requests={shape.max_requests}"
-        )
+    _check_inputs(shape, params, workload)
     B = num_lanes(params)
     if params.scheduler.mode.ndim == 0:
         raise ValueError("simulate_batch needs batched params (leading axis B); "
@@ -400,6 +396,21 @@ def simulate_batch(
                                  compact_lanes, devices)
     result.wall_s = time.perf_counter() - t0
     return result
+
+
+def _check_inputs(shape: SimShape, params: SimParams, workload: Workload) -> None:
+    """The shape, parameters and workload were built for each other."""
+    if workload.arrival_hi.shape[-1] != shape.max_requests:
+        raise ValueError(
+            f"workload has {workload.arrival_hi.shape[-1]} rows but "
+            f"SimShape.max_requests={shape.max_requests}"
+        )
+    if (params.cache is not None) != (shape.cache_entries > 0):
+        raise ValueError(
+            "params and shape disagree on the prefix cache: params.cache is "
+            f"{'set' if params.cache is not None else 'None'} but SimShape.cache_entries="
+            f"{shape.cache_entries}; build both with jaxsim.api.prepare from the same "
+            "configurations")
 
 
 def _trim(result: SimResult, n: int, t0: float) -> SimResult:
@@ -474,6 +485,15 @@ def run_fixed(
     into every float parameter (cost coefficients, hardware figures); scheduling
     decisions are discrete and contribute none.
     """
+    if params.scheduler.mode.ndim != 0 or workload.arrival_hi.ndim != 1:
+        raise ValueError("run_fixed runs one lane: give params without a lane axis "
+                         "(jaxsim.params.index(p.params, i)) and a shared workload, or "
+                         "wrap it in jax.vmap")
+    _check_inputs(shape, params, workload)
+    if isinstance(num_iterations, bool) or not isinstance(num_iterations, int | np.integer) \
+            or num_iterations < 0:
+        raise ValueError(f"num_iterations: {num_iterations!r} must be a (static) integer "
+                         ">= 0")
     state = init_state(shape, params, workload, jnp.int32(num_iterations))
     state = flush_in_flight(_scan_steps(shape, params, workload, state, num_iterations))
     return state, metrics_mod.compute_metrics(params, workload, state)

@@ -207,6 +207,34 @@ def test_transforms__grad_of_latency_wrt_cost_is_finite_and_nonzero():
     assert int(m["completed"]) == len(TRACE)  # the 400 iterations finished the trace
 
 
+def test_transforms__mismatched_shape_params_and_workload_are_refused():
+    """run_fixed checks what simulate_batch checks (it failed deep inside JAX), and a
+    prefix cache in the params but not the shape (or the reverse) is refused (it ran
+    without the cache, or raised an AttributeError)."""
+    import dataclasses
+
+    from jaxsim import api
+    from jaxsim.workload import with_shared_prefixes
+
+    p = lanes(1)[0]
+    shape, wl = shape_for(S=8), to_workload(TRACE)
+    with pytest.raises(ValueError, match="run_fixed runs one lane"):
+        sim.run_fixed(shape, P.stack([p, p]), wl, 5)
+    with pytest.raises(ValueError, match="SimShape.max_requests"):
+        sim.run_fixed(dataclasses.replace(shape, max_requests=shape.max_requests + 1),
+                      p, wl, 5)
+    with pytest.raises(ValueError, match="num_iterations: -1 must be"):
+        sim.run_fixed(shape, p, wl, -1)
+    tr = synthetic("poisson", 6, 64, 4, rate=10.0, seed=0)
+    pc = api.prepare({"enable_prefix_caching": True}, with_shared_prefixes(tr, 2, 32))
+    pn = api.prepare({}, tr)
+    for sh, pa, w in ((pn.shape, pc.params, pc.workload), (pc.shape, pn.params, pn.workload)):
+        with pytest.raises(ValueError, match="disagree on the prefix cache"):
+            sim.simulate_batch(sh, pa, w)
+        with pytest.raises(ValueError, match="disagree on the prefix cache"):
+            sim.run_fixed(sh, P.index(pa, 0), w, 5)
+
+
 @pytest.mark.slow  # a fresh x64 process compiles everything again (about 30 s): CI's slow step
 def test_transforms__dtypes_hold_under_x64():
     code = textwrap.dedent(
