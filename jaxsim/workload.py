@@ -85,6 +85,37 @@ MAX_SESSION_IDS = 50_000_000
 MAX_ARRIVAL_SPAN_S = 1e8
 
 
+def _numbers(name: str, field: str, values) -> np.ndarray:
+    """``values`` as a one-dimensional array of real numbers (not booleans, strings or
+    None), or a ValueError naming the field and the first bad entry."""
+    a = np.asarray(values) if not isinstance(values, np.ndarray) else values
+    if a.ndim > 1:
+        raise ValueError(f"{name}: {field} must be one-dimensional (one entry per request), "
+                         f"got shape {a.shape}")
+    a = a.reshape(-1)
+    if a.dtype.kind in "iuf":
+        return a
+    for i, x in enumerate(a.tolist()):
+        if isinstance(x, bool) or not isinstance(x, int | float):
+            raise ValueError(f"{name}: {field}[{i}] = {x!r}; must be a number")
+    try:
+        return a.astype(np.float64 if any(isinstance(x, float) for x in a.tolist())
+                        else np.int64)
+    except OverflowError:  # Python ints beyond int64
+        big = next(i for i, x in enumerate(a.tolist()) if abs(x) > np.iinfo(np.int64).max)
+        raise ValueError(f"{name}: {field}[{big}] = {a[big]!r}; out of range (at most "
+                         "2**63-1)") from None
+
+
+def _whole(name: str, field: str, v: np.ndarray, what: str = "a whole number of tokens"
+           ) -> None:
+    """Refuse non-finite or fractional entries of a float array."""
+    bad = ~np.isfinite(v) | (v != np.round(v))
+    if np.any(bad):
+        i = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"{name}: {field}[{i}] = {v[i].item()!r}; must be {what}")
+
+
 @dataclasses.dataclass
 class Trace:
     """Requests on the host.
@@ -109,9 +140,9 @@ class Trace:
     hash_block_tokens: int = DEFAULT_HASH_BLOCK_TOKENS
 
     def __post_init__(self):
-        self.arrival_s = np.asarray(self.arrival_s, np.float64).reshape(-1)
-        self.prompt_tokens = np.asarray(self.prompt_tokens).reshape(-1)
-        self.output_tokens = np.asarray(self.output_tokens).reshape(-1)
+        self.arrival_s = _numbers(self.name, "arrival_s", self.arrival_s).astype(np.float64)
+        self.prompt_tokens = _numbers(self.name, "prompt_tokens", self.prompt_tokens)
+        self.output_tokens = _numbers(self.name, "output_tokens", self.output_tokens)
         n = len(self.arrival_s)
         if len(self.prompt_tokens) != n or len(self.output_tokens) != n:
             raise ValueError(
@@ -123,26 +154,30 @@ class Trace:
         for field in ("prompt_tokens", "output_tokens"):
             v = getattr(self, field)
             if not np.issubdtype(v.dtype, np.integer):
-                if not np.all(np.isfinite(v)) or np.any(v != np.round(v)):
-                    bad = int(np.flatnonzero(~np.isfinite(v) | (v != np.round(v)))[0])
-                    raise ValueError(f"{self.name}: {field}[{bad}] = {v[bad]!r}; "
-                                     "must be a whole number of tokens")
-                v = v.astype(np.int64)
-                setattr(self, field, v)
+                _whole(self.name, field, v)
+            # the range before any cast: 1e20 as int64 is negative
             if np.any(v < 1):
                 bad = int(np.flatnonzero(v < 1)[0])
-                raise ValueError(f"{self.name}: {field}[{bad}] = {int(v[bad])}; must be >= 1")
+                raise ValueError(f"{self.name}: {field}[{bad}] = {v[bad].item()!r}; must be >= 1")
             if np.any(v > 2**30):
                 bad = int(np.flatnonzero(v > 2**30)[0])
-                raise ValueError(f"{self.name}: {field}[{bad}] = {int(v[bad])}; "
+                raise ValueError(f"{self.name}: {field}[{bad}] = {v[bad].item()!r}; "
                                  "must be <= 2**30")
+            setattr(self, field, v.astype(np.int64))
         if self.hash_ids is not None:
             if len(self.hash_ids) != n:
                 raise ValueError(f"{self.name}: hash_ids has {len(self.hash_ids)} entries "
                                  f"for {n} requests")
             ids = []
             for i, h in enumerate(self.hash_ids):
-                a_h = np.asarray(h, dtype=np.int64).reshape(-1)
+                a_h = _numbers(self.name, f"hash_ids[{i}]", h)
+                if not np.issubdtype(a_h.dtype, np.integer):
+                    _whole(self.name, f"hash_ids[{i}]", a_h, "an integer id")
+                if a_h.size and (np.any(a_h > np.iinfo(np.int64).max) or np.any(a_h < 0)):
+                    bad = int(np.flatnonzero((a_h < 0) | (a_h > np.iinfo(np.int64).max))[0])
+                    raise ValueError(f"{self.name}: hash_ids[{i}][{bad}] = {a_h[bad].item()!r}; "
+                                     "ids must be integers in 0..2**63-1")
+                a_h = a_h.astype(np.int64)
                 if a_h.size and np.any(a_h < 0):
                     raise ValueError(f"{self.name}: hash_ids[{i}] has a negative id; ids "
                                      "must be >= 0")
@@ -156,7 +191,7 @@ class Trace:
         a = self.arrival_s
         if not np.all(np.isfinite(a)) or np.any(a < 0):
             bad = int(np.flatnonzero(~np.isfinite(a) | (a < 0))[0])
-            raise ValueError(f"{self.name}: arrival_s[{bad}] = {a[bad]!r}; must be finite "
+            raise ValueError(f"{self.name}: arrival_s[{bad}] = {a[bad].item()!r}; must be finite "
                              "and >= 0")
         span = float(a.max() - a.min())
         if span > MAX_ARRIVAL_SPAN_S:
@@ -429,6 +464,8 @@ def synthetic(
     if isinstance(num_requests, bool) or not isinstance(num_requests, int | np.integer) or \
             num_requests < 1:
         raise ValueError(f"workload.num_requests: {num_requests!r} must be an int >= 1")
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
+        raise ValueError(f"seed: {seed!r} must be an integer >= 0")
     rng = np.random.default_rng(seed)
     n = int(num_requests)
     if kind == "all_at_once":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -77,6 +78,26 @@ def test_trace__validation():
         Trace([np.nan], [5], [1])
     with pytest.raises(ValueError, match="same length"):
         Trace([0, 1], [5], [1, 1])
+    # each bad entry is named, in the field's own terms (not numpy's)
+    for kw, msg in [
+        ({"prompt_tokens": [1e20]}, "prompt_tokens[0] = 1e+20; must be <= 2**30"),
+        ({"prompt_tokens": ["4"]}, "prompt_tokens[0] = '4'; must be a number"),
+        ({"prompt_tokens": [None]}, "prompt_tokens[0] = None; must be a number"),
+        ({"output_tokens": [True]}, "output_tokens[0] = True; must be a number"),
+        ({"arrival_s": [None]}, "arrival_s[0] = None; must be a number"),
+        ({"prompt_tokens": [2**70]}, "prompt_tokens[0] = 1180591620717411303424; out of range"),
+        ({"prompt_tokens": [[1]]}, "prompt_tokens must be one-dimensional"),
+        ({"hash_ids": [[1.7]]}, "hash_ids[0][0] = 1.7; must be an integer id"),
+        ({"hash_ids": [[float("nan")]]}, "hash_ids[0][0] = nan; must be an integer id"),
+        ({"hash_ids": [["a"]]}, "hash_ids[0][0] = 'a'; must be a number"),
+    ]:
+        with pytest.raises(ValueError, match=re.escape(msg)):
+            Trace(**{"arrival_s": [0.0], "prompt_tokens": [4], "output_tokens": [1], **kw})
+    ok = Trace([0, 1.5], [4.0, 5], np.array([1, 2], np.int32), hash_ids=[[1.0, 2], [3]])
+    assert ok.prompt_tokens.tolist() == [4, 5] and ok.prompt_tokens.dtype == np.int64
+    assert [h.tolist() for h in ok.hash_ids] == [[1, 2], [3]]
+    with pytest.raises(ValueError, match="seed: -1 must be an integer >= 0"):
+        synthetic("poisson", 3, 4, 4, rate=1.0, seed=-1)
 
 
 def test_to_workload__sorts_stably_and_pads():
