@@ -53,6 +53,9 @@ def prepare(
     ``simulate_batch`` re-runs the few lanes whose concurrency outgrows S with a larger
     table, so results stay exact.
     """
+    for name, v in (("max_slots", max_slots), ("chunk_iterations", chunk_iterations),
+                    ("max_requests", max_requests), ("cache_entries", cache_entries)):
+        _check_count(name, v, none_ok=name != "chunk_iterations")
     if isinstance(configs, Mapping):
         configs = [configs]
     configs = _check_configs(configs)
@@ -105,6 +108,15 @@ def prepare(
     return Prepared(shape, params, workload, info, cfgs)
 
 
+def _check_count(name: str, v, none_ok: bool = True) -> None:
+    """A size argument: an integer >= 1 (or None where a default exists)."""
+    if v is None and none_ok:
+        return
+    if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < 1:
+        raise ValueError(f"{name}: {v!r} must be an integer >= 1"
+                         + (" (or None for the default)" if none_ok else ""))
+
+
 def _check_configs(configs) -> list:
     try:
         out = None if isinstance(configs, str | bytes) else list(configs)
@@ -141,6 +153,8 @@ def run(
     configuration's own ``max_iterations``, the generous default where that is null)
     bounds every lane.
     """
+    if not isinstance(auto_slots, bool | np.bool_):
+        raise ValueError(f"auto_slots: {auto_slots!r} must be True or False")
     if isinstance(configs, Mapping):
         configs = [configs]
     configs = _check_configs(configs)

@@ -160,6 +160,16 @@ def test_api_arguments_of_the_wrong_kind():
             api.run(bad, tr)
     with pytest.raises(config.ConfigError, match="1: keys must be strings"):
         api.prepare({1: 2}, tr)
+    # sizes are integers >= 1 (-5 cache rows became 1, 2.5 requests became 2)
+    for kw, msg in [({"cache_entries": -5}, "cache_entries: -5 must be an integer >= 1"),
+                    ({"cache_entries": 2.7}, "cache_entries: 2.7 must be"),
+                    ({"max_requests": 2.5}, "max_requests: 2.5 must be"),
+                    ({"max_slots": 0}, "max_slots: 0 must be"),
+                    ({"chunk_iterations": None}, "chunk_iterations: None must be")]:
+        with pytest.raises(ValueError, match=msg):
+            api.prepare({}, tr, **kw)
+    with pytest.raises(ValueError, match="auto_slots: 'no' must be True or False"):
+        api.run({}, tr, auto_slots="no")
 
 
 def test_trace_keys_without_a_trace_workload(capsys):
