@@ -1,4 +1,5 @@
-"""Static simulation shape: the only things whose change recompiles."""
+"""Static simulation shape: with the batch size, the workload's layout and the shapes of
+the parameter arrays (``jaxsim.sim``), the things whose change recompiles."""
 
 from __future__ import annotations
 

@@ -7,8 +7,10 @@ lanes are done. Lanes that finish early step as no-ops (a step of a done lane ch
 nothing), but a chunk ends as soon as every lane of the batch is done (checked every
 ``CHECK_STEPS`` steps); once at most a quarter of the batch is still running, the running
 lanes continue alone in a smaller batch (lane compaction). The compiled function depends
-only on the ``SimShape``, the batch size and whether the workload is shared or per lane,
-so sweeping any traced value never recompiles.
+only on the ``SimShape``, the batch size, whether the workload is shared or per lane, and
+the shapes of the parameter arrays: the cost presets' shape-correction tables have no
+columns when no lane uses one (GPUs without a calibrated preset, ``uncalibrated``, or
+``cost_shape_tables: false``). Sweeping any traced value never recompiles.
 """
 
 from __future__ import annotations
@@ -312,7 +314,8 @@ def simulate_batch(
         auto_slots: re-run lanes flagged ``OVERFLOW_SLOTS`` with a doubled slot table
             (up to their ``max_num_seqs``, twice that with event skipping, plus the
             admission window with the prefix cache) until none overflows, so results
-            are exact whatever S the shape starts with. Each new S compiles once.
+            are exact whatever S the shape starts with. Each new S compiles once per
+            size of re-run batch (padded to a power of two).
         compact_lanes: between chunks, once at most a quarter of the working batch is
             still running (and at least ``COMPACT_MIN_LANES`` lanes would remain), the
             running lanes continue alone in a batch a quarter the size, so a sweep's
@@ -440,12 +443,17 @@ def _rerun_overflow(shape, params, workload, result, max_iterations, compact_lan
     new_s = int(min(max(2 * shape.max_slots, 1), max(int(seqs.max()), shape.max_slots)))
     if new_s <= shape.max_slots:
         return result
-    sub_params = jax.tree.map(lambda x: x[over], params)
-    sub_wl = (jax.tree.map(lambda x: x[over], workload)
+    # the re-run batch is padded (copies of its last lane) to a power of two, so a sweep
+    # compiles one function per S and size bucket, not one per count of overflowing lanes
+    rows = np.concatenate([over, np.full((1 << (over.size - 1).bit_length()) - over.size,
+                                         over[-1])])
+    sub_params = jax.tree.map(lambda x: x[rows], params)
+    sub_wl = (jax.tree.map(lambda x: x[rows], workload)
               if workload.arrival_hi.ndim == 2 else workload)
     sub = simulate_batch(dataclasses.replace(shape, max_slots=new_s), sub_params, sub_wl,
-                         max_iterations=np.asarray(max_iterations)[over], auto_slots=True,
+                         max_iterations=np.asarray(max_iterations)[rows], auto_slots=True,
                          compact_lanes=compact_lanes, devices=devices)
+    sub = _trim(sub, over.size, 0.0)
     for k in result.metrics:
         result.metrics[k][over] = sub.metrics[k]
     result.status[over] = sub.status

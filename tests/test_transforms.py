@@ -3,6 +3,7 @@ lane isolation, no recompilation for new values, finite gradients, dtypes under 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import subprocess
@@ -154,6 +155,26 @@ def test_transforms__no_recompile_for_new_values():
     assert sim._run_chunk_batch._cache_size() == before + 1
 
 
+def test_transforms__overflow_reruns_compile_per_size_bucket():
+    """Lanes re-run with a larger slot table are padded to a power of two: 3 and then 4
+    overflowing lanes share the re-run's compiled function (each count compiled anew)."""
+    tr = Trace(np.zeros(12), [8] * 12, [3] * 12)
+    wl = to_workload(tr)
+    shape = SimShape(max_requests=12, max_slots=2, chunk_iterations=32)
+
+    def batch(n_over):
+        return P.stack([lane_params({"max_num_seqs": 8 if i < n_over else 1,
+                                     "max_num_batched_tokens": 256}, tr) for i in range(5)])
+
+    a = sim.simulate_batch(shape, batch(3), wl)
+    before = sim._run_chunk_batch._cache_size()
+    b = sim.simulate_batch(shape, batch(4), wl)
+    assert sim._run_chunk_batch._cache_size() == before
+    assert a.status.tolist() == b.status.tolist() == [0] * 5
+    ref = sim.simulate_batch(dataclasses.replace(shape, max_slots=16), batch(4), wl)
+    assert_metrics_equal(b.metrics, ref.metrics)
+
+
 def test_transforms__a_chunk_ends_once_every_lane_is_done():
     # Within a chunk the batch checks every sim.CHECK_STEPS steps whether all its lanes
     # are done, and stops there; the results are those of short chunks.
@@ -211,8 +232,6 @@ def test_transforms__mismatched_shape_params_and_workload_are_refused():
     """run_fixed checks what simulate_batch checks (it failed deep inside JAX), and a
     prefix cache in the params but not the shape (or the reverse) is refused (it ran
     without the cache, or raised an AttributeError)."""
-    import dataclasses
-
     from jaxsim import api
     from jaxsim.workload import with_shared_prefixes
 
