@@ -455,7 +455,9 @@ def step(
         & dd_le(wl.arrival_hi[q_c], wl.arrival_lo[q_c], clock_hi, clock_lo)
         & jnp.where(chunked, b_left > 0, q_want <= b_left)
         & (free_left - _ceil_div(q_hit + q_got, bs) >= sp.watermark_blocks)
-        & (n_run1 - n_ghost < sp.max_num_seqs)
+        # the rows running when admission was tried (v0 tries before the decode batch's
+        # preemptions: n_run1 would count a victim's row as free)
+        & (st.n_run + n_admit - n_ghost < sp.max_num_seqs)
     )
     if cache_on:
         # §5.8 needs the whole admission window in the slot table: flag a lane whose

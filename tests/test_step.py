@@ -270,6 +270,20 @@ def test_step__no_overflow_flag_when_max_num_seqs_fits():
     assert int(res.status[0]) == 0
 
 
+def test_step__v0_preemption_with_a_full_slot_table_is_not_an_overflow():
+    """v0 tries admission before its decode batch preempts: with max_num_seqs running
+    then, a row freed by the preemption could not have admitted the next request, so a
+    table of max_num_seqs rows is no overflow. Hand-worked (block 16, 5 blocks, 2 seats):
+    r0, r1 prefill in iteration 0; in iteration 17 r0 takes the last free block for its
+    33rd token and r1 preempts itself; r2 (1 token) waits behind r1 until r0 finishes."""
+    tr = Trace([0.0, 0.0, 0.0], [16, 16, 1], [20, 20, 1])
+    cfg = {"scheduler": "v0", "max_num_seqs": 2, "block_size": 16, "num_gpu_blocks": 5}
+    res = run(cfg, tr, slots=2, auto_slots=False)
+    assert int(res.status[0]) == 0, st_bits.describe(int(res.status[0]))
+    assert int(res.metrics["completed"][0]) == 3
+    assert int(res.metrics["preemptions"][0]) >= 1
+
+
 def test_step__nan_parameter_halts_lane_with_flag():
     tr = Trace([0.0, 0.1], [8, 8], [3, 3])
     p = lane({}, tr)
