@@ -171,5 +171,15 @@ def run(
     p = prepare(configs, trace, max_slots=max_slots, chunk_iterations=chunk_iterations)
     if max_iterations is None and any(c["max_iterations"] is not None for c in p.configs):
         max_iterations = [c["max_iterations"] for c in p.configs]
-    return simulate_batch(p.shape, p.params, p.workload, max_iterations=max_iterations,
-                          auto_slots=auto_slots)
+    res = simulate_batch(p.shape, p.params, p.workload, max_iterations=max_iterations,
+                         auto_slots=auto_slots)
+    lane_traces = trace if not isinstance(trace, Trace) else None
+
+    def explain(i: int) -> list[str]:
+        t = trace if lane_traces is None else lane_traces[i]
+        return config_mod.status_reasons(
+            p.configs[i], int(res.status[i]), {k: v[i] for k, v in p.info.items()},
+            t.max_len(), {k: v[i] for k, v in res.metrics.items()})
+
+    res.explain = explain
+    return res

@@ -19,6 +19,7 @@ import dataclasses
 import functools
 import math
 import time
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -270,6 +271,9 @@ class SimResult:
     status: np.ndarray
     iterations_run: int
     wall_s: float
+    #: lane index -> status sentences; set by ``jaxsim.api.run``, which knows the
+    #: configurations (see :meth:`reasons`)
+    explain: Callable[[int], list[str]] | None = dataclasses.field(default=None, repr=False)
 
     def requests(self, i: int) -> dict[str, np.ndarray]:
         """Per-request results of lane ``i``, in arrival order (padding rows dropped)."""
@@ -285,6 +289,15 @@ class SimResult:
             out["load_s"] = np.asarray(st.load_s[i])[:n]
             out["prefill_s"] = out["ttft_s"] - out["queue_s"] - out["load_s"]
         return out
+
+    def reasons(self, i: int) -> list[str]:
+        """Why lane ``i`` is not ``ok``: one sentence per independent problem, with the
+        values involved and what would lift it (empty for an ``ok`` lane), as ``jaxsim
+        simulate`` prints them. Available on results of ``jaxsim.api.run``."""
+        if self.explain is None:
+            raise ValueError("reasons() needs the configurations: use jaxsim.api.run, or "
+                             "jaxsim.config.status_reasons with a lane's configuration")
+        return self.explain(int(i))
 
     def lane(self, i: int) -> dict[str, float]:
         """Metrics of lane ``i`` as Python floats, plus its status string."""

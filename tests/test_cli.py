@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from jaxsim import cli, config
@@ -312,3 +313,18 @@ def test_cli__no_command_lists_the_commands_and_version_prints(capsys):
     assert e.value.code == 0
     from jaxsim import __version__
     assert capsys.readouterr().out.strip() == f"jaxsim {__version__}"
+
+
+def test_api_results_give_the_status_sentences_simulate_prints():
+    import jaxsim
+    from jaxsim import api, sim
+
+    tr = jaxsim.synthetic("poisson", 8, 64, 4, rate=10.0, seed=0)
+    res = api.run([{}, {"tp": 3}], tr)
+    assert res.reasons(0) == []
+    assert res.reasons(1) == ["tp 3 does not divide Llama-3.1-8B's 32 attention heads and "
+                              "8 KV heads (tp values that do: 1, 2, 4, 8)"]
+    bare = sim.SimResult(metrics={}, state=None, status=np.zeros(1), iterations_run=0,
+                         wall_s=0.0)
+    with pytest.raises(ValueError, match="reasons\\(\\) needs the configurations"):
+        bare.reasons(0)
