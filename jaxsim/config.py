@@ -414,8 +414,8 @@ def parse_set(assignment: str) -> tuple[list[str], Any]:
         raise ConfigError(f"--set {assignment!r}: empty key")
     try:
         value = yaml.load(raw, Loader=_StrictLoader) if raw.strip() else None  # noqa: S506
-    except yaml.YAMLError:
-        value = raw
+    except (yaml.YAMLError, RecursionError):  # not YAML: the text itself (then refused
+        value = raw                             # by the key's own check if not a name)
     return key.split("."), value
 
 
@@ -457,6 +457,12 @@ class _DuplicateKey(yaml.YAMLError):
         self.key, self.problem_mark = key, mark
 
 
+class _BadKey(yaml.YAMLError):
+    def __init__(self, key, mark):
+        super().__init__(f"key {key!r} is not a name")
+        self.key, self.problem_mark = key, mark
+
+
 class _StrictLoader(yaml.SafeLoader):
     """``yaml.SafeLoader`` that refuses a key given twice in one mapping (plain YAML
     keeps the last silently) and reads ``1e3`` and ``5E-6`` as numbers, as YAML 1.2 does
@@ -466,6 +472,10 @@ class _StrictLoader(yaml.SafeLoader):
         seen = set()
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=True)
+            try:
+                hash(key)
+            except TypeError:  # a list or mapping as a key
+                raise _BadKey(key, key_node.start_mark) from None
             if key in seen:
                 raise _DuplicateKey(key, key_node.start_mark)
             seen.add(key)
@@ -496,7 +506,12 @@ def read_yaml(path: str, error: type[Exception] = ConfigError) -> Any:
         where = f" (line {mark.line + 1})" if mark is not None else ""
         if isinstance(e, _DuplicateKey):
             raise error(f"{path}{where}: key {e.key!r} given twice") from None
+        if isinstance(e, _BadKey):
+            raise error(f"{path}{where}: key {e.key!r} is a {type(e.key).__name__}; keys "
+                        "must be names") from None
         raise error(f"{path}: not valid YAML{where}") from None
+    except RecursionError:
+        raise error(f"{path}: nested too deeply to be a configuration") from None
 
 
 def load(path: str | None = None, sets: Sequence[str] = ()) -> dict:

@@ -51,8 +51,15 @@ def read(path: str) -> dict:
             d = json.load(f)
     except FileNotFoundError:
         raise PresetError(f"cost_preset: {path!r}: no such file") from None
-    except json.JSONDecodeError as e:
+    except IsADirectoryError:
+        raise PresetError(f"cost_preset: {path}: is a folder, expected a preset JSON written "
+                          "by `jaxsim calibrate`") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise PresetError(f"cost_preset: {path}: not JSON ({e})") from None
+    except RecursionError:
+        raise PresetError(f"cost_preset: {path}: nested too deeply to be a preset") from None
+    except OSError as e:
+        raise PresetError(f"cost_preset: {path}: cannot read it ({e.strerror or e})") from None
     return check(d, path)
 
 

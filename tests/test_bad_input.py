@@ -98,6 +98,9 @@ def test_trace_files(tmp_path):
     (b"\x9c\x00\xff\xfe", [], "not a UTF-8 text file"),
     (b"1: 2\n", [], "1: keys must be strings"),
     (b"tier: {dram: 5}\n", ["tier.dram.capacity_gb=1"], "tier.dram: 5 must be a mapping"),
+    (b"workload:\n  ? [a]\n  : 1\n", [], "(line 2): key ['a'] is a list; keys must be names"),
+    (b"x: " + b"[" * 2000 + b"]" * 2000 + b"\n", [], "nested too deeply"),
+    (b"tp: 1\n", ["tp={[a]: 1}"], "tp: '{[a]: 1}' is not an integer"),
 ])
 def test_config_files(tmp_path, capsys, text, sets, needle):
     f = tmp_path / "c.yaml"
@@ -303,3 +306,11 @@ def test_workload_builders_take_numpy_scalars():
     assert len(multi_turn_sessions(3, np.int64(1))) == 12
     with pytest.raises(ValueError, match=r"workload.rate: (np\.)?True_? must be a number > 0"):
         synthetic("poisson", 10, 64, 8, rate=np.True_)
+
+
+def test_a_cost_preset_that_is_a_folder_or_not_text(tmp_path, capsys):
+    assert "is a folder, expected a preset JSON" in _cli_error(
+        capsys, "simulate", "--set", f"cost_preset={tmp_path}")
+    f = tmp_path / "p.json"
+    f.write_bytes(b"\xff\xfe\x00")
+    assert "not JSON" in _cli_error(capsys, "simulate", "--set", f"cost_preset={f}")
