@@ -85,6 +85,8 @@ def _read_csv(path, columns):
     except UnicodeDecodeError as e:
         raise TraceError(f"{path}: not a UTF-8 text file ({e.reason} at byte "
                          f"{e.start})") from None
+    except csv.Error as e:  # a field over the csv module's limit (128 KiB), a NUL, ...
+        raise TraceError(f"{path}: row {reader.line_num}: not a CSV row ({e})") from None
     for line, r in rows:
         if None in r:  # csv.DictReader's key for fields beyond the header's
             raise TraceError(f"{path}: row {line} has {len(header) + len(r[None])} "
@@ -170,6 +172,8 @@ def load_mooncake(path: str, with_hashes: bool = False):
             rec = json.loads(line)
         except json.JSONDecodeError:
             raise TraceError(f"{path}: row {i}: not valid JSON") from None
+        except RecursionError:
+            raise TraceError(f"{path}: row {i}: JSON nested too deeply") from None
         if not isinstance(rec, dict):
             raise TraceError(f"{path}: row {i}: expected a JSON object")
         for key in ("timestamp", "input_length", "output_length"):

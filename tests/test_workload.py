@@ -150,6 +150,10 @@ def test_traces__plain_csv(tmp_path):
     ('{"timestamp": 0, "input_length": 5, "output_length": 2}\nnot json\n', "mooncake",
      "row 2: not valid JSON"),
     ("arrival_s,prompt_tokens,output_tokens\n", "csv", "no data rows"),
+    ("arrival_s,prompt_tokens,output_tokens\n0,1,\"" + "x" * 200_000 + "\"\n", "csv",
+     "not a CSV row \\(field larger than field limit"),
+    ('{"timestamp": ' + "[" * 100_000 + "]" * 100_000 + "}\n", "mooncake",
+     "row 1: JSON nested too deeply"),
     # rows are named by their line in the file, blank lines counted
     ("arrival_s,prompt_tokens,output_tokens\n\n\n0,100,10\n\n1,-5,10\n", "csv",
      "row 6, column prompt_tokens: '-5'"),
