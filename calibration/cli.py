@@ -10,6 +10,7 @@ import shlex
 import sys
 
 from jaxsim import fileio
+from jaxsim.cli import _fail
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -44,9 +45,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 PLOT_FORMATS = fileio.PLOT_FORMATS
 
 
-def _fail(msg: str) -> int:
-    print(f"jaxsim: error: {msg}", file=sys.stderr)
-    return 2
 
 
 def cmd(args) -> int:

@@ -29,7 +29,9 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _fail(msg: str) -> int:
-    print(f"jaxsim: error: {msg}", file=sys.stderr)
+    """Print one error line (a newline inside a value is shown escaped) and return 2."""
+    print("jaxsim: error: " + str(msg).replace("\r", "\\r").replace("\n", "\\n"),
+          file=sys.stderr)
     return EXIT_USAGE
 
 

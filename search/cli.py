@@ -12,14 +12,7 @@ import os
 import sys
 
 from jaxsim import fileio
-
-EXIT_USAGE = 2
-
-
-def _fail(msg: str) -> int:
-    print(f"jaxsim: error: {msg}", file=sys.stderr)
-    return EXIT_USAGE
-
+from jaxsim.cli import _fail
 
 # ---- sweep ---------------------------------------------------------------------------
 

@@ -328,3 +328,9 @@ def test_api_results_give_the_status_sentences_simulate_prints():
                          wall_s=0.0)
     with pytest.raises(ValueError, match="reasons\\(\\) needs the configurations"):
         bare.reasons(0)
+
+
+def test_cli__a_newline_in_a_key_keeps_the_error_on_one_line(capsys):
+    assert cli.main(["simulate", "--set", "t\np=1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("jaxsim: error: t\\np: unknown key") and err.count("\n") == 1
