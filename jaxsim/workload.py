@@ -391,7 +391,7 @@ def sample_lengths(spec, n: int, rng: np.random.Generator, field: str) -> np.nda
         "lognormal": {"median", "sigma", "min", "max"},
         "empirical": {"values"},
     }
-    if kind not in allowed:
+    if not isinstance(kind, str) or kind not in allowed:
         raise ValueError(f"{field}.dist: {kind!r} is not one of {', '.join(LENGTH_KINDS)}")
     extra = set(spec) - allowed[kind] - {"dist"}
     if extra:

@@ -55,6 +55,7 @@ def test_lengths__distributions():
 @pytest.mark.parametrize("spec, msg", [
     (0, "must be >= 1"),
     ({"dist": "zipf"}, "dist: 'zipf' is not one of"),
+    ({"dist": ["fixed"]}, "dist: \\['fixed'\\] is not one of"),
     ({"dist": "uniform", "low": 5}, "high: missing"),
     ({"dist": "uniform", "low": 5, "high": 2}, "must be >= low"),
     ({"dist": "fixed", "value": 3, "extra": 1}, "unknown key"),
