@@ -181,7 +181,7 @@ _TOP = {
     "dtype": lambda k, v: _choice(k, v, ("bf16", "fp8")),
     "kv_cache_dtype": lambda k, v: _choice(k, v, ("auto", "fp8")),
     "scheduler": lambda k, v: _choice(k, v, ("v1", "v0")),
-    "enable_chunked_prefill": _bool,
+    "enable_chunked_prefill": lambda k, v: None if v is None else _bool(k, v),
     "max_num_seqs": lambda k, v: _int(k, v, 1, 1 << 14),
     "max_num_batched_tokens": lambda k, v: _int(k, v, 1, 1 << 18),
     "long_prefill_token_threshold": lambda k, v: _int(k, v, 0, 1 << 24),
@@ -190,7 +190,7 @@ _TOP = {
     "num_gpu_blocks": lambda k, v: _int(k, v, 1, 1 << 30, allow_none=True),
     "watermark": lambda k, v: _float(k, v, 0.0, 1.0, hi_open=True, allow_none=True),
     "max_model_len": lambda k, v: _int(k, v, 2, 1 << 24, allow_none=True),
-    "activation_reserve_gb": lambda k, v: _float(k, v, 0.0, allow_none=True),
+    "activation_reserve_gb": lambda k, v: _float(k, v, 0.0, 1e9, allow_none=True),
     "seed": lambda k, v: _int(k, v, 0, 2**32 - 1),
     "max_slots": lambda k, v: _int(k, v, 1, 1 << 16, allow_none=True),
     "max_iterations": lambda k, v: _int(k, v, 1, 2**31 - 1, allow_none=True),
@@ -205,11 +205,12 @@ _TOP = {
 TIER_FIELDS = ("capacity_gb", "read_gbps", "write_gbps", "latency_us", "static_power_w",
                "energy_pj_per_bit")
 _CACHE = {
-    "recency_weight": lambda k, v: _float(k, v, 0.0),
-    "frequency_weight": lambda k, v: _float(k, v, 0.0),
-    "depth_weight": lambda k, v: _float(k, v, 0.0),
+    # bounded so that a weight stays finite in float32 (1e300 was inf: another policy)
+    "recency_weight": lambda k, v: _float(k, v, 0.0, 1e30),
+    "frequency_weight": lambda k, v: _float(k, v, 0.0, 1e30),
+    "depth_weight": lambda k, v: _float(k, v, 0.0, 1e30),
     "load_overlap": lambda k, v: _float(k, v, 0.0, 1.0),
-    "admission_weight": lambda k, v: _float(k, v, 0.0),
+    "admission_weight": lambda k, v: _float(k, v, 0.0, 1e30),
     "admission_window": lambda k, v: _int(k, v, 1, 4096),
     "prefetch": _bool,
 }
@@ -269,8 +270,8 @@ def _cost_preset(key, v):
                           "name or a path to a preset JSON")
     return v
 _SLO = {
-    "ttft_s": lambda k, v: _float(k, v, 0.0, lo_open=True),
-    "tpot_s": lambda k, v: _float(k, v, 0.0, lo_open=True),
+    "ttft_s": lambda k, v: _float(k, v, 0.0, 1e30, lo_open=True),
+    "tpot_s": lambda k, v: _float(k, v, 0.0, 1e30, lo_open=True),
 }
 
 
@@ -292,13 +293,13 @@ _WORKLOAD = {
     "sessions": lambda k, v: _int(k, v, 1, 1 << 22, allow_none=True),
     "turns": _length_spec,
     "new_tokens": _length_spec,
-    "think_time_s": lambda k, v: _float(k, v, 0.0),
+    "think_time_s": lambda k, v: _float(k, v, 0.0, 1e8),  # the arrival span limit
     "hash_block_tokens": lambda k, v: _int(k, v, 1, 1 << 20),
 }
 
 
 #: Smallest cost coefficient accepted (smaller ones are 0 in the simulator's float32).
-COST_MIN = 1e-30
+COST_MIN = costpresets.COST_MIN
 #: Smallest tier bandwidth accepted, GB/s (1 kB/s; smaller ones are 0 in float32 bytes/s).
 TIER_BW_MIN_GBPS = 1e-6
 
@@ -306,7 +307,7 @@ TIER_BW_MIN_GBPS = 1e-6
 def _cost(key, v):
     # bounded so that the unconstrained value stays a finite float32, and its transform
     # back (exp, sigmoid) does not underflow to 0 (a halted, nonfinite lane)
-    return _float(key, v, COST_MIN, 1e30)
+    return _float(key, v, COST_MIN, costpresets.COST_MAX)
 
 
 def validate(cfg: Mapping) -> dict:
@@ -364,8 +365,9 @@ def validate(cfg: Mapping) -> dict:
     for name in sigmoid:
         if name in out["cost"] and not out["cost"][name] < 1.0:
             raise ConfigError(f"cost.{name}: {out['cost'][name]} must be < 1 (an efficiency)")
-    if out["scheduler"] == "v0" and "enable_chunked_prefill" not in cfg:
-        out["enable_chunked_prefill"] = False
+    if out["enable_chunked_prefill"] is None or (
+            out["scheduler"] == "v0" and "enable_chunked_prefill" not in cfg):
+        out["enable_chunked_prefill"] = out["scheduler"] == "v1"  # the scheduler's default
     if out["scheduler"] == "v0" and out["enable_chunked_prefill"]:
         raise ConfigError("enable_chunked_prefill: true is not allowed with scheduler=v0 "
                           "(v0 is prefill-first without chunking); use scheduler=v1")
@@ -404,6 +406,11 @@ def validate(cfg: Mapping) -> dict:
     return out
 
 
+#: ``--set`` keys whose value is a file name or preset name: taken as text (YAML would read
+#: ``0123`` as 83 and ``1e3`` as 1000.0), unless quoted or a list/mapping.
+_TEXT_KEYS = ("workload.path", "cost_preset")
+
+
 def parse_set(assignment: str) -> tuple[list[str], Any]:
     """Parse ``key.sub=value`` (value in YAML syntax) into (path, value)."""
     if "=" not in assignment:
@@ -412,6 +419,9 @@ def parse_set(assignment: str) -> tuple[list[str], Any]:
     key = key.strip()
     if not key:
         raise ConfigError(f"--set {assignment!r}: empty key")
+    if key in _TEXT_KEYS and raw.strip() and raw.strip()[0] not in "'\"[{" \
+            and raw.strip() not in ("null", "Null", "NULL", "~"):
+        return key.split("."), raw.strip()  # a file named 0123 or 1e3 is that name
     try:
         value = yaml.load(raw, Loader=_StrictLoader) if raw.strip() else None  # noqa: S506
     except (yaml.YAMLError, RecursionError):  # not YAML: the text itself (then refused
@@ -471,6 +481,8 @@ class _StrictLoader(yaml.SafeLoader):
     def construct_mapping(self, node, deep=False):
         seen = set()
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base`: merged by super()
+                continue
             key = self.construct_object(key_node, deep=True)
             try:
                 hash(key)

@@ -86,11 +86,20 @@ def check(d, path: str) -> dict:
     return d
 
 
+#: Range of a cost coefficient, in a preset as in ``cost.*`` (``jaxsim.config``): outside
+#: it the unconstrained value, or its transform back, leaves float32.
+COST_MIN, COST_MAX = 1e-30, 1e30
+
+
 def _check_numbers(where: str, vals: dict) -> None:
-    """Every parameter value is a finite number (not a bool, null, string or list)."""
+    """Every parameter value is a number in (0, COST_MAX] (not a bool, null, string or
+    list)."""
     for k, v in vals.items():
         if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
             raise PresetError(f"{where}: parameter {k!r} is {v!r}; allowed: a finite number")
+        if not 0 < v <= COST_MAX:  # (a fit may take an offset far below COST_MIN)
+            raise PresetError(f"{where}: parameter {k!r} is {v!r}; allowed: a number "
+                              f"> 0 and <= {COST_MAX:g}")
 
 
 def _check_engine(path: str, ef) -> None:

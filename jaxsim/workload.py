@@ -423,7 +423,10 @@ def sample_lengths(spec, n: int, rng: np.random.Generator, field: str) -> np.nda
             raise ValueError(f"{field}: need 1 <= min <= max, got min={lo}, max={hi}")
         x = np.exp(np.log(med) + sig * rng.standard_normal(n))
         return np.clip(np.round(x), lo, hi).astype(np.int64)
-    values = np.asarray(spec.get("values", []))
+    raw = spec.get("values", [])
+    if isinstance(raw, list | tuple) and any(isinstance(x, bool | np.bool_) for x in raw):
+        raise ValueError(f"{field}.values: true/false is not a length")  # [true, 3] was 1, 3
+    values = np.asarray(raw)
     if values.size == 0 or values.ndim != 1:
         raise ValueError(f"{field}.values: must be a non-empty list of lengths")
     if not np.issubdtype(values.dtype, np.number) or not np.all(

@@ -121,6 +121,13 @@ def test_config_path_is_a_folder(tmp_path, capsys):
     ("cost.cpu_iter_s=1e300", "cost.cpu_iter_s: 1e+300 must be <= 1e+30"),
     # values that are 0 in float32: a lane that halts as nonfinite, not a config error
     ("cost.eta_c_gemm=1e-300", "cost.eta_c_gemm: 1e-300 must be >= 1e-30"),
+    # inf in float32: a weight of 1e300 became another eviction policy
+    ("cache.recency_weight=1e300", "cache.recency_weight: 1e+300 must be <= 1e+30"),
+    ("cache.admission_weight=1e38", "cache.admission_weight: 1e+38 must be <= 1e+30"),
+    ("slo.ttft_s=1e300", "slo.ttft_s: 1e+300 must be <= 1e+30"),
+    ("workload.think_time_s=1e30", "workload.think_time_s: 1e+30 must be <= 100000000"),
+    ("workload.prompt_tokens={dist: empirical, values: [true, 3]}",
+     "values: true/false is not a length"),
     ("cost.eta_m_elem=1e-45", "cost.eta_m_elem: 1e-45 must be >= 1e-30"),
     ("tier.dram.read_gbps=1e-300", "tier.dram.read_gbps: 1e-300 must be >= 1e-06"),
     ("tier.dram.write_gbps=0", "tier.dram.write_gbps: 0.0 must be >= 1e-06"),
@@ -314,3 +321,36 @@ def test_a_cost_preset_that_is_a_folder_or_not_text(tmp_path, capsys):
     f = tmp_path / "p.json"
     f.write_bytes(b"\xff\xfe\x00")
     assert "not JSON" in _cli_error(capsys, "simulate", "--set", f"cost_preset={f}")
+
+
+def test_preset_values_are_bounded_like_cost_overrides(tmp_path, capsys):
+    import json
+    import os
+
+    from jaxsim import costpresets
+
+    path = os.path.join(os.path.dirname(costpresets.__file__), "data", "cost_presets",
+                        "H100-SXM.json")
+    with open(path) as fh:
+        d = json.load(fh)
+    d["values"]["cpu_iter_s"] = 1e300
+    f = tmp_path / "p.json"
+    f.write_text(json.dumps(d))
+    assert "parameter 'cpu_iter_s' is 1e+300; allowed: a number > 0 and <= 1e+30" in _cli_error(
+        capsys, "simulate", "--set", f"cost_preset={f}")
+
+
+def test_yaml_merge_keys_and_file_names_that_look_like_numbers(tmp_path, capsys,
+                                                                 monkeypatch):
+    from jaxsim import config as cfg_mod
+
+    f = tmp_path / "m.yaml"
+    f.write_text("base: &b {rate: 5}\nworkload:\n  <<: *b\n  num_requests: 7\n")
+    raw = cfg_mod.read_yaml(str(f))
+    assert raw["workload"] == {"rate": 5, "num_requests": 7}
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "0123").write_text("arrival_s,prompt_tokens,output_tokens\n0,4,2\n")
+    c = cfg_mod.apply_sets({}, ["workload.kind=trace", "workload.format=csv",
+                                "workload.path=0123", "cost_preset=null"])
+    assert c["workload"]["path"] == "0123" and c["cost_preset"] is None
+    assert len(cfg_mod.build_trace(cfg_mod.validate({**c, "cost_preset": "auto"}))) == 1

@@ -81,6 +81,12 @@ def test_cli__example_yaml_is_complete_and_valid(capsys):
     assert body in _blocks("yaml")
     code, out, err = run_cli(["simulate", "examples/config.yaml", "--json", *SMALL], capsys)
     assert code == 0, err
+    # its enable_chunked_prefill: null follows the scheduler (true was refused with v0)
+    assert config.validate({**cfg, "scheduler": "v0",
+                            "enable_chunked_prefill": None})["enable_chunked_prefill"] is False
+    code, out, err = run_cli(["simulate", "examples/config.yaml", "--set", "scheduler=v0",
+                              "--json", *SMALL], capsys)
+    assert code == 0, err
 
 
 @pytest.mark.parametrize("sets, msg", [
