@@ -88,21 +88,21 @@ MAX_ARRIVAL_SPAN_S = 1e8
 def _numbers(name: str, field: str, values) -> np.ndarray:
     """``values`` as a one-dimensional array of real numbers (not booleans, strings or
     None), or a ValueError naming the field and the first bad entry."""
-    a = np.asarray(values) if not isinstance(values, np.ndarray) else values
+    a = np.asarray(values)
     if a.ndim > 1:
         raise ValueError(f"{name}: {field} must be one-dimensional (one entry per request), "
                          f"got shape {a.shape}")
     a = a.reshape(-1)
     if a.dtype.kind in "iuf":
         return a
-    for i, x in enumerate(a.tolist()):
+    items = a.tolist()
+    for i, x in enumerate(items):
         if isinstance(x, bool) or not isinstance(x, int | float):
             raise ValueError(f"{name}: {field}[{i}] = {x!r}; must be a number")
     try:
-        return a.astype(np.float64 if any(isinstance(x, float) for x in a.tolist())
-                        else np.int64)
+        return a.astype(np.float64 if any(isinstance(x, float) for x in items) else np.int64)
     except OverflowError:  # Python ints beyond int64
-        big = next(i for i, x in enumerate(a.tolist()) if abs(x) > np.iinfo(np.int64).max)
+        big = next(i for i, x in enumerate(items) if abs(x) > np.iinfo(np.int64).max)
         raise ValueError(f"{name}: {field}[{big}] = {a[big]!r}; out of range (at most "
                          "2**63-1)") from None
 
@@ -177,11 +177,7 @@ class Trace:
                     bad = int(np.flatnonzero((a_h < 0) | (a_h > np.iinfo(np.int64).max))[0])
                     raise ValueError(f"{self.name}: hash_ids[{i}][{bad}] = {a_h[bad].item()!r}; "
                                      "ids must be integers in 0..2**63-1")
-                a_h = a_h.astype(np.int64)
-                if a_h.size and np.any(a_h < 0):
-                    raise ValueError(f"{self.name}: hash_ids[{i}] has a negative id; ids "
-                                     "must be >= 0")
-                ids.append(a_h)
+                ids.append(a_h.astype(np.int64))
             self.hash_ids = ids
         u = self.hash_block_tokens
         if isinstance(u, bool) or not isinstance(u, int | np.integer) or not 1 <= u <= 2**20:
