@@ -475,8 +475,11 @@ class _BadKey(yaml.YAMLError):
 
 class _StrictLoader(yaml.SafeLoader):
     """``yaml.SafeLoader`` that refuses a key given twice in one mapping (plain YAML
-    keeps the last silently) and reads ``1e3`` and ``5E-6`` as numbers, as YAML 1.2 does
-    (PyYAML's YAML 1.1 reads an exponent without a decimal point as a string)."""
+    keeps the last silently) and reads numbers as YAML 1.2 does: ``1e3`` and ``5E-6``
+    are numbers (PyYAML's YAML 1.1 reads an exponent without a decimal point as a
+    string), ``010`` is ten (YAML 1.1: eight) and ``1:30`` is text (YAML 1.1: ninety,
+    in base 60). Hexadecimal ``0x1F`` and octal ``0o17`` keep their YAML 1.2 meaning;
+    ``_`` between digits is allowed, as in Python."""
 
     def construct_mapping(self, node, deep=False):
         seen = set()
@@ -493,11 +496,28 @@ class _StrictLoader(yaml.SafeLoader):
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
 
+    def construct_yaml_int(self, node):
+        text = self.construct_scalar(node).replace("_", "")
+        sign = -1 if text[0] == "-" else 1
+        digits = text.lstrip("+-")
+        if digits[:2] in ("0x", "0o"):
+            return sign * int(digits[2:], 16 if digits[1] == "x" else 8)
+        return sign * int(digits, 10)
 
+
+_INT, _FLOAT = "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"
+_StrictLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag not in (_INT, _FLOAT)]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
 _StrictLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    _INT, re.compile(r"^(?:[-+]?[0-9][0-9_]*|0x[0-9a-fA-F][0-9a-fA-F_]*|0o[0-7][0-7_]*)$"),
     list("-+0123456789"))
+_StrictLoader.add_implicit_resolver(
+    _FLOAT, re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*\.[0-9_]*|\.[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)?
+                       |[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+
+                       |[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."))
+_StrictLoader.add_constructor(_INT, _StrictLoader.construct_yaml_int)
 
 
 def read_yaml(path: str, error: type[Exception] = ConfigError) -> Any:

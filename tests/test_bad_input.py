@@ -354,3 +354,19 @@ def test_yaml_merge_keys_and_file_names_that_look_like_numbers(tmp_path, capsys,
                                 "workload.path=0123", "cost_preset=null"])
     assert c["workload"]["path"] == "0123" and c["cost_preset"] is None
     assert len(cfg_mod.build_trace(cfg_mod.validate({**c, "cost_preset": "auto"}))) == 1
+
+
+def test_yaml_numbers_follow_yaml_1_2(tmp_path, capsys):
+    """`tp: 010` is ten (YAML 1.1 read eight) and `max_num_seqs: 1:30` is text that the
+    key's check refuses (YAML 1.1 read ninety, in base 60), in files and in --set."""
+    from jaxsim import config as cfg_mod
+
+    f = tmp_path / "n.yaml"
+    f.write_text("a: 010\nb: 1_000\nc: 0x1F\nd: 0o17\ne: 1e3\nf: -.5e2\ng: 1:30\nh: .inf\n")
+    raw = cfg_mod.read_yaml(str(f))
+    assert raw == {"a": 10, "b": 1000, "c": 31, "d": 15, "e": 1000.0, "f": -50.0,
+                   "g": "1:30", "h": float("inf")}
+    assert type(raw["a"]) is int and type(raw["e"]) is float
+    assert cfg_mod.validate(cfg_mod.apply_sets({}, ["max_num_seqs=010"]))["max_num_seqs"] == 10
+    f.write_text("max_num_seqs: 1:30\n")
+    assert "max_num_seqs" in _cli_error(capsys, "simulate", str(f))
