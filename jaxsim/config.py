@@ -35,7 +35,13 @@ from jaxsim.params import (
     SimParams,
     expand_cost_aliases,
 )
-from jaxsim.workload import ARRIVAL_KINDS, Trace, multi_turn_sessions, synthetic
+from jaxsim.workload import (
+    ARRIVAL_KINDS,
+    Trace,
+    multi_turn_sessions,
+    sample_lengths,
+    synthetic,
+)
 
 
 class ConfigError(ValueError):
@@ -275,9 +281,16 @@ _SLO = {
 }
 
 
+_NO_DRAW = np.random.default_rng(0)
+
+
 def _length_spec(key, v):
-    if isinstance(v, Mapping):
-        return dict(v)  # checked by workload.sample_lengths when sampled
+    if isinstance(v, Mapping):  # checked now, even where the workload kind ignores it
+        try:
+            sample_lengths(v, 0, _NO_DRAW, key)  # draws nothing
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        return dict(v)
     return _int(key, v, 1, 1 << 24)
 
 

@@ -370,3 +370,17 @@ def test_yaml_numbers_follow_yaml_1_2(tmp_path, capsys):
     assert cfg_mod.validate(cfg_mod.apply_sets({}, ["max_num_seqs=010"]))["max_num_seqs"] == 10
     f.write_text("max_num_seqs: 1:30\n")
     assert "max_num_seqs" in _cli_error(capsys, "simulate", str(f))
+
+
+def test_length_mappings_are_checked_where_the_workload_kind_ignores_them():
+    from jaxsim import config as cfg_mod
+
+    base = ["workload.kind=trace", "workload.path=x.csv", "workload.format=csv"]
+    with pytest.raises(cfg_mod.ConfigError, match=r"workload.prompt_tokens.dist: 'bogus'"):
+        cfg_mod.validate(cfg_mod.apply_sets({}, [*base, "workload.prompt_tokens={dist: bogus}"]))
+    with pytest.raises(cfg_mod.ConfigError, match=r"workload.turns.high: 1 must be >= low"):
+        cfg_mod.validate(cfg_mod.apply_sets(
+            {}, [*base, "workload.turns={dist: uniform, low: 3, high: 1}"]))
+    ok = cfg_mod.validate(cfg_mod.apply_sets(
+        {}, [*base, "workload.output_tokens={dist: lognormal, median: 100, sigma: 1}"]))
+    assert ok["workload"]["output_tokens"]["dist"] == "lognormal"
