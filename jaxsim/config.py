@@ -414,6 +414,10 @@ def validate(cfg: Mapping) -> dict:
     if out["cache"]["prefetch"] and not out["enable_prefix_caching"]:
         raise ConfigError("cache.prefetch: true needs enable_prefix_caching: true (it "
                           "prefetches cached prefixes of queued requests)")
+    if out["cache"]["prefetch"] and not out["tiers"]:
+        raise ConfigError("cache.prefetch: true needs a tier below HBM to prefetch from; "
+                          "list one in tiers (e.g. tiers: dram): without one every cached "
+                          "block is in HBM already")
     if w["kind"] not in ("trace", "sessions") and w["num_requests"] is None:
         raise ConfigError(f"workload.num_requests: required for workload.kind={w['kind']}")
     return out

@@ -384,3 +384,14 @@ def test_length_mappings_are_checked_where_the_workload_kind_ignores_them():
     ok = cfg_mod.validate(cfg_mod.apply_sets(
         {}, [*base, "workload.output_tokens={dist: lognormal, median: 100, sigma: 1}"]))
     assert ok["workload"]["output_tokens"]["dist"] == "lognormal"
+
+
+def test_prefetch_without_a_lower_tier_is_refused():
+    """Prefetch moves blocks from tiers below HBM: with none it did nothing, silently."""
+    from jaxsim import config as cfg_mod
+
+    with pytest.raises(cfg_mod.ConfigError, match=r"cache.prefetch: true needs a tier below"):
+        cfg_mod.validate({"enable_prefix_caching": True, "cache": {"prefetch": True}})
+    ok = cfg_mod.validate({"enable_prefix_caching": True, "tiers": "dram",
+                           "cache": {"prefetch": True}})
+    assert ok["cache"]["prefetch"] and ok["tiers"] == ["dram"]
