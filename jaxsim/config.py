@@ -109,8 +109,8 @@ def _int(key, v, lo=None, hi=None, allow_none=False):
     if v is None and allow_none:
         return None
     if isinstance(v, bool) or not isinstance(v, int | np.integer):
-        if isinstance(v, float) and v.is_integer():
-            v = int(v)
+        if isinstance(v, float | np.floating) and float(v).is_integer():
+            v = int(v)  # 2.0, and numpy's float32(2.0) as float64(2.0) (a float subclass)
         else:
             raise ConfigError(f"{key}: {v!r} is not an integer")
     v = int(v)

@@ -395,3 +395,15 @@ def test_prefetch_without_a_lower_tier_is_refused():
     ok = cfg_mod.validate({"enable_prefix_caching": True, "tiers": "dram",
                            "cache": {"prefetch": True}})
     assert ok["cache"]["prefetch"] and ok["tiers"] == ["dram"]
+
+
+def test_integer_keys_take_whole_numpy_floats_of_any_width():
+    import numpy as np
+
+    from jaxsim import config as cfg_mod
+
+    for v in (np.float32(8.0), np.float16(8), np.float64(8.0), 8.0):
+        assert cfg_mod.validate({"max_num_seqs": v})["max_num_seqs"] == 8
+    for v in (np.float32(2.5), np.float32("nan"), np.float32("inf")):
+        with pytest.raises(cfg_mod.ConfigError, match="max_num_seqs: .* is not an integer"):
+            cfg_mod.validate({"max_num_seqs": v})
