@@ -614,7 +614,14 @@ def build_trace(cfg: Mapping) -> Trace:
     except traces.TraceError as e:
         raise ConfigError(f"workload.path: {e}") from None
     except ValueError as e:
-        raise ConfigError(str(e)) from None
+        msg = str(e)
+        if "may span at most" in msg and w["rate"] is not None:  # name the field to change
+            if w["kind"] == "sessions":
+                msg = (f"workload.rate, workload.think_time_s: {w['rate']:g} sessions/s and "
+                       f"{w['think_time_s']:g} s spread the arrivals too far: {msg}")
+            else:
+                msg = f"workload.rate: {w['rate']:g} req/s spreads the arrivals too far: {msg}"
+        raise ConfigError(msg) from None
 
 
 # --------------------------------------------------------------------------------------

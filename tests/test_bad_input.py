@@ -407,3 +407,9 @@ def test_integer_keys_take_whole_numpy_floats_of_any_width():
     for v in (np.float32(2.5), np.float32("nan"), np.float32("inf")):
         with pytest.raises(cfg_mod.ConfigError, match="max_num_seqs: .* is not an integer"):
             cfg_mod.validate({"max_num_seqs": v})
+
+
+def test_a_rate_too_low_for_the_arrival_span_names_the_field(capsys):
+    err = _cli_error(capsys, "simulate", "--set", "workload.rate=1e-9",
+                     "--set", "workload.num_requests=10")
+    assert err.startswith("jaxsim: error: workload.rate: 1e-09 req/s spreads the arrivals")
