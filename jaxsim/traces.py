@@ -20,6 +20,7 @@ import json
 import math
 import os
 import re
+import sys
 from importlib import resources
 
 import numpy as np
@@ -174,6 +175,9 @@ def load_mooncake(path: str, with_hashes: bool = False):
             raise TraceError(f"{path}: row {i}: not valid JSON") from None
         except RecursionError:
             raise TraceError(f"{path}: row {i}: JSON nested too deeply") from None
+        except ValueError:  # an integer longer than Python reads (4,300 digits)
+            raise TraceError(f"{path}: row {i}: a number of more than "
+                             f"{sys.get_int_max_str_digits()} digits") from None
         if not isinstance(rec, dict):
             raise TraceError(f"{path}: row {i}: expected a JSON object")
         for key in ("timestamp", "input_length", "output_length"):

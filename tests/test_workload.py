@@ -155,6 +155,8 @@ def test_traces__plain_csv(tmp_path):
      "not a CSV row \\(field larger than field limit"),
     ('{"timestamp": ' + "[" * 100_000 + "]" * 100_000 + "}\n", "mooncake",
      "row 1: JSON nested too deeply"),
+    ('{"timestamp": 1' + "0" * 5000 + ', "input_length": 5, "output_length": 2}\n', "mooncake",
+     "row 1: a number of more than 4300 digits"),
     # rows are named by their line in the file, blank lines counted
     ("arrival_s,prompt_tokens,output_tokens\n\n\n0,100,10\n\n1,-5,10\n", "csv",
      "row 6, column prompt_tokens: '-5'"),
