@@ -615,7 +615,7 @@ def build_trace(cfg: Mapping) -> Trace:
         raise ConfigError(f"workload.path: {e}") from None
     except ValueError as e:
         msg = str(e)
-        if "may span at most" in msg and w["rate"] is not None:  # name the field to change
+        if "may span at most" in msg and w["kind"] != "trace":  # name the field to change
             if w["kind"] == "sessions":
                 msg = (f"workload.rate, workload.think_time_s: {w['rate']:g} sessions/s and "
                        f"{w['think_time_s']:g} s spread the arrivals too far: {msg}")

@@ -119,6 +119,9 @@ def load_azure(path: str) -> Trace:
         if not _AZURE_TIME.fullmatch(raw):  # a bare number would parse as a year
             raise TraceError(f"{path}: row {line}, column TIMESTAMP: {raw!r} is not a "
                              "timestamp (YYYY-MM-DD HH:MM:SS.fffffff, no time zone)")
+        if not 1678 <= int(raw[:4]) <= 2261:  # nanosecond datetimes cover 1677-09 to 2262-04
+            raise TraceError(f"{path}: row {line}, column TIMESTAMP: {raw!r}: the year must "
+                             "be within 1678-2261")
         try:
             t = np.datetime64(raw.replace(" ", "T"), "ns")
         except ValueError:

@@ -163,6 +163,9 @@ def test_traces__plain_csv(tmp_path):
     ("arrival_s,prompt_tokens,output_tokens\n0,100\n", "csv",
      "row 2 has 2 fields; the header has 3 \\(no output_tokens\\)"),
     # a bare number in TIMESTAMP (numpy reads 1700000000 as a year), a time zone
+    ("TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46,374,44\n"
+     "2500-11-16 18:15:46,374,44\n", "azure",
+     "row 3, column TIMESTAMP: '2500-11-16 18:15:46': the year must be within 1678-2261"),
     ("TIMESTAMP,ContextTokens,GeneratedTokens\n1700000000,374,44\n", "azure",
      "row 2, column TIMESTAMP: '1700000000' is not a timestamp"),
     ("TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46.5+01:00,374,44\n",
