@@ -441,6 +441,8 @@ def parse_set(assignment: str) -> tuple[list[str], Any]:
         return key.split("."), raw.strip()  # a file named 0123 or 1e3 is that name
     try:
         value = yaml.load(raw, Loader=_StrictLoader) if raw.strip() else None  # noqa: S506
+    except (_DuplicateKey, _BadKey) as e:
+        raise ConfigError(f"--set {assignment!r}: {e}") from None
     except (yaml.YAMLError, RecursionError):  # not YAML: the text itself (then refused
         value = raw                             # by the key's own check if not a name)
     return key.split("."), value

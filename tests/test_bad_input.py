@@ -413,3 +413,9 @@ def test_a_rate_too_low_for_the_arrival_span_names_the_field(capsys):
     err = _cli_error(capsys, "simulate", "--set", "workload.rate=1e-9",
                      "--set", "workload.num_requests=10")
     assert err.startswith("jaxsim: error: workload.rate: 1e-09 req/s spreads the arrivals")
+
+
+def test_a_key_given_twice_inside_a_set_value_is_named(capsys):
+    err = _cli_error(capsys, "simulate", "--set",
+                     "workload.prompt_tokens={dist: fixed, value: 3, value: 4}")
+    assert err.endswith("key 'value' given twice"), err
