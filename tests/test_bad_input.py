@@ -100,7 +100,7 @@ def test_trace_files(tmp_path):
     (b"tier: {dram: 5}\n", ["tier.dram.capacity_gb=1"], "tier.dram: 5 must be a mapping"),
     (b"workload:\n  ? [a]\n  : 1\n", [], "(line 2): key ['a'] is a list; keys must be names"),
     (b"x: " + b"[" * 2000 + b"]" * 2000 + b"\n", [], "nested too deeply"),
-    (b"tp: 1\n", ["tp={[a]: 1}"], "tp: '{[a]: 1}' is not an integer"),
+    (b"tp: 1\n", ["tp={[a]: 1}"], "--set 'tp={[a]: 1}': key ['a'] is not a name"),
 ])
 def test_config_files(tmp_path, capsys, text, sets, needle):
     f = tmp_path / "c.yaml"
