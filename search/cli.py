@@ -264,14 +264,16 @@ def cmd_best(args) -> int:
             print(f"  {line}")
         return 1
     best = df.iloc[int(order[0])]
-    from search.export import vllm_serve_command
+    from search.export import vllm_caveats, vllm_serve_command
 
     cfg = _config_of(args.dir, best)
     cmd = vllm_serve_command(cfg)
+    caveats = vllm_caveats(cfg)
     if args.json:
         out = {k: _jsonable(best[k]) for k in df.columns}
         out[objective] = _jsonable(value[order[0]])
         out["vllm_serve"] = cmd
+        out["vllm_caveats"] = caveats
         print(json.dumps(out))
         return 0
     axes = list(_settings_axes(args.dir)) or ["max_num_seqs", "max_num_batched_tokens"]
@@ -291,6 +293,10 @@ def cmd_best(args) -> int:
                 *(row[m] for m in extra)]
         print("  " + "  ".join(f"{_fmt(v):>14}" for v in vals))
     print(f"\nwinner as a vLLM launch command:\n  {cmd}")
+    if caveats:
+        print("  where it differs from what was simulated:")
+        for note in caveats:
+            print(f"  - {note}")
     if args.why:
         from search import optimize, pareto, space
 

@@ -34,8 +34,12 @@ Not representable, so omitted: ``gpu`` (the hardware the command runs on), ``slo
 ``cost_preset`` / ``cost_shape_tables`` / ``cost.*`` (the simulator's cost model), ``max_slots`` /
 ``max_iterations`` (simulator internals), ``watermark`` (vLLM has no engine argument
 for it: V0 hard-codes 1 %, V1 uses none), ``activation_reserve_gb`` (vLLM measures it
-by profiling), lower KV tiers other than CPU memory (disk, remote: no native backend), and
-vLLM's ``swap_space`` (the simulator preempts by recomputation).
+by profiling). Simulated behaviour that the command cannot carry (swap preemption, KV
+tiers other than CPU memory, an eviction order other than LRU, cache-aware admission,
+prefetch) and values vLLM may refuse are listed by :func:`vllm_caveats`; ``jaxsim best``
+prints them under the command. A tensor-parallel degree that does not divide the model's
+attention heads (and its KV heads, or the other way round) is refused: vLLM does not
+start with it, and the simulator marks such a lane infeasible.
 
 When ``max_model_len`` is unset the simulator derives it from the workload (its longest
 request, capped by the model's context length), while vLLM takes the model's context
@@ -57,8 +61,8 @@ from jaxsim import config as jconfig
 from jaxsim import presets
 
 __all__ = [
-    "HF_MODEL_IDS", "hf_model_id", "vllm_argv", "vllm_engine_args", "vllm_env",
-    "vllm_serve_command",
+    "HF_MODEL_IDS", "hf_model_id", "vllm_argv", "vllm_caveats", "vllm_engine_args",
+    "vllm_env", "vllm_serve_command",
 ]
 
 #: Preset name -> official Hugging Face repo id (the instruction-tuned checkpoint; Qwen3's
@@ -140,6 +144,61 @@ def _needed_max_model_len(cfg: Mapping) -> int | None:
     return min(context, jconfig.build_trace(cfg).max_len())
 
 
+#: Block sizes vLLM's ``CacheConfig`` accepted through its 0.11 releases (the ``BlockSize``
+#: literal of ``vllm/config/cache.py``); later releases take any size their attention
+#: backend supports (the Triton backend: a multiple of 16).
+VLLM_BLOCK_SIZES = (1, 8, 16, 32, 64, 128, 256)
+
+
+def _check_tp(c: Mapping) -> None:
+    m = presets.model(c["model"])[1]
+    nh, nkv, tp = int(m["num_heads"]), int(m["num_kv_heads"]), int(c["tp"])
+    if nh % tp:
+        why = f"does not divide {c['model']}'s {nh} attention heads"
+    elif nkv % tp and tp % nkv:
+        why = f"neither divides nor is a multiple of {c['model']}'s {nkv} KV heads"
+    else:
+        return
+    raise jconfig.ConfigError(f"tp: {tp} {why}; vLLM refuses it (and the simulator marks "
+                              "the lane infeasible)")
+
+
+def vllm_caveats(cfg: Mapping) -> list[str]:
+    """Where the ``vllm serve`` command of :func:`vllm_serve_command` differs from what
+    the simulator ran: simulated behaviour no vLLM flag carries, and values vLLM may
+    refuse. One sentence each; empty when the command is faithful."""
+    c = jconfig.validate(cfg)
+    notes = []
+    if c["block_size"] not in VLLM_BLOCK_SIZES:
+        notes.append(f"block_size {c['block_size']}: vLLM up to 0.11 accepts only "
+                     f"{', '.join(map(str, VLLM_BLOCK_SIZES))}, and later releases need a "
+                     "size the attention backend supports (Triton: a multiple of 16)")
+    context = int(presets.model(c["model"])[1]["max_position_embeddings"])
+    if c["max_model_len"] is not None and c["max_model_len"] > context:
+        notes.append(f"max_model_len {c['max_model_len']} exceeds {c['model']}'s context "
+                     f"({context}): vLLM refuses it unless VLLM_ALLOW_LONG_MAX_MODEL_LEN=1")
+    if c["preemption_mode"] == "swap":
+        notes.append("preemption_mode swap: not in the command (vLLM's V1 engine preempts "
+                     "by recomputation only)")
+    other = [t for t in c["tiers"] if t not in CPU_TIER_NAMES]
+    if other:
+        notes.append(f"tiers {', '.join(other)}: not in the command (vLLM's native KV "
+                     "offloading uses CPU memory only)")
+    if c["enable_prefix_caching"]:
+        cache = c["cache"]
+        if cache["frequency_weight"] > 0 or cache["depth_weight"] > 0 or \
+                cache["recency_weight"] == 0:
+            notes.append("cache eviction weights: not in the command (vLLM evicts least "
+                         "recently used blocks first)")
+        if cache["admission_weight"] > 0:
+            notes.append("cache.admission_weight: not in the command (vLLM admits in "
+                         "arrival order)")
+        if cache["prefetch"]:
+            notes.append("cache.prefetch: not in the command (vLLM has no prefetch of "
+                         "queued requests' prefixes)")
+    return notes
+
+
 def vllm_engine_args(cfg: Mapping) -> dict[str, object]:
     """vLLM ``EngineArgs`` keyword arguments for a jaxsim configuration.
 
@@ -148,6 +207,7 @@ def vllm_engine_args(cfg: Mapping) -> dict[str, object]:
     the order :func:`vllm_serve_command` prints them in.
     """
     c = jconfig.validate(cfg)
+    _check_tp(c)
     args: dict[str, object] = {
         "model": hf_model_id(c["model"]),
         "dtype": _DTYPES[c["dtype"]],

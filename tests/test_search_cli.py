@@ -352,3 +352,23 @@ def test_sweep_trace_rate_errors_are_one_line(tmp_path, capsys):
     err = _error(capsys, "sweep", str(p), "--out", out)
     assert "workload.rate: 1e-06 req/s spreads t.csv's 200 requests" in err
     assert not os.path.exists(out)
+
+
+def test_best_lists_what_the_vllm_command_does_not_carry(results, tmp_path, capsys):
+    import shutil
+
+    from jaxsim import cli
+
+    d = tmp_path / "sw"
+    shutil.copytree(results, d)
+    assert cli.main(["best", str(d)]) == 0
+    assert "differs from what was simulated" not in capsys.readouterr().out
+    man = json.loads((d / "sweep.json").read_text())
+    man["space"]["base"]["block_size"] = 24  # as if the sweep had simulated it
+    (d / "sweep.json").write_text(json.dumps(man))
+    assert cli.main(["best", str(d)]) == 0
+    out = capsys.readouterr().out
+    assert "where it differs from what was simulated:\n  - block_size 24: vLLM up to 0.11" in out
+    assert cli.main(["best", str(d), "--json"]) == 0
+    notes = json.loads(capsys.readouterr().out)["vllm_caveats"]
+    assert len(notes) == 1 and notes[0].startswith("block_size 24")

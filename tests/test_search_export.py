@@ -300,3 +300,27 @@ def test_export__bad_tier_capacity_names_field(cfg, field):
     with pytest.raises(config.ConfigError, match=f"^{field}: "):
         export.vllm_engine_args(cfg)
 
+
+
+def test_export__caveats_name_what_the_command_does_not_carry():
+    assert export.vllm_caveats({}) == []
+    assert export.vllm_caveats({"enable_prefix_caching": True, "tiers": "dram"}) == []
+    notes = export.vllm_caveats({
+        "block_size": 24, "max_model_len": 1_000_000, "enable_prefix_caching": True,
+        "tiers": "dram,ssd", "preemption_mode": "swap",
+        "cache": {"frequency_weight": 1.0, "admission_weight": 0.5, "prefetch": True}})
+    starts = [n.split(":")[0].split(" exceeds")[0] for n in notes]
+    assert starts == ["block_size 24", "max_model_len 1000000", "preemption_mode swap",
+                      "tiers ssd", "cache eviction weights", "cache.admission_weight",
+                      "cache.prefetch"]
+    assert "131072" in notes[1] and "VLLM_ALLOW_LONG_MAX_MODEL_LEN" in notes[1]
+
+
+@pytest.mark.parametrize(("cfg", "why"), [
+    ({"tp": 3}, "does not divide Llama-3.1-8B's 32 attention heads"),
+    ({"tp": 8, "model": "Qwen2.5-7B"}, "does not divide Qwen2.5-7B's 28 attention heads"),
+    ({"tp": 7, "model": "Qwen2.5-7B"}, "neither divides nor is a multiple of"),
+])
+def test_export__a_tp_degree_vllm_refuses_is_refused(cfg, why):
+    with pytest.raises(config.ConfigError, match=f"^tp: {cfg['tp']} {why}"):
+        export.vllm_serve_command(cfg)
