@@ -317,7 +317,8 @@ def cmd_best(args) -> int:
 def _settings_axes(out_dir):
     try:
         with open(os.path.join(out_dir, "sweep.json")) as f:
-            return json.load(f)["space"]["axes"].keys()
+            spec = json.load(f)["space"]
+        return spec.get("axis_order") or list(spec["axes"])
     except (OSError, ValueError, KeyError):
         return []
 

@@ -580,7 +580,8 @@ def load_results(out_dir: str):
 
 def _manifest(space: DesignSpace, plan: Plan) -> dict:
     return {
-        "space": space.spec(), "digest": space.digest(), "size": plan.size,
+        "space": space.spec(), "digest": space.digest(), "legacy_digest":
+        space.legacy_digest(), "size": plan.size,
         "objectives": space.objectives,
         "chunk_size": plan.chunk_size, "num_chunks": plan.num_chunks, "slots": plan.slots,
         "max_requests": plan.max_requests,
@@ -589,6 +590,8 @@ def _manifest(space: DesignSpace, plan: Plan) -> dict:
 
 def _check_manifest(out_dir: str, man: dict, resume: bool) -> None:
     path = os.path.join(out_dir, MANIFEST)
+    man = dict(man)
+    legacy_digest = man.pop("legacy_digest")
     if os.path.exists(path):
         try:
             with open(path) as f:
@@ -598,6 +601,12 @@ def _check_manifest(out_dir: str, man: dict, resume: bool) -> None:
         except (OSError, ValueError):
             raise SweepError(f"{path}: unreadable (not the manifest of a sweep); use another "
                              "--out") from None
+        legacy = "axis_order" not in (old.get("space") or {})
+        if legacy and old.get("digest") == legacy_digest:
+            raise SweepError(f"{path}: this sweep was begun by an earlier jaxsim, whose "
+                             "manifest does not record the order of the axes, so a resume "
+                             "cannot check that each id is the same configuration; begin "
+                             "it again in another --out")
         if old.get("digest") != man["digest"]:
             raise SweepError(f"{path}: this folder holds a different sweep (space digest "
                              f"{str(old.get('digest'))[:12]}, not {man['digest'][:12]}); use "

@@ -431,8 +431,18 @@ class DesignSpace:
             "name": self.name, "base": self.base, "sampler": self.sampler,
             "num_samples": self.num_samples, "seed": self.seed,
             "axes": {a.key: a.spec() for a in self.axes},
+            # the axes' order sets which configuration each id is (manifests are written
+            # with sorted keys, so ``axes`` alone loses it)
+            "axis_order": [a.key for a in self.axes],
             "constraints": [c.expr for c in self.constraints],
         }
+
+    def legacy_digest(self) -> str:
+        """The digest of manifests written before the axis order was recorded."""
+        spec = self.spec()
+        del spec["axis_order"]
+        return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()
+                              ).hexdigest()
 
     def digest(self) -> str:
         """sha256 of :meth:`spec` (what the sweep depends on)."""
@@ -596,7 +606,7 @@ def _py(v):
 # --------------------------------------------------------------------------------------
 
 _SPACE_KEYS = ("name", "base", "axes", "constraints", "sampler", "num_samples", "seed",
-               "objectives")
+               "objectives", "axis_order")
 _AXIS_KEYS = ("kind", "low", "high", "log", "step", "num", "values", "unit", "discrete")
 
 
@@ -736,6 +746,10 @@ def from_dict(d: Mapping, source: str = "space") -> DesignSpace:
         raise SpaceError(f"axes: {axes_spec!r}: a space needs a mapping of at least one axis "
                          "(key: {kind, low, high} or key: [values])")
     axes = [axis_from_spec(k, v) for k, v in axes_spec.items()]
+    order = d.get("axis_order")  # a sweep manifest's space: the space file's axis order
+    if isinstance(order, list) and sorted(map(str, order)) == sorted(axes_spec):
+        axes.sort(key=lambda a: order.index(a.key))  # (a spec whose axes were replaced
+        # keeps its old axis_order: then the mapping's own order stands)
     cons = d.get("constraints") or []
     if isinstance(cons, str):
         cons = [cons]

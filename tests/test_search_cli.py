@@ -372,3 +372,35 @@ def test_best_lists_what_the_vllm_command_does_not_carry(results, tmp_path, caps
     assert cli.main(["best", str(d), "--json"]) == 0
     notes = json.loads(capsys.readouterr().out)["vllm_caveats"]
     assert len(notes) == 1 and notes[0].startswith("block_size 24")
+
+
+def test_a_resume_with_the_axes_reordered_is_refused(results, tmp_path, capsys):
+    """The axes' order decides which configuration an id is: the same axes in another
+    order is another sweep (it was accepted, duplicating some configurations and losing
+    others). The manifest keeps the order, so best lists the axes as the file gave them."""
+    import shutil
+
+    from search import space as space_mod
+
+    with open(TINY) as f:
+        text = f.read()
+    a, b = "  max_num_seqs: [2, 4, 8]\n", "  max_num_batched_tokens: [256, 512, 1024]\n"
+    swapped = tmp_path / "swapped.yaml"
+    swapped.write_text(text.replace(a + b, b + a))
+    d = tmp_path / "sw"
+    shutil.copytree(results, d)
+    err = _error(capsys, "sweep", str(swapped), "--out", str(d), "--chunk-size", "6",
+                 "--resume")
+    assert "holds a different sweep" in err
+    man = json.loads((d / "sweep.json").read_text())
+    assert man["space"]["axis_order"] == ["max_num_seqs", "max_num_batched_tokens",
+                                          "workload.rate"]
+    sp = space_mod.from_dict(man["space"])
+    assert sp.digest() == man["digest"] == space_mod.load(TINY).digest()
+    assert [x.key for x in sp.axes] == man["space"]["axis_order"]
+    # a manifest from before the order was recorded: refused with the reason
+    del man["space"]["axis_order"]
+    man["digest"] = space_mod.load(TINY).legacy_digest()
+    (d / "sweep.json").write_text(json.dumps(man))
+    err = _error(capsys, "sweep", TINY, "--out", str(d), "--chunk-size", "6", "--resume")
+    assert "does not record the order of the axes" in err
