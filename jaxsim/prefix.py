@@ -100,15 +100,41 @@ def lookup(st, pc: PrefixConsts, ids: Array, n_known: Array, U: Array):
     return hit_blocks, e, tier
 
 
+def exact_terms(w: Array, x: Array) -> tuple[Array, Array, Array, Array]:
+    """Four float32 numbers, each exact, whose sum is ``w * x`` exactly, for a float32
+    ``w >= 0`` and an int32 ``x`` with ``|x| < 2**24``: the products of 12-bit halves,
+    split by bit masks. No multiply-add fused by the compiler can round them, so a sum
+    of them is the same on every backend."""
+    wh = jax.lax.bitcast_convert_type(jax.lax.bitcast_convert_type(w, i32) & jnp.int32(-4096),
+                                      f32)
+    wl = w - wh  # exact: the low 12 bits of w's significand
+    xh = (x & jnp.int32(-4096)).astype(f32)
+    xl = (x & 4095).astype(f32)
+    return wh * xh, wh * xl, wl * xh, wl * xl
+
+
+def exact_key(first: Array, terms: list[tuple[Array, int]]) -> tuple[Array, Array]:
+    """``first + Σ sign · w · x`` as a normalised double-float (hi, lo) summed from the
+    exact terms of :func:`exact_terms`, to sort by: equal real values give equal keys
+    (and -0.0 is made 0.0, which a sort would put first)."""
+    acc = ddm.dd(first)
+    for (w, x), sign in terms:
+        for t in exact_terms(w, x):
+            acc = ddm.add_f(acc, t if sign > 0 else -t)
+    return jnp.where(acc.hi == 0, 0.0, acc.hi), jnp.where(acc.lo == 0, 0.0, acc.lo)
+
+
 def _eviction_order(e_id, e_last, e_hits, e_depth, cp) -> Array:
     """Permutation of the table rows in eviction order (§5.2). The score does not
     depend on the tier, so one sort serves every tier: the order restricted to any set
-    of entries is that set's eviction order."""
+    of entries is that set's eviction order. Scores are compared as real numbers (to a
+    double-float's ~48 bits), so equal scores tie whatever the weights' rounding."""
     K = e_id.shape[0]
-    score = (cp.w_recency * e_last.astype(f32) + cp.w_frequency * e_hits.astype(f32)
-             - cp.w_depth * e_depth.astype(f32))
+    hi, lo = exact_key(jnp.zeros((K,), f32), [
+        ((cp.w_recency, e_last), 1), ((cp.w_frequency, e_hits), 1),
+        ((cp.w_depth, e_depth), -1)])
     idx = jnp.arange(K, dtype=i32)
-    *_, perm = jax.lax.sort((score, -e_depth, e_id, idx), num_keys=3)
+    *_, perm = jax.lax.sort((hi, lo, -e_depth, e_id, idx), num_keys=4)
     return perm
 
 

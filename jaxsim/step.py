@@ -384,12 +384,13 @@ def step(
         # §5.8: walk the ready candidates by (position - w_adm * hit_blocks, position) in
         # the first W positions; every array below is in walk order (identity for FCFS).
         pos = row - st.n_run
-        pos_f = pos.astype(jnp.float32)
         w_adm = jnp.where(enable, params.cache.w_admission, 0.0)
-        key = jnp.where(pos < params.cache.admission_window,
-                        pos_f - w_adm * hit_blocks.astype(jnp.float32), pos_f)
+        in_window = pos < params.cache.admission_window
+        k_hi, k_lo = prefix.exact_key(pos.astype(jnp.float32), [
+            ((w_adm, jnp.where(in_window, hit_blocks, 0)), -1)])  # compared exactly
         group = jnp.where(cand, jnp.where(cand_ok, 1, 2), 0)
-        _, _, perm = jax.lax.sort((group, jnp.where(cand_ok, key, 0.0), row), num_keys=3)
+        *_, perm = jax.lax.sort((group, jnp.where(cand_ok, k_hi, 0.0),
+                                 jnp.where(cand_ok, k_lo, 0.0), row), num_keys=4)
         inv = jnp.zeros((S,), i32).at[perm].set(row)
         cand_w, cand_ok_w, hit_w, n_known_w = (x[perm] for x in (cand, cand_ok, start,
                                                                   n_known))

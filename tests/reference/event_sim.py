@@ -733,17 +733,15 @@ class PrefixCache:
     def eviction_order(self, ids: Sequence[int]) -> list[int]:
         """§5.2: ``ids`` sorted lowest score first; ties larger depth, then smaller id.
 
-        ``score = w_rec·last + w_freq·hits - w_depth·depth`` in float32, evaluated
-        left to right: each product and each sum/difference rounded to float32.
+        ``score = w_rec·last + w_freq·hits - w_depth·depth`` compared exactly: the
+        weights are float32 numbers, so each product is exact in float64, and
+        ``math.fsum`` rounds their sum once (equal real scores give equal keys).
         """
         entries = [self.entries[b] for b in ids]
-        last = np.array([e.last for e in entries], dtype=np.float32)
-        hits = np.array([e.hits for e in entries], dtype=np.float32)
-        depth = np.array([e.depth for e in entries], dtype=np.float32)
-        # numpy evaluates each ufunc separately in float32 (no fused multiply-add).
-        score = (self.w_rec * last + self.w_freq * hits) - self.w_depth * depth
+        wr, wf, wd = (float(np.float32(w)) for w in (self.w_rec, self.w_freq, self.w_depth))
         keyed = [
-            (float(score[i]), -entries[i].depth, b) for i, b in enumerate(ids)
+            (math.fsum((wr * e.last, wf * e.hits, -(wd * e.depth))), -e.depth, b)
+            for e, b in zip(entries, ids, strict=True)
         ]
         keyed.sort()
         return [b for _, _, b in keyed]
@@ -1423,19 +1421,19 @@ def simulate_reference(
 
             Every request in `waiting` is ready (preempted, or arrived: never-admitted
             requests join `waiting` lazily), so p runs over all of `waiting`.
-            ``key = float32(p) - w_adm·float32(hit_blocks)`` for p < W, else
-            ``float32(p)``: one float32 rounding for the product, one for the
-            difference (numpy float32 scalars, no fused multiply-add).
+            ``key = p - w_adm·hit_blocks`` for p < W, else ``p``, compared exactly
+            (w_adm is a float32 number; in float64 the product and the difference of
+            these small numbers are exact).
             """
             keyed: list[tuple[float, int, int, list[int] | None]] = []
             for p, r in enumerate(waiting):
-                key = np.float32(p)
+                key = float(p)
                 tiers: list[int] | None = None
                 if p < adm_window:
                     # §5.10: a swapped request does no lookup; hit_blocks = 0.
                     tiers = lookup(r) if sw[r] == 0 else []
-                    key = key - w_adm * np.float32(len(tiers))
-                keyed.append((float(key), p, r, tiers))
+                    key = math.fsum((float(p), -float(w_adm) * len(tiers)))
+                keyed.append((key, p, r, tiers))
             keyed.sort(key=lambda item: (item[0], item[1]))
             return [(r, tiers) for _, _, r, tiers in keyed]
 
