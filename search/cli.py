@@ -52,7 +52,7 @@ def cmd_sweep(args) -> int:
                                    progress=not args.quiet, max_chunks=args.max_chunks)
     except (space.SpaceError, runner.SweepError, ConfigError) as e:
         msg = str(e)
-        for name in ("chunk_size", "max_chunks"):  # the API's argument is the CLI's flag
+        for name in ("chunk_size", "max_chunks", "slots"):  # the API's argument: the flag
             if msg.startswith(f"{name}: "):
                 msg = ("--" + name.replace("_", "-") + msg[len(name):]).replace(
                     "(or None for all)", "(omit it for all)")
@@ -236,7 +236,8 @@ def cmd_best(args) -> int:
     settings = _settings(args.dir)
     try:
         df = runner.load_results(args.dir)
-        slo = ob.parse_slo(args.slo) if args.slo else ob.parse_slo(settings.get("slo"))
+        slo = (ob.parse_slo(args.slo) if args.slo
+               else ob.parse_slo(settings.get("slo"), label="objectives.slo"))
         prices = _prices(args, settings, _sweep_gpus(args.dir, df))
         objective = (args.objective or settings.get("objective")
                      or ("cost_per_mtok" if prices.get("gpu_hour_usd")
@@ -284,6 +285,7 @@ def cmd_best(args) -> int:
         print(f"jaxsim best: {n_ok:,} of {len(df):,} configurations are feasible (no SLO "
               f"given: --slo or the space file's objectives.slo); ranked by "
               f"{objective}{partial}")
+    axes = [a for a in axes if a != objective]  # an axis ranked on is shown once
     extra = [m for m in ("ttft_p99_s", "tpot_p99_s") if m != objective and m not in axes]
     head = ["rank", "config_id", *axes, objective, *extra]
     print("  " + "  ".join(f"{h:>14}" for h in head))
@@ -410,7 +412,8 @@ def cmd_pareto(args) -> int:
     settings = _settings(args.dir)
     try:
         df = runner.load_results(args.dir)
-        slo = ob.parse_slo(args.slo) if args.slo else ob.parse_slo(settings.get("slo"))
+        slo = (ob.parse_slo(args.slo) if args.slo
+               else ob.parse_slo(settings.get("slo"), label="objectives.slo"))
         prices = _prices(args, settings, _sweep_gpus(args.dir, df))
         table = {c: df[c].to_numpy() for c in df.columns}
         c = ob.costs(table, names, slo, prices)

@@ -7,7 +7,8 @@ gets cost ``+inf``, so it can never be best.
 Objectives (column names of the results table, or derived here):
 
 - any metric column (``ttft_p99_s``, ``tpot_p50_s``, ``e2e_p99_s``, ...): minimised;
-- ``throughput_rps``, ``output_tps``, ``goodput_rps``, ``slo_attainment``: maximised;
+- ``throughput_rps``, ``output_tps``, ``goodput_rps``, ``slo_attainment``,
+  ``prefix_hit_rate`` and ``hit_rate_tier<N>``: maximised;
 - ``throughput_per_gpu``: output tokens/s per GPU (maximised);
 - ``goodput_per_gpu``: requests/s meeting the per-request SLOs, per GPU (maximised);
 - ``cost_per_mtok``: USD per million output tokens at the simulated load:
@@ -29,7 +30,12 @@ from collections.abc import Iterable, Mapping, Sequence
 import numpy as np
 
 MAXIMISED = ("throughput_rps", "output_tps", "input_tps", "goodput_rps", "slo_attainment",
-             "throughput_per_gpu", "goodput_per_gpu", "capacity_rps")
+             "throughput_per_gpu", "goodput_per_gpu", "capacity_rps", "prefix_hit_rate")
+
+
+def is_maximised(name: str) -> bool:
+    """Whether larger is better for an objective (the others are minimised)."""
+    return name in MAXIMISED or re.fullmatch(r"hit_rate_tier[0-9]+", name) is not None
 DERIVED = ("throughput_per_gpu", "goodput_per_gpu", "cost_per_mtok", "num_gpus")
 
 
@@ -140,13 +146,21 @@ def derived(table: Mapping, name: str, prices: Mapping | None = None) -> np.ndar
     return col.astype(np.float64)
 
 
-def parse_slo(items: Sequence[str] | Mapping | None) -> dict[str, float]:
-    """``["ttft_p99_s<=1", "slo_attainment>=0.99"]`` (the operators are ``<=`` and ``>=``)
-    or a mapping (``{"ttft_p99_s": 1, "min_slo_attainment": 0.99}``) -> {name: bound}.
+def parse_slo(items: Sequence[str] | Mapping | str | None,
+              label: str = "--slo") -> dict[str, float]:
+    """``["ttft_p99_s<=1", "slo_attainment>=0.99"]`` (the operators are ``<=`` and ``>=``;
+    one such string alone is a list of one) or a mapping (``{"ttft_p99_s": 1,
+    "min_slo_attainment": 0.99}``) -> {name: bound}. ``label`` names the source in errors.
 
     Bounds are numbers, not NaN (a NaN bound would make every lane miss the SLO)."""
     if items is None:
         return {}
+    if isinstance(items, str):
+        items = [items]
+    if not isinstance(items, Mapping | list | tuple) or not all(
+            isinstance(it, str) for it in (() if isinstance(items, Mapping) else items)):
+        raise ObjectiveError(f"{label}: {items!r} must be a mapping (metric: bound) or a "
+                             "list of METRIC<=VALUE / METRIC>=VALUE")
     if isinstance(items, Mapping):
         out = {}
         for k, v in items.items():
@@ -164,14 +178,15 @@ def parse_slo(items: Sequence[str] | Mapping | None) -> dict[str, float]:
         else:
             k = v = ""
         if not k or "=" in k or "<" in k or ">" in k:
-            raise ObjectiveError(f"--slo {it!r}: expected METRIC<=VALUE (e.g. ttft_p99_s<=1.0) "
+            raise ObjectiveError(f"{label} {it!r}: expected METRIC<=VALUE (e.g. ttft_p99_s<=1.0) "
                                  "or METRIC>=VALUE; the operators are <= and >=")
         try:
             val = float(v)
         except ValueError:
-            raise ObjectiveError(f"--slo {it!r}: {v!r} is not a number") from None
+            raise ObjectiveError(f"{label} {it!r}: {v!r} is not a number") from None
         if np.isnan(val):
-            raise ObjectiveError(f"--slo {it!r}: {v!r} is not a bound; give a number (not NaN)")
+            raise ObjectiveError(f"{label} {it!r}: {v!r} is not a bound; give a number "
+                                 "(not NaN)")
         out[f"min_{k}" if sep == ">=" else k] = val
     return out
 
@@ -200,7 +215,7 @@ def costs(table: Mapping, objectives: Sequence[str], slo: Mapping[str, float] | 
     cols = []
     for name in objectives:
         v = derived(table, name, prices).astype(np.float64)
-        c = -v if name in MAXIMISED else v
+        c = -v if is_maximised(name) else v
         cols.append(np.where(ok & np.isfinite(c), c, np.inf))
     return np.stack(cols, axis=1)
 

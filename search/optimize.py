@@ -100,9 +100,10 @@ class Evaluator:
             pad = part + [part[-1]] * (B - len(part))
             batch = runner.batch_at_points(self.space, self.plan, u[pad], self.traces)
             m = runner.simulate_chunk(self.plan, batch, max_iterations=self.max_iterations)
-            table = {k: np.asarray(v)[:len(part)] for k, v in m.items()}
-            for k in ("tp", "gpu"):
-                table[k] = np.array([c[k] for c in batch.cfgs[:len(part)]])
+            # the sweep's results columns (metrics, axes, memory figures): any name a
+            # space file's objective or SLO may use
+            table = {k: np.asarray(v)[:len(part)]
+                     for k, v in runner.rows_from_chunk(self.space, batch, m).items()}
             c = ob.costs(table, [self.objective], self.slo, self.prices)[:, 0]
             v = ob.derived(table, self.objective, self.prices)
             for j, i in enumerate(part):

@@ -665,6 +665,10 @@ def axis_from_spec(key: str, spec: Any) -> Axis:
             raise SpaceError(f"{field}.values: {vals!r} must be a non-empty list of integers")
         return Axis(key, "int", values=tuple(vals))
     if kind == "choice":
+        unused = [k for k in ("low", "high", "log", "step", "num", "discrete") if k in spec]
+        if unused:
+            raise SpaceError(f"{field}.{unused[0]}: not used by a choice axis (its levels "
+                             "are its values)")
         vals = spec.get("values")
         if not isinstance(vals, list) or len(vals) == 0:
             raise SpaceError(f"{field}.values: {vals!r}: an axis needs a non-empty list of "
@@ -787,7 +791,7 @@ def _check_objectives(o: Mapping, axes: Sequence[str] = ()) -> None:
     try:
         if "objective" in o:
             ob.check_name("objectives.objective", o["objective"], axes)
-        for k in ob.parse_slo(o.get("slo")):
+        for k in ob.parse_slo(o.get("slo"), label="objectives.slo"):
             name = k[4:] if k.startswith("min_") else k
             ob.check_name(f"objectives.slo.{k}", name, axes)
         if "mem_gb_hour_usd" in o:

@@ -404,3 +404,13 @@ def test_a_resume_with_the_axes_reordered_is_refused(results, tmp_path, capsys):
     (d / "sweep.json").write_text(json.dumps(man))
     err = _error(capsys, "sweep", TINY, "--out", str(d), "--chunk-size", "6", "--resume")
     assert "does not record the order of the axes" in err
+
+
+def test_best_ranked_on_an_axis_shows_it_once_and_slots_errors_name_the_flag(results, capsys):
+    from jaxsim import cli
+
+    assert cli.main(["best", results, "--objective", "workload.rate"]) == 0
+    head = capsys.readouterr().out.splitlines()[1].split()
+    assert head.count("workload.rate") == 1
+    assert _error(capsys, "sweep", TINY, "--out", results + "_x", "--slots", "0") == \
+        "jaxsim: error: --slots: 0 must be >= 1"

@@ -180,3 +180,36 @@ def test_cli_bad_space_file_is_one_line_before_running(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "axes.max_num_seqs.values" in err
     assert not os.path.exists(tmp_path / "o")
+
+
+def test_evaluator_ranks_by_any_column_of_the_results():
+    """The optimisers' evaluator has the sweep's results columns: an objective or SLO on
+    an axis (workload.rate, max_num_seqs) or a memory figure (weights_gb) raised
+    'not a column of the results' after simulating, although the space file took it."""
+    sp = space.load(TINY)
+    u = np.array([[0.1, 0.5, 0.2], [0.9, 0.9, 0.9]])
+    ev = optimize.Evaluator(sp, "weights_gb", {"min_max_num_seqs": 4}, batch_size=8)
+    c, v, status = ev(u)
+    seqs = [cfg["max_num_seqs"] for cfg in sp.expand(u)[0]]
+    assert list(status) == [0, 0] and np.all(v > 10) and v[0] == v[1]  # one model: 8B
+    assert [np.isfinite(x) for x in c] == [s >= 4 for s in seqs]
+    ev2 = optimize.Evaluator(sp, "workload.rate", None, batch_size=8)
+    rates = [cfg["workload"]["rate"] for cfg in sp.expand(u)[0]]
+    np.testing.assert_allclose(ev2(u)[1], rates)
+
+
+def test_hit_rates_are_maximised():
+    t = {"status": np.zeros(2, np.int64), "prefix_hit_rate": np.array([0.1, 0.9]),
+         "hit_rate_tier1": np.array([0.2, 0.6]), "kv_occupancy_mean": np.array([0.1, 0.9])}
+    assert objectives.rank(t, "prefix_hit_rate")[0] == 1
+    assert objectives.rank(t, "hit_rate_tier1")[0] == 1
+    assert objectives.rank(t, "kv_occupancy_mean")[0] == 0  # other metrics: minimised
+
+
+def test_slo_as_one_string_or_wrong_type():
+    assert objectives.parse_slo("ttft_p99_s<=1.0") == {"ttft_p99_s": 1.0}
+    with pytest.raises(objectives.ObjectiveError,
+                       match=r"^objectives.slo: 5 must be a mapping \(metric: bound\) or a"):
+        objectives.parse_slo(5, label="objectives.slo")
+    with pytest.raises(objectives.ObjectiveError, match=r"^objectives.slo 'ttft': expected"):
+        objectives.parse_slo("ttft", label="objectives.slo")

@@ -274,3 +274,9 @@ def test_three_part_tier_keys_are_axes():
     d["base"]["tier"] = {"dram": 5}
     with pytest.raises(SpaceError, match=r"base\.tier\.dram: 5 must be a mapping"):
         space.from_dict(d)
+
+
+def test_a_choice_axis_refuses_grid_fields():
+    with pytest.raises(space.SpaceError, match=r"^axes.max_num_seqs.num: not used by a "
+                                               r"choice axis"):
+        space.axis_from_spec("max_num_seqs", {"values": [1, 2], "num": 3})
