@@ -202,9 +202,20 @@ def calibrate(data: Measurements, hardware: str, *, holdout: str = "shape",
             (``engine_fit["by_tp"]``): the measuring engine's overheads and all-reduce
             need not scale with TP the way its kernels do.
     """
+    from jaxsim.params import SMOOTH_P_CHOICES
+
     if iteration_fit not in ITERATION_FIT:
         raise ValueError(f"--iteration-fit: {iteration_fit!r}; allowed: "
                          f"{', '.join(ITERATION_FIT)}")
+    if not isinstance(data, Measurements):
+        raise TypeError(f"data: {type(data).__name__}; expected Measurements (from "
+                        "calibration.loaders.load)")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"--steps: {steps!r} must be an integer >= 1")
+    p_set = tuple(smooth_p) if isinstance(smooth_p, list | tuple) else ()
+    if not p_set or any(isinstance(p, bool) or p not in SMOOTH_P_CHOICES for p in p_set):
+        raise ValueError(f"smooth_p: {smooth_p!r} must be a non-empty list of "
+                         f"{', '.join(map(str, SMOOTH_P_CHOICES))}")
     try:
         canon, _ = presets.gpu(hardware)
     except KeyError as e:

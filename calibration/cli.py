@@ -68,6 +68,12 @@ def cmd(args) -> int:
             if os.path.isfile(d) and os.path.exists(path) and os.path.samefile(d, path):
                 return _fail(f"{flag}: {path!r} is one of the measurement files read; "
                              "give another file name")
+        why = fileio.cannot_write(path)  # before the fit, whose result would be lost
+        if why:
+            return _fail(f"{flag}: {path!r}: {why}")
+    if args.plot is not None and os.path.abspath(args.plot) == os.path.abspath(args.out):
+        return _fail(f"--plot: {args.plot!r} is the --out file too; give the plot another "
+                     "name")
     args.hardware = args.hardware.strip()
     if args.plot is not None:
         fmt = os.path.splitext(args.plot)[1].lstrip(".").lower()
@@ -84,6 +90,7 @@ def cmd(args) -> int:
         return _fail(str(e))
     command = "jaxsim calibrate " + " ".join(shlex.quote(a) for a in sys.argv[2:]) \
         if len(sys.argv) > 2 and sys.argv[1] == "calibrate" else ""
+    plot_was_there = args.plot is not None and os.path.exists(args.plot)
     if args.plot:
         from calibration.plots import parity
 
@@ -95,11 +102,17 @@ def cmd(args) -> int:
             return _fail(f"--plot: cannot write {args.plot!r}: {e.strerror or e}")
     try:
         C.write_preset(cal, args.out, command=command)
-    except ValueError as e:
+    except (ValueError, OSError) as e:
+        if args.plot and not plot_was_there and os.path.exists(args.plot):
+            os.unlink(args.plot)  # nothing half-written: no plot without its preset
+        if isinstance(e, OSError):
+            return _fail(f"--out: cannot write {args.out!r}: {e.strerror or e}")
         return _fail(str(e))
     notes = C.data_notes(data, cal)
     if args.json:
-        for note in notes:  # stdout holds the JSON only
+        for reason, n in cal.skipped.items():  # stdout holds the JSON only
+            print(f"jaxsim calibrate: skipped {n} rows: {reason}", file=sys.stderr)
+        for note in notes:
             print(f"jaxsim calibrate: {note}", file=sys.stderr)
         keys = ("n_train", "n_holdout", "mape", "p90_ape", "max_ape")
         obj = {op: {**{k: (None if isinstance(v[k], float) and not math.isfinite(v[k])

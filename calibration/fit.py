@@ -19,8 +19,9 @@ the first and last by ``jax.grad`` of a log-error loss -- no finite differences:
 
 Parameters are the unconstrained ``CostParams.theta`` (sigmoid / softplus), so an
 optimiser can never make an efficiency leave (0, 1) or a time go negative. The smooth-
-max exponent ``p`` is discrete: each of {1, 2, 4, 8} is fitted and the one with the
-lowest training loss is kept. Training is Adam with a fixed step count and seed-free
+max exponent ``p`` is discrete: each exponent asked for (``calibrate(smooth_p=...)``, 2
+and 4 by default, from 1, 2, 4, 8) is fitted and the one with the lowest training loss is
+kept. Training is Adam with a fixed step count and seed-free
 initialisation at the defaults, so a fit is deterministic.
 """
 
@@ -672,6 +673,8 @@ def split(m: Measurements, holdout: str = "shape", every: int = 5) -> np.ndarray
     * ``none``: everything trains.
     """
     n = len(m)
+    if not isinstance(holdout, str):
+        raise ValueError(f"--holdout: {holdout!r}; allowed: shape, model:NAME, none")
     if holdout == "none":
         return np.ones(n, bool)
     train = np.ones(n, bool)
@@ -687,8 +690,12 @@ def split(m: Measurements, holdout: str = "shape", every: int = 5) -> np.ndarray
     if holdout == "shape":
         return by_shape
     if holdout.startswith("model:"):
-        name = holdout[len("model:"):]
+        name = holdout[len("model:"):].strip()
         raw = m["model"].astype(str)
+        if not _model_key(name):  # "" would match the rows without a model (all-reduce)
+            known = sorted({x for x in raw if x})
+            raise ValueError(f"--holdout: {holdout!r} names no model; give model:NAME, "
+                             f"NAME one of: {', '.join(known) or 'none in the data'}")
         models = np.char.lower(raw)
         # every spelling of the model is held out: "Llama-2-70B" also names Vidur's
         # "meta-llama/Llama-2-70b-hf" (a leak into training otherwise, when data sources

@@ -83,8 +83,23 @@ class _Reader:
             raise DataError(f"{path}: missing column(s) {missing}")
 
     def rows(self):
+        """(row number, fields) per data row; a short row's missing fields are empty, a
+        long row or a row that is not CSV is an error naming the row."""
+        width = len(self._r.fieldnames or [])
         try:
-            yield from enumerate(self._r, start=2)
+            line = 1
+            while True:
+                try:
+                    r = next(self._r)
+                except StopIteration:
+                    return
+                except csv.Error as e:  # a stray quote, a field over csv's size limit
+                    raise DataError(f"{self.path}:{line + 1}: not a CSV row ({e})") from None
+                line += 1
+                if None in r:  # DictReader keeps the fields beyond the header under None
+                    raise DataError(f"{self.path}:{line}: {width + len(r[None])} fields; "
+                                    f"the header has {width} columns")
+                yield line, {k: ("" if v is None else v) for k, v in r.items()}
         finally:
             self._f.close()
 
@@ -359,17 +374,22 @@ def _explain_unknown(path: str) -> None:
                         f"schema has: {', '.join(COLUMNS)}")
 
 
-def load(paths: Iterable[str], hardware: str | None = None) -> Measurements:
+def load(paths: Iterable[str] | str, hardware: str | None = None) -> Measurements:
     """Load files and folders (walked recursively) into one table.
 
     Args:
         paths: files or folders laid out like ``vidur_profiling/`` or the measurement
-            folders; unrecognised CSV files inside folders are skipped, an unrecognised
-            file given directly is an error.
+            folders (one path alone is a list of one); unrecognised CSV files inside
+            folders are skipped, an unrecognised file given directly is an error, and so
+            is a measurement file without data rows.
         hardware: override the hardware label of Vidur files.
     """
+    if isinstance(paths, str | os.PathLike):
+        paths = [paths]
+    if paths is None or not all(isinstance(p, str | os.PathLike) for p in paths):
+        raise DataError(f"paths: {paths!r}: expected file or folder names")
     parts = []
-    for p in paths:
+    for p in map(os.fspath, paths):
         if not os.path.exists(p):
             raise DataError(f"{p}: no such file or folder")
         files = []
@@ -381,11 +401,16 @@ def load(paths: Iterable[str], hardware: str | None = None) -> Measurements:
             files = [p]
         found = 0
         for f in files:
+            before = len(parts)
             try:
                 found += _load_file(f, p, hardware, parts)
             except UnicodeDecodeError as e:
                 raise DataError(f"{f}: not a UTF-8 text file ({e.reason} at byte "
                                 f"{e.start})") from None
+            except csv.Error as e:
+                raise DataError(f"{f}: not a CSV file ({e})") from None
+            if len(parts) > before and len(parts[-1]) == 0:
+                raise DataError(f"{f}: a header but no data rows")
         if not found:
             raise DataError(f"{p}: no measurement files found")
     return Measurements.concat(parts)

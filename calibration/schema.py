@@ -154,6 +154,12 @@ def empty() -> Measurements:
     return from_rows([])
 
 
+#: Measured times outside these bounds (seconds) are refused: no kernel or iteration
+#: takes under a femtosecond or over a day, and float32 holds both ends.
+TIME_MIN_S = 1e-15
+TIME_MAX_S = 86400.0
+
+
 def _dtype(c: str):
     return object if c in STR_COLS else (np.int64 if c in INT_COLS else np.float64)
 
@@ -200,6 +206,9 @@ def validate(m: Measurements) -> None:
     t = m["time_s"]
     fail(~(np.isfinite(t) & (t > 0)), lambda i: f"column 'time_s': {float(t[i])!r} is not a "
          "positive finite time in seconds")
+    # the fit works in float32 logs: 1e-50 s became 0 (log -inf) and skewed every parameter
+    fail(~((t >= TIME_MIN_S) & (t <= TIME_MAX_S)), lambda i: f"column 'time_s': "
+         f"{float(t[i])!r} s is outside [{TIME_MIN_S:g}, {TIME_MAX_S:g}] s (check the unit)")
     for c in OPTIONAL:
         v = m[c]
         fail(~np.isnan(v) & ~(np.isfinite(v) & (v >= 0)),
@@ -252,6 +261,20 @@ def write_csv(m: Measurements, path: str | os.PathLike) -> None:
             w.writerow([_fmt(m.cols[c][i]) for c in COLUMNS])
 
 
+def _records(reader, path: str):
+    """(row number, record) of a DictReader; a row that is not CSV names its row."""
+    i = 1
+    while True:
+        try:
+            r = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:  # a stray quote, a field over csv's size limit
+            raise DataError(f"{path}:{i + 1}: not a CSV row ({e})") from None
+        i += 1
+        yield i, r
+
+
 def read_csv(path: str | os.PathLike) -> Measurements:
     """Read a CSV in this schema; errors name the file, row and column."""
     path = os.fspath(path)
@@ -267,7 +290,7 @@ def read_csv(path: str | os.PathLike) -> Measurements:
             raise DataError(f"{path}: missing column(s) {missing}; the jaxsim measurement "
                             f"schema has: {', '.join(COLUMNS)}")
         rows = []
-        for i, r in enumerate(reader, start=2):
+        for i, r in _records(reader, path):
             if None in r:  # DictReader keeps the fields beyond the header under None
                 raise DataError(f"{path}:{i}: {len(header) + len(r[None])} fields; the "
                                 f"header has {len(header)} columns")

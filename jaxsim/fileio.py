@@ -33,6 +33,19 @@ def _umask() -> int:
     return mask
 
 
+def cannot_write(path: str | os.PathLike) -> str | None:
+    """Why a file could not be written at ``path`` (its folder refuses a new file), or
+    None: checked with a temporary file, before work whose result would be lost."""
+    d = os.path.dirname(os.path.abspath(os.fspath(path)))
+    try:
+        fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-write-test-")
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as e:
+        return f"cannot write in {d!r} ({e.strerror or e})"
+    return None
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "w", **kw) -> Iterator[IO]:
     """Open a temporary file next to ``path`` for writing (``mode`` ``"w"`` or ``"wb"``;

@@ -123,18 +123,20 @@ HOST_RANDOM_MAX = 1 << 22
 
 #: Substrings of JAX error messages that mean "out of device memory".
 _OOM_MARKERS = ("RESOURCE_EXHAUSTED", "Out of memory", "out of memory")
-#: (substrings of a device kind, all required; GPU preset) in matching order.
+#: (words of a device kind, all required, as regular expressions; words that must be
+#: absent; GPU preset) in matching order. Words are the kind's parts between spaces and
+#: dashes, so "A40" does not match an RTX A4000 nor "H200" a GH200.
 _GPU_KINDS = (
-    (("GH200",), "GH200"),
-    (("H200",), "H200"),
-    (("H100", "PCIE"), "H100-PCIe"),
-    (("H100", "SXM"), "H100-SXM"),
-    (("H100", "HBM3"), "H100-SXM"),
-    (("A100", "80"), "A100-80GB"),
-    (("B200",), "B200"),
-    (("L40S",), "L40S"),
-    (("A40",), "A40"),
-    (("MI300X",), "MI300X"),
+    (("GH200",), (), "GH200"),
+    (("H200",), (), "H200"),
+    (("H100", "PCIE"), (), "H100-PCIe"),
+    (("H100", r"SXM[0-9]*"), (), "H100-SXM"),
+    (("H100", "HBM3"), ("PCIE", "NVL"), "H100-SXM"),
+    (("A100", "80GB"), ("PCIE",), "A100-80GB"),  # the PCIe card has no preset
+    (("B200",), (), "B200"),
+    (("L40S",), (), "L40S"),
+    (("A40",), (), "A40"),
+    (("MI300X",), (), "MI300X"),
 )
 
 
@@ -161,12 +163,12 @@ def hardware_name(device_kind: str, platform: str = "gpu") -> str:
 
     if platform == "cpu":
         return "cpu"
-    kind = device_kind.upper()
+    words = [w for w in re.split(r"[\s\-_]+", device_kind.upper()) if w]
     known = set(presets.gpu_names())
-    if "GB200" not in kind:
-        for parts, name in _GPU_KINDS:
-            if all(p in kind for p in parts) and name in known:
-                return name
+    for parts, absent, name in _GPU_KINDS:
+        if all(any(re.fullmatch(p, w) for w in words) for p in parts) and not any(
+                w in absent for w in words) and name in known:
+            return name
     return device_kind.strip() or platform
 
 

@@ -1053,3 +1053,61 @@ def test_vidur_gpu_folder_in_any_case(tmp_path):
     shutil.copy(MLP7B, e / "mlp.csv")
     with pytest.raises(DataError, match="expected a folder named one of h100, a100, a40"):
         loaders.load([str(e / "mlp.csv")])
+
+
+def test_bad_data__rows_that_are_not_csv_short_rows_header_only_and_tiny_times(tmp_path):
+    """Each is one error naming the file (and row): a stray quote (csv's field limit), a
+    Splitwise row cut short (it raised AttributeError), a Vidur file with a header alone
+    (it blamed --hardware), a time below a femtosecond (1e-50 s became 0 in float32 and
+    skewed every fitted parameter)."""
+    with open(MLP7B, newline="") as f:
+        text = f.read()
+    d = tmp_path / "q" / "h100" / "org" / "model"
+    d.mkdir(parents=True)
+    (d / "mlp.csv").write_text(text.replace("\n", '\n"', 1) + "x" * 140_000 + "\n")
+    with pytest.raises(DataError, match=r"mlp.csv:2: not a CSV row \(field larger"):
+        loaders.load(str(tmp_path / "q"))
+    sw = tmp_path / "sw"
+    sw.mkdir()
+    (sw / "perf_model.csv").write_text(
+        "model,hardware,prompt_size,batch_size,token_size,prompt_time,token_time,"
+        "tensor_parallel\nllama2-70b\n")
+    with pytest.raises(DataError, match=r"perf_model.csv:2: column 'hardware': unknown ''"):
+        loaders.load([str(sw / "perf_model.csv")])
+    h = tmp_path / "h" / "h100" / "org" / "model"
+    h.mkdir(parents=True)
+    (h / "mlp.csv").write_text(text.splitlines()[0] + "\n")
+    with pytest.raises(DataError, match=r"mlp.csv: a header but no data rows"):
+        loaders.load([str(tmp_path / "h")])
+    row = {"hardware": "H100-SXM", "op": "all_reduce", "dtype": "fp16", "bytes": 10.0,
+           "num_workers": 2}
+    for t in (1e-50, 1e-320, 1e6):
+        with pytest.raises(DataError, match=r"column 'time_s': .* s is outside \[1e-15, "
+                                            r"86400\] s"):
+            from_rows([{**row, "time_s": t}])
+    assert len(from_rows([{**row, "time_s": 2e-6}])) == 1
+    with pytest.raises(DataError, match="expected file or folder names"):
+        loaders.load(None)
+
+
+def test_cli_calibrate__empty_model_holdout_unwritable_out_and_plot_on_out(tmp_path, capsys):
+    out = tmp_path / "p.json"
+    net = os.path.join(DATA, "vidur", "network")
+    for bad in ("model:", "model:meta-llama/"):
+        assert cli.main(["calibrate", MLP7B, net, "--hardware", "H100-SXM", "--holdout",
+                         bad, "--out", str(out), "--steps", "1"]) == 2
+        assert f"--holdout: {bad!r} names no model" in capsys.readouterr().err
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        if not os.access(ro, os.W_OK):  # (root may write anywhere)
+            assert cli.main(["calibrate", MLP7B, "--hardware", "H100-SXM", "--out",
+                             str(ro / "p.json"), "--plot", str(tmp_path / "p.png")]) == 2
+            assert "--out: " in capsys.readouterr().err
+    finally:
+        ro.chmod(0o700)
+    assert cli.main(["calibrate", MLP7B, "--hardware", "H100-SXM", "--out",
+                     str(tmp_path / "same.png"), "--plot", str(tmp_path / "same.png")]) == 2
+    assert "is the --out file too" in capsys.readouterr().err
+    assert sorted(os.listdir(tmp_path)) == ["ro"]

@@ -328,13 +328,17 @@ def test_profile__hardware_name_maps_device_kinds_to_presets():
     cases = {"NVIDIA H100 80GB HBM3": "H100-SXM", "NVIDIA H100 PCIe": "H100-PCIe",
              "NVIDIA H200": "H200", "NVIDIA GH200 480GB": "GH200",
              "NVIDIA A100-SXM4-80GB": "A100-80GB", "NVIDIA L40S": "L40S",
-             "NVIDIA A40": "A40",
-             "NVIDIA GeForce RTX 4090": "NVIDIA GeForce RTX 4090"}
+             "NVIDIA A40": "A40", "NVIDIA H100 SXM5 80GB": "H100-SXM",
+             "NVIDIA GeForce RTX 4090": "NVIDIA GeForce RTX 4090",
+             # whole words: an RTX A4000 is not an A40, nor a GB200 a B200; cards without
+             # a preset keep their kind (the A100 80GB PCIe is not the SXM preset)
+             "NVIDIA RTX A4000": "NVIDIA RTX A4000", "NVIDIA GB200": "NVIDIA GB200",
+             "NVIDIA A100 80GB PCIe": "NVIDIA A100 80GB PCIe",
+             "NVIDIA H100 NVL": "NVIDIA H100 NVL", "NVIDIA L40": "NVIDIA L40"}
     for kind, name in cases.items():
         assert prof.hardware_name(kind) == name, kind
     assert prof.hardware_name("cpu", "cpu") == "cpu"
-    assert set(prof._GPU_KINDS[i][1] for i in range(len(prof._GPU_KINDS))) <= set(
-        presets.gpu_names())
+    assert {row[-1] for row in prof._GPU_KINDS} <= set(presets.gpu_names())
 
 
 def test_profile__module_imports_no_jax_at_top_level():
