@@ -27,7 +27,8 @@ Columns (CSV header names; integers are 0 where they do not apply):
 ``decode_context_len``        mean context of those decodes
 ``bytes``                     message / copy size of collectives and copies
 ``num_workers``               GPUs taking part in a collective
-``time_s``                    the measured time, seconds (the median when repeated); > 0
+``time_s``                    the measured time, seconds (the median when repeated); within
+                              [1e-15, 86400]
 ``time_min_s`` ...            ``time_mean_s``, ``time_std_s``: repeat statistics (may be
                               empty)
 ``repeats``                   number of repeats behind the statistics (0 if unknown)
