@@ -517,11 +517,15 @@ class _StrictLoader(yaml.SafeLoader):
 
     def construct_yaml_int(self, node):
         text = self.construct_scalar(node).replace("_", "")
-        sign = -1 if text[0] == "-" else 1
+        sign = -1 if text[:1] == "-" else 1
         digits = text.lstrip("+-")
-        if digits[:2] in ("0x", "0o"):
-            return sign * int(digits[2:], 16 if digits[1] == "x" else 8)
-        return sign * int(digits, 10)
+        try:
+            if digits[:2] in ("0x", "0o"):
+                return sign * int(digits[2:], 16 if digits[1] == "x" else 8)
+            return sign * int(digits, 10)
+        except ValueError:  # an explicit `!!int` on text that is not one
+            raise yaml.constructor.ConstructorError(
+                None, None, f"!!int {text!r} is not an integer", node.start_mark) from None
 
 
 _INT, _FLOAT = "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"

@@ -419,3 +419,11 @@ def test_a_key_given_twice_inside_a_set_value_is_named(capsys):
     err = _cli_error(capsys, "simulate", "--set",
                      "workload.prompt_tokens={dist: fixed, value: 3, value: 4}")
     assert err.endswith("key 'value' given twice"), err
+
+
+def test_an_explicit_int_tag_on_text_is_one_line(tmp_path, capsys):
+    for argv in (["--set", "max_num_seqs=!!int 0b1"], ["--set", "max_num_seqs=!!int"]):
+        assert "max_num_seqs" in _cli_error(capsys, "simulate", *argv)
+    f = tmp_path / "i.yaml"
+    f.write_text("max_num_seqs: !!int 1:30\n")
+    assert "not valid YAML (line 1)" in _cli_error(capsys, "simulate", str(f))
