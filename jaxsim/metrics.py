@@ -106,7 +106,7 @@ def compute_metrics(params: SimParams, workload: Workload, state: SimState) -> d
     m["num_requests"] = workload.num_requests
     m["preemptions"] = st.preemptions_total
     m["iterations"] = st.iterations
-    m["steps"] = st.steps  # iterations plus macro-steps (§6); < iterations when skipping
+    m["steps"] = st.steps  # step calls while the lane worked; < iterations when skipping
     m["tokens_scheduled"] = st.tokens_total
     m["num_gpu_blocks"] = params.scheduler.num_gpu_blocks
 
