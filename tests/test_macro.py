@@ -171,7 +171,8 @@ def test_macro__on_with_the_prefix_cache_and_off_with_prefetch():
     from jaxsim import api
     tr = Trace([0.0, 0.1], [64, 64], [20, 20], hash_ids=[[7, 1], [7, 2]],
                hash_block_tokens=32)
-    cfg = {"model": "Llama-3.1-8B", "gpu": "H100-SXM", "enable_prefix_caching": True}
+    cfg = {"model": "Llama-3.1-8B", "gpu": "H100-SXM", "enable_prefix_caching": True,
+           "tiers": "dram"}  # (prefetch needs a tier to prefetch from)
     runs = {}
     for pf in (False, True):
         prep = api.prepare({**cfg, "cache": {"prefetch": pf}}, tr)
