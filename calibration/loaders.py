@@ -25,7 +25,14 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from calibration.schema import COLUMNS, DataError, Measurements, from_rows, read_csv
+from calibration.schema import (
+    COLUMNS,
+    DataError,
+    Measurements,
+    from_rows,
+    read_csv,
+    records,
+)
 
 #: Vidur GPU folder -> jaxsim GPU preset.
 VIDUR_GPU = {"h100": "H100-SXM", "a100": "A100-80GB", "a40": "A40"}
@@ -87,15 +94,7 @@ class _Reader:
         long row or a row that is not CSV is an error naming the row."""
         width = len(self._r.fieldnames or [])
         try:
-            line = 1
-            while True:
-                try:
-                    r = next(self._r)
-                except StopIteration:
-                    return
-                except csv.Error as e:  # a stray quote, a field over csv's size limit
-                    raise DataError(f"{self.path}:{line + 1}: not a CSV row ({e})") from None
-                line += 1
+            for line, r in records(self._r, self.path):
                 if None in r:  # DictReader keeps the fields beyond the header under None
                     raise DataError(f"{self.path}:{line}: {width + len(r[None])} fields; "
                                     f"the header has {width} columns")

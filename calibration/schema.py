@@ -262,7 +262,7 @@ def write_csv(m: Measurements, path: str | os.PathLike) -> None:
             w.writerow([_fmt(m.cols[c][i]) for c in COLUMNS])
 
 
-def _records(reader, path: str):
+def records(reader, path: str):
     """(row number, record) of a DictReader; a row that is not CSV names its row."""
     i = 1
     while True:
@@ -291,7 +291,7 @@ def read_csv(path: str | os.PathLike) -> Measurements:
             raise DataError(f"{path}: missing column(s) {missing}; the jaxsim measurement "
                             f"schema has: {', '.join(COLUMNS)}")
         rows = []
-        for i, r in _records(reader, path):
+        for i, r in records(reader, path):
             if None in r:  # DictReader keeps the fields beyond the header under None
                 raise DataError(f"{path}:{i}: {len(header) + len(r[None])} fields; the "
                                 f"header has {len(header)} columns")

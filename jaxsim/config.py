@@ -37,6 +37,7 @@ from jaxsim.params import (
 )
 from jaxsim.workload import (
     ARRIVAL_KINDS,
+    ArrivalSpanError,
     Trace,
     multi_turn_sessions,
     sample_lengths,
@@ -46,6 +47,12 @@ from jaxsim.workload import (
 
 class ConfigError(ValueError):
     """A bad configuration value; the message names the field, the value, what is allowed."""
+
+
+def tp_fits_heads(tp: int, num_heads: int, num_kv_heads: int) -> bool:
+    """Whether ``tp`` GPUs can split the attention heads (vLLM's rule): it divides the
+    heads, and divides the KV heads or is a multiple of them (they are replicated)."""
+    return num_heads % tp == 0 and (num_kv_heads % tp == 0 or tp % num_kv_heads == 0)
 
 
 DEFAULTS: dict[str, Any] = {
@@ -621,7 +628,8 @@ def build_trace(cfg: Mapping) -> Trace:
         raise ConfigError(f"workload.path: {e}") from None
     except ValueError as e:
         msg = str(e)
-        if "may span at most" in msg and w["kind"] != "trace":  # name the field to change
+        if isinstance(e, ArrivalSpanError) and w["kind"] != "trace":  # name the field
+            # (a trace's rescale names workload.rate itself)
             if w["kind"] == "sessions":
                 msg = (f"workload.rate, workload.think_time_s: {w['rate']:g} sessions/s and "
                        f"{w['think_time_s']:g} s spread the arrivals too far: {msg}")
@@ -885,8 +893,7 @@ def status_reasons(cfg: Mapping, status: int, info: Mapping, workload_max_len: i
     budget, seqs = int(cfg["max_num_batched_tokens"]), int(cfg["max_num_seqs"])
     if status & st_bits.INF_TP_SHAPE:
         nh, nkv = int(m["num_heads"]), int(m["num_kv_heads"])
-        ok = [t for t in range(1, MAX_TP + 1)
-              if nh % t == 0 and (nkv % t == 0 or t % nkv == 0)]
+        ok = [t for t in range(1, MAX_TP + 1) if tp_fits_heads(t, nh, nkv)]
         out.append(f"tp {tp} does not divide {model}'s {nh} attention heads and "
                    f"{nkv} KV heads (tp values that do: {', '.join(map(str, ok))})")
     if status & st_bits.INF_DTYPE:

@@ -116,6 +116,10 @@ def _whole(name: str, field: str, v: np.ndarray, what: str = "a whole number of 
         raise ValueError(f"{name}: {field}[{i}] = {v[i].item()!r}; must be {what}")
 
 
+class ArrivalSpanError(ValueError):
+    """Arrivals spread over more than ``MAX_ARRIVAL_SPAN_S``."""
+
+
 @dataclasses.dataclass
 class Trace:
     """Requests on the host.
@@ -192,7 +196,7 @@ class Trace:
         span = float(a.max() - a.min())
         if span > MAX_ARRIVAL_SPAN_S:
             bad = int(np.argmax(a))
-            raise ValueError(
+            raise ArrivalSpanError(
                 f"{self.name}: arrival_s[{bad}] = {float(a[bad])!r} lies {span:.4g} s after the "
                 f"first arrival; the arrivals may span at most {MAX_ARRIVAL_SPAN_S:.0e} s "
                 "(about 3 years), within which the simulator's clock resolves under "

@@ -153,12 +153,12 @@ VLLM_BLOCK_SIZES = (1, 8, 16, 32, 64, 128, 256)
 def _check_tp(c: Mapping) -> None:
     m = presets.model(c["model"])[1]
     nh, nkv, tp = int(m["num_heads"]), int(m["num_kv_heads"]), int(c["tp"])
+    if jconfig.tp_fits_heads(tp, nh, nkv):
+        return
     if nh % tp:
         why = f"does not divide {c['model']}'s {nh} attention heads"
-    elif nkv % tp and tp % nkv:
-        why = f"neither divides nor is a multiple of {c['model']}'s {nkv} KV heads"
     else:
-        return
+        why = f"neither divides nor is a multiple of {c['model']}'s {nkv} KV heads"
     raise jconfig.ConfigError(f"tp: {tp} {why}; vLLM refuses it (and the simulator marks "
                               "the lane infeasible)")
 

@@ -441,13 +441,11 @@ class DesignSpace:
         """The digest of manifests written before the axis order was recorded."""
         spec = self.spec()
         del spec["axis_order"]
-        return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()
-                              ).hexdigest()
+        return _sha256(spec)
 
     def digest(self) -> str:
         """sha256 of :meth:`spec` (what the sweep depends on)."""
-        blob = json.dumps(self.spec(), sort_keys=True, default=str).encode()
-        return hashlib.sha256(blob).hexdigest()
+        return _sha256(self.spec())
 
     # ---- checks ----------------------------------------------------------------------
 
@@ -603,6 +601,10 @@ def _py(v):
 
 # --------------------------------------------------------------------------------------
 # Reading spaces (YAML or dict)
+def _sha256(spec: dict) -> str:
+    return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()
+
+
 # --------------------------------------------------------------------------------------
 
 _SPACE_KEYS = ("name", "base", "axes", "constraints", "sampler", "num_samples", "seed",
