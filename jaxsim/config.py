@@ -298,7 +298,7 @@ def _length_spec(key, v):
         except ValueError as e:
             raise ConfigError(str(e)) from None
         return dict(v)
-    return _int(key, v, 1, 1 << 24)
+    return _int(key, v, 1, 1 << 30)  # the limit of a distribution's values and a trace's
 
 
 _WORKLOAD = {
@@ -395,6 +395,20 @@ def validate(cfg: Mapping) -> dict:
     if w["kind"] == "trace":
         if not w["path"]:
             raise ConfigError("workload.path: required when workload.kind=trace")
+        bundled = str(w["path"]).removeprefix("bundled:")
+        if w["format"] is None and str(w["path"]).startswith("bundled:"):
+            from jaxsim import traces  # a bundled trace's format is known
+
+            if bundled in traces.BUNDLED:
+                w["format"] = traces.BUNDLED[bundled][1]
+        elif str(w["path"]).startswith("bundled:"):
+            from jaxsim import traces
+
+            own = traces.BUNDLED.get(bundled, (None, w["format"]))[1]
+            if own != w["format"]:
+                raise ConfigError(f"workload.format: {w['format']!r} does not read "
+                                  f"{w['path']}, a trace in {own} format (set "
+                                  f"workload.format: {own}, or leave it out)")
         if w["format"] is None:
             raise ConfigError(f"workload.format: required when workload.kind=trace; "
                               f"allowed: {', '.join(TRACE_FORMATS)}")

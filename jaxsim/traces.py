@@ -25,20 +25,27 @@ from importlib import resources
 
 import numpy as np
 
-from jaxsim.workload import Trace
+from jaxsim.workload import MAX_ARRIVAL_SPAN_S, Trace
 
 
 class TraceError(ValueError):
     """A trace file that cannot be used; the message names file, row and column."""
 
 
+def _number(path, row, col, raw) -> float:
+    try:
+        return float(raw)
+    except (TypeError, ValueError):
+        raise TraceError(f"{path}: row {row}, column {col}: {raw!r} is not a number") from None
+    except OverflowError:  # a JSON integer past float's range (float("1e999") is inf)
+        raise TraceError(f"{path}: row {row}, column {col}: {str(raw)[:20]}... "
+                         f"({len(str(raw))} digits) is too large") from None
+
+
 def _int_cell(path, row, col, raw):
     if isinstance(raw, bool):
         raise TraceError(f"{path}: row {row}, column {col}: {raw!r} is not a number")
-    try:
-        v = float(raw)
-    except (TypeError, ValueError):
-        raise TraceError(f"{path}: row {row}, column {col}: {raw!r} is not a number") from None
+    v = _number(path, row, col, raw)
     if not math.isfinite(v) or v != int(v):
         raise TraceError(f"{path}: row {row}, column {col}: {raw!r} is not a whole number")
     if v < 1:
@@ -52,10 +59,7 @@ def _int_cell(path, row, col, raw):
 def _float_cell(path, row, col, raw):
     if isinstance(raw, bool):
         raise TraceError(f"{path}: row {row}, column {col}: {raw!r} is not a number")
-    try:
-        v = float(raw)
-    except (TypeError, ValueError):
-        raise TraceError(f"{path}: row {row}, column {col}: {raw!r} is not a number") from None
+    v = _number(path, row, col, raw)
     if not math.isfinite(v) or v < 0:
         raise TraceError(f"{path}: row {row}, column {col}: {raw!r} must be a finite "
                          "number >= 0")
@@ -63,31 +67,68 @@ def _float_cell(path, row, col, raw):
 
 
 def _open(path):
+    path = os.path.expanduser(path)
     if not os.path.exists(path):
         raise TraceError(f"{path}: no such file")
     if os.path.isdir(path):
         raise TraceError(f"{path}: is a directory, expected a trace file")
+    with open(path, "rb") as f:
+        if f.read(2) == b"\x1f\x8b":
+            raise TraceError(f"{path}: a gzip-compressed file; decompress it first "
+                             "(gunzip), trace files are read as text")
     # utf-8-sig: a byte-order mark (a CSV saved by a spreadsheet) is not part of the header
     return open(path, newline="", encoding="utf-8-sig")
+
+
+class _Lines:
+    """A file's lines, counted as they are read (``csv.reader.line_num`` is not advanced
+    by a row that fails to parse, so an error would name the row before)."""
+
+    def __init__(self, f):
+        self._f, self.n = f, 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        line = next(self._f)
+        self.n += 1
+        return line
+
+
+def _check_span(path, times, lines, col, raw):
+    """Refuse arrivals the simulator's clock cannot hold (``MAX_ARRIVAL_SPAN_S``), naming
+    the row of the latest one; ``raw(i)`` is row i's value as written in the file."""
+    if len(times) and float(times.max() - times.min()) > MAX_ARRIVAL_SPAN_S:
+        i = int(np.argmax(times))
+        raise TraceError(f"{path}: row {lines[i]}, column {col}: {raw(i)} lies "
+                         f"{float(times.max() - times.min()):.4g} s after the first "
+                         f"arrival; the arrivals may span at most {MAX_ARRIVAL_SPAN_S:.0e} s "
+                         "(about 3 years; check the time unit)")
 
 
 def _read_csv(path, columns):
     try:
         with _open(path) as f:
-            reader = csv.DictReader(f)
+            lines = _Lines(f)
+            reader = csv.DictReader(lines)
             header = reader.fieldnames or []
             missing = [c for c in columns if c not in header]
             if missing:
                 raise TraceError(f"{path}: missing column(s) {', '.join(missing)} "
                                  f"(header is {','.join(header) or 'empty'}; expected "
                                  f"{','.join(columns)})")
+            twice = [c for c in columns if header.count(c) > 1]
+            if twice:  # csv.DictReader would keep the last one's values, silently
+                raise TraceError(f"{path}: column(s) {', '.join(twice)} appear more than "
+                                 f"once in the header ({','.join(header)})")
             # each row with its line in the file (blank lines are skipped but counted)
             rows = [(reader.line_num, r) for r in reader]
     except UnicodeDecodeError as e:
         raise TraceError(f"{path}: not a UTF-8 text file ({e.reason} at byte "
                          f"{e.start})") from None
     except csv.Error as e:  # a field over the csv module's limit (128 KiB), a NUL, ...
-        raise TraceError(f"{path}: row {reader.line_num}: not a CSV row ({e})") from None
+        raise TraceError(f"{path}: row {lines.n}: not a CSV row ({e})") from None
     for line, r in rows:
         if None in r:  # csv.DictReader's key for fields beyond the header's
             raise TraceError(f"{path}: row {line} has {len(header) + len(r[None])} "
@@ -136,6 +177,8 @@ def load_azure(path: str) -> Trace:
         prompt[i] = _int_cell(path, line, "ContextTokens", r["ContextTokens"])
         output[i] = _int_cell(path, line, "GeneratedTokens", r["GeneratedTokens"])
     times -= times.min()
+    _check_span(path, times, [line for line, _ in rows], "TIMESTAMP",
+                lambda i: repr(rows[i][1]["TIMESTAMP"].strip()))
     return Trace(times, prompt, output, name=os.path.basename(path))
 
 
@@ -151,6 +194,8 @@ def load_csv(path: str) -> Trace:
         a[i] = _float_cell(path, line, "arrival_s", r["arrival_s"])
         p[i] = _int_cell(path, line, "prompt_tokens", r["prompt_tokens"])
         o[i] = _int_cell(path, line, "output_tokens", r["output_tokens"])
+    _check_span(path, a, [line for line, _ in rows], "arrival_s",
+                lambda i: repr(rows[i][1]["arrival_s"]))
     return Trace(a, p, o, name=os.path.basename(path))
 
 
@@ -162,7 +207,7 @@ def load_mooncake(path: str, with_hashes: bool = False):
     """Mooncake JSONL. The trace carries the ids of each request's whole prompt blocks
     (``Trace.hash_ids``, 512 tokens each) for prefix caching. With ``with_hashes`` also
     returns the raw per-request ``hash_ids`` lists."""
-    a, p, o, hashes = [], [], [], []
+    a, p, o, hashes, rows = [], [], [], [], []
     try:
         with _open(path) as f:
             lines = list(f)
@@ -196,8 +241,11 @@ def load_mooncake(path: str, with_hashes: bool = False):
             raise TraceError(f"{path}: row {i}, column hash_ids: must be a list of "
                              "integers in 0..2**63-1")
         hashes.append(h)
+        rows.append((i, rec["timestamp"]))
     if not a:
         raise TraceError(f"{path}: no data rows")
+    _check_span(path, np.asarray(a), [i for i, _ in rows], "timestamp",
+                lambda i: f"{rows[i][1]!r} ms")
     # Mooncake ids cover ceil(input/512) blocks, the last one partial. Only whole prompt
     # blocks are kept: a partial block's id says nothing about the tokens after it.
     full = [[int(x) for x in h[: p_i // MOONCAKE_BLOCK_TOKENS]]
@@ -215,8 +263,13 @@ def load(path: str, fmt: str) -> Trace:
     if fmt not in LOADERS:
         raise TraceError(f"workload.format: {fmt!r} is not one of {', '.join(LOADERS)}")
     if isinstance(path, str) and path.startswith("bundled:"):
-        path = bundled_path(path.split(":", 1)[1])
-    return LOADERS[fmt](path)
+        name = path.split(":", 1)[1]
+        path = bundled_path(name)
+        if BUNDLED[name][1] != fmt:
+            raise TraceError(f"workload.format: {fmt!r} does not read bundled:{name}, a "
+                             f"trace in {BUNDLED[name][1]} format (set workload.format: "
+                             f"{BUNDLED[name][1]}, or leave it out)")
+    return LOADERS[fmt](os.path.expanduser(path))
 
 
 BUNDLED = {

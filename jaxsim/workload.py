@@ -510,6 +510,8 @@ def with_shared_prefixes(trace: Trace, num_groups: int, prefix_tokens: int,
                         ("block_tokens", block_tokens, 1)):
         if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < lo:
             raise ValueError(f"with_shared_prefixes: {name}={v!r} must be an int >= {lo}")
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
+        raise ValueError(f"with_shared_prefixes: seed={seed!r} must be an int >= 0")
     rng = np.random.default_rng(seed)
     U = int(block_tokens)
     shared = int(prefix_tokens) // U

@@ -185,8 +185,10 @@ def max_slots_for(slots: int, max_num_seqs: int) -> int:
 
 def _num_requests(cfg: Mapping, cache: _TraceCache | None = None) -> int:
     w = cfg["workload"]
-    if w["kind"] != "trace":
+    if w["kind"] not in ("trace", "sessions") or (
+            w["kind"] == "sessions" and w["num_requests"] is not None):
         return int(w["num_requests"])
+    # a trace file, or sessions with no request limit: as many as the workload has
     return len((cache or _TraceCache()).get(cfg))
 
 

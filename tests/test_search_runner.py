@@ -327,3 +327,16 @@ def test_ray_address_that_refuses_connections_fails_fast():
         ray_runner._check_reachable(f"ray://127.0.0.1:{port}")
     assert time.perf_counter() - t0 < ray_runner.CONNECT_TIMEOUT_S
     ray_runner._check_reachable("auto")  # no port: left to Ray
+
+
+def test_sessions_without_a_request_limit_size_the_batch_by_their_turns():
+    """``workload.num_requests: null`` with sessions (valid: every turn is simulated) sizes
+    the sweep's request axis by the generated turns, as a trace file's length does."""
+    from jaxsim import config
+
+    base = {"workload": {"kind": "sessions", "sessions": 3, "turns": 2, "rate": 1.0,
+                         "num_requests": None, "think_time_s": 1.0}}
+    cfg = config.validate(base)
+    assert runner._num_requests(cfg) == len(config.build_trace(cfg)) == 6
+    cfg = config.validate({"workload": {**base["workload"], "num_requests": 4}})
+    assert runner._num_requests(cfg) == 4

@@ -8,7 +8,7 @@ import re
 import numpy as np
 import pytest
 
-from jaxsim import traces
+from jaxsim import config, traces
 from jaxsim.timeutil import join_f64, split_f64
 from jaxsim.workload import Trace, sample_lengths, synthetic, to_workload
 
@@ -170,6 +170,27 @@ def test_traces__plain_csv(tmp_path):
      "row 2, column TIMESTAMP: '1700000000' is not a timestamp"),
     ("TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46.5+01:00,374,44\n",
      "azure", "no time zone"),
+    # an integer past float's range (valid JSON, any length under Python's limit)
+    ('{"timestamp": 1' + "0" * 400 + ', "input_length": 5, "output_length": 2}\n',
+     "mooncake", r"row 1, column timestamp: 1000.*\(401 digits\) is too large"),
+    ('{"timestamp": 0, "input_length": 5, "output_length": 2}\n'
+     '{"timestamp": 0, "input_length": 5' + "0" * 400 + ', "output_length": 2}\n',
+     "mooncake", r"row 2, column input_length: .*\(401 digits\) is too large"),
+    # the row csv cannot parse, not the one before it
+    ("arrival_s,prompt_tokens,output_tokens\n0,1,1\n1,1,1\n2,1,1\n3,1,\""
+     + "x" * 200_000 + "\"\n", "csv", "row 5: not a CSV row"),
+    # a column named twice: csv.DictReader would keep the last one's values
+    ("arrival_s,prompt_tokens,output_tokens,prompt_tokens\n0,10,2,9999\n", "csv",
+     "column\\(s\\) prompt_tokens appear more than once"),
+    # arrivals the clock cannot hold name the row of the latest one, in the file's unit
+    ("arrival_s,prompt_tokens,output_tokens\n0,10,2\n1.5e9,10,2\n", "csv",
+     "row 3, column arrival_s: '1.5e9' lies 1.5e\\+09 s after the first arrival"),
+    ("TIMESTAMP,ContextTokens,GeneratedTokens\n2020-01-01 00:00:00,10,2\n"
+     "2024-01-01 00:00:00,10,2\n", "azure",
+     "row 3, column TIMESTAMP: '2024-01-01 00:00:00' lies 1.262e\\+08 s"),
+    ('{"timestamp": 0, "input_length": 5, "output_length": 2}\n'
+     '{"timestamp": 2e11, "input_length": 5, "output_length": 2}\n', "mooncake",
+     "row 2, column timestamp: 200000000000.0 ms lies 2e\\+08 s"),
 ])
 def test_traces__bad_files_name_file_row_column(tmp_path, content, fmt, msg):
     f = tmp_path / "bad.txt"
@@ -177,6 +198,30 @@ def test_traces__bad_files_name_file_row_column(tmp_path, content, fmt, msg):
     with pytest.raises(traces.TraceError, match=msg) as e:
         traces.load(str(f), fmt)
     assert str(f) in str(e.value)
+
+
+def test_traces__gzip_home_directory_and_bundled_formats(tmp_path, monkeypatch):
+    import gzip
+
+    f = tmp_path / "t.csv.gz"
+    f.write_bytes(gzip.compress(b"arrival_s,prompt_tokens,output_tokens\n0,1,1\n"))
+    with pytest.raises(traces.TraceError, match="gzip-compressed file; decompress it"):
+        traces.load(str(f), "csv")
+    (tmp_path / "t.csv").write_text("arrival_s,prompt_tokens,output_tokens\n0,7,1\n")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert traces.load("~/t.csv", "csv").prompt_tokens.tolist() == [7]
+    with pytest.raises(traces.TraceError, match="'mooncake' does not read "
+                                                "bundled:azure_conv, a trace in azure format"):
+        traces.load("bundled:azure_conv", "mooncake")
+    # the configuration takes a bundled trace's own format when none is given
+    cfg = config.load(None, ["workload.kind=trace", "workload.path=bundled:azure_code",
+                             "workload.num_requests=5"])
+    assert cfg["workload"]["format"] == "azure"
+    assert len(config.build_trace(cfg)) == 5
+    with pytest.raises(config.ConfigError, match="workload.format: 'csv' does not read "
+                                                 "bundled:azure_code, a trace in azure format"):
+        config.load(None, ["workload.kind=trace", "workload.path=bundled:azure_code",
+                           "workload.format=csv"])
 
 
 def test_traces__unknown_format_and_missing_file(tmp_path):
