@@ -26,7 +26,8 @@ import time
 
 import numpy as np
 
-from jaxsim import api
+from jaxsim import api, bench
+from jaxsim.fileio import cannot_write
 from jaxsim.sim import simulate_batch
 from jaxsim.workload import synthetic
 
@@ -35,12 +36,15 @@ LONG, SHORT, EVERY = 1000, 125, 8
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--lanes", type=int, default=256)
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--chunk", type=int, default=256,
+    p.add_argument("--lanes", type=bench.arg_int(1), default=256)
+    p.add_argument("--repeats", type=bench.arg_int(1), default=3)
+    p.add_argument("--chunk", type=bench.arg_int(1), default=256,
                    help="chunk_iterations: steps between compaction checks (default 256)")
     p.add_argument("--out", help="file to write the record to (JSON; default: none)")
     args = p.parse_args(argv)
+    why = args.out and cannot_write(args.out)  # before the work whose record it is
+    if why:
+        p.error(f"--out {args.out!r}: {why}")
     cfg = {"model": "Llama-3.1-8B", "gpu": "H100-SXM", "cost_preset": "uncalibrated"}
     lengths = [LONG if i % EVERY == 0 else SHORT for i in range(args.lanes)]
     traces = [synthetic("poisson", n, 512, 256, rate=10.0, seed=i)

@@ -6,13 +6,14 @@ Runs ``jaxsim.bench`` (compile time, config-requests/s at B=1 and B=1024, the la
 one CPU device per core and on one device, iteration
 time with 1k and 100k requests, memory per lane) and times the plain-Python reference
 simulator (tests/reference/event_sim.py, single thread) on the same scenario, then
-prints the ratios and writes a JSON + Markdown record with the machine it ran on.
+prints the ratios and writes a JSON record with the machine it ran on and the command.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 import time
 
@@ -50,11 +51,9 @@ def main() -> int:
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"),
                     help="folder of the record core_<tag>.json (default benchmarks/results)")
     ap.add_argument("--tag", default=None, help="file name tag (default: backend + cpus)")
-    ap.add_argument("--slots", type=int, default=bench.SLOTS,
+    ap.add_argument("--slots", type=bench.arg_int(1), default=bench.SLOTS,
                     help="slot-table size S (default 64)")
     args = ap.parse_args()
-    if args.slots < 1:
-        ap.error(f"--slots: {args.slots} must be >= 1")
     cli.use_every_core()  # one CPU device per core, as the `jaxsim bench` command does
     result = bench.run(quick=args.quick, verbose=True, slots=args.slots)
     ref = reference_rps()
@@ -71,8 +70,7 @@ def main() -> int:
     print(f"  ratio jaxsim {big_key[len('config_requests_per_s_'):]} / reference: "
           f"{result['ratio_batched_over_reference']:.1f}x on {cores} cores "
           f"({result['ratio_batched_over_reference_per_core']:.1f}x per core)")
-    result["command"] = "python benchmarks/bench_core.py" + (" --quick" if args.quick else "") \
-        + (f" --slots {args.slots}" if args.slots != bench.SLOTS else "")
+    result["command"] = shlex.join(["python", "benchmarks/bench_core.py", *sys.argv[1:]])
     result["date"] = time.strftime("%Y-%m-%d")
     os.makedirs(args.out, exist_ok=True)
     m = result["machine"]

@@ -192,27 +192,15 @@ def largest_batch(start: int, limit: int, timeout: float,
     return ok, tried
 
 
-def _sizes(text: str) -> list[int]:
-    """``--sizes``: a comma list of positive integers."""
-    try:
-        sizes = [int(x) for x in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} must be a comma list of integers, e.g. 1000,10000") from None
-    if not sizes or min(sizes) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: every size must be >= 1")
-    return sizes
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--sizes", type=_sizes, default="1000,10000,100000,1000000",
+    ap.add_argument("--sizes", type=bench.arg_sizes, default="1000,10000,100000,1000000",
                     help="comma list of batch sizes B to time (default 1000,...,1000000)")
     ap.add_argument("--chunk", type=int, default=262_144,
                     help="lanes per simulate_batch call (default 2^18)")
     ap.add_argument("--max-batch", type=int, default=2**22,
                     help="upper end of the largest-batch search (0 skips the search)")
-    ap.add_argument("--fit-timeout", type=float, default=240.0,
+    ap.add_argument("--fit-timeout", type=bench.arg_seconds, default=240.0,
                     help="seconds each size of the largest-batch search may take")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"),
                     help="folder of the record gpu_<device>.json (default benchmarks/results)")
@@ -222,8 +210,6 @@ def main(argv=None) -> int:
     for flag, v, low in (("--chunk", args.chunk, 1), ("--max-batch", args.max_batch, 0)):
         if v < low:
             ap.error(f"{flag}: {v} must be >= {low}")
-    if not args.fit_timeout > 0:
-        ap.error(f"--fit-timeout: {args.fit_timeout} must be > 0")
     if args.fits is not None:
         return fits(args.fits)
     sizes = args.sizes

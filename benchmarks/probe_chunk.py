@@ -32,6 +32,8 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
+from jaxsim import bench  # noqa: E402
+
 
 def probe(b: int, chunks: int) -> None:
     import jax
@@ -122,9 +124,10 @@ def _child(args: list[str], label: str, timeout: float) -> None:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--sizes", default="1000,2500,3000,10000")
-    ap.add_argument("--timeout", type=float, default=120.0, help="seconds per size")
-    ap.add_argument("--chunks", type=int, default=4)
+    ap.add_argument("--sizes", type=bench.arg_sizes, default="1000,2500,3000,10000")
+    ap.add_argument("--timeout", type=bench.arg_seconds, default=120.0,
+                    help="seconds per size")
+    ap.add_argument("--chunks", type=bench.arg_int(1), default=4)
     ap.add_argument("--simulate", action="store_true",
                     help="run simulate_batch with compaction off, then on, per size")
     ap.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
@@ -142,7 +145,7 @@ def main(argv=None) -> int:
         else:
             probe_simulate(args.child, bool(args.compact))
         return 0
-    for b in [int(x) for x in args.sizes.split(",")]:
+    for b in args.sizes:
         if not args.simulate:
             _child(["--child", str(b), "--chunks", str(args.chunks)], f"B={b}",
                    args.timeout)

@@ -22,6 +22,50 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+
+def arg_sizes(text: str) -> list[int]:
+    """argparse type of a benchmark's ``--sizes``: a comma list of integers >= 1."""
+    import argparse
+
+    try:
+        sizes = [int(x) for x in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} must be a comma list of integers, e.g. 1000,10000") from None
+    if min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: every size must be >= 1")
+    return sizes
+
+
+def arg_int(low: int):
+    """argparse type of an integer flag that must be >= ``low``."""
+    import argparse
+
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if v < low:
+            raise argparse.ArgumentTypeError(f"{v} must be >= {low}")
+        return v
+
+    return parse
+
+
+def arg_seconds(text: str) -> float:
+    """argparse type of a time limit: a finite number of seconds > 0."""
+    import argparse
+
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < v < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} must be a finite number of seconds > 0")
+    return v
+
+
 SCENARIO = {
     "model": "Llama-3.1-8B",
     "gpu": "H100-SXM",

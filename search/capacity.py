@@ -89,16 +89,32 @@ def capacity_search(cfgs: Sequence[Mapping], slo: Mapping[str, float],
         cfgs: configurations (partial dicts); the workload must have a rate
             (``poisson``, ``gamma``, or a trace file, which is rescaled).
         slo: bounds on metric columns, as in :mod:`search.objectives`
-            (e.g. ``{"ttft_p99_s": 1.0, "tpot_p99_s": 0.05}``).
+            (e.g. ``{"ttft_p99_s": 1.0, "tpot_p99_s": 0.05}`` or
+            ``["ttft_p99_s<=1.0", "tpot_p99_s<=0.05"]``); assumed monotone: met at low
+            rates, missed at high ones.
         rate_lo, rate_hi: the search range, requests/s.
         rounds: bisection rounds after the two end checks.
         chunk_size: lanes per compiled call (default: all, up to 1024).
         slots: initial slot-table rows.
+        max_iterations: per-lane iteration limit (default: the simulator's).
     """
+    for name, v in (("rate_lo", rate_lo), ("rate_hi", rate_hi)):
+        if isinstance(v, bool) or not isinstance(v, int | float | np.number) or not (
+                np.isfinite(v)):
+            raise ValueError(f"{name}: {v!r} must be a finite number of requests/s")
     if not 0 < rate_lo < rate_hi:
         raise ValueError(f"rate_lo={rate_lo}, rate_hi={rate_hi}: need 0 < rate_lo < rate_hi")
     if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 0:
         raise ValueError(f"rounds: {rounds!r} must be an integer >= 0")
+    for name, v in (("chunk_size", chunk_size), ("slots", slots)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int | np.integer)
+                              or v < 1):
+            raise ValueError(f"{name}: {v!r} must be an integer >= 1 (or None: the default)")
+    # the bounds (a mapping, METRIC<=VALUE strings or one such string), names checked now
+    # so a misspelt metric does not wait for the first simulations
+    slo = ob.parse_slo(slo, label="slo")
+    for k in slo:
+        ob.check_name(f"slo.{k}", k.removeprefix("min_"))
     full = []
     for i, c in enumerate(cfgs):
         try:
@@ -113,6 +129,9 @@ def capacity_search(cfgs: Sequence[Mapping], slo: Mapping[str, float],
     if N == 0:
         raise ValueError("capacity_search: no configurations")
     n_dev = len(jax.local_devices())
+    if chunk_size is not None and chunk_size % n_dev:
+        raise ValueError(f"chunk_size: {chunk_size} must be a multiple of the {n_dev} local "
+                         "devices the lanes are split over")
     B = chunk_size or min(-(-N // n_dev) * n_dev, 1024)
     R = max(runner._num_requests(_with_rate(c, rate_lo)) for c in full)
     max_seqs = max(int(c["max_num_seqs"]) for c in full)
@@ -152,6 +171,15 @@ def capacity_search(cfgs: Sequence[Mapping], slo: Mapping[str, float],
             best[k] = np.where(upd, m[k], best[k])
         lo = np.where(ok, mid, lo)
         hi = np.where(ok, hi, mid)
+    odd = np.flatnonzero(ok_hi & ~ok_lo)
+    if odd.size:
+        warnings.warn(
+            f"capacity_search: configuration(s) {odd.tolist()[:20]}"
+            f"{' ...' if odd.size > 20 else ''} meet the SLOs at rate_hi={rate_hi:g} but "
+            f"miss them at rate_lo={rate_lo:g}: the SLOs are not monotone in the rate (a "
+            "lower bound such as a minimum throughput fails at low rates), so the "
+            "bisection does not apply; their status is 1 (rate_hi meets)", CapacityWarning,
+            stacklevel=2)
     status = np.where(ok_hi, 1, np.where(ok_lo, 0, 2)).astype(np.int32)
     capacity = np.where(ok_hi, rate_hi, np.where(ok_lo, lo, np.nan))
     upper = np.where(ok_hi, np.inf, np.where(ok_lo, hi, rate_lo))

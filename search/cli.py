@@ -38,6 +38,9 @@ def cmd_sweep(args) -> int:
     from jaxsim.config import ConfigError
     from search import runner, space
 
+    if args.ray is not None and not args.ray.strip():
+        return _fail(f"--ray {args.ray!r}: give a cluster address (ray://host:port, auto) "
+                     "or 'local'; leave out --ray to run here without Ray")
     try:
         sp = space.load(args.space)
         if args.ray:
@@ -449,7 +452,10 @@ def cmd_pareto(args) -> int:
             return _fail(f"--csv {args.csv!r}: cannot write: {e.strerror or e}")
     if args.plot:
         try:
-            pareto.plot_pareto(c, front_idx=front, labels=tuple(names), path=args.plot)
+            # the metrics' own values: the costs negate maximised objectives
+            sign = np.array([-1.0 if ob.is_maximised(n) else 1.0 for n in names])
+            pareto.plot_pareto(c * sign, front_idx=front, labels=tuple(names),
+                               path=args.plot)
         except OSError as e:
             return _fail(f"--plot {args.plot!r}: cannot write: {e.strerror or e}")
         print(f"wrote {args.plot}")

@@ -117,7 +117,8 @@ def derived(table: Mapping, name: str, prices: Mapping | None = None) -> np.ndar
         gpu_prices = prices.get("gpu_hour_usd")
         if gpu_prices is None:
             raise ObjectiveError("cost_per_mtok: needs gpu_hour_usd (a price per GPU-hour, "
-                                 "a number or {GPU: price}) in the objectives settings")
+                                 "a number or {GPU: price}) in the objectives settings, "
+                                 "or --price GPU=USD on the command line")
         gpus = _col(table, "gpu")
         if isinstance(gpu_prices, Mapping):
             gpu_prices = canonical_prices(gpu_prices)
@@ -187,7 +188,10 @@ def parse_slo(items: Sequence[str] | Mapping | str | None,
         if np.isnan(val):
             raise ObjectiveError(f"{label} {it!r}: {v!r} is not a bound; give a number "
                                  "(not NaN)")
-        out[f"min_{k}" if sep == ">=" else k] = val
+        key = f"min_{k}" if sep == ">=" else k
+        if key in out:  # the same metric bounded twice: both bounds hold, the tighter wins
+            val = max(val, out[key]) if sep == ">=" else min(val, out[key])
+        out[key] = val
     return out
 
 

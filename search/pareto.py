@@ -381,7 +381,9 @@ def plot_pareto(
     or notebook state changes.
 
     Args:
-        costs: ``[B, 2]`` costs (minimised); rows with a NaN or infinite cost are skipped.
+        costs: ``[B, 2]`` values to draw: costs (minimised) when ``front_idx`` is None,
+            else any values, e.g. the metrics with maximised ones not negated; rows with
+            a NaN or infinite value are skipped.
         front_idx: optional ``[n]`` row indices of the front; computed when None.
         labels: axis labels for objectives 0 and 1.
         ax: matplotlib Axes to draw on; a new figure is created when None.

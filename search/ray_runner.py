@@ -128,8 +128,10 @@ def run_sweep(space: DesignSpace, out_dir: str, address: str = "local", resume: 
         cpus = cpus_per_task if cpus_per_task is not None else (
             1 if gpus_per_task else max(1, int(ray.cluster_resources().get("CPU", 1))
                                         // max(1, len(ray.nodes()))))
+        # a lost worker is always retried; of the exceptions, the ones a retry can cure
+        # (bad input, a ValueError, fails the same way on every attempt)
         task = ray.remote(num_cpus=cpus, num_gpus=gpus_per_task, max_retries=max_retries,
-                          retry_exceptions=True)(_chunk_task)
+                          retry_exceptions=[RuntimeError, OSError, MemoryError])(_chunk_task)
         already = sum(len(runner.chunk_ids(plan, c)) for c in done if c < plan.num_chunks)
         bar = runner.Progress(plan.size, already, enabled=progress)
         space_ref = ray.put(space)
@@ -141,6 +143,9 @@ def run_sweep(space: DesignSpace, out_dir: str, address: str = "local", resume: 
             try:
                 c, n, s = ray.get(ready[0])
             except ray.exceptions.RayError as e:
+                cause = getattr(e, "cause", None)
+                if isinstance(cause, ValueError):  # bad input: its own one-line message
+                    raise runner.SweepError(str(cause)) from None
                 raise runner.SweepError(f"a chunk failed after {max_retries} retries: "
                                         f"{e}") from None
             sim_s += s

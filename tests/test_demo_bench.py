@@ -147,3 +147,23 @@ def test_bench_gpu__largest_batch_search_ends_at_a_size_that_runs_out_of_time():
     big, tried = _bench_gpu().largest_batch(64, 1024, timeout=0.01)
     assert big == 0 and len(tried) == 1
     assert tried[0]["lanes"] == 64 and tried[0]["result"].startswith("not done after")
+
+
+@pytest.mark.parametrize("script, argv, msg", [
+    ("bench_compaction", ["--lanes", "0"], "argument --lanes: 0 must be >= 1"),
+    ("bench_compaction", ["--repeats", "0"], "argument --repeats: 0 must be >= 1"),
+    ("bench_compaction", ["--chunk", "-3"], "argument --chunk: -3 must be >= 1"),
+    ("bench_compaction", ["--out", "/nonexistent-dir/x.json"],
+     "--out '/nonexistent-dir/x.json': cannot write in '/nonexistent-dir'"),
+    ("probe_chunk", ["--sizes", "64,,128"], "'64,,128' must be a comma list of integers"),
+    ("probe_chunk", ["--sizes", "0"], "'0': every size must be >= 1"),
+    ("probe_chunk", ["--timeout", "-5"], "-5 must be a finite number of seconds > 0"),
+    ("bench_gpu", ["--fit-timeout", "inf"], "inf must be a finite number of seconds > 0"),
+    ("bench_gpu", ["--sizes", "abc"], "'abc' must be a comma list of integers"),
+])
+def test_benchmark_flags_are_refused_before_any_work(script, argv, msg, capsys):
+    """Bad flags give argparse's one-line error (exit 2): they gave tracebacks, some only
+    after the whole benchmark had run (``--repeats 0``, an ``--out`` in no folder)."""
+    with pytest.raises(SystemExit) as e:
+        _benchmark_script(script).main(argv)
+    assert e.value.code == 2 and msg in capsys.readouterr().err

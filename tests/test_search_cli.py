@@ -49,6 +49,8 @@ def test_sweep_out_is_a_file_or_bad_max_chunks(tmp_path, capsys):
         assert f"--max-chunks: {bad} must be an integer >= 1 (omit it for all)" in err
     err = _error(capsys, "sweep", TINY, "--out", out, "--chunk-size", "-2")
     assert "--chunk-size: -2 must be an integer >= 1" in err
+    err = _error(capsys, "sweep", TINY, "--out", out, "--ray", "")
+    assert "--ray '': give a cluster address" in err  # it ran locally, silently
     assert not os.path.exists(out)
 
 
@@ -414,3 +416,23 @@ def test_best_ranked_on_an_axis_shows_it_once_and_slots_errors_name_the_flag(res
     assert head.count("workload.rate") == 1
     assert _error(capsys, "sweep", TINY, "--out", results + "_x", "--slots", "0") == \
         "jaxsim: error: --slots: 0 must be >= 1"
+
+
+def test_pareto_plot_draws_maximised_objectives_as_themselves(results, tmp_path, monkeypatch,
+                                                              capsys):
+    """The costs negate a maximised objective; the plot showed those negated values under
+    the metric's name (a throughput axis from -250 to -825)."""
+    from jaxsim import cli
+    from search import pareto, runner
+
+    drawn = {}
+    monkeypatch.setattr(pareto, "plot_pareto",
+                        lambda c, **kw: drawn.update(c=np.asarray(c), **kw))
+    assert cli.main(["pareto", results, "--objectives", "ttft_p99_s,throughput_per_gpu",
+                     "--plot", str(tmp_path / "f.png")]) == 0
+    capsys.readouterr()
+    df = runner.load_results(results)
+    ok = df["status"].to_numpy() == 0
+    want = objectives.derived({c: df[c].to_numpy() for c in df.columns}, "throughput_per_gpu")
+    np.testing.assert_allclose(drawn["c"][ok, 1], want[ok], rtol=1e-6)
+    assert np.all(drawn["c"][ok, 1] > 0) and drawn["labels"][1] == "throughput_per_gpu"

@@ -47,3 +47,8 @@ def test_ray_sweep_matches_local_and_retries_a_failed_chunk(tmp_path, monkeypatc
     assert any((tmp_path / "xdg" / "jaxsim" / "xla").glob("*-cache"))
     with pytest.raises(runner.SweepError, match="--resume"):
         ray_runner.run_sweep(sp, out, address="local", chunk_size=6, progress=False)
+    # bad input fails the same way on every attempt: not retried, and its own message
+    with pytest.raises(runner.SweepError, match=r"^max_iterations=-5 must be an int in "
+                                                r"1\.\.2147483647$"):
+        ray_runner.run_sweep(sp, str(tmp_path / "bad"), address="local", chunk_size=6,
+                             progress=False, max_iterations=-5)
