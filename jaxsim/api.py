@@ -11,7 +11,7 @@ from jaxsim import config as config_mod
 from jaxsim import prefix
 from jaxsim.params import SimParams, concatenate
 from jaxsim.shapes import DEFAULT_MACRO, SimShape
-from jaxsim.sim import SimResult, simulate_batch
+from jaxsim.sim import SimResult, iteration_limits, simulate_batch
 from jaxsim.workload import (
     Trace,
     Workload,
@@ -144,6 +144,7 @@ def run(
     chunk_iterations: int = 256,
     max_iterations: int | None = None,
     auto_slots: bool = True,
+    cache_entries: int | None = None,
 ) -> SimResult:
     """Prepare and simulate in one call.
 
@@ -151,7 +152,8 @@ def run(
     has none) builds its trace, as ``jaxsim simulate`` does; a given ``trace`` is used
     instead, and the sections are not read. ``max_iterations`` (default: each
     configuration's own ``max_iterations``, the generous default where that is null)
-    bounds every lane.
+    bounds every lane. ``cache_entries`` is :func:`prepare`'s (the prefix-cache table
+    size; a lane whose table runs out is flagged ``overflow_cache_table``).
     """
     if not isinstance(auto_slots, bool | np.bool_):
         raise ValueError(f"auto_slots: {auto_slots!r} must be True or False")
@@ -168,18 +170,22 @@ def run(
                 built[key] = config_mod.build_trace(c)
             traces.append(built[key])
         trace = traces[0] if len(built) == 1 else traces
-    p = prepare(configs, trace, max_slots=max_slots, chunk_iterations=chunk_iterations)
+    p = prepare(configs, trace, max_slots=max_slots, chunk_iterations=chunk_iterations,
+                cache_entries=cache_entries)
     if max_iterations is None and any(c["max_iterations"] is not None for c in p.configs):
         max_iterations = [c["max_iterations"] for c in p.configs]
     res = simulate_batch(p.shape, p.params, p.workload, max_iterations=max_iterations,
                          auto_slots=auto_slots)
     lane_traces = trace if not isinstance(trace, Trace) else None
+    # the limits applied (this call's max_iterations overrides the configurations')
+    limits = iteration_limits(max_iterations, p.workload, len(p.configs))
 
     def explain(i: int) -> list[str]:
         t = trace if lane_traces is None else lane_traces[i]
         return config_mod.status_reasons(
-            p.configs[i], int(res.status[i]), {k: v[i] for k, v in p.info.items()},
-            t.max_len(), {k: v[i] for k, v in res.metrics.items()})
+            {**p.configs[i], "max_iterations": int(limits[i])}, int(res.status[i]),
+            {k: v[i] for k, v in p.info.items()}, t.max_len(),
+            {k: v[i] for k, v in res.metrics.items()})
 
     res.explain = explain
     return res

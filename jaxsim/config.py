@@ -893,6 +893,11 @@ def params_from_columns(
     return params, info
 
 
+def _either(fixes: list[str]) -> str:
+    """``a``, ``a or b``, ``a, b or c``."""
+    return fixes[0] if len(fixes) == 1 else ", ".join(fixes[:-1]) + " or " + fixes[-1]
+
+
 def status_reasons(cfg: Mapping, status: int, info: Mapping, workload_max_len: int,
                    metrics: Mapping) -> list[str]:
     """One sentence per problem in a lane's ``status``, with the configuration's values
@@ -912,21 +917,36 @@ def status_reasons(cfg: Mapping, status: int, info: Mapping, workload_max_len: i
                    f"{nkv} KV heads (tp values that do: {', '.join(map(str, ok))})")
     if status & st_bits.INF_DTYPE:
         out.append(f"{gpu} has no FP8 tensor cores (dtype fp8); use dtype bf16")
+    # what could make room on this GPU: only the settings that are not at their limit
+    wider = [t for t in range(tp + 1, MAX_TP + 1)
+             if tp_fits_heads(t, int(m["num_heads"]), int(m["num_kv_heads"]))]
+    room = ([f"raise tp (to {', '.join(map(str, wider))})"] if wider else []) + (
+        [f"raise gpu_memory_utilization (now {cfg['gpu_memory_utilization']})"]
+        if float(cfg["gpu_memory_utilization"]) < 1.0 else [])
+    has_fp8 = presets.gpu(gpu)[1].get("fp8_dense_tflops") is not None
     if status & st_bits.INF_NO_KV_MEMORY:
+        fixes = room + (["use dtype fp8"] if has_fp8 and cfg["dtype"] != "fp8" else [])
         out.append(f"no room for the KV cache: weights {float(info['weights_gb']):.1f} GB "
                    f"and activation reserve {float(info['reserve_gb']):.1f} GB per GPU "
                    f"against {float(info['usable_gb']):.1f} GB usable "
-                   f"(gpu_memory_utilization {cfg['gpu_memory_utilization']}); raise tp or "
-                   "gpu_memory_utilization, or use dtype fp8")
+                   f"(gpu_memory_utilization {cfg['gpu_memory_utilization']}); "
+                   + (_either(fixes) if fixes else
+                      f"{model} does not fit on {gpu}s at any tp up to {MAX_TP} (one node)"))
     elif status & st_bits.INF_KV_TOO_SMALL:
         blocks, wm = int(info["num_gpu_blocks"]), int(info["watermark_blocks"])
         bs = int(cfg["block_size"])
-        more = ("num_gpu_blocks" if cfg.get("num_gpu_blocks") is not None
-                else "tp or gpu_memory_utilization")
+        own_mml = cfg.get("max_model_len") is not None
+        fixes = ((["lower max_model_len"] if own_mml else [])
+                 + (["raise num_gpu_blocks"] if cfg.get("num_gpu_blocks") is not None
+                    else room + (["use kv_cache_dtype fp8"]
+                                 if cfg["kv_cache_dtype"] != "fp8" else []))
+                 + (["lower watermark"] if wm else []))
         out.append(f"the KV cache ({blocks} blocks of {bs} tokens"
                    + (f", less a watermark of {wm}" if wm else "")
-                   + f") cannot hold one sequence of max_model_len {mml} tokens; lower "
-                   f"max_model_len, or raise {more}")
+                   + f") cannot hold one sequence of max_model_len {mml} tokens"
+                   + ("" if own_mml else " (by default the workload's longest request)")
+                   + "; " + (_either(fixes) if fixes else
+                             "no setting of this configuration makes it hold one"))
     if status & st_bits.INF_REQUEST_TOO_LONG:
         out.append(f"the workload has a request of {workload_max_len} tokens (prompt + "
                    f"output), more than max_model_len {mml}")
@@ -958,7 +978,8 @@ def status_reasons(cfg: Mapping, status: int, info: Mapping, workload_max_len: i
         out.append("the slot table limited admission: raise max_slots")
     if status & st_bits.OVERFLOW_CACHE:
         out.append("the prefix-cache table (SimShape.cache_entries) ran out of rows: "
-                   "give a larger cache_entries, or leave it to prefix.table_size")
+                   "give a larger cache_entries (jaxsim.api.run / prepare), or leave it to "
+                   "prefix.table_size")
     return out
 
 

@@ -363,8 +363,11 @@ def simulate_batch(
                              "SimShape.prefetch=False; build the shape with prefetch=True "
                              "(jaxsim.api.prepare does) or set prefetch=0")
     budget = iteration_limits(max_iterations, workload, B)
-    if devices is not None and devices < 1:
-        raise ValueError(f"devices={devices!r} must be >= 1 (or None for all)")
+    if devices is not None and (isinstance(devices, bool | np.bool_) or not isinstance(
+            devices, int | np.integer) or devices < 1):
+        raise ValueError(f"devices={devices!r} must be an integer >= 1 (or None for all)")
+    if not isinstance(compact_lanes, bool | np.bool_):
+        raise ValueError(f"compact_lanes={compact_lanes!r} must be True or False")
     n_dev, place, place_wl = _lane_placer(B, wl_batched, devices)
     band = _avoided_lanes()
     per_dev = -(-B // n_dev)

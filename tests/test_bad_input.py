@@ -180,6 +180,16 @@ def test_api_arguments_of_the_wrong_kind():
             api.prepare({}, tr, **kw)
     with pytest.raises(ValueError, match="auto_slots: 'no' must be True or False"):
         api.run({}, tr, auto_slots="no")
+    # simulate_batch's own (a float or text device count raised TypeError in slicing)
+    from jaxsim.sim import simulate_batch
+
+    p = api.prepare({}, tr)
+    for kw, msg in [({"devices": 1.5}, r"devices=1.5 must be an integer >= 1"),
+                    ({"devices": "2"}, r"devices='2' must be an integer >= 1"),
+                    ({"devices": 0}, r"devices=0 must be"),
+                    ({"compact_lanes": "no"}, r"compact_lanes='no' must be True or False")]:
+        with pytest.raises(ValueError, match=msg):
+            simulate_batch(p.shape, p.params, p.workload, **kw)
 
 
 def test_trace_keys_without_a_trace_workload(capsys):

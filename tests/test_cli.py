@@ -218,13 +218,53 @@ def test_config__status_reasons_name_the_values_and_the_remedy():
     cfg["num_gpu_blocks"] = 10
     (only,) = config.status_reasons(cfg, st.INFEASIBLE | st.INF_KV_TOO_SMALL, info, 5000, {})
     assert only == ("the KV cache (10 blocks of 16 tokens, less a watermark of 1) cannot "
-                    "hold one sequence of max_model_len 4096 tokens; lower max_model_len, "
-                    "or raise num_gpu_blocks")
+                    "hold one sequence of max_model_len 4096 tokens (by default the "
+                    "workload's longest request); raise num_gpu_blocks or lower watermark")
+    cfg["max_model_len"] = 4096  # given: lowering it is a remedy
+    (only,) = config.status_reasons(cfg, st.INFEASIBLE | st.INF_KV_TOO_SMALL, info, 5000, {})
+    assert only.endswith("max_model_len 4096 tokens; lower max_model_len, raise "
+                         "num_gpu_blocks or lower watermark")
     assert config.status_reasons(cfg, st.OK, info, 5000, {}) == []
     # a non-finite time with tiers also points at the tiers' figures
     tiered = config.validate({"enable_prefix_caching": True, "tiers": "dram,ssd"})
     (only,) = config.status_reasons(tiered, st.NONFINITE, info, 5000, {})
     assert "and the tiers' bandwidths and latencies (tier.<name>.*: dram, ssd)" in only
+
+
+def test_config__status_reasons_suggest_only_what_can_be_changed():
+    """The advice named settings at their limit (raise tp at tp 8), fp8 on GPUs without
+    it or for a lane already in fp8, and the configuration's max_iterations where
+    ``api.run`` applied its own."""
+    from jaxsim import api
+    from jaxsim import status as st
+    from jaxsim.workload import synthetic
+
+    info = {"max_model_len": 4096, "weights_gb": 101.0, "reserve_gb": 1.5,
+            "usable_gb": 72.0, "num_gpu_blocks": 0, "watermark_blocks": 0}
+    nokv = st.INFEASIBLE | st.INF_NO_KV_MEMORY
+
+    def reason(**cfg):
+        (only,) = config.status_reasons(config.validate(cfg), nokv, info, 10, {})
+        return only.split("; ", 1)[1]
+
+    assert reason(model="Llama-3.1-405B", gpu="A100-80GB", tp=8) == (
+        "raise gpu_memory_utilization (now 0.9)")
+    assert reason(model="Llama-3.1-405B", gpu="A100-80GB", tp=8,
+                  gpu_memory_utilization=1.0) == (
+        "Llama-3.1-405B does not fit on A100-80GBs at any tp up to 8 (one node)")
+    assert reason(model="Llama-3.1-70B", gpu="A40", tp=2) == (
+        "raise tp (to 4, 8) or raise gpu_memory_utilization (now 0.9)")  # A40: no FP8
+    assert reason(model="Llama-3.1-70B", gpu="H100-SXM", tp=1, dtype="fp8") == (
+        "raise tp (to 2, 4, 8) or raise gpu_memory_utilization (now 0.9)")
+    assert reason(model="Llama-3.1-70B", gpu="H100-SXM", tp=1).endswith(
+        "raise gpu_memory_utilization (now 0.9) or use dtype fp8")
+    # the limit api.run applied, not the configuration's own
+    tr = synthetic("poisson", 50, 64, 64, rate=100.0, seed=0)
+    res = api.run([{"max_iterations": 100000}, {}], tr, max_iterations=30)
+    assert res.status.tolist() == [st.TRUNCATED] * 2
+    for i in range(2):
+        (only,) = res.reasons(i)
+        assert "ran out after 30 iterations (max_iterations 30)" in only, only
 
 
 def test_cli__missing_config_file(capsys):

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from jaxsim import api, config, traces
+from jaxsim import status as st_bits
 from jaxsim.workload import (
     Trace,
     multi_turn_sessions,
@@ -271,3 +272,13 @@ def test_prefetch_window_past_the_slot_table_is_rerun_exactly():
     a, b = fixed.requests(0), ref.requests(0)
     for k in ("ttft_s", "queue_s", "load_s", "preemptions"):
         np.testing.assert_array_equal(a[k], b[k])
+
+
+def test_run_takes_the_cache_table_size_its_overflow_reason_names():
+    """The reason for ``overflow_cache_table`` says to give a larger ``cache_entries``;
+    ``api.run`` now takes it (only ``prepare`` did)."""
+    tr = traces.bundled("mooncake_conversation_2k").head(40)
+    res = api.run({"enable_prefix_caching": True}, tr, cache_entries=2)
+    assert int(res.status[0]) == st_bits.OVERFLOW_CACHE
+    (why,) = res.reasons(0)
+    assert "give a larger cache_entries (jaxsim.api.run / prepare)" in why
