@@ -106,7 +106,13 @@ def representable(m: Measurements) -> tuple[np.ndarray, dict[str, int]]:
     plain = keep & (gated == 0) & np.isin(op, ("mlp_up", "activation", "iteration"))
     if plain.any():
         skipped["non-gated MLP (the cost model is SwiGLU)"] = int(plain.sum())
-    return keep & ~plain, skipped
+    # an all-reduce over one GPU is no collective: the cost model's time for it is 0 s,
+    # whose log would make the training loss infinite for every smooth-max exponent
+    alone = keep & (op == "all_reduce") & (np.asarray(m["num_workers"]) < 2)
+    if alone.any():
+        skipped["all_reduce over 1 GPU (no collective; the cost model gives 0 s)"] = int(
+            alone.sum())
+    return keep & ~plain & ~alone, skipped
 
 
 #: A prefill batch measured this many times faster than a smaller batch of the same

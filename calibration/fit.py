@@ -421,6 +421,10 @@ def fit(m: Measurements, hardware: str, train: np.ndarray, *, names: Sequence[st
         if best is None or val < best[0]:
             best = (val, theta, k)
     val, theta, k = best
+    if not math.isfinite(val):  # no exponent could be chosen: "lowest" means nothing
+        raise ValueError(f"{hardware}: the training loss is {val} for every smooth-max "
+                         f"exponent {tuple(smooth_p)}: a training row the cost model "
+                         "predicts as 0 s or not finite (check the rows' shapes)")
     return FitResult(cost=CostParams(theta=theta, smooth_p_log2=k), loss=val, steps=steps,
                      seconds=time.perf_counter() - t0, fitted=tuple(names), copied={},
                      train=train, holdout=~train)

@@ -44,7 +44,8 @@ class SearchResult:
         cost: its objective as a cost (+inf if no feasible point was found).
         value: the objective's own value (not negated).
         status: its simulator status bits (0 = OK).
-        evaluations: exact simulations spent.
+        evaluations: exact simulations this search spent (an evaluator keeps what it
+            simulated: points an earlier search on it already ran cost nothing).
         history: best cost after each batch of evaluations.
     """
 
@@ -113,11 +114,12 @@ class Evaluator:
         return (np.array([r[0] for r in res]), np.array([r[1] for r in res]),
                 np.array([r[2] for r in res], np.int64))
 
-    def result(self, u: np.ndarray, history: list[float]) -> SearchResult:
+    def result(self, u: np.ndarray, history: list[float], start: int = 0) -> SearchResult:
+        """The search's result at ``u``; ``start``: ``evaluations`` when it began."""
         c, v, s = self(u[None])
         return SearchResult(u=np.asarray(u), config=self.space.expand(u[None])[0][0],
                             cost=float(c[0]), value=float(v[0]), status=int(s[0]),
-                            evaluations=self.evaluations, history=history)
+                            evaluations=self.evaluations - start, history=history)
 
 
 class TableEvaluator(Evaluator):
@@ -146,12 +148,6 @@ class TableEvaluator(Evaluator):
         self.evaluations += len(new)
         return self.costs[ids], self.values[ids], self.status[ids]
 
-    def result(self, u, history):
-        c, v, s = self(u[None])
-        return SearchResult(u=np.asarray(u), config=self.space.expand(u[None])[0][0],
-                            cost=float(c[0]), value=float(v[0]), status=int(s[0]),
-                            evaluations=self.evaluations, history=history)
-
 
 def grid_table(ev: Evaluator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(costs, values, status) of every grid point, in id order (exact simulations)."""
@@ -171,6 +167,7 @@ def exhaustive(ev: Evaluator) -> SearchResult:
     if sp.sampler != "grid":
         raise ValueError("exhaustive: the space must use the grid sampler")
     best_c, best_u, hist = np.inf, None, []
+    start = ev.evaluations
     for s in range(0, sp.size, ev.batch_size):
         u = sp.sample(np.arange(s, min(s + ev.batch_size, sp.size)))
         c, _, _ = ev(u)
@@ -178,7 +175,7 @@ def exhaustive(ev: Evaluator) -> SearchResult:
         if best_u is None or c[i] < best_c:
             best_c, best_u = float(c[i]), u[i]
         hist.append(best_c)
-    return ev.result(best_u, hist)
+    return ev.result(best_u, hist, start)
 
 
 def _check_budget(max_evals) -> None:
@@ -265,7 +262,7 @@ def cmaes_search(ev: Evaluator, max_evals: int, seed: int = 0,
             break
     if best["u"] is None:  # a budget below one generation and no warm start: the centre
         best["u"] = np.full(ev.space.num_dims, 0.5)
-    return ev.result(best["u"], hist)
+    return ev.result(best["u"], hist, start)
 
 
 def sensitivities(ev: Evaluator, u: np.ndarray, rel_step: float = 0.05
@@ -399,7 +396,7 @@ def gradient_search(ev: Evaluator, max_evals: int, seed: int = 0, pairs: int = 4
                 break
             best["c"], best["u"] = float(c[i]), nb[i]
             hist.append(best["c"])
-    return ev.result(best["u"], hist)
+    return ev.result(best["u"], hist, start)
 
 
 def _moves(space: DesignSpace, u: np.ndarray, step: float, j: int) -> list[float]:

@@ -329,6 +329,28 @@ def test_synthetic_recovery_within_2_percent():
     assert np.max(np.abs(pred / exact - 1)) < 0.02
 
 
+def test_one_gpu_all_reduce_rows_are_skipped_and_an_infinite_loss_is_refused():
+    """An all-reduce over one GPU is predicted as 0 s, so its log made the training loss
+    infinite for every smooth-max exponent and the first exponent was kept silently (p 2
+    for data made with p 4). Such rows are skipped with a reason, and a fit whose loss
+    is not finite for any exponent stops with an error."""
+    from calibration import calibrate as C
+
+    ar = {"hardware": "H100-SXM", "dtype": "bf16", "op": "all_reduce", "bytes": 2.0**20,
+          "time_s": 8e-6}
+    m = from_rows([{**ar, "num_workers": 1}, {**ar, "num_workers": 2},
+                   {**ar, "num_workers": 4, "bytes": 2.0**22}])
+    keep, skipped = C.representable(m)
+    assert keep.tolist() == [False, True, True]
+    assert skipped == {"all_reduce over 1 GPU (no collective; the cost model gives 0 s)": 1}
+    names = F.kernel_param_names({"all_reduce"})
+    with pytest.raises(ValueError, match=r"H100-SXM: the training loss is inf for every "
+                                         r"smooth-max exponent \(2, 4\)"):
+        F.fit(m, "H100-SXM", np.ones(len(m), bool), names=names, steps=2)
+    r = F.fit(m.select(keep), "H100-SXM", np.ones(2, bool), names=names, steps=2)
+    assert np.isfinite(r.loss)
+
+
 #: The shipped subset's H100 kernels, all-reduce and Splitwise iterations.
 H100_SUBSET = [os.path.join(DATA, "vidur/compute/h100"), os.path.join(DATA, "vidur/network"),
                os.path.join(DATA, "splitwise")]

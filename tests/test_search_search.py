@@ -110,6 +110,10 @@ def test_optimisers_return_exactly_simulated_feasible_points(evaluator):
         assert c[0] == r.cost and s[0] == r.status  # the reported point is what was run
         assert r.config["max_num_batched_tokens"] >= 64 * r.config["max_num_seqs"] or \
             not np.isfinite(r.cost)
+    # each search counts its own simulations within its budget (they were the
+    # evaluator's running total: 57 and 93 here)
+    assert 1 <= cm.evaluations <= 40 and 1 <= gr.evaluations <= 40
+    assert ex.evaluations + cm.evaluations + gr.evaluations == evaluator.evaluations
     # the table evaluator reads the same exact results and counts distinct points
     sp = evaluator.space
     d = {**sp.spec(), "axes": {**sp.spec()["axes"]}}
