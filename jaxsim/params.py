@@ -248,6 +248,10 @@ class SchedulerParams(eqx.Module):
         max_num_seqs: running-request limit (must be <= SimShape.max_slots to be exact).
         max_num_batched_tokens: token budget per iteration.
         long_prefill_token_threshold: per-request chunk cap (0 = off).
+        reserve_full_isl: 1 = a waiting request is admitted only if its whole known
+            sequence (prompt, plus output so far if it was preempted) fits in the free
+            blocks, not only its first chunk (vLLM's ``scheduler_reserve_full_isl``;
+            matters only with chunked prefill).
         block_size: tokens per KV block.
         num_gpu_blocks: KV capacity in blocks (derived on the host from memory).
         watermark_blocks: free blocks an admission must leave.
@@ -260,6 +264,7 @@ class SchedulerParams(eqx.Module):
     max_num_seqs: Int[Array, ""] = eqx.field(converter=as_i32)
     max_num_batched_tokens: Int[Array, ""] = eqx.field(converter=as_i32)
     long_prefill_token_threshold: Int[Array, ""] = eqx.field(converter=as_i32)
+    reserve_full_isl: Int[Array, ""] = eqx.field(converter=as_i32)
     block_size: Int[Array, ""] = eqx.field(converter=as_i32)
     num_gpu_blocks: Int[Array, ""] = eqx.field(converter=as_i32)
     watermark_blocks: Int[Array, ""] = eqx.field(converter=as_i32)

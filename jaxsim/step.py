@@ -174,7 +174,8 @@ def _decode_run(shape: SimShape, params: SimParams, wl: Workload, st: SimState,
     h_got = jnp.where(chunked, jnp.clip(b_rem, 0, h_want), h_want)
     h_budget = jnp.where(chunked, h_got > 0, h_want <= b_rem)
     h_free = total - jnp.where(is_v0, held0, blocks1)
-    h_blocks = h_free - _floordiv(h_got + bs - 1, bs, inv_bs) >= sp.watermark_blocks
+    h_need = jnp.where((sp.reserve_full_isl != 0) & chunked, h_left, h_got)  # §2.3 rule 4
+    h_blocks = h_free - _floordiv(h_need + bs - 1, bs, inv_bs) >= sp.watermark_blocks
     h_ok = h_budget & h_blocks & (n < sp.max_num_seqs)
     a_hi_t, a_lo_t = wl.arrival_hi[p_c], wl.arrival_lo[p_c]
     trace_head = st.ptr < nreq
@@ -408,7 +409,11 @@ def step(
     free0 = total_blocks - jnp.sum(held, dtype=i32)
     free_w = jnp.where(is_v0, free0, free0 - jnp.sum(jnp.where(keep_run, need_run, 0), dtype=i32))
     cum_need = jnp.cumsum(need_w, dtype=i32)
-    ok_blocks = free_w - cum_need >= sp.watermark_blocks
+    # §2.3 rule 4: the blocks of the chunk, or (scheduler_reserve_full_isl) of the whole
+    # known sequence, must leave the watermark free after the earlier admissions' chunks
+    full_isl = (sp.reserve_full_isl != 0) & chunked
+    need_chk = jnp.where(full_isl & cand_w, _floordiv(n_known_w + bs - 1, bs, inv_bs), need_w)
+    ok_blocks = free_w - (cum_need - need_w) - need_chk >= sp.watermark_blocks
     # n_run + k < max_num_seqs with k = row - n_run (ghost rows are not running)
     ok_seqs = row - n_ghost < sp.max_num_seqs
     ok = cand_ok_w & ok_budget & ok_blocks & ok_seqs
@@ -455,7 +460,8 @@ def step(
         & (q_idx < nreq)
         & dd_le(wl.arrival_hi[q_c], wl.arrival_lo[q_c], clock_hi, clock_lo)
         & jnp.where(chunked, b_left > 0, q_want <= b_left)
-        & (free_left - _ceil_div(q_hit + q_got, bs) >= sp.watermark_blocks)
+        & (free_left - jnp.where(full_isl, _ceil_div(q_prompt, bs), _ceil_div(q_hit + q_got, bs))
+           >= sp.watermark_blocks)
         # the rows running when admission was tried (v0 tries before the decode batch's
         # preemptions: n_run1 would count a victim's row as free)
         & (st.n_run + n_admit - n_ghost < sp.max_num_seqs)

@@ -177,6 +177,11 @@ def vllm_caveats(cfg: Mapping) -> list[str]:
     if c["max_model_len"] is not None and c["max_model_len"] > context:
         notes.append(f"max_model_len {c['max_model_len']} exceeds {c['model']}'s context "
                      f"({context}): vLLM refuses it unless VLLM_ALLOW_LONG_MAX_MODEL_LEN=1")
+    chunked = c["enable_chunked_prefill"] and c["scheduler"] == "v1"
+    if chunked and not c["scheduler_reserve_full_isl"]:
+        notes.append("scheduler_reserve_full_isl false: --no-scheduler-reserve-full-isl needs "
+                     "a vLLM release from March 2026 on; earlier ones do not know the flag "
+                     "(drop it there: they admit by the first chunk anyway)")
     if c["preemption_mode"] == "swap":
         notes.append("preemption_mode swap: not in the command (vLLM's V1 engine preempts "
                      "by recomputation only)")
@@ -234,6 +239,9 @@ def vllm_engine_args(cfg: Mapping) -> dict[str, object]:
     args["enable_chunked_prefill"] = c["enable_chunked_prefill"]
     if c["long_prefill_token_threshold"] > 0:
         args["long_prefill_token_threshold"] = c["long_prefill_token_threshold"]
+    if c["enable_chunked_prefill"] and c["scheduler"] == "v1" and \
+            not c["scheduler_reserve_full_isl"]:
+        args["scheduler_reserve_full_isl"] = False  # on in vLLM since March 2026
     return args
 
 

@@ -60,6 +60,7 @@ def oracle_config(params: P.SimParams) -> dict:
     cfg = {k: int(getattr(sp, k)) for k in SCHED_INT_FIELDS}
     cfg["mode"] = "v0" if int(sp.mode) == 1 else "v1"
     cfg["enable_chunked_prefill"] = bool(int(sp.enable_chunked_prefill))
+    cfg["reserve_full_isl"] = bool(int(sp.reserve_full_isl))
     for k in MODEL_FIELDS:
         v = float(getattr(params.model, k))
         cfg[k] = int(v) if k not in ("bytes_per_weight", "bytes_per_kv") else v

@@ -79,6 +79,9 @@ def random_case(rng: np.random.Generator) -> tuple[Trace, dict]:
     if cap is not None:
         blocks = int(np.ceil(need * float(cap) / (1.0 - wm))) + 1
         cfg["num_gpu_blocks"] = blocks
+    # §2.3 rule 4 on the chunk or on the whole sequence (drawn last: the earlier draws,
+    # and so the cases, are those of before the rule)
+    cfg["scheduler_reserve_full_isl"] = bool(rng.random() < 0.5)
     return trace, cfg
 
 

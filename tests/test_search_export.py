@@ -324,3 +324,20 @@ def test_export__caveats_name_what_the_command_does_not_carry():
 def test_export__a_tp_degree_vllm_refuses_is_refused(cfg, why):
     with pytest.raises(config.ConfigError, match=f"^tp: {cfg['tp']} {why}"):
         export.vllm_serve_command(cfg)
+
+
+def test_export__reserve_full_isl_off_is_a_flag_with_its_caveat():
+    """vLLM's default (since March 2026) needs no flag; off is --no-... and a caveat
+    (earlier releases do not know the flag)."""
+    from search import export
+
+    assert "reserve-full-isl" not in export.vllm_serve_command({})
+    assert export.vllm_caveats({}) == []
+    off = {"scheduler_reserve_full_isl": False}
+    assert "--no-scheduler-reserve-full-isl" in export.vllm_argv(off)
+    (note,) = export.vllm_caveats(off)
+    assert note.startswith("scheduler_reserve_full_isl false: --no-scheduler-reserve-full-isl "
+                           "needs a vLLM release from March 2026 on")
+    # without chunked prefill the rule changes nothing: no flag
+    assert "reserve-full-isl" not in export.vllm_serve_command(
+        {**off, "enable_chunked_prefill": False})

@@ -174,6 +174,24 @@ def test_step__watermark_blocks_admission():
     assert int(s[1].n_run) == 2
 
 
+def test_step__full_sequence_must_fit_to_be_admitted():
+    # 8 blocks of 4, budget 8, chunked. R0 (P=8, O=3) and R1 (P=24, O=2) at t=0.
+    # it1: R0 prefills 8 (2 blocks, free 6); the budget is spent.  it2: R0 decodes (its
+    # 3rd block, free 5); R1's chunk would be 7 tokens (2 blocks: fits), but its 24
+    # tokens need 6 blocks > 5 free: with scheduler_reserve_full_isl (the default) it
+    # waits; without, it is admitted for 7 tokens.  it3: R0's last token, no new block;
+    # R1 still waits.  it4: R0's blocks are free; R1 gets 8 tokens.
+    tr = Trace([0.0, 0.0], [8, 24], [3, 2])
+    cfg = {"num_gpu_blocks": 8, "max_num_batched_tokens": 8}
+    s = steps(cfg, tr, 4)
+    assert [int(x.n_run) for x in s[1:5]] == [1, 1, 0, 1]  # R0 alone, then R1 alone
+    assert int(s[3].num_completed) == 1 and int(s[3].ptr) == 1  # R1 not yet read
+    assert slot(s[4], "slot_req", 1).tolist() == [1]
+    assert slot(s[4], "slot_computed", 1).tolist() == [8]
+    s = steps({**cfg, "scheduler_reserve_full_isl": False}, tr, 2)
+    assert int(s[2].n_run) == 2 and slot(s[2], "slot_computed", 2).tolist() == [9, 7]
+
+
 def test_step__v0_prefill_batches_exclude_decodes():
     # v0: R0 arrives at 0, R1 just after (1 us). it1: prefill R0. it2: R1 has arrived, so
     # the iteration is a prefill batch of R1 alone: R0 is not decoded. it3: decode both.

@@ -106,7 +106,8 @@ PREFIX_CONFIG_DEFAULTS: dict[str, Any] = {
     "swap": False,
     "prefetch": False,
 }
-OPTIONAL_CONFIG_KEYS: tuple[str, ...] = (*PREFIX_CONFIG_DEFAULTS, "shape_corr")
+OPTIONAL_CONFIG_KEYS: tuple[str, ...] = (*PREFIX_CONFIG_DEFAULTS, "shape_corr",
+                                          "reserve_full_isl")
 _TIER_LIST_KEYS: tuple[str, ...] = (
     "tier_capacity_blocks",
     "tier_read_bw",
@@ -224,6 +225,12 @@ def validate_config(config: Mapping[str, Any]) -> dict[str, Any]:
             raise ValueError(f"config[{key!r}] must be > 0, got {cfg[key]}")
     cfg.update(_validate_prefix_config(config))
     cfg["shape_corr"] = _validate_shape_corr(config.get("shape_corr"))
+    # §2.3 rule 4 (vLLM's scheduler_reserve_full_isl): a bool or 0/1, off when absent
+    full = config.get("reserve_full_isl", False)
+    if not (isinstance(full, (bool, np.bool_)) or (
+            isinstance(full, (int, np.integer)) and full in (0, 1))):
+        raise ValueError(f"config['reserve_full_isl'] must be a bool (or 0/1), got {full!r}")
+    cfg["reserve_full_isl"] = bool(full)
     return cfg
 
 
@@ -1255,6 +1262,9 @@ def simulate_reference(
     # §0/§2.4: chunked prefill is forced off in v0.
     chunked = cfg["enable_chunked_prefill"] and mode == "v1"
     thr = cfg["long_prefill_token_threshold"] if chunked else 0
+    # §2.3 rule 4: with chunked prefill, admission may need the whole known sequence's
+    # blocks free (scheduler_reserve_full_isl), not only the chunk's
+    full_isl = cfg["reserve_full_isl"] and chunked
     bs = cfg["block_size"]
     num_blocks = cfg["num_gpu_blocks"]
     watermark = cfg["watermark_blocks"]
@@ -1474,6 +1484,11 @@ def simulate_reference(
                 q = min(want, budget)
                 need = ceil_div(h + q, bs)  # rule 4; §5.4: its hit blocks are held by it
                 if free - need < watermark:
+                    break
+                # rule 4 with scheduler_reserve_full_isl: the blocks of all n_known
+                # tokens (its hit blocks included) must fit as well; only the chunk's
+                # are allocated
+                if full_isl and free - ceil_div(n_known, bs) < watermark:
                     break
                 # Rule 5, admit: appended to `running` in walk order; removed from
                 # `waiting` below (the others keep their places).
