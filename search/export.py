@@ -32,8 +32,9 @@ What maps to what (jaxsim key -> ``EngineArgs`` field):
 Not representable, so omitted: ``gpu`` (the hardware the command runs on), ``slo.*``,
 ``workload.*`` and ``seed`` (the benchmark client's business, not the server's),
 ``cost_preset`` / ``cost_shape_tables`` / ``cost.*`` (the simulator's cost model), ``max_slots`` /
-``max_iterations`` (simulator internals), ``watermark`` (vLLM has no engine argument
-for it: V0 hard-codes 1 %, V1 uses none), ``activation_reserve_gb`` (vLLM measures it
+``max_iterations`` (simulator internals), ``watermark`` (V0 hard-codes 1 %; recent V1
+releases keep a watermark in their KV cache manager, default 0, which the command leaves
+at its default), ``activation_reserve_gb`` (vLLM measures it
 by profiling). Simulated behaviour that the command cannot carry (swap preemption, KV
 tiers other than CPU memory, an eviction order other than LRU, cache-aware admission,
 prefetch) and values vLLM may refuse are listed by :func:`vllm_caveats`; ``jaxsim best``
@@ -182,6 +183,13 @@ def vllm_caveats(cfg: Mapping) -> list[str]:
         notes.append("scheduler_reserve_full_isl false: --no-scheduler-reserve-full-isl needs "
                      "a vLLM release from March 2026 on; earlier ones do not know the flag "
                      "(drop it there: they admit by the first chunk anyway)")
+    if c["scheduler"] == "v1" and c["watermark"]:
+        notes.append(f"watermark {c['watermark']}: not in the command (vLLM v1 keeps its "
+                     "admission watermark at 0 unless configured in code, and applies it "
+                     "only when a request is already scheduled)")
+    elif c["scheduler"] == "v0" and c["watermark"] not in (None, 0.01):
+        notes.append(f"watermark {c['watermark']}: not in the command (vLLM v0 keeps 1% "
+                     "of the blocks free)")
     if c["preemption_mode"] == "swap":
         notes.append("preemption_mode swap: not in the command (vLLM's V1 engine preempts "
                      "by recomputation only)")

@@ -79,9 +79,10 @@ def random_case(rng: np.random.Generator) -> tuple[Trace, dict]:
     if cap is not None:
         blocks = int(np.ceil(need * float(cap) / (1.0 - wm))) + 1
         cfg["num_gpu_blocks"] = blocks
-    # §2.3 rule 4 on the chunk or on the whole sequence (drawn last: the earlier draws,
-    # and so the cases, are those of before the rule)
-    cfg["scheduler_reserve_full_isl"] = bool(rng.random() < 0.5)
+    # §2.3 rule 4 on the chunk or on the whole sequence, drawn from a generator of its
+    # own (keyed by the trace), so the cases a seed gives stay those of before the rule
+    own = np.random.default_rng([int(prompt.sum()), int(output.sum()), n])
+    cfg["scheduler_reserve_full_isl"] = bool(own.random() < 0.5)
     return trace, cfg
 
 

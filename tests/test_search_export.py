@@ -338,6 +338,11 @@ def test_export__reserve_full_isl_off_is_a_flag_with_its_caveat():
     (note,) = export.vllm_caveats(off)
     assert note.startswith("scheduler_reserve_full_isl false: --no-scheduler-reserve-full-isl "
                            "needs a vLLM release from March 2026 on")
+    assert export.vllm_caveats({"watermark": 0.05})[0].startswith(
+        "watermark 0.05: not in the command")
+    assert export.vllm_caveats({"scheduler": "v0", "watermark": 0.01}) == []  # v0's own 1%
+    assert export.vllm_caveats({"scheduler": "v0", "watermark": 0.05}) == [
+        "watermark 0.05: not in the command (vLLM v0 keeps 1% of the blocks free)"]
     # without chunked prefill the rule changes nothing: no flag
     assert "reserve-full-isl" not in export.vllm_serve_command(
         {**off, "enable_chunked_prefill": False})
