@@ -397,20 +397,14 @@ def validate(cfg: Mapping) -> dict:
     if w["kind"] == "trace":
         if not w["path"]:
             raise ConfigError("workload.path: required when workload.kind=trace")
-        bundled = str(w["path"]).removeprefix("bundled:")
-        if w["format"] is None and str(w["path"]).startswith("bundled:"):
-            from jaxsim import traces  # a bundled trace's format is known
-
-            if bundled in traces.BUNDLED:
-                w["format"] = traces.BUNDLED[bundled][1]
-        elif str(w["path"]).startswith("bundled:"):
+        if str(w["path"]).startswith("bundled:"):  # a bundled trace's format is known
             from jaxsim import traces
 
-            own = traces.BUNDLED.get(bundled, (None, w["format"]))[1]
-            if own != w["format"]:
-                raise ConfigError(f"workload.format: {w['format']!r} does not read "
-                                  f"{w['path']}, a trace in {own} format (set "
-                                  f"workload.format: {own}, or leave it out)")
+            name = str(w["path"]).removeprefix("bundled:")
+            if w["format"] is None:
+                w["format"] = traces.BUNDLED.get(name, (None, None))[1]
+            elif traces.wrong_bundled_format(name, w["format"]):
+                raise ConfigError(traces.wrong_bundled_format(name, w["format"]))
         if w["format"] is None:
             raise ConfigError(f"workload.format: required when workload.kind=trace; "
                               f"allowed: {', '.join(TRACE_FORMATS)}")

@@ -265,11 +265,20 @@ def load(path: str, fmt: str) -> Trace:
     if isinstance(path, str) and path.startswith("bundled:"):
         name = path.split(":", 1)[1]
         path = bundled_path(name)
-        if BUNDLED[name][1] != fmt:
-            raise TraceError(f"workload.format: {fmt!r} does not read bundled:{name}, a "
-                             f"trace in {BUNDLED[name][1]} format (set workload.format: "
-                             f"{BUNDLED[name][1]}, or leave it out)")
-    return LOADERS[fmt](os.path.expanduser(path))
+        wrong = wrong_bundled_format(name, fmt)
+        if wrong:
+            raise TraceError(wrong)
+    return LOADERS[fmt](path)
+
+
+def wrong_bundled_format(name: str, fmt: str) -> str | None:
+    """Why ``fmt`` cannot read the bundled trace ``name``, or None (also for an unknown
+    name, which :func:`bundled_path` reports)."""
+    own = BUNDLED.get(name, (None, fmt))[1]
+    if own == fmt:
+        return None
+    return (f"workload.format: {fmt!r} does not read bundled:{name}, a trace in {own} "
+            f"format (set workload.format: {own}, or leave it out)")
 
 
 BUNDLED = {
