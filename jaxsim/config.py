@@ -14,6 +14,7 @@ import copy
 import dataclasses
 import math
 import re
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -43,6 +44,11 @@ from jaxsim.workload import (
     sample_lengths,
     synthetic,
 )
+
+
+class ConfigWarning(UserWarning):
+    """A configuration key that is valid but has no effect (e.g. ``workload.cv`` with
+    ``workload.kind: poisson``)."""
 
 
 class ConfigError(ValueError):
@@ -106,6 +112,16 @@ DEFAULTS: dict[str, Any] = {
 }
 
 TRACE_FORMATS = ("azure", "mooncake", "csv")
+
+#: The workload keys each kind reads (``path`` and ``format`` elsewhere are refused).
+WORKLOAD_READS = {
+    "poisson": ("rate", "num_requests", "prompt_tokens", "output_tokens"),
+    "gamma": ("rate", "num_requests", "prompt_tokens", "output_tokens", "cv"),
+    "all_at_once": ("num_requests", "prompt_tokens", "output_tokens"),
+    "trace": ("path", "format", "rate", "num_requests"),
+    "sessions": ("rate", "num_requests", "sessions", "turns", "prompt_tokens", "new_tokens",
+                 "output_tokens", "think_time_s", "hash_block_tokens"),
+}
 
 
 # --------------------------------------------------------------------------------------
@@ -437,6 +453,13 @@ def validate(cfg: Mapping) -> dict:
                           "block is in HBM already")
     if w["kind"] not in ("trace", "sessions") and w["num_requests"] is None:
         raise ConfigError(f"workload.num_requests: required for workload.kind={w['kind']}")
+    unread = [k for k, v in w.items() if k not in WORKLOAD_READS[w["kind"]]
+              and k != "kind" and v != DEFAULTS["workload"][k]]
+    if unread:  # a warning, not an error: a sweep over workload.kind shares the other keys
+        warnings.warn(f"{', '.join(f'workload.{k}' for k in unread)}: not read with "
+                      f"workload.kind={w['kind']} (it reads "
+                      f"{', '.join(f'workload.{k}' for k in WORKLOAD_READS[w['kind']])}); "
+                      "ignored", ConfigWarning, stacklevel=2)
     return out
 
 

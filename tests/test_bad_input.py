@@ -391,9 +391,35 @@ def test_length_mappings_are_checked_where_the_workload_kind_ignores_them():
     with pytest.raises(cfg_mod.ConfigError, match=r"workload.turns.high: 1 must be >= low"):
         cfg_mod.validate(cfg_mod.apply_sets(
             {}, [*base, "workload.turns={dist: uniform, low: 3, high: 1}"]))
-    ok = cfg_mod.validate(cfg_mod.apply_sets(
-        {}, [*base, "workload.output_tokens={dist: lognormal, median: 100, sigma: 1}"]))
+    with pytest.warns(cfg_mod.ConfigWarning, match=r"workload.output_tokens: not read"):
+        ok = cfg_mod.validate(cfg_mod.apply_sets(
+            {}, [*base, "workload.output_tokens={dist: lognormal, median: 100, sigma: 1}"]))
     assert ok["workload"]["output_tokens"]["dist"] == "lognormal"
+
+
+def test_workload_keys_the_kind_does_not_read_are_named_in_a_warning():
+    """workload.cv with kind poisson, or output_tokens with a trace, did nothing silently."""
+    import warnings
+
+    from jaxsim import config as cfg_mod
+
+    with pytest.warns(cfg_mod.ConfigWarning) as rec:
+        out = cfg_mod.validate({"workload": {"kind": "poisson", "cv": 4.0, "turns": 2}})
+    assert out["workload"]["cv"] == 4.0  # kept: a sweep over the kind may read it
+    (msg,) = [str(r.message) for r in rec]
+    assert msg.startswith("workload.cv, workload.turns: not read with workload.kind=poisson")
+    assert "workload.rate, workload.num_requests" in msg
+    with pytest.warns(cfg_mod.ConfigWarning, match=r"^workload.rate: not read with "
+                      r"workload.kind=all_at_once"):
+        cfg_mod.validate({"workload": {"kind": "all_at_once", "rate": 3.0}})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        # keys the kind reads, and others left at their defaults, pass quietly; so does
+        # a validated configuration validated again
+        again = cfg_mod.validate({"workload": {"kind": "gamma", "cv": 4.0, "rate": 2.0}})
+        cfg_mod.validate(again)
+        cfg_mod.validate({"workload": {"kind": "sessions", "sessions": 3, "turns": 2,
+                                       "think_time_s": 5.0, "hash_block_tokens": 64}})
 
 
 def test_prefetch_without_a_lower_tier_is_refused():
