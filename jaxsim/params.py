@@ -247,11 +247,13 @@ class SchedulerParams(eqx.Module):
         enable_chunked_prefill: 1 to split prompts across iterations (forced 0 in v0).
         max_num_seqs: running-request limit (must be <= SimShape.max_slots to be exact).
         max_num_batched_tokens: token budget per iteration.
-        long_prefill_token_threshold: per-request chunk cap (0 = off).
-        reserve_full_isl: 1 = a waiting request is admitted only if its whole known
+        long_prefill_token_threshold: per-request cap on the tokens of one iteration
+            (0 = off; v1, with chunked prefill on or off, as vLLM v1 applies it).
+        reserve_full_isl: 1 = a waiting request (v1) is admitted only if its whole known
             sequence (prompt, plus output so far if it was preempted) fits in the free
-            blocks, not only its first chunk (vLLM's ``scheduler_reserve_full_isl``;
-            matters only with chunked prefill).
+            blocks, not only the tokens scheduled now (vLLM's
+            ``scheduler_reserve_full_isl``; matters when a prompt is split: chunked
+            prefill or the threshold).
         block_size: tokens per KV block.
         num_gpu_blocks: KV capacity in blocks (derived on the host from memory).
         watermark_blocks: free blocks an admission must leave.

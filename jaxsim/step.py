@@ -168,13 +168,13 @@ def _decode_run(shape: SimShape, params: SimParams, wl: Workload, st: SimState,
     p_c = jnp.minimum(st.ptr, R - 1)
     h_left = jnp.where(has_pre, st.slot_prompt[hrow] + g[hrow], wl.prompt_tokens[p_c])
     chunked = (sp.enable_chunked_prefill != 0) & ~is_v0
-    thr = jnp.where(chunked, sp.long_prefill_token_threshold, 0)
+    thr = jnp.where(is_v0, 0, sp.long_prefill_token_threshold)  # v1, chunked or not
     h_want = jnp.where(thr > 0, jnp.minimum(h_left, thr), h_left)
     b_rem = jnp.where(is_v0, sp.max_num_batched_tokens, sp.max_num_batched_tokens - n)
     h_got = jnp.where(chunked, jnp.clip(b_rem, 0, h_want), h_want)
     h_budget = jnp.where(chunked, h_got > 0, h_want <= b_rem)
     h_free = total - jnp.where(is_v0, held0, blocks1)
-    h_need = jnp.where((sp.reserve_full_isl != 0) & chunked, h_left, h_got)  # §2.3 rule 4
+    h_need = jnp.where((sp.reserve_full_isl != 0) & ~is_v0, h_left, h_got)  # §2.3 rule 4
     h_blocks = h_free - _floordiv(h_need + bs - 1, bs, inv_bs) >= sp.watermark_blocks
     h_ok = h_budget & h_blocks & (n < sp.max_num_seqs)
     a_hi_t, a_lo_t = wl.arrival_hi[p_c], wl.arrival_lo[p_c]
@@ -343,7 +343,7 @@ def step(
     n_known = prompt + generated
     is_v0 = sp.mode == MODE_V0
     chunked = (sp.enable_chunked_prefill != 0) & ~is_v0
-    thr = jnp.where(chunked, sp.long_prefill_token_threshold, 0)
+    thr = jnp.where(is_v0, 0, sp.long_prefill_token_threshold)  # §2.2: v1, chunked or not
     budget = sp.max_num_batched_tokens
     bs = sp.block_size
     total_blocks = sp.num_gpu_blocks
@@ -411,7 +411,7 @@ def step(
     cum_need = jnp.cumsum(need_w, dtype=i32)
     # §2.3 rule 4: the blocks of the chunk, or (scheduler_reserve_full_isl) of the whole
     # known sequence, must leave the watermark free after the earlier admissions' chunks
-    full_isl = (sp.reserve_full_isl != 0) & chunked
+    full_isl = (sp.reserve_full_isl != 0) & ~is_v0
     need_chk = jnp.where(full_isl & cand_w, _floordiv(n_known_w + bs - 1, bs, inv_bs), need_w)
     ok_blocks = free_w - (cum_need - need_w) - need_chk >= sp.watermark_blocks
     # n_run + k < max_num_seqs with k = row - n_run (ghost rows are not running)

@@ -22,25 +22,31 @@ What maps to what (jaxsim key -> ``EngineArgs`` field):
   sets it to False: the simulator models no prefix reuse, while vLLM v1 turns automatic
   prefix caching on by default.
 * Host-memory KV tiers (``tiers`` naming ``dram``, ``dram_pcie4`` or ``grace``; their
-  ``tier.<name>.capacity_gb`` or the preset's capacity; GB = 1e9 bytes as everywhere)
-  -> ``kv_offloading_size`` in GiB (vLLM's figure is the total over the TP ranks, i.e.
-  per instance) and ``kv_offloading_backend="native"``.
+  ``tier.<name>.capacity_gb`` or the preset's capacity, one GPU's share as every tier
+  figure; GB = 1e9 bytes as everywhere) -> ``kv_offloading_size`` in GiB, times ``tp``
+  (vLLM's figure is the total over the TP ranks, i.e. per instance), and
+  ``kv_offloading_backend="native"`` (scheduler v1 only: the V0 engine has no KV
+  offloading).
+* ``watermark`` in scheduler v1 -> ``watermark`` (only when > 0; vLLM releases from June
+  2026 have it, default 0).
 * ``scheduler`` v1 -> nothing (vLLM's default engine); v0 -> the environment variable
   ``VLLM_USE_V1=0``, which only vLLM releases before 0.11 honour (the V0 engine has since
-  been removed), with chunked prefill off.
+  been removed), with chunked prefill off; ``preemption_mode`` swap in v0 ->
+  ``preemption_mode="swap"`` and ``swap_space`` (GiB per GPU) from the first tier's
+  capacity.
 
 Not representable, so omitted: ``gpu`` (the hardware the command runs on), ``slo.*``,
 ``workload.*`` and ``seed`` (the benchmark client's business, not the server's),
 ``cost_preset`` / ``cost_shape_tables`` / ``cost.*`` (the simulator's cost model), ``max_slots`` /
-``max_iterations`` (simulator internals), ``watermark`` (V0 hard-codes 1 %; recent V1
-releases keep a watermark in their KV cache manager, default 0, which the command leaves
-at its default), ``activation_reserve_gb`` (vLLM measures it
-by profiling). Simulated behaviour that the command cannot carry (swap preemption, KV
-tiers other than CPU memory, an eviction order other than LRU, cache-aware admission,
-prefetch) and values vLLM may refuse are listed by :func:`vllm_caveats`; ``jaxsim best``
-prints them under the command. A tensor-parallel degree that does not divide the model's
-attention heads (and its KV heads, or the other way round) is refused: vLLM does not
-start with it, and the simulator marks such a lane infeasible.
+``max_iterations`` (simulator internals), ``watermark`` in v0 (V0 hard-codes 1 %),
+``activation_reserve_gb`` (vLLM measures it by profiling). Simulated behaviour that the
+command cannot carry (swap preemption in v1, KV tiers other than CPU memory or any tier
+in v0, an eviction order other than LRU, cache-aware admission, prefetch) and values
+vLLM may refuse are listed by :func:`vllm_caveats`; ``jaxsim best`` prints them under the
+command. A tensor-parallel degree that does not divide the model's attention heads (and
+its KV heads, or the other way round), or a ``max_num_batched_tokens`` below
+``max_num_seqs``, is refused: vLLM does not start with it, and the simulator marks such a
+lane infeasible.
 
 When ``max_model_len`` is unset the simulator derives it from the workload (its longest
 request, capped by the model's context length), while vLLM takes the model's context
@@ -117,17 +123,24 @@ def _capacity_gb(field: str, v: Any) -> float:
     return float(v)
 
 
-def _cpu_offload_gb(cfg: Mapping) -> float | None:
-    """Total capacity (GB) of the host-memory KV tiers of a validated configuration."""
+def _tier_gb(cfg: Mapping, name: str) -> float:
+    """One GPU's capacity (GB) of tier ``name`` of a validated configuration."""
     from jaxsim import tiers as tiers_mod
 
-    total, found = 0.0, False
-    for name in cfg.get("tiers") or []:
-        if name in CPU_TIER_NAMES:
-            cap = cfg.get("tier", {}).get(name, {}).get("capacity_gb")
-            total += tiers_mod.tier(name).capacity_gb if cap is None else float(cap)
-            found = True
-    return total if found and total > 0 else None
+    cap = cfg.get("tier", {}).get(name, {}).get("capacity_gb")
+    return tiers_mod.tier(name).capacity_gb if cap is None else float(cap)
+
+
+def _cpu_offload_gb(cfg: Mapping) -> float | None:
+    """Capacity (GB) of the host-memory KV tiers of a validated configuration, over the
+    instance's ``tp`` GPUs (tier capacities are one GPU's share)."""
+    names = [n for n in cfg.get("tiers") or [] if n in CPU_TIER_NAMES]
+    total = sum(_tier_gb(cfg, n) for n in names) * int(cfg["tp"])
+    return total if names and total > 0 else None
+
+
+def _gib(gb: float) -> float:
+    return round(gb * 1e9 / 2**30, 3)
 
 
 def _needed_max_model_len(cfg: Mapping) -> int | None:
@@ -178,25 +191,36 @@ def vllm_caveats(cfg: Mapping) -> list[str]:
     if c["max_model_len"] is not None and c["max_model_len"] > context:
         notes.append(f"max_model_len {c['max_model_len']} exceeds {c['model']}'s context "
                      f"({context}): vLLM refuses it unless VLLM_ALLOW_LONG_MAX_MODEL_LEN=1")
-    chunked = c["enable_chunked_prefill"] and c["scheduler"] == "v1"
-    if chunked and not c["scheduler_reserve_full_isl"]:
+    v1 = c["scheduler"] == "v1"
+    if _splits_prompts(c) and not c["scheduler_reserve_full_isl"]:
         notes.append("scheduler_reserve_full_isl false: --no-scheduler-reserve-full-isl needs "
                      "a vLLM release from March 2026 on; earlier ones do not know the flag "
                      "(drop it there: they admit by the first chunk anyway)")
-    if c["scheduler"] == "v1" and c["watermark"]:
-        notes.append(f"watermark {c['watermark']}: not in the command (vLLM v1 keeps its "
-                     "admission watermark at 0 unless configured in code, and applies it "
-                     "only when a request is already scheduled)")
-    elif c["scheduler"] == "v0" and c["watermark"] not in (None, 0.01):
+    if v1 and c["watermark"]:
+        notes.append(f"watermark {c['watermark']}: --watermark needs a vLLM release from "
+                     "June 2026 on, which exempts an admission when nothing is running "
+                     "(jaxsim does not; the same unless one request needs more than "
+                     f"{1 - c['watermark']:g} of the KV cache, which jaxsim marks infeasible)")
+    elif not v1 and c["watermark"] not in (None, 0.01):
         notes.append(f"watermark {c['watermark']}: not in the command (vLLM v0 keeps 1% "
                      "of the blocks free)")
-    if c["preemption_mode"] == "swap":
+    if c["preemption_mode"] == "swap" and v1:
         notes.append("preemption_mode swap: not in the command (vLLM's V1 engine preempts "
                      "by recomputation only)")
-    other = [t for t in c["tiers"] if t not in CPU_TIER_NAMES]
-    if other:
+    elif c["preemption_mode"] == "swap":
+        notes.append(f"preemption_mode swap: vLLM v0 swaps to a CPU space of its own "
+                     f"(--swap-space); jaxsim swaps to tier {c['tiers'][0]}, which also "
+                     "holds its evicted prefix-cache blocks")
+    other = [t for t in c["tiers"] if t not in CPU_TIER_NAMES or not v1]
+    if other and v1:
         notes.append(f"tiers {', '.join(other)}: not in the command (vLLM's native KV "
                      "offloading uses CPU memory only)")
+    elif other:
+        notes.append(f"tiers {', '.join(other)}: not in the command (vLLM's V0 engine has "
+                     "no KV offloading)")
+    if v1 and _cpu_offload_gb(c):
+        notes.append("--kv-offloading-size needs a vLLM release after 0.11 (native CPU KV "
+                     "offloading came later)")
     if c["enable_prefix_caching"]:
         cache = c["cache"]
         if cache["frequency_weight"] > 0 or cache["depth_weight"] > 0 or \
@@ -212,6 +236,21 @@ def vllm_caveats(cfg: Mapping) -> list[str]:
     return notes
 
 
+def _splits_prompts(c: Mapping) -> bool:
+    """Whether vLLM v1 may schedule part of a prompt (so admission's whole-sequence rule
+    matters): chunked prefill, or a long-prefill threshold (applied either way)."""
+    return c["scheduler"] == "v1" and (
+        c["enable_chunked_prefill"] or c["long_prefill_token_threshold"] > 0)
+
+
+def _check_budget(c: Mapping) -> None:
+    if c["max_num_batched_tokens"] < c["max_num_seqs"]:
+        raise jconfig.ConfigError(
+            f"max_num_batched_tokens: {c['max_num_batched_tokens']} is below max_num_seqs "
+            f"({c['max_num_seqs']}); vLLM refuses it (and the simulator marks the lane "
+            "infeasible)")
+
+
 def vllm_engine_args(cfg: Mapping) -> dict[str, object]:
     """vLLM ``EngineArgs`` keyword arguments for a jaxsim configuration.
 
@@ -221,6 +260,7 @@ def vllm_engine_args(cfg: Mapping) -> dict[str, object]:
     """
     c = jconfig.validate(cfg)
     _check_tp(c)
+    _check_budget(c)
     args: dict[str, object] = {
         "model": hf_model_id(c["model"]),
         "dtype": _DTYPES[c["dtype"]],
@@ -239,17 +279,21 @@ def vllm_engine_args(cfg: Mapping) -> dict[str, object]:
     args["enable_prefix_caching"] = _as_bool("enable_prefix_caching",
                                              c.get("enable_prefix_caching", False))
     offload_gb = _cpu_offload_gb(c)
-    if offload_gb:
-        args["kv_offloading_size"] = round(offload_gb * 1e9 / 2**30, 3)
+    if offload_gb and c["scheduler"] == "v1":
+        args["kv_offloading_size"] = _gib(offload_gb)
         args["kv_offloading_backend"] = "native"
+    if c["preemption_mode"] == "swap" and c["scheduler"] == "v0":
+        args["preemption_mode"] = "swap"
+        args["swap_space"] = _gib(_tier_gb(c, c["tiers"][0]))
     args["max_num_seqs"] = c["max_num_seqs"]
     args["max_num_batched_tokens"] = c["max_num_batched_tokens"]
     args["enable_chunked_prefill"] = c["enable_chunked_prefill"]
     if c["long_prefill_token_threshold"] > 0:
         args["long_prefill_token_threshold"] = c["long_prefill_token_threshold"]
-    if c["enable_chunked_prefill"] and c["scheduler"] == "v1" and \
-            not c["scheduler_reserve_full_isl"]:
+    if _splits_prompts(c) and not c["scheduler_reserve_full_isl"]:
         args["scheduler_reserve_full_isl"] = False  # on in vLLM since March 2026
+    if c["scheduler"] == "v1" and c["watermark"]:
+        args["watermark"] = c["watermark"]  # in vLLM since June 2026, default 0
     return args
 
 

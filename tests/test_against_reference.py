@@ -83,6 +83,8 @@ def random_case(rng: np.random.Generator) -> tuple[Trace, dict]:
     # own (keyed by the trace), so the cases a seed gives stay those of before the rule
     own = np.random.default_rng([int(prompt.sum()), int(output.sum()), n])
     cfg["scheduler_reserve_full_isl"] = bool(own.random() < 0.5)
+    if sched == "v1" and not chunked:  # vLLM v1 applies the threshold without chunking too
+        cfg["long_prefill_token_threshold"] = int(own.choice([0, 8, 40]))
     return trace, cfg
 
 
@@ -199,6 +201,9 @@ def test_oracle__random_lanes_match():
     assert preempting >= 20, preempting
     assert 5 <= infeasible <= 120, infeasible
     assert v0 >= 40
+    split_unchunked = sum(c["scheduler"] == "v1" and not c["enable_chunked_prefill"]
+                          and c["long_prefill_token_threshold"] > 0 for _, c in cases)
+    assert split_unchunked >= 10, split_unchunked
     # Event skipping (docs/semantics.md §6, on in the default shape) took part: most
     # lanes advanced some decode-only iterations in macro-steps.
     steps, iters = res.metrics["steps"], res.metrics["iterations"]

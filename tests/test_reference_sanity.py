@@ -388,12 +388,31 @@ def test_long_prefill_threshold_caps_chunks() -> None:
     assert res["generated"][0] == 2
 
 
-def test_threshold_ignored_without_chunked_prefill() -> None:
-    # thr applies only with chunked prefill; without it the prompt goes in one piece.
+def test_threshold_splits_prompts_without_chunked_prefill_too() -> None:
+    # vLLM v1 caps a request's tokens at thr before its chunked-prefill check, so the
+    # prompt is split with chunked prefill off as well (v0 ignores thr).
     res, trace = run(
         [0.0], [10], [2], long_prefill_token_threshold=3, enable_chunked_prefill=False
     )
+    assert [b[0][1] for b in batches(trace)] == [3, 3, 3, 1, 1]
+    res, trace = run(
+        [0.0], [10], [2], long_prefill_token_threshold=3, enable_chunked_prefill=False,
+        mode="v0",
+    )
     assert [b[0][1] for b in batches(trace)] == [10, 1]
+
+
+def test_threshold_without_chunked_prefill_admits_only_within_the_budget() -> None:
+    # Chunked prefill off: a request whose capped tokens (thr) exceed the remaining
+    # budget stops admission (no partial chunk); one that fits is admitted and split.
+    # Request 0 (6 tokens) takes 6 of the budget of 10; request 1's thr-capped 6 > 4 left.
+    res, trace = run(
+        [0.0, 0.0], [6, 9], [1, 1], long_prefill_token_threshold=6,
+        enable_chunked_prefill=False, max_num_batched_tokens=10, max_model_len=10,
+    )
+    assert [[(r, q) for r, q, *_ in b] for b in batches(trace)] == [
+        [(0, 6)], [(1, 6)], [(1, 3)]]
+    assert list(res["generated"]) == [1, 1]
 
 
 # --------------------------------------------------------------------------------------

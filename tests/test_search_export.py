@@ -116,7 +116,10 @@ def test_export__max_model_len_where_the_context_does_not_fit():
                                     "max_model_len": 768}, ()),
         ({"scheduler": "v0"}, {"enable_chunked_prefill": False, "max_model_len": 768}, ()),
         # keys with no engine argument change nothing
-        ({"gpu": "A100-80GB", "seed": 7, "watermark": 0.05, "activation_reserve_gb": 2.0,
+        ({"watermark": 0.05}, {"watermark": 0.05}, ()),
+        ({"scheduler": "v0", "watermark": 0.05}, {"enable_chunked_prefill": False,
+                                                 "max_model_len": 768}, ("watermark",)),
+        ({"gpu": "A100-80GB", "seed": 7, "activation_reserve_gb": 2.0,
           "max_slots": 8, "max_iterations": 100, "cost_preset": "uncalibrated",
           "slo": {"ttft_s": 2.0}, "workload": {"rate": 3.0}}, {}, ()),
     ],
@@ -264,6 +267,33 @@ def test_export__cpu_tier_becomes_kv_offloading_gib(cfg):
     i = argv.index("--kv-offloading-size")
     assert argv[i + 1] == "93.132" and argv[i + 2:i + 4] == ["--kv-offloading-backend", "native"]
     assert parse_like_vllm(argv, args) == args
+    # a tier's capacity is one GPU's share; vLLM's size is the total over the TP ranks
+    assert export.vllm_engine_args({**cfg, "tp": 4})["kv_offloading_size"] == round(
+        4 * 100e9 / GIB, 3)
+    # the V0 engine has no KV offloading: nothing in the command, a caveat instead
+    v0 = export.vllm_engine_args({**cfg, "scheduler": "v0"})
+    assert "kv_offloading_size" not in v0 and "kv_offloading_backend" not in v0
+    assert any("V0 engine has no KV offloading" in n
+               for n in export.vllm_caveats({**cfg, "scheduler": "v0"}))
+
+
+def test_export__swap_in_v0_is_vllm_swap_space():
+    cfg = {"scheduler": "v0", "enable_prefix_caching": True, "tiers": "dram",
+           "tier.dram.capacity_gb": 50, "preemption_mode": "swap", "tp": 2}
+    args = export.vllm_engine_args(cfg)
+    assert args["preemption_mode"] == "swap"
+    assert args["swap_space"] == round(50e9 / GIB, 3)  # vLLM v0's figure is per GPU
+    assert parse_like_vllm(export.vllm_argv(cfg), args) == args
+    assert export.vllm_caveats(cfg)[0].startswith("preemption_mode swap: vLLM v0 swaps to")
+    v1 = {**cfg, "scheduler": "v1"}
+    assert "preemption_mode" not in export.vllm_engine_args(v1)
+    assert export.vllm_caveats(v1)[0].startswith("preemption_mode swap: not in the command")
+
+
+def test_export__a_budget_below_max_num_seqs_is_refused():
+    with pytest.raises(config.ConfigError, match=r"^max_num_batched_tokens: 128 is below "
+                       r"max_num_seqs \(256\); vLLM refuses it"):
+        export.vllm_serve_command({"max_num_batched_tokens": 128})
 
 
 @pytest.mark.parametrize(
@@ -304,15 +334,18 @@ def test_export__bad_tier_capacity_names_field(cfg, field):
 
 def test_export__caveats_name_what_the_command_does_not_carry():
     assert export.vllm_caveats({}) == []
-    assert export.vllm_caveats({"enable_prefix_caching": True, "tiers": "dram"}) == []
+    assert export.vllm_caveats({"enable_prefix_caching": True, "tiers": "dram"}) == [
+        "--kv-offloading-size needs a vLLM release after 0.11 (native CPU KV offloading came "
+        "later)"]
     notes = export.vllm_caveats({
         "block_size": 24, "max_model_len": 1_000_000, "enable_prefix_caching": True,
         "tiers": "dram,ssd", "preemption_mode": "swap",
         "cache": {"frequency_weight": 1.0, "admission_weight": 0.5, "prefetch": True}})
     starts = [n.split(":")[0].split(" exceeds")[0] for n in notes]
     assert starts == ["block_size 24", "max_model_len 1000000", "preemption_mode swap",
-                      "tiers ssd", "cache eviction weights", "cache.admission_weight",
-                      "cache.prefetch"]
+                      "tiers ssd", "--kv-offloading-size needs a vLLM release after 0.11 "
+                      "(native CPU KV offloading came later)", "cache eviction weights",
+                      "cache.admission_weight", "cache.prefetch"]
     assert "131072" in notes[1] and "VLLM_ALLOW_LONG_MAX_MODEL_LEN" in notes[1]
 
 
@@ -339,10 +372,14 @@ def test_export__reserve_full_isl_off_is_a_flag_with_its_caveat():
     assert note.startswith("scheduler_reserve_full_isl false: --no-scheduler-reserve-full-isl "
                            "needs a vLLM release from March 2026 on")
     assert export.vllm_caveats({"watermark": 0.05})[0].startswith(
-        "watermark 0.05: not in the command")
+        "watermark 0.05: --watermark needs a vLLM release from June 2026 on")
+    assert "--watermark" not in export.vllm_argv({})
     assert export.vllm_caveats({"scheduler": "v0", "watermark": 0.01}) == []  # v0's own 1%
     assert export.vllm_caveats({"scheduler": "v0", "watermark": 0.05}) == [
         "watermark 0.05: not in the command (vLLM v0 keeps 1% of the blocks free)"]
-    # without chunked prefill the rule changes nothing: no flag
-    assert "reserve-full-isl" not in export.vllm_serve_command(
-        {**off, "enable_chunked_prefill": False})
+    # without chunked prefill the rule changes nothing: no flag; with a long-prefill
+    # threshold vLLM v1 splits prompts all the same, so it does
+    unchunked = {**off, "enable_chunked_prefill": False, "max_num_batched_tokens": 131072}
+    assert "reserve-full-isl" not in export.vllm_serve_command(unchunked)
+    assert "--no-scheduler-reserve-full-isl" in export.vllm_argv(
+        {**unchunked, "long_prefill_token_threshold": 512})

@@ -122,6 +122,20 @@ def test_step__long_prefill_threshold_caps_chunks():
     assert [int(slot(x, "slot_computed", 1)[0]) for x in s[1:4]] == [8, 16, 20]
 
 
+def test_step__threshold_splits_prompts_with_chunked_prefill_off():
+    # vLLM v1 caps a request's tokens at the threshold before its chunked-prefill check:
+    # R0 (P=6) takes 6 of the budget of 10, R1's capped 6 > 4 left stops admission (no
+    # partial chunk without chunked prefill); R1 then runs 6 and 3. v0 ignores it.
+    tr = Trace([0.0, 0.0], [6, 9], [1, 1])
+    cfg = {"enable_chunked_prefill": False, "long_prefill_token_threshold": 6,
+           "max_num_batched_tokens": 16, "max_model_len": 16}
+    s = steps({**cfg, "max_num_batched_tokens": 10, "max_model_len": 10}, tr, 3)
+    assert [int(x.ptr) for x in s[1:4]] == [1, 2, 2]
+    assert [int(x.tokens_total) for x in s[1:4]] == [6, 12, 15]
+    s = steps({**cfg, "scheduler": "v0"}, tr, 1)
+    assert int(s[1].tokens_total) == 15  # both prompts whole
+
+
 def test_step__preempts_last_admitted_and_recomputes():
     # block_size 4, 6 blocks (24 tokens). R0, R1: P=8, O=10, both at t=0.
     # it1: both prefill (2 blocks each; free 2), g=1.  it2: both need a 3rd block

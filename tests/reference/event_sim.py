@@ -1261,10 +1261,11 @@ def simulate_reference(
     mode = cfg["mode"]
     # §0/§2.4: chunked prefill is forced off in v0.
     chunked = cfg["enable_chunked_prefill"] and mode == "v1"
-    thr = cfg["long_prefill_token_threshold"] if chunked else 0
-    # §2.3 rule 4: with chunked prefill, admission may need the whole known sequence's
-    # blocks free (scheduler_reserve_full_isl), not only the chunk's
-    full_isl = cfg["reserve_full_isl"] and chunked
+    # §2.2: the threshold caps a request's tokens in v1 with chunked prefill on or off
+    thr = cfg["long_prefill_token_threshold"] if mode == "v1" else 0
+    # §2.3 rule 4: admission may need the whole known sequence's blocks free
+    # (scheduler_reserve_full_isl), not only those of the tokens scheduled now
+    full_isl = cfg["reserve_full_isl"] and mode == "v1"
     bs = cfg["block_size"]
     num_blocks = cfg["num_gpu_blocks"]
     watermark = cfg["watermark_blocks"]
