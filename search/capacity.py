@@ -33,6 +33,7 @@ import numpy as np
 from jaxsim import config as config_mod
 from search import objectives as ob
 from search import runner
+from search.space import _get_key
 
 #: A capacity counts as steady when the trace's arrivals at that rate span at least this
 #: many mean request lifetimes (E2E): the run then spends most of its time in steady state.
@@ -114,7 +115,12 @@ def capacity_search(cfgs: Sequence[Mapping], slo: Mapping[str, float],
     # so a misspelt metric does not wait for the first simulations
     slo = ob.parse_slo(slo, label="slo")
     for k in slo:
-        ob.check_name(f"slo.{k}", k.removeprefix("min_"))
+        name = k.removeprefix("min_")
+        ob.check_name(f"slo.{k}", name)
+        if name == "cost_per_mtok":  # the one objective that needs prices
+            raise ob.ObjectiveError(f"slo.{k}: capacity_search takes no GPU prices; bound "
+                                    "the metrics it simulates (ttft_p99_s, tpot_p99_s, ...) "
+                                    "and rank by cost afterwards")
     full = []
     for i, c in enumerate(cfgs):
         try:
@@ -152,10 +158,14 @@ def capacity_search(cfgs: Sequence[Mapping], slo: Mapping[str, float],
                 [_with_rate(full[i], rates[i]) for i in pad], plan, traces=traces)
             m = runner.simulate_chunk(plan, batch, max_iterations=max_iterations)
             sims += idx.size
-            for k, v in m.items():
+            for k, v in [*m.items(), *((k, batch.info[k]) for k in ("weights_gb", "kv_gb"))]:
                 out.setdefault(k, []).append(np.asarray(v)[:idx.size])
         metrics = {k: np.concatenate(v) for k, v in out.items()}
-        metrics["tp"] = np.array([c["tp"] for c in full])
+        # the configuration's columns of a sweep's results, so a bound may use them too
+        for k in runner.RESULT_KEYS:
+            if k not in metrics and k not in ("model", "gpu", "dtype", "scheduler"):
+                metrics[k] = np.array([_get_key(c, k) for c in full])
+        metrics["workload.rate"] = np.asarray(rates, np.float64)
         return ob.feasible(metrics, slo), metrics
 
     lo = np.full(N, float(rate_lo))

@@ -181,6 +181,9 @@ def parse_slo(items: Sequence[str] | Mapping | str | None,
         if not k or "=" in k or "<" in k or ">" in k:
             raise ObjectiveError(f"{label} {it!r}: expected METRIC<=VALUE (e.g. ttft_p99_s<=1.0) "
                                  "or METRIC>=VALUE; the operators are <= and >=")
+        if k.startswith("min_"):  # the mapping form's prefix: min_X<=V would read as X>=V
+            raise ObjectiveError(f"{label} {it!r}: write {k[4:]}>=VALUE for a lower bound "
+                                 "(min_ is the prefix of the mapping form, {min_METRIC: V})")
         try:
             val = float(v)
         except ValueError:

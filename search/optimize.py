@@ -19,6 +19,7 @@ result is the best exactly simulated point (re-checked at the end).
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 
 import equinox as eqx
@@ -71,15 +72,26 @@ class Evaluator:
         n_dev = len(jax.local_devices())
         self.batch_size = -(-batch_size // n_dev) * n_dev
         self.plan = runner.make_plan(space, chunk_size=self.batch_size, slots=slots)
+        self.batch_size = self.plan.chunk_size  # no larger than the space (make_plan's cap)
         self.space, self.objective = space, objective
-        self.slo, self.prices = dict(slo or {}), dict(prices or {})
+        self.slo = ob.parse_slo(slo, label="slo")
+        self.prices = dict(prices or {})
         self.max_iterations = max_iterations
         self.traces = runner._TraceCache()
         self.evaluations = 0
         self._cache: dict[bytes, tuple[float, float, int]] = {}
-        ob.derived({"tp": np.ones(1), "output_tps": np.ones(1), "goodput_rps": np.ones(1),
-                    "gpu": np.array([space.base.get("gpu", "H100-SXM")]),
-                    objective: np.ones(1)}, objective, self.prices)  # fail early
+        # fail early, before anything compiles: names the results hold, prices a derived
+        # objective needs
+        axes = [a.key for a in space.axes]
+        ob.check_name("objective", objective, axes)
+        names = [objective]
+        for k in self.slo:
+            names.append(k.removeprefix("min_"))
+            ob.check_name(f"slo.{k}", names[-1], axes)
+        for name in set(names) & set(ob.DERIVED):
+            ob.derived({"tp": np.ones(1), "output_tps": np.ones(1), "goodput_rps": np.ones(1),
+                        "gpu": np.array([space.base.get("gpu", "H100-SXM")])},
+                       name, self.prices)
 
     def _key(self, u: np.ndarray) -> bytes:
         """Points that decode to the same configuration share one simulation."""
@@ -185,6 +197,23 @@ def _check_budget(max_evals) -> None:
                          "the search may run)")
 
 
+def _check_int(name: str, v, lo: int) -> int:
+    if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < lo:
+        raise ValueError(f"{name}: {v!r} must be an integer >= {lo}")
+    return int(v)
+
+
+def _check_float(name: str, v, lo: float, hi: float, lo_open: bool = True,
+                 hi_open: bool = False) -> float:
+    ok = isinstance(v, int | float | np.integer | np.floating) and not isinstance(v, bool) \
+        and math.isfinite(v) and (v > lo if lo_open else v >= lo) \
+        and (v < hi if hi_open else v <= hi)
+    if not ok:
+        lb, hb = ("(" if lo_open else "["), (")" if hi_open else "]")
+        raise ValueError(f"{name}: {v!r} must be a number in {lb}{lo:g}, {hi:g}{hb}")
+    return float(v)
+
+
 def _warm_start(ev: Evaluator, n: int, seed: int) -> tuple[np.ndarray, float]:
     """Best of ``n`` scrambled-Halton points (exact simulations)."""
     u = samplers.halton(np.arange(n), ev.space.num_dims, seed)
@@ -206,7 +235,9 @@ def cmaes_search(ev: Evaluator, max_evals: int, seed: int = 0,
     centre.)
     """
     _check_budget(max_evals)
-    warm_start = min(int(warm_start), max_evals)  # the warm start is part of the budget
+    warm_start = min(_check_int("warm_start", warm_start, 0), max_evals)  # in the budget
+    sigma_init = _check_float("sigma_init", sigma_init, 0.0, 1.0)  # of the unit cube
+    patience = _check_int("patience", patience, 1)
     strat = CMAES.from_space(ev.space, population_size=population_size)
     base = strat.default_params()
     base = eqx.tree_at(lambda p: p.sigma_init, base, jnp.float32(sigma_init))
@@ -233,8 +264,9 @@ def cmaes_search(ev: Evaluator, max_evals: int, seed: int = 0,
                 starts.append(pool[i])
         starts = starts or [pool[order[0]]]
     key = jax.random.key(seed)
-    run = 0
+    run = idle = 0
     while ev.evaluations - start + strat.population_size <= max_evals:
+        before = ev.evaluations
         params = eqx.tree_at(lambda p: p.mean_init, base,
                              jnp.asarray(starts[run % len(starts)], jnp.float32))
         run_best = {"c": np.inf, "stale": 0}
@@ -258,7 +290,10 @@ def cmaes_search(ev: Evaluator, max_evals: int, seed: int = 0,
         key, sub = jax.random.split(key)
         minimize(f, strat, sub, num_generations=10**6, params=params, callback=stop)
         run += 1
-        if not warm_start:
+        # a run from every start simulated nothing new: every point the runs reach is
+        # simulated already (a small discrete space), so the budget cannot be spent
+        idle = idle + 1 if ev.evaluations == before else 0
+        if not warm_start or idle >= len(starts):
             break
     if best["u"] is None:  # a budget below one generation and no warm start: the centre
         best["u"] = np.full(ev.space.num_dims, 0.5)
@@ -326,7 +361,14 @@ def gradient_search(ev: Evaluator, max_evals: int, seed: int = 0, pairs: int = 4
     ``sigma_final`` over the budget (wide early to see past plateaus, narrow late).
     """
     _check_budget(max_evals)
-    warm_start = min(int(warm_start), max_evals)  # the warm start is part of the budget
+    warm_start = min(_check_int("warm_start", warm_start, 0), max_evals)  # in the budget
+    pairs = _check_int("pairs", pairs, 1)
+    starts = _check_int("starts", starts, 1)
+    sigma = _check_float("sigma", sigma, 0.0, 1.0)
+    sigma_final = _check_float("sigma_final", sigma_final, 0.0, 1.0)
+    learning_rate = _check_float("learning_rate", learning_rate, 0.0, math.inf, hi_open=True)
+    round_budget = _check_float("round_budget", round_budget, 0.0, 1.0, lo_open=False,
+                                hi_open=True)
     d = ev.space.num_dims
     rng = np.random.default_rng(seed)
     hist: list[float] = []

@@ -125,8 +125,13 @@ class Axis:
         if self.kind == "float":
             if self.log:
                 lo, hi = math.log(self.low), math.log(self.high)
-                return np.exp(lo + u * (hi - lo))
-            return self.low + u * (self.high - self.low)
+                x = np.exp(lo + u * (hi - lo))
+            else:
+                x = self.low + u * (self.high - self.low)
+            # within the declared bounds, and the ends exactly (exp(log(b)) and a + (b - a)
+            # may be an ulp past b, which a constraint such as workload.rate <= b refused)
+            x = np.where(u >= 1.0, self.high, np.where(u <= 0.0, self.low, x))
+            return np.clip(x, self.low, self.high)
         idx = np.minimum((u * len(self.values)).astype(np.int64), len(self.values) - 1)
         vals = np.asarray(self.values, dtype=object)
         return vals[idx]
@@ -661,11 +666,23 @@ def axis_from_spec(key: str, spec: Any) -> Axis:
     if not isinstance(log, bool):
         raise SpaceError(f"{field}.log: {log!r} must be true or false")
     if kind == "int" and "values" in spec:  # explicit levels (as DesignSpace.spec() writes)
+        unused = [k for k in ("low", "high", "log", "step", "num", "discrete", "unit")
+                  if k in spec]
+        if unused:
+            raise SpaceError(f"{field}.{unused[0]}: not used with values (an int axis "
+                             "takes values, or low/high with step or log)")
         vals = spec["values"]
         if not isinstance(vals, list) or not vals or any(
                 isinstance(v, bool) or not isinstance(v, int) for v in vals):
             raise SpaceError(f"{field}.values: {vals!r} must be a non-empty list of integers")
+        if len(set(vals)) != len(vals):
+            raise SpaceError(f"{field}.values: {vals!r} has duplicates")
         return Axis(key, "int", values=tuple(vals))
+    if kind == "float" and "values" in spec:
+        raise SpaceError(f"{field}.values: not used by a float axis (low/high, and num for "
+                         "a grid); listed values are kind: choice")
+    if kind == "int" and "discrete" in spec:
+        raise SpaceError(f"{field}.discrete: only for float axes (an int axis is discrete)")
     if kind == "choice":
         unused = [k for k in ("low", "high", "log", "step", "num", "discrete") if k in spec]
         if unused:
@@ -721,6 +738,10 @@ def axis_from_spec(key: str, spec: Any) -> Axis:
         if n > MAX_LEVELS:
             raise SpaceError(too_many.replace(", or log: true", " or a smaller num"))
         vals = np.unique(np.round(np.geomspace(lo, hi, max(n, 1))).astype(np.int64))
+        if len(vals) < n:  # rounding made some levels equal
+            raise SpaceError(f"{field}.num: {n} log-spaced integers from {lo} to {hi} round "
+                             f"to only {len(vals)} distinct levels ({', '.join(map(str, vals))}"
+                             f"); use num: {len(vals)} or list the values")
     else:
         step = 1 if step is None else _num(f"{field}.step", step, True)
         if step < 1:

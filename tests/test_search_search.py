@@ -86,9 +86,13 @@ def test_capacity_reruns_lanes_whose_slot_table_overflows_like_the_sweep():
     finished inside an event-skipping decode run stay until compaction) is re-run with up
     to twice that, as the sweep runner does; it was counted as missing the SLO."""
     cfg = {**_cfg(20, 400), "max_num_batched_tokens": 384}
-    res = capacity.capacity_search([cfg], {"ttft_p99_s": 0.5, "tpot_p99_s": 0.03},
+    # (bounds on configuration columns, as a sweep's results have them, hold too: they
+    # raised 'not a column' after the simulations)
+    res = capacity.capacity_search([cfg], {"ttft_p99_s": 0.5, "tpot_p99_s": 0.03,
+                                           "weights_gb": 100, "min_max_num_seqs": 20},
                                    rate_lo=10.0, rate_hi=80.0, rounds=0, slots=20)
     assert res.status.tolist() == [1]  # 80 req/s meets the SLOs
+    assert 10 < res.metrics["weights_gb"][0] < 20 and res.metrics["workload.rate"][0] == 80
     assert res.metrics["slots"][0] > 20 and res.metrics["status"][0] == 0
 
 
@@ -257,3 +261,76 @@ def test_capacity_warns_when_the_slo_is_not_monotone_in_the_rate():
         res = capacity.capacity_search([_cfg(8)], {"min_throughput_rps": 5.0},
                                        rate_lo=0.5, rate_hi=64.0, rounds=0)
     assert res.status.tolist() == [1]
+
+
+def _disc_table_evaluator(n_seqs=2, n_tokens=2):
+    sp = space.from_dict({"base": {"workload": {"num_requests": 8}},
+                          "axes": {"max_num_seqs": [4, 8, 16][:n_seqs],
+                                   "max_num_batched_tokens": [512, 1024, 2048][:n_tokens]}})
+    c = np.arange(sp.size, 0, -1).astype(np.float64)
+    return optimize.TableEvaluator(sp, c, c, np.zeros(sp.size, np.int64))
+
+
+def test_cmaes_returns_when_the_budget_exceeds_the_space():
+    """With every point of a small discrete space simulated, restarts found nothing new
+    and the loop ran forever (it ended only when the budget was spent)."""
+    ev = _disc_table_evaluator()
+    r = optimize.cmaes_search(ev, max_evals=50, seed=0, warm_start=4)
+    assert r.evaluations == 4 and r.cost == 1.0
+    r = optimize.cmaes_search(_disc_table_evaluator(3, 3), max_evals=500, seed=1)
+    assert r.evaluations <= 9 and r.cost == 1.0
+
+
+def test_optimiser_arguments_are_checked():
+    for fn, kw, msg in (
+            (optimize.cmaes_search, dict(warm_start=-3), "warm_start: -3 must be an integer"),
+            (optimize.cmaes_search, dict(sigma_init=float("nan")), r"sigma_init: nan must "
+             r"be a number in \(0, 1\]"),
+            (optimize.cmaes_search, dict(sigma_init=-0.2), "sigma_init: -0.2"),
+            (optimize.cmaes_search, dict(patience=0), "patience: 0"),
+            (optimize.gradient_search, dict(pairs=0), "pairs: 0 must be an integer >= 1"),
+            (optimize.gradient_search, dict(starts=0), "starts: 0"),
+            (optimize.gradient_search, dict(sigma=-0.1), "sigma: -0.1"),
+            (optimize.gradient_search, dict(learning_rate=0.0), "learning_rate: 0.0"),
+            (optimize.gradient_search, dict(round_budget=1.5), r"round_budget: 1.5 must be a "
+             r"number in \[0, 1\)")):
+        ev = _disc_table_evaluator()
+        with pytest.raises(ValueError, match=msg):
+            fn(ev, 20, **kw)
+        assert ev.evaluations == 0
+
+
+def test_evaluator_checks_names_and_fits_its_batch_to_the_space():
+    """A misspelt objective or SLO was found only after the first compile and simulation
+    (14 s); a batch size above the space's size (the default 64 against 18 points)
+    crashed when a batch was built."""
+    sp = space.load(TINY)
+    for args, msg in ((("ttft_p99",), r"^objective: 'ttft_p99' is not a metric.*did you "
+                                      r"mean ttft_p99_s"),
+                      (("ttft_p99_s", {"ttft_p99": 1.0}), r"^slo.ttft_p99: 'ttft_p99'"),
+                      (("ttft_p99_s", ["e2e_p99<=1"]), r"^slo.e2e_p99: "),
+                      (("cost_per_mtok",), r"^cost_per_mtok: needs gpu_hour_usd"),
+                      (("ttft_p99_s", {"cost_per_mtok": 2.0}), r"^cost_per_mtok: needs")):
+        with pytest.raises(objectives.ObjectiveError, match=msg):
+            optimize.Evaluator(sp, *args)
+    from search import runner
+
+    ev = optimize.Evaluator(sp, "ttft_p99_s", ["goodput_rps>=1"])
+    assert ev.slo == {"min_goodput_rps": 1.0}
+    assert ev.batch_size == ev.plan.chunk_size == sp.size == 18
+    batch = runner.batch_at_points(sp, ev.plan, sp.sample(np.arange(18)), ev.traces)
+    assert len(batch.cfgs) == 18
+
+
+def test_a_min_prefixed_metric_in_a_bound_string_is_refused():
+    """'min_slo_attainment<=0.5' became the lower bound slo_attainment >= 0.5."""
+    with pytest.raises(objectives.ObjectiveError, match=r"^--slo 'min_slo_attainment<=0.5': "
+                       r"write slo_attainment>=VALUE for a lower bound"):
+        objectives.parse_slo(["min_slo_attainment<=0.5"])
+
+
+def test_capacity_bounds_on_configuration_columns_and_cost():
+    cfg = [_cfg(2)]
+    with pytest.raises(objectives.ObjectiveError, match=r"^slo.cost_per_mtok: capacity_search "
+                       "takes no GPU prices"):
+        capacity.capacity_search(cfg, ["cost_per_mtok<=2"])

@@ -99,6 +99,23 @@ def test_int_axis_levels_and_units():
     (lambda d: d["axes"].update({"max_num_seqs": {"kind": "int", "low": 1, "high": 10**6,
                                                   "log": True, "num": 10**6}}),
      "more than 100,000 levels"),
+    # mistakes that were taken silently: a level twice, fields the axis does not read,
+    # and log-spaced integers that round to fewer levels than asked for
+    (lambda d: d["axes"].update({"max_num_seqs": {"kind": "int", "values": [1, 2, 2]}}),
+     "axes.max_num_seqs.values: [1, 2, 2] has duplicates"),
+    (lambda d: d["axes"].update({"max_num_seqs": {"kind": "int", "values": [1, 2],
+                                                  "low": 100}}),
+     "axes.max_num_seqs.low: not used with values"),
+    (lambda d: d["axes"].update({"workload.rate": {"kind": "float", "low": 1, "high": 2,
+                                                   "num": 2, "values": [1.5]}}),
+     "axes.workload.rate.values: not used by a float axis"),
+    (lambda d: d["axes"].update({"max_num_seqs": {"kind": "int", "low": 1, "high": 8,
+                                                  "discrete": True}}),
+     "axes.max_num_seqs.discrete: only for float axes"),
+    (lambda d: d["axes"].update({"max_num_seqs": {"kind": "int", "low": 1, "high": 8,
+                                                  "log": True, "num": 8}}),
+     "axes.max_num_seqs.num: 8 log-spaced integers from 1 to 8 round to only 6 distinct "
+     "levels (1, 2, 3, 4, 6, 8); use num: 6"),
 ])
 def test_space_errors_name_the_field(mutate, needle):
     d = _raw()
@@ -106,6 +123,24 @@ def test_space_errors_name_the_field(mutate, needle):
     with pytest.raises(SpaceError) as e:
         space.from_dict(d)
     assert needle in str(e.value), str(e.value)
+
+
+def test_float_axes_decode_within_their_bounds():
+    """exp(log(0.1)) is 0.10000000000000002: the grid's top level of a log axis failed a
+    constraint at the declared bound (workload.rate <= 0.1)."""
+    for lo, hi, log in ((0.01, 0.1, True), (0.1, 0.3, False), (3.0, 7.0, True),
+                        (1e-3, 0.7, True)):
+        ax = space.axis_from_spec("workload.rate", {"kind": "float", "low": lo, "high": hi,
+                                                    "log": log, "num": 2})
+        x = ax.decode(np.linspace(0.0, 1.0, 1001))
+        assert x.min() >= lo and x.max() <= hi and x[-1] == hi and x[0] == lo
+    d = _raw()
+    d["axes"] = {"workload.rate": {"kind": "float", "low": 0.01, "high": 0.1, "log": True,
+                                   "num": 2}}
+    d["constraints"] = ["workload.rate <= 0.1"]
+    sp = space.from_dict(d)
+    assert sp.constraint_mask(sp.configs(sp.sample(np.arange(sp.size)))).tolist() == [
+        True, True]
 
 
 def test_space_file_errors(tmp_path):
