@@ -217,7 +217,9 @@ def _decode_run(shape: SimShape, params: SimParams, wl: Workload, st: SimState,
 
     eligible = (active & (n >= 1) & (n < S) & (n <= sp.max_num_batched_tokens)
                 & jnp.all(decoding | ~running))
-    ok = (eligible & (j < bs) & (n_j >= 1) & (used <= total) & finite
+    # (v0: a free block to touch after every iteration of the run, §2.4; a run that
+    # ends one iteration early leaves that iteration to ordinary stepping)
+    ok = (eligible & (j < bs) & (n_j >= 1) & (used + is_v0 <= total) & finite
           & (j < st.iter_limit - st.iterations)
           & jnp.where(blocked, j < k_fin, ~has_pre & ~arrived))
     if cache_on:
@@ -376,7 +378,11 @@ def step(
     got_run = jnp.clip(budget - (cum_run - want_run), 0, want_run)
     held = jnp.where(live, _floordiv(computed + bs - 1, bs, inv_bs), 0)
     need_run = jnp.where(live, _floordiv(computed + got_run + bs - 1, bs, inv_bs), 0) - held
-    keep_run = running & (jnp.cumsum(held + need_run, dtype=i32) <= total_blocks)
+    # §2.4: v0 schedules a request only with a free block to touch, even when its token
+    # fits in the block it holds (vLLM v0's block manager counts that block)
+    touch = (is_v0 & (need_run == 0) & (got_run > 0)).astype(i32)
+    fits = jnp.cumsum(held + need_run, dtype=i32) + touch <= total_blocks
+    keep_run = running & (jnp.cumsum(~fits & running, dtype=i32) == 0)
     m = jnp.sum(keep_run, dtype=i32)
 
     # ---- 3./4. waiting phase ----------------------------------------------------------

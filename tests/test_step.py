@@ -136,6 +136,23 @@ def test_step__threshold_splits_prompts_with_chunked_prefill_off():
     assert int(s[1].tokens_total) == 15  # both prompts whole
 
 
+def test_step__v0_decode_needs_a_free_block_to_touch():
+    # block_size 4, 4 blocks, R0 and R1 with P=4, O=10 at t=0. it1: both prefill (1 block
+    # each). it2: both open a second block (free 0). it3: R0's token fits in its block,
+    # but vLLM v0's block manager counts the block it touches and none is free: R1 (the
+    # last running) is preempted. it4: prefill-first, R1 (6 known tokens, 2 blocks) is
+    # readmitted, leaving none free; it5: the same preemption again. v1 schedules both
+    # until R0 needs a new block (it6).
+    tr = Trace([0.0, 0.0], [4, 4], [10, 10])
+    v0 = steps({"scheduler": "v0", "num_gpu_blocks": 4}, tr, 6)
+    assert [int(x.n_run) for x in v0[1:7]] == [2, 2, 1, 2, 1, 2]
+    assert [int(x.preemptions_total) for x in v0[1:7]] == [0, 0, 1, 1, 2, 2]
+    assert [int(x.slot_computed[0]) for x in v0[1:7]] == [4, 5, 6, 6, 7, 7]  # R0 decodes
+    v1 = steps({"num_gpu_blocks": 4}, tr, 6)
+    assert [int(x.n_run) for x in v1[1:7]] == [2, 2, 2, 2, 2, 1]
+    assert int(v1[5].preemptions_total) == 0 and int(v1[6].preemptions_total) == 1
+
+
 def test_step__preempts_last_admitted_and_recomputes():
     # block_size 4, 6 blocks (24 tokens). R0, R1: P=8, O=10, both at t=0.
     # it1: both prefill (2 blocks each; free 2), g=1.  it2: both need a 3rd block

@@ -1392,7 +1392,10 @@ def simulate_reference(
                     want = min(want, thr)
                 q = min(want, budget)
                 need = ceil_div(c[r] + q, bs) - ceil_div(c[r], bs)
-                while need > free:
+                # §2.4: v0 schedules a request only with a free block to touch, even
+                # when its token fits in the block it holds
+                touch = max(need, 1) if mode == "v0" else need
+                while touch > free:
                     # Preempt the last running request (recompute).
                     v = running.pop()
                     free += ceil_div(c[v], bs)
