@@ -12,6 +12,7 @@ scheduler, no chunked prefill and 8192 batched tokens; the 2026 figures (vLLM bl
 
 from __future__ import annotations
 
+import argparse
 import sys
 
 #: (label, csv line, published value, config overrides, workload args, metric)
@@ -35,8 +36,22 @@ def main(argv=None) -> int:
     from jaxsim import api
     from jaxsim.workload import synthetic
 
-    presets = list(argv if argv is not None else sys.argv[1:]) or ["uncalibrated", "auto"]
     base = {"model": "Llama-3.1-8B", "gpu": "H100-SXM"}
+
+    ap = argparse.ArgumentParser(
+        prog="python -m calibration.published_check",
+        description="Cost presets against published vLLM Llama-3(.1)-8B / 1xH100 figures.")
+    ap.add_argument("presets", nargs="*", metavar="PRESET",
+                    help="cost presets to compare: a shipped name, 'auto', 'uncalibrated' or "
+                         "a path to a preset JSON (default: uncalibrated auto)")
+    presets = ap.parse_args(argv).presets or ["uncalibrated", "auto"]
+    from jaxsim import costpresets
+
+    for p in presets:  # a bad name is one line before anything runs
+        try:
+            costpresets.resolve(p, base["gpu"])
+        except costpresets.PresetError as e:
+            ap.error(str(e))
     print(f"{'figure':46s}{'line':>5}{'published':>11}" + "".join(f"{p[-16:]:>17}"
                                                                for p in presets))
     for label, line, pub, over, (kind, n, pin, pout), metric in CHECKS:

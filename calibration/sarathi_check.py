@@ -13,6 +13,7 @@ Prints the error of every row and the MAPE of each variant.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import os
 import sys
@@ -49,8 +50,16 @@ def run(folder: str) -> dict[str, np.ndarray]:
 
 
 def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    folder = argv[0] if argv else os.path.join(os.path.dirname(__file__), "data", "sarathi")
+    ap = argparse.ArgumentParser(
+        prog="python -m calibration.sarathi_check",
+        description="The A100 preset against Sarathi-Serve's measured prefill iterations.")
+    ap.add_argument("folder", nargs="?",
+                    default=os.path.join(os.path.dirname(__file__), "data", "sarathi"),
+                    help="a folder of Sarathi-Serve measurements (default: the subset in "
+                         "calibration/data/sarathi)")
+    folder = ap.parse_args(argv).folder
+    if not os.path.isdir(folder):
+        ap.error(f"folder: {folder!r} is not a folder")
     r = run(folder)
     t = r["measured_s"]
     names = [k for k in r if k not in ("tokens", "measured_s")]

@@ -907,6 +907,20 @@ def test_sarathi_check__a100_preset_predicts_unfitted_prefills(capsys):
     assert "A100 preset + Splitwise engine fit (TP 2): MAPE 17.4%, median 18.2%" in out
 
 
+def test_check_scripts_take_help_and_refuse_bad_arguments(capsys):
+    """--help was read as a preset name or a folder (a traceback)."""
+    from calibration import published_check, sarathi_check
+
+    for mod, bad, msg in ((published_check, "bogus", "cost_preset: 'bogus' is neither"),
+                          (sarathi_check, "/no/such/dir", "folder: '/no/such/dir' is not")):
+        with pytest.raises(SystemExit) as e:
+            mod.main(["--help"])
+        assert e.value.code == 0 and "usage: python -m calibration." in capsys.readouterr().out
+        with pytest.raises(SystemExit) as e:
+            mod.main([bad])
+        assert e.value.code == 2 and msg in capsys.readouterr().err
+
+
 def _prefills_with_failed_runs():
     """Prefill rows at two TP degrees where batch 8 is a failed run, plus decode rows
     (never failed runs; a decode 5% faster at a larger batch is noise, kept)."""
