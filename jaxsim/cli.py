@@ -12,6 +12,7 @@ import json
 import math
 import os
 import sys
+import warnings
 
 EXIT_USAGE = 2
 
@@ -308,6 +309,16 @@ def heal_compile_cache(path: str) -> int:
     return made
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None,
+                  _default=warnings.showwarning):
+    """jaxsim's own warnings as one line (``jaxsim: warning: ...``), without the source
+    line Python prints under a warning; other warnings as Python prints them."""
+    if category.__module__.split(".")[0] in ("jaxsim", "search", "calibration"):
+        print(f"jaxsim: warning: {message}", file=sys.stderr if file is None else file)
+    else:
+        _default(message, category, filename, lineno, file, line)
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if argv is None:  # the command line, not a caller
@@ -315,6 +326,7 @@ def main(argv=None) -> int:
             use_compile_cache()
         if args.command in BATCH_COMMANDS:
             use_every_core()
+    shown, warnings.showwarning = warnings.showwarning, _show_warning
     try:
         return args.func(args)
     except BrokenPipeError:  # output piped into a reader that stopped (`| head`)
@@ -327,6 +339,8 @@ def main(argv=None) -> int:
         # written to a temporary name and renamed, so none is left half-written)
         print(f"\njaxsim {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        warnings.showwarning = shown
 
 
 if __name__ == "__main__":

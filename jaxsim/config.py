@@ -459,7 +459,7 @@ def validate(cfg: Mapping) -> dict:
         warnings.warn(f"{', '.join(f'workload.{k}' for k in unread)}: not read with "
                       f"workload.kind={w['kind']} (it reads "
                       f"{', '.join(f'workload.{k}' for k in WORKLOAD_READS[w['kind']])}); "
-                      "ignored", ConfigWarning, stacklevel=2)
+                      "ignored", ConfigWarning, stacklevel=1)  # here, so shown once
     return out
 
 

@@ -380,3 +380,26 @@ def test_cli__a_newline_in_a_key_keeps_the_error_on_one_line(capsys):
     assert cli.main(["simulate", "--set", "t\np=1"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("jaxsim: error: t\\np: unknown key") and err.count("\n") == 1
+
+
+def test_cli_prints_its_own_warnings_as_one_line_once():
+    """A ConfigWarning printed the source line under it, and twice (the configuration is
+    validated when read and again when run)."""
+    import io
+    import warnings
+
+    from jaxsim import cli
+    from jaxsim import config as cfg_mod
+
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("default")
+        for _ in range(2):  # two callers, one place that warns: shown once
+            cfg_mod.validate({"workload": {"cv": 3.0}})
+            cfg_mod.load(None, ["workload.cv=3"])
+    assert [type(r.message) for r in rec] == [cfg_mod.ConfigWarning]
+    buf = io.StringIO()
+    cli._show_warning(rec[0].message, cfg_mod.ConfigWarning, "config.py", 1, file=buf)
+    assert buf.getvalue() == ("jaxsim: warning: workload.cv: not read with "
+                              "workload.kind=poisson (it reads workload.rate, "
+                              "workload.num_requests, workload.prompt_tokens, "
+                              "workload.output_tokens); ignored\n")
