@@ -528,6 +528,30 @@ def with_shared_prefixes(trace: Trace, num_groups: int, prefix_tokens: int,
                  f"{trace.name}+prefix({num_groups}x{prefix_tokens})", ids, U)
 
 
+def with_output_ids(trace: Trace) -> Trace:
+    """The trace with a new block id for every whole block of a request's computed tokens
+    that its ids do not name: its output blocks (and any prompt block without an id).
+
+    vLLM hashes every full block it computes, output blocks included, so a request
+    preempted and recomputed hits its own output blocks, and a finished request's blocks
+    take their place in the eviction order; here only blocks with ids are cached
+    (docs/semantics.md §5.1). A request computes ``P + O - 1`` tokens (the last output
+    token is never fed back), so it gets ids up to ``floor((P + O - 1) / U)`` blocks. The
+    new ids are shared with no other request (which content repeats is not known);
+    existing ids are kept.
+    """
+    U = int(trace.hash_block_tokens)
+    old = trace.hash_ids if trace.hash_ids is not None else [()] * len(trace)
+    nxt = 1 + max((int(np.max(x)) for x in old if len(x)), default=-1)
+    ids = []
+    for x, p, o in zip(old, trace.prompt_tokens, trace.output_tokens, strict=True):
+        x = np.asarray(x, np.int64)
+        extra = max((int(p) + int(o) - 1) // U - len(x), 0)
+        ids.append(np.concatenate([x, np.arange(nxt, nxt + extra, dtype=np.int64)]))
+        nxt += extra
+    return dataclasses.replace(trace, name=f"{trace.name}+output ids", hash_ids=ids)
+
+
 def multi_turn_sessions(
     num_sessions: int,
     rate: float,

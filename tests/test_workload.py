@@ -264,3 +264,24 @@ def test_trace__one_request_file_runs_at_the_default_rate(tmp_path, capsys):
     assert cli.main(argv) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["completed"] == 1 and out["status"] == "ok"
+
+
+def test_output_ids_name_every_computed_block_and_resumes_hit_them():
+    """vLLM hashes output blocks too: with them named, a preempted request's recompute
+    hits its own output block (here 16 fewer tokens), as in vLLM."""
+    from jaxsim import api
+    from jaxsim.workload import with_output_ids
+
+    tr = Trace([0.0, 0.0], [32, 32], [33, 40], "t", [[1, 2], [3, 4]], 16)
+    named = with_output_ids(tr)
+    # P + O - 1 computed tokens: 64 -> 4 blocks, 71 -> 4 blocks; new ids from 5 on
+    assert [list(x) for x in named.hash_ids] == [[1, 2, 5, 6], [3, 4, 7, 8]]
+    assert named.name == "t+output ids"
+    assert [list(x) for x in with_output_ids(Trace([0.0], [40], [9], "u", None, 16))
+            .hash_ids] == [[0, 1, 2]]
+    cfg = {"enable_prefix_caching": True, "block_size": 16, "num_gpu_blocks": 7,
+           "max_num_batched_tokens": 512, "max_model_len": 80}
+    res = api.run([cfg, cfg], [tr, named])  # one batch, one compile
+    r, rn = res.lane(0), res.lane(1)
+    assert r["preemptions"] == rn["preemptions"] == 1
+    assert (r["tokens_scheduled"], rn["tokens_scheduled"]) == (151, 135)
