@@ -818,7 +818,9 @@ def params_from_columns(
 
     flag((weights > cap * util) | (blocks < 1) | (~np.isfinite(given_blocks) & (avail <= 0)),
          st_bits.INF_NO_KV_MEMORY)
-    flag(blocks - wm_blocks < np.ceil(mml / bs), st_bits.INF_KV_TOO_SMALL)
+    # (v0: and one block more, which a decode needs free to touch, §2.4; without it a lone
+    # request that fills the cache would preempt itself: an iteration with nothing in it)
+    flag(blocks - wm_blocks < np.ceil(mml / bs) + sched_v0, st_bits.INF_KV_TOO_SMALL)
     flag(workload_max_len > mml, st_bits.INF_REQUEST_TOO_LONG)
     flag(mml > model_max, st_bits.INF_MML_OVER_CONTEXT)
     flag(~chunked & (budget < mml), st_bits.INF_BUDGET_TOO_SMALL)
@@ -963,9 +965,11 @@ def status_reasons(cfg: Mapping, status: int, info: Mapping, workload_max_len: i
                     else room + (["use kv_cache_dtype fp8"]
                                  if cfg["kv_cache_dtype"] != "fp8" else []))
                  + (["lower watermark"] if wm else []))
+        v0 = cfg["scheduler"] == "v0"
         out.append(f"the KV cache ({blocks} blocks of {bs} tokens"
                    + (f", less a watermark of {wm}" if wm else "")
                    + f") cannot hold one sequence of max_model_len {mml} tokens"
+                   + (" and the free block a v0 decode touches" if v0 else "")
                    + ("" if own_mml else " (by default the workload's longest request)")
                    + "; " + (_either(fixes) if fixes else
                              "no setting of this configuration makes it hold one"))

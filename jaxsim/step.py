@@ -11,10 +11,12 @@ reference simulator in tests/reference implements independently):
    waiting queue), repeatedly; a request that preempts itself stops the phase.
 3. **Waiting phase** (v1, only if nothing was preempted). FCFS over preempted requests
    then arrived requests: admit while ``running < max_num_seqs``, budget remains (the
-   whole prompt must fit without chunked prefill), and the blocks for the scheduled
-   chunk leave ``watermark_blocks`` free; the first failure stops admission.
+   whole prompt, capped by the threshold, must fit without chunked prefill), and the
+   blocks for the scheduled chunk (``reserve_full_isl``: for the whole known sequence)
+   leave ``watermark_blocks`` free; the first failure stops admission.
 4. **v0** (prefill-first): admit a prefill-only batch by the rules of 3 with the full
-   budget; if nothing is admitted, run the decode batch of 2.
+   budget; if nothing is admitted, run the decode batch of 2, where a request needs a
+   free block to touch even when its token fits in its last block.
 5. **Iteration time** from the cost model on the batch's aggregate features.
 6. **Advance** the clock (double-float) by the iteration time.
 7. **Retire.** ``c += q``; a request whose ``c`` reaches ``P + g`` samples a token
@@ -28,7 +30,8 @@ admission are then simply the rows ``>= n_run`` in row order, every sequential w
 the vLLM scheduler becomes a prefix sum, and:
 
 - the running walk with pop-from-the-end preemption keeps exactly the longest prefix
-  ``m`` of ``running`` with ``sum_{j<m} (held_j + need_j) <= num_gpu_blocks`` (the
+  ``m`` of ``running`` with ``sum_{j<m} (held_j + need_j) <= num_gpu_blocks`` (v0: plus
+  one for a last request that opens no block, the block it touches) (the
   victims are rows ``[m, n_run)``, which then already sit in queue order in front of the
   older preempted rows);
 - FCFS admission is the longest prefix of candidates that all pass their checks;

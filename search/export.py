@@ -45,8 +45,8 @@ in v0, an eviction order other than LRU, cache-aware admission, prefetch) and va
 vLLM may refuse are listed by :func:`vllm_caveats`; ``jaxsim best`` prints them under the
 command. A tensor-parallel degree that does not divide the model's attention heads (and
 its KV heads, or the other way round), or a ``max_num_batched_tokens`` below
-``max_num_seqs``, is refused: vLLM does not start with it, and the simulator marks such a
-lane infeasible.
+``max_num_seqs`` (or, without chunked prefill, below ``max_model_len``), is refused:
+vLLM does not start with it, and the simulator marks such a lane infeasible.
 
 When ``max_model_len`` is unset the simulator derives it from the workload (its longest
 request, capped by the model's context length), while vLLM takes the model's context
@@ -207,10 +207,13 @@ def vllm_caveats(cfg: Mapping) -> list[str]:
     if c["preemption_mode"] == "swap" and v1:
         notes.append("preemption_mode swap: not in the command (vLLM's V1 engine preempts "
                      "by recomputation only)")
-    elif c["preemption_mode"] == "swap":
+    elif c["preemption_mode"] == "swap" and _swap_tier(c) in CPU_TIER_NAMES:
         notes.append(f"preemption_mode swap: vLLM v0 swaps to a CPU space of its own "
-                     f"(--swap-space); jaxsim swaps to tier {c['tiers'][0]}, which also "
+                     f"(--swap-space); jaxsim swaps to tier {_swap_tier(c)}, which also "
                      "holds its evicted prefix-cache blocks")
+    elif c["preemption_mode"] == "swap":
+        notes.append(f"preemption_mode swap: not in the command (jaxsim swaps to tier "
+                     f"{_swap_tier(c)}; vLLM v0 swaps to CPU memory only)")
     other = [t for t in c["tiers"] if t not in CPU_TIER_NAMES or not v1]
     if other and v1:
         notes.append(f"tiers {', '.join(other)}: not in the command (vLLM's native KV "
@@ -243,12 +246,26 @@ def _splits_prompts(c: Mapping) -> bool:
         c["enable_chunked_prefill"] or c["long_prefill_token_threshold"] > 0)
 
 
-def _check_budget(c: Mapping) -> None:
-    if c["max_num_batched_tokens"] < c["max_num_seqs"]:
+def _check_budget(c: Mapping, mml: int | None) -> None:
+    """``mml``: the ``max_model_len`` the command carries (None: the model's context)."""
+    budget = c["max_num_batched_tokens"]
+    if budget < c["max_num_seqs"]:
         raise jconfig.ConfigError(
-            f"max_num_batched_tokens: {c['max_num_batched_tokens']} is below max_num_seqs "
+            f"max_num_batched_tokens: {budget} is below max_num_seqs "
             f"({c['max_num_seqs']}); vLLM refuses it (and the simulator marks the lane "
             "infeasible)")
+    chunked = c["enable_chunked_prefill"] and c["scheduler"] == "v1"
+    if mml is None:
+        mml = int(presets.model(c["model"])[1]["max_position_embeddings"])
+    if not chunked and budget < mml:
+        raise jconfig.ConfigError(
+            f"max_num_batched_tokens: {budget} is below max_model_len ({mml}) without "
+            "chunked prefill; vLLM refuses it (and the simulator marks the lane infeasible)")
+
+
+def _swap_tier(c: Mapping) -> str:
+    """The tier swap preemption uses: the first one with room (docs/semantics.md §5.10)."""
+    return next((t for t in c["tiers"] if _tier_gb(c, t) > 0), c["tiers"][0])
 
 
 def vllm_engine_args(cfg: Mapping) -> dict[str, object]:
@@ -260,7 +277,6 @@ def vllm_engine_args(cfg: Mapping) -> dict[str, object]:
     """
     c = jconfig.validate(cfg)
     _check_tp(c)
-    _check_budget(c)
     args: dict[str, object] = {
         "model": hf_model_id(c["model"]),
         "dtype": _DTYPES[c["dtype"]],
@@ -269,6 +285,7 @@ def vllm_engine_args(cfg: Mapping) -> dict[str, object]:
         args["quantization"] = "fp8"
     args["tensor_parallel_size"] = c["tp"]
     mml = c["max_model_len"] if c["max_model_len"] is not None else _needed_max_model_len(c)
+    _check_budget(c, mml)
     if mml is not None:
         args["max_model_len"] = mml
     args["block_size"] = c["block_size"]
@@ -282,9 +299,10 @@ def vllm_engine_args(cfg: Mapping) -> dict[str, object]:
     if offload_gb and c["scheduler"] == "v1":
         args["kv_offloading_size"] = _gib(offload_gb)
         args["kv_offloading_backend"] = "native"
-    if c["preemption_mode"] == "swap" and c["scheduler"] == "v0":
+    if c["preemption_mode"] == "swap" and c["scheduler"] == "v0" and \
+            _swap_tier(c) in CPU_TIER_NAMES:
         args["preemption_mode"] = "swap"
-        args["swap_space"] = _gib(_tier_gb(c, c["tiers"][0]))
+        args["swap_space"] = _gib(_tier_gb(c, _swap_tier(c)))
     args["max_num_seqs"] = c["max_num_seqs"]
     args["max_num_batched_tokens"] = c["max_num_batched_tokens"]
     args["enable_chunked_prefill"] = c["enable_chunked_prefill"]

@@ -115,7 +115,8 @@ def _two_decoders() -> dict[str, Any]:
     return make_workload([0.0, 0.0], [8, 8], [2, 2], [[], []])
 
 
-# num_gpu_blocks = 4 (16 tokens), max_model_len = 16, load_overlap f = 0.
+# num_gpu_blocks = 4 (16 tokens), max_model_len = 12 (v0 needs a block to spare, §0),
+# load_overlap f = 0.
 # it 0 @0: both admitted (2 blocks each, free 0): two prefills of 8, dtc 9890; both
 #     sample (g = 1, c = 8, n_known 9).
 # it 1 @9890: r0 wants 1 token, need = ceil(9/4) - 2 = 1 > free 0: pop r1 (c 8).
@@ -129,7 +130,7 @@ def _two_decoders() -> dict[str, Any]:
 #     dt 1374 -> 12638. swap_used = 0.
 #   recompute: prefill of n_known = 9 tokens (q 9, c 0, g 1): 5662 -> 16670.
 def test_swap_out_and_swap_in_by_hand() -> None:
-    common = {"enable_prefix_caching": True, "num_gpu_blocks": 4, "max_model_len": 16}
+    common = {"enable_prefix_caching": True, "num_gpu_blocks": 4, "max_model_len": 12}
     # v0 (§2.4) gives the same schedule: a prefill batch, a decode batch (whose
     # running phase swaps r1 out), then a "prefill" batch that swaps r1 in.
     for mode, kinds in (("v1", ["mixed"] * 3), ("v0", ["prefill", "decode", "prefill"])):

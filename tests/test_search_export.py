@@ -288,12 +288,25 @@ def test_export__swap_in_v0_is_vllm_swap_space():
     v1 = {**cfg, "scheduler": "v1"}
     assert "preemption_mode" not in export.vllm_engine_args(v1)
     assert export.vllm_caveats(v1)[0].startswith("preemption_mode swap: not in the command")
+    # the simulator swaps to the first tier with room: here the SSD, which vLLM v0 cannot
+    ssd = {**cfg, "tiers": ["dram", "ssd"], "tier.dram.capacity_gb": 0}
+    assert "swap_space" not in export.vllm_engine_args(ssd)
+    assert export.vllm_caveats(ssd)[0] == ("preemption_mode swap: not in the command "
+                                           "(jaxsim swaps to tier ssd; vLLM v0 swaps to CPU "
+                                           "memory only)")
 
 
-def test_export__a_budget_below_max_num_seqs_is_refused():
+def test_export__a_budget_vllm_refuses_is_refused():
     with pytest.raises(config.ConfigError, match=r"^max_num_batched_tokens: 128 is below "
                        r"max_num_seqs \(256\); vLLM refuses it"):
         export.vllm_serve_command({"max_num_batched_tokens": 128})
+    # without chunked prefill one sequence of max_model_len must fit the budget
+    for cfg, mml in (({"enable_chunked_prefill": False, "max_num_batched_tokens": 512}, 768),
+                     ({"scheduler": "v0", "max_num_batched_tokens": 512,
+                       "max_model_len": 4096}, 4096)):
+        with pytest.raises(config.ConfigError, match=r"^max_num_batched_tokens: 512 is below "
+                           rf"max_model_len \({mml}\) without chunked prefill"):
+            export.vllm_serve_command(cfg)
 
 
 @pytest.mark.parametrize(

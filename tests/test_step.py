@@ -137,13 +137,14 @@ def test_step__threshold_splits_prompts_with_chunked_prefill_off():
 
 
 def test_step__v0_decode_needs_a_free_block_to_touch():
-    # block_size 4, 4 blocks, R0 and R1 with P=4, O=10 at t=0. it1: both prefill (1 block
+    # block_size 4, 4 blocks, R0 and R1 with P=4, O=8 at t=0 (max_model_len 12: 3 blocks,
+    # and the spare one v0 needs to be feasible). it1: both prefill (1 block
     # each). it2: both open a second block (free 0). it3: R0's token fits in its block,
     # but vLLM v0's block manager counts the block it touches and none is free: R1 (the
     # last running) is preempted. it4: prefill-first, R1 (6 known tokens, 2 blocks) is
     # readmitted, leaving none free; it5: the same preemption again. v1 schedules both
     # until R0 needs a new block (it6).
-    tr = Trace([0.0, 0.0], [4, 4], [10, 10])
+    tr = Trace([0.0, 0.0], [4, 4], [8, 8])
     v0 = steps({"scheduler": "v0", "num_gpu_blocks": 4}, tr, 6)
     assert [int(x.n_run) for x in v0[1:7]] == [2, 2, 1, 2, 1, 2]
     assert [int(x.preemptions_total) for x in v0[1:7]] == [0, 0, 1, 1, 2, 2]
@@ -151,6 +152,32 @@ def test_step__v0_decode_needs_a_free_block_to_touch():
     v1 = steps({"num_gpu_blocks": 4}, tr, 6)
     assert [int(x.n_run) for x in v1[1:7]] == [2, 2, 2, 2, 2, 1]
     assert int(v1[5].preemptions_total) == 0 and int(v1[6].preemptions_total) == 1
+
+
+def test_step__v0_needs_a_spare_block_to_be_feasible():
+    """One request whose sequence fills the cache exactly (4 blocks of 4 for 16 tokens):
+    in v0 its decode of a token that fits in its last block finds no block to touch and
+    preempts itself, an iteration with nothing in it; such a lane is infeasible in v0."""
+    from jaxsim import config as cfg_mod
+    from tests.helpers import oracle_config
+    from tests.reference.event_sim import is_feasible
+
+    tr = Trace([0.0], [4], [12])
+    for sched, ok in (("v0", False), ("v1", True)):
+        cfg = {"scheduler": sched, "block_size": 4, "num_gpu_blocks": 4, "watermark": 0.0,
+               "max_num_seqs": 4, "max_num_batched_tokens": 64}
+        p = lane(cfg, tr)
+        assert bool(int(p.status0) & st_bits.INF_KV_TOO_SMALL) is not ok, sched
+        assert is_feasible(oracle_config(p), [4], [12]) is ok
+    v = cfg_mod.validate({"scheduler": "v0", "num_gpu_blocks": 4, "block_size": 4,
+                          "watermark": 0.0, "max_num_batched_tokens": 64,
+                          "max_num_seqs": 4})
+    params, info = cfg_mod.params_from_columns(cfg_mod.columns_from_configs([v]), 16)
+    why = cfg_mod.status_reasons(v, int(params.status0[0]),
+                                 {k: np.asarray(x)[0] for k, x in info.items()}, 16,
+                                 {"iterations": 0, "completed": 0})
+    assert any("max_model_len 16 tokens and the free block a v0 decode touches" in r
+               for r in why), why
 
 
 def test_step__preempts_last_admitted_and_recomputes():

@@ -993,7 +993,9 @@ def is_feasible(
     chunked = cfg["enable_chunked_prefill"] and cfg["mode"] == "v1"
     mml = cfg["max_model_len"]
     usable = cfg["num_gpu_blocks"] - cfg["watermark_blocks"]
-    if not (usable >= ceil_div(mml, cfg["block_size"]) and cfg["num_gpu_blocks"] > 0):
+    # v0: one block more, free for a decode to touch (§2.4)
+    spare = 1 if cfg["mode"] == "v0" else 0
+    if not (usable >= ceil_div(mml, cfg["block_size"]) + spare and cfg["num_gpu_blocks"] > 0):
         return False
     if any(p + o > mml for p, o in zip(prompt, output, strict=True)):
         return False
