@@ -969,8 +969,8 @@ def status_reasons(cfg: Mapping, status: int, info: Mapping, workload_max_len: i
         out.append(f"the KV cache ({blocks} blocks of {bs} tokens"
                    + (f", less a watermark of {wm}" if wm else "")
                    + f") cannot hold one sequence of max_model_len {mml} tokens"
-                   + (" and the free block a v0 decode touches" if v0 else "")
                    + ("" if own_mml else " (by default the workload's longest request)")
+                   + (" and the free block a v0 decode touches" if v0 else "")
                    + "; " + (_either(fixes) if fixes else
                              "no setting of this configuration makes it hold one"))
     if status & st_bits.INF_REQUEST_TOO_LONG:

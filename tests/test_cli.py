@@ -219,11 +219,13 @@ def test_config__status_reasons_name_the_values_and_the_remedy():
     (only,) = config.status_reasons(cfg, st.INFEASIBLE | st.INF_KV_TOO_SMALL, info, 5000, {})
     assert only == ("the KV cache (10 blocks of 16 tokens, less a watermark of 1) cannot "
                     "hold one sequence of max_model_len 4096 tokens (by default the "
-                    "workload's longest request); raise num_gpu_blocks or lower watermark")
+                    "workload's longest request) and the free block a v0 decode touches; "
+                    "raise num_gpu_blocks or lower watermark")
     cfg["max_model_len"] = 4096  # given: lowering it is a remedy
     (only,) = config.status_reasons(cfg, st.INFEASIBLE | st.INF_KV_TOO_SMALL, info, 5000, {})
-    assert only.endswith("max_model_len 4096 tokens; lower max_model_len, raise "
-                         "num_gpu_blocks or lower watermark")
+    assert only.endswith("max_model_len 4096 tokens and the free block a v0 decode "
+                         "touches; lower max_model_len, raise num_gpu_blocks or lower "
+                         "watermark")
     assert config.status_reasons(cfg, st.OK, info, 5000, {}) == []
     # a non-finite time with tiers also points at the tiers' figures
     tiered = config.validate({"enable_prefix_caching": True, "tiers": "dram,ssd"})
