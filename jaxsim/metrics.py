@@ -2,9 +2,11 @@
 
 Definitions follow vLLM's serving benchmark: TTFT = first token - arrival; TPOT =
 (E2E - TTFT) / (output - 1) over requests with more than one output token; mean ITL =
-sum of inter-token gaps / number of gaps; throughput = completed / (last finish - first
-arrival). Percentiles interpolate linearly between order statistics (numpy's default).
-Undefined values (e.g. no completed request) are NaN, and the lane's status says why.
+sum of inter-token gaps / number of gaps. Throughput = completed / (last finish - first
+arrival): vLLM's benchmark divides by its run time, from before its first send to the
+last completion (about one arrival gap longer at a rate). Percentiles interpolate linearly
+between order statistics (numpy's default). Undefined values (e.g. no completed request)
+are NaN (vLLM's benchmark prints 0), and the lane's status says why.
 """
 
 from __future__ import annotations
