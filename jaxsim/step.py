@@ -385,6 +385,8 @@ def step(
     # fits in the block it holds (vLLM v0's block manager counts that block)
     touch = (is_v0 & (need_run == 0) & (got_run > 0)).astype(i32)
     fits = jnp.cumsum(held + need_run, dtype=i32) + touch <= total_blocks
+    # a prefix: a ghost row (finished in a decode run, no blocks) after a row that failed
+    # by its touch block alone would fit again
     keep_run = running & (jnp.cumsum(~fits & running, dtype=i32) == 0)
     m = jnp.sum(keep_run, dtype=i32)
 

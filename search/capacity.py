@@ -113,11 +113,9 @@ def capacity_search(cfgs: Sequence[Mapping], slo: Mapping[str, float],
             raise ValueError(f"{name}: {v!r} must be an integer >= 1 (or None: the default)")
     # the bounds (a mapping, METRIC<=VALUE strings or one such string), names checked now
     # so a misspelt metric does not wait for the first simulations
-    slo = ob.parse_slo(slo, label="slo")
+    slo = ob.checked_slo(slo)
     for k in slo:
-        name = k.removeprefix("min_")
-        ob.check_name(f"slo.{k}", name)
-        if name == "cost_per_mtok":  # the one objective that needs prices
+        if k.removeprefix("min_") == "cost_per_mtok":  # the one objective needing prices
             raise ob.ObjectiveError(f"slo.{k}: capacity_search takes no GPU prices; bound "
                                     "the metrics it simulates (ttft_p99_s, tpot_p99_s, ...) "
                                     "and rank by cost afterwards")

@@ -71,6 +71,15 @@ def check_name(field: str, name: str, axes: Iterable[str] = ()) -> None:
                          f"{', '.join(DERIVED)}")
 
 
+def checked_slo(items, label: str = "slo", axes: Iterable[str] = ()) -> dict[str, float]:
+    """:func:`parse_slo`, then :func:`check_name` on every bounded metric (a lower bound's
+    ``min_`` prefix taken off), each named ``{label}.{key}`` in errors."""
+    slo = parse_slo(items, label=label)
+    for k in slo:
+        check_name(f"{label}.{k}", k.removeprefix("min_"), axes)
+    return slo
+
+
 class ObjectiveError(ValueError):
     """A bad objective or SLO; the message names it and what is allowed."""
 

@@ -74,21 +74,16 @@ class Evaluator:
         self.plan = runner.make_plan(space, chunk_size=self.batch_size, slots=slots)
         self.batch_size = self.plan.chunk_size  # no larger than the space (make_plan's cap)
         self.space, self.objective = space, objective
-        self.slo = ob.parse_slo(slo, label="slo")
+        axes = [a.key for a in space.axes]
+        self.slo = ob.checked_slo(slo, axes=axes)  # fail early, before anything compiles
         self.prices = dict(prices or {})
         self.max_iterations = max_iterations
         self.traces = runner._TraceCache()
         self.evaluations = 0
         self._cache: dict[bytes, tuple[float, float, int]] = {}
-        # fail early, before anything compiles: names the results hold, prices a derived
-        # objective needs
-        axes = [a.key for a in space.axes]
         ob.check_name("objective", objective, axes)
-        names = [objective]
-        for k in self.slo:
-            names.append(k.removeprefix("min_"))
-            ob.check_name(f"slo.{k}", names[-1], axes)
-        for name in set(names) & set(ob.DERIVED):
+        names = {objective, *(k.removeprefix("min_") for k in self.slo)}
+        for name in names & set(ob.DERIVED):  # the prices a derived objective needs
             ob.derived({"tp": np.ones(1), "output_tps": np.ones(1), "goodput_rps": np.ones(1),
                         "gpu": np.array([space.base.get("gpu", "H100-SXM")])},
                        name, self.prices)

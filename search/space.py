@@ -814,9 +814,7 @@ def _check_objectives(o: Mapping, axes: Sequence[str] = ()) -> None:
     try:
         if "objective" in o:
             ob.check_name("objectives.objective", o["objective"], axes)
-        for k in ob.parse_slo(o.get("slo"), label="objectives.slo"):
-            name = k[4:] if k.startswith("min_") else k
-            ob.check_name(f"objectives.slo.{k}", name, axes)
+        ob.checked_slo(o.get("slo"), label="objectives.slo", axes=axes)
         if "mem_gb_hour_usd" in o:
             ob._price("mem_gb_hour_usd", o["mem_gb_hour_usd"])
         g = o.get("gpu_hour_usd")
