@@ -786,7 +786,10 @@ def params_from_columns(
     peak_fp8 = gfield("fp8_dense_tflops")
     no_fp8 = fp8 & ~np.isfinite(peak_fp8)
     peak = np.where(fp8 & ~no_fp8, peak_fp8, peak_bf16) * 1e12
-    cap = gfield("hbm_capacity_gb") * 1e9
+    # what the CUDA (HIP) runtime reports as the device's total, which vLLM multiplies by
+    # gpu_memory_utilization: below the marketed capacity by the driver's reserve, and
+    # above it for NVIDIA's "80 GB" parts (80 GiB less the reserve)
+    cap = gfield("device_memory_bytes")
     n_params = np.array([presets.param_count(uniq_m[n]) for n in model_names], np.float64)
     weights = n_params * bytes_w / tp
     reserve_gb = num("activation_reserve_gb")

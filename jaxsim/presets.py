@@ -72,12 +72,14 @@ def table() -> str:
             f"({param_count(m) / 1e9:.1f}B{moe})"
         )
         lines.append(f"      source: {m['source']}")
-    lines.append("GPUs (name: BF16 / FP8 dense TFLOP/s, HBM GB, HBM GB/s, link GB/s per dir):")
+    lines.append("GPUs (name: BF16 / FP8 dense TFLOP/s, HBM GB (as the device reports it: GiB),"
+                 " HBM GB/s, link GB/s per dir):")
     for name, g in d["gpus"].items():
         fp8 = g["fp8_dense_tflops"] if g["fp8_dense_tflops"] is not None else "-"
         lines.append(
             f"  {name:<10} {g['bf16_dense_tflops']} / {fp8} TFLOP/s, "
-            f"{g['hbm_capacity_gb']} GB, {g['hbm_bw_gbs']} GB/s, link {g['link_bw_gbs']} GB/s"
+            f"{g['hbm_capacity_gb']} GB ({g['device_memory_bytes'] / 2**30:.2f} GiB), "
+            f"{g['hbm_bw_gbs']} GB/s, link {g['link_bw_gbs']} GB/s"
         )
         for k, src in g["sources"].items():
             lines.append(f"      {k}: {src}")

@@ -284,6 +284,29 @@ def test_cli__presets_lists_required_names(capsys):
     assert "source:" in out
 
 
+def test_kv_capacity_uses_the_memory_the_cuda_runtime_reports():
+    # vLLM: KV = total (torch.cuda.mem_get_info()[1]) x utilisation - weights - reserve.
+    # Llama-2-7B on one A100-SXM4-80GB (CUDA total 85,100,068,864 bytes, deviceQuery),
+    # worked by hand: 6,738,415,616 parameters x 2 bytes = 13,476,831,232 bytes of weights;
+    # reserve 2^30 + 2048 x 2 x (4 x 4096 + (3 x 4096 + 3 x 11008) / 1) + 4 x 256 x 32000
+    # = 1,359,216,640; KV 2 x 32 layers x 32 heads x 128 x 2 bytes = 524,288 bytes per token.
+    from jaxsim import presets
+
+    assert presets.gpu("A100-80GB")[1]["device_memory_bytes"] == 85_100_068_864
+    for name in presets.gpu_names():  # every GPU has the figure and its source
+        g = presets.gpu(name)[1]
+        assert 0.9 < g["device_memory_bytes"] / (g["hbm_capacity_gb"] * 1e9) < 1.1
+        assert g["sources"]["device_memory_bytes"]
+    cfg = config.validate({"model": "Llama-2-7B", "gpu": "A100-80GB"})
+    _, info = config.params_from_columns(config.columns_from_configs([cfg]), 4096)
+    expect = (85_100_068_864 * 0.9 - 13_476_831_232 - 1_359_216_640) // (16 * 524_288)
+    assert expect == 7361 and int(info["num_gpu_blocks"][0]) == expect
+    # 70B in BF16 at TP 2 fits 80 GB H100s at 0.9, as it does in vLLM
+    cfg = config.validate({"model": "Llama-3.1-70B", "gpu": "H100-SXM", "tp": 2})
+    _, info = config.params_from_columns(config.columns_from_configs([cfg]), 4096)
+    assert int(info["num_gpu_blocks"][0]) > 1000
+
+
 def test_cli__unknown_command_exit_2():
     out = subprocess.run([sys.executable, "-m", "jaxsim", "frobnicate"], capture_output=True,
                          text=True, timeout=120)
