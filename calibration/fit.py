@@ -95,7 +95,8 @@ def hardware_params(name: str, dtype: str = "bf16") -> tuple[str, HardwareParams
     tflops = g["fp8_dense_tflops"] if dtype == "fp8" else g["bf16_dense_tflops"]
     return canon, HardwareParams(peak_flops=tflops * 1e12,
                                  hbm_bw_bytes_per_s=g["hbm_bw_gbs"] * 1e9,
-                                 link_bw_bytes_per_s=g["link_bw_gbs"] * 1e9)
+                                 link_bw_bytes_per_s=g["link_bw_gbs"] * 1e9,
+                                 peak_flops_16bit=g["bf16_dense_tflops"] * 1e12)
 
 
 def _dd_np(x: np.ndarray) -> DD:
@@ -266,7 +267,8 @@ def _predict(cost: CostParams, hw: HardwareParams, model: ModelParams, tp: jax.A
     def row_hw(scale):
         return HardwareParams(peak_flops=hw.peak_flops * scale,
                               hbm_bw_bytes_per_s=hw.hbm_bw_bytes_per_s,
-                              link_bw_bytes_per_s=hw.link_bw_bytes_per_s)
+                              link_bw_bytes_per_s=hw.link_bw_bytes_per_s,
+                              peak_flops_16bit=hw.peak_flops_16bit)
 
     if kern.size:
         def one(model, tp, f, scale, k, cid):

@@ -791,7 +791,9 @@ def params_from_columns(
     # above it for NVIDIA's "80 GB" parts (80 GiB less the reserve)
     cap = gfield("device_memory_bytes")
     n_params = np.array([presets.param_count(uniq_m[n]) for n in model_names], np.float64)
-    weights = n_params * bytes_w / tp
+    # FP8 quantises linear layers and experts; the embedding and LM head stay BF16
+    n_embed = 2.0 * mfield("vocab_size") * h
+    weights = ((n_params - n_embed) * bytes_w + n_embed * 2.0) / tp
     reserve_gb = num("activation_reserve_gb")
     reserve_est = np.zeros(B)
     for name in uniq_m:
@@ -887,6 +889,7 @@ def params_from_columns(
             peak_flops=peak,
             hbm_bw_bytes_per_s=gfield("hbm_bw_gbs") * 1e9,
             link_bw_bytes_per_s=gfield("link_bw_gbs") * 1e9,
+            peak_flops_16bit=peak_bf16 * 1e12,
         ),
         scheduler=SchedulerParams(
             mode=sched_v0.astype(np.int32),

@@ -125,6 +125,9 @@ def smooth_max(a: DD, b: DD, p_log2: Array) -> DD:
 #: Roofline operators (vectorised: one smooth max over all of them) and their family.
 ROOF_OPS = ("qkv_proj", "o_proj", "mlp_up", "mlp_down", "lm_head", "attn_prefill",
             "attn_decode")
+#: Roofline operators whose weights (and FLOP/s peak) follow the weight dtype; the LM head
+#: and attention are 16-bit whatever it is (at least: an FP32 LM head keeps 4 bytes).
+_WEIGHT_DTYPE_OPS = ("qkv_proj", "o_proj", "mlp_up", "mlp_down")
 #: Coefficient group of each elementwise operator (``final_norm`` is a norm).
 _MEM_GROUP = ("norm", "residual_add", "activation", "rotary", "kv_write", "embedding",
               "norm", "sampling")
@@ -264,7 +267,11 @@ def prepare(model: ModelParams, hw: HardwareParams, tp: Array, cost: CostParams
         "e": model.num_experts, "k": model.experts_per_token, "L": model.num_layers,
         "tp": tp, "ar_factor": 2.0 * (tp_f - 1.0) / tp_f,
     }
-    roof_inv_c = inv(peak, _f32([c[f"eta_c_{op}"] for op in ROOF_OPS]))
+    # the projection and MLP GEMMs run at the weight dtype's peak; the LM head and
+    # attention stay 16-bit under FP8 weights (vLLM quantises linear layers only)
+    peak16 = hw.peak_flops_16bit
+    peak_op = jnp.stack([peak if op in _WEIGHT_DTYPE_OPS else peak16 for op in ROOF_OPS])
+    roof_inv_c = inv(peak_op, _f32([c[f"eta_c_{op}"] for op in ROOF_OPS]))
     roof_inv_m = inv(hbm, _f32([c[f"eta_m_{op}"] for op in ROOF_OPS]))
     roof_f0 = _f32([c[f"f0_{op}"] for op in ROOF_OPS])
     roof_b0 = _f32([c[f"b0_{op}"] for op in ROOF_OPS])
@@ -294,7 +301,8 @@ def prepare(model: ModelParams, hw: HardwareParams, tp: Array, cost: CostParams
         roof_k=_f32([h, nh_g * hd, h, f_g, h]),
         roof_n=_f32([qkv_n, h, 2.0 * f_g, h, v_g]),
         roof_w=_stack([_prod(bw_w, h, qkv_n), _prod(bw_w, nh_g * hd, h),
-                       _prod(bw_w, h, 2.0 * f_g), _prod(bw_w, f_g, h), _prod(bw_w, h, v_g)]),
+                       _prod(bw_w, h, 2.0 * f_g), _prod(bw_w, f_g, h),
+                       _prod(jnp.maximum(bw_w, ACT_BYTES), h, v_g)]),
         inv_m_elem=inv_m_elem,
         b0_elem=b0_elem,
         mem_size=_f32([h, h, f_g, (nh_g + nkv_g) * hd, kvb, h, h, model.vocab_size]),

@@ -229,7 +229,11 @@ class HardwareParams(eqx.Module):
     """One GPU of the serving instance.
 
     Attributes:
-        peak_flops: dense tensor-core peak for the weight dtype, FLOP/s.
+        peak_flops: dense tensor-core peak for the weight dtype, FLOP/s (the projection
+            and MLP GEMMs).
+        peak_flops_16bit: dense 16-bit (BF16) tensor-core peak, FLOP/s: attention and the
+            LM head, which FP8 weights leave in 16 bits (vLLM quantises linear layers
+            and experts only). Equal to ``peak_flops`` for BF16 weights.
         hbm_bw_bytes_per_s: HBM bandwidth, bytes/s.
         link_bw_bytes_per_s: per-direction GPU-GPU bandwidth used by all-reduce, bytes/s.
     """
@@ -237,6 +241,7 @@ class HardwareParams(eqx.Module):
     peak_flops: Float[Array, ""] = eqx.field(converter=as_f32)
     hbm_bw_bytes_per_s: Float[Array, ""] = eqx.field(converter=as_f32)
     link_bw_bytes_per_s: Float[Array, ""] = eqx.field(converter=as_f32)
+    peak_flops_16bit: Float[Array, ""] = eqx.field(converter=as_f32)
 
 
 class SchedulerParams(eqx.Module):

@@ -65,6 +65,7 @@ def oracle_config(params: P.SimParams) -> dict:
         v = float(getattr(params.model, k))
         cfg[k] = int(v) if k not in ("bytes_per_weight", "bytes_per_kv") else v
     cfg["peak_flops"] = float(params.hardware.peak_flops)
+    cfg["peak_flops_16bit"] = float(params.hardware.peak_flops_16bit)
     cfg["hbm_bw"] = float(params.hardware.hbm_bw_bytes_per_s)
     cfg["link_bw"] = float(params.hardware.link_bw_bytes_per_s)
     values = _cost_values(params.cost)

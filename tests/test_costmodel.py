@@ -29,7 +29,7 @@ def tiny_model():
 
 def tiny_hw():
     return HardwareParams(peak_flops=1000.0, hbm_bw_bytes_per_s=100.0,
-                          link_bw_bytes_per_s=10.0)
+                          link_bw_bytes_per_s=10.0, peak_flops_16bit=1000.0)
 
 
 def _smax(a, b, k):
@@ -117,6 +117,7 @@ def _dt(p, f, **hw):
         peak_flops=hw.get("peak", p.hardware.peak_flops),
         hbm_bw_bytes_per_s=hw.get("hbm", p.hardware.hbm_bw_bytes_per_s),
         link_bw_bytes_per_s=hw.get("link", p.hardware.link_bw_bytes_per_s),
+        peak_flops_16bit=hw.get("peak16", p.hardware.peak_flops_16bit),
     )
     return float(costmodel.iteration_time(p.model, h, p.scheduler.tp, p.cost, f))
 
@@ -280,3 +281,38 @@ def test_shape_tables__interpolation_rule():
     pos = shapecorr.op_positions(jnp.int32(3000), jnp.int32(6000), jnp.float32(8192))
     got = np.asarray(pos.hi, np.float64) + np.asarray(pos.lo, np.float64)
     assert list(got) == [3000] * 2 + [6000] * 2 + [3000] * 2 + [6000] + [3000] * 2 + [24000]
+
+
+def test_costmodel__fp8_weights_leave_attention_and_the_lm_head_16_bit():
+    # vLLM's --quantization fp8 quantises linear layers and experts; the LM head (a
+    # vocab-parallel embedding) and attention stay BF16. Llama-3.1-8B on one H100.
+    from jaxsim import config
+
+    def lane(dtype):
+        cfg = config.validate({"model": "Llama-3.1-8B", "gpu": "H100-SXM", "dtype": dtype,
+                               "cost_preset": "uncalibrated"})
+        p, info = config.params_from_columns(config.columns_from_configs([cfg]), 4096)
+        return jax.tree.map(lambda x: x[0], p), float(info["weights_gb"][0])
+
+    p16, w16 = lane("bf16")
+    p8, w8 = lane("fp8")
+    # weights: 8,030,261,248 parameters, of which 2 x 128,256 x 4,096 = 1,050,673,152 in
+    # the embedding and LM head (BF16): 6,979,588,096 + 2,101,346,304 bytes
+    assert w16 * 1e9 == pytest.approx(2 * 8_030_261_248)
+    assert w8 * 1e9 == pytest.approx(6_979_588_096 + 2_101_346_304)
+    assert float(p8.hardware.peak_flops) == pytest.approx(1979e12)
+    assert float(p8.hardware.peak_flops_16bit) == pytest.approx(989e12)
+    f = feats(tokens=8192, num_seqs=64, num_sampled=64, prefill_tokens=8192,
+              prefill_pairs=8192 * 4096.5, prefill_kv_tokens=8192)
+
+    def ops(p):
+        t = costmodel.op_times_dd(p.model, p.hardware, p.scheduler.tp, p.cost, f)
+        return {k: float(v.hi) + float(v.lo) for k, v in t.items()}
+
+    t16, t8 = ops(p16), ops(p8)
+    for op in ("attn_prefill", "lm_head"):  # same FLOPs, bytes and peak
+        assert t8[op] == pytest.approx(t16[op], rel=1e-6), op
+    for op in ("qkv_proj", "o_proj", "mlp_up", "mlp_down"):  # compute-bound at 8192 tokens
+        assert t8[op] < 0.6 * t16[op], op
+    # the reference simulator agrees, random batches
+    _check_against_reference(p8, np.random.default_rng(0), "fp8")

@@ -107,7 +107,7 @@ PREFIX_CONFIG_DEFAULTS: dict[str, Any] = {
     "prefetch": False,
 }
 OPTIONAL_CONFIG_KEYS: tuple[str, ...] = (*PREFIX_CONFIG_DEFAULTS, "shape_corr",
-                                          "reserve_full_isl")
+                                          "reserve_full_isl", "peak_flops_16bit")
 _TIER_LIST_KEYS: tuple[str, ...] = (
     "tier_capacity_blocks",
     "tier_read_bw",
@@ -220,7 +220,10 @@ def validate_config(config: Mapping[str, Any]) -> dict[str, Any]:
             raise ValueError(f"config[{key!r}] must be >= 0, got {cfg[key]}")
     if cfg["smooth_p"] < 1.0:
         raise ValueError(f"config['smooth_p'] must be >= 1, got {cfg['smooth_p']}")
-    for key in ("peak_flops", "hbm_bw", "link_bw"):
+    # §3: the 16-bit peak of attention and the LM head; absent: the weights are 16-bit
+    # and it is the one peak
+    cfg["peak_flops_16bit"] = float(config.get("peak_flops_16bit", cfg["peak_flops"]))
+    for key in ("peak_flops", "hbm_bw", "link_bw", "peak_flops_16bit"):
         if not cfg[key] > 0.0:
             raise ValueError(f"config[{key!r}] must be > 0, got {cfg[key]}")
     cfg.update(_validate_prefix_config(config))
@@ -439,6 +442,7 @@ class CostModel:
         self.V_g = cfg["vocab_size"] / tp
         self.kvb = 2.0 * self.nkv_g * self.hd * cfg["bytes_per_kv"]
         self.peak = cfg["peak_flops"]
+        self.peak16 = cfg["peak_flops_16bit"]
         self.hbm = cfg["hbm_bw"]
         self.link = cfg["link_bw"]
         self.k_o = cfg["kernel_overhead_s"]
@@ -470,7 +474,9 @@ class CostModel:
     def roof(self, fam: str, flops: float, nbytes: float) -> float:
         """``roof(op, F, B)`` of §3 (``fam`` is the operator name)."""
         eta_c, f0, eta_m, b0 = self.fam[fam]
-        t_c = (flops + f0) / (self.peak * eta_c)
+        # §3: the projections and MLP at the weight dtype's peak, the rest 16-bit
+        peak = self.peak if fam in ("qkv_proj", "o_proj", "mlp_up", "mlp_down") else self.peak16
+        t_c = (flops + f0) / (peak * eta_c)
         t_m = (nbytes + b0) / (self.hbm * eta_m)
         return self.smax(t_c, t_m) + self.k_o
 
@@ -583,7 +589,7 @@ class CostModel:
 
         embed = mem("embedding", 2.0 * AB * Tf * h, "embedding", Tf)
         fnorm = mem("norm", 2.0 * AB * Tf * h, "norm", Tf)
-        lmhead = self.gemm("lm_head", float(ns), h, V_g, bw_w * h * V_g)
+        lmhead = self.gemm("lm_head", float(ns), h, V_g, max(bw_w, AB) * h * V_g)
         sample = mem("sampling", 4.0 * ns * self.V) if ns > 0 else 0.0
         return (
             self.L * layer
