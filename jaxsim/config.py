@@ -784,8 +784,9 @@ def params_from_columns(
     bytes_kv = np.where(kv_fp8, 1.0, 2.0)
     peak_bf16 = gfield("bf16_dense_tflops")
     peak_fp8 = gfield("fp8_dense_tflops")
-    no_fp8 = fp8 & ~np.isfinite(peak_fp8)
-    peak = np.where(fp8 & ~no_fp8, peak_fp8, peak_bf16) * 1e12
+    # FP8 weights on a GPU without FP8 tensor cores (Ampere) run weight-only, as vLLM's
+    # FP8 Marlin kernels do (W8A16): 1-byte weights, GEMMs at the BF16 peak
+    peak = np.where(fp8 & np.isfinite(peak_fp8), peak_fp8, peak_bf16) * 1e12
     # what the CUDA (HIP) runtime reports as the device's total, which vLLM multiplies by
     # gpu_memory_utilization: below the marketed capacity by the driver's reserve, and
     # above it for NVIDIA's "80 GB" parts (80 GiB less the reserve)
@@ -832,7 +833,6 @@ def params_from_columns(
     flag(budget < max_seqs, st_bits.INF_BUDGET_LT_SEQS)
     tp_i, nh_i, nkv_i = tp.astype(np.int64), nh.astype(np.int64), nkv.astype(np.int64)
     flag((nh_i % tp_i != 0) | ((nkv_i % tp_i != 0) & (tp_i % nkv_i != 0)), st_bits.INF_TP_SHAPE)
-    flag(no_fp8, st_bits.INF_DTYPE)
 
     cost_vals = {}
     for n in (*COST_PARAM_NAMES, *COST_ALIASES, "smooth_p"):
@@ -945,17 +945,14 @@ def status_reasons(cfg: Mapping, status: int, info: Mapping, workload_max_len: i
         ok = [t for t in range(1, MAX_TP + 1) if tp_fits_heads(t, nh, nkv)]
         out.append(f"tp {tp} does not divide {model}'s {nh} attention heads and "
                    f"{nkv} KV heads (tp values that do: {', '.join(map(str, ok))})")
-    if status & st_bits.INF_DTYPE:
-        out.append(f"{gpu} has no FP8 tensor cores (dtype fp8); use dtype bf16")
     # what could make room on this GPU: only the settings that are not at their limit
     wider = [t for t in range(tp + 1, MAX_TP + 1)
              if tp_fits_heads(t, int(m["num_heads"]), int(m["num_kv_heads"]))]
     room = ([f"raise tp (to {', '.join(map(str, wider))})"] if wider else []) + (
         [f"raise gpu_memory_utilization (now {cfg['gpu_memory_utilization']})"]
         if float(cfg["gpu_memory_utilization"]) < 1.0 else [])
-    has_fp8 = presets.gpu(gpu)[1].get("fp8_dense_tflops") is not None
     if status & st_bits.INF_NO_KV_MEMORY:
-        fixes = room + (["use dtype fp8"] if has_fp8 and cfg["dtype"] != "fp8" else [])
+        fixes = room + (["use dtype fp8"] if cfg["dtype"] != "fp8" else [])
         out.append(f"no room for the KV cache: weights {float(info['weights_gb']):.1f} GB "
                    f"and activation reserve {float(info['reserve_gb']):.1f} GB per GPU "
                    f"against {float(info['usable_gb']):.1f} GB usable "

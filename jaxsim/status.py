@@ -23,7 +23,8 @@ INF_REQUEST_TOO_LONG = 1 << 10  #: a request has prompt + output > max_model_len
 INF_BUDGET_TOO_SMALL = 1 << 11  #: no chunked prefill and budget < max_model_len
 INF_BUDGET_LT_SEQS = 1 << 12  #: max_num_batched_tokens < max_num_seqs
 INF_TP_SHAPE = 1 << 13  #: tp does not divide the heads / KV heads
-INF_DTYPE = 1 << 14  #: the GPU has no tensor cores for the requested dtype (e.g. FP8)
+# (1 << 14 was "dtype_not_supported_by_gpu": FP8 weights now run weight-only on GPUs
+# without FP8 tensor cores, as vLLM's FP8 Marlin kernels do; the bit is not reused)
 INF_CONSTRAINT = 1 << 15  #: the point violates a constraint of its design space (search)
 INF_MML_OVER_CONTEXT = 1 << 16  #: max_model_len exceeds the model's context (vLLM refuses)
 
@@ -42,7 +43,6 @@ _NAMES = {
     INF_BUDGET_TOO_SMALL: "max_num_batched_tokens_lt_max_model_len_without_chunking",
     INF_BUDGET_LT_SEQS: "max_num_batched_tokens_lt_max_num_seqs",
     INF_TP_SHAPE: "tp_does_not_divide_heads",
-    INF_DTYPE: "dtype_not_supported_by_gpu",
     INF_CONSTRAINT: "violates_space_constraint",
     INF_MML_OVER_CONTEXT: "max_model_len_exceeds_model_context",
 }

@@ -316,3 +316,29 @@ def test_costmodel__fp8_weights_leave_attention_and_the_lm_head_16_bit():
         assert t8[op] < 0.6 * t16[op], op
     # the reference simulator agrees, random batches
     _check_against_reference(p8, np.random.default_rng(0), "fp8")
+
+
+def test_fp8_on_a_gpu_without_fp8_tensor_cores_runs_weight_only():
+    # vLLM's FP8 Marlin (W8A16) on Ampere: 1-byte weights, BF16 GEMMs. An A100 decode
+    # reads half the weights; a long prefill is as fast as in BF16.
+    from jaxsim import config
+
+    def lane(dtype):
+        cfg = config.validate({"model": "Llama-3.1-8B", "gpu": "A100-80GB", "dtype": dtype,
+                               "cost_preset": "uncalibrated"})
+        p, info = config.params_from_columns(config.columns_from_configs([cfg]), 4096)
+        assert int(p.status0[0]) == 0
+        return jax.tree.map(lambda x: x[0], p)
+
+    p16, p8 = lane("bf16"), lane("fp8")
+    assert float(p8.hardware.peak_flops) == pytest.approx(312e12)
+    assert float(p8.model.bytes_per_weight) == 1.0
+
+    def dt(p, f):
+        return float(costmodel.iteration_time(p.model, p.hardware, p.scheduler.tp, p.cost, f))
+
+    dec = feats(tokens=1, num_seqs=1, num_sampled=1, num_decodes=1, decode_kv_tokens=100)
+    assert dt(p8, dec) < 0.65 * dt(p16, dec)
+    pre = feats(tokens=8192, num_seqs=1, num_sampled=1, prefill_tokens=8192,
+                prefill_pairs=8192 * 4096.5, prefill_kv_tokens=8192)
+    assert dt(p8, pre) == pytest.approx(dt(p16, pre), rel=0.02)

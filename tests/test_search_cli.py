@@ -228,10 +228,11 @@ def test_best_with_no_configuration_meeting_the_slos_says_how_close_they_came(re
     assert out[3].startswith(f"  throughput_rps >= {tput.min()}: met by {int(ok.sum()):,} ")
     # the status counts name each infeasibility reason
     status = pd.Series([0, 0, st_bits.INFEASIBLE | st_bits.INF_TP_SHAPE,
-                        st_bits.INFEASIBLE | st_bits.INF_TP_SHAPE | st_bits.INF_DTYPE,
+                        st_bits.INFEASIBLE | st_bits.INF_TP_SHAPE | st_bits.INF_BUDGET_LT_SEQS,
                         st_bits.TRUNCATED])
     assert search_cli._status_counts(status) == (
-        "2 ok, 2 infeasible (tp_does_not_divide_heads 2, dtype_not_supported_by_gpu 1), "
+        "2 ok, 2 infeasible (tp_does_not_divide_heads 2, max_num_batched_tokens_lt_max_num_seqs"
+        " 1), "
         "1 truncated")
 
 
