@@ -210,6 +210,8 @@ def prepare_rows(m: Measurements, tables: dict[str, np.ndarray] | None = None) -
         num_experts=np.ones(n), experts_per_token=np.ones(n),
         bytes_per_weight=_bytes_per_weight(m),
         bytes_per_kv=np.where(m["dtype"].astype(str) == "fp8", 1.0, 2.0),
+        # the LM head stays 16-bit under FP8 (and an FP32 row keeps 4 bytes)
+        bytes_per_lm_head_weight=np.maximum(_bytes_per_weight(m), 2.0),
     )
     i32 = lambda x: jnp.asarray(np.round(x).astype(np.int32))  # noqa: E731
     feats = costmodel.BatchFeatures(

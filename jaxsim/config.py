@@ -884,6 +884,7 @@ def params_from_columns(
             ffn_size=mfield("ffn_size"), vocab_size=mfield("vocab_size"),
             num_experts=mfield("num_experts"), experts_per_token=mfield("experts_per_token"),
             bytes_per_weight=bytes_w, bytes_per_kv=bytes_kv,
+            bytes_per_lm_head_weight=np.full(B, 2.0),
         ),
         hardware=HardwareParams(
             peak_flops=peak,

@@ -125,8 +125,8 @@ def smooth_max(a: DD, b: DD, p_log2: Array) -> DD:
 #: Roofline operators (vectorised: one smooth max over all of them) and their family.
 ROOF_OPS = ("qkv_proj", "o_proj", "mlp_up", "mlp_down", "lm_head", "attn_prefill",
             "attn_decode")
-#: Roofline operators whose weights (and FLOP/s peak) follow the weight dtype; the LM head
-#: and attention are 16-bit whatever it is (at least: an FP32 LM head keeps 4 bytes).
+#: Roofline operators whose FLOP/s peak is the weight dtype's; the LM head and attention
+#: run at the 16-bit peak whatever it is.
 _WEIGHT_DTYPE_OPS = ("qkv_proj", "o_proj", "mlp_up", "mlp_down")
 #: Coefficient group of each elementwise operator (``final_norm`` is a norm).
 _MEM_GROUP = ("norm", "residual_add", "activation", "rotary", "kv_write", "embedding",
@@ -302,7 +302,7 @@ def prepare(model: ModelParams, hw: HardwareParams, tp: Array, cost: CostParams
         roof_n=_f32([qkv_n, h, 2.0 * f_g, h, v_g]),
         roof_w=_stack([_prod(bw_w, h, qkv_n), _prod(bw_w, nh_g * hd, h),
                        _prod(bw_w, h, 2.0 * f_g), _prod(bw_w, f_g, h),
-                       _prod(jnp.maximum(bw_w, ACT_BYTES), h, v_g)]),
+                       _prod(model.bytes_per_lm_head_weight, h, v_g)]),
         inv_m_elem=inv_m_elem,
         b0_elem=b0_elem,
         mem_size=_f32([h, h, f_g, (nh_g + nkv_g) * hd, kvb, h, h, model.vocab_size]),

@@ -210,6 +210,8 @@ class ModelParams(eqx.Module):
         experts_per_token: experts each token is routed to (1 for dense).
         bytes_per_weight: 2 for BF16 weights, 1 for FP8.
         bytes_per_kv: bytes per KV-cache element (2 for BF16, 1 for FP8).
+        bytes_per_lm_head_weight: bytes per LM-head weight: 2, as FP8 (vLLM's
+            ``--quantization fp8``) leaves the LM head in BF16.
     """
 
     num_layers: Float[Array, ""] = eqx.field(converter=as_f32)
@@ -223,6 +225,7 @@ class ModelParams(eqx.Module):
     experts_per_token: Float[Array, ""] = eqx.field(converter=as_f32)
     bytes_per_weight: Float[Array, ""] = eqx.field(converter=as_f32)
     bytes_per_kv: Float[Array, ""] = eqx.field(converter=as_f32)
+    bytes_per_lm_head_weight: Float[Array, ""] = eqx.field(converter=as_f32)
 
 
 class HardwareParams(eqx.Module):

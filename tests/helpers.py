@@ -18,6 +18,7 @@ SCHED_INT_FIELDS = (
 MODEL_FIELDS = (
     "num_layers", "hidden_size", "num_heads", "num_kv_heads", "head_dim", "ffn_size",
     "vocab_size", "num_experts", "experts_per_token", "bytes_per_weight", "bytes_per_kv",
+    "bytes_per_lm_head_weight",
 )
 
 
@@ -63,7 +64,7 @@ def oracle_config(params: P.SimParams) -> dict:
     cfg["reserve_full_isl"] = bool(int(sp.reserve_full_isl))
     for k in MODEL_FIELDS:
         v = float(getattr(params.model, k))
-        cfg[k] = int(v) if k not in ("bytes_per_weight", "bytes_per_kv") else v
+        cfg[k] = v if k.startswith("bytes_per") else int(v)
     cfg["peak_flops"] = float(params.hardware.peak_flops)
     cfg["peak_flops_16bit"] = float(params.hardware.peak_flops_16bit)
     cfg["hbm_bw"] = float(params.hardware.hbm_bw_bytes_per_s)

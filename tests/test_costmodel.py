@@ -24,7 +24,8 @@ def feats(**kw):
 def tiny_model():
     return ModelParams(num_layers=1, hidden_size=4, num_heads=2, num_kv_heads=1,
                        head_dim=2, ffn_size=8, vocab_size=16, num_experts=1,
-                       experts_per_token=1, bytes_per_weight=2, bytes_per_kv=2)
+                       experts_per_token=1, bytes_per_weight=2, bytes_per_kv=2,
+                       bytes_per_lm_head_weight=2)
 
 
 def tiny_hw():

@@ -107,7 +107,8 @@ PREFIX_CONFIG_DEFAULTS: dict[str, Any] = {
     "prefetch": False,
 }
 OPTIONAL_CONFIG_KEYS: tuple[str, ...] = (*PREFIX_CONFIG_DEFAULTS, "shape_corr",
-                                          "reserve_full_isl", "peak_flops_16bit")
+                                          "reserve_full_isl", "peak_flops_16bit",
+                                          "bytes_per_lm_head_weight")
 _TIER_LIST_KEYS: tuple[str, ...] = (
     "tier_capacity_blocks",
     "tier_read_bw",
@@ -223,7 +224,11 @@ def validate_config(config: Mapping[str, Any]) -> dict[str, Any]:
     # §3: the 16-bit peak of attention and the LM head; absent: the weights are 16-bit
     # and it is the one peak
     cfg["peak_flops_16bit"] = float(config.get("peak_flops_16bit", cfg["peak_flops"]))
-    for key in ("peak_flops", "hbm_bw", "link_bw", "peak_flops_16bit"):
+    # §3: the LM head's bytes per weight; absent: those of the other weights
+    cfg["bytes_per_lm_head_weight"] = float(
+        config.get("bytes_per_lm_head_weight", cfg["bytes_per_weight"]))
+    for key in ("peak_flops", "hbm_bw", "link_bw", "peak_flops_16bit",
+                "bytes_per_lm_head_weight"):
         if not cfg[key] > 0.0:
             raise ValueError(f"config[{key!r}] must be > 0, got {cfg[key]}")
     cfg.update(_validate_prefix_config(config))
@@ -589,7 +594,8 @@ class CostModel:
 
         embed = mem("embedding", 2.0 * AB * Tf * h, "embedding", Tf)
         fnorm = mem("norm", 2.0 * AB * Tf * h, "norm", Tf)
-        lmhead = self.gemm("lm_head", float(ns), h, V_g, max(bw_w, AB) * h * V_g)
+        bw_lm = cfg["bytes_per_lm_head_weight"]
+        lmhead = self.gemm("lm_head", float(ns), h, V_g, bw_lm * h * V_g)
         sample = mem("sampling", 4.0 * ns * self.V) if ns > 0 else 0.0
         return (
             self.L * layer
