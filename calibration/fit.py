@@ -89,11 +89,11 @@ ATTN_PARAMS = tuple(f"{k}_{op}" for op in ("attn_prefill", "attn_decode")
                     for k in ("eta_c", "f0", "eta_m", "b0"))
 
 
-def hardware_params(name: str, dtype: str = "bf16") -> tuple[str, HardwareParams]:
-    """(canonical name, HardwareParams) of a GPU preset; KeyError lists the names."""
+def hardware_params(name: str) -> tuple[str, HardwareParams]:
+    """(canonical name, HardwareParams) of a GPU preset at its BF16 peak (FP8 rows scale
+    the GEMMs' peak themselves: ``_peak_scale``); KeyError lists the names."""
     canon, g = presets.gpu(name)
-    tflops = g["fp8_dense_tflops"] if dtype == "fp8" else g["bf16_dense_tflops"]
-    return canon, HardwareParams(peak_flops=tflops * 1e12,
+    return canon, HardwareParams(peak_flops=g["bf16_dense_tflops"] * 1e12,
                                  hbm_bw_bytes_per_s=g["hbm_bw_gbs"] * 1e9,
                                  link_bw_bytes_per_s=g["link_bw_gbs"] * 1e9,
                                  peak_flops_16bit=g["bf16_dense_tflops"] * 1e12)

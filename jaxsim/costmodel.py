@@ -197,7 +197,8 @@ class CostConsts(NamedTuple):
         c: physical coefficient values (``CostParams.values()``).
         p_log2: smooth-max exponent k (p = 2**k).
         roof_inv_c, roof_inv_m: 1 / (peak * eta_c) and 1 / (hbm * eta_m) of each roofline
-            operator (DD, [7]).
+            operator (DD, [7]); peak is the GEMMs' for the projections and MLP, the
+            16-bit one for the LM head and attention.
         roof_f0, roof_b0: F0 and B0 of each roofline operator ([7]).
         roof_k: GEMM inner dimension K and output width N of the five GEMMs ([5] each).
         roof_w: weight bytes per GPU of the five GEMMs (DD, [5]; MLP per activated expert).

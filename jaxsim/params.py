@@ -232,8 +232,8 @@ class HardwareParams(eqx.Module):
     """One GPU of the serving instance.
 
     Attributes:
-        peak_flops: dense tensor-core peak for the weight dtype, FLOP/s (the projection
-            and MLP GEMMs).
+        peak_flops: dense tensor-core peak of the projection and MLP GEMMs, FLOP/s: the
+            FP8 peak for FP8 weights on a GPU that has one, else the BF16 peak.
         peak_flops_16bit: dense 16-bit (BF16) tensor-core peak, FLOP/s: attention and the
             LM head, which FP8 weights leave in 16 bits (vLLM quantises linear layers
             and experts only). Equal to ``peak_flops`` for BF16 weights.
