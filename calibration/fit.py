@@ -202,16 +202,17 @@ def prepare_rows(m: Measurements, tables: dict[str, np.ndarray] | None = None) -
         raise ValueError(f"{m['source'][i]}: {int(tokens[i])} tokens in one batch; the cost "
                          f"model takes fewer than {2 ** costmodel.TOKEN_BITS}")
     hd = np.where(f64("head_dim") > 0, f64("head_dim"), 1.0)
+    bpw = _bytes_per_weight(m)
     model = ModelParams(
         num_layers=np.where(is_it, f64("num_layers"), 1.0), hidden_size=h,
         num_heads=np.maximum(f64("num_heads"), 1.0),
         num_kv_heads=np.maximum(f64("num_kv_heads"), 1.0), head_dim=hd,
         ffn_size=np.maximum(f64("ffn_size"), 1.0), vocab_size=np.maximum(f64("vocab_size"), 1.0),
         num_experts=np.ones(n), experts_per_token=np.ones(n),
-        bytes_per_weight=_bytes_per_weight(m),
+        bytes_per_weight=bpw,
         bytes_per_kv=np.where(m["dtype"].astype(str) == "fp8", 1.0, 2.0),
         # the LM head stays 16-bit under FP8 (and an FP32 row keeps 4 bytes)
-        bytes_per_lm_head_weight=np.maximum(_bytes_per_weight(m), 2.0),
+        bytes_per_lm_head_weight=np.maximum(bpw, 2.0),
     )
     i32 = lambda x: jnp.asarray(np.round(x).astype(np.int32))  # noqa: E731
     feats = costmodel.BatchFeatures(

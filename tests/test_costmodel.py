@@ -284,19 +284,22 @@ def test_shape_tables__interpolation_rule():
     assert list(got) == [3000] * 2 + [6000] * 2 + [3000] * 2 + [6000] + [3000] * 2 + [24000]
 
 
+def _llama8b_lane(gpu, dtype):
+    """One configured Llama-3.1-8B lane (uncalibrated costs) and its weights in GB."""
+    from jaxsim import config
+
+    cfg = config.validate({"model": "Llama-3.1-8B", "gpu": gpu, "dtype": dtype,
+                           "cost_preset": "uncalibrated"})
+    p, info = config.params_from_columns(config.columns_from_configs([cfg]), 4096)
+    assert int(p.status0[0]) == 0
+    return jax.tree.map(lambda x: x[0], p), float(info["weights_gb"][0])
+
+
 def test_costmodel__fp8_weights_leave_attention_and_the_lm_head_16_bit():
     # vLLM's --quantization fp8 quantises linear layers and experts; the LM head (a
     # vocab-parallel embedding) and attention stay BF16. Llama-3.1-8B on one H100.
-    from jaxsim import config
-
-    def lane(dtype):
-        cfg = config.validate({"model": "Llama-3.1-8B", "gpu": "H100-SXM", "dtype": dtype,
-                               "cost_preset": "uncalibrated"})
-        p, info = config.params_from_columns(config.columns_from_configs([cfg]), 4096)
-        return jax.tree.map(lambda x: x[0], p), float(info["weights_gb"][0])
-
-    p16, w16 = lane("bf16")
-    p8, w8 = lane("fp8")
+    p16, w16 = _llama8b_lane("H100-SXM", "bf16")
+    p8, w8 = _llama8b_lane("H100-SXM", "fp8")
     # weights: 8,030,261,248 parameters, of which 2 x 128,256 x 4,096 = 1,050,673,152 in
     # the embedding and LM head (BF16): 6,979,588,096 + 2,101,346,304 bytes
     assert w16 * 1e9 == pytest.approx(2 * 8_030_261_248)
@@ -322,16 +325,7 @@ def test_costmodel__fp8_weights_leave_attention_and_the_lm_head_16_bit():
 def test_fp8_on_a_gpu_without_fp8_tensor_cores_runs_weight_only():
     # vLLM's FP8 Marlin (W8A16) on Ampere: 1-byte weights, BF16 GEMMs. An A100 decode
     # reads half the weights; a long prefill is as fast as in BF16.
-    from jaxsim import config
-
-    def lane(dtype):
-        cfg = config.validate({"model": "Llama-3.1-8B", "gpu": "A100-80GB", "dtype": dtype,
-                               "cost_preset": "uncalibrated"})
-        p, info = config.params_from_columns(config.columns_from_configs([cfg]), 4096)
-        assert int(p.status0[0]) == 0
-        return jax.tree.map(lambda x: x[0], p)
-
-    p16, p8 = lane("bf16"), lane("fp8")
+    (p16, _), (p8, _) = _llama8b_lane("A100-80GB", "bf16"), _llama8b_lane("A100-80GB", "fp8")
     assert float(p8.hardware.peak_flops) == pytest.approx(312e12)
     assert float(p8.model.bytes_per_weight) == 1.0
 

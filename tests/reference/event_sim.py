@@ -56,6 +56,9 @@ HARDWARE_KEYS: tuple[str, ...] = ("peak_flops", "hbm_bw", "link_bw")
 ROOF_COST_OPS: tuple[str, ...] = (
     "qkv_proj", "o_proj", "mlp_up", "mlp_down", "lm_head", "attn_prefill", "attn_decode",
 )
+#: §3: operators at the weight dtype's peak (the projections and MLP); the rest run at
+#: the 16-bit peak.
+GEMM_PEAK_OPS: frozenset[str] = frozenset(("qkv_proj", "o_proj", "mlp_up", "mlp_down"))
 #: Elementwise coefficient groups.
 ELEM_COST_GROUPS: tuple[str, ...] = (
     "norm", "residual_add", "activation", "rotary", "kv_write", "embedding", "sampling",
@@ -479,8 +482,7 @@ class CostModel:
     def roof(self, fam: str, flops: float, nbytes: float) -> float:
         """``roof(op, F, B)`` of §3 (``fam`` is the operator name)."""
         eta_c, f0, eta_m, b0 = self.fam[fam]
-        # §3: the projections and MLP at the weight dtype's peak, the rest 16-bit
-        peak = self.peak if fam in ("qkv_proj", "o_proj", "mlp_up", "mlp_down") else self.peak16
+        peak = self.peak if fam in GEMM_PEAK_OPS else self.peak16
         t_c = (flops + f0) / (peak * eta_c)
         t_m = (nbytes + b0) / (self.hbm * eta_m)
         return self.smax(t_c, t_m) + self.k_o
