@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from jaxsim import config as config_mod
-from jaxsim import prefix
+from jaxsim import prefix, replicas
 from jaxsim.params import SimParams, concatenate
 from jaxsim.shapes import DEFAULT_MACRO, SimShape
 from jaxsim.sim import SimResult, iteration_limits, simulate_batch
@@ -60,6 +60,13 @@ def prepare(
         configs = [configs]
     configs = _check_configs(configs)
     cfgs = [config_mod.validate(c) for c in configs]
+    for i, c in enumerate(cfgs):
+        if c["num_replicas"] > 1:
+            raise config_mod.ConfigError(
+                f"num_replicas: {c['num_replicas']} (configuration {i}): prepare() builds "
+                "one lane per configuration; a fleet of replicas runs through "
+                "jaxsim.api.run, jaxsim simulate or a sweep (jaxsim.replicas.split gives "
+                "each replica's trace, for one lane each)")
     per_lane = not isinstance(trace, Trace)
     if per_lane and (isinstance(trace, str | bytes) or not isinstance(trace, Sequence)
                      or not trace or not all(isinstance(t, Trace) for t in trace)):
@@ -154,14 +161,19 @@ def run(
     configuration's own ``max_iterations``, the generous default where that is null)
     bounds every lane. ``cache_entries`` is :func:`prepare`'s (the prefix-cache table
     size; a lane whose table runs out is flagged ``overflow_cache_table``).
+
+    A configuration with ``num_replicas`` N > 1 runs as N lanes, one per replica, each
+    with the requests its ``router`` sends it (``jaxsim.replicas``); its metrics are
+    over all of them, and ``max_iterations`` bounds each replica. The result has one
+    entry per configuration; :attr:`SimResult.per_replica` holds the replicas' own.
     """
     if not isinstance(auto_slots, bool | np.bool_):
         raise ValueError(f"auto_slots: {auto_slots!r} must be True or False")
     if isinstance(configs, Mapping):
         configs = [configs]
     configs = _check_configs(configs)
+    cfgs = [config_mod.validate(c) for c in configs]
     if trace is None:
-        cfgs = [config_mod.validate(c) for c in configs]
         built: dict[str, Trace] = {}
         traces = []
         for c in cfgs:  # one trace per distinct workload section
@@ -170,6 +182,16 @@ def run(
                 built[key] = config_mod.build_trace(c)
             traces.append(built[key])
         trace = traces[0] if len(built) == 1 else traces
+    kw = dict(max_slots=max_slots, chunk_iterations=chunk_iterations,
+              max_iterations=max_iterations, auto_slots=auto_slots,
+              cache_entries=cache_entries)
+    if any(c["num_replicas"] > 1 for c in cfgs):
+        return _run_fleet(cfgs, trace, **kw)
+    return _run_lanes(configs, trace, **kw)[1]
+
+
+def _run_lanes(configs, trace, max_slots, chunk_iterations, max_iterations, auto_slots,
+               cache_entries) -> tuple[Prepared, SimResult]:
     p = prepare(configs, trace, max_slots=max_slots, chunk_iterations=chunk_iterations,
                 cache_entries=cache_entries)
     if max_iterations is None and any(c["max_iterations"] is not None for c in p.configs):
@@ -188,4 +210,50 @@ def run(
             {k: v[i] for k, v in res.metrics.items()})
 
     res.explain = explain
-    return res
+    return p, res
+
+
+def _run_fleet(cfgs: list[dict], trace, max_iterations, **kw) -> SimResult:
+    """Configurations with replicas: one lane per replica, metrics over each fleet."""
+    traces = [trace] * len(cfgs) if isinstance(trace, Trace) else list(trace)
+    if len(traces) != len(cfgs):
+        raise ValueError(f"{len(traces)} traces for {len(cfgs)} configurations; give "
+                         "one trace, or one per configuration")
+    if (max_iterations is not None and np.ndim(max_iterations) != 0
+            and len(max_iterations) != len(cfgs)):
+        raise ValueError(f"max_iterations: {len(max_iterations)} values for "
+                             f"{len(cfgs)} configurations; give one, or one per "
+                             "configuration")
+    lane_cfgs, lane_traces, lanes, positions, lane_limits = [], [], [], [], []
+    for i, (c, t) in enumerate(zip(cfgs, traces, strict=True)):
+        sp = replicas.split(t, c["num_replicas"], c["router"], c["seed"])
+        lanes.append(np.arange(len(lane_cfgs), len(lane_cfgs) + len(sp.traces)))
+        positions.append(sp.positions)
+        lane_cfgs += [{**c, "num_replicas": 1}] * len(sp.traces)
+        lane_traces += sp.traces
+        lim = (max_iterations if max_iterations is None or np.ndim(max_iterations) == 0
+               else max_iterations[i])
+        lane_limits += [lim] * len(sp.traces)
+    if max_iterations is not None and np.ndim(max_iterations) != 0:
+        max_iterations = lane_limits
+    p, res = _run_lanes(lane_cfgs, lane_traces, max_iterations=max_iterations, **kw)
+    R = max(len(t) for t in traces)
+    state = replicas.merge_states(res.state, lanes, positions, R)
+    params = replicas.fleet_params(p.params, lanes, [c["num_replicas"] for c in cfgs])
+    wl = stack_workloads([to_workload(t, R, 0) for t in traces])
+    metrics = replicas.fleet_metrics(params, wl, state)
+    first = [int(ls[0]) for ls in lanes]
+    info = {k: np.asarray(v)[first] for k, v in p.info.items()}
+    limits = iteration_limits(max_iterations, p.workload, len(lane_cfgs))[first]
+    out = SimResult(metrics=metrics, state=state, status=np.asarray(metrics["status"]),
+                    iterations_run=res.iterations_run, wall_s=res.wall_s,
+                    per_replica=res, replica_lanes=lanes)
+
+    def explain(i: int) -> list[str]:
+        return config_mod.status_reasons(
+            {**cfgs[i], "max_iterations": int(limits[i])}, int(out.status[i]),
+            {k: v[i] for k, v in info.items()}, traces[i].max_len(),
+            {k: v[i] for k, v in metrics.items()})
+
+    out.explain = explain
+    return out

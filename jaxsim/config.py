@@ -36,6 +36,7 @@ from jaxsim.params import (
     SimParams,
     expand_cost_aliases,
 )
+from jaxsim.replicas import ROUTERS
 from jaxsim.workload import (
     ARRIVAL_KINDS,
     ArrivalSpanError,
@@ -65,6 +66,8 @@ DEFAULTS: dict[str, Any] = {
     "model": "Llama-3.1-8B",
     "gpu": "H100-SXM",
     "tp": 1,
+    "num_replicas": 1,
+    "router": "round_robin",
     "dtype": "bf16",
     "kv_cache_dtype": "auto",
     "scheduler": "v1",
@@ -192,6 +195,8 @@ def _gpu(key, v):
 #: the GPU's intra-node link (presets.json ``link_bw_gbs``, an 8-GPU NVSwitch figure);
 #: tensor parallelism across nodes is not modelled.
 MAX_TP = 8
+#: Data-parallel replicas of one configuration (each a lane of its own, §7).
+MAX_REPLICAS = 1024
 
 
 def _tp(key, v):
@@ -208,6 +213,8 @@ _TOP = {
     "model": _model,
     "gpu": _gpu,
     "tp": _tp,
+    "num_replicas": lambda k, v: _int(k, v, 1, MAX_REPLICAS),
+    "router": lambda k, v: _choice(k, v, ROUTERS),
     "dtype": lambda k, v: _choice(k, v, ("bf16", "fp8")),
     "kv_cache_dtype": lambda k, v: _choice(k, v, ("auto", "fp8")),
     "scheduler": lambda k, v: _choice(k, v, ("v1", "v0")),

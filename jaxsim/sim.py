@@ -264,6 +264,11 @@ class SimResult:
         iterations_run: steps the compiled chunks ran (a chunk ends early once every
             lane of its batch is done); with re-runs, the most of any run.
         wall_s: wall time of the simulation, seconds (compile included on first call).
+        per_replica: for configurations with ``num_replicas`` > 1 (``jaxsim.api.run``),
+            the result of the lanes that simulated their replicas, and
+            ``replica_lanes[i]`` the lanes of configuration ``i``; ``state`` then holds
+            each configuration's merged per-request results and totals
+            (``jaxsim.replicas``), and its slot table and cache table are replica 0's.
     """
 
     metrics: dict[str, np.ndarray]
@@ -274,6 +279,8 @@ class SimResult:
     #: lane index -> status sentences; set by ``jaxsim.api.run``, which knows the
     #: configurations (see :meth:`reasons`)
     explain: Callable[[int], list[str]] | None = dataclasses.field(default=None, repr=False)
+    per_replica: SimResult | None = dataclasses.field(default=None, repr=False)
+    replica_lanes: list[np.ndarray] | None = dataclasses.field(default=None, repr=False)
 
     def requests(self, i: int) -> dict[str, np.ndarray]:
         """Per-request results of lane ``i``, in arrival order (padding rows dropped)."""

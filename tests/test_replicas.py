@@ -1,0 +1,200 @@
+"""Data-parallel replicas behind a static router (docs/semantics.md §7).
+
+The oracle: each replica's share of the trace, routed here independently of
+``jaxsim.replicas`` (round robin) or with its assignment (random), simulated by the
+reference simulator, the per-request results put back together and the metrics
+computed over the whole trace by the reference's own metric code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+import jaxsim
+from jaxsim import api, replicas
+from jaxsim import config as config_mod
+from jaxsim import status as st_bits
+from jaxsim.state import SimState
+from jaxsim.workload import Trace
+from tests.helpers import lane_params, oracle_config, oracle_workload
+from tests.reference.event_sim import lane_metrics, simulate_reference
+from tests.test_against_reference import random_case
+
+
+def test_replicas__every_state_field_has_one_merge_rule():
+    fields = [f.name for f in dataclasses.fields(SimState)]
+    ruled = (list(replicas.PER_REQUEST) + list(replicas.SUM_INT) + list(replicas.OR)
+             + list(replicas.FIRST)
+             + [f"{b}_{s}" for b in replicas.SUM_DD for s in ("hi", "lo")]
+             + [f"{b}_{s}" if b == "clock" else b for b in replicas.MAX
+                for s in (("hi", "lo") if b == "clock" else ("",))])
+    assert sorted(ruled) == sorted(fields)
+
+
+def test_replicas__round_robin_and_random_assignment():
+    tr = Trace([3.0, 1.0, 2.0, 0.0, 5.0], [1] * 5, [1] * 5)
+    np.testing.assert_array_equal(replicas.assign(tr, 2, "round_robin"), [0, 1, 0, 1, 0])
+    sp = replicas.split(tr, 2, "round_robin")
+    # arrival order is 3, 1, 2, 0, 4 (indices); replica 0 gets positions 0, 2, 4
+    np.testing.assert_array_equal(sp.traces[0].arrival_s, [0.0, 2.0, 5.0])
+    np.testing.assert_array_equal(sp.traces[1].arrival_s, [1.0, 3.0])
+    np.testing.assert_array_equal(np.concatenate(sp.positions), [0, 2, 4, 1, 3])
+    big = jaxsim.synthetic("poisson", 4000, prompt_tokens=8, output_tokens=8, rate=1.0)
+    a = replicas.assign(big, 4, "random", seed=3)
+    np.testing.assert_array_equal(a, replicas.assign(big, 4, "random", seed=3))
+    assert not np.array_equal(a, replicas.assign(big, 4, "random", seed=4))
+    counts = np.bincount(a, minlength=4)
+    assert counts.min() > 900 and counts.max() < 1100  # 1000 each, sd about 27
+    # more replicas than requests: the empty ones get no lane
+    sp = replicas.split(tr, 8, "round_robin")
+    assert sp.replica == [0, 1, 2, 3, 4] and all(len(t) == 1 for t in sp.traces)
+
+
+def _oracle_fleet(trace: Trace, cfg: dict, assignment: np.ndarray) -> dict:
+    """Reference results of a fleet: each replica simulated alone, metrics over all."""
+    order = trace.order()
+    n = len(trace)
+    first = np.full(n, np.nan)
+    finish = np.full(n, np.nan)
+    admitted = np.full(n, np.nan)
+    completed = np.zeros(n, bool)
+    tot = {"iterations": 0, "total_preemptions": 0, "total_tokens": 0, "busy_s": 0.0}
+    peak = 0.0
+    flags = {"infeasible": False, "truncated": False}
+    for k in np.unique(assignment):
+        idx = order[assignment == k]  # original indices, arrival order
+        sub = Trace(trace.arrival_s[idx], trace.prompt_tokens[idx],
+                    trace.output_tokens[idx])
+        p = lane_params(cfg, sub)
+        ref = simulate_reference(oracle_workload(sub), oracle_config(p))
+        first[idx] = ref["first_token_s"]
+        finish[idx] = ref["finish_s"]
+        admitted[idx] = ref["admitted_s"]
+        completed[idx] = ref["completed"]
+        for key in tot:
+            tot[key] += ref[key]
+        peak = max(peak, ref["kv_occupancy_peak"])
+        for key in flags:
+            flags[key] |= ref[key]
+    full = config_mod.validate(cfg)
+    m = lane_metrics(trace.arrival_s, trace.prompt_tokens, trace.output_tokens, first,
+                     finish, admitted, completed, full["slo"]["ttft_s"],
+                     full["slo"]["tpot_s"])
+    return {**m, **tot, **flags, "kv_occupancy_peak": peak,
+            "num_completed": int(completed.sum()), "completed_mask": completed,
+            "first": first, "finish": finish}
+
+
+def _close(a, b, rtol, atol):
+    a, b = float(a), float(b)
+    return (np.isnan(a) and np.isnan(b)) or abs(a - b) <= atol + rtol * abs(b)
+
+
+def test_replicas__fleets_match_the_reference_per_replica():
+    rng = np.random.default_rng(20261124)
+    cases = []
+    for _ in range(14):
+        trace, cfg = random_case(rng)
+        cfg["num_replicas"] = int(rng.choice([1, 2, 2, 3, 4, 7]))
+        cfg["router"] = str(rng.choice(replicas.ROUTERS))
+        cfg["seed"] = int(rng.integers(0, 100))
+        cases.append((trace, cfg))
+    # a fleet with more replicas than requests
+    cases.append((Trace([0.0, 0.1, 0.2], [30, 40, 50], [5, 6, 7]), {"num_replicas": 5}))
+    res = api.run([c for _, c in cases], [t for t, _ in cases])
+    failures = []
+    for i, (trace, cfg) in enumerate(cases):
+        full = config_mod.validate(cfg)
+        if full["router"] == "round_robin":  # independently of jaxsim.replicas
+            assignment = np.arange(len(trace)) % full["num_replicas"]
+        else:
+            assignment = replicas.assign(trace, full["num_replicas"], "random", full["seed"])
+        ref = _oracle_fleet(trace, cfg, assignment)
+        status = int(res.status[i])
+        errs = []
+        if bool(status & st_bits.INFEASIBLE) != ref["infeasible"] and not (
+                status & st_bits.INF_NO_KV_MEMORY):
+            errs.append(f"infeasible {status} vs {ref['infeasible']}")
+        if status & st_bits.INFEASIBLE:
+            if errs:
+                failures.append(f"case {i}: {errs}")
+            continue
+        if bool(status & st_bits.TRUNCATED) != ref["truncated"]:
+            errs.append(f"truncated {status} vs {ref['truncated']}")
+        m = {k: v[i] for k, v in res.metrics.items()}
+        for key, rkey in (("iterations", "iterations"), ("preemptions", "total_preemptions"),
+                          ("tokens_scheduled", "total_tokens"), ("completed", "num_completed")):
+            if int(m[key]) != int(ref[rkey]):
+                errs.append(f"{key} {m[key]} vs {ref[rkey]}")
+        clock = float(np.nanmax(ref["finish"] - trace.arrival_s.min()))
+        atol = 1e-9 + 5e-8 * clock
+        for key in ("ttft_mean_s", "ttft_p50_s", "ttft_p99_s", "tpot_mean_s", "tpot_p90_s",
+                    "e2e_p99_s", "queue_mean_s", "itl_mean_s", "duration_s"):
+            if not _close(m[key], ref[key], 2e-6, atol):
+                errs.append(f"{key} {m[key]!r} vs {ref[key]!r}")
+        for key in ("throughput_rps", "output_tps", "goodput_rps", "busy_s",
+                    "kv_occupancy_peak"):
+            if not _close(m[key], ref[key], 2e-6, 1e-9):
+                errs.append(f"{key} {m[key]!r} vs {ref[key]!r}")
+        per = res.requests(i)
+        np.testing.assert_array_equal(per["completed"], ref["completed_mask"][trace.order()])
+        assert len(res.replica_lanes[i]) == min(full["num_replicas"], len(trace))
+        if errs:
+            failures.append(f"case {i} ({cfg}): " + "; ".join(errs[:4]))
+    assert not failures, "\n".join(failures)
+    # the cases exercise preemptions and fleets of several lanes
+    assert res.metrics["preemptions"].max() > 0
+    assert max(len(ls) for ls in res.replica_lanes) >= 4
+
+
+def test_replicas__one_replica_is_the_plain_lane_and_merging_it_changes_nothing():
+    tr = jaxsim.synthetic("poisson", 60, prompt_tokens=300, output_tokens=40, rate=30.0)
+    cfg = {"max_num_seqs": 8, "num_gpu_blocks": 200}
+    plain = api.run(cfg, tr)
+    # a fleet of two where one configuration has one replica: the merge path
+    both = api.run([{**cfg, "num_replicas": 1}, {**cfg, "num_replicas": 2}], tr)
+    assert both.replica_lanes[0].tolist() == [0]
+    for k, v in plain.metrics.items():
+        a, b = np.asarray(v[0], np.float64), np.asarray(both.metrics[k][0], np.float64)
+        assert (np.isnan(a) and np.isnan(b)) or abs(a - b) <= 1e-6 * abs(a) + 1e-9, k
+
+
+def test_replicas__fleet_sums_and_peaks_and_tier_energy():
+    cfg = {"enable_prefix_caching": True, "tiers": "ssd", "num_replicas": 3,
+           "max_num_seqs": 8, "num_gpu_blocks": 300,
+           "workload": {"kind": "sessions", "sessions": 12, "turns": 3, "rate": 4.0,
+                        "prompt_tokens": 600, "new_tokens": 100, "output_tokens": 30,
+                        "think_time_s": 2.0}}
+    tr = config_mod.build_trace(config_mod.validate(cfg))
+    res = api.run(cfg, tr)
+    per = res.per_replica
+    lanes = res.replica_lanes[0]
+    for k in ("iterations", "preemptions", "tokens_scheduled", "completed", "steps"):
+        assert int(res.metrics[k][0]) == int(per.metrics[k][lanes].sum()), k
+    assert res.metrics["busy_s"][0] == pytest.approx(per.metrics["busy_s"][lanes].sum(),
+                                                     rel=1e-6)
+    assert res.metrics["kv_occupancy_peak"][0] == per.metrics["kv_occupancy_peak"][lanes].max()
+    assert res.metrics["bytes_written_tier1"][0] == pytest.approx(
+        per.metrics["bytes_written_tier1"][lanes].sum(), rel=1e-6)
+    # each replica has its own SSD tier: three times its static power
+    cp = api.prepare({**cfg, "num_replicas": 1}, tr).params.cache
+    watts = float(np.asarray(cp.static_power_w)[0, 1])
+    pj = float(np.asarray(cp.energy_pj_per_bit)[0, 1])
+    m = {k: float(v[0]) for k, v in res.metrics.items()}
+    moved = m["bytes_read_tier1"] + m["bytes_written_tier1"]
+    assert watts > 0 and moved > 0
+    assert m["energy_j_tier1"] == pytest.approx(
+        3 * watts * m["duration_s"] + pj * 8e-12 * moved, rel=1e-5)
+
+
+def test_replicas__bad_input_and_prepare():
+    with pytest.raises(config_mod.ConfigError, match="num_replicas: 0 must be >= 1"):
+        api.run({"num_replicas": 0})
+    with pytest.raises(config_mod.ConfigError, match="router: 'least_loaded' is not one of"):
+        api.run({"num_replicas": 2, "router": "least_loaded"})
+    tr = Trace([0.0], [8], [8])
+    with pytest.raises(config_mod.ConfigError, match="num_replicas: 2 .*prepare"):
+        api.prepare({"num_replicas": 2}, tr)
