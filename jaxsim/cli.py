@@ -48,26 +48,27 @@ def cmd_simulate(args) -> int:
     try:
         cfg = config.load(args.config, args.set or [])
         trace = config.build_trace(cfg)
-        prep = api.prepare(cfg, trace)
+        prep = api.prepare({**cfg, "num_replicas": 1}, trace)  # one replica's memory
     except (config.ConfigError, traces.TraceError) as e:
         return _fail(str(e))
     from jaxsim import status as st_bits
-    from jaxsim.sim import simulate_batch
 
-    res = simulate_batch(prep.shape, prep.params, prep.workload,
-                         max_iterations=cfg["max_iterations"], auto_slots=True)
+    res = api.run(cfg, trace)
     out = res.lane(0)
     out["status_bits"] = int(res.status[0])
     for k in ("weights_gb", "kv_gb", "num_gpu_blocks", "max_model_len"):
         v = prep.info[k][0]
         out[k] = float(v) if k.endswith("gb") else int(v)
     out["model"], out["gpu"], out["tp"] = cfg["model"], cfg["gpu"], cfg["tp"]
+    out["num_replicas"], out["router"] = cfg["num_replicas"], cfg["router"]
+    out["num_gpus"] = cfg["tp"] * cfg["num_replicas"]
     out["scheduler"] = cfg["scheduler"]
     out["workload"] = trace.name
     out["num_requests"] = len(trace)
-    out["status_reasons"] = config.status_reasons(
-        cfg, out["status_bits"], {k: v[0] for k, v in prep.info.items()}, trace.max_len(),
-        out)
+    per_replica = ([int(res.per_replica.metrics["num_requests"][j])
+                    for j in res.replica_lanes[0]] if res.replica_lanes else [len(trace)])
+    out["requests_per_replica"] = per_replica + [0] * (cfg["num_replicas"] - len(per_replica))
+    out["status_reasons"] = res.reasons(0)
     out["wall_s"] = res.wall_s
     names = ["hbm", *cfg["tiers"]]
     out["hit_rate_by_tier"] = {n: out.pop(f"hit_rate_tier{t}", 0.0)
@@ -86,10 +87,15 @@ def cmd_simulate(args) -> int:
                 out[k] = {n: _jsonable(v) for n, v in out[k].items()}
         print(json.dumps({k: _jsonable(v) for k, v in out.items()}))
         return 0
-    print(f"jaxsim: {cfg['model']} on {cfg['tp']}x {cfg['gpu']}, scheduler {cfg['scheduler']}, "
+    fleet = (f"{cfg['num_replicas']} replicas of {cfg['tp']}x {cfg['gpu']} "
+             f"({cfg['router']}, requests per replica "
+             f"{min(out['requests_per_replica'])}-{max(out['requests_per_replica'])})"
+             if cfg["num_replicas"] > 1 else f"{cfg['tp']}x {cfg['gpu']}")
+    print(f"jaxsim: {cfg['model']} on {fleet}, scheduler {cfg['scheduler']}, "
           f"{len(trace)} requests ({trace.name})")
     print(f"  KV cache: {out['num_gpu_blocks']} blocks of {cfg['block_size']} tokens "
-          f"({out['kv_gb']:.1f} GB); weights {out['weights_gb']:.1f} GB per GPU; "
+          + ("per replica " if cfg["num_replicas"] > 1 else "")
+          + f"({out['kv_gb']:.1f} GB); weights {out['weights_gb']:.1f} GB per GPU; "
           f"max_model_len {out['max_model_len']}")
     print(f"  status: {out['status']}   completed {out['completed']}/{len(trace)}   "
           f"preemptions {out['preemptions']}   iterations {out['iterations']}")

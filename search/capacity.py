@@ -95,7 +95,8 @@ def capacity_search(cfgs: Sequence[Mapping], slo: Mapping[str, float],
             rates, missed at high ones.
         rate_lo, rate_hi: the search range, requests/s.
         rounds: bisection rounds after the two end checks.
-        chunk_size: lanes per compiled call (default: all, up to 1024).
+        chunk_size: configurations per compiled call, each of ``num_replicas`` lanes
+            (default: all, up to 1024 lanes).
         slots: initial slot-table rows.
         max_iterations: per-lane iteration limit (default: the simulator's).
     """
@@ -136,13 +137,15 @@ def capacity_search(cfgs: Sequence[Mapping], slo: Mapping[str, float],
     if chunk_size is not None and chunk_size % n_dev:
         raise ValueError(f"chunk_size: {chunk_size} must be a multiple of the {n_dev} local "
                          "devices the lanes are split over")
-    B = chunk_size or min(-(-N // n_dev) * n_dev, 1024)
+    P = max(int(c["num_replicas"]) for c in full)  # lanes per configuration
+    B = chunk_size or min(-(-N // n_dev) * n_dev, max(n_dev, 1024 // P // n_dev * n_dev))
     R = max(runner._num_requests(_with_rate(c, rate_lo)) for c in full)
     max_seqs = max(int(c["max_num_seqs"]) for c in full)
     S = slots or min(max_seqs, 64)
     plan = runner.Plan(size=N, chunk_size=B, num_chunks=-(-N // B), slots=S,
                        max_slots=runner.max_slots_for(S, max_seqs), max_requests=R,
-                       per_lane_workload=True, chunk_iterations=256, num_devices=n_dev)
+                       per_lane_workload=True, chunk_iterations=256, num_devices=n_dev,
+                       replicas=P)
     traces = runner._TraceCache()
     sims = 0
 

@@ -35,7 +35,9 @@ What maps to what (jaxsim key -> ``EngineArgs`` field):
   ``preemption_mode="swap"`` and ``swap_space`` (GiB per GPU) from the first tier's
   capacity.
 
-Not representable, so omitted: ``gpu`` (the hardware the command runs on), ``slo.*``,
+Not representable, so omitted: ``gpu`` (the hardware the command runs on),
+``num_replicas`` and ``router`` (the command is one replica's; :func:`vllm_caveats` says
+how many to run behind which load balancer), ``slo.*``,
 ``workload.*`` and ``seed`` (the benchmark client's business, not the server's),
 ``cost_preset`` / ``cost_shape_tables`` / ``cost.*`` (the simulator's cost model), ``max_slots`` /
 ``max_iterations`` (simulator internals), ``watermark`` in v0 (V0 hard-codes 1 %),
@@ -183,6 +185,13 @@ def vllm_caveats(cfg: Mapping) -> list[str]:
     refuse. One sentence each; empty when the command is faithful."""
     c = jconfig.validate(cfg)
     notes = []
+    if c["num_replicas"] > 1:
+        lb = "round-robin" if c["router"] == "round_robin" else "random"
+        notes.append(f"num_replicas {c['num_replicas']}: the command starts one replica; run "
+                     f"{c['num_replicas']} of them ({c['tp']} GPU(s) each) behind a {lb} "
+                     "load balancer (the vLLM production stack's router, vllm-router); "
+                     "vLLM's own --data-parallel-size balances by load, which jaxsim does "
+                     "not model")
     if c["block_size"] not in VLLM_BLOCK_SIZES:
         notes.append(f"block_size {c['block_size']}: vLLM up to 0.11 accepts only "
                      f"{', '.join(map(str, VLLM_BLOCK_SIZES))}, and later releases need a "

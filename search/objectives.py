@@ -12,10 +12,10 @@ Objectives (column names of the results table, or derived here):
 - ``throughput_per_gpu``: output tokens/s per GPU (maximised);
 - ``goodput_per_gpu``: requests/s meeting the per-request SLOs, per GPU (maximised);
 - ``cost_per_mtok``: USD per million output tokens at the simulated load:
-  ``tp * gpu_hour_usd[gpu] / 3600 / output_tps * 1e6``, plus, when ``mem_gb_hour_usd``
+  ``num_gpus * gpu_hour_usd[gpu] / 3600 / output_tps * 1e6``, plus, when ``mem_gb_hour_usd``
   is given, the price of the memory the configuration holds beyond the GPU
   (``host_memory_gb`` column, if present) (minimised);
-- ``num_gpus``: tp (minimised).
+- ``num_gpus``: ``tp * num_replicas`` (minimised); the per-GPU objectives divide by it.
 
 SLOs are upper bounds on metric columns, e.g. ``{"ttft_p99_s": 1.0, "tpot_p99_s": 0.05}``
 (lower bounds with a ``min_`` prefix: ``{"min_slo_attainment": 0.99}``).
@@ -46,7 +46,7 @@ METRIC_COLUMNS = (
     "iterations", "itl_mean_s", "kv_gb", "kv_occupancy_mean", "kv_occupancy_peak",
     "max_num_batched_tokens", "max_num_seqs", "num_gpu_blocks", "num_requests",
     "output_tps", "preemptions", "prefetched_blocks", "prefix_hit_rate", "slo_attainment",
-    "slots", "steps", "swaps", "throughput_rps", "tokens_scheduled", "tp",
+    "slots", "steps", "swaps", "throughput_rps", "tokens_scheduled", "tp", "num_replicas",
     "ttft_load_mean_s", "ttft_load_p99_s", "ttft_prefill_mean_s", "weights_gb",
     "xfer_exposed_s", "xfer_hidden_s", "block_size", "gpu_memory_utilization",
     "workload.rate", "slo.ttft_s", "slo.tpot_s",
@@ -113,15 +113,24 @@ def canonical_prices(gpu_prices: Mapping) -> dict:
     return out
 
 
+def _gpus(table: Mapping) -> np.ndarray:
+    """GPUs of each row's configuration: ``tp`` times ``num_replicas`` (results written
+    before replicas existed have no such column: one replica)."""
+    gpus = _col(table, "tp").astype(np.float64)
+    if "num_replicas" in table:
+        gpus = gpus * np.asarray(table["num_replicas"], np.float64)
+    return gpus
+
+
 def derived(table: Mapping, name: str, prices: Mapping | None = None) -> np.ndarray:
     """Value of objective ``name`` per row (not yet signed as a cost)."""
     prices = prices or {}
     if name == "num_gpus":
-        return _col(table, "tp").astype(np.float64)
+        return _gpus(table)
     if name == "throughput_per_gpu":
-        return _col(table, "output_tps") / _col(table, "tp")
+        return _col(table, "output_tps") / _gpus(table)
     if name == "goodput_per_gpu":
-        return _col(table, "goodput_rps") / _col(table, "tp")
+        return _col(table, "goodput_rps") / _gpus(table)
     if name == "cost_per_mtok":
         gpu_prices = prices.get("gpu_hour_usd")
         if gpu_prices is None:
@@ -139,7 +148,7 @@ def derived(table: Mapping, name: str, prices: Mapping | None = None) -> np.ndar
             price = np.array([used[str(g)] for g in gpus])
         else:
             price = np.full(len(gpus), _price("gpu_hour_usd", gpu_prices))
-        usd_per_s = _col(table, "tp") * price / 3600.0
+        usd_per_s = _gpus(table) * price / 3600.0
         mem_price = prices.get("mem_gb_hour_usd")
         if mem_price is not None and "host_memory_gb" in table:
             usd_per_s = usd_per_s + np.asarray(table["host_memory_gb"]) * _price(

@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxsim import config as config_mod
-from jaxsim import prefix
+from jaxsim import prefix, replicas
 from jaxsim import sim as sim_mod
 from jaxsim import status as st_bits
 from jaxsim.shapes import DEFAULT_MACRO, SimShape
@@ -48,9 +48,9 @@ from search.space import DesignSpace, SpaceError, _get_key
 
 #: Configuration keys always written to the results (besides the axes).
 RESULT_KEYS = (
-    "model", "gpu", "tp", "dtype", "scheduler", "enable_chunked_prefill", "max_num_seqs",
-    "max_num_batched_tokens", "block_size", "gpu_memory_utilization", "workload.rate",
-    "slo.ttft_s", "slo.tpot_s",
+    "model", "gpu", "tp", "num_replicas", "router", "dtype", "scheduler",
+    "enable_chunked_prefill", "max_num_seqs", "max_num_batched_tokens", "block_size",
+    "gpu_memory_utilization", "workload.rate", "slo.ttft_s", "slo.tpot_s",
 )
 MANIFEST = "sweep.json"
 CHUNK_FMT = "chunk-{:06d}.parquet"
@@ -80,6 +80,8 @@ class Plan:
         per_lane_workload: whether lanes have their own workloads (an axis changes one).
         chunk_iterations: iterations per compiled scan.
         num_devices: local devices the batch is sharded over.
+        replicas: P, lanes per configuration: the most ``num_replicas`` of the space
+            (each replica is a lane, ``jaxsim.replicas``; a chunk runs B x P lanes).
     """
 
     size: int
@@ -91,6 +93,19 @@ class Plan:
     per_lane_workload: bool
     chunk_iterations: int
     num_devices: int
+    replicas: int = 1
+
+    @property
+    def lanes(self) -> int:
+        """Lanes per chunk: B configurations of P replica lanes each."""
+        return self.chunk_size * self.replicas
+
+    def lane_plan(self) -> Plan:
+        """The plan of a chunk's lanes, one replica each (for :func:`simulate_chunk`)."""
+        if self.replicas == 1:
+            return self
+        return dataclasses.replace(self, chunk_size=self.lanes, replicas=1,
+                                   per_lane_workload=True)
 
     def rerun_batch(self) -> int:
         """Fixed lanes per overflow re-run call."""
@@ -143,8 +158,9 @@ def make_plan(space: DesignSpace, chunk_size: int | None = None, slots: int | No
               chunk_iterations: int = 256) -> Plan:
     """Choose B, S and R for a space (B from the memory per lane and the device)."""
     n_dev = len(jax.local_devices())
-    per_lane = _workload_keys(space)
     probe = space.probe_configs  # the valid configurations among the probe points
+    P = max_replicas(space)
+    per_lane = _workload_keys(space) or P > 1
     cache = _TraceCache()
     R = max(_num_requests(c, cache) for c in probe)
     max_seqs = max(int(c["max_num_seqs"]) for c in probe)
@@ -160,7 +176,7 @@ def make_plan(space: DesignSpace, chunk_size: int | None = None, slots: int | No
         per = bytes_per_lane(shape, per_lane)
         target = 1024 if platform == "cpu" else 16384
         by_mem = max(1, int(0.25 * mem / (4 * per)))  # state is double-buffered, plus temps
-        chunk_size = min(target, by_mem) * n_dev
+        chunk_size = max(1, min(target, by_mem) // P) * n_dev
         chunk_size = min(chunk_size, -(-size // n_dev) * n_dev)
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise SpaceError(f"chunk_size: {chunk_size!r} must be an integer >= 1")
@@ -172,7 +188,22 @@ def make_plan(space: DesignSpace, chunk_size: int | None = None, slots: int | No
     return Plan(size=size, chunk_size=chunk_size, num_chunks=-(-size // chunk_size),
                 slots=int(slots), max_slots=max_slots_for(slots, max_seqs), max_requests=R,
                 per_lane_workload=per_lane, chunk_iterations=chunk_iterations,
-                num_devices=n_dev)
+                num_devices=n_dev, replicas=P)
+
+
+def max_replicas(space: DesignSpace) -> int:
+    """The most ``num_replicas`` any configuration of the space asks for (its base, its
+    probe points and every level of a ``num_replicas`` axis)."""
+    from search.space import _levels
+
+    out = [int(c["num_replicas"]) for c in space.probe_configs]
+    base = space.base.get("num_replicas", 1)
+    out += [base] if isinstance(base, int | np.integer) else []
+    for a in space.axes:
+        if a.key == "num_replicas":
+            out += [int(v) for v in _levels(a) if isinstance(v, int | np.integer)]
+    # a level above the limit is an invalid configuration, not a lane
+    return min(max([1, *out]), config_mod.MAX_REPLICAS)
 
 
 def max_slots_for(slots: int, max_num_seqs: int) -> int:
@@ -256,6 +287,29 @@ class Batch:
     #: SimShape's prefix-cache fields (num_tiers, cache_entries, hash_space, prefetch)
     #: when a lane enables prefix caching, else empty
     cache_kw: dict = dataclasses.field(default_factory=dict)
+    #: configurations with replicas: how the chunk's lanes make up each configuration
+    fleet: Fleet | None = None
+
+
+@dataclasses.dataclass
+class Fleet:
+    """How a chunk's B x P lanes make up its B configurations (``jaxsim.replicas``).
+
+    Attributes:
+        lanes: each configuration's replica lanes (the rest of its P lanes pad it and
+            stop after one iteration).
+        positions: for each configuration, each replica lane's requests' positions in
+            the configuration's whole trace (arrival order).
+        workload: each configuration's whole trace, ``[B, R]`` (for its metrics).
+        num_replicas: ``num_replicas`` of each configuration.
+        budget_one: lanes that only pad a configuration.
+    """
+
+    lanes: list[np.ndarray]
+    positions: list[list[np.ndarray]]
+    workload: Workload
+    num_replicas: np.ndarray
+    budget_one: np.ndarray
 
 
 def _pow2(n: int) -> int:
@@ -294,6 +348,69 @@ def batch_from_configs(cfgs: Sequence[Mapping], plan: Plan,
                        stand_in: Mapping | None = None) -> Batch:
     """Batch validated configurations (exactly ``plan.chunk_size`` of them).
 
+    With ``plan.replicas`` P > 1 each configuration gets P lanes: one per replica, with
+    the requests its router sends it, then padding (see :class:`Fleet`). Constraint
+    violators and invalid combinations are flagged as in :func:`_lane_batch`.
+    """
+    if plan.replicas == 1:
+        for i, c in enumerate(cfgs):
+            if c["num_replicas"] > 1:
+                raise ValueError(f"num_replicas: {c['num_replicas']} (configuration {i}): "
+                                 "the plan has one lane per configuration; make the plan "
+                                 "with replicas >= the largest num_replicas")
+        return _lane_batch(cfgs, plan, constraint_ok, traces, reasons, stand_in)
+    if len(cfgs) != plan.chunk_size:
+        raise ValueError(f"{len(cfgs)} configurations for a plan of B={plan.chunk_size}")
+    traces = traces or _TraceCache()
+    P = plan.replicas
+    ok = np.ones(len(cfgs), bool) if constraint_ok is None else np.asarray(constraint_ok)
+    invalid = np.array([r is not None for r in reasons] if reasons is not None
+                       else [False] * len(cfgs))
+    if invalid.any() and stand_in is None:
+        raise ValueError("invalid configurations need a stand_in configuration")
+    ok = ok & ~invalid
+    lane_cfgs, lane_traces, lanes, positions, pad, whole, nrep = [], [], [], [], [], [], []
+    for i, (c, bad) in enumerate(zip(cfgs, invalid, strict=True)):
+        run = stand_in if bad else c
+        r = min(int(run["num_replicas"]), P)
+        if not bad and int(c["num_replicas"]) > P:
+            raise ValueError(f"num_replicas: {c['num_replicas']} (configuration {i}) is "
+                             f"more than the plan's {P} lanes per configuration")
+        t = traces.get(run)
+        sp = replicas.split(t, r, run["router"], run["seed"])
+        k = len(sp.traces)
+        lanes.append(np.arange(i * P, i * P + k))
+        positions.append(sp.positions)
+        lane_traces += sp.traces + [sp.traces[0]] * (P - k)
+        lane_cfgs += [{**run, "num_replicas": 1}] * P
+        pad += [False] * k + [True] * (P - k)
+        whole.append(t)
+        nrep.append(int(c["num_replicas"]) if not bad else r)
+    inner = _lane_batch(lane_cfgs, plan.lane_plan(), np.repeat(ok, P),
+                        lane_traces=lane_traces)
+    first = [int(ls[0]) for ls in lanes]
+    info = {k: np.asarray(v)[first] for k, v in inner.info.items()}
+    if invalid.any():
+        info = {k: np.where(invalid, np.nan if v.dtype.kind == "f" else 0, v)
+                for k, v in info.items()}
+    fleet = Fleet(lanes=lanes, positions=positions,
+                  workload=_stack_traces(whole, plan.max_requests),
+                  num_replicas=np.asarray(nrep), budget_one=np.asarray(pad))
+    return Batch(ids=np.arange(len(cfgs)), cfgs=list(cfgs), params=inner.params,
+                 workload=inner.workload, info=info, constraint_ok=ok,
+                 reasons=list(reasons) if reasons is not None else None,
+                 cache_kw=inner.cache_kw, fleet=fleet)
+
+
+def _lane_batch(cfgs: Sequence[Mapping], plan: Plan,
+                constraint_ok: np.ndarray | None = None,
+                traces: _TraceCache | None = None,
+                reasons: Sequence[str | None] | None = None,
+                stand_in: Mapping | None = None,
+                lane_traces: Sequence[Trace] | None = None) -> Batch:
+    """One lane per configuration (exactly ``plan.chunk_size`` of them); the lanes'
+    traces are ``lane_traces`` where given, else each configuration's workload.
+
     Lanes where ``constraint_ok`` is False get ``INFEASIBLE | INF_CONSTRAINT``. So do
     lanes with a ``reasons`` entry (an invalid combination of levels, see
     ``DesignSpace.expand``): they are not simulated (``stand_in``, a valid configuration
@@ -314,7 +431,12 @@ def batch_from_configs(cfgs: Sequence[Mapping], plan: Plan,
             raise ValueError("invalid configurations need a stand_in configuration")
         ok = ok & ~invalid
         cfgs = [stand_in if bad else c for c, bad in zip(cfgs, invalid, strict=True)]
-    trs = [traces.get(c) for c in cfgs] if plan.per_lane_workload else [traces.get(cfgs[0])]
+    if lane_traces is not None:
+        trs = list(lane_traces)
+    elif plan.per_lane_workload:
+        trs = [traces.get(c) for c in cfgs]
+    else:
+        trs = [traces.get(cfgs[0])]
     if not plan.per_lane_workload:
         first = json.dumps([cfgs[0]["workload"], cfgs[0]["seed"]], sort_keys=True, default=str)
         for c in cfgs[1:]:
@@ -386,19 +508,44 @@ def _shard(tree, plan: Plan):
 
 
 def simulate_chunk(plan: Plan, batch: Batch, max_iterations: int | None = None) -> dict:
-    """Simulate one chunk; returns metrics (name -> [B] numpy) with exact overflow re-runs."""
+    """Simulate one chunk; returns metrics (name -> [B] numpy) with exact overflow re-runs.
+
+    A chunk of configurations with replicas (``batch.fleet``) runs its B x P lanes, and
+    each configuration's metrics are computed over its replicas' requests
+    (``jaxsim.replicas``); ``slots`` is then the largest table of its replicas."""
+    if batch.fleet is None:
+        if max_iterations is None and any(c["max_iterations"] is not None
+                                          for c in batch.cfgs):
+            # the configurations' own budgets (the padding lanes copy the last one)
+            own = [c["max_iterations"] for c in batch.cfgs]
+            max_iterations = own + own[-1:] * (plan.chunk_size - len(own))
+        return _simulate_lanes(plan, batch, max_iterations)[0]
+    f = batch.fleet
+    P = plan.replicas
+    cfg_budget = [max_iterations if max_iterations is not None else c["max_iterations"]
+                  for c in batch.cfgs]
+    cfg_budget += cfg_budget[-1:] * (plan.chunk_size - len(cfg_budget))
+    budgets = [1 if f.budget_one[j] else cfg_budget[j // P] for j in range(plan.lanes)]
+    m, state = _simulate_lanes(plan.lane_plan(), batch, budgets, keep_state=True)
+    merged = replicas.merge_states(state, f.lanes, f.positions, plan.max_requests)
+    params = replicas.fleet_params(batch.params, f.lanes, f.num_replicas)
+    out = replicas.fleet_metrics(params, f.workload, merged)
+    out["slots"] = np.array([int(m["slots"][ls].max()) for ls in f.lanes], np.int32)
+    return out
+
+
+def _simulate_lanes(plan: Plan, batch: Batch, max_iterations, keep_state: bool = False):
+    """The lanes of a chunk, one per configuration of ``plan``: (metrics, final state
+    as numpy, with re-run lanes' per-request results and totals, when ``keep_state``)."""
     shape = SimShape(max_requests=plan.max_requests, max_slots=plan.slots,
                      chunk_iterations=plan.chunk_iterations, macro_iterations=DEFAULT_MACRO,
                      **batch.cache_kw)
     params = _shard(batch.params, plan)
     wl = _shard(batch.workload, plan) if plan.per_lane_workload else batch.workload
-    if max_iterations is None and any(c["max_iterations"] is not None for c in batch.cfgs):
-        # the configurations' own budgets (the padding lanes copy the last one)
-        own = [c["max_iterations"] for c in batch.cfgs]
-        max_iterations = own + own[-1:] * (plan.chunk_size - len(own))
     res = sim_mod.simulate_batch(shape, params, wl, max_iterations=max_iterations,
                                  auto_slots=False)
     metrics = {k: np.array(v) for k, v in res.metrics.items()}
+    state = jax.tree.map(np.array, res.state) if keep_state else None
     slots_used = np.full(plan.chunk_size, plan.slots, np.int32)
     ladder = plan.slot_ladder()
     for s_next in ladder[1:]:
@@ -420,9 +567,17 @@ def simulate_chunk(plan: Plan, batch: Batch, max_iterations: int | None = None) 
                                 else [max_iterations[i] for i in pad]))
             for k in metrics:
                 metrics[k][sel] = np.asarray(sub.metrics[k])[:sel.size]
+            if keep_state:
+                def put(a, b, sel=sel):
+                    b = np.asarray(b)
+                    if a.shape[1:] == b.shape[1:]:  # not the slot table (S changed)
+                        a[sel] = b[:sel.size]
+                    return a
+
+                state = jax.tree.map(put, state, sub.state)
             slots_used[sel] = s_next
     metrics["slots"] = slots_used
-    return metrics
+    return metrics, state
 
 
 def rows_from_chunk(space: DesignSpace, batch: Batch, metrics: Mapping) -> dict[str, list]:
