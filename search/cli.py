@@ -70,11 +70,13 @@ def cmd_sweep(args) -> int:
     done = len(runner.finished_chunks(args.out))
     n = res.plan.size
     # the devices a chunk runs on: each gets at least MIN_LANES_PER_DEVICE lanes
-    used = max(1, min(res.plan.num_devices, res.plan.chunk_size // MIN_LANES_PER_DEVICE))
+    used = max(1, min(res.plan.num_devices, res.plan.lanes // MIN_LANES_PER_DEVICE))
     where = ("on Ray workers" if args.ray else f"{used} device(s)")
     print(f"jaxsim sweep: {sp.name}: {len(res.chunks_run)} chunks run, "
           f"{len(res.chunks_skipped)} already done, {done}/{res.plan.num_chunks} finished "
-          f"({n:,} configurations, B={res.plan.chunk_size}, {where}); {res.wall_s:.1f} s; "
+          f"({n:,} configurations, B={res.plan.chunk_size}"
+          f"{f' of {res.plan.replicas} replica lanes each' if res.plan.replicas > 1 else ''}"
+          f", {where}); {res.wall_s:.1f} s; "
           f"{'' if args.ray else f'compiles {res.compiles}; '}results in {args.out}")
     return 0
 
