@@ -67,12 +67,8 @@ def prepare(
                 "one lane per configuration; a fleet of replicas runs through "
                 "jaxsim.api.run, jaxsim simulate or a sweep (jaxsim.replicas.split gives "
                 "each replica's trace, for one lane each)")
+    _check_trace(trace)
     per_lane = not isinstance(trace, Trace)
-    if per_lane and (isinstance(trace, str | bytes) or not isinstance(trace, Sequence)
-                     or not trace or not all(isinstance(t, Trace) for t in trace)):
-        raise TypeError(f"trace: {type(trace).__name__} {trace!r:.60} is not a Trace or a "
-                        "non-empty list of Traces (load a file or a bundled trace with "
-                        "jaxsim.traces.load(path, fmt) or jaxsim.traces.bundled(name))")
     caching = any(c["enable_prefix_caching"] for c in cfgs)
     T = 1 + max(len(c["tiers"]) for c in cfgs) if caching else 1
     all_traces = list(trace) if per_lane else [trace]
@@ -113,6 +109,15 @@ def prepare(
     shape = SimShape(max_requests=R, max_slots=max_slots, chunk_iterations=chunk_iterations,
                      macro_iterations=DEFAULT_MACRO, **cache_kw)
     return Prepared(shape, params, workload, info, cfgs)
+
+
+def _check_trace(trace) -> None:
+    if not isinstance(trace, Trace) and (
+            isinstance(trace, str | bytes) or not isinstance(trace, Sequence) or not trace
+            or not all(isinstance(t, Trace) for t in trace)):
+        raise TypeError(f"trace: {type(trace).__name__} {trace!r:.60} is not a Trace or a "
+                        "non-empty list of Traces (load a file or a bundled trace with "
+                        "jaxsim.traces.load(path, fmt) or jaxsim.traces.bundled(name))")
 
 
 def _check_count(name: str, v, none_ok: bool = True) -> None:
@@ -215,6 +220,7 @@ def _run_lanes(configs, trace, max_slots, chunk_iterations, max_iterations, auto
 
 def _run_fleet(cfgs: list[dict], trace, max_iterations, **kw) -> SimResult:
     """Configurations with replicas: one lane per replica, metrics over each fleet."""
+    _check_trace(trace)
     traces = [trace] * len(cfgs) if isinstance(trace, Trace) else list(trace)
     if len(traces) != len(cfgs):
         raise ValueError(f"{len(traces)} traces for {len(cfgs)} configurations; give "
@@ -224,11 +230,12 @@ def _run_fleet(cfgs: list[dict], trace, max_iterations, **kw) -> SimResult:
         raise ValueError(f"max_iterations: {len(max_iterations)} values for "
                              f"{len(cfgs)} configurations; give one, or one per "
                              "configuration")
-    lane_cfgs, lane_traces, lanes, positions, lane_limits = [], [], [], [], []
+    lane_cfgs, lane_traces, lanes, positions, lane_limits, ids = [], [], [], [], [], []
     for i, (c, t) in enumerate(zip(cfgs, traces, strict=True)):
         sp = replicas.split(t, c["num_replicas"], c["router"], c["seed"])
         lanes.append(np.arange(len(lane_cfgs), len(lane_cfgs) + len(sp.traces)))
         positions.append(sp.positions)
+        ids.append(np.asarray(sp.replica))
         lane_cfgs += [{**c, "num_replicas": 1}] * len(sp.traces)
         lane_traces += sp.traces
         lim = (max_iterations if max_iterations is None or np.ndim(max_iterations) == 0
@@ -244,16 +251,21 @@ def _run_fleet(cfgs: list[dict], trace, max_iterations, **kw) -> SimResult:
     metrics = replicas.fleet_metrics(params, wl, state)
     first = [int(ls[0]) for ls in lanes]
     info = {k: np.asarray(v)[first] for k, v in p.info.items()}
+    # the budgets the lanes ran with (each replica's own), as _run_lanes applied them
+    if max_iterations is None:
+        max_iterations = [c["max_iterations"] for c in lane_cfgs]
     limits = iteration_limits(max_iterations, p.workload, len(lane_cfgs))[first]
     out = SimResult(metrics=metrics, state=state, status=np.asarray(metrics["status"]),
                     iterations_run=res.iterations_run, wall_s=res.wall_s,
-                    per_replica=res, replica_lanes=lanes)
+                    per_replica=res, replica_lanes=lanes, replica_ids=ids)
 
     def explain(i: int) -> list[str]:
+        # a budget is per replica: name the iterations of the replica that ran most
+        m = {k: v[i] for k, v in metrics.items()}
+        m["iterations"] = int(np.max(res.metrics["iterations"][lanes[i]]))
         return config_mod.status_reasons(
             {**cfgs[i], "max_iterations": int(limits[i])}, int(out.status[i]),
-            {k: v[i] for k, v in info.items()}, traces[i].max_len(),
-            {k: v[i] for k, v in metrics.items()})
+            {k: v[i] for k, v in info.items()}, traces[i].max_len(), m)
 
     out.explain = explain
     return out

@@ -65,9 +65,13 @@ def cmd_simulate(args) -> int:
     out["scheduler"] = cfg["scheduler"]
     out["workload"] = trace.name
     out["num_requests"] = len(trace)
-    per_replica = ([int(res.per_replica.metrics["num_requests"][j])
-                    for j in res.replica_lanes[0]] if res.replica_lanes else [len(trace)])
-    out["requests_per_replica"] = per_replica + [0] * (cfg["num_replicas"] - len(per_replica))
+    per_replica = [0] * cfg["num_replicas"]
+    if res.replica_lanes:
+        for k, j in zip(res.replica_ids[0], res.replica_lanes[0], strict=True):
+            per_replica[int(k)] = int(res.per_replica.metrics["num_requests"][j])
+    else:
+        per_replica[0] = len(trace)
+    out["requests_per_replica"] = per_replica
     out["status_reasons"] = res.reasons(0)
     out["wall_s"] = res.wall_s
     names = ["hbm", *cfg["tiers"]]

@@ -32,8 +32,10 @@ ROUTERS = ("round_robin", "random")
 
 #: How each ``SimState`` field of the replicas becomes the fleet's: per-request arrays
 #: are put back in the whole trace's arrival order; counters and (hi, lo) sums add up;
-#: peaks take the largest; status bits are or-ed; the slot table and the prefix cache's
-#: table are one replica's internal state and keep replica 0's.
+#: peaks take the largest (the clock: the largest replica clock, each on its own share's
+#: time base, which starts at its first arrival; no metric reads it); status bits are
+#: or-ed; the slot table and the prefix cache's table are one replica's internal state
+#: and keep the first lane's. Counter sums saturate at 2**31 - 1 (int32).
 PER_REQUEST = ("ttft_s", "decode_s", "queue_s", "preemptions", "tokens_scheduled",
                "completed", "load_s")
 SUM_INT = ("ptr", "n_run", "n_act", "iterations", "steps", "tokens_total",
@@ -91,6 +93,7 @@ def split(trace: Trace, num_replicas: int, router: str, seed: int = 0) -> Split:
             continue
         sub = trace._take(order[p])
         sub.name = f"{trace.name} (replica {k} of {num_replicas})"
+        sub.whole_max_len = trace.max_len()  # max_model_len is the deployment's
         traces.append(sub)
         reps.append(k)
         pos.append(p)

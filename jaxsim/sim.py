@@ -268,7 +268,9 @@ class SimResult:
             the result of the lanes that simulated their replicas, and
             ``replica_lanes[i]`` the lanes of configuration ``i``; ``state`` then holds
             each configuration's merged per-request results and totals
-            (``jaxsim.replicas``), and its slot table and cache table are replica 0's.
+            (``jaxsim.replicas``), and its slot table and cache table are its first
+            lane's; ``replica_ids[i]`` the replica number of each of those lanes (a
+            replica the router sent nothing has no lane).
     """
 
     metrics: dict[str, np.ndarray]
@@ -281,6 +283,7 @@ class SimResult:
     explain: Callable[[int], list[str]] | None = dataclasses.field(default=None, repr=False)
     per_replica: SimResult | None = dataclasses.field(default=None, repr=False)
     replica_lanes: list[np.ndarray] | None = dataclasses.field(default=None, repr=False)
+    replica_ids: list[np.ndarray] | None = dataclasses.field(default=None, repr=False)
 
     def requests(self, i: int) -> dict[str, np.ndarray]:
         """Per-request results of lane ``i``, in arrival order (padding rows dropped)."""

@@ -134,6 +134,11 @@ class Trace:
             request's tokens ``[j*U, (j+1)*U)`` (prompt, then output). Requests with the
             same id at the same position share that KV. ``None``: no sharing.
         hash_block_tokens: U, tokens per hashed block (Mooncake: 512).
+        whole_max_len: for a share of a larger workload (a replica's,
+            ``jaxsim.replicas``), the longest request of the whole: every replica is
+            configured alike, so :meth:`max_len` (from which ``max_model_len`` and the
+            request-length checks derive) is the whole workload's. ``None``: this trace
+            is the whole workload.
     """
 
     arrival_s: np.ndarray
@@ -142,6 +147,7 @@ class Trace:
     name: str = "trace"
     hash_ids: list | None = None
     hash_block_tokens: int = DEFAULT_HASH_BLOCK_TOKENS
+    whole_max_len: int | None = None
 
     def __post_init__(self):
         self.arrival_s = _numbers(self.name, "arrival_s", self.arrival_s).astype(np.float64)
@@ -213,7 +219,7 @@ class Trace:
         return Trace(self.arrival_s[o] if arrival is None else arrival,
                      self.prompt_tokens[o], self.output_tokens[o], self.name,
                      None if self.hash_ids is None else [self.hash_ids[i] for i in o],
-                     self.hash_block_tokens)
+                     self.hash_block_tokens, self.whole_max_len)
 
     def head(self, n: int) -> Trace:
         """The first ``n`` requests in arrival order."""
@@ -256,8 +262,10 @@ class Trace:
         return max(len(h) for h in self.hash_ids)
 
     def max_len(self) -> int:
-        """Largest prompt + output length."""
-        return int(np.max(self.prompt_tokens + self.output_tokens))
+        """Largest prompt + output length (of the whole workload, for a share of one:
+        ``whole_max_len``)."""
+        own = int(np.max(self.prompt_tokens + self.output_tokens))
+        return own if self.whole_max_len is None else max(own, int(self.whole_max_len))
 
 
 def dense_hash_ids(trace: Trace, width: int | None = None) -> tuple[np.ndarray, int]:

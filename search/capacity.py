@@ -61,7 +61,8 @@ class CapacityResult:
         steady: ``span_s >= STEADY_LIFETIMES * e2e_mean_s`` at ``capacity_rps``; False
             where status is 2. Where it is False the trace ended before the run reached
             steady state and the capacity may be overstated: use more requests.
-        rounds, simulations: bisection rounds run and lane-simulations spent.
+        rounds, simulations: bisection rounds run and configurations simulated (each
+            of ``num_replicas`` lanes).
     """
 
     capacity_rps: np.ndarray

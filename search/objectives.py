@@ -117,8 +117,9 @@ def _gpus(table: Mapping) -> np.ndarray:
     """GPUs of each row's configuration: ``tp`` times ``num_replicas`` (results written
     before replicas existed have no such column: one replica)."""
     gpus = _col(table, "tp").astype(np.float64)
-    if "num_replicas" in table:
-        gpus = gpus * np.asarray(table["num_replicas"], np.float64)
+    if "num_replicas" in table:  # NaN in rows of chunks written before the column
+        r = np.asarray(table["num_replicas"], np.float64)
+        gpus = gpus * np.where(np.isfinite(r), r, 1.0)
     return gpus
 
 

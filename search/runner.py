@@ -71,7 +71,8 @@ class Plan:
 
     Attributes:
         size: configurations in the space.
-        chunk_size: B, lanes per compiled call (a multiple of the device count).
+        chunk_size: B, configurations per compiled call (a multiple of the device
+            count); a call runs ``B * replicas`` lanes.
         num_chunks: ceil(size / B).
         slots: S, initial slot-table rows.
         max_slots: largest slot table needed (twice the space's largest
@@ -526,7 +527,8 @@ def simulate_chunk(plan: Plan, batch: Batch, max_iterations: int | None = None) 
                   for c in batch.cfgs]
     cfg_budget += cfg_budget[-1:] * (plan.chunk_size - len(cfg_budget))
     budgets = [1 if f.budget_one[j] else cfg_budget[j // P] for j in range(plan.lanes)]
-    m, state = _simulate_lanes(plan.lane_plan(), batch, budgets, keep_state=True)
+    m, state = _simulate_lanes(plan.lane_plan(), batch, budgets, keep_state=True,
+                               ignore=f.budget_one)
     merged = replicas.merge_states(state, f.lanes, f.positions, plan.max_requests)
     params = replicas.fleet_params(batch.params, f.lanes, f.num_replicas)
     out = replicas.fleet_metrics(params, f.workload, merged)
@@ -534,9 +536,11 @@ def simulate_chunk(plan: Plan, batch: Batch, max_iterations: int | None = None) 
     return out
 
 
-def _simulate_lanes(plan: Plan, batch: Batch, max_iterations, keep_state: bool = False):
+def _simulate_lanes(plan: Plan, batch: Batch, max_iterations, keep_state: bool = False,
+                    ignore: np.ndarray | None = None):
     """The lanes of a chunk, one per configuration of ``plan``: (metrics, final state
-    as numpy, with re-run lanes' per-request results and totals, when ``keep_state``)."""
+    as numpy, with re-run lanes' per-request results and totals, when ``keep_state``).
+    Lanes where ``ignore`` is True are not re-run when their slot table overflows."""
     shape = SimShape(max_requests=plan.max_requests, max_slots=plan.slots,
                      chunk_iterations=plan.chunk_iterations, macro_iterations=DEFAULT_MACRO,
                      **batch.cache_kw)
@@ -550,6 +554,8 @@ def _simulate_lanes(plan: Plan, batch: Batch, max_iterations, keep_state: bool =
     ladder = plan.slot_ladder()
     for s_next in ladder[1:]:
         over = np.flatnonzero(metrics["status"].astype(np.int64) & st_bits.OVERFLOW_SLOTS)
+        if ignore is not None:
+            over = over[~ignore[over]]
         if over.size == 0:
             break
         sub_shape = dataclasses.replace(shape, max_slots=s_next)

@@ -9,6 +9,7 @@ computed over the whole trace by the reference's own metric code.
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -227,6 +228,9 @@ def test_replicas__sweep_rows_equal_api_run(tmp_path):
     assert fleets.sum() == 4 and set(df["slots"][df["max_num_seqs"] == 16]) == {16}
     gpus = objectives.derived({k: df[k].to_numpy() for k in df.columns}, "num_gpus")
     np.testing.assert_array_equal(gpus, np.where(fleets, 3.0, 1.0))
+    # rows of chunks written before the column existed (NaN after a resume) count one
+    old = {"tp": np.array([2, 2]), "num_replicas": np.array([np.nan, 3.0])}
+    np.testing.assert_array_equal(objectives.derived(old, "num_gpus"), [2.0, 6.0])
 
 
 @pytest.mark.slow  # about 30 s on 2 cores: runs in CI's slow step
@@ -248,3 +252,41 @@ def test_replicas__capacity_of_two_replicas():
     one, rand, rr = res.capacity_rps
     assert 1.7 <= rand / one <= 2.3, rand / one
     assert rr > 1.2 * rand
+
+
+def test_replicas__max_model_len_and_budgets_are_the_deployments():
+    """Every replica sizes max_model_len for the whole workload's longest request (the
+    replicas are configured alike): a fleet is infeasible on every replica, with the
+    one-lane reason and no partial metrics. A configuration's max_iterations bounds
+    each replica, and its reasons name the replica's iterations."""
+    n = 10
+    prompt = np.full(n, 80)
+    prompt[1] = 1900
+    tr = Trace(np.arange(n) * 0.1, prompt, np.full(n, 20))
+    cfg = {"max_num_seqs": 8, "num_gpu_blocks": 50}
+    one = api.run(cfg, tr).metrics["status"]
+    res = api.run({**cfg, "num_replicas": 2}, tr)
+    assert int(res.status[0]) == int(one[0]) and int(res.status[0]) & st_bits.INFEASIBLE
+    assert all(int(s) == int(one[0]) for s in res.per_replica.status)
+    assert res.metrics["completed"][0] == 0 and np.isnan(res.metrics["ttft_p50_s"][0])
+    assert any("max_model_len 1920" in r for r in res.reasons(0)), res.reasons(0)
+    ok = Trace(np.arange(n) * 0.1, np.full(n, 80), np.full(n, 20))
+    res = api.run({"max_num_seqs": 8, "max_iterations": 12, "num_replicas": 2}, ok)
+    assert all(int(i) == 12 for i in res.per_replica.metrics["iterations"])
+    assert int(res.metrics["iterations"][0]) == 24
+    why = " ".join(res.reasons(0))
+    assert "12 iterations" in why and "max_iterations 12" in why, why
+
+
+def test_replicas__requests_per_replica_in_the_command_line(capsys):
+    from jaxsim import cli
+
+    assert cli.main(["simulate", "--set", "num_replicas=3", "--set", "router=random",
+                     "--set", "workload.num_requests=5", "--set", "seed=1",
+                     "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    tr = config_mod.build_trace(config_mod.validate({"workload": {"num_requests": 5},
+                                                     "seed": 1}))
+    counts = np.bincount(replicas.assign(tr, 3, "random", 1), minlength=3)
+    assert out["requests_per_replica"] == counts.tolist()
+    assert out["num_gpus"] == 3 and out["completed"] == 5
