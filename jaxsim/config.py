@@ -195,7 +195,8 @@ def _gpu(key, v):
 #: the GPU's intra-node link (presets.json ``link_bw_gbs``, an 8-GPU NVSwitch figure);
 #: tensor parallelism across nodes is not modelled.
 MAX_TP = 8
-#: Data-parallel replicas of one configuration (each a lane of its own, §7).
+#: Data-parallel replicas of one configuration (each a lane of its own, §7); routers in
+#: ``jaxsim.replicas.ROUTERS``.
 MAX_REPLICAS = 1024
 
 

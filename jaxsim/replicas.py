@@ -7,7 +7,12 @@ rule that does not look at the replicas' load:
 - ``round_robin``: the j-th request in arrival order goes to replica ``j mod N`` (the
   vLLM production stack's and a Kubernetes Service's round robin);
 - ``random``: each request to a replica drawn uniformly, from the configuration's seed
-  (a random load balancer; a Poisson stream splits into N Poisson streams).
+  (a random load balancer; a Poisson stream splits into N Poisson streams);
+- ``prefix_hash``: the replica is a hash of the request's first block id (its first
+  ``hash_block_tokens`` tokens, ``Trace.hash_ids``), so requests that share a first block
+  (a system prompt, the turns of one conversation) go to the same replica and find their
+  prefix in its cache, as a consistent-hash or session-affinity router keyed by the
+  prompt's start does; requests without block ids go round robin among themselves.
 
 With a static router the replicas do not interact, so each replica is an ordinary lane
 with its share of the trace, and the configuration's metrics are computed over the
@@ -28,7 +33,7 @@ import numpy as np
 from jaxsim import metrics as metrics_mod
 from jaxsim.workload import Trace, Workload
 
-ROUTERS = ("round_robin", "random")
+ROUTERS = ("round_robin", "random", "prefix_hash")
 
 #: How each ``SimState`` field of the replicas becomes the fleet's: per-request arrays
 #: are put back in the whole trace's arrival order; counters and (hi, lo) sums add up;
@@ -62,7 +67,28 @@ def assign(trace: Trace, num_replicas: int, router: str, seed: int = 0) -> np.nd
         # a stream of its own: the trace's draws use the same seed
         rng = np.random.default_rng([int(seed), 0x5EED_D1CE])
         return rng.integers(0, num_replicas, size=n).astype(np.int64)
+    if router == "prefix_hash":
+        out = np.zeros(n, np.int64)
+        ids = trace.hash_ids
+        first = [None if ids is None or len(ids[i]) == 0 else int(ids[i][0])
+                 for i in trace.order()]
+        plain = np.array([f is None for f in first], bool)
+        out[plain] = np.arange(int(plain.sum())) % num_replicas
+        if not plain.all():
+            keys = np.array([f for f in first if f is not None], np.uint64)
+            out[~plain] = (_mix(keys) % np.uint64(num_replicas)).astype(np.int64)
+        return out
     raise ValueError(f"router: {router!r} is not one of {', '.join(ROUTERS)}")
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    """A 64-bit integer hash (the MurmurHash3 finaliser): neighbouring ids spread over
+    the replicas."""
+    x = np.asarray(x, np.uint64)
+    with np.errstate(over="ignore"):
+        x = (x ^ (x >> np.uint64(33))) * np.uint64(0xFF51AFD7ED558CCD)
+        x = (x ^ (x >> np.uint64(33))) * np.uint64(0xC4CEB9FE1A85EC53)
+        return x ^ (x >> np.uint64(33))
 
 
 @dataclasses.dataclass(frozen=True)

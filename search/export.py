@@ -186,7 +186,9 @@ def vllm_caveats(cfg: Mapping) -> list[str]:
     c = jconfig.validate(cfg)
     notes = []
     if c["num_replicas"] > 1:
-        lb = "round-robin" if c["router"] == "round_robin" else "random"
+        lb = {"round_robin": "round-robin", "random": "random",
+              "prefix_hash": "consistent-hash (keyed by the prompt's first block)"}[
+            c["router"]]
         notes.append(f"num_replicas {c['num_replicas']}: the command starts one replica; run "
                      f"{c['num_replicas']} of them ({c['tp']} GPU(s) each) behind a {lb} "
                      "load balancer (the vLLM production stack's router, vllm-router); "

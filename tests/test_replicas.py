@@ -109,7 +109,9 @@ def test_replicas__fleets_match_the_reference_per_replica():
     failures = []
     for i, (trace, cfg) in enumerate(cases):
         full = config_mod.validate(cfg)
-        if full["router"] == "round_robin":  # independently of jaxsim.replicas
+        if full["router"] != "random":  # independently of jaxsim.replicas (these traces
+            # have no block ids: prefix_hash is round robin on them)
+            assert trace.hash_ids is None
             assignment = np.arange(len(trace)) % full["num_replicas"]
         else:
             assignment = replicas.assign(trace, full["num_replicas"], "random", full["seed"])
@@ -290,3 +292,30 @@ def test_replicas__requests_per_replica_in_the_command_line(capsys):
     counts = np.bincount(replicas.assign(tr, 3, "random", 1), minlength=3)
     assert out["requests_per_replica"] == counts.tolist()
     assert out["num_gpus"] == 3 and out["completed"] == 5
+
+
+def test_replicas__prefix_hash_keeps_a_conversation_on_one_replica():
+    """prefix_hash routes by the first block id: every turn of a chat session (its
+    prompt starts with the session's first block) lands on one replica, requests without
+    block ids go round robin among themselves, and the fleet keeps the prefix-cache hit
+    rate that round robin loses."""
+    cfg = config_mod.validate({
+        "enable_prefix_caching": True, "max_num_seqs": 16,
+        "workload": {"kind": "sessions", "sessions": 12, "turns": 3, "rate": 2.0,
+                     "prompt_tokens": 1500, "new_tokens": 300, "output_tokens": 50,
+                     "think_time_s": 4.0}})
+    tr = config_mod.build_trace(cfg)
+    a = replicas.assign(tr, 3, "prefix_hash")
+    first = np.array([tr.hash_ids[i][0] for i in tr.order()])
+    for f in np.unique(first):  # one replica per session
+        assert len(set(a[first == f].tolist())) == 1
+    assert len(np.unique(first)) == 12 and len(set(a.tolist())) > 1
+    plain = Trace([0.0, 1.0, 2.0, 3.0], [5] * 4, [5] * 4,
+                  hash_ids=[[7], [], [7], []], hash_block_tokens=4)
+    got = replicas.assign(plain, 3, "prefix_hash")
+    assert got[0] == got[2] and got[1] == 0 and got[3] == 1  # the id-less ones: 0, 1
+    res = api.run([{**cfg, "num_replicas": 3, "router": r}
+                   for r in ("round_robin", "prefix_hash")] + [cfg], tr)
+    rr, ph, one = res.metrics["prefix_hit_rate"]
+    assert ph == pytest.approx(one, rel=1e-6) and ph > rr + 0.2, (rr, ph, one)
+    assert (res.status == 0).all()
