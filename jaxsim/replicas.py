@@ -18,7 +18,7 @@ With a static router the replicas do not interact, so each replica is an ordinar
 with its share of the trace, and the configuration's metrics are computed over the
 union of its replicas' requests by :func:`merge_states` (the same definitions as one
 lane's, ``jaxsim.metrics``). Routers that read the replicas' state (least loaded,
-prefix-cache aware) are not modelled.
+KV-cache aware, prefix-aware with a fallback to the least loaded) are not modelled.
 """
 
 from __future__ import annotations
