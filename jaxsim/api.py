@@ -227,9 +227,8 @@ def _run_fleet(cfgs: list[dict], trace, max_iterations, **kw) -> SimResult:
                          "one trace, or one per configuration")
     if (max_iterations is not None and np.ndim(max_iterations) != 0
             and len(max_iterations) != len(cfgs)):
-        raise ValueError(f"max_iterations: {len(max_iterations)} values for "
-                             f"{len(cfgs)} configurations; give one, or one per "
-                             "configuration")
+        raise ValueError(f"max_iterations: {len(max_iterations)} values for {len(cfgs)} "
+                         "configurations; give one, or one per configuration")
     lane_cfgs, lane_traces, lanes, positions, lane_limits, ids = [], [], [], [], [], []
     for i, (c, t) in enumerate(zip(cfgs, traces, strict=True)):
         sp = replicas.split(t, c["num_replicas"], c["router"], c["seed"])

@@ -202,7 +202,8 @@ def max_replicas(space: DesignSpace) -> int:
     out += [base] if isinstance(base, int | np.integer) else []
     for a in space.axes:
         if a.key == "num_replicas":
-            out += [int(v) for v in _levels(a) if isinstance(v, int | np.integer)]
+            out += [int(v) for v in _levels(a) if isinstance(v, int | float | np.number)
+                    and not isinstance(v, bool) and np.isfinite(v) and float(v).is_integer()]
     # a level above the limit is an invalid configuration, not a lane
     return min(max([1, *out]), config_mod.MAX_REPLICAS)
 
