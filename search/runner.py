@@ -356,7 +356,8 @@ def batch_from_configs(cfgs: Sequence[Mapping], plan: Plan,
     """
     if plan.replicas == 1:
         for i, c in enumerate(cfgs):
-            if c["num_replicas"] > 1:
+            valid = reasons is None or reasons[i] is None  # an invalid one is not run
+            if valid and c["num_replicas"] > 1:
                 raise ValueError(f"num_replicas: {c['num_replicas']} (configuration {i}): "
                                  "the plan has one lane per configuration; make the plan "
                                  "with replicas >= the largest num_replicas")
