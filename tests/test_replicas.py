@@ -153,6 +153,7 @@ def test_replicas__fleets_match_the_reference_per_replica():
     assert max(len(ls) for ls in res.replica_lanes) >= 4
 
 
+@pytest.mark.slow  # about 10 s on 2 cores: runs in CI's slow step
 def test_replicas__one_replica_is_the_plain_lane_and_merging_it_changes_nothing():
     tr = jaxsim.synthetic("poisson", 60, prompt_tokens=300, output_tokens=40, rate=30.0)
     cfg = {"max_num_seqs": 8, "num_gpu_blocks": 200}
@@ -165,6 +166,7 @@ def test_replicas__one_replica_is_the_plain_lane_and_merging_it_changes_nothing(
         assert (np.isnan(a) and np.isnan(b)) or abs(a - b) <= 1e-6 * abs(a) + 1e-9, k
 
 
+@pytest.mark.slow  # about 10 s on 2 cores: runs in CI's slow step
 def test_replicas__fleet_sums_and_peaks_and_tier_energy():
     cfg = {"enable_prefix_caching": True, "tiers": "ssd", "num_replicas": 3,
            "max_num_seqs": 8, "num_gpu_blocks": 300,
@@ -203,6 +205,7 @@ def test_replicas__bad_input_and_prepare():
         api.prepare({"num_replicas": 2}, tr)
 
 
+@pytest.mark.slow  # about 10 s on 2 cores: runs in CI's slow step
 def test_replicas__sweep_rows_equal_api_run(tmp_path):
     """A num_replicas axis in a sweep: P lanes per configuration (padding lanes stop at
     once), slot-table re-runs inside fleets, rows equal to jaxsim.api.run's; the per-GPU
@@ -294,17 +297,19 @@ def test_replicas__requests_per_replica_in_the_command_line(capsys):
     assert out["num_gpus"] == 3 and out["completed"] == 5
 
 
-def test_replicas__prefix_hash_keeps_a_conversation_on_one_replica():
-    """prefix_hash routes by the first block id: every turn of a chat session (its
-    prompt starts with the session's first block) lands on one replica, requests without
-    block ids go round robin among themselves, and the fleet keeps the prefix-cache hit
-    rate that round robin loses."""
-    cfg = config_mod.validate({
+def _sessions_config() -> dict:
+    return config_mod.validate({
         "enable_prefix_caching": True, "max_num_seqs": 16,
         "workload": {"kind": "sessions", "sessions": 12, "turns": 3, "rate": 2.0,
                      "prompt_tokens": 1500, "new_tokens": 300, "output_tokens": 50,
                      "think_time_s": 4.0}})
-    tr = config_mod.build_trace(cfg)
+
+
+def test_replicas__prefix_hash_keeps_a_conversation_on_one_replica():
+    """prefix_hash routes by the first block id: every turn of a chat session (its
+    prompt starts with the session's first block) lands on one replica; requests without
+    block ids go round robin among themselves."""
+    tr = config_mod.build_trace(_sessions_config())
     a = replicas.assign(tr, 3, "prefix_hash")
     first = np.array([tr.hash_ids[i][0] for i in tr.order()])
     for f in np.unique(first):  # one replica per session
@@ -314,6 +319,14 @@ def test_replicas__prefix_hash_keeps_a_conversation_on_one_replica():
                   hash_ids=[[7], [], [7], []], hash_block_tokens=4)
     got = replicas.assign(plain, 3, "prefix_hash")
     assert got[0] == got[2] and got[1] == 0 and got[3] == 1  # the id-less ones: 0, 1
+
+
+@pytest.mark.slow  # about 10 s on 2 cores: runs in CI's slow step
+def test_replicas__prefix_hash_keeps_the_hit_rate_round_robin_loses():
+    """With the prefix cache on, round robin spreads a conversation's turns over the
+    replicas and loses their cached prefixes; prefix_hash keeps one replica's hit rate."""
+    cfg = _sessions_config()
+    tr = config_mod.build_trace(cfg)
     res = api.run([{**cfg, "num_replicas": 3, "router": r}
                    for r in ("round_robin", "prefix_hash")] + [cfg], tr)
     rr, ph, one = res.metrics["prefix_hit_rate"]
