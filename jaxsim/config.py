@@ -76,6 +76,7 @@ DEFAULTS: dict[str, Any] = {
     "max_num_batched_tokens": 2048,
     "long_prefill_token_threshold": 0,
     "scheduler_reserve_full_isl": True,
+    "async_scheduling": False,
     "block_size": 16,
     "gpu_memory_utilization": 0.9,
     "num_gpu_blocks": None,
@@ -224,6 +225,7 @@ _TOP = {
     "max_num_batched_tokens": lambda k, v: _int(k, v, 1, 1 << 18),
     "long_prefill_token_threshold": lambda k, v: _int(k, v, 0, 1 << 24),
     "scheduler_reserve_full_isl": _bool,
+    "async_scheduling": _bool,
     "block_size": lambda k, v: _int(k, v, 1, 1 << 12),
     "gpu_memory_utilization": lambda k, v: _float(k, v, 0.0, 1.0, lo_open=True),
     "num_gpu_blocks": lambda k, v: _int(k, v, 1, 1 << 30, allow_none=True),
@@ -417,6 +419,9 @@ def validate(cfg: Mapping) -> dict:
     if out["scheduler"] == "v0" and out["enable_chunked_prefill"]:
         raise ConfigError("enable_chunked_prefill: true is not allowed with scheduler=v0 "
                           "(v0 is prefill-first without chunking); use scheduler=v1")
+    if out["scheduler"] == "v0" and out["async_scheduling"]:
+        raise ConfigError("async_scheduling: true is not allowed with scheduler=v0 "
+                          "(asynchronous scheduling is vLLM v1's); use scheduler=v1")
     w = out["workload"]
     if w["kind"] == "trace":
         if not w["path"]:
@@ -688,7 +693,7 @@ COLUMN_KEYS = (
     "kv_cache_dtype", "scheduler",
     "enable_chunked_prefill",
     "max_num_seqs", "max_num_batched_tokens", "long_prefill_token_threshold",
-    "scheduler_reserve_full_isl", "block_size",
+    "scheduler_reserve_full_isl", "async_scheduling", "block_size",
     "gpu_memory_utilization", "num_gpu_blocks", "watermark", "max_model_len",
     "activation_reserve_gb", "slo.ttft_s", "slo.tpot_s",
     "enable_prefix_caching", "tiers", "tier", "cache.recency_weight",
@@ -913,6 +918,7 @@ def params_from_columns(
             watermark_blocks=wm_blocks.astype(np.int64),
             max_model_len=mml.astype(np.int64),
             tp=tp.astype(np.int64),
+            async_scheduling=np.array([bool(x) for x in col("async_scheduling")], np.int32),
         ),
         cost=CostParams(theta=theta, smooth_p_log2=p_log2, shape_corr=shape_corr),
         ttft_slo_s=num("slo.ttft_s"),

@@ -151,6 +151,8 @@ PER_LAYER_OPS = (
     "residual_add", "activation", "rotary", "kv_write", "all_reduce",
 )
 PER_ITERATION_OPS = ("embedding", "final_norm", "lm_head", "sampling", "cpu")
+#: The per-iteration operators that run on the GPU (all but the CPU overheads).
+GPU_ONCE_OPS = PER_ITERATION_OPS[:-1]
 _LAYER_OPS_BUT_DECODE = tuple(o for o in PER_LAYER_OPS if o != "attn_decode")
 #: Binary digits of the token count used by the exact MoE expert-coverage term
 #: (tokens per iteration are validated to be < 2**18).
@@ -418,7 +420,7 @@ def op_times_dd(model, hw, tp, cost, f: BatchFeatures) -> dict[str, DD]:
     return op_times_from_consts(prepare(model, hw, tp, cost), f)
 
 
-def _total(k: CostConsts, t: dict[str, DD], tokens: Array) -> DD:
+def _total(k: CostConsts, t: dict[str, DD], tokens: Array, overlap=None) -> DD:
     """Iteration time from the operator times (any may carry a trailing series axis)."""
     def stack(names):
         xs = [t[n] for n in names]
@@ -429,27 +431,38 @@ def _total(k: CostConsts, t: dict[str, DD], tokens: Array) -> DD:
     # decode attention last: in an event-skipping run it alone varies with the context,
     # so the sum of the others can come from a table (decode_table)
     layer = _dd_sum(stack(_LAYER_OPS_BUT_DECODE))
-    return _combine(k, layer, t["attn_decode"], _dd_sum(stack(PER_ITERATION_OPS)), tokens)
+    return _combine(k, layer, t["attn_decode"], _dd_sum(stack(GPU_ONCE_OPS)), t["cpu"],
+                    tokens, overlap)
 
 
-def _combine(k: CostConsts, layer: DD, attn_decode: DD, once: DD, tokens: Array) -> DD:
-    total = dd.add(dd.mul_f(dd.add(layer, attn_decode), k.dims["L"]), once)
+def _combine(k: CostConsts, layer: DD, attn_decode: DD, once: DD, cpu: DD, tokens: Array,
+             overlap) -> DD:
+    """``G + C``, or ``max(G, C)`` where ``overlap`` (asynchronous scheduling, §2.10),
+    with ``G`` the GPU time (layers and the per-iteration GPU operators) and ``C`` the
+    CPU overheads."""
+    gpu = dd.add(dd.mul_f(dd.add(layer, attn_decode), k.dims["L"]), once)
+    total = dd.add(gpu, cpu)
+    if overlap is not None:
+        total = dd.where(overlap, dd.maximum(gpu, cpu), total)
     return dd.where(tokens > 0, total, dd.dd(jnp.zeros_like(total.hi)))
 
 
-def iteration_time_from_consts(k: CostConsts, f: BatchFeatures) -> DD:
-    """Seconds for one iteration with batch features ``f`` (0 when nothing is scheduled)."""
-    return _total(k, op_times_from_consts(k, f), f.tokens)
+def iteration_time_from_consts(k: CostConsts, f: BatchFeatures, overlap=None) -> DD:
+    """Seconds for one iteration with batch features ``f`` (0 when nothing is scheduled);
+    ``overlap`` (bool, default off): the iteration's CPU overheads overlap its GPU time
+    (asynchronous scheduling, docs/semantics.md §2.10)."""
+    return _total(k, op_times_from_consts(k, f), f.tokens, overlap)
 
 
 class DecodeTable(NamedTuple):
     """Per-lane sums of the operator times of a decode-only batch of ``n`` sequences, for
     ``n`` = 0 .. size - 1, without decode attention (the only operator that depends on
     the context): ``layer`` over the per-layer operators, ``once`` over the
-    per-iteration ones (DD, ``[size]`` each)."""
+    per-iteration GPU ones, ``cpu`` the CPU overheads (DD, ``[size]`` each)."""
 
     layer: DD
     once: DD
+    cpu: DD
 
 
 def decode_only(n: Array, kv_tokens: DD) -> BatchFeatures:
@@ -466,21 +479,24 @@ def decode_table(k: CostConsts, size: int) -> DecodeTable:
     def one(n):
         t = op_times_from_consts(k, decode_only(n, dd.dd(jnp.float32(0.0))))
         return (_dd_sum(_stack([t[o] for o in _LAYER_OPS_BUT_DECODE])),
-                _dd_sum(_stack([t[o] for o in PER_ITERATION_OPS])))
+                _dd_sum(_stack([t[o] for o in GPU_ONCE_OPS])), t["cpu"])
 
-    layer, once = jax.vmap(one)(jnp.arange(size, dtype=jnp.int32))
-    return DecodeTable(layer=layer, once=once)
+    layer, once, cpu = jax.vmap(one)(jnp.arange(size, dtype=jnp.int32))
+    return DecodeTable(layer=layer, once=once, cpu=cpu)
 
 
-def decode_series_times(k: CostConsts, table: DecodeTable, n: Array, kv_tokens: DD) -> DD:
+def decode_series_times(k: CostConsts, table: DecodeTable, n: Array, kv_tokens: DD,
+                        overlap=None) -> DD:
     """Times of decode-only iterations of ``n[j]`` sequences whose contexts sum to
     ``kv_tokens[j]`` (shapes ``[m]``; ``0 <= n < table size``): the iterations an
     event-skipping macro-step advances, as their context grows and requests finish.
     Element ``j`` equals ``iteration_time_from_consts`` of ``decode_only(n[j],
-    kv_tokens[j])`` (the same operations, the context-free sums from ``table``)."""
+    kv_tokens[j])`` with the same ``overlap`` (the same operations, the context-free
+    sums from ``table``)."""
     layer = DD(table.layer.hi[n], table.layer.lo[n])
     once = DD(table.once.hi[n], table.once.lo[n])
-    return _combine(k, layer, decode_attention_time(k, n, kv_tokens), once, n)
+    cpu = DD(table.cpu.hi[n], table.cpu.lo[n])
+    return _combine(k, layer, decode_attention_time(k, n, kv_tokens), once, cpu, n, overlap)
 
 
 def iteration_time_dd(model, hw, tp, cost, f: BatchFeatures) -> DD:

@@ -267,6 +267,10 @@ class SchedulerParams(eqx.Module):
         watermark_blocks: free blocks an admission must leave.
         max_model_len: longest prompt + output allowed.
         tp: tensor-parallel degree.
+        async_scheduling: 1 = the next batch is formed while the current one runs (vLLM
+            v1's ``--async-scheduling``, on by default from vLLM 0.14): a request that
+            arrives during an iteration joins the batch after next, and an iteration's
+            CPU overheads overlap its GPU time (docs/semantics.md §2.10). v1 only.
     """
 
     mode: Int[Array, ""] = eqx.field(converter=as_i32)
@@ -280,6 +284,7 @@ class SchedulerParams(eqx.Module):
     watermark_blocks: Int[Array, ""] = eqx.field(converter=as_i32)
     max_model_len: Int[Array, ""] = eqx.field(converter=as_i32)
     tp: Int[Array, ""] = eqx.field(converter=as_i32)
+    async_scheduling: Int[Array, ""] = eqx.field(converter=as_i32)
 
 
 class CacheParams(eqx.Module):

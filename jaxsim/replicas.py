@@ -48,7 +48,7 @@ SUM_INT = ("ptr", "n_run", "n_act", "iterations", "steps", "tokens_total",
            "prefetched_total")
 SUM_DD = ("busy", "kv_used_s", "adm_tok", "xfer_exposed", "xfer_hidden", "hit_tok", "read",
           "write")
-MAX = ("clock", "kv_peak_blocks", "peak_entries", "iter_limit")
+MAX = ("clock", "start", "kv_peak_blocks", "peak_entries", "iter_limit")
 OR = ("status",)
 FIRST = ("slot_req", "slot_prompt", "slot_output", "slot_computed", "slot_generated",
          "slot_preemptions", "slot_tokens", "slot_arrival_hi", "slot_arrival_lo",
@@ -161,10 +161,10 @@ def merge_states(state, lanes: Sequence[Sequence[int]], positions: Sequence[Sequ
             new[f + "_hi"] = tot.astype(np.float32)
             new[f + "_lo"] = (tot - new[f + "_hi"].astype(np.float64)).astype(np.float32)
         for f in MAX:
-            if f == "clock":
-                c = host.clock_hi[ls].astype(np.float64) + host.clock_lo[ls]
-                j = ls[int(np.argmax(c))]
-                new["clock_hi"], new["clock_lo"] = host.clock_hi[j], host.clock_lo[j]
+            if f in ("clock", "start"):
+                hi, lo = getattr(host, f + "_hi"), getattr(host, f + "_lo")
+                j = ls[int(np.argmax(hi[ls].astype(np.float64) + lo[ls]))]
+                new[f + "_hi"], new[f + "_lo"] = hi[j], lo[j]
             else:
                 new[f] = np.max(getattr(host, f)[ls], axis=0)
         new["status"] = np.bitwise_or.reduce(host.status[ls], axis=0)

@@ -28,6 +28,8 @@ class SimState(eqx.Module):
 
     Attributes:
         clock_hi, clock_lo: ``f32[]`` simulated time (hi + lo), seconds.
+        start_hi, start_lo: ``f32[]`` start time of the latest iteration (with
+            asynchronous scheduling, the next batch sees the arrivals up to it, §2.10).
         ptr: ``i32[]`` first never-admitted request (arrival order).
         n_run: ``i32[]`` running requests.
         n_act: ``i32[]`` running + preempted requests (occupied slots).
@@ -77,6 +79,8 @@ class SimState(eqx.Module):
     # evolving state
     clock_hi: Float[Array, ""] = eqx.field(converter=as_f32)
     clock_lo: Float[Array, ""] = eqx.field(converter=as_f32)
+    start_hi: Float[Array, ""] = eqx.field(converter=as_f32)
+    start_lo: Float[Array, ""] = eqx.field(converter=as_f32)
     ptr: Int[Array, ""] = eqx.field(converter=as_i32)
     n_run: Int[Array, ""] = eqx.field(converter=as_i32)
     n_act: Int[Array, ""] = eqx.field(converter=as_i32)
@@ -161,6 +165,8 @@ def init_state(
     return SimState(
         clock_hi=0.0,
         clock_lo=0.0,
+        start_hi=0.0,
+        start_lo=0.0,
         ptr=0,
         n_run=0,
         n_act=0,

@@ -182,7 +182,12 @@ def _decode_run(shape: SimShape, params: SimParams, wl: Workload, st: SimState,
     h_ok = h_budget & h_blocks & (n < sp.max_num_seqs)
     a_hi_t, a_lo_t = wl.arrival_hi[p_c], wl.arrival_lo[p_c]
     trace_head = st.ptr < nreq
-    ready0 = has_pre | (trace_head & dd_le(a_hi_t, a_lo_t, st.clock_hi, st.clock_lo))
+    # §2.10: with asynchronous scheduling every iteration of a run is overlapped; its
+    # batch sees the arrivals up to the start of the iteration before it
+    async_on = (sp.async_scheduling != 0) & ~is_v0
+    seen0_hi = jnp.where(async_on, st.start_hi, st.clock_hi)
+    seen0_lo = jnp.where(async_on, st.start_lo, st.clock_lo)
+    ready0 = has_pre | (trace_head & dd_le(a_hi_t, a_lo_t, seen0_hi, seen0_lo))
     cache_on = shape.cache_entries > 0
     # With the prefix cache a request that arrives during the run may come first in the
     # §5.8 walk, so a blocked head does not keep the run going past an arrival.
@@ -191,7 +196,7 @@ def _decode_run(shape: SimShape, params: SimParams, wl: Workload, st: SimState,
     # Iteration times as the decode context grows by one token per running request.
     kd = ddm.add_f(ddm.add(ddm.mul_f(costmodel.int_to_dd(a_hi), f32(4096.0)),
                            costmodel.int_to_dd(a_lo)), (j * n_j).astype(f32))
-    dts = costmodel.decode_series_times(consts, dtab, n_j, kd)
+    dts = costmodel.decode_series_times(consts, dtab, n_j, kd, async_on)
     # a negative time (a hand-built negative bandwidth or FLOP/s) halts the lane as NaN does
     finite = jnp.isfinite(dts.hi) & jnp.isfinite(dts.lo) & (dts.hi >= 0)
 
@@ -216,7 +221,13 @@ def _decode_run(shape: SimShape, params: SimParams, wl: Workload, st: SimState,
     # [KC + 1] each: the clock, busy time and KV integral after j iterations
     (clk_hi, clk_lo, bsy_hi, bsy_lo, kvs_hi, kvs_lo) = (
         jnp.concatenate([x0[None], xs]) for x0, xs in zip(init, series, strict=True))
-    arrived = trace_head & dd_le(a_hi_t, a_lo_t, clk_hi[:KC], clk_lo[:KC])
+    # the time up to which iteration j's batch sees arrivals: its start, or (§2.10) the
+    # start of the iteration before it
+    vis_hi = jnp.where(async_on, jnp.concatenate([st.start_hi[None], clk_hi[:KC - 1]]),
+                       clk_hi[:KC])
+    vis_lo = jnp.where(async_on, jnp.concatenate([st.start_lo[None], clk_lo[:KC - 1]]),
+                       clk_lo[:KC])
+    arrived = trace_head & dd_le(a_hi_t, a_lo_t, vis_hi, vis_lo)
 
     eligible = (active & (n >= 1) & (n < S) & (n <= sp.max_num_batched_tokens)
                 & jnp.all(decoding | ~running))
@@ -252,11 +263,14 @@ def _decode_run(shape: SimShape, params: SimParams, wl: Workload, st: SimState,
     adv = jnp.where(running, jnp.minimum(k, left), 0)
     ghost = running & (left <= k) & (k > 0)
     st = eqx.tree_at(
-        lambda s: (s.clock_hi, s.clock_lo, s.busy_hi, s.busy_lo, s.kv_used_s_hi,
-                   s.kv_used_s_lo, s.kv_peak_blocks, s.slot_computed, s.slot_generated,
-                   s.slot_tokens, s.tokens_total, s.iterations),
+        lambda s: (s.clock_hi, s.clock_lo, s.start_hi, s.start_lo, s.busy_hi, s.busy_lo,
+                   s.kv_used_s_hi, s.kv_used_s_lo, s.kv_peak_blocks, s.slot_computed,
+                   s.slot_generated, s.slot_tokens, s.tokens_total, s.iterations),
         st,
-        (clk_hi[k], clk_lo[k], bsy_hi[k], bsy_lo[k], kvs_hi[k], kvs_lo[k],
+        (clk_hi[k], clk_lo[k],
+         jnp.where(k > 0, clk_hi[jnp.maximum(k - 1, 0)], st.start_hi),
+         jnp.where(k > 0, clk_lo[jnp.maximum(k - 1, 0)], st.start_lo),
+         bsy_hi[k], bsy_lo[k], kvs_hi[k], kvs_lo[k],
          jnp.maximum(st.kv_peak_blocks, jnp.max(jnp.where(j < k, used, 0))),
          c + adv, g + adv, st.slot_tokens + adv,
          st.tokens_total + jnp.sum(adv, dtype=i32), st.iterations + k),
@@ -331,6 +345,13 @@ def step(
     )
     clock_hi = jnp.where(idle, nxt_hi, st.clock_hi)
     clock_lo = jnp.where(idle, nxt_lo, st.clock_lo)
+    # §2.10: with asynchronous scheduling an iteration with requests running at its start
+    # is overlapped: its batch sees the arrivals up to the previous iteration's start
+    # (``seen``) and its CPU overheads overlap its GPU time
+    overlapped = ((sp.async_scheduling != 0) & (sp.mode != MODE_V0)
+                  & (st.n_run - n_ghost > 0))
+    seen_hi = jnp.where(overlapped, st.start_hi, clock_hi)
+    seen_lo = jnp.where(overlapped, st.start_lo, clock_lo)
 
     # ---- load the trace window into the free rows [n_act, S) -------------------------
     window = row >= st.n_act
@@ -339,7 +360,7 @@ def step(
     t_c = jnp.clip(t_idx, 0, R - 1)
     w_arr_hi = wl.arrival_hi[t_c]
     w_arr_lo = wl.arrival_lo[t_c]
-    arrived = t_in & dd_le(w_arr_hi, w_arr_lo, clock_hi, clock_lo)
+    arrived = t_in & dd_le(w_arr_hi, w_arr_lo, seen_hi, seen_lo)
     prompt = jnp.where(window, wl.prompt_tokens[t_c], st.slot_prompt)
     output = jnp.where(window, wl.output_tokens[t_c], st.slot_output)
     computed = jnp.where(window, 0, st.slot_computed)
@@ -469,7 +490,7 @@ def step(
         & (n_admit == S - st.n_run)
         & (n_pre <= n_admit)
         & (q_idx < nreq)
-        & dd_le(wl.arrival_hi[q_c], wl.arrival_lo[q_c], clock_hi, clock_lo)
+        & dd_le(wl.arrival_hi[q_c], wl.arrival_lo[q_c], seen_hi, seen_lo)
         & jnp.where(chunked, b_left > 0, q_want <= b_left)
         & (free_left - jnp.where(full_isl, _ceil_div(q_prompt, bs), _ceil_div(q_hit + q_got, bs))
            >= sp.watermark_blocks)
@@ -485,7 +506,7 @@ def step(
         q_ok = q_ok | (
             enabled & (w_adm > 0) & (S - st.n_run < params.cache.admission_window)
             & (st.n_run < sp.max_num_seqs) & (u_idx < nreq)
-            & dd_le(wl.arrival_hi[u_c], wl.arrival_lo[u_c], clock_hi, clock_lo))
+            & dd_le(wl.arrival_hi[u_c], wl.arrival_lo[u_c], seen_hi, seen_lo))
 
     # ---- 5. iteration time ------------------------------------------------------------
     if cache_on:  # §5.10 swap-out of victims (in pop order, while they fit) and swap-in
@@ -522,7 +543,7 @@ def step(
         num_decodes=jnp.sum(is_dec, dtype=i32),
         decode_kv_tokens=_exact_dot(is_dec.astype(i32), computed + 1),
     )
-    dt_dd = costmodel.iteration_time_from_consts(consts, feats)
+    dt_dd = costmodel.iteration_time_from_consts(consts, feats, overlapped)
 
     # ---- 7a. retire (counts; times are stamped after the clock advances) --------------
     q_prev = jnp.where(window, -1.0, st.slot_queue_s)  # < 0: never admitted yet
@@ -675,6 +696,8 @@ def step(
     return SimState(
         clock_hi=end_hi,
         clock_lo=end_lo,
+        start_hi=jnp.where(feats.tokens > 0, clock_hi, st.start_hi),
+        start_lo=jnp.where(feats.tokens > 0, clock_lo, st.start_lo),
         ptr=st.ptr + new_trace,
         n_run=n_run1 - n_fin_run,
         n_act=n_act1 - n_fin,

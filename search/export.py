@@ -29,6 +29,8 @@ What maps to what (jaxsim key -> ``EngineArgs`` field):
   offloading).
 * ``watermark`` in scheduler v1 -> ``watermark`` (only when > 0; vLLM releases from June
   2026 have it, default 0).
+* ``async_scheduling`` in scheduler v1 -> ``async_scheduling``, always written (the
+  default flipped to on in vLLM 0.14; jaxsim's is off).
 * ``scheduler`` v1 -> nothing (vLLM's default engine); v0 -> the environment variable
   ``VLLM_USE_V1=0``, which only vLLM releases before 0.11 honour (the V0 engine has since
   been removed), with chunked prefill off; ``preemption_mode`` swap in v0 ->
@@ -323,6 +325,9 @@ def vllm_engine_args(cfg: Mapping) -> dict[str, object]:
         args["scheduler_reserve_full_isl"] = False  # on in vLLM since March 2026
     if c["scheduler"] == "v1" and c["watermark"]:
         args["watermark"] = c["watermark"]  # in vLLM since June 2026, default 0
+    if c["scheduler"] == "v1":
+        # always explicit: on by default from vLLM 0.14, off before
+        args["async_scheduling"] = bool(c["async_scheduling"])
     return args
 
 

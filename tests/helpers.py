@@ -62,6 +62,7 @@ def oracle_config(params: P.SimParams) -> dict:
     cfg["mode"] = "v0" if int(sp.mode) == 1 else "v1"
     cfg["enable_chunked_prefill"] = bool(int(sp.enable_chunked_prefill))
     cfg["reserve_full_isl"] = bool(int(sp.reserve_full_isl))
+    cfg["async_scheduling"] = bool(int(sp.async_scheduling))
     for k in MODEL_FIELDS:
         v = float(getattr(params.model, k))
         cfg[k] = v if k.startswith("bytes_per") else int(v)

@@ -91,6 +91,10 @@ def random_case(rng: np.random.Generator) -> tuple[Trace, dict]:
     fp8 = np.random.default_rng([int(prompt.sum()), int(output.sum()), n, 8]).random() < 0.3
     if fp8:
         cfg["dtype"] = "fp8"
+    # §2.10 asynchronous scheduling (v1), from a generator of its own as well
+    if sched == "v1" and np.random.default_rng(
+            [int(prompt.sum()), int(output.sum()), n, 10]).random() < 0.4:
+        cfg["async_scheduling"] = True
     return trace, cfg
 
 
@@ -219,6 +223,11 @@ def test_oracle__random_lanes_match():
     weight_only = sum(c.get("dtype") == "fp8" and c["gpu"] == "A100-80GB" and not r["infeasible"]
                       for (_, c), r in zip(cases, refs, strict=True))
     assert weight_only >= 5, weight_only
+    # asynchronous scheduling (§2.10) on feasible lanes where requests arrive while
+    # others run (not all at once)
+    asy = sum(c.get("async_scheduling", False) and not r["infeasible"]
+              and np.ptp(t.arrival_s) > 0 for (t, c), r in zip(cases, refs, strict=True))
+    assert asy >= 30, asy
     # Event skipping (docs/semantics.md §6, on in the default shape) took part: most
     # lanes advanced some decode-only iterations in macro-steps.
     steps, iters = res.metrics["steps"], res.metrics["iterations"]

@@ -24,14 +24,16 @@ from tests.helpers import lane_params, oracle_config, oracle_workload
 from tests.reference.event_sim import lane_metrics, simulate_reference
 from tests.test_against_reference import random_case
 
+DD_MAX = ("clock", "start")  # (hi, lo) pairs merged by the larger value
+
 
 def test_replicas__every_state_field_has_one_merge_rule():
     fields = [f.name for f in dataclasses.fields(SimState)]
     ruled = (list(replicas.PER_REQUEST) + list(replicas.SUM_INT) + list(replicas.OR)
              + list(replicas.FIRST)
              + [f"{b}_{s}" for b in replicas.SUM_DD for s in ("hi", "lo")]
-             + [f"{b}_{s}" if b == "clock" else b for b in replicas.MAX
-                for s in (("hi", "lo") if b == "clock" else ("",))])
+             + [f"{b}_{s}" if b in DD_MAX else b for b in replicas.MAX
+                for s in (("hi", "lo") if b in DD_MAX else ("",))])
     assert sorted(ruled) == sorted(fields)
 
 

@@ -21,6 +21,7 @@ DEFAULT_ARGV = [
     "--max-num-seqs", "256",
     "--max-num-batched-tokens", "2048",
     "--enable-chunked-prefill",
+    "--no-async-scheduling",
 ]
 
 TIER_KEYS = ("tiers", "tier", "enable_prefix_caching")
@@ -56,11 +57,12 @@ def test_export__default_config():
         "max_num_seqs": 256,
         "max_num_batched_tokens": 2048,
         "enable_chunked_prefill": True,
+        "async_scheduling": False,
     }
     assert list(args) == [
         "model", "dtype", "tensor_parallel_size", "block_size", "gpu_memory_utilization",
         "kv_cache_dtype", "enable_prefix_caching", "max_num_seqs", "max_num_batched_tokens",
-        "enable_chunked_prefill",
+        "enable_chunked_prefill", "async_scheduling",
     ]
     cmd = export.vllm_serve_command({})
     assert cmd == " ".join(DEFAULT_ARGV)
@@ -114,11 +116,15 @@ def test_export__max_model_len_where_the_context_does_not_fit():
         ({"model": "qwen3-32b"}, {"model": "Qwen/Qwen3-32B", "max_model_len": 768}, ()),
         ({"model": "Mixtral-8x7B"}, {"model": "mistralai/Mixtral-8x7B-Instruct-v0.1",
                                     "max_model_len": 768}, ()),
-        ({"scheduler": "v0"}, {"enable_chunked_prefill": False, "max_model_len": 768}, ()),
+        # v0 (no asynchronous scheduling in vLLM's V0 engine): no async_scheduling flag
+        ({"scheduler": "v0"}, {"enable_chunked_prefill": False, "max_model_len": 768},
+         ("async_scheduling",)),
+        ({"async_scheduling": True}, {"async_scheduling": True}, ()),
         # keys with no engine argument change nothing
         ({"watermark": 0.05}, {"watermark": 0.05}, ()),
         ({"scheduler": "v0", "watermark": 0.05}, {"enable_chunked_prefill": False,
-                                                 "max_model_len": 768}, ("watermark",)),
+                                                 "max_model_len": 768},
+         ("watermark", "async_scheduling")),
         ({"gpu": "A100-80GB", "seed": 7, "activation_reserve_gb": 2.0,
           "max_slots": 8, "max_iterations": 100, "cost_preset": "uncalibrated",
           "slo": {"ttft_s": 2.0}, "workload": {"rate": 3.0}}, {}, ()),
@@ -132,7 +138,7 @@ def test_export__knob_maps_to_engine_arg(cfg, expected, absent):
     for k in absent:
         assert k not in args, k
     changed = {k for k in args.keys() | base.keys() if args.get(k) != base.get(k)}
-    assert changed <= set(expected), changed
+    assert changed <= set(expected) | set(absent), changed
     argv = export.vllm_argv(cfg)
     assert parse_like_vllm(argv, args) == args
     env = [f"{k}={v}" for k, v in export.vllm_env(cfg).items()]
@@ -206,6 +212,7 @@ def test_export__command_round_trips_through_shlex():
         "--max-num-batched-tokens", "16384",
         "--enable-chunked-prefill",
         "--long-prefill-token-threshold", "1024",
+        "--no-async-scheduling",
     ]
     cmd = export.vllm_serve_command(cfg, model_id=model_id)
     assert shlex.split(cmd) == expected == export.vllm_argv(cfg, model_id)

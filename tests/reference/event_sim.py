@@ -110,7 +110,8 @@ PREFIX_CONFIG_DEFAULTS: dict[str, Any] = {
     "prefetch": False,
 }
 OPTIONAL_CONFIG_KEYS: tuple[str, ...] = (*PREFIX_CONFIG_DEFAULTS, "shape_corr",
-                                          "reserve_full_isl", "peak_flops_16bit",
+                                          "reserve_full_isl", "async_scheduling",
+                                          "peak_flops_16bit",
                                           "bytes_per_lm_head_weight")
 _TIER_LIST_KEYS: tuple[str, ...] = (
     "tier_capacity_blocks",
@@ -242,6 +243,12 @@ def validate_config(config: Mapping[str, Any]) -> dict[str, Any]:
             isinstance(full, (int, np.integer)) and full in (0, 1))):
         raise ValueError(f"config['reserve_full_isl'] must be a bool (or 0/1), got {full!r}")
     cfg["reserve_full_isl"] = bool(full)
+    # §2.10 asynchronous scheduling (mode v1 only): a bool or 0/1, off when absent
+    asy = config.get("async_scheduling", False)
+    if not (isinstance(asy, (bool, np.bool_)) or (
+            isinstance(asy, (int, np.integer)) and asy in (0, 1))):
+        raise ValueError(f"config['async_scheduling'] must be a bool (or 0/1), got {asy!r}")
+    cfg["async_scheduling"] = bool(asy)
     return cfg
 
 
@@ -524,8 +531,10 @@ class CostModel:
         Kp: int,
         D: int,
         Kd: int,
+        overlap: bool = False,
     ) -> float:
-        """Iteration time ``dt`` from the batch features of §3.
+        """Iteration time ``dt`` from the batch features of §3 (``overlap``: §2.10's
+        ``max(G, C)`` instead of ``G + C``).
 
         Args:
             T: all scheduled tokens.
@@ -599,15 +608,10 @@ class CostModel:
         bw_lm = cfg["bytes_per_lm_head_weight"]
         lmhead = self.gemm("lm_head", float(ns), h, V_g, bw_lm * h * V_g)
         sample = mem("sampling", 4.0 * ns * self.V) if ns > 0 else 0.0
-        return (
-            self.L * layer
-            + embed
-            + fnorm
-            + lmhead
-            + sample
-            + cfg["cpu_iter_s"]
-            + cfg["cpu_seq_s"] * n
-        )
+        gpu = self.L * layer + embed + fnorm + lmhead + sample
+        cpu = cfg["cpu_iter_s"] + cfg["cpu_seq_s"] * n
+        # §2.10: an overlapped iteration's CPU overheads run alongside its GPU work
+        return max(gpu, cpu) if overlap else gpu + cpu
 
     def prefill_time_no_sample(self, x: int) -> float:
         """``C(x)`` of §5.3: one prefill request with ``c = 0``, ``q = x``, ``ns = 0``.
@@ -617,8 +621,10 @@ class CostModel:
         """
         return self.time(x, 1, 0, x, x * (0 + (x + 1) / 2.0), x, 0, 0)
 
-    def batch_time(self, batch: Sequence[tuple[int, int, int, int]]) -> float:
-        """Iteration time of a batch of ``(q, c, n_known, g)`` tuples (see §3)."""
+    def batch_time(self, batch: Sequence[tuple[int, int, int, int]],
+                   overlap: bool = False) -> float:
+        """Iteration time of a batch of ``(q, c, n_known, g)`` tuples (see §3; §2.10
+        with ``overlap``)."""
         T = n = ns = Tp = Kp = D = Kd = 0
         Ap = 0.0
         for q, c, n_known, g in batch:
@@ -634,7 +640,7 @@ class CostModel:
                 Tp += q
                 Ap += q * (c + (q + 1) / 2.0)
                 Kp += c + q
-        return self.time(T, n, ns, Tp, Ap, Kp, D, Kd)
+        return self.time(T, n, ns, Tp, Ap, Kp, D, Kd, overlap)
 
 
 def iteration_time(
@@ -1282,6 +1288,8 @@ def simulate_reference(
     # §2.3 rule 4: admission may need the whole known sequence's blocks free
     # (scheduler_reserve_full_isl), not only those of the tokens scheduled now
     full_isl = cfg["reserve_full_isl"] and mode == "v1"
+    # §2.10: asynchronous scheduling (v1 only)
+    async_sched = cfg["async_scheduling"] and mode == "v1"
     bs = cfg["block_size"]
     num_blocks = cfg["num_gpu_blocks"]
     watermark = cfg["watermark_blocks"]
@@ -1356,13 +1364,20 @@ def simulate_reference(
     next_new = 0
     num_finished = 0
     clock = 0.0
+    last_start = 0.0  # §2.10: the start of the latest iteration
 
     while not infeasible:
         # §2.9: done when every request has finished.
         if num_finished == R:
             break
-        # §2.1 arrivals: never-admitted requests with arrival_s <= clock join.
-        while next_new < R and arr[next_new] <= clock:
+        # §2.10: with requests running at its start, an iteration under asynchronous
+        # scheduling is overlapped: its batch was formed when the previous iteration
+        # started, so it sees the arrivals up to that start.
+        overlapped = async_sched and bool(running)
+        seen = last_start if overlapped else clock
+        # §2.1 arrivals: never-admitted requests with arrival_s <= clock (§2.10: seen)
+        # join.
+        while next_new < R and arr[next_new] <= seen:
             waiting.append(next_new)
             next_new += 1
         # §2.9 iteration budget. (Checked before the idle jump; the final clock is
@@ -1564,7 +1579,8 @@ def simulate_reference(
             raise RuntimeError("reference simulator scheduled an empty iteration")
 
         # §2.5 iteration time (of the computation, `dtc` in §5.6).
-        dtc = cost.batch_time([(q, c0, nk, g0) for (_, q, c0, nk, g0) in sched])
+        dtc = cost.batch_time([(q, c0, nk, g0) for (_, q, c0, nk, g0) in sched],
+                              overlapped)
         # §2.8: used blocks after scheduling, before retirement.
         used = num_blocks - free
         # §5.5: RUN = `running` after scheduling (kept + admitted, no victims).
@@ -1670,6 +1686,8 @@ def simulate_reference(
 
         # §2.6 advance.
         start = clock
+        if sched:
+            last_start = start
         clock = clock + dt
 
         # §2.7 retire, timestamps (end of the iteration).
