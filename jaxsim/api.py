@@ -107,7 +107,8 @@ def prepare(
         cache_kw = dict(num_tiers=T, cache_entries=max(K, 1), hash_space=Uh,
                         prefetch=any(c["cache"]["prefetch"] for c in cfgs))
     shape = SimShape(max_requests=R, max_slots=max_slots, chunk_iterations=chunk_iterations,
-                     macro_iterations=DEFAULT_MACRO, **cache_kw)
+                     macro_iterations=DEFAULT_MACRO,
+                     async_scheduling=any(c["async_scheduling"] for c in cfgs), **cache_kw)
     return Prepared(shape, params, workload, info, cfgs)
 
 

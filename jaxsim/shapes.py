@@ -44,6 +44,10 @@ class SimShape:
             used with prefetch compiled in (``prefetch``): then every iteration is its
             own step.
         max_replicas: P, data-parallel replicas (1; reserved).
+        async_scheduling: compile in asynchronous scheduling (docs/semantics.md §2.10)
+            for the lanes whose ``SchedulerParams.async_scheduling`` is 1 (others run as
+            without it, at a little more cost per step). ``simulate_batch`` turns it on
+            when a lane needs it; ``jaxsim.api.prepare`` sets it from the configurations.
     """
 
     max_requests: int
@@ -55,6 +59,7 @@ class SimShape:
     hash_space: int = 0
     prefetch: bool = False
     macro_iterations: int = 0
+    async_scheduling: bool = False
 
     def __post_init__(self):
         for name in ("max_requests", "max_slots", "chunk_iterations"):
@@ -77,6 +82,9 @@ class SimShape:
                              "prefix cache (cache_entries > 0)")
         if not isinstance(self.prefetch, bool):
             raise ValueError(f"SimShape.prefetch must be a bool, got {self.prefetch!r}")
+        if not isinstance(self.async_scheduling, bool):
+            raise ValueError("SimShape.async_scheduling must be a bool, got "
+                             f"{self.async_scheduling!r}")
         if self.prefetch and self.cache_entries == 0:
             raise ValueError("SimShape.prefetch=True needs the prefix cache "
                              "(cache_entries > 0)")

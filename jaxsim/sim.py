@@ -372,6 +372,11 @@ def simulate_batch(
             raise ValueError(f"{n_pf} lane(s) set CacheParams.prefetch=1 but "
                              "SimShape.prefetch=False; build the shape with prefetch=True "
                              "(jaxsim.api.prepare does) or set prefetch=0")
+    if not shape.async_scheduling and not isinstance(
+            params.scheduler.async_scheduling, jax.core.Tracer) and np.any(
+            np.asarray(params.scheduler.async_scheduling) != 0):
+        # §2.10 compiled in only for batches that need it
+        shape = dataclasses.replace(shape, async_scheduling=True)
     budget = iteration_limits(max_iterations, workload, B)
     if devices is not None and (isinstance(devices, bool | np.bool_) or not isinstance(
             devices, int | np.integer) or devices < 1):

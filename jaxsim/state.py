@@ -29,7 +29,8 @@ class SimState(eqx.Module):
     Attributes:
         clock_hi, clock_lo: ``f32[]`` simulated time (hi + lo), seconds.
         start_hi, start_lo: ``f32[]`` start time of the latest iteration (with
-            asynchronous scheduling, the next batch sees the arrivals up to it, §2.10).
+            asynchronous scheduling, the next batch sees the arrivals up to it, §2.10;
+            kept only when ``SimShape.async_scheduling`` compiles it in).
         ptr: ``i32[]`` first never-admitted request (arrival order).
         n_run: ``i32[]`` running requests.
         n_act: ``i32[]`` running + preempted requests (occupied slots).

@@ -184,9 +184,10 @@ def _decode_run(shape: SimShape, params: SimParams, wl: Workload, st: SimState,
     trace_head = st.ptr < nreq
     # §2.10: with asynchronous scheduling every iteration of a run is overlapped; its
     # batch sees the arrivals up to the start of the iteration before it
-    async_on = (sp.async_scheduling != 0) & ~is_v0
-    seen0_hi = jnp.where(async_on, st.start_hi, st.clock_hi)
-    seen0_lo = jnp.where(async_on, st.start_lo, st.clock_lo)
+    asy = shape.async_scheduling  # compiled in only when a lane needs it
+    async_on = ((sp.async_scheduling != 0) & ~is_v0) if asy else None
+    seen0_hi = jnp.where(async_on, st.start_hi, st.clock_hi) if asy else st.clock_hi
+    seen0_lo = jnp.where(async_on, st.start_lo, st.clock_lo) if asy else st.clock_lo
     ready0 = has_pre | (trace_head & dd_le(a_hi_t, a_lo_t, seen0_hi, seen0_lo))
     cache_on = shape.cache_entries > 0
     # With the prefix cache a request that arrives during the run may come first in the
@@ -223,10 +224,12 @@ def _decode_run(shape: SimShape, params: SimParams, wl: Workload, st: SimState,
         jnp.concatenate([x0[None], xs]) for x0, xs in zip(init, series, strict=True))
     # the time up to which iteration j's batch sees arrivals: its start, or (§2.10) the
     # start of the iteration before it
-    vis_hi = jnp.where(async_on, jnp.concatenate([st.start_hi[None], clk_hi[:KC - 1]]),
-                       clk_hi[:KC])
-    vis_lo = jnp.where(async_on, jnp.concatenate([st.start_lo[None], clk_lo[:KC - 1]]),
-                       clk_lo[:KC])
+    vis_hi, vis_lo = clk_hi[:KC], clk_lo[:KC]
+    if asy:
+        vis_hi = jnp.where(async_on, jnp.concatenate([st.start_hi[None], clk_hi[:KC - 1]]),
+                           vis_hi)
+        vis_lo = jnp.where(async_on, jnp.concatenate([st.start_lo[None], clk_lo[:KC - 1]]),
+                           vis_lo)
     arrived = trace_head & dd_le(a_hi_t, a_lo_t, vis_hi, vis_lo)
 
     eligible = (active & (n >= 1) & (n < S) & (n <= sp.max_num_batched_tokens)
@@ -263,14 +266,11 @@ def _decode_run(shape: SimShape, params: SimParams, wl: Workload, st: SimState,
     adv = jnp.where(running, jnp.minimum(k, left), 0)
     ghost = running & (left <= k) & (k > 0)
     st = eqx.tree_at(
-        lambda s: (s.clock_hi, s.clock_lo, s.start_hi, s.start_lo, s.busy_hi, s.busy_lo,
+        lambda s: (s.clock_hi, s.clock_lo, s.busy_hi, s.busy_lo,
                    s.kv_used_s_hi, s.kv_used_s_lo, s.kv_peak_blocks, s.slot_computed,
                    s.slot_generated, s.slot_tokens, s.tokens_total, s.iterations),
         st,
-        (clk_hi[k], clk_lo[k],
-         jnp.where(k > 0, clk_hi[jnp.maximum(k - 1, 0)], st.start_hi),
-         jnp.where(k > 0, clk_lo[jnp.maximum(k - 1, 0)], st.start_lo),
-         bsy_hi[k], bsy_lo[k], kvs_hi[k], kvs_lo[k],
+        (clk_hi[k], clk_lo[k], bsy_hi[k], bsy_lo[k], kvs_hi[k], kvs_lo[k],
          jnp.maximum(st.kv_peak_blocks, jnp.max(jnp.where(j < k, used, 0))),
          c + adv, g + adv, st.slot_tokens + adv,
          st.tokens_total + jnp.sum(adv, dtype=i32), st.iterations + k),
@@ -282,6 +282,11 @@ def _decode_run(shape: SimShape, params: SimParams, wl: Workload, st: SimState,
         tgt = jnp.where(enable & (adv > 0)[:, None], tgt, K)
         st = eqx.tree_at(lambda s: s.e_last, st, st.e_last.at[tgt].max(
             jnp.broadcast_to(last[:, None], tgt.shape), mode="drop"))
+    if asy:  # the start of the run's last iteration
+        km1 = jnp.maximum(k - 1, 0)
+        st = eqx.tree_at(lambda s: (s.start_hi, s.start_lo), st,
+                         (jnp.where(k > 0, clk_hi[km1], st.start_hi),
+                          jnp.where(k > 0, clk_lo[km1], st.start_lo)))
     fin = jnp.minimum(left, KC)
     return st, ghost, (clk_hi[fin], clk_lo[fin])
 
@@ -348,10 +353,13 @@ def step(
     # §2.10: with asynchronous scheduling an iteration with requests running at its start
     # is overlapped: its batch sees the arrivals up to the previous iteration's start
     # (``seen``) and its CPU overheads overlap its GPU time
-    overlapped = ((sp.async_scheduling != 0) & (sp.mode != MODE_V0)
-                  & (st.n_run - n_ghost > 0))
-    seen_hi = jnp.where(overlapped, st.start_hi, clock_hi)
-    seen_lo = jnp.where(overlapped, st.start_lo, clock_lo)
+    if shape.async_scheduling:
+        overlapped = ((sp.async_scheduling != 0) & (sp.mode != MODE_V0)
+                      & (st.n_run - n_ghost > 0))
+        seen_hi = jnp.where(overlapped, st.start_hi, clock_hi)
+        seen_lo = jnp.where(overlapped, st.start_lo, clock_lo)
+    else:  # not compiled in: no lane has it
+        overlapped, seen_hi, seen_lo = None, clock_hi, clock_lo
 
     # ---- load the trace window into the free rows [n_act, S) -------------------------
     window = row >= st.n_act
@@ -696,8 +704,10 @@ def step(
     return SimState(
         clock_hi=end_hi,
         clock_lo=end_lo,
-        start_hi=jnp.where(feats.tokens > 0, clock_hi, st.start_hi),
-        start_lo=jnp.where(feats.tokens > 0, clock_lo, st.start_lo),
+        start_hi=(jnp.where(feats.tokens > 0, clock_hi, st.start_hi)
+                  if shape.async_scheduling else st.start_hi),
+        start_lo=(jnp.where(feats.tokens > 0, clock_lo, st.start_lo)
+                  if shape.async_scheduling else st.start_lo),
         ptr=st.ptr + new_trace,
         n_run=n_run1 - n_fin_run,
         n_act=n_act1 - n_fin,

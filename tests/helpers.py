@@ -34,10 +34,16 @@ def _step(shape, params, wl, st):
 
 
 def step_states(shape, params, wl, n: int) -> list:
-    """States of one lane after each of n steps (index 0 = initial state)."""
+    """States of one lane after each of n steps (index 0 = initial state). Asynchronous
+    scheduling is compiled in when the lane asks for it, as ``simulate_batch`` does."""
+    import dataclasses
+
     import jax.numpy as jnp
 
     from jaxsim.state import init_state
+
+    if int(params.scheduler.async_scheduling):
+        shape = dataclasses.replace(shape, async_scheduling=True)
 
     st = init_state(shape, params, wl, jnp.int32(10**6))
     out = [st]

@@ -14,7 +14,7 @@ import pytest
 
 from jaxsim import config
 from jaxsim.workload import Trace
-from tests.test_step import clock, slot, steps
+from tests.test_step import clock, run, slot, steps
 
 CPU_ITER, CPU_SEQ = 3e-4, 2e-6  # the defaults of cost.cpu_iter_s and cost.cpu_seq_s
 ASYNC = {"async_scheduling": True}
@@ -52,6 +52,16 @@ def test_async__an_arrival_during_an_iteration_joins_the_batch_after_next():
     assert float(out.queue_s[1]) == pytest.approx(d_async[0] + d_async[1] - 1e-6, rel=1e-6)
     out_sync = steps({}, tr, 6)[-1]
     assert float(out_sync.queue_s[1]) == pytest.approx(d_sync[0] - 1e-6, rel=1e-6)
+
+
+def test_async__simulate_batch_compiles_it_in_when_a_lane_needs_it():
+    # A hand-built shape without SimShape.async_scheduling: simulate_batch turns it on
+    # for a batch with an asynchronous lane, whose results are those of stepping above.
+    tr = Trace([0.0, 1e-6], [8, 8], [4, 2])
+    res = run(ASYNC, tr)
+    stepped = steps(ASYNC, tr, 6)[-1]
+    assert float(res.state.queue_s[0, 1]) == float(stepped.queue_s[1])
+    assert float(res.state.queue_s[0, 1]) > float(run({}, tr).state.queue_s[0, 1])
 
 
 def test_async__cpu_bound_iterations_take_the_cpu_time():
