@@ -12,7 +12,6 @@ their ratio. A batch without an asynchronous lane does not compile it in
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
 from jaxsim import api, bench, sim
@@ -54,9 +53,7 @@ def main(argv=None) -> int:
               f"{counts[a][0]} steps, {counts[a][1]} iterations per lane")
     print(f"  ratio (on / off): {out['ratio_on_over_off']:.3f}")
     if args.out:
-        with open(args.out, "w") as f:
-            json.dump(out, f, indent=1)
-            f.write("\n")
+        bench.write_record(args.out, out)
     return 0
 
 
