@@ -22,6 +22,9 @@ reference simulator in tests/reference implements independently):
 7. **Retire.** ``c += q``; a request whose ``c`` reaches ``P + g`` samples a token
    (``g += 1``; the first stamps TTFT); ``g == O`` finishes it and frees its blocks.
 8. **Account** tokens, busy time, KV occupancy, preemptions.
+9. **Asynchronous scheduling** (§2.10, compiled in with ``SimShape.async_scheduling``):
+   an iteration with requests running at its start sees the arrivals up to the previous
+   iteration's start (``SimState.start``) and takes ``max(G, C)`` of the cost model.
 
 How it is vectorised: the slot table keeps ``running`` (rows ``[0, n_run)``) and the
 preempted queue front (rows ``[n_run, n_act)``) contiguous and in order, and the trace
