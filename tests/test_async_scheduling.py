@@ -54,6 +54,7 @@ def test_async__an_arrival_during_an_iteration_joins_the_batch_after_next():
     assert float(out_sync.queue_s[1]) == pytest.approx(d_sync[0] - 1e-6, rel=1e-6)
 
 
+@pytest.mark.slow  # 15 s from a cold compile cache on 2 cores: CI's slow step
 def test_async__simulate_batch_compiles_it_in_when_a_lane_needs_it():
     # A hand-built shape without SimShape.async_scheduling: simulate_batch turns it on
     # for a batch with an asynchronous lane, whose results are those of stepping above.

@@ -100,6 +100,7 @@ def _assert_same_results(want: dict, got: dict) -> None:
             np.testing.assert_allclose(got[k], v, rtol=1e-6, atol=1e-9, err_msg=k)
 
 
+@pytest.mark.slow  # 34 s from a cold compile cache on 2 cores: CI's slow step
 def test_devices__odd_batch_is_padded_and_trimmed_and_equals_one_device(tmp_path):
     # 5 lanes over two devices (the split threshold lowered to 2 lanes per device, to keep
     # the test small): one padding lane added, three lanes per device, the copy dropped.

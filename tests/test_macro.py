@@ -97,6 +97,7 @@ def test_macro__arrival_ends_the_run():
     _both({}, tr)
 
 
+@pytest.mark.slow  # 43 s from a cold compile cache on 2 cores: CI's slow step
 def test_macro__finish_inside_the_run_when_nothing_waits():
     # Requests 0 (P=8, O=5) and 1 (P=8, O=20) arrive together. Step 1 prefills both
     # (g=1 each). Step 2: request 0 has 4 tokens to go, so it finishes in the run's

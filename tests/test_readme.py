@@ -62,6 +62,7 @@ def _jaxsim_commands() -> list[list[str]]:
     return out
 
 
+@pytest.mark.slow  # 73 s from a cold compile cache on 2 cores: CI's slow step
 def test_readme__quick_start_runs_as_written():
     (code,) = _blocks("python")
     ns: dict = {}

@@ -261,6 +261,7 @@ def test_replicas__capacity_of_two_replicas():
     assert rr > 1.2 * rand
 
 
+@pytest.mark.slow  # 43 s from a cold compile cache on 2 cores: CI's slow step
 def test_replicas__max_model_len_and_budgets_are_the_deployments():
     """Every replica sizes max_model_len for the whole workload's longest request (the
     replicas are configured alike): a fleet is infeasible on every replica, with the

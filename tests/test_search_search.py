@@ -81,6 +81,7 @@ def test_capacity_bisection_brackets_the_slo_boundary():
         capacity.capacity_search([_cfg(2)], slo, rate_lo=2.0, rate_hi=1.0)
 
 
+@pytest.mark.slow  # 36 s from a cold compile cache on 2 cores: CI's slow step
 def test_capacity_reruns_lanes_whose_slot_table_overflows_like_the_sweep():
     """A lane that needs more slot-table rows than ``max_num_seqs`` (rows of requests that
     finished inside an event-skipping decode run stay until compaction) is re-run with up
@@ -103,6 +104,7 @@ def evaluator():
                               {"gpu_hour_usd": 3.0}, batch_size=8)
 
 
+@pytest.mark.slow  # 42 s from a cold compile cache on 2 cores: CI's slow step
 def test_optimisers_return_exactly_simulated_feasible_points(evaluator):
     ex = optimize.exhaustive(evaluator)
     assert np.isfinite(ex.cost) and ex.status == 0 and ex.evaluations == 18

@@ -155,6 +155,7 @@ def test_transforms__no_recompile_for_new_values():
     assert sim._run_chunk_batch._cache_size() == before + 1
 
 
+@pytest.mark.slow  # 64 s from a cold compile cache on 2 cores: CI's slow step
 def test_transforms__overflow_reruns_compile_per_size_bucket():
     """Lanes re-run with a larger slot table are padded to a power of two: 3 and then 4
     overflowing lanes share the re-run's compiled function (each count compiled anew)."""
