@@ -269,9 +269,9 @@ def _decode_run(shape: SimShape, params: SimParams, wl: Workload, st: SimState,
     adv = jnp.where(running, jnp.minimum(k, left), 0)
     ghost = running & (left <= k) & (k > 0)
     st = eqx.tree_at(
-        lambda s: (s.clock_hi, s.clock_lo, s.busy_hi, s.busy_lo,
-                   s.kv_used_s_hi, s.kv_used_s_lo, s.kv_peak_blocks, s.slot_computed,
-                   s.slot_generated, s.slot_tokens, s.tokens_total, s.iterations),
+        lambda s: (s.clock_hi, s.clock_lo, s.busy_hi, s.busy_lo, s.kv_used_s_hi,
+                   s.kv_used_s_lo, s.kv_peak_blocks, s.slot_computed, s.slot_generated,
+                   s.slot_tokens, s.tokens_total, s.iterations),
         st,
         (clk_hi[k], clk_lo[k], bsy_hi[k], bsy_lo[k], kvs_hi[k], kvs_lo[k],
          jnp.maximum(st.kv_peak_blocks, jnp.max(jnp.where(j < k, used, 0))),

@@ -10,11 +10,14 @@ formed at its own start and takes ``G + C``. The random oracle lanes
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
-from jaxsim import config
-from jaxsim.workload import Trace
-from tests.test_step import clock, run, slot, steps
+from jaxsim import config, simulate_batch
+from jaxsim import params as P
+from jaxsim.shapes import SimShape
+from jaxsim.workload import Trace, to_workload
+from tests.test_step import clock, lane, run, slot, steps
 
 CPU_ITER, CPU_SEQ = 3e-4, 2e-6  # the defaults of cost.cpu_iter_s and cost.cpu_seq_s
 ASYNC = {"async_scheduling": True}
@@ -113,14 +116,6 @@ def test_async__an_idle_engine_has_no_lag():
 def test_async__event_skipping_matches_stepping():
     # Poisson arrivals into a decode-heavy batch: decode runs end where the lagged
     # arrivals are seen (§6); every metric equals per-iteration stepping's.
-    import numpy as np
-
-    from jaxsim import params as P
-    from jaxsim import simulate_batch
-    from jaxsim.shapes import SimShape
-    from jaxsim.workload import to_workload
-    from tests.test_step import lane
-
     rng = np.random.default_rng(5)
     n = 40
     tr = Trace(np.cumsum(rng.exponential(0.02, n)), rng.integers(4, 40, n),

@@ -237,18 +237,14 @@ def validate_config(config: Mapping[str, Any]) -> dict[str, Any]:
             raise ValueError(f"config[{key!r}] must be > 0, got {cfg[key]}")
     cfg.update(_validate_prefix_config(config))
     cfg["shape_corr"] = _validate_shape_corr(config.get("shape_corr"))
-    # §2.3 rule 4 (vLLM's scheduler_reserve_full_isl): a bool or 0/1, off when absent
-    full = config.get("reserve_full_isl", False)
-    if not (isinstance(full, (bool, np.bool_)) or (
-            isinstance(full, (int, np.integer)) and full in (0, 1))):
-        raise ValueError(f"config['reserve_full_isl'] must be a bool (or 0/1), got {full!r}")
-    cfg["reserve_full_isl"] = bool(full)
-    # §2.10 asynchronous scheduling (mode v1 only): a bool or 0/1, off when absent
-    asy = config.get("async_scheduling", False)
-    if not (isinstance(asy, (bool, np.bool_)) or (
-            isinstance(asy, (int, np.integer)) and asy in (0, 1))):
-        raise ValueError(f"config['async_scheduling'] must be a bool (or 0/1), got {asy!r}")
-    cfg["async_scheduling"] = bool(asy)
+    # §2.3 rule 4 (vLLM's scheduler_reserve_full_isl) and §2.10 asynchronous scheduling
+    # (mode v1 only): each a bool or 0/1, off when absent
+    for key in ("reserve_full_isl", "async_scheduling"):
+        flag = config.get(key, False)
+        if not (isinstance(flag, (bool, np.bool_)) or (
+                isinstance(flag, (int, np.integer)) and flag in (0, 1))):
+            raise ValueError(f"config[{key!r}] must be a bool (or 0/1), got {flag!r}")
+        cfg[key] = bool(flag)
     return cfg
 
 
