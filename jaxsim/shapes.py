@@ -48,6 +48,10 @@ class SimShape:
             for the lanes whose ``SchedulerParams.async_scheduling`` is 1 (others run as
             without it, at a little more cost per step). ``simulate_batch`` turns it on
             when a lane needs it; ``jaxsim.api.prepare`` sets it from the configurations.
+        external_kv: compile in requests that arrive with the KV of some of their prompt
+            tokens (``Workload.external_tokens``; a disaggregated decode instance's,
+            docs/semantics.md §8). ``simulate_batch`` turns it on when a workload has
+            them; not with the prefix cache compiled in.
     """
 
     max_requests: int
@@ -60,6 +64,7 @@ class SimShape:
     prefetch: bool = False
     macro_iterations: int = 0
     async_scheduling: bool = False
+    external_kv: bool = False
 
     def __post_init__(self):
         for name in ("max_requests", "max_slots", "chunk_iterations"):
@@ -85,6 +90,12 @@ class SimShape:
         if not isinstance(self.async_scheduling, bool):
             raise ValueError("SimShape.async_scheduling must be a bool, got "
                              f"{self.async_scheduling!r}")
+        if not isinstance(self.external_kv, bool):
+            raise ValueError(f"SimShape.external_kv must be a bool, got {self.external_kv!r}")
+        if self.external_kv and self.cache_entries > 0:
+            raise ValueError("SimShape.external_kv=True cannot be combined with the prefix "
+                             "cache (cache_entries > 0): requests that bring their KV run "
+                             "without prefix caching (docs/semantics.md §8)")
         if self.prefetch and self.cache_entries == 0:
             raise ValueError("SimShape.prefetch=True needs the prefix cache "
                              "(cache_entries > 0)")

@@ -377,6 +377,15 @@ def simulate_batch(
             np.asarray(params.scheduler.async_scheduling) != 0):
         # §2.10 compiled in only for batches that need it
         shape = dataclasses.replace(shape, async_scheduling=True)
+    if not shape.external_kv and not isinstance(
+            workload.external_tokens, jax.core.Tracer) and np.any(
+            np.asarray(workload.external_tokens) != 0):
+        # §8 requests that bring KV: compiled in only for workloads that have them
+        if shape.cache_entries > 0:
+            raise ValueError("workload: external_tokens > 0 (requests that bring their "
+                             "KV, docs/semantics.md §8) cannot be simulated with the prefix "
+                             "cache compiled in (SimShape.cache_entries > 0)")
+        shape = dataclasses.replace(shape, external_kv=True)
     budget = iteration_limits(max_iterations, workload, B)
     if devices is not None and (isinstance(devices, bool | np.bool_) or not isinstance(
             devices, int | np.integer) or devices < 1):

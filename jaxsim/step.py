@@ -173,6 +173,10 @@ def _decode_run(shape: SimShape, params: SimParams, wl: Workload, st: SimState,
     hrow = jnp.minimum(n, S - 1)
     p_c = jnp.minimum(st.ptr, R - 1)
     h_left = jnp.where(has_pre, st.slot_prompt[hrow] + g[hrow], wl.prompt_tokens[p_c])
+    # §8: a never-admitted head that brings E tokens' KV computes the rest, in E + q blocks
+    h_ext = (jnp.where(has_pre, 0, wl.external_tokens[p_c]) if shape.external_kv
+             else jnp.int32(0))
+    h_left = h_left - h_ext
     chunked = (sp.enable_chunked_prefill != 0) & ~is_v0
     thr = jnp.where(is_v0, 0, sp.long_prefill_token_threshold)  # v1, chunked or not
     h_want = jnp.where(thr > 0, jnp.minimum(h_left, thr), h_left)
@@ -180,7 +184,7 @@ def _decode_run(shape: SimShape, params: SimParams, wl: Workload, st: SimState,
     h_got = jnp.where(chunked, jnp.clip(b_rem, 0, h_want), h_want)
     h_budget = jnp.where(chunked, h_got > 0, h_want <= b_rem)
     h_free = total - jnp.where(is_v0, held0, blocks1)
-    h_need = jnp.where((sp.reserve_full_isl != 0) & ~is_v0, h_left, h_got)  # §2.3 rule 4
+    h_need = h_ext + jnp.where((sp.reserve_full_isl != 0) & ~is_v0, h_left, h_got)  # §2.3 r. 4
     h_blocks = h_free - _floordiv(h_need + bs - 1, bs, inv_bs) >= sp.watermark_blocks
     h_ok = h_budget & h_blocks & (n < sp.max_num_seqs)
     a_hi_t, a_lo_t = wl.arrival_hi[p_c], wl.arrival_lo[p_c]
@@ -401,6 +405,10 @@ def step(
         hit_blocks = jnp.where(enable & cand & (sw_prev == 0), hit_blocks, 0)
         hit = hit_blocks * U
         start = jnp.where(sw_prev > 0, sw_prev, hit)
+    elif shape.external_kv:
+        # §8: a request that has never been admitted brings the KV of E prompt tokens
+        # and starts at c = E (a preempted one recomputes from 0)
+        start = jnp.where(window & t_in, wl.external_tokens[t_c], 0)
     else:
         hit = start = jnp.zeros((S,), i32)
 
@@ -491,6 +499,8 @@ def step(
     if cache_on:
         q_hit, _, _ = prefix.lookup(st, pconsts, wl.hash_ids[q_c], q_prompt, U)
         q_hit = jnp.where(enable, q_hit * U, 0)
+    elif shape.external_kv:
+        q_hit = wl.external_tokens[q_c]
     else:
         q_hit = jnp.int32(0)
     q_left = q_prompt - q_hit

@@ -40,6 +40,10 @@ class Workload(eqx.Module):
             Entry ``j`` names the KV of tokens ``[j*U, (j+1)*U)`` (docs/semantics.md §5).
         hash_block_tokens: ``i32[]`` U, tokens per hashed block.
         num_hash_ids: ``i32[]`` distinct block ids (``SimShape.hash_space`` must be >= it).
+        external_tokens: ``i32[R]`` prompt tokens whose KV a request brings when it
+            arrives (a disaggregated decode instance's, loaded from the prefill instance;
+            docs/semantics.md §8): its first admission starts at ``c = E`` (0 pads; read
+            only when ``SimShape.external_kv`` compiles it in).
     """
 
     arrival_hi: Float[Array, " R"] = eqx.field(converter=as_f32)
@@ -50,9 +54,15 @@ class Workload(eqx.Module):
     hash_ids: Int[Array, "R H"] | None = None
     hash_block_tokens: Int[Array, ""] | None = None
     num_hash_ids: Int[Array, ""] | None = None
+    external_tokens: Int[Array, " R"] | None = None
 
     def __post_init__(self):
         R = self.arrival_hi.shape[-1]
+        if self.external_tokens is None:
+            object.__setattr__(self, "external_tokens",
+                               jnp.zeros(self.arrival_hi.shape, jnp.int32))
+        else:
+            object.__setattr__(self, "external_tokens", as_i32(self.external_tokens))
         if self.hash_ids is None:
             lead = self.arrival_hi.shape[:-1]
             object.__setattr__(self, "hash_ids", jnp.zeros((*lead, R, 0), jnp.int32))
@@ -139,6 +149,9 @@ class Trace:
             configured alike, so :meth:`max_len` (from which ``max_model_len`` and the
             request-length checks derive) is the whole workload's. ``None``: this trace
             is the whole workload.
+        external_tokens: optional prompt tokens whose KV each request brings with it
+            (``0 <= E < prompt_tokens``; a disaggregated decode instance's requests carry
+            ``E = P - 1``, docs/semantics.md §8). ``None``: none.
     """
 
     arrival_s: np.ndarray
@@ -148,6 +161,7 @@ class Trace:
     hash_ids: list | None = None
     hash_block_tokens: int = DEFAULT_HASH_BLOCK_TOKENS
     whole_max_len: int | None = None
+    external_tokens: np.ndarray | None = None
 
     def __post_init__(self):
         self.arrival_s = _numbers(self.name, "arrival_s", self.arrival_s).astype(np.float64)
@@ -194,6 +208,21 @@ class Trace:
             raise ValueError(f"{self.name}: hash_block_tokens={u!r} must be an int in "
                              "1..2**20")
         self.hash_block_tokens = int(u)
+        if self.external_tokens is not None:
+            e = _numbers(self.name, "external_tokens", self.external_tokens)
+            if len(e) != n:
+                raise ValueError(f"{self.name}: external_tokens has {len(e)} entries for "
+                                 f"{n} requests")
+            if not np.issubdtype(e.dtype, np.integer):
+                _whole(self.name, "external_tokens", e)
+            bad = np.flatnonzero((e < 0) | (e >= self.prompt_tokens))
+            if bad.size:
+                b = int(bad[0])
+                raise ValueError(f"{self.name}: external_tokens[{b}] = {e[b].item()!r}; "
+                                 f"must be in 0..prompt_tokens - 1 = "
+                                 f"{int(self.prompt_tokens[b]) - 1} (a request computes at "
+                                 "least its last prompt token)")
+            self.external_tokens = e.astype(np.int64)
         a = self.arrival_s
         if not np.all(np.isfinite(a)) or np.any(a < 0):
             bad = int(np.flatnonzero(~np.isfinite(a) | (a < 0))[0])
@@ -219,7 +248,8 @@ class Trace:
         return Trace(self.arrival_s[o] if arrival is None else arrival,
                      self.prompt_tokens[o], self.output_tokens[o], self.name,
                      None if self.hash_ids is None else [self.hash_ids[i] for i in o],
-                     self.hash_block_tokens, self.whole_max_len)
+                     self.hash_block_tokens, self.whole_max_len,
+                     None if self.external_tokens is None else self.external_tokens[o])
 
     def head(self, n: int) -> Trace:
         """The first ``n`` requests in arrival order."""
@@ -337,6 +367,9 @@ def to_workload(trace: Trace, max_requests: int | None = None,
     prompt[:n] = trace.prompt_tokens[o]
     output = np.ones(R, np.int32)
     output[:n] = trace.output_tokens[o]
+    ext = np.zeros(R, np.int32)
+    if trace.external_tokens is not None:
+        ext[:n] = trace.external_tokens[o]
     hi, lo = split_f64(arrival)
     H = trace.num_hash_blocks() if max_prefix_blocks is None else int(max_prefix_blocks)
     table, U = dense_hash_ids(trace, H) if H > 0 else (np.zeros((n, 0), np.int32), 0)
@@ -344,7 +377,8 @@ def to_workload(trace: Trace, max_requests: int | None = None,
     ids[:n] = table
     return Workload(arrival_hi=hi, arrival_lo=lo, prompt_tokens=prompt,
                     output_tokens=output, num_requests=n, hash_ids=ids,
-                    hash_block_tokens=trace.hash_block_tokens, num_hash_ids=U)
+                    hash_block_tokens=trace.hash_block_tokens, num_hash_ids=U,
+                    external_tokens=ext)
 
 
 def stack_workloads(workloads: list[Workload]) -> Workload:
@@ -365,6 +399,7 @@ def stack_workloads(workloads: list[Workload]) -> Workload:
         hash_ids=jnp.stack([pad(w) for w in workloads]),
         hash_block_tokens=jnp.stack([w.hash_block_tokens for w in workloads]),
         num_hash_ids=jnp.stack([w.num_hash_ids for w in workloads]),
+        external_tokens=jnp.stack([w.external_tokens for w in workloads]),
     )
 
 

@@ -91,8 +91,11 @@ def oracle_config(params: P.SimParams) -> dict:
 
 
 def oracle_workload(trace: Trace) -> dict:
-    return {
+    out = {
         "arrival_s": np.asarray(trace.arrival_s, np.float64),
         "prompt_tokens": np.asarray(trace.prompt_tokens),
         "output_tokens": np.asarray(trace.output_tokens),
     }
+    if trace.external_tokens is not None:
+        out["external_tokens"] = np.asarray(trace.external_tokens)
+    return out

@@ -12,6 +12,8 @@ the stored per-request results).
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -37,7 +39,9 @@ RTOL = 1e-6
 CLOCK_RTOL = 5e-8
 
 
-def random_case(rng: np.random.Generator) -> tuple[Trace, dict]:
+def random_case(rng: np.random.Generator, external: bool = False) -> tuple[Trace, dict]:
+    """A random lane; with ``external``, 35% of the lanes (drawn from a generator of
+    their own) have requests that bring the KV of part of their prompt (§8)."""
     n = int(rng.integers(3, R_MAX + 1))
     p_hi = int(rng.choice([8, 64, 300]))
     o_hi = int(rng.choice([3, 24, 80]))
@@ -95,6 +99,13 @@ def random_case(rng: np.random.Generator) -> tuple[Trace, dict]:
     if sched == "v1" and np.random.default_rng(
             [int(prompt.sum()), int(output.sum()), n, 10]).random() < 0.4:
         cfg["async_scheduling"] = True
+    # §8 requests that arrive with the KV of E < P prompt tokens (a disaggregated decode
+    # instance's have E = P - 1), on 70% of a drawn lane's requests
+    ext_rng = np.random.default_rng([int(prompt.sum()), int(output.sum()), n, 12])
+    if external and ext_rng.random() < 0.35:
+        e = np.where(ext_rng.random(n) < 0.5, prompt - 1, ext_rng.integers(0, prompt))
+        trace = dataclasses.replace(trace, external_tokens=np.where(
+            ext_rng.random(n) < 0.7, e, 0))
     return trace, cfg
 
 
@@ -202,7 +213,7 @@ def _check(cases, max_iterations=None):
 
 def test_oracle__random_lanes_match():
     rng = np.random.default_rng(20261120)
-    cases = [random_case(rng) for _ in range(240)]
+    cases = [random_case(rng, external=True) for _ in range(240)]
     res, refs = _check(cases)
     # The suite must actually exercise the interesting paths.
     preempting = sum(r["total_preemptions"] > 0 for r in refs)
@@ -228,6 +239,12 @@ def test_oracle__random_lanes_match():
     asy = sum(c.get("async_scheduling", False) and not r["infeasible"]
               and np.ptp(t.arrival_s) > 0 for (t, c), r in zip(cases, refs, strict=True))
     assert asy >= 30, asy
+    # requests that bring KV (§8) on feasible lanes, async on some of them
+    ext = [(t, c) for (t, c), r in zip(cases, refs, strict=True)
+           if t.external_tokens is not None and not r["infeasible"]]
+    assert len(ext) >= 50, len(ext)
+    assert sum(c["scheduler"] == "v0" for _, c in ext) >= 10
+    assert sum(c.get("async_scheduling", False) for _, c in ext) >= 10
     # Event skipping (docs/semantics.md §6, on in the default shape) took part: most
     # lanes advanced some decode-only iterations in macro-steps.
     steps, iters = res.metrics["steps"], res.metrics["iterations"]
@@ -260,7 +277,7 @@ def test_oracle__a_v0_lane_needs_no_more_than_max_num_seqs_rows():
 
 def test_oracle__truncation_matches():
     rng = np.random.default_rng(7)
-    cases = [random_case(rng) for _ in range(24)]
+    cases = [random_case(rng, external=True) for _ in range(24)]
     _check(cases, max_iterations=37)
 
 
@@ -268,4 +285,4 @@ def test_oracle__truncation_matches():
 def test_oracle__many_random_lanes_match():
     rng = np.random.default_rng(99)
     for _ in range(5):
-        _check([random_case(rng) for _ in range(400)])
+        _check([random_case(rng, external=True) for _ in range(400)])

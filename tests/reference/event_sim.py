@@ -1051,6 +1051,19 @@ def _check_workload(
     return arrival, prompt, output
 
 
+def _check_external(workload: Mapping[str, Any], prompt: np.ndarray) -> np.ndarray:
+    """§8: the optional ``external_tokens`` (zeros when absent)."""
+    if "external_tokens" not in workload or workload["external_tokens"] is None:
+        return np.zeros(prompt.shape, np.int64)
+    raw = np.asarray(workload["external_tokens"]).reshape(-1)
+    if raw.shape != prompt.shape:
+        raise ValueError("external_tokens must have one entry per request")
+    ext = raw.astype(np.int64)
+    if np.any(ext != raw) or np.any(ext < 0) or np.any(ext >= prompt):
+        raise ValueError("external_tokens must be integers in 0..prompt_tokens - 1")
+    return ext
+
+
 def _check_hashes(
     workload: Mapping[str, Any], num_requests: int
 ) -> tuple[list[list[int]], int | None]:
@@ -1197,7 +1210,9 @@ def simulate_reference(
             block ids per request, in the same original order, possibly empty;
             absent = every list empty) and ``hash_block_tokens`` (the block length
             ``U >= 1``; required when prefix caching is on and some list is
-            non-empty).
+            non-empty); optionally (§8) ``external_tokens`` (per request, in the same
+            order, ``0 <= E < prompt_tokens``: the prompt tokens whose KV the request
+            brings; not with prefix caching on).
         config: flat lane configuration with every key of ``CONFIG_KEYS`` and
             optionally some of ``OPTIONAL_CONFIG_KEYS`` (§5).
         max_iterations: iteration budget (iterations that scheduled at least one
@@ -1254,6 +1269,7 @@ def simulate_reference(
         raise ValueError(f"max_iterations must be >= 0, got {max_iterations}")
     R = int(arrival_in.shape[0])
     hashes_in, U_in = _check_hashes(workload, R)
+    ext_in = _check_external(workload, prompt_in)
 
     # §0: order requests by (arrival_s, original index) with a stable sort.
     order = np.argsort(arrival_in, kind="stable")
@@ -1262,6 +1278,7 @@ def simulate_reference(
     O: list[int] = [int(output_in[i]) for i in order]
     orig: list[int] = [int(i) for i in order]
     H: list[list[int]] = [hashes_in[i] for i in order]  # §5.1 hashes_i
+    E: list[int] = [int(ext_in[i]) for i in order]  # §8 tokens whose KV arrives with it
 
     # Per-request state, indexed by position in the sorted order.
     c: list[int] = [0] * R
@@ -1304,6 +1321,8 @@ def simulate_reference(
 
     # §5: prefix caching and KV memory tiers (off: everything below is inert).
     prefix_on = cfg["enable_prefix_caching"]
+    if prefix_on and any(E):
+        raise ValueError("external_tokens (§8) cannot be combined with prefix caching")
     num_tiers = 1 + len(cfg["tier_capacity_blocks"])
     if prefix_on and U_in is None and any(H):
         raise KeyError("workload is missing 'hash_block_tokens' (needed with hash_ids)")
@@ -1507,6 +1526,11 @@ def simulate_reference(
                     # admitted simply looks up again next time.
                     tiers = looked_up if looked_up is not None else lookup(r)
                     h = len(tiers) * U
+                    if math.isnan(admitted[r]):
+                        # §8: at its first admission a request starts from the E
+                        # tokens whose KV it brought (prefix caching is off here);
+                        # after a preemption it recomputes everything
+                        h = max(h, E[r])
                 want = n_known - h  # rule 3; c[r] == 0 here; §5.4: c = h
                 if thr > 0:
                     want = min(want, thr)
