@@ -5,10 +5,11 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping, Sequence
 
+import jax
 import numpy as np
 
 from jaxsim import config as config_mod
-from jaxsim import prefix, replicas
+from jaxsim import disagg, prefix, replicas
 from jaxsim.params import SimParams, concatenate
 from jaxsim.shapes import DEFAULT_MACRO, SimShape
 from jaxsim.sim import SimResult, iteration_limits, simulate_batch
@@ -67,6 +68,13 @@ def prepare(
                 "one lane per configuration; a fleet of replicas runs through "
                 "jaxsim.api.run, jaxsim simulate or a sweep (jaxsim.replicas.split gives "
                 "each replica's trace, for one lane each)")
+    for i, c in enumerate(cfgs):
+        if c["disaggregation"]["enabled"]:
+            raise config_mod.ConfigError(
+                f"disaggregation.enabled: true (configuration {i}): prepare() builds one "
+                "lane per configuration; a disaggregated deployment runs through "
+                "jaxsim.api.run or jaxsim simulate (jaxsim.disagg builds each pool's "
+                "configurations and traces)")
     _check_trace(trace)
     per_lane = not isinstance(trace, Trace)
     caching = any(c["enable_prefix_caching"] for c in cfgs)
@@ -191,9 +199,86 @@ def run(
     kw = dict(max_slots=max_slots, chunk_iterations=chunk_iterations,
               max_iterations=max_iterations, auto_slots=auto_slots,
               cache_entries=cache_entries)
+    if any(c["disaggregation"]["enabled"] for c in cfgs):
+        return _run_disagg(cfgs, trace, **kw)
     if any(c["num_replicas"] > 1 for c in cfgs):
         return _run_fleet(cfgs, trace, **kw)
     return _run_lanes(configs, trace, **kw)[1]
+
+
+def _run_disagg(cfgs: list[dict], trace, max_iterations, **kw) -> SimResult:
+    """Configurations with disaggregated prefill and decode (docs/semantics.md §8): the
+    prefill pools of all of them, then the KV transfers, then the decode pools; the
+    metrics are over the whole requests."""
+    _check_trace(trace)
+    traces = [trace] * len(cfgs) if isinstance(trace, Trace) else list(trace)
+    if len(traces) != len(cfgs):
+        raise ValueError(f"{len(traces)} traces for {len(cfgs)} configurations; give "
+                         "one trace, or one per configuration")
+    if not all(c["disaggregation"]["enabled"] for c in cfgs):
+        raise config_mod.ConfigError(
+            "disaggregation.enabled: true in some configurations of this call and false "
+            "in others; run the two kinds in separate calls")
+    if max_iterations is not None and np.ndim(max_iterations) != 0:
+        raise ValueError("max_iterations: one value for every configuration with "
+                         "disaggregation (it bounds each instance of both pools)")
+    pre_cfgs = [disagg.prefill_config(c) for c in cfgs]
+    pre_traces = [disagg.prefill_trace(t) for t in traces]
+    one = prepare([{**c, "num_replicas": 1} for c in pre_cfgs], pre_traces)
+    pre = _run_fleet(pre_cfgs, pre_traces, max_iterations=max_iterations, **kw)
+    dec_cfgs, dec_traces, dec_of, delays, positions, xfers = [], [], [], [], [], []
+    for i, (c, t) in enumerate(zip(cfgs, traces, strict=True)):
+        n, dg = len(t), c["disaggregation"]
+        arr = np.sort(t.arrival_s, kind="stable")
+        arr = arr - arr[0]  # from the first arrival, as the simulator's clock
+        done = np.asarray(pre.state.completed[i])[:n]
+        end = np.where(done, arr + np.asarray(pre.state.ttft_s[i], np.float64)[:n], np.nan)
+        rep = replicas.assign(pre_traces[i], dg["prefill_replicas"], c["router"], c["seed"])
+        at = disagg.transfer(end, rep, t.prompt_tokens[t.order()], c["block_size"],
+                             float(one.info["kv_bytes_per_token"][i]), dg["kv_link_gbs"],
+                             dg["kv_link_latency_us"])
+        dtr, pos = disagg.decode_trace(t, at)
+        delays.append(at - arr)
+        xfers.append((at - end)[np.isfinite(at)])  # prefill end to decode-pool arrival
+        positions.append(pos)
+        dec_of.append(None if dtr is None else len(dec_cfgs))
+        if dtr is not None:
+            dec_cfgs.append(disagg.decode_config(c))
+            dec_traces.append(dtr)
+    dec = (_run_fleet(dec_cfgs, dec_traces, max_iterations=max_iterations, **kw)
+           if dec_cfgs else None)
+    states = []
+    for i, j in enumerate(dec_of):
+        states.append(disagg.merge_pools(
+            replicas._get(pre.state, i), None if j is None else replicas._get(dec.state, j),
+            positions[i], np.zeros(0, np.int64) if j is None else dec_traces[j].order(),
+            delays[i]))
+    state = jax.tree.map(lambda *xs: np.stack(xs), *states)
+    R = max(len(t) for t in traces)
+    wl = stack_workloads([to_workload(t, R, 0) for t in traces])
+    params = replicas.fleet_params(one.params, [[i] for i in range(len(cfgs))],
+                                   [c["disaggregation"]["prefill_replicas"] for c in cfgs])
+    metrics = replicas.fleet_metrics(params, wl, state)
+    for name, f in (("mean", np.mean), ("p50", lambda x: np.percentile(x, 50)),
+                    ("p99", lambda x: np.percentile(x, 99)), ("max", np.max)):
+        metrics[f"kv_transfer_{name}_s"] = np.array([f(x) if x.size else np.nan
+                                                     for x in xfers])
+    out = SimResult(metrics=metrics, state=state, status=np.asarray(metrics["status"]),
+                    iterations_run=max(pre.iterations_run, dec.iterations_run if dec else 0),
+                    wall_s=pre.wall_s + (dec.wall_s if dec else 0.0),
+                    pools={"prefill": pre, "decode": dec, "decode_of": dec_of})
+    if max_iterations is None:
+        max_iterations = [c["max_iterations"] for c in cfgs]
+    limits = iteration_limits(max_iterations, wl, len(cfgs))
+
+    def explain(i: int) -> list[str]:
+        m = {k: v[i] for k, v in metrics.items()}
+        return config_mod.status_reasons(
+            {**cfgs[i], "max_iterations": int(limits[i])}, int(out.status[i]),
+            {k: v[i] for k, v in one.info.items()}, traces[i].max_len(), m)
+
+    out.explain = explain
+    return out
 
 
 def _run_lanes(configs, trace, max_slots, chunk_iterations, max_iterations, auto_slots,

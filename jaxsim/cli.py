@@ -48,7 +48,10 @@ def cmd_simulate(args) -> int:
     try:
         cfg = config.load(args.config, args.set or [])
         trace = config.build_trace(cfg)
-        prep = api.prepare({**cfg, "num_replicas": 1}, trace)  # one replica's memory
+        # one replica's memory (of a disaggregated deployment: a prefill instance's)
+        prep = api.prepare({**cfg, "num_replicas": 1,
+                            "disaggregation": {**cfg["disaggregation"], "enabled": False}},
+                           trace)
     except (config.ConfigError, traces.TraceError) as e:
         return _fail(str(e))
     from jaxsim import status as st_bits
@@ -61,16 +64,33 @@ def cmd_simulate(args) -> int:
         out[k] = float(v) if k.endswith("gb") else int(v)
     out["model"], out["gpu"], out["tp"] = cfg["model"], cfg["gpu"], cfg["tp"]
     out["num_replicas"], out["router"] = cfg["num_replicas"], cfg["router"]
-    out["num_gpus"] = cfg["tp"] * cfg["num_replicas"]
+    dg = cfg["disaggregation"]
+    out["num_gpus"] = cfg["tp"] * (dg["prefill_replicas"] + dg["decode_replicas"]
+                                   if dg["enabled"] else cfg["num_replicas"])
+    out["disaggregated"] = dg["enabled"]
+    if dg["enabled"]:
+        out["prefill_replicas"], out["decode_replicas"] = (dg["prefill_replicas"],
+                                                           dg["decode_replicas"])
     out["scheduler"] = cfg["scheduler"]
     out["workload"] = trace.name
     out["num_requests"] = len(trace)
-    per_replica = [0] * cfg["num_replicas"]
-    if res.replica_lanes:
-        for k, j in zip(res.replica_ids[0], res.replica_lanes[0], strict=True):
-            per_replica[int(k)] = int(res.per_replica.metrics["num_requests"][j])
+
+    def shares(r, i: int, num: int) -> list[int]:
+        per = [0] * num
+        for k, j in zip(r.replica_ids[i], r.replica_lanes[i], strict=True):
+            per[int(k)] = int(r.per_replica.metrics["num_requests"][j])
+        return per
+
+    if dg["enabled"]:
+        pre, dec, j = res.pools["prefill"], res.pools["decode"], res.pools["decode_of"][0]
+        out["requests_per_prefill_replica"] = shares(pre, 0, dg["prefill_replicas"])
+        out["requests_per_decode_replica"] = ([0] * dg["decode_replicas"] if j is None
+                                              else shares(dec, j, dg["decode_replicas"]))
+        per_replica = out["requests_per_prefill_replica"]
+    elif res.replica_lanes:
+        per_replica = shares(res, 0, cfg["num_replicas"])
     else:
-        per_replica[0] = len(trace)
+        per_replica = [len(trace)]
     out["requests_per_replica"] = per_replica
     out["status_reasons"] = res.reasons(0)
     out["wall_s"] = res.wall_s
@@ -91,14 +111,17 @@ def cmd_simulate(args) -> int:
                 out[k] = {n: _jsonable(v) for n, v in out[k].items()}
         print(json.dumps({k: _jsonable(v) for k, v in out.items()}))
         return 0
-    fleet = (f"{cfg['num_replicas']} replicas of {cfg['tp']}x {cfg['gpu']} "
+    fleet = (f"{dg['prefill_replicas']} prefill + {dg['decode_replicas']} decode instances "
+             f"of {cfg['tp']}x {cfg['gpu']} ({cfg['router']}; KV link "
+             f"{dg['kv_link_gbs']:g} GB/s per GPU)" if dg["enabled"] else
+             f"{cfg['num_replicas']} replicas of {cfg['tp']}x {cfg['gpu']} "
              f"({cfg['router']}, requests per replica "
              f"{min(out['requests_per_replica'])}-{max(out['requests_per_replica'])})"
              if cfg["num_replicas"] > 1 else f"{cfg['tp']}x {cfg['gpu']}")
     print(f"jaxsim: {cfg['model']} on {fleet}, scheduler {cfg['scheduler']}, "
           f"{len(trace)} requests ({trace.name})")
     print(f"  KV cache: {out['num_gpu_blocks']} blocks of {cfg['block_size']} tokens "
-          + ("per replica " if cfg["num_replicas"] > 1 else "")
+          + ("per replica " if cfg["num_replicas"] > 1 or dg["enabled"] else "")
           + f"({out['kv_gb']:.1f} GB); weights {out['weights_gb']:.1f} GB per GPU; "
           f"max_model_len {out['max_model_len']}")
     print(f"  status: {out['status']}   completed {out['completed']}/{len(trace)}   "
@@ -115,6 +138,11 @@ def cmd_simulate(args) -> int:
     print(f"  throughput {out['throughput_rps']:.3f} req/s, input {out['input_tps']:.1f} tok/s, "
           f"output {out['output_tps']:.1f} tok/s; goodput {out['goodput_rps']:.3f} req/s "
           f"(TTFT <= {cfg['slo']['ttft_s']} s, TPOT <= {cfg['slo']['tpot_s']} s)")
+    if dg["enabled"]:
+        print(f"  KV transfer, prefill end to decode arrival (ms): mean "
+              f"{out['kv_transfer_mean_s'] * 1e3:.2f}, p50 {out['kv_transfer_p50_s'] * 1e3:.2f}"
+              f", p99 {out['kv_transfer_p99_s'] * 1e3:.2f}, max "
+              f"{out['kv_transfer_max_s'] * 1e3:.2f}")
     if cfg["enable_prefix_caching"]:
         by_tier = ", ".join(f"{n} {v:.3f}" for n, v in out["hit_rate_by_tier"].items())
         print(f"  prefix cache: hit rate {out['prefix_hit_rate']:.3f} ({by_tier}); transfers "

@@ -98,6 +98,8 @@ DEFAULTS: dict[str, Any] = {
     "cache": {"recency_weight": 1.0, "frequency_weight": 0.0, "depth_weight": 0.0,
               "load_overlap": 0.0, "admission_weight": 0.0, "admission_window": 32,
               "prefetch": False},
+    "disaggregation": {"enabled": False, "prefill_replicas": 1, "decode_replicas": 1,
+                       "kv_link_gbs": 23.75, "kv_link_latency_us": 2.26},
     "workload": {
         "kind": "poisson",
         "rate": 10.0,
@@ -257,6 +259,20 @@ _CACHE = {
 }
 
 
+#: Disaggregated prefill and decode (docs/semantics.md §8). The KV link's defaults are one
+#: 400 Gb/s NIC per GPU at Mooncake's measured transfer-engine rate (190 GB/s over eight
+#: 400 Gb/s RoCE NICs, FAST'25) and the measured InfiniBand latency of a 4 KB message
+#: (presets.json links.mooncake_transfer_engine and links.rdma_latency).
+_DISAGG = {
+    "enabled": _bool,
+    "prefill_replicas": lambda k, v: _int(k, v, 1, MAX_REPLICAS),
+    "decode_replicas": lambda k, v: _int(k, v, 1, MAX_REPLICAS),
+    "kv_link_gbs": lambda k, v: _float(k, v, 0.0, 1e6, lo_open=True),
+    "kv_link_latency_us": lambda k, v: _float(k, v, 0.0, 1e9),
+}
+SECTIONS = ("slo", "workload", "cost", "cache", "disaggregation")
+
+
 def _preemption_mode(key, v):
     return _choice(key, v, ("recompute", "swap"))
 
@@ -376,10 +392,11 @@ def validate(cfg: Mapping) -> dict:
             _, name, f = key.split(".")
             for n2, fields in _tier_overrides("tier", {name: {f: value}}).items():
                 out["tier"].setdefault(n2, {}).update(fields)
-        elif key in ("slo", "workload", "cost", "cache"):
+        elif key in SECTIONS:
             if not isinstance(value, Mapping):
                 raise ConfigError(f"{key}: {value!r} must be a mapping")
-            table = {"slo": _SLO, "workload": _WORKLOAD, "cache": _CACHE}.get(key)
+            table = {"slo": _SLO, "workload": _WORKLOAD, "cache": _CACHE,
+                     "disaggregation": _DISAGG}.get(key)
             for sub, v in value.items():
                 name = f"{key}.{sub}"
                 if key == "cost":
@@ -401,7 +418,8 @@ def validate(cfg: Mapping) -> dict:
                     out[key][sub] = table[sub](name, v)
         else:
             allowed = [*_TOP, *(f"slo.{s}" for s in _SLO), *(f"workload.{s}" for s in _WORKLOAD),
-                       *(f"cache.{s}" for s in _CACHE), "cost.<name>",
+                       *(f"cache.{s}" for s in _CACHE),
+                       *(f"disaggregation.{s}" for s in _DISAGG), "cost.<name>",
                        *(f"tier.<name>.{f}" for f in TIER_FIELDS)]
             raise ConfigError(f"{key}: unknown key; allowed: {', '.join(allowed)}")
     try:
@@ -422,6 +440,14 @@ def validate(cfg: Mapping) -> dict:
     if out["scheduler"] == "v0" and out["async_scheduling"]:
         raise ConfigError("async_scheduling: true is not allowed with scheduler=v0 "
                           "(asynchronous scheduling is vLLM v1's); use scheduler=v1")
+    dg = out["disaggregation"]
+    if dg["enabled"] and out["scheduler"] == "v0":
+        raise ConfigError("disaggregation.enabled: true is not allowed with scheduler=v0 "
+                          "(vLLM's KV connectors are v1's); use scheduler=v1")
+    if dg["enabled"] and out["num_replicas"] > 1:
+        raise ConfigError(f"num_replicas: {out['num_replicas']} with disaggregation.enabled: "
+                          "true; size the two pools with disaggregation.prefill_replicas "
+                          "and disaggregation.decode_replicas instead")
     w = out["workload"]
     if w["kind"] == "trace":
         if not w["path"]:
@@ -521,9 +547,9 @@ def apply_sets(cfg: dict, assignments: Sequence[str]) -> dict:
                               f"section.key, or tier.<name>.<field>)")
         if len(path) == 2:
             section, sub = path
-            if section not in ("slo", "workload", "cost", "cache"):
+            if section not in SECTIONS:
                 raise ConfigError(f"{'.'.join(path)}: unknown key; sections are slo., "
-                                  f"workload., cost., cache., tier.")
+                                  f"workload., cost., cache., disaggregation., tier.")
             node = cfg.setdefault(section, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"{section}: must be a mapping")
@@ -929,6 +955,7 @@ def params_from_columns(
     info = {
         "weights_gb": weights / 1e9,
         "kv_gb": blocks * bs * kv_per_token / 1e9,
+        "kv_bytes_per_token": np.broadcast_to(np.asarray(kv_per_token, np.float64), (B,)),
         "num_gpu_blocks": blocks.astype(np.int64),
         "max_model_len": mml.astype(np.int64),
         "watermark_blocks": wm_blocks.astype(np.int64),

@@ -284,6 +284,11 @@ class SimResult:
     per_replica: SimResult | None = dataclasses.field(default=None, repr=False)
     replica_lanes: list[np.ndarray] | None = dataclasses.field(default=None, repr=False)
     replica_ids: list[np.ndarray] | None = dataclasses.field(default=None, repr=False)
+    #: for configurations with disaggregated prefill and decode (``jaxsim.api.run``,
+    #: docs/semantics.md §8): ``{"prefill": SimResult, "decode": SimResult or None,
+    #: "decode_of": [decode-pool index of configuration i, or None]}``, each pool's own
+    #: result (fleets as for ``num_replicas``); ``state`` holds the merged requests
+    pools: dict | None = dataclasses.field(default=None, repr=False)
 
     def requests(self, i: int) -> dict[str, np.ndarray]:
         """Per-request results of lane ``i``, in arrival order (padding rows dropped)."""

@@ -127,6 +127,11 @@ def capacity_search(cfgs: Sequence[Mapping], slo: Mapping[str, float],
             v = config_mod.validate(c)
         except config_mod.ConfigError as e:
             raise config_mod.ConfigError(f"configuration {i}: {e}") from None
+        if v["disaggregation"]["enabled"]:
+            raise config_mod.ConfigError(
+                f"configuration {i}: disaggregation.enabled: true is simulated by "
+                "jaxsim.api.run and jaxsim simulate; capacity_search does not search "
+                "disaggregated deployments")
         if v["workload"]["kind"] == "all_at_once":
             raise config_mod.ConfigError(f"configuration {i}: workload.kind: all_at_once has "
                                          "no arrival rate to search")

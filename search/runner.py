@@ -422,6 +422,11 @@ def _lane_batch(cfgs: Sequence[Mapping], plan: Plan,
     """
     from jaxsim.params import concatenate
 
+    for c in cfgs:
+        if (c.get("disaggregation") or {}).get("enabled"):
+            raise config_mod.ConfigError(
+                "disaggregation.enabled: true is simulated by jaxsim.api.run and jaxsim "
+                "simulate; sweeps and searches do not run disaggregated deployments")
     if len(cfgs) != plan.chunk_size:
         raise ValueError(f"{len(cfgs)} configurations for a plan of B={plan.chunk_size}")
     traces = traces or _TraceCache()
