@@ -196,6 +196,16 @@ def vllm_caveats(cfg: Mapping) -> list[str]:
                      "load balancer (the vLLM production stack's router, vllm-router); "
                      "vLLM's own --data-parallel-size balances by load, which jaxsim does "
                      "not model")
+    dg = c["disaggregation"]
+    if dg["enabled"]:
+        notes.append(
+            f"disaggregation: the command starts one instance; run {dg['prefill_replicas']} "
+            f"prefill instance(s) with --kv-transfer-config '{{\"kv_connector\":"
+            f"\"NixlConnector\",\"kv_role\":\"kv_both\"}}' and {dg['decode_replicas']} "
+            f"decode instance(s) with the same flag ({c['tp']} GPU(s) each) behind a "
+            "disaggregated-prefill proxy that sends each request to a prefill instance "
+            "with max_tokens 1 and then to a decode instance; the simulated KV link is "
+            f"{dg['kv_link_gbs']:g} GB/s per GPU")
     if c["block_size"] not in VLLM_BLOCK_SIZES:
         notes.append(f"block_size {c['block_size']}: vLLM up to 0.11 accepts only "
                      f"{', '.join(map(str, VLLM_BLOCK_SIZES))}, and later releases need a "

@@ -114,12 +114,17 @@ def canonical_prices(gpu_prices: Mapping) -> dict:
 
 
 def _gpus(table: Mapping) -> np.ndarray:
-    """GPUs of each row's configuration: ``tp`` times ``num_replicas`` (results written
-    before replicas existed have no such column: one replica)."""
+    """GPUs of each row's configuration: its ``num_gpus`` column (``tp`` times the
+    instances: ``num_replicas``, or both pools' of a disaggregated one), else ``tp``
+    times ``num_replicas`` (results written before replicas existed have no such
+    column: one replica)."""
     gpus = _col(table, "tp").astype(np.float64)
     if "num_replicas" in table:  # NaN in rows of chunks written before the column
         r = np.asarray(table["num_replicas"], np.float64)
         gpus = gpus * np.where(np.isfinite(r), r, 1.0)
+    if "num_gpus" in table:  # NaN in rows of chunks written before the column
+        g = np.asarray(table["num_gpus"], np.float64)
+        gpus = np.where(np.isfinite(g), g, gpus)
     return gpus
 
 

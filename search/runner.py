@@ -291,6 +291,9 @@ class Batch:
     cache_kw: dict = dataclasses.field(default_factory=dict)
     #: configurations with replicas: how the chunk's lanes make up each configuration
     fleet: Fleet | None = None
+    #: a chunk with disaggregated configurations (docs/semantics.md §8): each
+    #: configuration's trace; the chunk runs through ``jaxsim.api.run``
+    disagg_traces: list | None = None
 
 
 @dataclasses.dataclass
@@ -354,6 +357,9 @@ def batch_from_configs(cfgs: Sequence[Mapping], plan: Plan,
     the requests its router sends it, then padding (see :class:`Fleet`). Constraint
     violators and invalid combinations are flagged as in :func:`_lane_batch`.
     """
+    if any((reasons is None or reasons[i] is None) and c["disaggregation"]["enabled"]
+           for i, c in enumerate(cfgs)):
+        return _disagg_batch(cfgs, plan, constraint_ok, traces, reasons, stand_in)
     if plan.replicas == 1:
         for i, c in enumerate(cfgs):
             valid = reasons is None or reasons[i] is None  # an invalid one is not run
@@ -422,11 +428,6 @@ def _lane_batch(cfgs: Sequence[Mapping], plan: Plan,
     """
     from jaxsim.params import concatenate
 
-    for c in cfgs:
-        if (c.get("disaggregation") or {}).get("enabled"):
-            raise config_mod.ConfigError(
-                "disaggregation.enabled: true is simulated by jaxsim.api.run and jaxsim "
-                "simulate; sweeps and searches do not run disaggregated deployments")
     if len(cfgs) != plan.chunk_size:
         raise ValueError(f"{len(cfgs)} configurations for a plan of B={plan.chunk_size}")
     traces = traces or _TraceCache()
@@ -505,6 +506,62 @@ def _lane_batch(cfgs: Sequence[Mapping], plan: Plan,
                  reasons=list(reasons) if reasons is not None else None, cache_kw=cache_kw)
 
 
+def _disagg_batch(cfgs, plan: Plan, constraint_ok, traces, reasons, stand_in) -> Batch:
+    """A chunk with disaggregated configurations (docs/semantics.md §8): its
+    configurations run through ``jaxsim.api.run`` (each pool a batched call), not as one
+    fixed-shape call; the memory figures are one instance's."""
+    from jaxsim import api, disagg
+
+    if len(cfgs) != plan.chunk_size:
+        raise ValueError(f"{len(cfgs)} configurations for a plan of B={plan.chunk_size}")
+    traces = traces or _TraceCache()
+    ok = np.ones(len(cfgs), bool) if constraint_ok is None else np.asarray(constraint_ok)
+    invalid = np.array([r is not None for r in reasons] if reasons is not None
+                       else [False] * len(cfgs))
+    if invalid.any() and stand_in is None:
+        raise ValueError("invalid configurations need a stand_in configuration")
+    runs = [stand_in if bad else c for c, bad in zip(cfgs, invalid, strict=True)]
+    lane_traces = [traces.get(c) for c in runs]
+    one = [{**(disagg.prefill_config(c) if c["disaggregation"]["enabled"] else c),
+            "num_replicas": 1} for c in runs]
+    info = api.prepare(one, lane_traces).info
+    if invalid.any():
+        info = {k: np.where(invalid, np.nan if v.dtype.kind == "f" else 0, v)
+                for k, v in info.items()}
+    return Batch(ids=np.arange(len(cfgs)), cfgs=list(cfgs), params=None, workload=None,
+                 info=info, constraint_ok=ok & ~invalid,
+                 reasons=list(reasons) if reasons is not None else None,
+                 disagg_traces=lane_traces)
+
+
+def _simulate_disagg(plan: Plan, batch: Batch, max_iterations) -> dict:
+    """A disaggregated chunk's metrics: the configurations that run, through
+    ``jaxsim.api.run`` (disaggregated ones and the others in separate calls); the rest
+    halt as infeasible, as constraint violators do in a fixed-shape chunk."""
+    from jaxsim import api
+
+    B = plan.chunk_size
+    out: dict[str, np.ndarray] = {}
+    run = np.flatnonzero(batch.constraint_ok)
+    for flag in (True, False):
+        idx = [int(i) for i in run if batch.cfgs[i]["disaggregation"]["enabled"] == flag]
+        if not idx:
+            continue
+        res = api.run([batch.cfgs[i] for i in idx], [batch.disagg_traces[i] for i in idx],
+                      max_iterations=max_iterations)
+        for k, v in res.metrics.items():
+            v = np.asarray(v)
+            if k not in out:
+                out[k] = np.full(B, np.nan if v.dtype.kind == "f" else 0, v.dtype)
+            out[k][idx] = v
+    status = out.setdefault("status", np.zeros(B, np.int32))
+    halt = np.ones(B, bool)
+    halt[run] = False
+    status[halt] = st_bits.INFEASIBLE | st_bits.INF_CONSTRAINT
+    out["slots"] = np.full(B, plan.slots, np.int32)  # api.run grows its own tables
+    return out
+
+
 def _shard(tree, plan: Plan):
     """Put a lane-batched pytree on the local devices, split along the lane axis."""
     if plan.num_devices <= 1:
@@ -521,6 +578,8 @@ def simulate_chunk(plan: Plan, batch: Batch, max_iterations: int | None = None) 
     A chunk of configurations with replicas (``batch.fleet``) runs its B x P lanes, and
     each configuration's metrics are computed over its replicas' requests
     (``jaxsim.replicas``); ``slots`` is then the largest table of its replicas."""
+    if batch.disagg_traces is not None:
+        return _simulate_disagg(plan, batch, max_iterations)
     if batch.fleet is None:
         if max_iterations is None and any(c["max_iterations"] is not None
                                           for c in batch.cfgs):
@@ -610,6 +669,11 @@ def rows_from_chunk(space: DesignSpace, batch: Batch, metrics: Mapping) -> dict[
     out["ok"] = status == 0
     for k in ("weights_gb", "kv_gb", "num_gpu_blocks"):
         out[k] = np.asarray(batch.info[k])[:n]
+    # tp x instances (both pools' of a disaggregated configuration)
+    out["num_gpus"] = np.array([
+        c["tp"] * (c["disaggregation"]["prefill_replicas"] + c["disaggregation"]["decode_replicas"]
+                   if c["disaggregation"]["enabled"] else c["num_replicas"])
+        for c in batch.cfgs[:n]], np.int64)
     for k, v in metrics.items():
         if k in ("status", "num_gpu_blocks"):
             continue

@@ -187,7 +187,7 @@ def test_disagg__pools_match_the_reference():
     assert res.metrics["preemptions"].max() > 0
 
 
-def test_disagg__bad_input(tmp_path):
+def test_disagg__bad_input():
     with pytest.raises(ValueError, match=r"external_tokens\[1\] = 5; must be in 0..prompt"):
         Trace([0.0, 1.0], [8, 5], [2, 2], external_tokens=[7, 5])
     with pytest.raises(ValueError, match="external_tokens has 1 entries for 2 requests"):
@@ -216,14 +216,10 @@ def test_disagg__bad_input(tmp_path):
         api.run([on, {}], tr)
     with pytest.raises(config_mod.ConfigError, match="prepare.. builds one lane"):
         api.prepare(on, tr)
-    from search import capacity, runner, space
+    from search import capacity
 
     with pytest.raises(config_mod.ConfigError, match="capacity_search does not search"):
         capacity.capacity_search([on], {"ttft_p99_s": 1.0})
-    sp = space.from_dict({"base": {**on, "workload": {"num_requests": 4}},
-                          "axes": {"max_num_seqs": [2, 4]}})
-    with pytest.raises(config_mod.ConfigError, match="sweeps and searches do not run"):
-        runner.run_sweep(sp, str(tmp_path / "o"), chunk_size=2, slots=4, progress=False)
 
 
 @pytest.mark.slow  # compiles both pools for a 1,000-request trace: CI's slow step
@@ -242,3 +238,50 @@ def test_disagg__command_line(capsys):
                "workload.num_requests=300"])
     text = capsys.readouterr().out
     assert "1 prefill + 1 decode instances" in text and "KV transfer" in text
+
+
+@pytest.mark.slow  # compiles both pools and a colocated batch: CI's slow step
+def test_disagg__sweep_rows_equal_api_run(tmp_path):
+    """A sweep over the split of GPUs between the pools (and a colocated level): rows
+    equal jaxsim.api.run's, num_gpus counts both pools, a constraint violator halts."""
+    from search import objectives, runner, space
+
+    sp = space.from_dict({
+        "base": {"num_gpu_blocks": 400, "disaggregation": {"enabled": True},
+                 "workload": {"kind": "poisson", "rate": 20.0, "num_requests": 40,
+                              "prompt_tokens": 300, "output_tokens": 12}},
+        "axes": {"disaggregation.enabled": [True, False],
+                 "disaggregation.decode_replicas": [1, 2, 3]},
+        "constraints": ["disaggregation.decode_replicas <= 2"]})
+    out = str(tmp_path / "o")
+    runner.run_sweep(sp, out, chunk_size=3, slots=8, progress=False)
+    df = runner.load_results(out).sort_values("config_id").reset_index(drop=True)
+    assert len(df) == 6
+    cfgs = sp.configs(sp.sample(np.arange(6)))
+    halted = [i for i, c in enumerate(cfgs) if c["disaggregation"]["decode_replicas"] == 3]
+    assert len(halted) == 2
+    np.testing.assert_array_equal(df["status"][halted],
+                                  st_bits.INFEASIBLE | st_bits.INF_CONSTRAINT)
+    on = [i for i, c in enumerate(cfgs) if c["disaggregation"]["enabled"] and i not in halted]
+    off = [i for i in range(6) if i not in on and i not in halted]
+    assert (df["status"][on + off] == 0).all()
+    for idx in (on, off):
+        direct = api.run([cfgs[i] for i in idx])
+        for k in ("ttft_p99_s", "tpot_p50_s", "e2e_mean_s", "throughput_rps", "busy_s",
+                  "iterations", "completed"):
+            np.testing.assert_allclose(df[k].to_numpy(np.float64)[idx], direct.metrics[k],
+                                       rtol=1e-6, err_msg=k)
+    gpus = objectives.derived({k: df[k].to_numpy() for k in df.columns}, "num_gpus")
+    np.testing.assert_array_equal(
+        gpus, [1.0 + c["disaggregation"]["decode_replicas"] if c["disaggregation"]["enabled"]
+               else 1.0 for c in cfgs])
+    assert np.isfinite(df["kv_transfer_mean_s"].to_numpy(np.float64)[on]).all()
+
+
+def test_disagg__vllm_caveat_says_how_to_deploy_the_pools():
+    from search.export import vllm_caveats
+
+    notes = vllm_caveats({"disaggregation": {"enabled": True, "decode_replicas": 3}, "tp": 2})
+    text = " ".join(notes)
+    assert "run 1 prefill instance(s)" in text and "3 decode instance(s)" in text
+    assert "NixlConnector" in text and "max_tokens 1" in text and "2 GPU(s) each" in text
