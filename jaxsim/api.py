@@ -220,13 +220,20 @@ def _run_disagg(cfgs: list[dict], trace, max_iterations, **kw) -> SimResult:
             "disaggregation.enabled: true in some configurations of this call and false "
             "in others; run the two kinds in separate calls")
     if max_iterations is not None and np.ndim(max_iterations) != 0:
-        raise ValueError("max_iterations: one value for every configuration with "
-                         "disaggregation (it bounds each instance of both pools)")
+        raise ValueError(f"max_iterations: {list(max_iterations)!r:.60} (one per "
+                         "configuration) is not supported with disaggregation; give one "
+                         "value, which bounds each instance of both pools")
+    for t in traces:
+        if t.external_tokens is not None and np.any(t.external_tokens):
+            raise ValueError(f"{t.name}: external_tokens with disaggregation.enabled: the "
+                             "decode pool gives its requests the KV of P - 1 prompt tokens "
+                             "itself; give the trace without external_tokens")
     pre_cfgs = [disagg.prefill_config(c) for c in cfgs]
     pre_traces = [disagg.prefill_trace(t) for t in traces]
     one = prepare([{**c, "num_replicas": 1} for c in pre_cfgs], pre_traces)
     pre = _run_fleet(pre_cfgs, pre_traces, max_iterations=max_iterations, **kw)
     dec_cfgs, dec_traces, dec_of, delays, positions, xfers = [], [], [], [], [], []
+    dec_assign = []
     for i, (c, t) in enumerate(zip(cfgs, traces, strict=True)):
         n, dg = len(t), c["disaggregation"]
         arr = np.sort(t.arrival_s, kind="stable")
@@ -245,8 +252,9 @@ def _run_disagg(cfgs: list[dict], trace, max_iterations, **kw) -> SimResult:
         if dtr is not None:
             dec_cfgs.append(disagg.decode_config(c))
             dec_traces.append(dtr)
-    dec = (_run_fleet(dec_cfgs, dec_traces, max_iterations=max_iterations, **kw)
-           if dec_cfgs else None)
+            dec_assign.append(disagg.decode_assignment(t, end, dtr, pos, c))
+    dec = (_run_fleet(dec_cfgs, dec_traces, max_iterations=max_iterations,
+                      assignments=dec_assign, **kw) if dec_cfgs else None)
     states = []
     for i, j in enumerate(dec_of):
         states.append(disagg.merge_pools(
@@ -272,7 +280,12 @@ def _run_disagg(cfgs: list[dict], trace, max_iterations, **kw) -> SimResult:
     limits = iteration_limits(max_iterations, wl, len(cfgs))
 
     def explain(i: int) -> list[str]:
+        # a budget is per instance: name the iterations of the instance that ran most
         m = {k: v[i] for k, v in metrics.items()}
+        runs = [pre.per_replica.metrics["iterations"][pre.replica_lanes[i]]]
+        if dec_of[i] is not None:
+            runs.append(dec.per_replica.metrics["iterations"][dec.replica_lanes[dec_of[i]]])
+        m["iterations"] = int(max(np.max(r) for r in runs))
         return config_mod.status_reasons(
             {**cfgs[i], "max_iterations": int(limits[i])}, int(out.status[i]),
             {k: v[i] for k, v in one.info.items()}, traces[i].max_len(), m)
@@ -304,7 +317,8 @@ def _run_lanes(configs, trace, max_slots, chunk_iterations, max_iterations, auto
     return p, res
 
 
-def _run_fleet(cfgs: list[dict], trace, max_iterations, **kw) -> SimResult:
+def _run_fleet(cfgs: list[dict], trace, max_iterations, assignments=None,
+               **kw) -> SimResult:
     """Configurations with replicas: one lane per replica, metrics over each fleet."""
     _check_trace(trace)
     traces = [trace] * len(cfgs) if isinstance(trace, Trace) else list(trace)
@@ -317,7 +331,8 @@ def _run_fleet(cfgs: list[dict], trace, max_iterations, **kw) -> SimResult:
                          "configurations; give one, or one per configuration")
     lane_cfgs, lane_traces, lanes, positions, lane_limits, ids = [], [], [], [], [], []
     for i, (c, t) in enumerate(zip(cfgs, traces, strict=True)):
-        sp = replicas.split(t, c["num_replicas"], c["router"], c["seed"])
+        sp = replicas.split(t, c["num_replicas"], c["router"], c["seed"],
+                            None if assignments is None else assignments[i])
         lanes.append(np.arange(len(lane_cfgs), len(lane_cfgs) + len(sp.traces)))
         positions.append(sp.positions)
         ids.append(np.asarray(sp.replica))

@@ -11,10 +11,11 @@ instances with ``max_tokens = 1`` and decode instances, a KV connector between t
    the prefill instance's link, one transfer at a time in the order the prefills end:
    ``start = max(prefill end, link free)``, ``arrival = start + bytes / kv_link_gbs +
    kv_link_latency_us``.
-3. **Decode pool** (``decode_replicas`` instances behind the same router kind, in the
-   order the transfers arrive): the request arrives with the KV of ``P - 1`` prompt
-   tokens (``Trace.external_tokens``), computes its last prompt token (the first output
-   token, vLLM's decode instance samples it itself) and then its other output tokens.
+3. **Decode pool** (``decode_replicas`` instances behind the same router kind, which
+   the proxy applies in the order the prefills end): the request arrives with the KV of
+   ``P - 1`` prompt tokens (``Trace.external_tokens``), computes its last prompt token
+   (the first output token, vLLM's decode instance samples it itself) and then its
+   other output tokens.
    The pool runs without prefix caching.
 
 With a static router the pools do not feed back into each other, so each runs as
@@ -86,20 +87,43 @@ def transfer(end_s: np.ndarray, replica: np.ndarray, prompt: np.ndarray, block_s
     lat = float(latency_us) * 1e-6
     done = np.isfinite(end_s)
     for k in np.unique(replica[done]):
-        idx = np.flatnonzero(done & (replica == k))
-        idx = idx[np.argsort(end_s[idx], kind="stable")]
-        e = end_s[idx]
         # prefills that ended in the same iteration go in request order: an end is an
         # arrival plus a float32 TTFT, so ends closer than its rounding are one
-        tie = np.diff(e) <= TIE_REL * np.abs(e[1:]) + 1e-12
-        group = np.concatenate([[0], np.cumsum(~tie)])
-        idx = idx[np.lexsort((idx, group))]
+        idx = end_order(np.where(replica == k, end_s, np.nan))
         free = -np.inf
         for i in idx:
             start = max(end_s[i], free)
             free = start + dur[i]
             out[i] = free + lat
     return out
+
+
+def end_order(end_s: np.ndarray) -> np.ndarray:
+    """Requests whose prefill ended (finite ``end_s``, seconds from the first arrival,
+    indexed in arrival order) in order of prefill end; ends within ``TIE_REL`` of each
+    other (one iteration's, across instances too) in arrival order."""
+    idx = np.flatnonzero(np.isfinite(end_s))
+    if idx.size == 0:
+        return idx
+    idx = idx[np.argsort(end_s[idx], kind="stable")]
+    e = end_s[idx]
+    group = np.concatenate([[0], np.cumsum(np.diff(e) > TIE_REL * np.abs(e[1:]) + 1e-12)])
+    return idx[np.lexsort((idx, group))]
+
+
+def decode_assignment(trace: Trace, end_s: np.ndarray, dec: Trace, pos: np.ndarray,
+                      cfg: dict) -> np.ndarray:
+    """The decode instance of each request of ``dec`` (the decode pool's trace, whose
+    requests are ``trace``'s arrival-order positions ``pos``), in ``dec``'s arrival
+    order: the configuration's router over the requests in order of prefill end (the
+    proxy picks a decode instance when the prefill instance answers)."""
+    o = end_order(end_s)  # arrival-order positions, in the order the router sees them
+    seen = trace._take(trace.order()[o], np.arange(len(o), dtype=np.float64))
+    by_end = replicas.assign(seen, cfg["disaggregation"]["decode_replicas"], cfg["router"],
+                             cfg["seed"])
+    rep = np.empty(len(end_s), np.int64)
+    rep[o] = by_end
+    return rep[pos[dec.order()]]
 
 
 def decode_trace(trace: Trace, arrival_s: np.ndarray) -> tuple[Trace | None, np.ndarray]:
@@ -172,6 +196,9 @@ def merge_pools(pre_state, dec_state, pos: np.ndarray, dec_order: np.ndarray,
     for f in ("kv_peak_blocks", "iter_limit"):
         new[f] = max(getattr(s, f) for s in pools)
     new["status"] = np.bitwise_or.reduce([s.status for s in pools])
+    # every request is read and none is in flight unless one did not complete: §4's
+    # truncation rule then sees an unfinished deployment (not halted: TRUNCATED)
+    new["ptr"], new["n_act"] = np.int32(done.sum()), np.int32(0)
     names = list(new)
     return eqx.tree_at(lambda s: [getattr(s, n) for n in names], pre,
                        [np.asarray(new[n], np.asarray(getattr(pre, n)).dtype) for n in names])

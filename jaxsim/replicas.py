@@ -108,10 +108,12 @@ class Split:
     positions: list[np.ndarray]
 
 
-def split(trace: Trace, num_replicas: int, router: str, seed: int = 0) -> Split:
-    """Each replica's share of ``trace``, in arrival order."""
+def split(trace: Trace, num_replicas: int, router: str, seed: int = 0,
+          assignment: np.ndarray | None = None) -> Split:
+    """Each replica's share of ``trace``, in arrival order (``assignment``: the replica
+    of each request in arrival order, instead of the router's)."""
     order = trace.order()
-    rep = assign(trace, num_replicas, router, seed)
+    rep = assign(trace, num_replicas, router, seed) if assignment is None else assignment
     traces, reps, pos = [], [], []
     for k in range(num_replicas):
         p = np.flatnonzero(rep == k)

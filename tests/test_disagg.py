@@ -109,14 +109,14 @@ def _oracle(trace: Trace, cfg: dict) -> dict:
     bs = int(p.scheduler.block_size)
     arr_d = _fifo(end, pre_rep, -(-Pt // bs) * bs * kv, dg["kv_link_gbs"],
                   dg["kv_link_latency_us"])
-    # the decode pool routes in its own arrival order (ties: arrival order)
-    d_order = np.lexsort((np.arange(n), np.where(np.isfinite(arr_d), arr_d, np.inf)))
-    d_order = d_order[np.isfinite(arr_d[d_order])]
+    # the proxy picks the decode instance as prefills end (ties: arrival order)
+    d_order = np.lexsort((np.arange(n), np.where(np.isfinite(end), end, np.inf)))
+    d_order = d_order[np.isfinite(end[d_order])]
     dec_rep = np.zeros(n, np.int64)
-    dtr = disagg.decode_trace(trace, arr_d)[0]
-    if dtr is not None:
-        dec_rep[d_order] = _route(len(d_order), dg["decode_replicas"], full["router"], dtr,
-                                  full["seed"])
+    if d_order.size:
+        by_end = Trace(np.arange(d_order.size, dtype=float), Pt[d_order], Ot[d_order])
+        dec_rep[d_order] = _route(len(d_order), dg["decode_replicas"], full["router"],
+                                  by_end, full["seed"])
     first, finish, q_dec, done, _ = pool(disagg.decode_config(full), arr_d, Ot, Pt - 1,
                                          dec_rep)
     m = lane_metrics(A, Pt, Ot, first, finish, A + q_pre + q_dec, done,
@@ -187,6 +187,39 @@ def test_disagg__pools_match_the_reference():
     assert res.metrics["preemptions"].max() > 0
 
 
+def test_disagg__a_decode_pool_out_of_budget_truncates_the_deployment():
+    """Regression: only the decode pool runs out of its budget (3 requests of 16 + 2
+    tokens at once, a slow link: the decode instance admits them one by one and needs 5
+    iterations); the deployment is truncated and says why with one instance's count."""
+    cfg = {"max_num_seqs": 8, "max_iterations": 4,
+           "disaggregation": {"enabled": True, "kv_link_gbs": 0.01}}
+    res = api.run(cfg, Trace(np.zeros(3), np.full(3, 16), np.full(3, 2)))
+    assert int(res.metrics["completed"][0]) == 2
+    assert res.status[0] & st_bits.TRUNCATED and not res.status[0] & st_bits.HALTED_MASK
+    assert int(res.pools["prefill"].status[0]) == 0
+    assert res.reasons(0) == ["the iteration budget ran out after 4 iterations "
+                              "(max_iterations 4) with 2 requests completed; raise "
+                              "max_iterations"]
+
+
+def test_disagg__the_proxy_picks_the_decode_instance_when_the_prefill_ends():
+    """Hand-worked (§8 item 3): request 0 (2,000 prompt tokens) ends its prefill first
+    but its KV crawls over a 0.2 GB/s link (about 1.3 s); request 1 (16 tokens, on the
+    other prefill instance) ends later and reaches the decode pool first. Round robin in
+    order of prefill end sends request 0 to decode instance 0, request 1 to instance 1."""
+    cfg = {"disaggregation": {"enabled": True, "prefill_replicas": 2, "decode_replicas": 2,
+                              "kv_link_gbs": 0.2}}
+    res = api.run(cfg, Trace([0.0, 0.5], [2000, 16], [3, 5]))
+    assert int(res.status[0]) == 0
+    ttft = res.requests(0)["ttft_s"]
+    assert ttft[0] > 1.3 and ttft[1] < 0.1  # request 1 is decoded first
+    dec = res.pools["decode"]
+    by_replica = dict(zip(dec.replica_ids[0].tolist(),
+                          dec.per_replica.metrics["tokens_scheduled"][dec.replica_lanes[0]],
+                          strict=True))
+    assert by_replica == {0: 3, 1: 5}  # 1 + (O - 1) tokens: request 0 on instance 0
+
+
 def test_disagg__bad_input():
     with pytest.raises(ValueError, match=r"external_tokens\[1\] = 5; must be in 0..prompt"):
         Trace([0.0, 1.0], [8, 5], [2, 2], external_tokens=[7, 5])
@@ -207,6 +240,12 @@ def test_disagg__bad_input():
         cfg = {"disaggregation": {"enabled": True}, **bad}
         with pytest.raises(config_mod.ConfigError, match=msg):
             config_mod.validate(cfg)
+    with pytest.raises(ValueError, match="external_tokens with disaggregation.enabled"):
+        api.run({"disaggregation": {"enabled": True}},
+                Trace([0.0], [8], [2], external_tokens=[3]))
+    with pytest.raises(ValueError, match="max_iterations: .* not supported with disagg"):
+        api.run([{"disaggregation": {"enabled": True}}] * 2, Trace([0.0], [8], [2]),
+                max_iterations=[3, 4])
     with pytest.raises(ValueError, match="cannot be combined with the prefix cache"):
         SimShape(max_requests=4, max_slots=4, cache_entries=8, hash_space=8,
                  external_kv=True)
