@@ -99,3 +99,37 @@ def oracle_workload(trace: Trace) -> dict:
     if trace.external_tokens is not None:
         out["external_tokens"] = np.asarray(trace.external_tokens)
     return out
+
+
+def scalar_close(a, b, rtol: float, atol: float) -> bool:
+    """Two scalars agree (both NaN counts)."""
+    a, b = float(a), float(b)
+    return (np.isnan(a) and np.isnan(b)) or abs(a - b) <= atol + rtol * abs(b)
+
+
+def fleet_errors(status: int, m: dict, ref: dict, trace: Trace,
+                 rate_keys=("throughput_rps", "output_tps", "goodput_rps")) -> list[str]:
+    """Where a configuration's metrics (``m``, one configuration's entries) differ from
+    a reference composed of reference-simulator runs (``ref``: its truncation flag,
+    totals, §4 metrics and per-request ``finish``): counts exact, latencies to 2e-6
+    relative plus 5e-8 of the last finish (float32 clock readings), ``rate_keys`` to
+    2e-6 relative."""
+    from jaxsim import status as st_bits
+
+    errs = []
+    if bool(status & st_bits.TRUNCATED) != ref["truncated"]:
+        errs.append(f"truncated {status} vs {ref['truncated']}")
+    for key, rkey in (("iterations", "iterations"), ("preemptions", "total_preemptions"),
+                      ("tokens_scheduled", "total_tokens"), ("completed", "num_completed")):
+        if int(m[key]) != int(ref[rkey]):
+            errs.append(f"{key} {m[key]} vs {ref[rkey]}")
+    clock = float(np.nanmax(ref["finish"] - trace.arrival_s.min()))
+    atol = 1e-9 + 5e-8 * clock
+    for key in ("ttft_mean_s", "ttft_p50_s", "ttft_p99_s", "tpot_mean_s", "tpot_p90_s",
+                "e2e_p99_s", "queue_mean_s", "itl_mean_s", "duration_s"):
+        if not scalar_close(m[key], ref[key], 2e-6, atol):
+            errs.append(f"{key} {m[key]!r} vs {ref[key]!r}")
+    for key in rate_keys:
+        if not scalar_close(m[key], ref[key], 2e-6, 1e-9):
+            errs.append(f"{key} {m[key]!r} vs {ref[key]!r}")
+    return errs

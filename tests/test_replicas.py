@@ -20,7 +20,7 @@ from jaxsim import config as config_mod
 from jaxsim import status as st_bits
 from jaxsim.state import SimState
 from jaxsim.workload import Trace
-from tests.helpers import lane_params, oracle_config, oracle_workload
+from tests.helpers import fleet_errors, lane_params, oracle_config, oracle_workload
 from tests.reference.event_sim import lane_metrics, simulate_reference
 from tests.test_against_reference import random_case
 
@@ -91,11 +91,6 @@ def _oracle_fleet(trace: Trace, cfg: dict, assignment: np.ndarray) -> dict:
             "first": first, "finish": finish}
 
 
-def _close(a, b, rtol, atol):
-    a, b = float(a), float(b)
-    return (np.isnan(a) and np.isnan(b)) or abs(a - b) <= atol + rtol * abs(b)
-
-
 def test_replicas__fleets_match_the_reference_per_replica():
     rng = np.random.default_rng(20261124)
     cases = []
@@ -127,23 +122,10 @@ def test_replicas__fleets_match_the_reference_per_replica():
             if errs:
                 failures.append(f"case {i}: {errs}")
             continue
-        if bool(status & st_bits.TRUNCATED) != ref["truncated"]:
-            errs.append(f"truncated {status} vs {ref['truncated']}")
         m = {k: v[i] for k, v in res.metrics.items()}
-        for key, rkey in (("iterations", "iterations"), ("preemptions", "total_preemptions"),
-                          ("tokens_scheduled", "total_tokens"), ("completed", "num_completed")):
-            if int(m[key]) != int(ref[rkey]):
-                errs.append(f"{key} {m[key]} vs {ref[rkey]}")
-        clock = float(np.nanmax(ref["finish"] - trace.arrival_s.min()))
-        atol = 1e-9 + 5e-8 * clock
-        for key in ("ttft_mean_s", "ttft_p50_s", "ttft_p99_s", "tpot_mean_s", "tpot_p90_s",
-                    "e2e_p99_s", "queue_mean_s", "itl_mean_s", "duration_s"):
-            if not _close(m[key], ref[key], 2e-6, atol):
-                errs.append(f"{key} {m[key]!r} vs {ref[key]!r}")
-        for key in ("throughput_rps", "output_tps", "goodput_rps", "busy_s",
-                    "kv_occupancy_peak"):
-            if not _close(m[key], ref[key], 2e-6, 1e-9):
-                errs.append(f"{key} {m[key]!r} vs {ref[key]!r}")
+        errs += fleet_errors(status, m, ref, trace, ("throughput_rps", "output_tps",
+                                                     "goodput_rps", "busy_s",
+                                                     "kv_occupancy_peak"))
         per = res.requests(i)
         np.testing.assert_array_equal(per["completed"], ref["completed_mask"][trace.order()])
         assert len(res.replica_lanes[i]) == min(full["num_replicas"], len(trace))
