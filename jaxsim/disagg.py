@@ -141,10 +141,6 @@ def decode_trace(trace: Trace, arrival_s: np.ndarray) -> tuple[Trace | None, np.
     return t, pos
 
 
-def _get(tree, i):
-    return jax.tree.map(lambda x: np.asarray(x)[i], tree)
-
-
 def merge_pools(pre_state, dec_state, pos: np.ndarray, dec_order: np.ndarray,
                 delay_s: np.ndarray):
     """The whole configuration's state (numpy, one configuration) from its pools'.
