@@ -307,6 +307,7 @@ def test_cli__unknown_command_exit_2():
     assert out.returncode == 2 and "Traceback" not in out.stderr
 
 
+@pytest.mark.slow  # a subprocess compiles its own (23 s cold on 2 cores): CI's slow step
 def test_cli__module_entry_point_json_and_the_compile_cache(tmp_path):
     # The command line keeps compiled executables in $XDG_CACHE_HOME/jaxsim/xla; a second
     # run loads them and prints the same metrics.

@@ -274,6 +274,7 @@ def test_prefetch_window_past_the_slot_table_is_rerun_exactly():
         np.testing.assert_array_equal(a[k], b[k])
 
 
+@pytest.mark.slow  # its own cache-table sizes compile (28 s cold on 2 cores): CI's slow step
 def test_run_takes_the_cache_table_size_its_overflow_reason_names():
     """The reason for ``overflow_cache_table`` says to give a larger ``cache_entries``;
     ``api.run`` now takes it (only ``prepare`` did)."""

@@ -268,6 +268,7 @@ def test_replicas__max_model_len_and_budgets_are_the_deployments():
     assert "12 iterations" in why and "max_iterations 12" in why, why
 
 
+@pytest.mark.slow  # the CLI's 1,000-request fleet compiles (23 s cold on 2 cores): CI's slow step
 def test_replicas__requests_per_replica_in_the_command_line(capsys):
     from jaxsim import cli
 
