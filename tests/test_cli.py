@@ -224,6 +224,7 @@ def test_config__status_reasons_name_the_values_and_the_remedy():
     assert "and the tiers' bandwidths and latencies (tier.<name>.*: dram, ssd)" in only
 
 
+@pytest.mark.slow  # compiles lanes of its own (19 s cold on 2 cores): CI's slow step
 def test_config__status_reasons_suggest_only_what_can_be_changed():
     """The advice named settings at their limit (raise tp at tp 8), fp8 for a lane
     already in fp8, and the configuration's max_iterations where ``api.run`` applied its

@@ -398,6 +398,7 @@ def test_step__truncation_sets_status():
     assert int(res.metrics["completed"][0]) == 0
 
 
+@pytest.mark.slow  # compiles lanes of its own (21 s cold on 2 cores): CI's slow step
 def test_step__max_iterations_per_lane_from_the_configurations():
     """``max_iterations`` in a configuration bounds that lane alone, in ``api.run`` as in
     ``jaxsim simulate``; a lane past its budget stops and is flagged, the others run on,

@@ -266,6 +266,7 @@ def test_trace__one_request_file_runs_at_the_default_rate(tmp_path, capsys):
     assert out["completed"] == 1 and out["status"] == "ok"
 
 
+@pytest.mark.slow  # its own prefix-cache shape compiles (25 s cold on 2 cores): CI's slow step
 def test_output_ids_name_every_computed_block_and_resumes_hit_them():
     """vLLM hashes output blocks too: with them named, a preempted request's recompute
     hits its own output block (here 16 fewer tokens), as in vLLM."""
