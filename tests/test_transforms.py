@@ -83,8 +83,12 @@ def test_transforms__jit_step_equals_eager():
         np.testing.assert_array_equal(getattr(s_eager, name), getattr(s_jit, name))
 
 
+# The batch tests below share one compiled chunk function (six lanes of shape_for()),
+# so the file compiles few executables.
+
+
 def test_transforms__vmap_lane_equals_single_run():
-    ls = lanes(5)
+    ls = lanes(6)
     shape = shape_for()
     wl = to_workload(TRACE)
     batch = sim.simulate_batch(shape, P.stack(ls), wl)
@@ -127,7 +131,7 @@ def test_transforms__padding_invariance():
 
 
 def test_transforms__nan_lane_leaves_others_bit_identical():
-    ls = lanes(4)
+    ls = lanes(6)
     shape = shape_for()
     wl = to_workload(TRACE)
     clean = sim.simulate_batch(shape, P.stack(ls), wl)
@@ -140,11 +144,11 @@ def test_transforms__nan_lane_leaves_others_bit_identical():
 
 
 def test_transforms__no_recompile_for_new_values():
-    shape = SimShape(max_requests=len(TRACE), max_slots=8, chunk_iterations=97)
+    shape = shape_for()
     wl = to_workload(TRACE)
-    before = sim._run_chunk_batch._cache_size()
+    sizes = []
     for seed in range(4):
-        ls = lanes(3)
+        ls = lanes(6)
         rng = np.random.default_rng(seed)
         ls = [eqx.tree_at(lambda q: q.scheduler.max_num_seqs, p, jnp.int32(rng.integers(1, 8)))
               for p in ls]
@@ -152,7 +156,8 @@ def test_transforms__no_recompile_for_new_values():
                           p.hardware.hbm_bw_bytes_per_s * float(rng.uniform(0.5, 2)))
               for p in ls]
         sim.simulate_batch(shape, P.stack(ls), wl)
-    assert sim._run_chunk_batch._cache_size() == before + 1
+        sizes.append(sim._run_chunk_batch._cache_size())
+    assert sizes[1:] == sizes[:1] * 3  # compiled at most once, by the first call
 
 
 @pytest.mark.slow  # 64 s from a cold compile cache on 2 cores: CI's slow step
@@ -180,13 +185,13 @@ def test_transforms__a_chunk_ends_once_every_lane_is_done():
     # Within a chunk the batch checks every sim.CHECK_STEPS steps whether all its lanes
     # are done, and stops there; the results are those of short chunks.
     wl = to_workload(TRACE)
-    ps = P.stack(lanes(3))
+    ps = P.stack(lanes(6))
     long = sim.simulate_batch(SimShape(max_requests=len(TRACE), max_slots=8,
                                        chunk_iterations=512), ps, wl)
-    short = sim.simulate_batch(SimShape(max_requests=len(TRACE), max_slots=8,
-                                        chunk_iterations=16), ps, wl)
+    short = sim.simulate_batch(shape_for(), ps, wl)  # chunks of 128 steps
     steps = int(long.metrics["steps"].max())
     assert steps < 512 - sim.CHECK_STEPS  # so the long run ended inside its chunk
+    assert steps > shape_for().chunk_iterations  # and the short one took several chunks
     assert long.iterations_run == -(-steps // sim.CHECK_STEPS) * sim.CHECK_STEPS
     assert short.iterations_run == long.iterations_run
     assert_metrics_equal(long.metrics, short.metrics)
