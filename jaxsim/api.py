@@ -116,7 +116,9 @@ def prepare(
                         prefetch=any(c["cache"]["prefetch"] for c in cfgs))
     shape = SimShape(max_requests=R, max_slots=max_slots, chunk_iterations=chunk_iterations,
                      macro_iterations=DEFAULT_MACRO,
-                     async_scheduling=any(c["async_scheduling"] for c in cfgs), **cache_kw)
+                     async_scheduling=any(c["async_scheduling"] for c in cfgs),
+                     speculative=any(c["speculative"]["num_tokens"] > 0 for c in cfgs),
+                     **cache_kw)
     return Prepared(shape, params, workload, info, cfgs)
 
 

@@ -27,6 +27,7 @@ from jaxsim.params import (
     COST_ALIASES,
     COST_PARAM_NAMES,
     COST_SPEC,
+    MAX_SPEC_TOKENS,
     SMOOTH_P_CHOICES,
     CacheParams,
     CostParams,
@@ -34,7 +35,9 @@ from jaxsim.params import (
     ModelParams,
     SchedulerParams,
     SimParams,
+    SpecParams,
     expand_cost_aliases,
+    spec_accept_units,
 )
 from jaxsim.replicas import ROUTERS
 from jaxsim.workload import (
@@ -100,6 +103,8 @@ DEFAULTS: dict[str, Any] = {
               "prefetch": False},
     "disaggregation": {"enabled": False, "prefill_replicas": 1, "decode_replicas": 1,
                        "kv_link_gbs": 23.75, "kv_link_latency_us": 2.26},
+    "speculative": {"num_tokens": 0, "acceptance": 0.7, "method": "ngram",
+                    "draft_model": None},
     "workload": {
         "kind": "poisson",
         "rate": 10.0,
@@ -270,7 +275,27 @@ _DISAGG = {
     "kv_link_gbs": lambda k, v: _float(k, v, 0.0, 1e6, lo_open=True),
     "kv_link_latency_us": lambda k, v: _float(k, v, 0.0, 1e9),
 }
-SECTIONS = ("slo", "workload", "cost", "cache", "disaggregation")
+#: Speculative decoding (docs/semantics.md §9): vLLM's --speculative-config.
+SPEC_METHODS = ("ngram", "eagle", "draft_model")
+
+
+def _draft_model(key, v):
+    if v is None:
+        return None
+    try:
+        return presets.model(v)[0]
+    except KeyError:
+        raise ConfigError(f"{key}: {v!r} is not a model preset; allowed: "
+                          f"{', '.join(presets.model_names())}") from None
+
+
+_SPEC = {
+    "num_tokens": lambda k, v: _int(k, v, 0, MAX_SPEC_TOKENS),
+    "acceptance": lambda k, v: _float(k, v, 0.0, 1.0),
+    "method": lambda k, v: _choice(k, v, SPEC_METHODS),
+    "draft_model": _draft_model,
+}
+SECTIONS = ("slo", "workload", "cost", "cache", "disaggregation", "speculative")
 
 
 def _preemption_mode(key, v):
@@ -396,7 +421,7 @@ def validate(cfg: Mapping) -> dict:
             if not isinstance(value, Mapping):
                 raise ConfigError(f"{key}: {value!r} must be a mapping")
             table = {"slo": _SLO, "workload": _WORKLOAD, "cache": _CACHE,
-                     "disaggregation": _DISAGG}.get(key)
+                     "disaggregation": _DISAGG, "speculative": _SPEC}.get(key)
             for sub, v in value.items():
                 name = f"{key}.{sub}"
                 if key == "cost":
@@ -419,7 +444,8 @@ def validate(cfg: Mapping) -> dict:
         else:
             allowed = [*_TOP, *(f"slo.{s}" for s in _SLO), *(f"workload.{s}" for s in _WORKLOAD),
                        *(f"cache.{s}" for s in _CACHE),
-                       *(f"disaggregation.{s}" for s in _DISAGG), "cost.<name>",
+                       *(f"disaggregation.{s}" for s in _DISAGG),
+                       *(f"speculative.{s}" for s in _SPEC), "cost.<name>",
                        *(f"tier.<name>.{f}" for f in TIER_FIELDS)]
             raise ConfigError(f"{key}: unknown key; allowed: {', '.join(allowed)}")
     try:
@@ -440,6 +466,31 @@ def validate(cfg: Mapping) -> dict:
     if out["scheduler"] == "v0" and out["async_scheduling"]:
         raise ConfigError("async_scheduling: true is not allowed with scheduler=v0 "
                           "(asynchronous scheduling is vLLM v1's); use scheduler=v1")
+    spec = out["speculative"]
+    if spec["num_tokens"] > 0 and out["scheduler"] == "v0":
+        raise ConfigError(f"speculative.num_tokens: {spec['num_tokens']} is not allowed with "
+                          "scheduler=v0 (jaxsim models vLLM v1's speculative decoding); use "
+                          "scheduler=v1 or speculative.num_tokens: 0")
+    if spec["method"] == "draft_model" and spec["draft_model"] is None:
+        raise ConfigError("speculative.draft_model: required with speculative.method: "
+                          f"draft_model (a model preset: {', '.join(presets.model_names())})")
+    if spec["method"] != "draft_model" and spec["draft_model"] is not None:
+        raise ConfigError(f"speculative.draft_model: {spec['draft_model']!r} is read only "
+                          f"with speculative.method: draft_model, not {spec['method']}")
+    if spec["draft_model"] is not None:
+        vt = presets.model(out["model"])[1]["vocab_size"]
+        dm = presets.model(spec["draft_model"])[1]
+        vd = dm["vocab_size"]
+        if not tp_fits_heads(int(out["tp"]), int(dm["num_heads"]), int(dm["num_kv_heads"])):
+            raise ConfigError(
+                f"speculative.draft_model: {spec['draft_model']!r} has {dm['num_heads']} "
+                f"attention heads and {dm['num_kv_heads']} KV heads, which tp "
+                f"{out['tp']} cannot split (the draft model runs at the target's tp)")
+        if vt != vd:
+            raise ConfigError(
+                f"speculative.draft_model: {spec['draft_model']!r} has a vocabulary of "
+                f"{vd} tokens and {out['model']} one of {vt}; a draft model must share "
+                "the target's tokenizer (same vocabulary size)")
     dg = out["disaggregation"]
     if dg["enabled"] and out["scheduler"] == "v0":
         raise ConfigError("disaggregation.enabled: true is not allowed with scheduler=v0 "
@@ -549,7 +600,8 @@ def apply_sets(cfg: dict, assignments: Sequence[str]) -> dict:
             section, sub = path
             if section not in SECTIONS:
                 raise ConfigError(f"{'.'.join(path)}: unknown key; sections are slo., "
-                                  f"workload., cost., cache., disaggregation., tier.")
+                                  f"workload., cost., cache., disaggregation., "
+                                  f"speculative., tier.")
             node = cfg.setdefault(section, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"{section}: must be a mapping")
@@ -725,6 +777,8 @@ COLUMN_KEYS = (
     "enable_prefix_caching", "tiers", "tier", "cache.recency_weight",
     "cache.frequency_weight", "cache.depth_weight", "cache.load_overlap",
     "cache.admission_weight", "cache.admission_window", "cache.prefetch", "preemption_mode",
+    "speculative.num_tokens", "speculative.acceptance", "speculative.method",
+    "speculative.draft_model",
 )
 
 
@@ -736,7 +790,7 @@ def columns_from_configs(cfgs: Sequence[Mapping]) -> dict[str, list]:
         cols[f"cost.{n}"] = []
     for c in cfgs:
         for k in COLUMN_KEYS:
-            if k.startswith(("slo.", "cache.")):
+            if k.startswith(("slo.", "cache.", "speculative.")):
                 sec, sub = k.split(".", 1)
                 cols[k].append(c[sec][sub])
             else:
@@ -834,6 +888,9 @@ def params_from_columns(
     # FP8 quantises linear layers and experts; the embedding and LM head stay BF16
     n_embed = 2.0 * mfield("vocab_size") * h
     weights = ((n_params - n_embed) * bytes_w + n_embed * 2.0) / tp
+    spec, draft_weights = _spec_params(cols, B, model_names, uniq_m, tp, bytes_w, bytes_kv,
+                                       n_params - n_embed)
+    weights = weights + draft_weights
     reserve_gb = num("activation_reserve_gb")
     reserve_est = np.zeros(B)
     for name in uniq_m:
@@ -951,6 +1008,7 @@ def params_from_columns(
         tpot_slo_s=num("slo.tpot_s"),
         status0=status.astype(np.int32),
         cache=_cache_params(cols, B, kv_per_token, hash_block_tokens, num_tiers),
+        spec=spec,
     )
     info = {
         "weights_gb": weights / 1e9,
@@ -963,6 +1021,46 @@ def params_from_columns(
         "usable_gb": cap * util / 1e9,
     }
     return params, info
+
+
+_DRAFT_DIMS = ("num_layers", "hidden_size", "num_heads", "num_kv_heads", "head_dim",
+               "ffn_size", "vocab_size", "num_experts", "experts_per_token")
+
+
+def _spec_params(cols, B, model_names, uniq_m, tp, bytes_w, bytes_kv, n_layer_params):
+    """§9 speculative decoding: ``SpecParams`` (``None`` when no lane has it) and the
+    drafter's weights per GPU (bytes; 0 without a draft model). ``eagle`` drafts with
+    one decoder layer of the target's shape (it shares the embedding and LM head);
+    ``draft_model`` with a model preset at the target's dtype and ``tp``."""
+    k = np.array([int(x) for x in cols.get("speculative.num_tokens", [0] * B)])
+    if not np.any(k > 0):
+        return None, np.zeros(B)
+    method = list(cols.get("speculative.method", ["ngram"] * B))
+    draft = list(cols.get("speculative.draft_model", [None] * B))
+    alpha = list(cols.get("speculative.acceptance", [0.7] * B))
+    dims = {f: np.zeros(B) for f in _DRAFT_DIMS}
+    d_weights = np.zeros(B)
+    for i in range(B):
+        m = uniq_m[model_names[i]]
+        if k[i] > 0 and method[i] == "draft_model":
+            d = presets.model(draft[i])[1]
+            n_d = float(presets.param_count(d))
+            n_emb = 2.0 * d["vocab_size"] * d["hidden_size"]
+            d_weights[i] = ((n_d - n_emb) * bytes_w[i] + n_emb * 2.0) / tp[i]
+        else:
+            d = dict(m)
+            if k[i] > 0 and method[i] == "eagle":
+                d["num_layers"] = 1
+                d_weights[i] = n_layer_params[i] / m["num_layers"] * bytes_w[i] / tp[i]
+        for f in _DRAFT_DIMS:
+            dims[f][i] = d[f]
+    units = np.stack([spec_accept_units(alpha[i], k[i]) for i in range(B)])
+    spec = SpecParams(
+        num_tokens=k.astype(np.int32), accept_units=units,
+        draft=ModelParams(**dims, bytes_per_weight=bytes_w, bytes_per_kv=bytes_kv,
+                          bytes_per_lm_head_weight=np.full(B, 2.0)),
+        has_draft=np.array([k[i] > 0 and method[i] != "ngram" for i in range(B)], np.int32))
+    return spec, d_weights
 
 
 def _either(fixes: list[str]) -> str:

@@ -420,38 +420,55 @@ def op_times_dd(model, hw, tp, cost, f: BatchFeatures) -> dict[str, DD]:
     return op_times_from_consts(prepare(model, hw, tp, cost), f)
 
 
-def _total(k: CostConsts, t: dict[str, DD], tokens: Array, overlap=None) -> DD:
-    """Iteration time from the operator times (any may carry a trailing series axis)."""
-    def stack(names):
-        xs = [t[n] for n in names]
-        shape = jnp.broadcast_shapes(*(x.hi.shape for x in xs))
-        return DD(jnp.stack([jnp.broadcast_to(x.hi, shape) for x in xs], axis=-1),
-                  jnp.stack([jnp.broadcast_to(x.lo, shape) for x in xs], axis=-1))
+def _stack_ops(t: dict[str, DD], names) -> DD:
+    xs = [t[n] for n in names]
+    shape = jnp.broadcast_shapes(*(x.hi.shape for x in xs))
+    return DD(jnp.stack([jnp.broadcast_to(x.hi, shape) for x in xs], axis=-1),
+              jnp.stack([jnp.broadcast_to(x.lo, shape) for x in xs], axis=-1))
 
+
+def _total(k: CostConsts, t: dict[str, DD], tokens: Array, overlap=None,
+           extra_gpu: DD | None = None) -> DD:
+    """Iteration time from the operator times (any may carry a trailing series axis)."""
     # decode attention last: in an event-skipping run it alone varies with the context,
     # so the sum of the others can come from a table (decode_table)
-    layer = _dd_sum(stack(_LAYER_OPS_BUT_DECODE))
-    return _combine(k, layer, t["attn_decode"], _dd_sum(stack(GPU_ONCE_OPS)), t["cpu"],
-                    tokens, overlap)
+    layer = _dd_sum(_stack_ops(t, _LAYER_OPS_BUT_DECODE))
+    return _combine(k, layer, t["attn_decode"], _dd_sum(_stack_ops(t, GPU_ONCE_OPS)),
+                    t["cpu"], tokens, overlap, extra_gpu)
+
+
+def gpu_time_from_consts(k: CostConsts, f: BatchFeatures) -> DD:
+    """``G`` alone: the GPU time of one iteration with batch features ``f`` (the
+    per-layer and per-iteration GPU operators, no CPU overheads; 0 when nothing is
+    scheduled). A speculative-decoding drafter's time (docs/semantics.md §9)."""
+    t = op_times_from_consts(k, f)
+    layer = _dd_sum(_stack_ops(t, _LAYER_OPS_BUT_DECODE))
+    gpu = dd.add(dd.mul_f(dd.add(layer, t["attn_decode"]), k.dims["L"]),
+                 _dd_sum(_stack_ops(t, GPU_ONCE_OPS)))
+    return dd.where(f.tokens > 0, gpu, dd.dd(jnp.zeros_like(gpu.hi)))
 
 
 def _combine(k: CostConsts, layer: DD, attn_decode: DD, once: DD, cpu: DD, tokens: Array,
-             overlap) -> DD:
+             overlap, extra_gpu: DD | None = None) -> DD:
     """``G + C``, or ``max(G, C)`` where ``overlap`` (asynchronous scheduling, §2.10),
-    with ``G`` the GPU time (layers and the per-iteration GPU operators) and ``C`` the
-    CPU overheads."""
+    with ``G`` the GPU time (layers and the per-iteration GPU operators, plus
+    ``extra_gpu``: a drafter's, §9) and ``C`` the CPU overheads."""
     gpu = dd.add(dd.mul_f(dd.add(layer, attn_decode), k.dims["L"]), once)
+    if extra_gpu is not None:
+        gpu = dd.add(gpu, extra_gpu)
     total = dd.add(gpu, cpu)
     if overlap is not None:
         total = dd.where(overlap, dd.maximum(gpu, cpu), total)
     return dd.where(tokens > 0, total, dd.dd(jnp.zeros_like(total.hi)))
 
 
-def iteration_time_from_consts(k: CostConsts, f: BatchFeatures, overlap=None) -> DD:
+def iteration_time_from_consts(k: CostConsts, f: BatchFeatures, overlap=None,
+                               extra_gpu: DD | None = None) -> DD:
     """Seconds for one iteration with batch features ``f`` (0 when nothing is scheduled);
     ``overlap`` (bool, default off): the iteration's CPU overheads overlap its GPU time
-    (asynchronous scheduling, docs/semantics.md §2.10)."""
-    return _total(k, op_times_from_consts(k, f), f.tokens, overlap)
+    (asynchronous scheduling, docs/semantics.md §2.10); ``extra_gpu``: GPU time added
+    to the iteration's (a speculative-decoding drafter's, §9)."""
+    return _total(k, op_times_from_consts(k, f), f.tokens, overlap, extra_gpu)
 
 
 class DecodeTable(NamedTuple):

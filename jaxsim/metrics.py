@@ -128,6 +128,12 @@ def compute_metrics(params: SimParams, workload: Workload, state: SimState) -> d
         m[f"peak_blocks_tier{t}"] = st.peak_entries[t]
     m["swaps"] = st.swaps_total  # §5.10 swap-outs (0 without swap preemption)
     m["prefetched_blocks"] = st.prefetched_total  # §5.11
+    # §9 speculative decoding (0 drafted without it)
+    m["spec_drafted_tokens"] = st.spec_drafted
+    m["spec_accepted_tokens"] = st.spec_accepted
+    m["spec_acceptance_rate"] = jnp.where(
+        st.spec_drafted > 0,
+        st.spec_accepted.astype(jnp.float32) / jnp.maximum(st.spec_drafted, 1), jnp.nan)
     m["xfer_exposed_s"] = st.xfer_exposed_hi + st.xfer_exposed_lo
     m["xfer_hidden_s"] = st.xfer_hidden_hi + st.xfer_hidden_lo
     if st.load_s.shape[-1]:  # §5.7 TTFT split into queueing, load and prefill

@@ -347,6 +347,58 @@ class CacheParams(eqx.Module):
         )
 
 
+#: Largest number of draft tokens per decode step (``SpecParams.num_tokens``).
+MAX_SPEC_TOKENS = 16
+#: Fixed-point unit of the acceptance accumulator (docs/semantics.md §9).
+SPEC_UNIT = 65536
+
+
+def spec_accept_units(alpha: float, k: int) -> np.ndarray:
+    """``A[0..MAX_SPEC_TOKENS]`` of docs/semantics.md §9 for acceptance rate ``alpha``
+    and ``k`` draft tokens: ``A[j] = round(65536 * sum(alpha ** i for i in 1..j))`` for
+    ``j <= k`` (Python floats, summed in order), and ``A[k]`` repeated past ``k`` (never
+    read: at most ``k`` drafts are scheduled)."""
+    alpha, k = float(alpha), int(k)
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"speculative acceptance={alpha!r}: must be in [0, 1]")
+    if not 0 <= k <= MAX_SPEC_TOKENS:
+        raise ValueError(f"speculative num_tokens={k!r}: must be an int in "
+                         f"0..{MAX_SPEC_TOKENS}")
+    out = np.zeros(MAX_SPEC_TOKENS + 1, np.int64)
+    total = 0.0
+    for j in range(1, k + 1):
+        total += alpha ** j
+        out[j] = round(SPEC_UNIT * total)
+    out[k + 1:] = out[k]
+    return out.astype(np.int32)
+
+
+class SpecParams(eqx.Module):
+    """Speculative decoding (docs/semantics.md §9).
+
+    Attributes:
+        num_tokens: K, draft tokens per decode step (0 = off; mode v1 only).
+        accept_units: ``i32[MAX_SPEC_TOKENS + 1]``, ``A[j]``: expected accepted drafts
+            out of ``j``, in units of ``1 / SPEC_UNIT`` (:func:`spec_accept_units`).
+        draft: the draft model's dimensions (its GPU time is added to each iteration's).
+        has_draft: 1 = the drafter is that model; 0 = drafts cost no GPU time (n-gram).
+    """
+
+    num_tokens: Int[Array, ""] = eqx.field(converter=as_i32)
+    accept_units: Int[Array, " A"] = eqx.field(converter=as_i32)
+    draft: ModelParams
+    has_draft: Int[Array, ""] = eqx.field(converter=as_i32)
+
+
+def spec_off(model: ModelParams) -> SpecParams:
+    """Speculative decoding off, for a lane (or a batch: ``model``'s leading axes)
+    batched with lanes that have it."""
+    lead = jnp.shape(model.num_layers)
+    return SpecParams(num_tokens=jnp.zeros(lead, jnp.int32),
+                      accept_units=jnp.zeros((*lead, MAX_SPEC_TOKENS + 1), jnp.int32),
+                      draft=model, has_draft=jnp.zeros(lead, jnp.int32))
+
+
 class SimParams(eqx.Module):
     """Everything traced about one configuration (or a batch: leading axis B).
 
@@ -357,6 +409,8 @@ class SimParams(eqx.Module):
             ``INFEASIBLE`` with its reason); a lane with ``INFEASIBLE`` does nothing.
         cache: prefix caching and memory tiers (``None``: no prefix caching; required
             when ``SimShape.cache_entries > 0``).
+        spec: speculative decoding (``None``: off; required when
+            ``SimShape.speculative``).
     """
 
     model: ModelParams
@@ -367,6 +421,7 @@ class SimParams(eqx.Module):
     tpot_slo_s: Float[Array, ""] = eqx.field(converter=as_f32)
     status0: Int[Array, ""] = eqx.field(converter=as_i32)
     cache: CacheParams | None = None
+    spec: SpecParams | None = None
 
 
 # --------------------------------------------------------------------------------------
@@ -377,6 +432,10 @@ class SimParams(eqx.Module):
 def _same_table_width(batches: Sequence[SimParams]) -> list[SimParams]:
     """Give params without shape-correction tables zero tables (delta = 0: the same
     times) when another one has them, so they stack."""
+    if any(b.spec is not None for b in batches):  # give lanes without it spec_off
+        batches = [b if b.spec is not None else eqx.tree_at(
+            lambda p: p.spec, b, spec_off(b.model), is_leaf=lambda x: x is None)
+            for b in batches]
     width = max(b.cost.shape_corr.shape[-1] for b in batches)
 
     def widen(b: SimParams) -> SimParams:

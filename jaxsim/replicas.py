@@ -45,7 +45,7 @@ PER_REQUEST = ("ttft_s", "decode_s", "queue_s", "preemptions", "tokens_scheduled
                "completed", "load_s")
 SUM_INT = ("ptr", "n_run", "n_act", "iterations", "steps", "tokens_total",
            "preemptions_total", "num_completed", "swap_used", "swaps_total",
-           "prefetched_total")
+           "prefetched_total", "spec_drafted", "spec_accepted")
 SUM_DD = ("busy", "kv_used_s", "adm_tok", "xfer_exposed", "xfer_hidden", "hit_tok", "read",
           "write")
 MAX = ("clock", "start", "kv_peak_blocks", "peak_entries", "iter_limit")
@@ -53,7 +53,7 @@ OR = ("status",)
 FIRST = ("slot_req", "slot_prompt", "slot_output", "slot_computed", "slot_generated",
          "slot_preemptions", "slot_tokens", "slot_arrival_hi", "slot_arrival_lo",
          "slot_first_hi", "slot_first_lo", "slot_queue_s", "loc", "e_id", "e_tier", "e_last",
-         "e_hits", "e_depth", "slot_load_s", "slot_swapped")
+         "e_hits", "e_depth", "slot_load_s", "slot_swapped", "slot_spec_acc")
 _FILL = {"ttft_s": np.nan, "decode_s": np.nan, "queue_s": np.nan, "load_s": np.nan,
          "preemptions": 0, "tokens_scheduled": 0, "completed": False}
 

@@ -48,6 +48,10 @@ class SimShape:
             for the lanes whose ``SchedulerParams.async_scheduling`` is 1 (others run as
             without it, at a little more cost per step). ``simulate_batch`` turns it on
             when a lane needs it; ``jaxsim.api.prepare`` sets it from the configurations.
+        speculative: compile in speculative decoding (docs/semantics.md §9) for the
+            lanes whose ``SpecParams.num_tokens`` is above 0 (``SimParams.spec``).
+            ``simulate_batch`` turns it on when a lane needs it. Event skipping is not
+            used with it compiled in: every iteration is its own step.
         external_kv: compile in requests that arrive with the KV of some of their prompt
             tokens (``Workload.external_tokens``; a disaggregated decode instance's,
             docs/semantics.md §8). ``simulate_batch`` turns it on when a workload has
@@ -65,6 +69,7 @@ class SimShape:
     macro_iterations: int = 0
     async_scheduling: bool = False
     external_kv: bool = False
+    speculative: bool = False
 
     def __post_init__(self):
         for name in ("max_requests", "max_slots", "chunk_iterations"):
@@ -87,6 +92,9 @@ class SimShape:
                              "prefix cache (cache_entries > 0)")
         if not isinstance(self.prefetch, bool):
             raise ValueError(f"SimShape.prefetch must be a bool, got {self.prefetch!r}")
+        if not isinstance(self.speculative, bool):
+            raise ValueError("SimShape.speculative must be a bool, got "
+                             f"{self.speculative!r}")
         if not isinstance(self.async_scheduling, bool):
             raise ValueError("SimShape.async_scheduling must be a bool, got "
                              f"{self.async_scheduling!r}")
@@ -111,4 +119,4 @@ class SimShape:
     @property
     def event_skipping(self) -> bool:
         """Whether steps advance decode runs in closed form (``macro_iterations``)."""
-        return self.macro_iterations > 0 and not self.prefetch
+        return self.macro_iterations > 0 and not self.prefetch and not self.speculative

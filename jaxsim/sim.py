@@ -382,6 +382,14 @@ def simulate_batch(
             np.asarray(params.scheduler.async_scheduling) != 0):
         # §2.10 compiled in only for batches that need it
         shape = dataclasses.replace(shape, async_scheduling=True)
+    if shape.speculative and params.spec is None:
+        raise ValueError("SimShape.speculative=True needs SimParams.spec (see "
+                         "jaxsim.params.SpecParams)")
+    if not shape.speculative and params.spec is not None and not isinstance(
+            params.spec.num_tokens, jax.core.Tracer) and np.any(
+            np.asarray(params.spec.num_tokens) != 0):
+        # §9 compiled in only for batches that need it
+        shape = dataclasses.replace(shape, speculative=True)
     if not shape.external_kv and not isinstance(
             workload.external_tokens, jax.core.Tracer) and np.any(
             np.asarray(workload.external_tokens) != 0):

@@ -75,6 +75,11 @@ class SimState(eqx.Module):
         slot_swapped: ``i32[S]`` tokens of the slot's KV held in the swap tier (§5.10).
         swap_used: ``i32[]`` swap-tier blocks held by swapped requests.
         swaps_total, prefetched_total: ``i32[]`` swap-outs and prefetched blocks (§5.11).
+
+    Speculative decoding (docs/semantics.md §9):
+        slot_spec_acc: ``i32[S]`` the slot's acceptance accumulator (size 0 when
+            ``SimShape.speculative`` is off).
+        spec_drafted, spec_accepted: ``i32[]`` draft tokens scheduled and accepted.
     """
 
     # evolving state
@@ -145,6 +150,10 @@ class SimState(eqx.Module):
     swap_used: Int[Array, ""] = eqx.field(converter=as_i32)
     swaps_total: Int[Array, ""] = eqx.field(converter=as_i32)
     prefetched_total: Int[Array, ""] = eqx.field(converter=as_i32)
+    # speculative decoding (§9; zero-size without it compiled in)
+    slot_spec_acc: Int[Array, " S"] = eqx.field(converter=as_i32)
+    spec_drafted: Int[Array, ""] = eqx.field(converter=as_i32)
+    spec_accepted: Int[Array, ""] = eqx.field(converter=as_i32)
 
 
 def init_state(
@@ -226,6 +235,9 @@ def init_state(
         swap_used=0,
         swaps_total=0,
         prefetched_total=0,
+        slot_spec_acc=jnp.zeros((S if shape.speculative else 0,), jnp.int32),
+        spec_drafted=0,
+        spec_accepted=0,
     )
 
 

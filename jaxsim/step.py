@@ -415,7 +415,16 @@ def step(
     # ---- 2. running phase -----------------------------------------------------------
     running = row < st.n_run
     rem = n_known - computed
-    want = jnp.where(thr > 0, jnp.minimum(rem, thr), rem)
+    spec = shape.speculative
+    if spec:  # §9: a decoding request also wants d = min(K, O - g - 1) drafts
+        K = jnp.where(is_v0, 0, params.spec.num_tokens)
+        decoding = running & (generated >= 1) & (rem == 1)
+        n_draft = jnp.where(decoding, jnp.clip(jnp.minimum(K, output - generated - 1), 0),
+                            0)
+        want = rem + n_draft
+        want = jnp.where(thr > 0, jnp.minimum(want, thr), want)
+    else:
+        want = jnp.where(thr > 0, jnp.minimum(rem, thr), rem)
     want_run = jnp.where(live & active, want, 0)
     cum_run = jnp.cumsum(want_run, dtype=i32)
     got_run = jnp.clip(budget - (cum_run - want_run), 0, want_run)
@@ -552,11 +561,19 @@ def step(
     sched = got > 0
     samples = sched & (computed + got == n_known)
     is_dec = sched & (generated >= 1) & (rem == 1)
+    if spec:  # §9: j drafts scheduled; a row with drafts is costed as a prefill of 1 + j
+        spec_row = run_sched & decoding
+        drafts = jnp.where(spec_row, got - 1, 0)
+        samples = samples | spec_row
+        is_dec = is_dec & (drafts == 0)
+        n_sampled = jnp.sum(samples, dtype=i32) + jnp.sum(drafts, dtype=i32)
+    else:
+        n_sampled = jnp.sum(samples, dtype=i32)
     is_pre = sched & ~is_dec
     feats = costmodel.BatchFeatures(
         tokens=jnp.sum(got, dtype=i32),
         num_seqs=jnp.sum(sched, dtype=i32),
-        num_sampled=jnp.sum(samples, dtype=i32),
+        num_sampled=n_sampled,
         prefill_tokens=jnp.sum(jnp.where(is_pre, got, 0), dtype=i32),
         # 2 * sum q (c + (q + 1) / 2) = sum q * (2c + q + 1), exactly
         prefill_pairs_x2=_exact_dot(jnp.where(is_pre, got, 0), 2 * computed + got + 1),
@@ -564,14 +581,38 @@ def step(
         num_decodes=jnp.sum(is_dec, dtype=i32),
         decode_kv_tokens=_exact_dot(is_dec.astype(i32), computed + 1),
     )
-    dt_dd = costmodel.iteration_time_from_consts(consts, feats, overlapped)
 
     # ---- 7a. retire (counts; times are stamped after the clock advances) --------------
     q_prev = jnp.where(window, -1.0, st.slot_queue_s)  # < 0: never admitted yet
     first_adm = admit & (q_prev < 0)
-    computed1 = jnp.where(victim, 0, computed + got)
-    generated1 = generated + samples.astype(i32)
+    computed_q = jnp.where(victim, 0, computed + got)  # held during the iteration
+    if spec:  # §9: a of the j drafts are accepted, by the lane's accumulator
+        unit = 1 << 16
+        acc = (jnp.where(window, 0, st.slot_spec_acc)
+               + jnp.where(spec_row, params.spec.accept_units[drafts], 0))
+        accepted = jnp.where(spec_row, acc >> 16, 0)
+        acc1 = acc - accepted * unit
+        computed1 = computed_q - drafts + accepted
+        generated1 = generated + samples.astype(i32) + accepted
+    else:
+        computed1 = computed_q
+        generated1 = generated + samples.astype(i32)
     finished = (samples & (generated1 == output)) | ghost
+    extra_gpu = None
+    if spec:  # §9: the drafter's GPU time, a pass over the batch and K - 1 decode steps
+        dconsts = costmodel.prepare(
+            params.spec.draft, params.hardware, sp.tp,
+            eqx.tree_at(lambda c: c.shape_corr, params.cost,
+                        jnp.zeros((*params.cost.shape_corr.shape[:-1], 0), jnp.float32)))
+        drafting = samples & ~finished
+        f_dec = costmodel.decode_only(
+            jnp.sum(drafting, dtype=i32), _exact_dot(drafting.astype(i32), computed1 + 1))
+        g_first = costmodel.gpu_time_from_consts(dconsts, feats)
+        g_dec = costmodel.gpu_time_from_consts(dconsts, f_dec)
+        g_draft = ddm.add(g_first, ddm.mul_f(g_dec, (K - 1).astype(jnp.float32)))
+        on = (params.spec.has_draft != 0) & (K > 0)
+        extra_gpu = ddm.where(on, g_draft, ddm.dd(jnp.float32(0.0)))
+    dt_dd = costmodel.iteration_time_from_consts(consts, feats, overlapped, extra_gpu)
 
     # ---- §5.5/§5.6 cache update and transfer time ----------------------------------------
     if cache_on:
@@ -645,7 +686,7 @@ def step(
     # ---- 8. account -------------------------------------------------------------------
     in_run1 = (row < m_eff) | admit  # RUN (admitted rows may be out of row order, §5.8)
     used_blocks = jnp.sum(jnp.where(in_run1 & ~ghost,
-                                    _floordiv(computed1 + bs - 1, bs, inv_bs), 0), dtype=i32)
+                                    _floordiv(computed_q + bs - 1, bs, inv_bs), 0), dtype=i32)
     kv_hi, kv_lo = dd_add(st.kv_used_s_hi, st.kv_used_s_lo,
                           used_blocks.astype(jnp.float32) * (dt + dt_lo))
     busy_hi, busy_lo = dd_add2(st.busy_hi, st.busy_lo, dt, dt_lo)
@@ -677,6 +718,8 @@ def step(
     i_fields = (req, prompt, output, computed1, generated1, preempt, tokens)
     if cache_on:
         i_fields = (*i_fields, slot_sw1)
+    if spec:
+        i_fields = (*i_fields, acc1)
     f_fields = (arr_hi, arr_lo, first_hi, first_lo, queue_s)
     if cache_on:
         f_fields = (*f_fields, load)
@@ -754,5 +797,10 @@ def step(
         kv_used_s_lo=kv_lo,
         kv_peak_blocks=jnp.maximum(st.kv_peak_blocks, used_blocks),
         status=status,
+        slot_spec_acc=c_i[-1] if spec else st.slot_spec_acc,
+        spec_drafted=(st.spec_drafted + jnp.sum(drafts, dtype=i32)) if spec
+        else st.spec_drafted,
+        spec_accepted=(st.spec_accepted + jnp.sum(accepted, dtype=i32)) if spec
+        else st.spec_accepted,
         **cache_fields,
     )

@@ -31,6 +31,12 @@ What maps to what (jaxsim key -> ``EngineArgs`` field):
   2026 have it, default 0).
 * ``async_scheduling`` in scheduler v1 -> ``async_scheduling``, always written (the
   default flipped to on in vLLM 0.14; jaxsim's is off).
+* ``speculative`` with ``num_tokens`` > 0 -> ``speculative_config`` (a JSON object on the
+  command line): ``num_speculative_tokens`` and ``method`` ``ngram`` (with
+  ``prompt_lookup_max`` 4, as in vLLM's documented example) or ``eagle`` (its ``model``
+  is the EAGLE head's repo id, which the presets do not name: :func:`vllm_caveats` says
+  so), or the draft model's repo id for ``draft_model``. The acceptance rate is the
+  simulator's input, not a flag.
 * ``scheduler`` v1 -> nothing (vLLM's default engine); v0 -> the environment variable
   ``VLLM_USE_V1=0``, which only vLLM releases before 0.11 honour (the V0 engine has since
   been removed), with chunked prefill off; ``preemption_mode`` swap in v0 ->
@@ -63,6 +69,7 @@ the value the simulator used.
 
 from __future__ import annotations
 
+import json
 import math
 import shlex
 from collections.abc import Mapping
@@ -247,6 +254,16 @@ def vllm_caveats(cfg: Mapping) -> list[str]:
     if v1 and _cpu_offload_gb(c):
         notes.append("--kv-offloading-size needs a vLLM release after 0.11 (native CPU KV "
                      "offloading came later)")
+    spec = c["speculative"]
+    if spec["num_tokens"] > 0:
+        notes.append(f"speculative.acceptance {spec['acceptance']:g}: an input of the "
+                     "simulation; compare it with what vLLM measures on your prompts "
+                     "(vllm:spec_decode_num_accepted_tokens over "
+                     "vllm:spec_decode_num_draft_tokens, per position)")
+        if spec["method"] == "eagle":
+            notes.append(f"speculative.method eagle: put the repo id of an EAGLE draft head "
+                         f"trained for {c['model']} in --speculative-config's \"model\" "
+                         "(the command has a placeholder)")
     if c["enable_prefix_caching"]:
         cache = c["cache"]
         if cache["frequency_weight"] > 0 or cache["depth_weight"] > 0 or \
@@ -338,6 +355,19 @@ def vllm_engine_args(cfg: Mapping) -> dict[str, object]:
     if c["scheduler"] == "v1":
         # always explicit: on by default from vLLM 0.14, off before
         args["async_scheduling"] = bool(c["async_scheduling"])
+    spec = c["speculative"]
+    if spec["num_tokens"] > 0:
+        sc: dict[str, object] = {}
+        if spec["method"] == "draft_model":
+            sc["model"] = hf_model_id(spec["draft_model"])
+        else:
+            sc["method"] = spec["method"]
+            if spec["method"] == "eagle":
+                sc["model"] = f"<EAGLE head for {hf_model_id(c['model'])}>"
+        sc["num_speculative_tokens"] = spec["num_tokens"]
+        if spec["method"] == "ngram":
+            sc["prompt_lookup_max"] = 4  # the n-gram window of vLLM's documented example
+        args["speculative_config"] = sc
     return args
 
 
@@ -350,6 +380,8 @@ def _flag(name: str, value: object) -> list[str]:
     opt = name.replace("_", "-")
     if isinstance(value, bool):  # vLLM's argparse takes --x / --no-x for every bool field
         return [f"--{opt}" if value else f"--no-{opt}"]
+    if isinstance(value, dict):  # a config object: vLLM parses its JSON
+        return [f"--{opt}", json.dumps(value, separators=(",", ":"))]
     return [f"--{opt}", str(value)]
 
 

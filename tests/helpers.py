@@ -35,7 +35,8 @@ def _step(shape, params, wl, st):
 
 def step_states(shape, params, wl, n: int) -> list:
     """States of one lane after each of n steps (index 0 = initial state). Asynchronous
-    scheduling is compiled in when the lane asks for it, as ``simulate_batch`` does."""
+    scheduling and speculative decoding are compiled in when the lane asks for them, as
+    ``simulate_batch`` does."""
     import dataclasses
 
     import jax.numpy as jnp
@@ -44,6 +45,8 @@ def step_states(shape, params, wl, n: int) -> list:
 
     if int(params.scheduler.async_scheduling):
         shape = dataclasses.replace(shape, async_scheduling=True)
+    if params.spec is not None and int(params.spec.num_tokens) > 0:
+        shape = dataclasses.replace(shape, speculative=True)
 
     st = init_state(shape, params, wl, jnp.int32(10**6))
     out = [st]
@@ -87,6 +90,17 @@ def oracle_config(params: P.SimParams) -> dict:
         cfg["shape_corr"] = {op: corr[c] for c, op in enumerate(CORR_OPS) if np.any(corr[c])}
     cfg["ttft_slo_s"] = float(params.ttft_slo_s)
     cfg["tpot_slo_s"] = float(params.tpot_slo_s)
+    spec = params.spec
+    if spec is not None and int(spec.num_tokens) > 0:  # §9
+        k = int(spec.num_tokens)
+        cfg["spec_tokens"] = k
+        cfg["spec_accept_units"] = [int(x) for x in np.asarray(spec.accept_units)[:k + 1]]
+        if int(spec.has_draft):
+            draft = {}
+            for f in MODEL_FIELDS:
+                v = float(getattr(spec.draft, f))
+                draft[f] = v if f.startswith("bytes_per") else int(v)
+            cfg["spec_draft"] = draft
     return cfg
 
 

@@ -109,10 +109,20 @@ PREFIX_CONFIG_DEFAULTS: dict[str, Any] = {
     "swap": False,
     "prefetch": False,
 }
+#: §9 speculative decoding: ``spec_tokens`` (K, 0..16, default 0 = off),
+#: ``spec_accept_units`` (A[0..K], default all zeros) and ``spec_draft`` (the draft
+#: model's MODEL_KEYS, optionally ``bytes_per_lm_head_weight``; default None: drafts
+#: cost no GPU time).
+SPEC_CONFIG_KEYS: tuple[str, ...] = ("spec_tokens", "spec_accept_units", "spec_draft")
 OPTIONAL_CONFIG_KEYS: tuple[str, ...] = (*PREFIX_CONFIG_DEFAULTS, "shape_corr",
                                           "reserve_full_isl", "async_scheduling",
                                           "peak_flops_16bit",
-                                          "bytes_per_lm_head_weight")
+                                          "bytes_per_lm_head_weight",
+                                          *SPEC_CONFIG_KEYS)
+#: §9: the most draft tokens per decode step, and the accumulator's unit (A[j] is the
+#: expected number of accepted drafts out of j, in units of 1/65536).
+SPEC_MAX_TOKENS: int = 16
+SPEC_UNIT: int = 65536
 _TIER_LIST_KEYS: tuple[str, ...] = (
     "tier_capacity_blocks",
     "tier_read_bw",
@@ -245,7 +255,141 @@ def validate_config(config: Mapping[str, Any]) -> dict[str, Any]:
                 isinstance(flag, (int, np.integer)) and flag in (0, 1))):
             raise ValueError(f"config[{key!r}] must be a bool (or 0/1), got {flag!r}")
         cfg[key] = bool(flag)
+    cfg.update(_validate_spec_config(config))
     return cfg
+
+
+def spec_accept_units(alpha: float, k: int) -> list[int]:
+    """§9: ``A[j] = round(65536 · Σ_{i=1..j} α^i)`` for ``j = 0 … k`` (``A[0] = 0``).
+
+    Computed in Python floats: ``alpha ** i`` summed in order ``i = 1..j``, then
+    Python's ``round`` (of ``65536 · sum``).
+
+    Args:
+        alpha: per-token acceptance probability, in [0, 1].
+        k: the number of draft tokens K, in 0..16.
+
+    Returns:
+        The K + 1 integers ``A[0..K]`` (``config['spec_accept_units']``).
+
+    Raises:
+        ValueError: ``alpha`` outside [0, 1] or ``k`` outside 0..16.
+    """
+    alpha = float(alpha)
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"spec_accept_units: alpha must be in [0, 1], got {alpha!r}")
+    if isinstance(k, bool) or int(k) != k or not 0 <= int(k) <= SPEC_MAX_TOKENS:
+        raise ValueError(
+            f"spec_accept_units: k must be an integer in 0..{SPEC_MAX_TOKENS}, got {k!r}")
+    out = [0]
+    for j in range(1, int(k) + 1):
+        total = 0.0
+        for i in range(1, j + 1):
+            total += alpha ** i
+        out.append(round(SPEC_UNIT * total))
+    return out
+
+
+def _spec_int(name: str, value: Any) -> int:
+    """``_as_int`` with every failure reported as a ValueError naming ``name``."""
+    try:
+        return _as_int(name, value)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"config[{name}] must be an integer, got {value!r}") from exc
+
+
+def _spec_float(name: str, value: Any) -> float:
+    """A finite real §9 config value as ``float`` (ValueError naming ``name``)."""
+    try:
+        out = float(value)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"config[{name}] must be a number, got {value!r}") from exc
+    if not math.isfinite(out):
+        raise ValueError(f"config[{name}] must be finite, got {value!r}")
+    return out
+
+
+def _validate_spec_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """Normalises and checks the optional §9 keys (defaults for absent ones).
+
+    Returns:
+        ``spec_tokens`` (int K), ``spec_accept_units`` (tuple of K + 1 ints) and
+        ``spec_draft`` (None, or a dict with every MODEL_KEYS key, ints for the
+        integral fields and floats for the bytes, plus ``bytes_per_lm_head_weight``).
+
+    Raises:
+        ValueError: naming the key, the value and what is allowed.
+    """
+    out: dict[str, Any] = {}
+    raw_k = config.get("spec_tokens", 0)
+    K = _spec_int("'spec_tokens'", raw_k)
+    if not 0 <= K <= SPEC_MAX_TOKENS:
+        raise ValueError(
+            f"config['spec_tokens'] must be an integer in 0..{SPEC_MAX_TOKENS}, "
+            f"got {raw_k!r}")
+    out["spec_tokens"] = K
+
+    raw_a = config.get("spec_accept_units")
+    if raw_a is None:
+        units: tuple[int, ...] = (0,) * (K + 1)
+    else:
+        vals = _as_list("spec_accept_units", raw_a)
+        if len(vals) != K + 1:
+            raise ValueError(
+                f"config['spec_accept_units'] must have spec_tokens + 1 = {K + 1} "
+                f"entries (A[0..K]), got {len(vals)}: {raw_a!r}")
+        units = tuple(_spec_int(f"'spec_accept_units'][{j}", v)
+                      for j, v in enumerate(vals))
+        if units[0] != 0:
+            raise ValueError(
+                f"config['spec_accept_units'][0] must be 0, got {units[0]} (in {units})")
+        for j in range(1, K + 1):
+            if units[j] < units[j - 1]:
+                raise ValueError(
+                    f"config['spec_accept_units'] must be non-decreasing, got "
+                    f"A[{j}] = {units[j]} < A[{j - 1}] = {units[j - 1]} (in {units})")
+            if units[j] > SPEC_UNIT * j:
+                raise ValueError(
+                    f"config['spec_accept_units'][{j}] must be <= {SPEC_UNIT}·{j} = "
+                    f"{SPEC_UNIT * j} (at most j accepted drafts out of j), got "
+                    f"{units[j]} (in {units})")
+    out["spec_accept_units"] = units
+
+    raw_d = config.get("spec_draft")
+    if raw_d is None:
+        out["spec_draft"] = None
+        return out
+    if not isinstance(raw_d, Mapping):
+        raise ValueError(
+            f"config['spec_draft'] must be None or a mapping of the draft model's "
+            f"keys {list(MODEL_KEYS)}, got {raw_d!r}")
+    missing = [key for key in MODEL_KEYS if key not in raw_d]
+    if missing:
+        raise ValueError(f"config['spec_draft'] is missing keys: {missing}")
+    allowed = (*MODEL_KEYS, "bytes_per_lm_head_weight")
+    unknown = sorted(str(key) for key in raw_d if key not in allowed)
+    if unknown:
+        raise ValueError(
+            f"config['spec_draft'] has unknown keys: {unknown} (allowed: {list(allowed)})")
+    draft: dict[str, Any] = {}
+    for key in MODEL_KEYS:
+        value = raw_d[key]
+        name = f"'spec_draft']['{key}'"
+        draft[key] = _spec_int(name, value) if key in _INT_KEYS else _spec_float(name, value)
+    # As the lane's own model keys (validate_config).
+    for key in ("num_heads", "num_kv_heads", "num_experts", "experts_per_token"):
+        if draft[key] < 1:
+            raise ValueError(
+                f"config['spec_draft'][{key!r}] must be >= 1, got {draft[key]}")
+    draft["bytes_per_lm_head_weight"] = _spec_float(
+        "'spec_draft']['bytes_per_lm_head_weight'",
+        raw_d.get("bytes_per_lm_head_weight", draft["bytes_per_weight"]))
+    if not draft["bytes_per_lm_head_weight"] > 0.0:
+        raise ValueError(
+            f"config['spec_draft']['bytes_per_lm_head_weight'] must be > 0, got "
+            f"{draft['bytes_per_lm_head_weight']}")
+    out["spec_draft"] = draft
+    return out
 
 
 def _shape_corr_knots() -> list[int]:
@@ -528,6 +672,7 @@ class CostModel:
         D: int,
         Kd: int,
         overlap: bool = False,
+        extra_gpu: float | None = None,
     ) -> float:
         """Iteration time ``dt`` from the batch features of §3 (``overlap``: §2.10's
         ``max(G, C)`` instead of ``G + C``).
@@ -535,18 +680,48 @@ class CostModel:
         Args:
             T: all scheduled tokens.
             n: scheduled requests.
-            ns: scheduled requests that sample a token.
+            ns: scheduled requests that sample a token (§9: a decoding request
+                with drafts counts each of its q positions).
             Tp: prefill tokens.
             Ap: causal query-key pairs of the prefills.
             Kp: Σ (c + q) over prefills.
             D: number of decodes.
             Kd: Σ (c + 1) over decodes.
+            overlap: §2.10's overlapped iteration.
+            extra_gpu: GPU time added to ``G`` before it is combined with the CPU
+                time (§9's ``G_draft``); None adds nothing.
 
         Returns:
             The iteration time in seconds; 0 for an empty batch (§2.5).
         """
         if T == 0:
             # §2.5: no scheduled token, no time ("all terms are 0 when T = 0").
+            return 0.0
+        gpu = self.gpu_time(T, ns, Tp, Ap, Kp, D, Kd)
+        if extra_gpu is not None:
+            gpu = gpu + extra_gpu  # §9: the drafter's GPU time is part of G
+        cpu = self.cpu_time(n)
+        # §2.10: an overlapped iteration's CPU overheads run alongside its GPU work
+        return max(gpu, cpu) if overlap else gpu + cpu
+
+    def cpu_time(self, n: int) -> float:
+        """§3's CPU terms ``cpu_iter + cpu_seq · n`` (``C`` of §2.10)."""
+        cfg = self.cfg
+        return cfg["cpu_iter_s"] + cfg["cpu_seq_s"] * n
+
+    def gpu_time(
+        self,
+        T: int,
+        ns: int,
+        Tp: int,
+        Ap: float,
+        Kp: int,
+        D: int,
+        Kd: int,
+    ) -> float:
+        """§3's GPU time ``G``: ``L·layer + embed + fnorm + lmhead + sample`` (no CPU
+        terms); 0 for an empty batch (``T = 0``). Arguments as in ``time``."""
+        if T == 0:
             return 0.0
         cfg = self.cfg
         h, hd, k, bw_w = self.h, self.hd, self.k, self.bw_w
@@ -604,10 +779,7 @@ class CostModel:
         bw_lm = cfg["bytes_per_lm_head_weight"]
         lmhead = self.gemm("lm_head", float(ns), h, V_g, bw_lm * h * V_g)
         sample = mem("sampling", 4.0 * ns * self.V) if ns > 0 else 0.0
-        gpu = self.L * layer + embed + fnorm + lmhead + sample
-        cpu = cfg["cpu_iter_s"] + cfg["cpu_seq_s"] * n
-        # §2.10: an overlapped iteration's CPU overheads run alongside its GPU work
-        return max(gpu, cpu) if overlap else gpu + cpu
+        return self.L * layer + embed + fnorm + lmhead + sample
 
     def prefill_time_no_sample(self, x: int) -> float:
         """``C(x)`` of §5.3: one prefill request with ``c = 0``, ``q = x``, ``ns = 0``.
@@ -617,15 +789,35 @@ class CostModel:
         """
         return self.time(x, 1, 0, x, x * (0 + (x + 1) / 2.0), x, 0, 0)
 
-    def batch_time(self, batch: Sequence[tuple[int, int, int, int]],
-                   overlap: bool = False) -> float:
-        """Iteration time of a batch of ``(q, c, n_known, g)`` tuples (see §3; §2.10
-        with ``overlap``)."""
+    @staticmethod
+    def batch_features(
+        batch: Sequence[tuple[int, int, int, int]],
+        drafts: Sequence[int] | None = None,
+    ) -> tuple[int, int, int, int, float, int, int, int]:
+        """The §3 features ``(T, n, ns, Tp, Ap, Kp, D, Kd)`` of a batch of
+        ``(q, c, n_known, g)`` tuples.
+
+        Args:
+            batch: one ``(q, c, n_known, g)`` per scheduled request (state before
+                the iteration).
+            drafts: §9, per request the number ``j`` of draft tokens among its
+                ``q`` (None: no drafts anywhere). A request with ``j >= 1`` counts
+                as a prefill of ``q`` tokens at context ``c`` that samples at each
+                of its ``q`` positions; with ``j = 0`` it is classified as in §3.
+        """
         T = n = ns = Tp = Kp = D = Kd = 0
         Ap = 0.0
-        for q, c, n_known, g in batch:
+        for idx, (q, c, n_known, g) in enumerate(batch):
             T += q
             n += 1
+            if drafts is not None and drafts[idx] >= 1:
+                # §9: the target's varlen attention over its q query tokens (Tp, Ap,
+                # Kp; not D, Kd), and ns += q instead of 1.
+                ns += q
+                Tp += q
+                Ap += q * (c + (q + 1) / 2.0)
+                Kp += c + q
+                continue
             if c + q == n_known:
                 ns += 1
             # §3: a decode has g >= 1 and exactly one unknown-to-cache token.
@@ -636,7 +828,13 @@ class CostModel:
                 Tp += q
                 Ap += q * (c + (q + 1) / 2.0)
                 Kp += c + q
-        return self.time(T, n, ns, Tp, Ap, Kp, D, Kd, overlap)
+        return T, n, ns, Tp, Ap, Kp, D, Kd
+
+    def batch_time(self, batch: Sequence[tuple[int, int, int, int]],
+                   overlap: bool = False) -> float:
+        """Iteration time of a batch of ``(q, c, n_known, g)`` tuples (see §3; §2.10
+        with ``overlap``)."""
+        return self.time(*self.batch_features(batch), overlap)
 
 
 def iteration_time(
@@ -1135,6 +1333,8 @@ def lane_metrics(
     completed: np.ndarray,
     ttft_slo: float,
     tpot_slo: float,
+    spec_drafted: int = 0,
+    spec_accepted: int = 0,
 ) -> dict[str, float]:
     """The per-lane metrics of §4 over completed requests.
 
@@ -1148,6 +1348,8 @@ def lane_metrics(
         completed: completion mask, shape (R,).
         ttft_slo: TTFT SLO in seconds.
         tpot_slo: TPOT SLO in seconds.
+        spec_drafted: §9 Σ j, draft tokens scheduled (0 without speculation).
+        spec_accepted: §9 Σ a, accepted drafts.
 
     Returns:
         A dict of floats (NaN where undefined).
@@ -1187,6 +1389,12 @@ def lane_metrics(
     tpot_all[multi] = tpot
     good = (ttft <= ttft_slo) & ((out_done == 1) | (tpot_all <= tpot_slo))
     metrics["goodput_rps"] = _ratio(float(np.sum(good)), duration)
+    # §9: drafted and accepted tokens and their ratio (NaN when nothing was drafted).
+    metrics["spec_drafted_tokens"] = int(spec_drafted)
+    metrics["spec_accepted_tokens"] = int(spec_accepted)
+    metrics["spec_acceptance_rate"] = (
+        spec_accepted / spec_drafted if spec_drafted > 0 else math.nan
+    )
     return metrics
 
 
@@ -1236,7 +1444,11 @@ def simulate_reference(
             ``swapped_in`` (original indices, §5.10), ``swap_used`` (after the
             iteration) and ``prefetched`` (``(block id, former tier)`` per §5.11
             prefetched block, in candidate order). ``xfer_s`` is then ``x(n*)``, so
-            ``exposed_s + hidden_s = xfer_s``. For tests and debugging.
+            ``exposed_s + hidden_s = xfer_s``. Always (§9): ``spec`` (per decoding
+            request scheduled in the running phase with speculation on,
+            ``(request, j drafts, a accepted)``) and ``dt_draft`` (the drafter's
+            GPU time ``G_draft``, 0.0 without a draft model). For tests and
+            debugging.
 
     Returns:
         Per-request numpy arrays in the original input order (``first_token_s``,
@@ -1256,7 +1468,9 @@ def simulate_reference(
         ``ttft_load_mean_s``, ``ttft_prefill_mean_s``, ``ttft_load_p99_s``, the
         §5.9 ``energy_j_tier{t}`` for t = 1 … T-1 and ``energy_tiers_j``, and the
         §5.10 / §5.11 counts ``swaps`` (swap-outs) and ``prefetched_blocks`` (Σ n*),
-        ints, 0 when the features are off). With prefix caching off the §5 results
+        ints, 0 when the features are off), and the §9 ``spec_drafted_tokens``,
+        ``spec_accepted_tokens`` (ints, also top-level) and ``spec_acceptance_rate``
+        (NaN when nothing was drafted). With prefix caching off the §5 results
         are zeros (the hit rates 0.0, or NaN if nothing was admitted).
 
     Raises:
@@ -1303,6 +1517,26 @@ def simulate_reference(
     full_isl = cfg["reserve_full_isl"] and mode == "v1"
     # §2.10: asynchronous scheduling (v1 only)
     async_sched = cfg["async_scheduling"] and mode == "v1"
+    # §9 speculative decoding: K applies in mode v1 only (in v0 it is 0). A[j] in
+    # units of 1/65536 accepted drafts; `acc` per request (0 when it enters the
+    # engine, kept across preemptions).
+    K = cfg["spec_tokens"] if mode == "v1" else 0
+    A_units = cfg["spec_accept_units"]
+    acc: list[int] = [0] * R
+    spec_drafted = 0
+    spec_accepted = 0
+    # §9: the drafter's GPU time G_d is §3's GPU time with the draft model's
+    # dimensions and the lane's hardware, tp and cost coefficients, without the
+    # §3.1 shape tables (they are the target's kernel shapes). With K = 0 (or v0)
+    # there are no drafts and so no drafter time: "K = 0 turns it off".
+    # AMBIGUITY: "the lane's hardware" is taken as-is, both peaks included: the
+    # draft's GEMMs run at the lane's `peak_flops` (the target weight dtype's
+    # peak) whatever the draft's bytes_per_weight; only its bytes follow the draft.
+    # AMBIGUITY: §0's feasibility rules concern the lane's model only; the draft's
+    # heads need not divide tp (its per-GPU sizes are real numbers, as in §3).
+    draft_cost: CostModel | None = None
+    if K >= 1 and cfg["spec_draft"] is not None:
+        draft_cost = CostModel({**cfg, **cfg["spec_draft"], "shape_corr": {}})
     bs = cfg["block_size"]
     num_blocks = cfg["num_gpu_blocks"]
     watermark = cfg["watermark_blocks"]
@@ -1329,6 +1563,10 @@ def simulate_reference(
     # AMBIGUITY (input, not in the doc): without any block hash nothing is ever looked
     # up or registered, so U only enters cap_0 and §5.3; block_size stands in for it.
     U = U_in if U_in is not None else bs
+    # AMBIGUITY (§9 with §5.3): C(x) of §5.3 ("the §3 iteration time of a batch")
+    # is the target model's §3 formula alone, without §9's drafter time G_draft:
+    # §9 adds the drafter to an *iteration's* GPU time, and C(x) is a hypothetical
+    # batch that decides, once per lane, which tiers are usable.
     cache = PrefixCache(cfg, cost, U) if prefix_on else None
     overlap = cfg["load_overlap"]
     # §5.8 admission order: the weight as a float32, the window W.
@@ -1420,6 +1658,12 @@ def simulate_reference(
         swapped_in: list[int] = []
         swap_written = 0.0
         swap_read = 0.0
+        # §9: per decoding request scheduled in the running phase, its drafts j.
+        # A request admitted in §2.3 schedules no drafts; one that is decoding (only
+        # a §5.10 swap-in can be: c = sw = n_known - 1) has j = 0 and retires the
+        # ordinary way (§2.7), which equals §9's retire with j = 0: A[0] = 0 and
+        # acc < 65536 between steps, so a = 0 and acc is unchanged.
+        drafts: dict[int, int] = {}
 
         def running_phase() -> None:
             """§2.2: walk `running` from the front while budget remains (with the
@@ -1433,7 +1677,10 @@ def simulate_reference(
             while i < len(running) and budget > 0:
                 r = running[i]
                 n_known = P[r] + g[r]
-                want = n_known - c[r]
+                # §9: a decoding request (g >= 1, c = n_known - 1) wants 1 + d tokens
+                # with d = min(K, O - g - 1) drafts (none past its last output).
+                decoding = K >= 1 and g[r] >= 1 and c[r] == n_known - 1
+                want = 1 + min(K, O[r] - g[r] - 1) if decoding else n_known - c[r]
                 if thr > 0:
                     want = min(want, thr)
                 q = min(want, budget)
@@ -1467,6 +1714,8 @@ def simulate_reference(
                 free -= need
                 budget -= q
                 sched.append((r, q, c[r], n_known, g[r]))
+                if decoding:
+                    drafts[r] = q - 1  # j = q - 1 drafts after the caps (0 <= j <= d)
                 i += 1
 
         def lookup(r: int) -> list[int]:
@@ -1598,9 +1847,14 @@ def simulate_reference(
             # request, or the first waiting one when nothing runs, always fits).
             raise RuntimeError("reference simulator scheduled an empty iteration")
 
-        # §2.5 iteration time (of the computation, `dtc` in §5.6).
-        dtc = cost.batch_time([(q, c0, nk, g0) for (_, q, c0, nk, g0) in sched],
-                              overlapped)
+        # §2.5 iteration time (of the computation, `dtc` in §5.6): the §3 features
+        # (§9: a decoding request with j >= 1 drafts counts as a prefill of q tokens
+        # sampling at each). Requests admitted in §2.3 schedule no drafts.
+        # The time itself is evaluated after the retire below, which §9's F_dec needs.
+        feats = cost.batch_features(
+            [(q, c0, nk, g0) for (_, q, c0, nk, g0) in sched],
+            [drafts.get(r, 0) for (r, _q, _c0, _nk, _g0) in sched] if drafts else None,
+        )
         # §2.8: used blocks after scheduling, before retirement.
         used = num_blocks - free
         # §5.5: RUN = `running` after scheduling (kept + admitted, no victims).
@@ -1616,7 +1870,30 @@ def simulate_reference(
         # dt = dtc + exposed, i.e. the iteration's end time (§2.6).
         sampled: list[int] = []
         any_finished = False
+        spec_info: list[tuple[int, int, int]] = []  # §9: (request, j, a)
         for r, q, _c0, _nk, _g0 in sched:
+            if r in drafts:
+                # §9 retire of a decoding request scheduled with q = 1 + j tokens:
+                # acc += A[j]; a = acc // 65536 accepted drafts; acc -= 65536·a;
+                # c += 1 + a (the rejected drafts' KV is discarded), g += 1 + a.
+                # Its scheduled tokens (§4) include the drafts.
+                j = drafts[r]
+                acc[r] += A_units[j]
+                a = acc[r] // SPEC_UNIT
+                acc[r] -= SPEC_UNIT * a
+                c[r] += 1 + a
+                g[r] += 1 + a
+                tokens[r] += q
+                total_tokens += q
+                spec_drafted += j
+                spec_accepted += a
+                spec_info.append((r, j, a))
+                sampled.append(r)  # g >= 2 now: never a first token
+                if g[r] == O[r]:
+                    finished[r] = True
+                    num_finished += 1
+                    any_finished = True
+                continue
             c[r] += q
             tokens[r] += q
             total_tokens += q
@@ -1627,6 +1904,29 @@ def simulate_reference(
                     finished[r] = True
                     num_finished += 1
                     any_finished = True
+
+        # §9: the drafter's GPU time G_draft = G_d(F) + (K - 1)·G_d(F_dec), part of
+        # G (before §2.10's max/sum with the CPU time and before §5.6's exposed
+        # time). F = the target batch's features; F_dec = a decode-only batch of
+        # the n_d requests that sampled a token this iteration and did not finish
+        # (D = ns = T = n_d, Kd = Σ (c + 1) with c after retire).
+        # AMBIGUITY: F_dec includes such a request even when it will get no draft
+        # next iteration (O - g - 1 = 0, its next step is its last token): the
+        # definition is "sampled a token and did not finish"; "the ones that will
+        # have drafts" is read as an explanation, not a further condition.
+        g_draft: float | None = None
+        if draft_cost is not None:
+            T_f, _n_f, ns_f, Tp_f, Ap_f, Kp_f, D_f, Kd_f = feats
+            gd_f = draft_cost.gpu_time(T_f, ns_f, Tp_f, Ap_f, Kp_f, D_f, Kd_f)
+            n_d = 0
+            kd_dec = 0
+            for r in sampled:
+                if not finished[r]:
+                    n_d += 1
+                    kd_dec += c[r] + 1
+            gd_dec = draft_cost.gpu_time(n_d, n_d, 0, 0.0, 0, n_d, kd_dec)
+            g_draft = gd_f + (K - 1) * gd_dec
+        dtc = cost.time(*feats, overlapped, extra_gpu=g_draft)
 
         # §5.5 cache update and §5.6 transfer time.
         if cache is not None:
@@ -1734,6 +2034,11 @@ def simulate_reference(
                 "batch": [(orig[r], q, c0, nk, g0) for (r, q, c0, nk, g0) in sched],
                 "preempted": [orig[v] for v in victims],
                 "kind": kind,
+                # §9: per decoding request scheduled in the running phase, (request,
+                # drafts j, accepted a); and the drafter's GPU time G_draft (0.0
+                # without a draft model).
+                "spec": [(orig[r], j, a) for r, j, a in spec_info],
+                "dt_draft": g_draft if g_draft is not None else 0.0,
             }
             if cache is not None:
                 record.update(
@@ -1786,6 +2091,8 @@ def simulate_reference(
         completed_arr,
         cfg["ttft_slo_s"],
         cfg["tpot_slo_s"],
+        spec_drafted=spec_drafted,
+        spec_accepted=spec_accepted,
     )
     # §5.7 hit rates (NaN if nothing was admitted).
     if admitted_prompt_tokens > 0:
@@ -1868,5 +2175,7 @@ def simulate_reference(
         "xfer_exposed_s": float(xfer_exposed),
         "xfer_hidden_s": float(xfer_hidden),
         "peak_entries_by_tier": [int(v) for v in peak_entries],
+        "spec_drafted_tokens": int(spec_drafted),
+        "spec_accepted_tokens": int(spec_accepted),
         "metrics": metrics,
     }
