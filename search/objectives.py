@@ -49,7 +49,9 @@ METRIC_COLUMNS = (
     "slots", "steps", "swaps", "throughput_rps", "tokens_scheduled", "tp", "num_replicas",
     "ttft_load_mean_s", "ttft_load_p99_s", "ttft_prefill_mean_s", "weights_gb",
     "xfer_exposed_s", "xfer_hidden_s", "block_size", "gpu_memory_utilization",
-    "workload.rate", "slo.ttft_s", "slo.tpot_s",
+    "workload.rate", "slo.ttft_s", "slo.tpot_s", "spec_drafted_tokens",
+    "spec_accepted_tokens", "spec_acceptance_rate", "speculative.num_tokens",
+    "speculative.acceptance",
     *(f"{m}_{s}_s" for m in ("ttft", "tpot", "e2e", "queue")
       for s in ("mean", "p50", "p90", "p95", "p99")),
 )
