@@ -25,6 +25,10 @@ reference simulator in tests/reference implements independently):
 9. **Asynchronous scheduling** (§2.10, compiled in with ``SimShape.async_scheduling``):
    an iteration with requests running at its start sees the arrivals up to the previous
    iteration's start (``SimState.start``) and takes ``max(G, C)`` of the cost model.
+10. **Speculative decoding** (§9, compiled in with ``SimShape.speculative``, which turns
+    event skipping off): a decoding row of the running walk wants ``1 + d`` tokens
+    (``d`` drafts); its accumulator (``SimState.slot_spec_acc``) decides how many of the
+    drafts scheduled are accepted, and a drafter's GPU time joins the iteration's.
 
 How it is vectorised: the slot table keeps ``running`` (rows ``[0, n_run)``) and the
 preempted queue front (rows ``[n_run, n_act)``) contiguous and in order, and the trace
