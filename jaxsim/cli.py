@@ -143,6 +143,14 @@ def cmd_simulate(args) -> int:
               f"{out['kv_transfer_mean_s'] * 1e3:.2f}, p50 {out['kv_transfer_p50_s'] * 1e3:.2f}"
               f", p99 {out['kv_transfer_p99_s'] * 1e3:.2f}, max "
               f"{out['kv_transfer_max_s'] * 1e3:.2f}")
+    spec = cfg["speculative"]
+    if spec["num_tokens"] > 0:
+        rate = out["spec_acceptance_rate"]
+        print(f"  speculative decoding ({spec['method']}, K={spec['num_tokens']}): drafted "
+              f"{out['spec_drafted_tokens']}, accepted {out['spec_accepted_tokens']} "
+              f"(rate {rate:.3f})" if rate == rate else
+              f"  speculative decoding ({spec['method']}, K={spec['num_tokens']}): no draft "
+              "scheduled")
     if cfg["enable_prefix_caching"]:
         by_tier = ", ".join(f"{n} {v:.3f}" for n, v in out["hit_rate_by_tier"].items())
         print(f"  prefix cache: hit rate {out['prefix_hit_rate']:.3f} ({by_tier}); transfers "

@@ -7,6 +7,8 @@ accumulator (``acc += A[j]; a = acc // 65536``), and it advances by ``1 + a`` to
 
 from __future__ import annotations
 
+import re
+
 import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
@@ -267,3 +269,30 @@ def test_spec__random_lanes_match_the_reference_simulator():
     assert len(on) >= 40
     assert sum(c["speculative"]["method"] == "draft_model" for c in on) >= 5
     assert sum(int(p) > 0 for p in res.metrics["preemptions"]) >= 5
+
+
+def test_spec__simulate_prints_the_acceptance_and_export_carries_the_config(capsys):
+    from search import export
+    from tests.test_cli import SMALL, run_cli
+
+    args = ["simulate", *SMALL, "--set", "speculative.num_tokens=3", "--set",
+            "speculative.acceptance=0.7", "--set", "workload.output_tokens=32"]
+    code, out, err = run_cli(args, capsys)
+    assert code == 0, err
+    line = re.search(r"speculative decoding \(ngram, K=3\): drafted (\d+), accepted (\d+) "
+                     r"\(rate ([0-9.]+)\)", out)
+    assert line, out
+    drafted, accepted, rate = int(line[1]), int(line[2]), float(line[3])
+    # 40 requests of 32 outputs, at most 3 drafts for each of at most 31 decode steps;
+    # drafts near a request's end are fewer (min(3, O - g - 1)), so the rate is below
+    # the 0.512 of three drafts (0.7 + 0.49 + 0.343 over 3)
+    assert 0 < accepted < drafted <= 40 * 31 * 3
+    assert rate == pytest.approx(accepted / drafted, abs=5e-4) and rate < 0.512
+    cmd = export.vllm_serve_command({"speculative": {"num_tokens": 3}})
+    assert ("--speculative-config '{\"method\":\"ngram\",\"num_speculative_tokens\":3,"
+            "\"prompt_lookup_max\":4}'") in cmd
+    cmd = export.vllm_serve_command({"model": "Llama-3.1-70B", "tp": 4, "speculative": {
+        "num_tokens": 4, "method": "draft_model", "draft_model": "Llama-3.1-8B"}})
+    assert "\"model\":\"meta-llama/Llama-3.1-8B-Instruct\"" in cmd
+    assert any("acceptance" in n for n in export.vllm_caveats({"speculative": {
+        "num_tokens": 2}}))
