@@ -566,7 +566,7 @@ def step(
     samples = sched & (computed + got == n_known)
     is_dec = sched & (generated >= 1) & (rem == 1)
     if spec:  # §9: j drafts scheduled; a row with drafts is costed as a prefill of 1 + j
-        spec_row = run_sched & decoding
+        spec_row = run_sched & decoding & sched  # (a row the budget did not reach: none)
         drafts = jnp.where(spec_row, got - 1, 0)
         samples = samples | spec_row
         is_dec = is_dec & (drafts == 0)

@@ -112,6 +112,19 @@ def test_spec__the_token_budget_cuts_drafts():
     assert int(s[3].spec_drafted) == 7 and int(s[3].spec_accepted) == 7
 
 
+def test_spec__a_decoding_request_the_budget_does_not_reach_waits():
+    # A, B, C (P=2, O=20) at 0, K=3, alpha=1, budget 8: iteration 1 prefills all three
+    # (6 tokens); in iteration 2 A and B take 4 tokens each and C, running but not
+    # reached, gets nothing: it neither drafts nor advances (found by the random oracle
+    # lanes: such a row once took the drafts of "-1" scheduled tokens).
+    tr = Trace([0.0, 0.0, 0.0], [2, 2, 2], [20, 20, 20])
+    s = steps({**spec(3, 1.0), "max_num_batched_tokens": 8, "max_num_seqs": 4}, tr, 2)
+    assert slot(s[1], "slot_generated", 3).tolist() == [1, 1, 1]
+    assert slot(s[2], "slot_generated", 3).tolist() == [5, 5, 1]
+    assert slot(s[2], "slot_computed", 3).tolist() == [6, 6, 2]
+    assert int(s[2].spec_drafted) == 6 and slot(s[2], "slot_spec_acc", 3).tolist() == [0] * 3
+
+
 def test_spec__draft_blocks_count_while_the_iteration_runs():
     # block_size 4, P=3, O=10, K=3, alpha=0: iteration 2 schedules the last token and 3
     # drafts (c = 3 -> 7), so it holds ceil(7/4) = 2 blocks while it runs, against
@@ -224,7 +237,7 @@ def test_spec__draft_model_weights_take_kv_memory():
 def spec_case(rng: np.random.Generator) -> tuple[Trace, dict]:
     """A random oracle lane (tests/test_against_reference.py) with speculative decoding
     drawn on its v1 lanes: K, the acceptance and the drafter."""
-    trace, cfg = random_case(rng)
+    trace, cfg = random_case(rng, external=True)  # §8: some bring part of their KV
     if cfg["scheduler"] == "v1" and rng.random() < 0.85:
         method = str(rng.choice(["ngram", "eagle", "draft_model"]))
         draft = {}
@@ -269,6 +282,8 @@ def test_spec__random_lanes_match_the_reference_simulator():
     assert len(on) >= 40
     assert sum(c["speculative"]["method"] == "draft_model" for c in on) >= 5
     assert sum(int(p) > 0 for p in res.metrics["preemptions"]) >= 5
+    assert sum(t.external_tokens is not None
+               and c.get("speculative", {}).get("num_tokens", 0) > 0 for t, c in cases) >= 8
 
 
 def test_spec__simulate_prints_the_acceptance_and_export_carries_the_config(capsys):
