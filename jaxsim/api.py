@@ -118,6 +118,8 @@ def prepare(
                      macro_iterations=DEFAULT_MACRO,
                      async_scheduling=any(c["async_scheduling"] for c in cfgs),
                      speculative=any(c["speculative"]["num_tokens"] > 0 for c in cfgs),
+                     spec_draft=any(c["speculative"]["num_tokens"] > 0
+                                    and c["speculative"]["method"] != "ngram" for c in cfgs),
                      **cache_kw)
     return Prepared(shape, params, workload, info, cfgs)
 

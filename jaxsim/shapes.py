@@ -50,8 +50,12 @@ class SimShape:
             when a lane needs it; ``jaxsim.api.prepare`` sets it from the configurations.
         speculative: compile in speculative decoding (docs/semantics.md §9) for the
             lanes whose ``SpecParams.num_tokens`` is above 0 (``SimParams.spec``).
-            ``simulate_batch`` turns it on when a lane needs it. Event skipping is not
-            used with it compiled in: every iteration is its own step.
+            ``simulate_batch`` turns it on when a lane needs it. Its decode runs
+            (event skipping) evaluate the cost model once per iteration of the run;
+            with the prefix cache also compiled in, every iteration is its own step.
+        spec_draft: compile in a speculative drafter's GPU time (§9): needed by the lanes
+            whose ``SpecParams.has_draft`` is 1 (``eagle``, ``draft_model``); n-gram
+            drafts cost none. ``simulate_batch`` turns it on when a lane needs it.
         external_kv: compile in requests that arrive with the KV of some of their prompt
             tokens (``Workload.external_tokens``; a disaggregated decode instance's,
             docs/semantics.md §8). ``simulate_batch`` turns it on when a workload has
@@ -70,6 +74,7 @@ class SimShape:
     async_scheduling: bool = False
     external_kv: bool = False
     speculative: bool = False
+    spec_draft: bool = False
 
     def __post_init__(self):
         for name in ("max_requests", "max_slots", "chunk_iterations"):
@@ -92,9 +97,12 @@ class SimShape:
                              "prefix cache (cache_entries > 0)")
         if not isinstance(self.prefetch, bool):
             raise ValueError(f"SimShape.prefetch must be a bool, got {self.prefetch!r}")
-        if not isinstance(self.speculative, bool):
-            raise ValueError("SimShape.speculative must be a bool, got "
-                             f"{self.speculative!r}")
+        for name in ("speculative", "spec_draft"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"SimShape.{name} must be a bool, got "
+                                 f"{getattr(self, name)!r}")
+        if self.spec_draft and not self.speculative:
+            raise ValueError("SimShape.spec_draft=True needs speculative=True")
         if not isinstance(self.async_scheduling, bool):
             raise ValueError("SimShape.async_scheduling must be a bool, got "
                              f"{self.async_scheduling!r}")
@@ -119,4 +127,4 @@ class SimShape:
     @property
     def event_skipping(self) -> bool:
         """Whether steps advance decode runs in closed form (``macro_iterations``)."""
-        return self.macro_iterations > 0 and not self.prefetch and not self.speculative
+        return self.macro_iterations > 0 and not self.prefetch

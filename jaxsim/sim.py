@@ -390,6 +390,11 @@ def simulate_batch(
             np.asarray(params.spec.num_tokens) != 0):
         # §9 compiled in only for batches that need it
         shape = dataclasses.replace(shape, speculative=True)
+    if shape.speculative and not shape.spec_draft and not isinstance(
+            params.spec.has_draft, jax.core.Tracer) and np.any(
+            (np.asarray(params.spec.has_draft) != 0)
+            & (np.asarray(params.spec.num_tokens) != 0)):
+        shape = dataclasses.replace(shape, spec_draft=True)  # a drafter's GPU time
     if not shape.external_kv and not isinstance(
             workload.external_tokens, jax.core.Tracer) and np.any(
             np.asarray(workload.external_tokens) != 0):

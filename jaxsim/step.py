@@ -111,6 +111,46 @@ def _floordiv(a, b, inv_b):
     return q + (r >= b).astype(i32) - (r < 0).astype(i32)
 
 
+def _batch_features(got, computed, sched, n_sampled, is_pre, is_dec
+                    ) -> costmodel.BatchFeatures:
+    """§3's features of a batch: rows scheduled ``got`` tokens at context ``computed``."""
+    i32 = jnp.int32
+    return costmodel.BatchFeatures(
+        tokens=jnp.sum(got, dtype=i32),
+        num_seqs=jnp.sum(sched, dtype=i32),
+        num_sampled=n_sampled,
+        prefill_tokens=jnp.sum(jnp.where(is_pre, got, 0), dtype=i32),
+        # 2 * sum q (c + (q + 1) / 2) = sum q * (2c + q + 1), exactly
+        prefill_pairs_x2=_exact_dot(jnp.where(is_pre, got, 0), 2 * computed + got + 1),
+        prefill_kv_tokens=_exact_dot(is_pre.astype(i32), computed + got),
+        num_decodes=jnp.sum(is_dec, dtype=i32),
+        decode_kv_tokens=_exact_dot(is_dec.astype(i32), computed + 1),
+    )
+
+
+def _draft_consts(params: SimParams) -> costmodel.CostConsts:
+    """§9: the cost-model constants of the lane's drafter (no shape tables)."""
+    cost = params.cost
+    return costmodel.prepare(
+        params.spec.draft, params.hardware, params.scheduler.tp,
+        eqx.tree_at(lambda c: c.shape_corr, cost,
+                    jnp.zeros((*cost.shape_corr.shape[:-1], 0), jnp.float32)))
+
+
+def _draft_time(params: SimParams, dconsts, K, feats, drafting, computed1) -> DD:
+    """§9's ``G_draft``: a pass of the drafter over the batch (``feats``) and ``K - 1``
+    one-token passes of the ``drafting`` rows at their contexts after retire; 0 without
+    a draft model."""
+    i32 = jnp.int32
+    f_dec = costmodel.decode_only(
+        jnp.sum(drafting, dtype=i32), _exact_dot(drafting.astype(i32), computed1 + 1))
+    g_first = costmodel.gpu_time_from_consts(dconsts, feats)
+    g_dec = costmodel.gpu_time_from_consts(dconsts, f_dec)
+    g_draft = ddm.add(g_first, ddm.mul_f(g_dec, (K - 1).astype(jnp.float32)))
+    on = (params.spec.has_draft != 0) & (K > 0)
+    return ddm.where(on, g_draft, ddm.dd(jnp.zeros_like(g_draft.hi)))
+
+
 def _decode_run(shape: SimShape, params: SimParams, wl: Workload, st: SimState,
                 consts: costmodel.CostConsts, dtab: costmodel.DecodeTable, active, inv_bs):
     """Event skipping (docs/semantics.md §6): advance the lane by ``k`` decode-only
@@ -302,6 +342,123 @@ def _decode_run(shape: SimShape, params: SimParams, wl: Workload, st: SimState,
     return st, ghost, (clk_hi[fin], clk_lo[fin])
 
 
+def _spec_decode_run(shape: SimShape, params: SimParams, wl: Workload, st: SimState,
+                     consts: costmodel.CostConsts, dconsts: costmodel.CostConsts, active,
+                     inv_bs):
+    """Event skipping with speculative decoding compiled in (docs/semantics.md §6, §9):
+    up to ``shape.macro_iterations`` iterations in which every running request is
+    decoding and stepping would schedule each its full ``1 + d`` tokens (``d`` drafts,
+    capped by the threshold) and nothing else, with no queued request ready. Unlike
+    :func:`_decode_run`, each iteration's features come from a scan over the rows'
+    tokens, accumulators and finishes, and its time from a full cost-model evaluation
+    (the drafter's included); a ready queue head (preempted, or arrived by the
+    iteration's start, §2.10's ``seen`` with asynchronous scheduling) ends the run even
+    when it is blocked. A request that finishes leaves the batch from the next
+    iteration, as in :func:`_decode_run`, which also says what is returned.
+    """
+    S, R, KC = shape.max_slots, shape.max_requests, shape.macro_iterations
+    sp = params.scheduler
+    i32, f32 = jnp.int32, jnp.float32
+    row = jnp.arange(S, dtype=i32)
+    n = st.n_run
+    running = row < n
+    c0, g0, acc0 = st.slot_computed, st.slot_generated, st.slot_spec_acc
+    prompt, output = st.slot_prompt, st.slot_output
+    bs, total = sp.block_size, sp.num_gpu_blocks
+    is_v0 = sp.mode == MODE_V0
+    K = jnp.where(is_v0, 0, params.spec.num_tokens)
+    thr = jnp.where(is_v0, 0, sp.long_prefill_token_threshold)
+    units = params.spec.accept_units
+    decoding = (g0 >= 1) & (prompt + g0 - c0 == 1)
+
+    def one(carry, _):
+        c, g, acc, live = carry
+        want = 1 + jnp.clip(jnp.minimum(K, output - g - 1), 0)
+        q = jnp.where(live, jnp.where(thr > 0, jnp.minimum(want, thr), want), 0)
+        drafts = jnp.where(live, q - 1, 0)
+        acc1 = acc + jnp.where(live, units[drafts], 0)
+        a = jnp.where(live, acc1 >> 16, 0)
+        acc1 = acc1 - a * (1 << 16)
+        used = jnp.sum(jnp.where(live, _floordiv(c + q + bs - 1, bs, inv_bs), 0), dtype=i32)
+        c1 = jnp.where(live, c + 1 + a, c)
+        g1 = jnp.where(live, g + 1 + a, g)
+        fin = live & (g1 == output)
+        is_dec = live & (drafts == 0)
+        feats = _batch_features(q, c, live, jnp.sum(q, dtype=i32), live & ~is_dec, is_dec)
+        extra = (_draft_time(params, dconsts, K, feats, live & ~fin, c1)
+                 if shape.spec_draft else ddm.dd(jnp.zeros((), f32)))
+        per_it = (feats, extra, used, jnp.sum(live, dtype=i32), fin, q, drafts, a)
+        return (c1, g1, acc1, live & ~fin), (per_it, (c1, g1, acc1))
+
+    _, (per_it, rows_after) = jax.lax.scan(one, (c0, g0, acc0, running), None, length=KC)
+    feats, extra, used, n_j, fin, q, drafts, a = per_it
+    asy = shape.async_scheduling
+    async_on = ((sp.async_scheduling != 0) & ~is_v0) if asy else None
+    dts = jax.vmap(lambda f, e: costmodel.iteration_time_from_consts(
+        consts, f, async_on, e))(feats, extra)
+    finite = jnp.isfinite(dts.hi) & jnp.isfinite(dts.lo) & (dts.hi >= 0)
+
+    def acc_sums(carry, jj):  # as in _decode_run: the clock, busy time, KV integral
+        c_hi, c_lo, b_hi, b_lo, u_hi, u_lo = carry
+        dh, dl, u = dts.hi[jj], dts.lo[jj], used[jj]
+        c_hi, c_lo = dd_add2(c_hi, c_lo, dh, dl)
+        b_hi, b_lo = dd_add2(b_hi, b_lo, dh, dl)
+        u_hi, u_lo = dd_add(u_hi, u_lo, u.astype(f32) * (dh + dl))
+        out = (c_hi, c_lo, b_hi, b_lo, u_hi, u_lo)
+        return out, out
+
+    j = jnp.arange(KC, dtype=i32)
+    init = (st.clock_hi, st.clock_lo, st.busy_hi, st.busy_lo, st.kv_used_s_hi,
+            st.kv_used_s_lo)
+    _, series = jax.lax.scan(acc_sums, init, j)
+    (clk_hi, clk_lo, bsy_hi, bsy_lo, kvs_hi, kvs_lo) = (
+        jnp.concatenate([x0[None], xs]) for x0, xs in zip(init, series, strict=True))
+    vis_hi, vis_lo = clk_hi[:KC], clk_lo[:KC]
+    if asy:
+        vis_hi = jnp.where(async_on, jnp.concatenate([st.start_hi[None], clk_hi[:KC - 1]]),
+                           vis_hi)
+        vis_lo = jnp.where(async_on, jnp.concatenate([st.start_lo[None], clk_lo[:KC - 1]]),
+                           vis_lo)
+    p_c = jnp.minimum(st.ptr, R - 1)
+    arrived = (st.ptr < wl.num_requests) & dd_le(wl.arrival_hi[p_c], wl.arrival_lo[p_c],
+                                                  vis_hi, vis_lo)
+    has_pre = st.n_act > n
+    eligible = active & (n >= 1) & (n < S) & jnp.all(decoding | ~running)
+    # every row gets its full q within the budget, and its blocks fit (v0: with one left
+    # to touch, §2.4, as in _decode_run)
+    ok = (eligible & (n_j >= 1) & (jnp.sum(q, axis=1) <= sp.max_num_batched_tokens)
+          & (used + is_v0 <= total) & finite & (j < st.iter_limit - st.iterations)
+          & ~has_pre & ~arrived)
+    k = jnp.sum(jnp.cumsum(~ok, dtype=i32) == 0, dtype=i32)
+
+    taken = (j < k)[:, None]
+    c_k, g_k, acc_k = (jnp.concatenate([x0[None], xs])[k]
+                       for x0, xs in zip((c0, g0, acc0), rows_after, strict=True))
+    q_k = jnp.sum(jnp.where(taken, q, 0), axis=0)
+    fin_k = taken & fin
+    ghost = jnp.any(fin_k, axis=0)
+    fin_at = jnp.argmax(fin_k, axis=0) + 1  # a ghost row's iterations in the run
+    st = eqx.tree_at(
+        lambda s: (s.clock_hi, s.clock_lo, s.busy_hi, s.busy_lo, s.kv_used_s_hi,
+                   s.kv_used_s_lo, s.kv_peak_blocks, s.slot_computed, s.slot_generated,
+                   s.slot_spec_acc, s.slot_tokens, s.tokens_total, s.iterations,
+                   s.spec_drafted, s.spec_accepted),
+        st,
+        (clk_hi[k], clk_lo[k], bsy_hi[k], bsy_lo[k], kvs_hi[k], kvs_lo[k],
+         jnp.maximum(st.kv_peak_blocks, jnp.max(jnp.where(j < k, used, 0))),
+         c_k, g_k, acc_k, st.slot_tokens + q_k, st.tokens_total + jnp.sum(q_k, dtype=i32),
+         st.iterations + k,
+         st.spec_drafted + jnp.sum(jnp.where(taken, drafts, 0), dtype=i32),
+         st.spec_accepted + jnp.sum(jnp.where(taken, a, 0), dtype=i32)),
+    )
+    if asy:  # the start of the run's last iteration
+        km1 = jnp.maximum(k - 1, 0)
+        st = eqx.tree_at(lambda s: (s.start_hi, s.start_lo), st,
+                         (jnp.where(k > 0, clk_hi[km1], st.start_hi),
+                          jnp.where(k > 0, clk_lo[km1], st.start_lo)))
+    return st, ghost, (clk_hi[fin_at], clk_lo[fin_at])
+
+
 def step(
     shape: SimShape,
     params: SimParams,
@@ -334,12 +491,19 @@ def step(
     # §6 event skipping: first a run of decode-only iterations in closed form; requests
     # that finished in its last iteration ("ghost" rows) leave in this iteration's
     # compaction and take no part in it.
-    macro = shape.event_skipping
+    spec = shape.speculative
+    dconsts = _draft_consts(params) if shape.spec_draft else None
+    # (with speculative decoding and the prefix cache both compiled in, no decode runs)
+    macro = shape.event_skipping and not (spec and shape.cache_entries > 0)
     if macro:
-        if dtab is None:
-            dtab = costmodel.decode_table(consts, S)
-        st, ghost, (ghost_hi, ghost_lo) = _decode_run(shape, params, workload, st, consts,
-                                                      dtab, active, inv_bs)
+        if spec:
+            st, ghost, (ghost_hi, ghost_lo) = _spec_decode_run(
+                shape, params, workload, st, consts, dconsts, active, inv_bs)
+        else:
+            if dtab is None:
+                dtab = costmodel.decode_table(consts, S)
+            st, ghost, (ghost_hi, ghost_lo) = _decode_run(shape, params, workload, st,
+                                                          consts, dtab, active, inv_bs)
         active = active & (st.iterations < st.iter_limit)
         live = (row < st.n_run) & ~ghost
         n_ghost = jnp.sum(ghost, dtype=jnp.int32)
@@ -419,7 +583,6 @@ def step(
     # ---- 2. running phase -----------------------------------------------------------
     running = row < st.n_run
     rem = n_known - computed
-    spec = shape.speculative
     if spec:  # §9: a decoding request also wants d = min(K, O - g - 1) drafts
         K = jnp.where(is_v0, 0, params.spec.num_tokens)
         decoding = running & (generated >= 1) & (rem == 1)
@@ -574,17 +737,7 @@ def step(
     else:
         n_sampled = jnp.sum(samples, dtype=i32)
     is_pre = sched & ~is_dec
-    feats = costmodel.BatchFeatures(
-        tokens=jnp.sum(got, dtype=i32),
-        num_seqs=jnp.sum(sched, dtype=i32),
-        num_sampled=n_sampled,
-        prefill_tokens=jnp.sum(jnp.where(is_pre, got, 0), dtype=i32),
-        # 2 * sum q (c + (q + 1) / 2) = sum q * (2c + q + 1), exactly
-        prefill_pairs_x2=_exact_dot(jnp.where(is_pre, got, 0), 2 * computed + got + 1),
-        prefill_kv_tokens=_exact_dot(is_pre.astype(i32), computed + got),
-        num_decodes=jnp.sum(is_dec, dtype=i32),
-        decode_kv_tokens=_exact_dot(is_dec.astype(i32), computed + 1),
-    )
+    feats = _batch_features(got, computed, sched, n_sampled, is_pre, is_dec)
 
     # ---- 7a. retire (counts; times are stamped after the clock advances) --------------
     q_prev = jnp.where(window, -1.0, st.slot_queue_s)  # < 0: never admitted yet
@@ -603,19 +756,8 @@ def step(
         generated1 = generated + samples.astype(i32)
     finished = (samples & (generated1 == output)) | ghost
     extra_gpu = None
-    if spec:  # §9: the drafter's GPU time, a pass over the batch and K - 1 decode steps
-        dconsts = costmodel.prepare(
-            params.spec.draft, params.hardware, sp.tp,
-            eqx.tree_at(lambda c: c.shape_corr, params.cost,
-                        jnp.zeros((*params.cost.shape_corr.shape[:-1], 0), jnp.float32)))
-        drafting = samples & ~finished
-        f_dec = costmodel.decode_only(
-            jnp.sum(drafting, dtype=i32), _exact_dot(drafting.astype(i32), computed1 + 1))
-        g_first = costmodel.gpu_time_from_consts(dconsts, feats)
-        g_dec = costmodel.gpu_time_from_consts(dconsts, f_dec)
-        g_draft = ddm.add(g_first, ddm.mul_f(g_dec, (K - 1).astype(jnp.float32)))
-        on = (params.spec.has_draft != 0) & (K > 0)
-        extra_gpu = ddm.where(on, g_draft, ddm.dd(jnp.float32(0.0)))
+    if shape.spec_draft:  # §9: a drafter's GPU time, a pass over the batch, K - 1 steps
+        extra_gpu = _draft_time(params, dconsts, K, feats, samples & ~finished, computed1)
     dt_dd = costmodel.iteration_time_from_consts(consts, feats, overlapped, extra_gpu)
 
     # ---- §5.5/§5.6 cache update and transfer time ----------------------------------------

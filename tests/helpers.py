@@ -46,7 +46,8 @@ def step_states(shape, params, wl, n: int) -> list:
     if int(params.scheduler.async_scheduling):
         shape = dataclasses.replace(shape, async_scheduling=True)
     if params.spec is not None and int(params.spec.num_tokens) > 0:
-        shape = dataclasses.replace(shape, speculative=True)
+        shape = dataclasses.replace(shape, speculative=True,
+                                    spec_draft=bool(int(params.spec.has_draft)))
 
     st = init_state(shape, params, wl, jnp.int32(10**6))
     out = [st]

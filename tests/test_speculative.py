@@ -251,19 +251,23 @@ def spec_case(rng: np.random.Generator) -> tuple[Trace, dict]:
     return trace, cfg
 
 
-def test_spec__random_lanes_match_the_reference_simulator():
-    rng = np.random.default_rng(20261125)
-    cases = [spec_case(rng) for _ in range(96)]
+def _has_drafter(c: dict) -> bool:
+    sp = c.get("speculative", {})
+    return sp.get("num_tokens", 0) > 0 and sp.get("method") != "ngram"
+
+
+def _oracle_group(cases):
+    """Run ``cases`` as one batch (event skipping on) and compare every lane with the
+    reference simulator; return the results and the reference runs."""
     traces = [t for t, _ in cases]
     lanes = [lane_params(c, t) for t, c in cases]
-    params = P.stack(lanes)
     wl = stack_workloads([to_workload(t, R_MAX) for t in traces])
     shape = SimShape(max_requests=R_MAX, max_slots=S_MAX, macro_iterations=16)
-    res = simulate_batch(shape, params, wl)
-    failures = []
-    drafted = accepted = 0
+    res = simulate_batch(shape, P.stack(lanes), wl)
+    failures, refs = [], []
     for i, ((t, c), lane_p) in enumerate(zip(cases, lanes, strict=True)):
         ref = simulate_reference(oracle_workload(t), oracle_config(lane_p))
+        refs.append(ref)
         errs = compare_lane(i, t, res, ref)
         for key in ("spec_drafted_tokens", "spec_accepted_tokens"):
             # (a lane whose weights do not fit is infeasible in jaxsim alone: the
@@ -273,17 +277,36 @@ def test_spec__random_lanes_match_the_reference_simulator():
                 errs.append(f"{key} {int(res.metrics[key][i])} vs ref {ref[key]}")
         if errs:
             failures.append(f"lane {i} ({c}): " + "; ".join(errs[:4]))
-        drafted += ref["spec_drafted_tokens"]
-        accepted += ref["spec_accepted_tokens"]
     assert not failures, f"{len(failures)} lanes differ:\n" + "\n".join(failures[:6])
+    return res, refs
+
+
+def test_spec__random_lanes_match_the_reference_simulator():
+    # two batches: lanes with a drafter's GPU time (eagle, draft_model: SimShape.spec_draft
+    # compiled in), and n-gram lanes with lanes without speculative decoding (not)
+    rng = np.random.default_rng(20261125)
+    cases = [spec_case(rng) for _ in range(96)]
+    groups = [[x for x in cases if _has_drafter(x[1])],
+              [x for x in cases if not _has_drafter(x[1])]]
+    cases = groups[0] + groups[1]
+    runs = [_oracle_group(g) for g in groups]
+    refs = runs[0][1] + runs[1][1]
+    drafted = sum(r["spec_drafted_tokens"] for r in refs)
+    accepted = sum(r["spec_accepted_tokens"] for r in refs)
     # the drawn lanes exercise drafting, partial acceptance, drafters and preemption
     assert drafted > 2000 and 0 < accepted < drafted, (drafted, accepted)
     on = [c for _, c in cases if c.get("speculative", {}).get("num_tokens", 0) > 0]
-    assert len(on) >= 40
+    assert len(on) >= 40 and min(len(g) for g in groups) >= 20
     assert sum(c["speculative"]["method"] == "draft_model" for c in on) >= 5
-    assert sum(int(p) > 0 for p in res.metrics["preemptions"]) >= 5
+    assert sum(r["total_preemptions"] > 0 for r in refs) >= 5
     assert sum(t.external_tokens is not None
                and c.get("speculative", {}).get("num_tokens", 0) > 0 for t, c in cases) >= 8
+    # event skipping (§6) took part on the speculative lanes of both batches
+    for (res, _), group in zip(runs, groups, strict=True):
+        steps, iters = res.metrics["steps"], res.metrics["iterations"]
+        on = np.array([c.get("speculative", {}).get("num_tokens", 0) > 0 for _, c in group])
+        assert np.sum((steps < iters) & on) >= 8
+        assert steps[on].sum() < 0.85 * iters[on].sum()
 
 
 def test_spec__simulate_prints_the_acceptance_and_export_carries_the_config(capsys):
