@@ -1093,7 +1093,14 @@ def status_reasons(cfg: Mapping, status: int, info: Mapping, workload_max_len: i
         if float(cfg["gpu_memory_utilization"]) < 1.0 else [])
     if status & st_bits.INF_NO_KV_MEMORY:
         fixes = room + (["use dtype fp8"] if cfg["dtype"] != "fp8" else [])
-        out.append(f"no room for the KV cache: weights {float(info['weights_gb']):.1f} GB "
+        spec = cfg.get("speculative", {})
+        drafter = spec.get("num_tokens", 0) > 0 and spec.get("method") == "draft_model"
+        if drafter:
+            fixes.append(f"use a smaller speculative.draft_model than {spec['draft_model']} "
+                         "or speculative.method eagle")
+        out.append("no room for the KV cache: weights "
+                   + ("(the draft model's included) " if drafter else "")
+                   + f"{float(info['weights_gb']):.1f} GB "
                    f"and activation reserve {float(info['reserve_gb']):.1f} GB per GPU "
                    f"against {float(info['usable_gb']):.1f} GB usable "
                    f"(gpu_memory_utilization {cfg['gpu_memory_utilization']}); "

@@ -25,10 +25,11 @@ reference simulator in tests/reference implements independently):
 9. **Asynchronous scheduling** (§2.10, compiled in with ``SimShape.async_scheduling``):
    an iteration with requests running at its start sees the arrivals up to the previous
    iteration's start (``SimState.start``) and takes ``max(G, C)`` of the cost model.
-10. **Speculative decoding** (§9, compiled in with ``SimShape.speculative``, which turns
-    event skipping off): a decoding row of the running walk wants ``1 + d`` tokens
-    (``d`` drafts); its accumulator (``SimState.slot_spec_acc``) decides how many of the
-    drafts scheduled are accepted, and a drafter's GPU time joins the iteration's.
+10. **Speculative decoding** (§9, compiled in with ``SimShape.speculative``; a drafter's
+    time with ``SimShape.spec_draft``): a decoding row of the running walk wants
+    ``1 + d`` tokens (``d`` drafts); its accumulator (``SimState.slot_spec_acc``)
+    decides how many of the drafts scheduled are accepted, and a drafter's GPU time
+    joins the iteration's. Its decode runs are ``_spec_decode_run``'s.
 
 How it is vectorised: the slot table keeps ``running`` (rows ``[0, n_run)``) and the
 preempted queue front (rows ``[n_run, n_act)``) contiguous and in order, and the trace
@@ -385,8 +386,9 @@ def _spec_decode_run(shape: SimShape, params: SimParams, wl: Workload, st: SimSt
         fin = live & (g1 == output)
         is_dec = live & (drafts == 0)
         feats = _batch_features(q, c, live, jnp.sum(q, dtype=i32), live & ~is_dec, is_dec)
+        # (None without a drafter compiled in: the same arithmetic as the ordinary step)
         extra = (_draft_time(params, dconsts, K, feats, live & ~fin, c1)
-                 if shape.spec_draft else ddm.dd(jnp.zeros((), f32)))
+                 if shape.spec_draft else None)
         per_it = (feats, extra, used, jnp.sum(live, dtype=i32), fin, q, drafts, a)
         return (c1, g1, acc1, live & ~fin), (per_it, (c1, g1, acc1))
 
