@@ -152,6 +152,51 @@ def _draft_time(params: SimParams, dconsts, K, feats, drafting, computed1) -> DD
     return ddm.where(on, g_draft, ddm.dd(jnp.zeros_like(g_draft.hi)))
 
 
+def _run_series(st: SimState, dts: DD, used, async_on):
+    """The clock, busy time and KV integral (DD pairs, ``[KC + 1]`` each) after each
+    iteration of a decode run with times ``dts`` and ``used`` blocks (``[KC]``), summed
+    one iteration at a time as stepping does (a scan: unrolled, XLA would fuse the chain
+    into every output and recompute it); and the time up to which iteration j's batch
+    sees arrivals: its start, or (§2.10, ``async_on``) the start of the iteration
+    before it."""
+    f32 = jnp.float32
+    KC = used.shape[0]
+
+    def acc(carry, jj):
+        # the run's times are read by index (scanning over them as inputs would
+        # transpose them, and XLA fuses the whole evaluation into that transpose)
+        c_hi, c_lo, b_hi, b_lo, u_hi, u_lo = carry
+        dh, dl, u = dts.hi[jj], dts.lo[jj], used[jj]
+        # three sums carried apart: stacking them costs a concatenation per iteration
+        c_hi, c_lo = dd_add2(c_hi, c_lo, dh, dl)
+        b_hi, b_lo = dd_add2(b_hi, b_lo, dh, dl)
+        u_hi, u_lo = dd_add(u_hi, u_lo, u.astype(f32) * (dh + dl))
+        out = (c_hi, c_lo, b_hi, b_lo, u_hi, u_lo)
+        return out, out
+
+    init = (st.clock_hi, st.clock_lo, st.busy_hi, st.busy_lo, st.kv_used_s_hi,
+            st.kv_used_s_lo)
+    _, series = jax.lax.scan(acc, init, jnp.arange(KC, dtype=jnp.int32))
+    series = tuple(jnp.concatenate([x0[None], xs])
+                   for x0, xs in zip(init, series, strict=True))
+    clk_hi, clk_lo = series[0], series[1]
+    vis_hi, vis_lo = clk_hi[:KC], clk_lo[:KC]
+    if async_on is not None:
+        vis_hi = jnp.where(async_on, jnp.concatenate([st.start_hi[None], clk_hi[:KC - 1]]),
+                           vis_hi)
+        vis_lo = jnp.where(async_on, jnp.concatenate([st.start_lo[None], clk_lo[:KC - 1]]),
+                           vis_lo)
+    return series, (vis_hi, vis_lo)
+
+
+def _run_start(st: SimState, k, clk_hi, clk_lo) -> SimState:
+    """§2.10: after a run of ``k`` iterations, the start of its last one."""
+    km1 = jnp.maximum(k - 1, 0)
+    return eqx.tree_at(lambda s: (s.start_hi, s.start_lo), st,
+                       (jnp.where(k > 0, clk_hi[km1], st.start_hi),
+                        jnp.where(k > 0, clk_lo[km1], st.start_lo)))
+
+
 def _decode_run(shape: SimShape, params: SimParams, wl: Workload, st: SimState,
                 consts: costmodel.CostConsts, dtab: costmodel.DecodeTable, active, inv_bs):
     """Event skipping (docs/semantics.md §6): advance the lane by ``k`` decode-only
@@ -253,35 +298,8 @@ def _decode_run(shape: SimShape, params: SimParams, wl: Workload, st: SimState,
     # a negative time (a hand-built negative bandwidth or FLOP/s) halts the lane as NaN does
     finite = jnp.isfinite(dts.hi) & jnp.isfinite(dts.lo) & (dts.hi >= 0)
 
-    # Clock, busy time and KV integral after each iteration of the run, summed one
-    # iteration at a time as stepping does (a scan: unrolled, XLA would fuse the chain
-    # into every output and recompute it).
-    def acc(carry, jj):
-        # the run's times are read by index (scanning over them as inputs would
-        # transpose them, and XLA fuses the whole evaluation into that transpose)
-        c_hi, c_lo, b_hi, b_lo, u_hi, u_lo = carry
-        dh, dl, u = dts.hi[jj], dts.lo[jj], used[jj]
-        # three sums carried apart: stacking them costs a concatenation per iteration
-        c_hi, c_lo = dd_add2(c_hi, c_lo, dh, dl)
-        b_hi, b_lo = dd_add2(b_hi, b_lo, dh, dl)
-        u_hi, u_lo = dd_add(u_hi, u_lo, u.astype(f32) * (dh + dl))
-        out = (c_hi, c_lo, b_hi, b_lo, u_hi, u_lo)
-        return out, out
-
-    init = (st.clock_hi, st.clock_lo, st.busy_hi, st.busy_lo, st.kv_used_s_hi,
-            st.kv_used_s_lo)
-    _, series = jax.lax.scan(acc, init, j)
-    # [KC + 1] each: the clock, busy time and KV integral after j iterations
-    (clk_hi, clk_lo, bsy_hi, bsy_lo, kvs_hi, kvs_lo) = (
-        jnp.concatenate([x0[None], xs]) for x0, xs in zip(init, series, strict=True))
-    # the time up to which iteration j's batch sees arrivals: its start, or (§2.10) the
-    # start of the iteration before it
-    vis_hi, vis_lo = clk_hi[:KC], clk_lo[:KC]
-    if asy:
-        vis_hi = jnp.where(async_on, jnp.concatenate([st.start_hi[None], clk_hi[:KC - 1]]),
-                           vis_hi)
-        vis_lo = jnp.where(async_on, jnp.concatenate([st.start_lo[None], clk_lo[:KC - 1]]),
-                           vis_lo)
+    series, (vis_hi, vis_lo) = _run_series(st, dts, used, async_on)
+    clk_hi, clk_lo, bsy_hi, bsy_lo, kvs_hi, kvs_lo = series
     arrived = trace_head & dd_le(a_hi_t, a_lo_t, vis_hi, vis_lo)
 
     eligible = (active & (n >= 1) & (n < S) & (n <= sp.max_num_batched_tokens)
@@ -334,11 +352,8 @@ def _decode_run(shape: SimShape, params: SimParams, wl: Workload, st: SimState,
         tgt = jnp.where(enable & (adv > 0)[:, None], tgt, K)
         st = eqx.tree_at(lambda s: s.e_last, st, st.e_last.at[tgt].max(
             jnp.broadcast_to(last[:, None], tgt.shape), mode="drop"))
-    if asy:  # the start of the run's last iteration
-        km1 = jnp.maximum(k - 1, 0)
-        st = eqx.tree_at(lambda s: (s.start_hi, s.start_lo), st,
-                         (jnp.where(k > 0, clk_hi[km1], st.start_hi),
-                          jnp.where(k > 0, clk_lo[km1], st.start_lo)))
+    if asy:
+        st = _run_start(st, k, clk_hi, clk_lo)
     fin = jnp.minimum(left, KC)
     return st, ghost, (clk_hi[fin], clk_lo[fin])
 
@@ -359,7 +374,7 @@ def _spec_decode_run(shape: SimShape, params: SimParams, wl: Workload, st: SimSt
     """
     S, R, KC = shape.max_slots, shape.max_requests, shape.macro_iterations
     sp = params.scheduler
-    i32, f32 = jnp.int32, jnp.float32
+    i32 = jnp.int32
     row = jnp.arange(S, dtype=i32)
     n = st.n_run
     running = row < n
@@ -400,27 +415,9 @@ def _spec_decode_run(shape: SimShape, params: SimParams, wl: Workload, st: SimSt
         consts, f, async_on, e))(feats, extra)
     finite = jnp.isfinite(dts.hi) & jnp.isfinite(dts.lo) & (dts.hi >= 0)
 
-    def acc_sums(carry, jj):  # as in _decode_run: the clock, busy time, KV integral
-        c_hi, c_lo, b_hi, b_lo, u_hi, u_lo = carry
-        dh, dl, u = dts.hi[jj], dts.lo[jj], used[jj]
-        c_hi, c_lo = dd_add2(c_hi, c_lo, dh, dl)
-        b_hi, b_lo = dd_add2(b_hi, b_lo, dh, dl)
-        u_hi, u_lo = dd_add(u_hi, u_lo, u.astype(f32) * (dh + dl))
-        out = (c_hi, c_lo, b_hi, b_lo, u_hi, u_lo)
-        return out, out
-
     j = jnp.arange(KC, dtype=i32)
-    init = (st.clock_hi, st.clock_lo, st.busy_hi, st.busy_lo, st.kv_used_s_hi,
-            st.kv_used_s_lo)
-    _, series = jax.lax.scan(acc_sums, init, j)
-    (clk_hi, clk_lo, bsy_hi, bsy_lo, kvs_hi, kvs_lo) = (
-        jnp.concatenate([x0[None], xs]) for x0, xs in zip(init, series, strict=True))
-    vis_hi, vis_lo = clk_hi[:KC], clk_lo[:KC]
-    if asy:
-        vis_hi = jnp.where(async_on, jnp.concatenate([st.start_hi[None], clk_hi[:KC - 1]]),
-                           vis_hi)
-        vis_lo = jnp.where(async_on, jnp.concatenate([st.start_lo[None], clk_lo[:KC - 1]]),
-                           vis_lo)
+    series, (vis_hi, vis_lo) = _run_series(st, dts, used, async_on)
+    clk_hi, clk_lo, bsy_hi, bsy_lo, kvs_hi, kvs_lo = series
     p_c = jnp.minimum(st.ptr, R - 1)
     arrived = (st.ptr < wl.num_requests) & dd_le(wl.arrival_hi[p_c], wl.arrival_lo[p_c],
                                                   vis_hi, vis_lo)
@@ -453,11 +450,8 @@ def _spec_decode_run(shape: SimShape, params: SimParams, wl: Workload, st: SimSt
          st.spec_drafted + jnp.sum(jnp.where(taken, drafts, 0), dtype=i32),
          st.spec_accepted + jnp.sum(jnp.where(taken, a, 0), dtype=i32)),
     )
-    if asy:  # the start of the run's last iteration
-        km1 = jnp.maximum(k - 1, 0)
-        st = eqx.tree_at(lambda s: (s.start_hi, s.start_lo), st,
-                         (jnp.where(k > 0, clk_hi[km1], st.start_hi),
-                          jnp.where(k > 0, clk_lo[km1], st.start_lo)))
+    if asy:
+        st = _run_start(st, k, clk_hi, clk_lo)
     return st, ghost, (clk_hi[fin_at], clk_lo[fin_at])
 
 
