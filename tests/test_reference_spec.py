@@ -46,7 +46,7 @@ from tests.reference.event_sim import (
     validate_config,
 )
 from tests.test_reference_prefix import BASE, approx, make_config, make_workload
-from tests.test_reference_swap import _random_lane
+from tests.test_reference_swap import _assert_same_results, _random_lane
 
 #: The draft model with the lane's own (tiny) dimensions: its G_d is the G above.
 SAME_DRAFT: dict[str, Any] = {key: BASE[key] for key in MODEL_KEYS}
@@ -68,22 +68,6 @@ def spec(k: int, alpha: float, **more: Any) -> dict[str, Any]:
 def qs(trace: list[dict[str, Any]]) -> list[list[tuple[int, int]]]:
     """Per iteration: [(request, q), ...]."""
     return [[(r, q) for r, q, *_ in it["batch"]] for it in trace]
-
-
-def _assert_same_results(a: dict[str, Any], b: dict[str, Any]) -> None:
-    assert set(a) == set(b)
-    for key, va in a.items():
-        vb = b[key]
-        if key == "metrics":
-            assert set(va) == set(vb)
-            for mk in va:
-                assert va[mk] == vb[mk] or (math.isnan(va[mk]) and math.isnan(vb[mk])), mk
-        elif isinstance(va, np.ndarray):
-            assert va.dtype == vb.dtype and np.array_equal(va, vb, equal_nan=True), key
-        elif isinstance(va, float) and math.isnan(va):
-            assert math.isnan(vb), key
-        else:
-            assert va == vb, key
 
 
 # --------------------------------------------------------------------------------------
