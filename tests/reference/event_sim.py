@@ -172,7 +172,10 @@ def _as_int(name: str, value: Any) -> int:
         raise ValueError(f"config[{name!r}] must be an integer, got bool {value!r}")
     if isinstance(value, (int, np.integer)):
         return int(value)
-    as_float = float(value)
+    try:
+        as_float = float(value)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"config[{name!r}] must be an integer, got {value!r}") from exc
     if not math.isfinite(as_float) or as_float != int(as_float):
         raise ValueError(f"config[{name!r}] must be an integer, got {value!r}")
     return int(as_float)
@@ -290,25 +293,6 @@ def spec_accept_units(alpha: float, k: int) -> list[int]:
     return out
 
 
-def _spec_int(name: str, value: Any) -> int:
-    """``_as_int`` with every failure reported as a ValueError naming ``name``."""
-    try:
-        return _as_int(name, value)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"config[{name}] must be an integer, got {value!r}") from exc
-
-
-def _spec_float(name: str, value: Any) -> float:
-    """A finite real §9 config value as ``float`` (ValueError naming ``name``)."""
-    try:
-        out = float(value)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"config[{name}] must be a number, got {value!r}") from exc
-    if not math.isfinite(out):
-        raise ValueError(f"config[{name}] must be finite, got {value!r}")
-    return out
-
-
 def _validate_spec_config(config: Mapping[str, Any]) -> dict[str, Any]:
     """Normalises and checks the optional §9 keys (defaults for absent ones).
 
@@ -322,7 +306,7 @@ def _validate_spec_config(config: Mapping[str, Any]) -> dict[str, Any]:
     """
     out: dict[str, Any] = {}
     raw_k = config.get("spec_tokens", 0)
-    K = _spec_int("'spec_tokens'", raw_k)
+    K = _as_int("spec_tokens", raw_k)
     if not 0 <= K <= SPEC_MAX_TOKENS:
         raise ValueError(
             f"config['spec_tokens'] must be an integer in 0..{SPEC_MAX_TOKENS}, "
@@ -338,7 +322,7 @@ def _validate_spec_config(config: Mapping[str, Any]) -> dict[str, Any]:
             raise ValueError(
                 f"config['spec_accept_units'] must have spec_tokens + 1 = {K + 1} "
                 f"entries (A[0..K]), got {len(vals)}: {raw_a!r}")
-        units = tuple(_spec_int(f"'spec_accept_units'][{j}", v)
+        units = tuple(_as_int(f"spec_accept_units[{j}]", v)
                       for j, v in enumerate(vals))
         if units[0] != 0:
             raise ValueError(
@@ -374,15 +358,15 @@ def _validate_spec_config(config: Mapping[str, Any]) -> dict[str, Any]:
     draft: dict[str, Any] = {}
     for key in MODEL_KEYS:
         value = raw_d[key]
-        name = f"'spec_draft']['{key}'"
-        draft[key] = _spec_int(name, value) if key in _INT_KEYS else _spec_float(name, value)
+        name = f"spec_draft.{key}"
+        draft[key] = _as_int(name, value) if key in _INT_KEYS else _as_float(name, value)
     # As the lane's own model keys (validate_config).
     for key in ("num_heads", "num_kv_heads", "num_experts", "experts_per_token"):
         if draft[key] < 1:
             raise ValueError(
                 f"config['spec_draft'][{key!r}] must be >= 1, got {draft[key]}")
-    draft["bytes_per_lm_head_weight"] = _spec_float(
-        "'spec_draft']['bytes_per_lm_head_weight'",
+    draft["bytes_per_lm_head_weight"] = _as_float(
+        "spec_draft.bytes_per_lm_head_weight",
         raw_d.get("bytes_per_lm_head_weight", draft["bytes_per_weight"]))
     if not draft["bytes_per_lm_head_weight"] > 0.0:
         raise ValueError(
