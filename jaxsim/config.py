@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from jaxsim import costpresets, presets
+from jaxsim import costpresets, presets, servegen
 from jaxsim import status as st_bits
 from jaxsim.params import (
     COST_ALIASES,
@@ -119,6 +119,9 @@ DEFAULTS: dict[str, Any] = {
         "new_tokens": 256,
         "think_time_s": 30.0,
         "hash_block_tokens": 512,
+        "pool": None,
+        "start_s": 0.0,
+        "max_tokens": None,
     },
 }
 
@@ -132,6 +135,7 @@ WORKLOAD_READS = {
     "trace": ("path", "format", "rate", "num_requests"),
     "sessions": ("rate", "num_requests", "sessions", "turns", "prompt_tokens", "new_tokens",
                  "output_tokens", "think_time_s", "hash_block_tokens"),
+    "servegen": ("pool", "rate", "num_requests", "start_s", "max_tokens"),
 }
 
 
@@ -371,7 +375,7 @@ def _length_spec(key, v):
 
 
 _WORKLOAD = {
-    "kind": lambda k, v: _choice(k, v, (*ARRIVAL_KINDS, "trace", "sessions")),
+    "kind": lambda k, v: _choice(k, v, (*ARRIVAL_KINDS, "trace", "sessions", "servegen")),
     "rate": lambda k, v: _float(k, v, 0.0, lo_open=True, allow_none=True),
     "num_requests": lambda k, v: _int(k, v, 1, 1 << 24, allow_none=True),
     "prompt_tokens": _length_spec,
@@ -384,6 +388,9 @@ _WORKLOAD = {
     "new_tokens": _length_spec,
     "think_time_s": lambda k, v: _float(k, v, 0.0, 1e8),  # the arrival span limit
     "hash_block_tokens": lambda k, v: _int(k, v, 1, 1 << 20),
+    "pool": lambda k, v: None if v is None else _choice(k, v, tuple(servegen.POOLS)),
+    "start_s": lambda k, v: _float(k, v, 0.0, 1e8),
+    "max_tokens": lambda k, v: _int(k, v, 2, 1 << 30, allow_none=True),
 }
 
 
@@ -521,6 +528,9 @@ def validate(cfg: Mapping) -> dict:
                           "to replay a file")
     elif w["kind"] in ("poisson", "gamma", "sessions") and w["rate"] is None:
         raise ConfigError(f"workload.rate: required for workload.kind={w['kind']}")
+    if w["kind"] == "servegen" and w["pool"] is None:
+        raise ConfigError(f"workload.pool: required for workload.kind=servegen; allowed: "
+                          f"{', '.join(servegen.POOLS)}")
     if w["kind"] == "sessions" and w["sessions"] is None:
         raise ConfigError("workload.sessions: required for workload.kind=sessions (the "
                           "number of chat sessions)")
@@ -742,6 +752,9 @@ def build_trace(cfg: Mapping) -> Trace:
                 w["sessions"], w["rate"], w["turns"], w["prompt_tokens"], w["new_tokens"],
                 w["output_tokens"], w["think_time_s"], w["hash_block_tokens"], cfg["seed"])
             return tr if w["num_requests"] is None else tr.head(w["num_requests"])
+        if w["kind"] == "servegen":
+            return servegen.generate(w["pool"], w["num_requests"], w["rate"], w["start_s"],
+                                     w["max_tokens"], cfg["seed"])
         return synthetic(
             w["kind"], w["num_requests"], w["prompt_tokens"], w["output_tokens"],
             rate=w["rate"], cv=w["cv"], seed=cfg["seed"],
