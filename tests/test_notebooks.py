@@ -12,7 +12,8 @@ from nbclient import NotebookClient
 pytestmark = pytest.mark.notebook
 
 NOTEBOOKS = ["notebooks/00_quickstart.ipynb", "notebooks/01_design_sweep.ipynb",
-             "notebooks/02_calibration.ipynb", "notebooks/03_memory_tiers.ipynb"]
+             "notebooks/02_calibration.ipynb", "notebooks/03_memory_tiers.ipynb",
+             "notebooks/04_production_workloads.ipynb"]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS)
