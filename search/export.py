@@ -99,6 +99,7 @@ HF_MODEL_IDS: dict[str, str] = {
     "Mistral-7B": "mistralai/Mistral-7B-Instruct-v0.1",
     "Mixtral-8x7B": "mistralai/Mixtral-8x7B-Instruct-v0.1",
     "Qwen3-30B-A3B": "Qwen/Qwen3-30B-A3B",
+    "Qwen3-235B-A22B": "Qwen/Qwen3-235B-A22B",
 }
 
 #: Tier names taken as CPU memory (vLLM's native KV offloading target).
