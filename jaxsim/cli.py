@@ -42,6 +42,45 @@ def _jsonable(v):
     return v
 
 
+#: Columns of ``jaxsim simulate --requests`` (``load_s`` and ``prefill_s`` only with the
+#: prefix cache compiled in).
+REQUEST_COLUMNS = ("request", "arrival_s", "prompt_tokens", "output_tokens", "completed",
+                   "queue_s", "ttft_s", "tpot_s", "e2e_s", "preemptions", "tokens_scheduled")
+
+
+def write_requests(path: str, trace, req: dict) -> None:
+    """One CSV row per request of a simulated trace, in arrival order: ``request`` is the
+    row's index in that order, ``arrival_s`` relative to the first arrival; the times of a
+    request that did not complete are empty, and so is ``tpot_s`` of a one-token output
+    (as the metrics leave them out)."""
+    import csv
+
+    import numpy as np
+
+    from jaxsim import fileio
+
+    o = trace.order()
+    arrival = trace.arrival_s[o] - trace.arrival_s[o[0]]
+    prompt, output = trace.prompt_tokens[o], trace.output_tokens[o]
+    done = np.asarray(req["completed"], bool)
+    tpot = req["decode_s"] / np.maximum(output - 1, 1)
+    extra = [k for k in ("load_s", "prefill_s") if k in req]
+
+    def t(x, ok):
+        return repr(float(x)) if ok else ""
+
+    with fileio.atomic_open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow([*REQUEST_COLUMNS, *extra])
+        for i in range(len(arrival)):
+            d = bool(done[i])
+            w.writerow([i, repr(float(arrival[i])), int(prompt[i]), int(output[i]), int(d),
+                        t(req["queue_s"][i], d), t(req["ttft_s"][i], d),
+                        t(tpot[i], d and output[i] > 1), t(req["e2e_s"][i], d),
+                        int(req["preemptions"][i]), int(req["tokens_scheduled"][i]),
+                        *(t(req[k][i], d) for k in extra)])
+
+
 def cmd_simulate(args) -> int:
     from jaxsim import api, config, traces
 
@@ -54,9 +93,17 @@ def cmd_simulate(args) -> int:
                            trace)
     except (config.ConfigError, traces.TraceError) as e:
         return _fail(str(e))
+    if args.requests:  # before the simulation, whose result would be lost
+        from jaxsim import fileio
+
+        why = fileio.cannot_write(args.requests)
+        if why:
+            return _fail(f"--requests: {args.requests}: {why}")
     from jaxsim import status as st_bits
 
     res = api.run(cfg, trace)
+    if args.requests:
+        write_requests(args.requests, trace, res.requests(0))
     out = res.lane(0)
     out["status_bits"] = int(res.status[0])
     for k in ("weights_gb", "kv_gb", "num_gpu_blocks", "max_model_len"):
@@ -219,6 +266,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a key, e.g. --set max_num_seqs=64 --set workload.rate=5")
     s.add_argument("--json", action="store_true", help="print one JSON object")
+    s.add_argument("--requests", metavar="FILE.csv",
+                   help="also write one row per request (arrival, lengths, queueing, TTFT, "
+                        "TPOT, E2E, preemptions) to this CSV file")
     s.set_defaults(func=cmd_simulate)
     pr = sub.add_parser("presets", help="list model and GPU presets with their sources")
     pr.set_defaults(func=cmd_presets)

@@ -64,6 +64,50 @@ def test_cli__trace_workload(capsys, tmp_path):
     assert json.loads(out)["completed"] == 20
 
 
+def test_cli__requests_csv_rows_add_up_to_the_metrics(capsys, tmp_path):
+    import csv
+
+    def read(path):
+        with open(path, newline="") as fh:
+            return list(csv.DictReader(fh))
+
+    f = tmp_path / "req.csv"
+    code, out, err = run_cli(["simulate", "--json", *SMALL, "--set", "workload.output_tokens="
+                              "{dist: uniform, low: 1, high: 4}", "--requests", str(f)],
+                             capsys)
+    assert code == 0, err
+    obj = json.loads(out)
+    rows = read(f)
+    assert list(rows[0]) == list(cli.REQUEST_COLUMNS) and len(rows) == 40
+    assert [int(r["request"]) for r in rows] == list(range(40))
+    arrival = [float(r["arrival_s"]) for r in rows]
+    assert arrival[0] == 0.0 and arrival == sorted(arrival)
+    assert all(r["completed"] == "1" for r in rows)
+    for col, key in (("ttft_s", "ttft_mean_s"), ("e2e_s", "e2e_mean_s"),
+                     ("queue_s", "queue_mean_s"), ("tpot_s", "tpot_mean_s")):
+        vals = [float(r[col]) for r in rows if r[col] != ""]
+        assert np.mean(vals) == pytest.approx(obj[key], rel=1e-5), col
+    one = [r for r in rows if r["output_tokens"] == "1"]
+    assert one and all(r["tpot_s"] == "" for r in one)  # no TPOT of a one-token output
+    assert sum(int(r["preemptions"]) for r in rows) == obj["preemptions"]
+    assert sum(int(r["tokens_scheduled"]) for r in rows) == obj["tokens_scheduled"]
+    # a run cut short: the requests it did not finish have no times
+    code, out, err = run_cli(["simulate", "--json", *SMALL, "--set", "max_iterations=60",
+                              "--requests", str(f)], capsys)
+    assert code == 0, err
+    rows = read(f)
+    done = [r for r in rows if r["completed"] == "1"]
+    assert len(done) == json.loads(out)["completed"] < 40
+    assert all(r["ttft_s"] == r["e2e_s"] == "" for r in rows if r["completed"] == "0")
+
+
+def test_cli__requests_to_a_folder_that_refuses_files_is_one_line_exit_2(capsys, tmp_path):
+    bad = tmp_path / "missing" / "req.csv"
+    code, out, err = run_cli(["simulate", *SMALL, "--requests", str(bad)], capsys)
+    assert code == 2 and out == ""
+    assert err.startswith(f"jaxsim: error: --requests: {bad}: cannot write in ")
+
+
 def test_cli__text_output(capsys):
     code, out, err = run_cli(["simulate", *SMALL], capsys)
     assert code == 0 and "TTFT" in out and "throughput" in out
