@@ -502,6 +502,17 @@ def decode_table(k: CostConsts, size: int) -> DecodeTable:
     return DecodeTable(layer=layer, once=once, cpu=cpu)
 
 
+def decode_gpu_time(k: CostConsts, table: DecodeTable, n: Array, kv_tokens: DD) -> DD:
+    """``gpu_time_from_consts`` of ``decode_only(n, kv_tokens)`` (the same operations, the
+    context-free sums from ``table``; ``0 <= n < table size``): a drafter's one-token
+    passes (docs/semantics.md §9)."""
+    layer = DD(table.layer.hi[n], table.layer.lo[n])
+    once = DD(table.once.hi[n], table.once.lo[n])
+    gpu = dd.add(dd.mul_f(dd.add(layer, decode_attention_time(k, n, kv_tokens)),
+                          k.dims["L"]), once)
+    return dd.where(n > 0, gpu, dd.dd(jnp.zeros_like(gpu.hi)))
+
+
 def decode_series_times(k: CostConsts, table: DecodeTable, n: Array, kv_tokens: DD,
                         overlap=None) -> DD:
     """Times of decode-only iterations of ``n[j]`` sequences whose contexts sum to

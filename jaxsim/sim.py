@@ -31,7 +31,7 @@ from jaxsim import status as st_bits
 from jaxsim.params import SimParams, num_lanes
 from jaxsim.shapes import SimShape
 from jaxsim.state import SimState, flush_in_flight, init_state, is_done
-from jaxsim.step import step
+from jaxsim.step import draft_consts, step
 from jaxsim.workload import Workload
 
 #: Lane compaction never shrinks the working batch below this many lanes.
@@ -172,22 +172,24 @@ def default_iteration_budget(workload: Workload) -> int:
 
 def _lane_consts(shape: SimShape, params: SimParams, workload: Workload):
     """The per-lane constants every step reads: the cost model's, the prefix cache's when
-    compiled in, and the decode table event skipping looks up."""
+    compiled in, the decode table event skipping looks up, and a speculative drafter's
+    constants and decode table when compiled in."""
     consts = costmodel.prepare(params.model, params.hardware, params.scheduler.tp,
                                params.cost)
     pconsts = (prefix.prepare(params, workload, consts) if shape.cache_entries > 0
                else None)
     dtab = (costmodel.decode_table(consts, shape.max_slots)
             if shape.event_skipping else None)
-    return consts, pconsts, dtab
+    draft = draft_consts(params, shape.max_slots) if shape.spec_draft else None
+    return consts, pconsts, dtab, draft
 
 
 def _steps(shape: SimShape, params: SimParams, workload: Workload, state: SimState,
            lane_consts, length: int) -> SimState:
-    consts, pconsts, dtab = lane_consts
+    consts, pconsts, dtab, draft = lane_consts
 
     def body(s, _):
-        return step(shape, params, workload, s, consts, pconsts, dtab), None
+        return step(shape, params, workload, s, consts, pconsts, dtab, draft), None
 
     return jax.lax.scan(body, state, None, length=length)[0]
 

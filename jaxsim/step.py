@@ -129,24 +129,27 @@ def _batch_features(got, computed, sched, n_sampled, is_pre, is_dec
     )
 
 
-def _draft_consts(params: SimParams) -> costmodel.CostConsts:
-    """§9: the cost-model constants of the lane's drafter (no shape tables)."""
+def draft_consts(params: SimParams, size: int) -> tuple[costmodel.CostConsts,
+                                                       costmodel.DecodeTable]:
+    """§9: the cost-model constants of the lane's drafter (no shape tables) and its
+    decode table for batches of up to ``size`` sequences (``size + 1`` entries; the scan
+    drivers compute them once per chunk)."""
     cost = params.cost
-    return costmodel.prepare(
+    dconsts = costmodel.prepare(
         params.spec.draft, params.hardware, params.scheduler.tp,
         eqx.tree_at(lambda c: c.shape_corr, cost,
                     jnp.zeros((*cost.shape_corr.shape[:-1], 0), jnp.float32)))
+    return dconsts, costmodel.decode_table(dconsts, size + 1)
 
 
-def _draft_time(params: SimParams, dconsts, K, feats, drafting, computed1) -> DD:
+def _draft_time(params: SimParams, draft, K, feats, n_dec, kv_dec: DD) -> DD:
     """§9's ``G_draft``: a pass of the drafter over the batch (``feats``) and ``K - 1``
-    one-token passes of the ``drafting`` rows at their contexts after retire; 0 without
-    a draft model."""
-    i32 = jnp.int32
-    f_dec = costmodel.decode_only(
-        jnp.sum(drafting, dtype=i32), _exact_dot(drafting.astype(i32), computed1 + 1))
+    one-token passes of the ``n_dec`` requests that sampled and did not finish, whose
+    contexts after retire (plus the token each drafts from) sum to ``kv_dec``; 0 without
+    a draft model. ``draft`` is :func:`draft_consts`'s pair."""
+    dconsts, dtab = draft
     g_first = costmodel.gpu_time_from_consts(dconsts, feats)
-    g_dec = costmodel.gpu_time_from_consts(dconsts, f_dec)
+    g_dec = costmodel.decode_gpu_time(dconsts, dtab, n_dec, kv_dec)
     g_draft = ddm.add(g_first, ddm.mul_f(g_dec, (K - 1).astype(jnp.float32)))
     on = (params.spec.has_draft != 0) & (K > 0)
     return ddm.where(on, g_draft, ddm.dd(jnp.zeros_like(g_draft.hi)))
@@ -359,8 +362,7 @@ def _decode_run(shape: SimShape, params: SimParams, wl: Workload, st: SimState,
 
 
 def _spec_decode_run(shape: SimShape, params: SimParams, wl: Workload, st: SimState,
-                     consts: costmodel.CostConsts, dconsts: costmodel.CostConsts, active,
-                     inv_bs):
+                     consts: costmodel.CostConsts, draft, active, inv_bs):
     """Event skipping with speculative decoding compiled in (docs/semantics.md §6, §9):
     up to ``shape.macro_iterations`` iterations in which every running request is
     decoding and stepping would schedule each its full ``1 + d`` tokens (``d`` drafts,
@@ -402,13 +404,17 @@ def _spec_decode_run(shape: SimShape, params: SimParams, wl: Workload, st: SimSt
         is_dec = live & (drafts == 0)
         feats = _batch_features(q, c, live, jnp.sum(q, dtype=i32), live & ~is_dec, is_dec)
         # (None without a drafter compiled in: the same arithmetic as the ordinary step)
-        extra = (_draft_time(params, dconsts, K, feats, live & ~fin, c1)
-                 if shape.spec_draft else None)
-        per_it = (feats, extra, used, jnp.sum(live, dtype=i32), fin, q, drafts, a)
+        # the drafter's one-token passes: its sequences and their contexts (its time is
+        # evaluated after the scan, with the target's, for every iteration at once)
+        nxt = live & ~fin
+        dec = (jnp.sum(nxt, dtype=i32), _exact_dot(nxt.astype(i32), c1 + 1))
+        per_it = (feats, dec, used, jnp.sum(live, dtype=i32), fin, q, drafts, a)
         return (c1, g1, acc1, live & ~fin), (per_it, (c1, g1, acc1))
 
     _, (per_it, rows_after) = jax.lax.scan(one, (c0, g0, acc0, running), None, length=KC)
-    feats, extra, used, n_j, fin, q, drafts, a = per_it
+    feats, dec, used, n_j, fin, q, drafts, a = per_it
+    extra = (jax.vmap(lambda f, n_d, kv_d: _draft_time(params, draft, K, f, n_d, kv_d))(
+        feats, *dec) if shape.spec_draft else None)
     asy = shape.async_scheduling
     async_on = ((sp.async_scheduling != 0) & ~is_v0) if asy else None
     dts = jax.vmap(lambda f, e: costmodel.iteration_time_from_consts(
@@ -463,14 +469,16 @@ def step(
     consts: costmodel.CostConsts | None = None,
     pconsts: prefix.PrefixConsts | None = None,
     dtab: costmodel.DecodeTable | None = None,
+    draft: tuple | None = None,
 ) -> SimState:
     """Advance one lane by one engine iteration (see the module docstring).
 
     ``consts`` are the lane's cost-model constants (``costmodel.prepare``) and
     ``pconsts`` its prefix-cache constants (``prefix.prepare``) and ``dtab`` its
     decode-only operator sums (``costmodel.decode_table`` of size ``shape.max_slots``;
-    used by event skipping); the scan drivers compute them once per run instead of once
-    per iteration.
+    used by event skipping) and ``draft`` its speculative drafter's constants and decode
+    table (:func:`draft_consts`, with ``SimShape.spec_draft``); the scan drivers compute
+    them once per run instead of once per iteration.
     """
     if consts is None:
         consts = costmodel.prepare(params.model, params.hardware, params.scheduler.tp,
@@ -488,13 +496,14 @@ def step(
     # that finished in its last iteration ("ghost" rows) leave in this iteration's
     # compaction and take no part in it.
     spec = shape.speculative
-    dconsts = _draft_consts(params) if shape.spec_draft else None
+    if shape.spec_draft and draft is None:
+        draft = draft_consts(params, S)
     # (with speculative decoding and the prefix cache both compiled in, no decode runs)
     macro = shape.event_skipping and not (spec and shape.cache_entries > 0)
     if macro:
         if spec:
             st, ghost, (ghost_hi, ghost_lo) = _spec_decode_run(
-                shape, params, workload, st, consts, dconsts, active, inv_bs)
+                shape, params, workload, st, consts, draft, active, inv_bs)
         else:
             if dtab is None:
                 dtab = costmodel.decode_table(consts, S)
@@ -753,7 +762,9 @@ def step(
     finished = (samples & (generated1 == output)) | ghost
     extra_gpu = None
     if shape.spec_draft:  # §9: a drafter's GPU time, a pass over the batch, K - 1 steps
-        extra_gpu = _draft_time(params, dconsts, K, feats, samples & ~finished, computed1)
+        nxt = samples & ~finished
+        extra_gpu = _draft_time(params, draft, K, feats, jnp.sum(nxt, dtype=i32),
+                                _exact_dot(nxt.astype(i32), computed1 + 1))
     dt_dd = costmodel.iteration_time_from_consts(consts, feats, overlapped, extra_gpu)
 
     # ---- §5.5/§5.6 cache update and transfer time ----------------------------------------
