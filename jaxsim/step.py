@@ -403,7 +403,6 @@ def _spec_decode_run(shape: SimShape, params: SimParams, wl: Workload, st: SimSt
         fin = live & (g1 == output)
         is_dec = live & (drafts == 0)
         feats = _batch_features(q, c, live, jnp.sum(q, dtype=i32), live & ~is_dec, is_dec)
-        # (None without a drafter compiled in: the same arithmetic as the ordinary step)
         # the drafter's one-token passes: its sequences and their contexts (its time is
         # evaluated after the scan, with the target's, for every iteration at once)
         nxt = live & ~fin
