@@ -89,7 +89,8 @@ def capacity_search(cfgs: Sequence[Mapping], slo: Mapping[str, float],
 
     Args:
         cfgs: configurations (partial dicts); the workload must have a rate
-            (``poisson``, ``gamma``, or a trace file, which is rescaled).
+            (``poisson``, ``gamma``, a trace file, which is rescaled, or ``servegen``,
+            whose record's mean is scaled to it).
         slo: bounds on metric columns, as in :mod:`search.objectives`
             (e.g. ``{"ttft_p99_s": 1.0, "tpot_p99_s": 0.05}`` or
             ``["ttft_p99_s<=1.0", "tpot_p99_s<=0.05"]``); assumed monotone: met at low
