@@ -13,15 +13,15 @@ length distributions. No per-request trace is published. :func:`generate` draws 
   window (the per-client files are 275 MB), so their arrivals are a Poisson process whose
   rate is constant within each window and follows the pool's record across windows.
 - **Rate.** ``rate`` (req/s) scales the whole record so that its mean over the record is
-  ``rate``; the window at ``start_s`` then runs at ``rate`` times its share of the mean
-  (a peak hour runs above ``rate``). ``None`` keeps the recorded rates.
+  ``rate``; a window then runs at ``rate`` times its recorded rate over the record's
+  mean (a peak hour runs above ``rate``). ``None`` keeps the recorded rates.
 - **Start.** Arrivals begin at ``start_s`` seconds into the record (any offset; the
   record repeats after its end) and are shifted so the first request arrives at 0.
 - **Lengths.** Prompt and output lengths are drawn independently from the pool's
   length histogram (the clients' distributions weighted by their request counts): a bin
   by its share, then a length uniformly inside it (1-token bins below 64 tokens,
-  64-token bins below 32,768, 1,024-token bins above). An output of 0 tokens (about one
-  request in 10^7 in the record) is drawn as 1. With ``max_tokens``, a request whose
+  64-token bins below 32,768, 1,024-token bins above). An output of 0 tokens (at most
+  about 2 requests in 10^6 in the record) is drawn as 1. With ``max_tokens``, a request whose
   prompt plus output would exceed it is drawn again (vLLM rejects such a request), so
   the lengths follow the record's distribution given that limit.
 
