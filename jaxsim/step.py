@@ -142,6 +142,14 @@ def draft_consts(params: SimParams, size: int) -> tuple[costmodel.CostConsts,
     return dconsts, costmodel.decode_table(dconsts, size + 1)
 
 
+def _draft_batch(drafting, computed1) -> tuple:
+    """§9: the sequences of the drafter's one-token passes (the ``drafting`` rows) and
+    their contexts after retire plus the token each drafts from, as ``_draft_time``
+    takes them."""
+    i32 = jnp.int32
+    return jnp.sum(drafting, dtype=i32), _exact_dot(drafting.astype(i32), computed1 + 1)
+
+
 def _draft_time(params: SimParams, draft, K, feats, n_dec, kv_dec: DD) -> DD:
     """§9's ``G_draft``: a pass of the drafter over the batch (``feats``) and ``K - 1``
     one-token passes of the ``n_dec`` requests that sampled and did not finish, whose
@@ -405,8 +413,7 @@ def _spec_decode_run(shape: SimShape, params: SimParams, wl: Workload, st: SimSt
         feats = _batch_features(q, c, live, jnp.sum(q, dtype=i32), live & ~is_dec, is_dec)
         # the drafter's one-token passes: its sequences and their contexts (its time is
         # evaluated after the scan, with the target's, for every iteration at once)
-        nxt = live & ~fin
-        dec = (jnp.sum(nxt, dtype=i32), _exact_dot(nxt.astype(i32), c1 + 1))
+        dec = _draft_batch(live & ~fin, c1) if shape.spec_draft else ()
         per_it = (feats, dec, used, jnp.sum(live, dtype=i32), fin, q, drafts, a)
         return (c1, g1, acc1, live & ~fin), (per_it, (c1, g1, acc1))
 
@@ -761,9 +768,8 @@ def step(
     finished = (samples & (generated1 == output)) | ghost
     extra_gpu = None
     if shape.spec_draft:  # §9: a drafter's GPU time, a pass over the batch, K - 1 steps
-        nxt = samples & ~finished
-        extra_gpu = _draft_time(params, draft, K, feats, jnp.sum(nxt, dtype=i32),
-                                _exact_dot(nxt.astype(i32), computed1 + 1))
+        extra_gpu = _draft_time(params, draft, K, feats,
+                                *_draft_batch(samples & ~finished, computed1))
     dt_dd = costmodel.iteration_time_from_consts(consts, feats, overlapped, extra_gpu)
 
     # ---- §5.5/§5.6 cache update and transfer time ----------------------------------------
