@@ -28,6 +28,7 @@ from jaxsim.params import (
     COST_PARAM_NAMES,
     COST_SPEC,
     MAX_SPEC_TOKENS,
+    MODEL_EXTRA_FIELDS,
     SMOOTH_P_CHOICES,
     CacheParams,
     CostParams,
@@ -821,8 +822,16 @@ def activation_reserve_bytes(m: dict, tp: np.ndarray, max_tokens: np.ndarray,
     activations of a ``max_num_batched_tokens`` forward pass (hidden states, QKV, the
     MLP intermediate; BF16) and FP32 logits of ``max_num_seqs`` sampled rows.
     """
-    h, f, v = m["hidden_size"], m["ffn_size"] * m["experts_per_token"], m["vocab_size"]
-    qkv = (m["num_heads"] + 2 * m["num_kv_heads"]) * m["head_dim"]
+    x = presets.extras(m)
+    h, v = m["hidden_size"], m["vocab_size"]
+    f = max(m["ffn_size"] * (m["experts_per_token"] + x["num_shared_experts"]),
+            x["dense_ffn_size"] if x["num_dense_layers"] else 0)
+    nh, hd = m["num_heads"], m["head_dim"]
+    if x["mla"]:  # the query, the latent and (in prefill) the decompressed keys and values
+        qkv = nh * hd + x["kv_lora_rank"] + x["qk_rope_head_dim"] + nh * (
+            hd - x["qk_rope_head_dim"] + x["v_head_dim"])
+    else:
+        qkv = (nh + 2 * m["num_kv_heads"]) * hd
     per_token = 2.0 * (4 * h + (qkv + 3 * f) / tp)
     return 2**30 + max_tokens * per_token + 4.0 * max_seqs * v / tp
 
@@ -867,7 +876,8 @@ def params_from_columns(
     uniq_g = {n: presets.gpu(n)[1] for n in set(gpu_names)}
 
     def mfield(name):
-        return np.array([uniq_m[n][name] for n in model_names], np.float64)
+        return np.array([uniq_m[n].get(name, presets.EXTRA_DEFAULTS.get(name))
+                         for n in model_names], np.float64)
 
     def gfield(name):
         return np.array([
@@ -900,7 +910,9 @@ def params_from_columns(
     n_params = np.array([presets.param_count(uniq_m[n]) for n in model_names], np.float64)
     # FP8 quantises linear layers and experts; the embedding and LM head stay BF16
     n_embed = 2.0 * mfield("vocab_size") * h
-    weights = ((n_params - n_embed) * bytes_w + n_embed * 2.0) / tp
+    # (MLA's down-projections are whole on every GPU)
+    n_rep = np.array([presets.replicated_params(uniq_m[n]) for n in model_names], np.float64)
+    weights = ((n_params - n_embed - n_rep) * bytes_w + n_embed * 2.0) / tp + n_rep * bytes_w
     spec, draft_weights = _spec_params(cols, B, model_names, uniq_m, tp, bytes_w, bytes_kv,
                                        n_params - n_embed)
     weights = weights + draft_weights
@@ -912,7 +924,11 @@ def params_from_columns(
                                                     max_seqs[sel])
     reserve = np.where(np.isfinite(reserve_gb), reserve_gb * 1e9, reserve_est)
     nkv_g = np.maximum(nkv / tp, 1.0)
-    kv_per_token = 2.0 * L * nkv_g * hd * bytes_kv
+    mla = mfield("mla") > 0
+    # KV bytes per token per GPU (docs/semantics.md §3's L kvb): MLA caches the latent
+    # and the rotary key, whole on every GPU
+    kv_per_token = np.where(mla, L * (mfield("kv_lora_rank") + mfield("qk_rope_head_dim"))
+                            * bytes_kv, 2.0 * L * nkv_g * hd * bytes_kv)
     avail = cap * util - weights - reserve
     derived_blocks = np.floor(np.maximum(avail, 0.0) / (bs * kv_per_token))
     given_blocks = num("num_gpu_blocks")
@@ -986,7 +1002,8 @@ def params_from_columns(
     shape_corr = _shape_tables(preset_col, gpu_names, use_tables, engine_col, B, h=h, nh=nh,
                                nkv=nkv, hd=hd,
                                f=mfield("ffn_size"), tp=tp, bpw=bytes_w,
-                               experts=mfield("num_experts"))
+                               experts=mfield("num_experts"), mla=mfield("mla"),
+                               dv=mfield("v_head_dim"), d_r=mfield("qk_rope_head_dim"))
     params = SimParams(
         model=ModelParams(
             num_layers=L, hidden_size=h, num_heads=nh, num_kv_heads=nkv, head_dim=hd,
@@ -994,6 +1011,7 @@ def params_from_columns(
             num_experts=mfield("num_experts"), experts_per_token=mfield("experts_per_token"),
             bytes_per_weight=bytes_w, bytes_per_kv=bytes_kv,
             bytes_per_lm_head_weight=np.full(B, 2.0),
+            **_extras({name: mfield(name) for name in MODEL_EXTRA_FIELDS}),
         ),
         hardware=HardwareParams(
             peak_flops=peak,
@@ -1036,8 +1054,15 @@ def params_from_columns(
     return params, info
 
 
+def _extras(cols: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The optional model fields for ``ModelParams``: none (None, so the cost model
+    compiles without them) when every lane's are 0."""
+    return cols if any(np.any(v != 0) for v in cols.values()) else {}
+
+
 _DRAFT_DIMS = ("num_layers", "hidden_size", "num_heads", "num_kv_heads", "head_dim",
-               "ffn_size", "vocab_size", "num_experts", "experts_per_token")
+               "ffn_size", "vocab_size", "num_experts", "experts_per_token",
+               *MODEL_EXTRA_FIELDS)
 
 
 def _spec_params(cols, B, model_names, uniq_m, tp, bytes_w, bytes_kv, n_layer_params):
@@ -1063,14 +1088,19 @@ def _spec_params(cols, B, model_names, uniq_m, tp, bytes_w, bytes_kv, n_layer_pa
         else:
             d = dict(m)
             if k[i] > 0 and method[i] == "eagle":
-                d["num_layers"] = 1
+                # (a mixture-of-experts model's drafter layer is one of its MoE layers,
+                # as DeepSeek-V3's multi-token-prediction layer is)
+                d["num_layers"], d["num_dense_layers"] = 1, 0
                 d_weights[i] = n_layer_params[i] / m["num_layers"] * bytes_w[i] / tp[i]
+        d = {**presets.extras(d), **d}
         for f in _DRAFT_DIMS:
             dims[f][i] = d[f]
     units = np.stack([spec_accept_units(alpha[i], k[i]) for i in range(B)])
     spec = SpecParams(
         num_tokens=k.astype(np.int32), accept_units=units,
-        draft=ModelParams(**dims, bytes_per_weight=bytes_w, bytes_per_kv=bytes_kv,
+        draft=ModelParams(**{f: dims[f] for f in _DRAFT_DIMS if f not in MODEL_EXTRA_FIELDS},
+                          **_extras({f: dims[f] for f in MODEL_EXTRA_FIELDS}),
+                          bytes_per_weight=bytes_w, bytes_per_kv=bytes_kv,
                           bytes_per_lm_head_weight=np.full(B, 2.0)),
         has_draft=np.array([k[i] > 0 and method[i] != "ngram" for i in range(B)], np.int32))
     return spec, d_weights

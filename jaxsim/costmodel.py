@@ -202,7 +202,11 @@ class CostConsts(NamedTuple):
             operator (DD, [7]); peak is the GEMMs' for the projections and MLP, the
             16-bit one for the LM head and attention.
         roof_f0, roof_b0: F0 and B0 of each roofline operator ([7]).
-        roof_k: GEMM inner dimension K and output width N of the five GEMMs ([5] each).
+        roof_kn: K N of the five GEMMs (inner dimension times output width; DD, [5]):
+            a GEMM of M rows does 2 M K N FLOPs. MLA's chain of query and KV
+            projections: its FLOPs per row over 2 (docs/semantics.md §3).
+        roof_ka: K + N of the five GEMMs ([5]): the activations read and written per row
+            (MLA's chain: every GEMM's input and output that is not the next one's).
         roof_w: weight bytes per GPU of the five GEMMs (DD, [5]; MLP per activated expert).
         inv_m_elem: 1 / (hbm * eta_m) of each elementwise operator (DD, [8]).
         b0_elem: B0 of each elementwise operator ([8]).
@@ -220,8 +224,8 @@ class CostConsts(NamedTuple):
     roof_inv_m: DD
     roof_f0: Array
     roof_b0: Array
-    roof_k: Array
-    roof_n: Array
+    roof_kn: DD
+    roof_ka: Array
     roof_w: DD
     inv_m_elem: DD
     b0_elem: Array
@@ -255,9 +259,16 @@ def prepare(model: ModelParams, hw: HardwareParams, tp: Array, cost: CostParams
     nkv_g = jnp.maximum(model.num_kv_heads / tp_f, 1.0)
     f_g = model.ffn_size / tp_f
     v_g = model.vocab_size / tp_f
-    qkv_n = (nh_g + 2.0 * nkv_g) * hd
     bw_w = model.bytes_per_weight
-    kvb = 2.0 * nkv_g * hd * model.bytes_per_kv
+    kvb = kv_bytes_per_token_layer(model, tp)
+    qkv_n = (nh_g + 2.0 * nkv_g) * hd
+    if model.mla is None:  # a plain model: none of §3's optional inputs compiled in
+        ext = {"qkv_kn": _prod(h, qkv_n), "qkv_ka": h + qkv_n, "up_w": None, "dv": hd,
+               "att_p": nh_g * (2.0 * hd), "att_d": nh_g * (2.0 * hd), "up_f": None,
+               "kv_p": kvb, "n_rot": (nh_g + nkv_g) * hd, "mix_a": None, "mix_b": None,
+               "plain_mix": None, "ke": None}
+    else:
+        ext = _extended(model, h, hd, nh_g, nkv_g, kvb, qkv_n)
     miss = dd.add_f(dd.neg(dd.div(dd.dd(model.experts_per_token), dd.dd(model.num_experts))),
                     jnp.float32(1.0))
     def square(x, _):
@@ -269,7 +280,10 @@ def prepare(model: ModelParams, hw: HardwareParams, tp: Array, cost: CostParams
         "h": h, "hd": hd, "nh_g": nh_g, "nkv_g": nkv_g, "f_g": f_g, "kvb": kvb,
         "e": model.num_experts, "k": model.experts_per_token, "L": model.num_layers,
         "tp": tp, "ar_factor": 2.0 * (tp_f - 1.0) / tp_f,
+        **{k: ext[k] for k in ("att_p", "att_d", "up_f", "kv_p", "mix_a", "mix_b",
+                               "plain_mix", "ke")},
     }
+    qkv_kn, dv, up_w = ext["qkv_kn"], ext["dv"], ext["up_w"]
     # the projection and MLP GEMMs run at the weight dtype's peak; the LM head and
     # attention stay 16-bit under FP8 weights (vLLM quantises linear layers only)
     peak16 = hw.peak_flops_16bit
@@ -301,19 +315,77 @@ def prepare(model: ModelParams, hw: HardwareParams, tp: Array, cost: CostParams
         roof_inv_m=roof_inv_m,
         roof_f0=roof_f0,
         roof_b0=roof_b0,
-        roof_k=_f32([h, nh_g * hd, h, f_g, h]),
-        roof_n=_f32([qkv_n, h, 2.0 * f_g, h, v_g]),
-        roof_w=_stack([_prod(bw_w, h, qkv_n), _prod(bw_w, nh_g * hd, h),
+        roof_kn=_stack([qkv_kn, _prod(nh_g * dv, h), _prod(h, 2.0 * f_g), _prod(f_g, h),
+                        _prod(h, v_g)]),
+        roof_ka=_f32([ext["qkv_ka"], nh_g * dv + h, h + 2.0 * f_g, f_g + h, h + v_g]),
+        roof_w=_stack([dd.mul_f(qkv_kn, bw_w) if up_w is None
+                       else dd.add(dd.mul_f(qkv_kn, bw_w), _prod(bw_w, up_w)),
+                       _prod(bw_w, nh_g * dv, h),
                        _prod(bw_w, h, 2.0 * f_g), _prod(bw_w, f_g, h),
                        _prod(model.bytes_per_lm_head_weight, h, v_g)]),
         inv_m_elem=inv_m_elem,
         b0_elem=b0_elem,
-        mem_size=_f32([h, h, f_g, (nh_g + nkv_g) * hd, kvb, h, h, model.vocab_size]),
+        mem_size=_f32([h, h, f_g, ext["n_rot"], kvb, h, h, model.vocab_size]),
         inv_link=inv(hw.link_bw_bytes_per_s, c["eta_ar"]),
         dims=dims,
         miss_pow=DD(pows_arr[0], pows_arr[1]),
         shape_corr=cost.shape_corr,
     )
+
+
+def _extended(model: ModelParams, h, hd, nh_g, nkv_g, kvb, qkv_n) -> dict:
+    """The sizes of docs/semantics.md §3 that its optional inputs change (a lane may be
+    plain all the same: every field 0)."""
+    # multi-head latent attention: the query and KV down-projections (replicated on
+    # every GPU) and up-projections (split by heads) as one GEMM of their FLOPs and
+    # weights; the KV up-projection's FLOPs (per context token in prefill, per decode
+    # with absorbed weights) are charged to attention
+    mla = model.mla > 0
+    r_q, r_kv = model.q_lora_rank, model.kv_lora_rank
+    d_r, d_v = model.qk_rope_head_dim, model.v_head_dim
+    d_n = hd - d_r
+    has_q = r_q > 0
+    mla_kn = dd.add(dd.where(has_q, dd.add(_prod(h, r_q), _prod(r_q, nh_g, hd)),
+                             _prod(h, nh_g, hd)),
+                    _prod(h, r_kv + d_r))
+    up_w = jnp.where(mla, r_kv * nh_g * (d_n + d_v), 0.0)  # KV up-projection weights
+    # layer mix: shared experts and leading dense layers, averaged over the layers
+    # (to double-float precision: a = (L - Ld) / L, b = ((L - Ld) s f + Ld fd) / (L f),
+    # ke = k a + b; a lane without either keeps k and E_act as they are)
+    L, Ld, f = model.num_layers, model.num_dense_layers, model.ffn_size
+    mix_a = dd.div(dd.dd(L - Ld), dd.dd(L))
+    mix_b = dd.div(dd.add(_prod(L - Ld, model.num_shared_experts, f),
+                          _prod(Ld, model.dense_ffn_size)), dd.two_prod(L, f))
+    plain_mix = (Ld == 0) & (model.num_shared_experts == 0)
+    return {
+        "qkv_kn": dd.where(mla, mla_kn, _prod(h, qkv_n)),
+        "qkv_ka": jnp.where(mla, h + jnp.where(has_q, r_q, 0.0) + nh_g * hd + r_kv + d_r,
+                            h + qkv_n),
+        "up_w": up_w,
+        "dv": jnp.where(mla, d_v, hd),
+        # per-GPU widths: attention's query-key plus value widths over the heads
+        # (prefill, decode); the KV up-projection's FLOPs per token; prefill's bytes per
+        # context token (the latent, the decompressed keys and values)
+        "att_p": nh_g * jnp.where(mla, hd + d_v, 2.0 * hd),
+        "att_d": nh_g * jnp.where(mla, 2.0 * r_kv + d_r, 2.0 * hd),
+        "up_f": 2.0 * up_w,
+        "kv_p": kvb + jnp.where(mla, ACT_BYTES * nh_g * (d_n + d_v), 0.0),
+        "n_rot": jnp.where(mla, (nh_g + 1.0) * d_r, (nh_g + nkv_g) * hd),
+        "mix_a": mix_a, "mix_b": mix_b, "plain_mix": plain_mix,
+        "ke": dd.where(plain_mix, dd.dd(model.experts_per_token),
+                       dd.add(dd.mul_f(mix_a, model.experts_per_token), mix_b)),
+    }
+
+
+def kv_bytes_per_token_layer(model: ModelParams, tp: Array) -> Array:
+    """``kvb`` of docs/semantics.md §3: KV-cache bytes per token per layer per GPU
+    (float32); with MLA the latent and the rotary key, on every GPU."""
+    nkv_g = jnp.maximum(model.num_kv_heads / jnp.asarray(tp).astype(jnp.float32), 1.0)
+    if model.mla is None:
+        return 2.0 * nkv_g * model.head_dim * model.bytes_per_kv
+    return jnp.where(model.mla > 0,
+                     (model.kv_lora_rank + model.qk_rope_head_dim) * model.bytes_per_kv,
+                     2.0 * nkv_g * model.head_dim * model.bytes_per_kv)
 
 
 def decode_attention_time(k: CostConsts, num_decodes: Array, kv_tokens: DD) -> DD:
@@ -322,10 +394,11 @@ def decode_attention_time(k: CostConsts, num_decodes: Array, kv_tokens: DD) -> D
     (a series of context sums), the arithmetic per element is the same."""
     i = ROOF_OPS.index("attn_decode")
     d = k.dims
-    nh_hd = d["nh_g"] * d["hd"]
     nd = num_decodes.astype(jnp.float32)
-    flops = dd.mul_f(kv_tokens, 4.0 * nh_hd)
-    nbytes = dd.add(dd.two_prod(nd, ACT_BYTES * 2.0 * nh_hd), dd.mul_f(kv_tokens, d["kvb"]))
+    flops = dd.mul_f(kv_tokens, 2.0 * d["att_d"])
+    if d["up_f"] is not None:  # (MLA's absorbed KV up-projection, per decode)
+        flops = dd.add(flops, dd.two_prod(nd, d["up_f"]))
+    nbytes = dd.add(dd.two_prod(nd, ACT_BYTES * d["att_d"]), dd.mul_f(kv_tokens, d["kvb"]))
     t_c = dd.mul(dd.add_f(flops, k.roof_f0[i]), DD(k.roof_inv_c.hi[i], k.roof_inv_c.lo[i]))
     t_m = dd.mul(dd.add_f(nbytes, k.roof_b0[i]), DD(k.roof_inv_m.hi[i], k.roof_inv_m.lo[i]))
     roof = dd.add_f(smooth_max(t_c, t_m, k.p_log2), k.c["kernel_overhead_s"])
@@ -339,8 +412,11 @@ def op_times_from_consts(k: CostConsts, f: BatchFeatures) -> dict[str, DD]:
     k_o = c["kernel_overhead_s"]
     i32, f32 = jnp.int32, jnp.float32
     T = f.tokens
-    ek = d["k"]
-    Tk = T * ek.astype(i32)
+    Tf = T.astype(f32)
+    zf = jnp.zeros_like(Tf)
+    # expert rows: T k, or T ke with shared experts or dense layers
+    Tk = (DD((T * d["k"].astype(i32)).astype(f32), zf) if d["ke"] is None
+          else dd.mul_f(d["ke"], Tf))
     ns = f.num_sampled
 
     # experts touched: E * (1 - (1 - k/E) ** T), by binary exponentiation (exact in DD)
@@ -349,22 +425,28 @@ def op_times_from_consts(k: CostConsts, f: BatchFeatures) -> dict[str, DD]:
     miss_t = _dd_prod(DD(jnp.where(bits, k.miss_pow.hi, ones),
                          jnp.where(bits, k.miss_pow.lo, 0.0 * ones)))
     e_act = dd.mul_f(dd.add_f(dd.neg(miss_t), f32(1.0)), d["e"])
+    # experts' weights read per layer (E_act for a plain model; docs/semantics.md §3)
+    if d["mix_a"] is not None:
+        e_act = dd.where(d["plain_mix"], e_act, dd.add(dd.mul(e_act, d["mix_a"]), d["mix_b"]))
 
     # --- roofline operators, all at once: [qkv, o, up, down, lm_head, attn_p]; decode
     # attention on its own (decode_attention_time), so an event-skipping macro-step can
     # evaluate it for many context sums with the same arithmetic
-    m = jnp.stack([T, T, Tk, Tk, ns]).astype(f32)
-    m_dd = dd.dd(m)
-    g_flops = dd.mul_f(dd.mul_f(dd.mul_f(m_dd, 2.0), k.roof_k), k.roof_n)
+    m_dd = DD(jnp.stack([Tf, Tf, Tk.hi, Tk.hi, ns.astype(f32)]),
+              jnp.stack([zf, zf, Tk.lo, Tk.lo, zf]))
+    m = m_dd.hi
+    g_flops = dd.mul(dd.mul_f(m_dd, 2.0), k.roof_kn)
     weights = dd.mul(k.roof_w, DD(
         jnp.stack([f32(1), f32(1), e_act.hi, e_act.hi, f32(1)]),
         jnp.stack([f32(0), f32(0), e_act.lo, e_act.lo, f32(0)])))
-    g_bytes = dd.add(weights, dd.mul_f(dd.two_prod(m, k.roof_k + k.roof_n), ACT_BYTES))
-    nh_hd = d["nh_g"] * d["hd"]
+    g_bytes = dd.add(weights, dd.mul_f(dd.mul_f(m_dd, k.roof_ka), ACT_BYTES))
     kp = f.prefill_kv_tokens
     tp_f = f.prefill_tokens.astype(f32)
-    a_flops = dd.mul_f(f.prefill_pairs_x2, 2.0 * nh_hd)  # 4 nh hd Ap
-    a_bytes = dd.add(dd.two_prod(tp_f, ACT_BYTES * 2.0 * nh_hd), dd.mul_f(kp, d["kvb"]))
+    # 2 nh_g wp Ap (4 nh hd Ap for a plain model) + the MLA KV up-projection's
+    a_flops = dd.mul_f(f.prefill_pairs_x2, d["att_p"])
+    if d["up_f"] is not None:
+        a_flops = dd.add(a_flops, dd.mul_f(kp, d["up_f"]))
+    a_bytes = dd.add(dd.two_prod(tp_f, ACT_BYTES * d["att_p"]), dd.mul_f(kp, d["kv_p"]))
     flops = DD(jnp.concatenate([g_flops.hi, a_flops.hi[None]]),
                jnp.concatenate([g_flops.lo, a_flops.lo[None]]))
     nbytes = DD(jnp.concatenate([g_bytes.hi, a_bytes.hi[None]]),
@@ -381,15 +463,16 @@ def op_times_from_consts(k: CostConsts, f: BatchFeatures) -> dict[str, DD]:
     corr = k.shape_corr.shape[-1] > 0  # static: no table, no work
     if corr:
         # tables of the four GEMMs and the elementwise kernels (shapecorr.CORR_OPS)
-        delta = shapecorr.delta(k.shape_corr, shapecorr.op_positions(T, Tk, d["h"]))
+        delta = shapecorr.delta(k.shape_corr, shapecorr.op_positions(T, Tk.hi, d["h"]))
         ng = len(shapecorr.GEMM_CORR_OPS)
         zpad = jnp.zeros((nr - ng,), f32)
         roof = shapecorr.apply(roof, DD(jnp.concatenate([delta.hi[:ng], zpad]),
                                         jnp.concatenate([delta.lo[:ng], zpad])))
 
     # --- elementwise operators: bytes = coef * count * size
-    count = jnp.stack([T, T, Tk, T, T, T, T, ns]).astype(f32)
-    mem_bytes = dd.mul_f(dd.two_prod(count, k.mem_size), _f32(_MEM_COEF))
+    count = DD(jnp.stack([Tf, Tf, Tk.hi, Tf, Tf, Tf, Tf, ns.astype(f32)]),
+               jnp.zeros((len(MEM_OPS),), f32).at[2].set(Tk.lo))
+    mem_bytes = dd.mul_f(dd.mul_f(count, k.mem_size), _f32(_MEM_COEF))
     mem = dd.add_f(dd.mul(dd.add_f(mem_bytes, k.b0_elem), k.inv_m_elem), k_o)
     if corr:
         rows, has = _MEM_CORR_ROW

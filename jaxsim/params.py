@@ -23,6 +23,10 @@ from jaxsim import shapecorr
 from jaxsim.types import Array, Float, Int
 
 
+def _opt_f32(x) -> Array | None:
+    return None if x is None else as_f32(x)
+
+
 def as_f32(x) -> Array:
     """Convert to a float32 array (no weak types, no float64 under x64)."""
     return jnp.asarray(x, dtype=jnp.float32)
@@ -212,6 +216,15 @@ class ModelParams(eqx.Module):
         bytes_per_kv: bytes per KV-cache element (2 for BF16, 1 for FP8).
         bytes_per_lm_head_weight: bytes per LM-head weight: 2, as FP8 (vLLM's
             ``--quantization fp8``) leaves the LM head in BF16.
+        num_shared_experts: experts every token runs besides its routed ones (0).
+        num_dense_layers, dense_ffn_size: leading layers with a dense MLP of that width
+            instead of experts (0; DeepSeek-V3: 3 layers of 18432).
+        mla: 1 for multi-head latent attention (DeepSeek-V2/V3), else 0; then
+            ``head_dim`` is the query/key head width and ``num_kv_heads`` is 1.
+        q_lora_rank, kv_lora_rank, qk_rope_head_dim, v_head_dim: MLA's query rank (0: no
+            query compression), KV latent rank, rotary width and value head width.
+    The last eight are all None for a plain model (docs/semantics.md §3 with their
+    defaults, 0; the cost model then compiles without them) or all arrays.
     """
 
     num_layers: Float[Array, ""] = eqx.field(converter=as_f32)
@@ -226,6 +239,19 @@ class ModelParams(eqx.Module):
     bytes_per_weight: Float[Array, ""] = eqx.field(converter=as_f32)
     bytes_per_kv: Float[Array, ""] = eqx.field(converter=as_f32)
     bytes_per_lm_head_weight: Float[Array, ""] = eqx.field(converter=as_f32)
+    num_shared_experts: Float[Array, ""] | None = eqx.field(converter=_opt_f32, default=None)
+    num_dense_layers: Float[Array, ""] | None = eqx.field(converter=_opt_f32, default=None)
+    dense_ffn_size: Float[Array, ""] | None = eqx.field(converter=_opt_f32, default=None)
+    mla: Float[Array, ""] | None = eqx.field(converter=_opt_f32, default=None)
+    q_lora_rank: Float[Array, ""] | None = eqx.field(converter=_opt_f32, default=None)
+    kv_lora_rank: Float[Array, ""] | None = eqx.field(converter=_opt_f32, default=None)
+    qk_rope_head_dim: Float[Array, ""] | None = eqx.field(converter=_opt_f32, default=None)
+    v_head_dim: Float[Array, ""] | None = eqx.field(converter=_opt_f32, default=None)
+
+
+#: The optional fields of :class:`ModelParams` (0 for a plain model).
+MODEL_EXTRA_FIELDS = ("num_shared_experts", "num_dense_layers", "dense_ffn_size", "mla",
+                      "q_lora_rank", "kv_lora_rank", "qk_rope_head_dim", "v_head_dim")
 
 
 class HardwareParams(eqx.Module):
@@ -429,13 +455,30 @@ class SimParams(eqx.Module):
 # --------------------------------------------------------------------------------------
 
 
+def with_model_extras(m: ModelParams) -> ModelParams:
+    """``m`` with its optional fields (shared experts, dense layers, MLA) as zero arrays
+    where they are None (the same model), so it stacks with models that have them."""
+    if m.mla is not None:
+        return m
+    z = jnp.zeros_like(m.num_layers)
+    return eqx.tree_at(lambda x: [getattr(x, f) for f in MODEL_EXTRA_FIELDS], m,
+                       [z] * len(MODEL_EXTRA_FIELDS), is_leaf=lambda x: x is None)
+
+
 def _same_table_width(batches: Sequence[SimParams]) -> list[SimParams]:
     """Give params without shape-correction tables zero tables (delta = 0: the same
-    times) when another one has them, so they stack."""
+    times) when another one has them, and models without the optional fields zero ones
+    when another has them, so they stack."""
     if any(b.spec is not None for b in batches):  # give lanes without it spec_off
         batches = [b if b.spec is not None else eqx.tree_at(
             lambda p: p.spec, b, spec_off(b.model), is_leaf=lambda x: x is None)
             for b in batches]
+    if any(b.model.mla is not None or (b.spec is not None and b.spec.draft.mla is not None)
+           for b in batches):
+        batches = [eqx.tree_at(lambda p: p.model, b, with_model_extras(b.model))
+                   for b in batches]
+        batches = [b if b.spec is None else eqx.tree_at(
+            lambda p: p.spec.draft, b, with_model_extras(b.spec.draft)) for b in batches]
     width = max(b.cost.shape_corr.shape[-1] for b in batches)
 
     def widen(b: SimParams) -> SimParams:

@@ -59,9 +59,8 @@ def prepare(params: SimParams, workload: Workload,
     cp, m = params.cache, params.model
     T = cp.capacity_blocks.shape[-1]
     U = workload.hash_block_tokens
-    tp = params.scheduler.tp.astype(f32)
-    nkv_g = jnp.maximum(m.num_kv_heads / tp, 1.0)
-    bblk = U.astype(f32) * 2.0 * m.num_layers * nkv_g * m.head_dim * m.bytes_per_kv
+    bblk = (U.astype(f32) * m.num_layers
+            * costmodel.kv_bytes_per_token_layer(m, params.scheduler.tp))
     saved = ddm.add(_prefill_alone(consts, U), ddm.neg(_prefill_alone(consts, 1)))
     saved = saved.hi + saved.lo
     link_bw = cp.link_bps[jnp.clip(cp.link_id, 0, T - 1)]

@@ -47,15 +47,68 @@ def gpu(name: str) -> tuple[str, dict]:
     return _lookup("gpus", name)
 
 
+#: Optional model fields and their value for a plain model (``jaxsim.params.ModelParams``;
+#: docs/semantics.md §3): shared experts, leading dense layers, multi-head latent attention.
+EXTRA_DEFAULTS = {"num_shared_experts": 0, "num_dense_layers": 0, "dense_ffn_size": 0,
+                  "mla": 0, "q_lora_rank": 0, "kv_lora_rank": 0, "qk_rope_head_dim": 0,
+                  "v_head_dim": 0}
+
+
+def extras(m: dict) -> dict:
+    """The optional fields of a model preset, 0 where it does not give them."""
+    return {k: m.get(k, v) for k, v in EXTRA_DEFAULTS.items()}
+
+
+def _attention_params(m: dict) -> tuple[int, int]:
+    """(parameters, of which replicated on every GPU under tensor parallelism) of one
+    layer's attention: grouped-query, or MLA with vLLM's replicated down-projections."""
+    h, nh, nkv, hd = m["hidden_size"], m["num_heads"], m["num_kv_heads"], m["head_dim"]
+    x = extras(m)
+    if not x["mla"]:
+        return h * (nh + 2 * nkv) * hd + nh * hd * h, 0
+    r_q, r_kv, d_r, d_v = x["q_lora_rank"], x["kv_lora_rank"], x["qk_rope_head_dim"], \
+        x["v_head_dim"]
+    q_rep = h * r_q + r_q if r_q else 0  # down-projection and its norm
+    q_split = (r_q if r_q else h) * nh * hd
+    kv_rep = h * (r_kv + d_r) + r_kv
+    kv_split = r_kv * nh * (hd - d_r + d_v)
+    rep = q_rep + kv_rep
+    return rep + q_split + kv_split + nh * d_v * h, rep
+
+
+def _mlp_params(m: dict, dense: bool) -> int:
+    h, e, f = m["hidden_size"], m["num_experts"], m["ffn_size"]
+    if dense:
+        return 3 * h * extras(m)["dense_ffn_size"]
+    return (e + extras(m)["num_shared_experts"]) * 3 * h * f + (h * e if e > 1 else 0)
+
+
 def param_count(m: dict) -> int:
     """Parameters of a model preset (attention, MLP x experts, router, norms, embeddings)."""
     h, L = m["hidden_size"], m["num_layers"]
-    nh, nkv, hd = m["num_heads"], m["num_kv_heads"], m["head_dim"]
-    e, f = m["num_experts"], m["ffn_size"]
-    attn = h * (nh + 2 * nkv) * hd + nh * hd * h
-    mlp = e * 3 * h * f + (h * e if e > 1 else 0)
-    per_layer = attn + mlp + 2 * h
-    return L * per_layer + 2 * m["vocab_size"] * h + h
+    Ld = extras(m)["num_dense_layers"]
+    attn = _attention_params(m)[0] + 2 * h
+    layers = (L - Ld) * (attn + _mlp_params(m, False)) + Ld * (attn + _mlp_params(m, True))
+    return layers + 2 * m["vocab_size"] * h + h
+
+
+def replicated_params(m: dict) -> int:
+    """Parameters every GPU holds whole under tensor parallelism (MLA's query and KV
+    down-projections, as vLLM replicates them; 0 for other models)."""
+    return m["num_layers"] * _attention_params(m)[1]
+
+
+def active_params(m: dict) -> int:
+    """Parameters one token uses: ``param_count`` with only its routed and shared
+    experts' MLP weights (the router included); equal to it for a dense model."""
+    h, L, k = m["hidden_size"], m["num_layers"], m["experts_per_token"]
+    x = extras(m)
+    Ld = x["num_dense_layers"]
+    attn = _attention_params(m)[0] + 2 * h
+    e = m["num_experts"]
+    moe = (k + x["num_shared_experts"]) * 3 * h * m["ffn_size"] + (h * e if e > 1 else 0)
+    return ((L - Ld) * (attn + moe) + Ld * (attn + _mlp_params(m, True))
+            + 2 * m["vocab_size"] * h + h)
 
 
 def table() -> str:
@@ -63,8 +116,15 @@ def table() -> str:
     d = _data()
     lines = ["Models (name: layers, hidden, heads/kv heads, head dim, ffn, vocab, params):"]
     for name, m in d["models"].items():
-        moe = f", {m['num_experts']} experts top-{m['experts_per_token']}" \
-            if m["num_experts"] > 1 else ""
+        x = extras(m)
+        moe = (f", {m['num_experts']} experts top-{m['experts_per_token']}"
+               + (f" + {x['num_shared_experts']} shared" if x["num_shared_experts"] else "")
+               + (f", {x['num_dense_layers']} dense layers ffn={x['dense_ffn_size']}"
+                  if x["num_dense_layers"] else "")
+               + f", {active_params(m) / 1e9:.1f}B active") if m["num_experts"] > 1 else ""
+        if x["mla"]:
+            moe += (f", MLA kv_lora={x['kv_lora_rank']} rope={x['qk_rope_head_dim']} "
+                    f"q_lora={x['q_lora_rank']} v={x['v_head_dim']}")
         lines.append(
             f"  {name:<15} L={m['num_layers']} h={m['hidden_size']} "
             f"heads={m['num_heads']}/{m['num_kv_heads']} hd={m['head_dim']} "

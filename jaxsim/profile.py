@@ -231,6 +231,11 @@ def _resolve(model: str, *, tp: int, hardware: str | None, repeats: int, dtype: 
     if tp > MAX_TP:
         raise ValueError(f"{_label(labels, 'tp')}: {tp} must be <= {MAX_TP} (the simulator's "
                          "tensor parallelism is within one node)")
+    if presets.extras(dims)["mla"]:
+        raise ValueError(f"{_label(labels, 'model')}: {name} uses multi-head latent "
+                         "attention, which the profiler does not measure (it times "
+                         "grouped-query attention and its GEMMs); profile a model without "
+                         "MLA, e.g. Llama-3.1-8B")
     nh, nkv, ffn = dims["num_heads"], dims["num_kv_heads"], dims["ffn_size"]
     tpl = _label(labels, "tp")
     if nh % tp:

@@ -69,13 +69,17 @@ def empty(num: int | None = None) -> np.ndarray:
 
 
 def shape_keys(h: float, nh: float, nkv: float, hd: float, f: float, tp: float,
-               bytes_per_weight: float, num_experts: float = 1.0) -> dict[str, str]:
+               bytes_per_weight: float, num_experts: float = 1.0, mla: float = 0.0,
+               dv: float = 0.0, d_r: float = 0.0) -> dict[str, str]:
     """Table key of each operator of :data:`CORR_OPS` for one model, TP degree and dtype.
 
     The per-GPU sizes are those of the cost model (docs/semantics.md §3): the QKV GEMM
     is ``h x (nh/tp + 2 max(nkv/tp, 1)) hd``, the gated MLP up-projection
     ``h x 2 f/tp``, and so on. The MLP of a mixture-of-experts model is a grouped GEMM,
-    not the dense kernel the tables measure: its keys carry ``/moe`` (no table).
+    not the dense kernel the tables measure: its keys carry ``/moe`` (no table). With
+    multi-head latent attention (``mla``; value width ``dv``, rotary width ``d_r``) the
+    QKV operator is a chain of GEMMs: its key carries ``/mla`` (no table); the O
+    projection is ``nh/tp dv x h`` and the rotary embedding ``(nh/tp + 1) d_r`` wide.
     """
     dt = _DTYPES.get(float(bytes_per_weight), f"{float(bytes_per_weight):g}B")
     nh_g, nkv_g, f_g = nh / tp, max(nkv / tp, 1.0), f / tp
@@ -84,8 +88,13 @@ def shape_keys(h: float, nh: float, nkv: float, hd: float, f: float, tp: float,
             "mlp_up": (h, 2.0 * f_g), "mlp_down": (f_g, h)}
     elem = {"norm": h, "residual_add": h, "activation": f_g, "rotary": (nh_g + nkv_g) * hd,
             "embedding": h}
+    if mla:
+        gemm["o_proj"] = (nh_g * dv, h)
+        elem["rotary"] = (nh_g + 1.0) * d_r
     out = {op: f"{op}/{r(k)}x{r(n)}/{dt}" for op, (k, n) in gemm.items()}
     out.update({op: f"{op}/{r(s)}/{dt}" for op, s in elem.items()})
+    if mla:
+        out["qkv_proj"] += "/mla"
     out["all_reduce"] = all_reduce_key(tp)
     if num_experts > 1:
         for op in ("mlp_up", "mlp_down", "activation"):

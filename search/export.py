@@ -100,6 +100,8 @@ HF_MODEL_IDS: dict[str, str] = {
     "Mixtral-8x7B": "mistralai/Mixtral-8x7B-Instruct-v0.1",
     "Qwen3-30B-A3B": "Qwen/Qwen3-30B-A3B",
     "Qwen3-235B-A22B": "Qwen/Qwen3-235B-A22B",
+    "DeepSeek-V3": "deepseek-ai/DeepSeek-V3",
+    "DeepSeek-R1": "deepseek-ai/DeepSeek-R1",
 }
 
 #: Tier names taken as CPU memory (vLLM's native KV offloading target).

@@ -18,7 +18,7 @@ SCHED_INT_FIELDS = (
 MODEL_FIELDS = (
     "num_layers", "hidden_size", "num_heads", "num_kv_heads", "head_dim", "ffn_size",
     "vocab_size", "num_experts", "experts_per_token", "bytes_per_weight", "bytes_per_kv",
-    "bytes_per_lm_head_weight",
+    "bytes_per_lm_head_weight", *P.MODEL_EXTRA_FIELDS,
 )
 
 
@@ -74,6 +74,8 @@ def oracle_config(params: P.SimParams) -> dict:
     cfg["reserve_full_isl"] = bool(int(sp.reserve_full_isl))
     cfg["async_scheduling"] = bool(int(sp.async_scheduling))
     for k in MODEL_FIELDS:
+        if getattr(params.model, k) is None:  # an optional field of a plain model
+            continue
         v = float(getattr(params.model, k))
         cfg[k] = v if k.startswith("bytes_per") else int(v)
     cfg["peak_flops"] = float(params.hardware.peak_flops)
@@ -99,6 +101,8 @@ def oracle_config(params: P.SimParams) -> dict:
         if int(spec.has_draft):
             draft = {}
             for f in MODEL_FIELDS:
+                if getattr(spec.draft, f) is None:
+                    continue
                 v = float(getattr(spec.draft, f))
                 draft[f] = v if f.startswith("bytes_per") else int(v)
             cfg["spec_draft"] = draft

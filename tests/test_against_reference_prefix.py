@@ -111,17 +111,20 @@ def fractional_weights(rng, cp: P.CacheParams) -> P.CacheParams:
 
 
 def prefix_inputs(seed: int, n: int, macro: int = 0, max_output: int = 24,
-                  fractional: bool = False):
+                  fractional: bool = False, override=None):
     """``n`` random lanes with prefix caching and tiers: (cases, shape, params, workload).
     With ``macro > 0`` the shape has event skipping (§6) and no prefetch (the lanes'
     ``prefetch`` is turned off: skipping is not used with prefetch compiled in). With
     ``fractional`` the weights are scaled by :func:`fractional_weights` (from a stream of
-    their own: the lanes are otherwise those of the same seed)."""
+    their own: the lanes are otherwise those of the same seed). ``override(i, cfg)``
+    may change lane i's configuration dict (in place)."""
     rng = np.random.default_rng(seed)
     frac_rng = np.random.default_rng([seed, 1])
     cases = []
-    for _ in range(n):
+    for i in range(n):
         trace, cfg = random_case(rng)
+        if override is not None:
+            override(i, cfg)
         # shorter outputs than the base oracle test: fewer decode iterations per lane
         trace = Trace(trace.arrival_s, trace.prompt_tokens,
                       np.minimum(trace.output_tokens, max_output), trace.name)

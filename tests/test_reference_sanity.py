@@ -25,8 +25,13 @@ import pytest
 
 from tests.reference.event_sim import (
     CONFIG_KEYS,
+    SHAPE_CORR_KNOTS,
+    CostModel,
+    PrefixCache,
     iteration_time,
     simulate_reference,
+    spec_accept_units,
+    validate_config,
 )
 
 BASE_CONFIG: dict[str, Any] = {
@@ -949,3 +954,321 @@ def test_random_lanes_invariants() -> None:
     # The generator must exercise both feasible lanes and preemptions.
     assert num_feasible > 50
     assert num_preempting > 5
+
+
+# --------------------------------------------------------------------------------------
+# §3 optional model inputs: shared experts, leading dense layers, MLA
+# --------------------------------------------------------------------------------------
+
+#: The §3 optional model keys at their defaults (a plain model).
+_MODEL_DEFAULTS: dict[str, Any] = {
+    "num_shared_experts": 0,
+    "num_dense_layers": 0,
+    "dense_ffn_size": 0,
+    "mla": 0,
+    "q_lora_rank": 0,
+    "kv_lora_rank": 0,
+    "qk_rope_head_dim": 0,
+    "v_head_dim": 0,
+}
+
+#: A tiny MLA model on the base config: nh = 2 heads of query/key width hd = 2, of
+#: which d_r = 1 rotary (d_n = 1), query rank r_q = 2, KV latent rank r_kv = 3,
+#: value head width dv = 1.
+_MLA: dict[str, Any] = {
+    "mla": 1,
+    "q_lora_rank": 2,
+    "kv_lora_rank": 3,
+    "qk_rope_head_dim": 1,
+    "v_head_dim": 1,
+}
+
+
+def make_model_config(extra: dict[str, Any], **overrides: Any) -> dict[str, Any]:
+    """``make_config(**overrides)`` plus §3 optional model keys (``extra``)."""
+    return dict(make_config(**overrides), **extra)
+
+
+def _mla_dt_by_formula(batch: list[tuple[int, int, int, int]], r_q: int) -> float:
+    """§3 with MLA for the tiny MLA model (tp = 1, L = 1, dense MLP), written out step
+    by step from docs/semantics.md with the base config's constants (peak = hbm = 1,
+    η = 0.5, F0 = B0 = 0, k_o = 1, p = 1, bw_w = bw_kv = 1, cpu 10 + 100·n)."""
+    ab = 2.0
+    L, h, nh, hd, f, V, tp = 1, 2.0, 2.0, 2.0, 4.0, 8.0, 1
+    r_kv, d_r, dv = 3.0, 1.0, 1.0
+    bw_w = bw_kv = bw_lm = 1.0
+
+    def roof(F: float, B: float) -> float:  # smax with p = 1 is the sum
+        return F / (1.0 * 0.5) + B / (1.0 * 0.5) + 1.0
+
+    def mem(B: float) -> float:
+        return B / (1.0 * 0.5) + 1.0
+
+    def gemm(M: float, K: float, N: float, W: float) -> float:
+        return roof(2 * M * K * N, W + ab * (M * K + M * N)) if M > 0 else 0.0
+
+    # batch features
+    T = sum(q for q, _, _, _ in batch)
+    n = len(batch)
+    ns = sum(1 for q, c, nk, _ in batch if c + q == nk)
+    pre = [(q, c) for q, c, nk, g in batch if not (g >= 1 and nk - c == 1)]
+    dec = [(q, c) for q, c, nk, g in batch if g >= 1 and nk - c == 1]
+    Tp = sum(q for q, _ in pre)
+    Ap = sum(q * (c + (q + 1) / 2) for q, c in pre)
+    Kp = sum(c + q for q, c in pre)
+    D = len(dec)
+    Kd = sum(c + 1 for _, c in dec)
+    # per-GPU sizes; kvb of MLA; dense layer mix (a = 1, b = 0: ke = k = 1, We = 1)
+    nh_g, f_g, V_g = nh / tp, f / tp, V / tp
+    kvb = (r_kv + d_r) * bw_kv
+    ke = we = 1.0
+    # MLA quantities
+    d_n = hd - d_r
+    Nq = h * r_q + r_q * nh_g * hd if r_q > 0 else h * nh_g * hd
+    Eqkv = Nq + h * (r_kv + d_r)
+    Aqkv = h + (r_q if r_q > 0 else 0) + nh_g * hd + r_kv + d_r
+    Wqkv = Eqkv + r_kv * nh_g * (d_n + dv)
+    Fu = 2 * r_kv * nh_g * (d_n + dv)
+    wp = hd + dv
+    wd = 2 * r_kv + d_r
+    kvp = kvb + ab * nh_g * (d_n + dv)
+    Nrot = (nh_g + 1) * d_r
+    # per layer
+    qkv = roof(2 * T * Eqkv, bw_w * Wqkv + ab * T * Aqkv) if T > 0 else 0.0
+    o = gemm(T, nh_g * dv, h, bw_w * nh_g * dv * h)
+    up = gemm(T * ke, h, 2 * f_g, bw_w * we * h * 2 * f_g)
+    down = gemm(T * ke, f_g, h, bw_w * we * f_g * h)
+    attnp = roof(2 * nh_g * Ap * wp + Fu * Kp, ab * Tp * nh_g * wp + kvp * Kp) if Tp else 0.0
+    attnd = roof(2 * nh_g * Kd * wd + Fu * D, ab * D * nh_g * wd + kvb * Kd) if D else 0.0
+    elem = (2 * mem(2 * ab * T * h) + 2 * mem(3 * ab * T * h) + mem(3 * ab * T * ke * f_g)
+            + mem(2 * ab * T * Nrot) + mem(2 * kvb * T))
+    layer = qkv + o + up + down + attnp + attnd + elem  # tp = 1: ar = 0
+    # once per iteration
+    embed = fnorm = mem(2 * ab * T * h)
+    lmhead = gemm(ns, h, V_g, bw_lm * h * V_g)
+    sample = mem(4 * ns * V) if ns > 0 else 0.0
+    return L * layer + embed + fnorm + lmhead + sample + 10.0 + 100.0 * n
+
+
+def test_cost_mla_by_hand() -> None:
+    # The tiny MLA model (nh = 2: nh_g = 2; hd = 2, d_r = 1, d_n = 1, r_q = 2, r_kv = 3,
+    # dv = 1), tp = 1:
+    #   kvb  = (r_kv + d_r)·bw_kv = 4
+    #   Nq   = h·r_q + r_q·nh_g·hd = 4 + 8 = 12;  Eqkv = 12 + 2·(3 + 1) = 20
+    #   Aqkv = h + r_q + nh_g·hd + r_kv + d_r = 2 + 2 + 4 + 3 + 1 = 12
+    #   Wqkv = Eqkv + r_kv·nh_g·(d_n + dv) = 20 + 12 = 32
+    #   Fu = 2·3·2·2 = 24, wp = hd + dv = 3, wd = 2·3 + 1 = 7,
+    #   kvp = 4 + 2·2·2 = 12, Nrot = (2 + 1)·1 = 3
+    # Single prefill (2, 0, 2, 0): T = 2, ns = 1, Tp = 2, Ap = 3, Kp = 2.
+    #   qkv   = roof(2·2·20, 32 + 2·2·12) = 160 + 64 + 96 + 1 = 321
+    #   o     = gemm(2, nh_g·dv = 2, 2, 1·2·1·2 = 4) = 32 + 8 + 16 + 16 + 1 = 73
+    #   up = 241, down = 129 (dense, as the plain model)
+    #   attnp: F = 2·2·3·3 + 24·2 = 84, B = 2·2·2·3 + 12·2 = 48 -> 168 + 96 + 1 = 265
+    #   elem  = 2·mem(16) + 2·mem(24) + mem(48) + mem(2·2·2·3 = 24) + mem(2·4·2 = 16)
+    #         = 66 + 98 + 97 + 49 + 33 = 343
+    #   layer = 321 + 73 + 241 + 129 + 265 + 343 = 1372
+    #   dt = 1372 + 33 + 33 + 137 + 65 + 110 = 1750
+    cfg = make_model_config(_MLA, num_heads=2)
+    prefill = [(2, 0, 2, 0)]
+    assert _mla_dt_by_formula(prefill, r_q=2) == 1750.0
+    assert iteration_time(cfg, prefill) == approx(1750.0)
+    # Single decode (1, 2, 3, 1): T = 1, D = 1, Kd = 3.
+    #   qkv = roof(2·1·20, 32 + 2·1·12) = 80 + 64 + 48 + 1 = 193; o = gemm(1, 2, 2, 4) = 41
+    #   up = 137, down = 73
+    #   attnd: F = 2·2·3·7 + 24·1 = 108, B = 2·1·2·7 + 4·3 = 40 -> 216 + 80 + 1 = 297
+    #   elem = 2·mem(8) + 2·mem(12) + mem(24) + mem(12) + mem(8) = 34+50+49+25+17 = 175
+    #   layer = 193 + 41 + 137 + 73 + 297 + 175 = 916
+    #   dt = 916 + 17 + 17 + 137 + 65 + 110 = 1262
+    decode = [(1, 2, 3, 1)]
+    assert _mla_dt_by_formula(decode, r_q=2) == 1262.0
+    assert iteration_time(cfg, decode) == approx(1262.0)
+    # A mixed batch, against the step-by-step formula.
+    mixed = [(5, 3, 9, 0), (1, 7, 8, 2), (1, 2, 3, 1), (4, 0, 4, 0)]
+    assert iteration_time(cfg, mixed) == approx(_mla_dt_by_formula(mixed, r_q=2))
+    # r_q = 0 (no query compression): Nq = h·nh_g·hd = 8, Eqkv = 8 + 8 = 16, Aqkv = 10,
+    # Wqkv = 16 + 12 = 28: qkv = roof(2·2·16, 28 + 2·2·10) = 128 + 56 + 80 + 1 = 265,
+    # so the prefill's dt = 1750 - 321 + 265 = 1694.
+    cfg0 = make_model_config(dict(_MLA, q_lora_rank=0), num_heads=2)
+    assert _mla_dt_by_formula(prefill, r_q=0) == 1694.0
+    assert iteration_time(cfg0, prefill) == approx(1694.0)
+    assert iteration_time(cfg0, mixed) == approx(_mla_dt_by_formula(mixed, r_q=0))
+
+
+def test_mla_kv_bytes_not_split_by_tp_and_prefix_block_bytes() -> None:
+    # tp = 2: nh_g = 1 but kvb = (r_kv + d_r)·bw_kv = 4 on every GPU. Single decode
+    # (1, 2, 3, 1) with ar_lat = 3 (ar = 2·(3 + (2·1/2)·2·1·2/0.5) = 22):
+    #   Nq = 2·2 + 2·1·2 = 8, Eqkv = 8 + 8 = 16, Aqkv = 2 + 2 + 2 + 3 + 1 = 10,
+    #   Wqkv = 16 + 3·1·2 = 22, Fu = 2·3·1·2 = 12; f_g = 2, V_g = 4
+    #   qkv = roof(2·1·16, 22 + 2·1·10) = 64 + 44 + 40 + 1 = 149
+    #   o = gemm(1, 1, 2, 2) = 8 + 4 + 4 + 8 + 1 = 25
+    #   up = gemm(1, 2, 4, 8) = 73; down = gemm(1, 2, 2, 4) = 41
+    #   attnd: F = 2·1·3·7 + 12 = 54, B = 2·1·1·7 + 4·3 = 26 -> 108 + 52 + 1 = 161
+    #   elem = 2·mem(8) + 2·mem(12) + mem(3·2·1·2 = 12) + mem(2·2·1·(1 + 1)·1 = 8)
+    #        + mem(2·4·1 = 8) = 34 + 50 + 25 + 17 + 17 = 143
+    #   layer = 149 + 25 + 73 + 41 + 161 + 143 + 22 = 614
+    #   lmhead = gemm(1, 2, 4, 8) = 73; dt = 614 + 17 + 17 + 73 + 65 + 110 = 896
+    cfg = make_model_config(_MLA, num_heads=2, tp=2, ar_latency_s=3.0)
+    assert iteration_time(cfg, [(1, 2, 3, 1)]) == approx(896.0)
+    # AMBIGUITY (as implemented): an MLA model's nkv is 1, whatever num_kv_heads says.
+    cfg3 = make_model_config(_MLA, num_heads=2, tp=2, ar_latency_s=3.0, num_kv_heads=3)
+    assert iteration_time(cfg3, [(1, 2, 3, 1)]) == approx(896.0)
+    # §5.1: Bblk = U · L · kvb = 4 · 2 · 4 = 32 bytes (the plain model's 4·2·4 is the
+    # same number here, so check a wider latent too: r_kv = 5 -> kvb 6, Bblk 48).
+    for extra, bblk in ((_MLA, 32.0), (dict(_MLA, kv_lora_rank=5), 48.0)):
+        lane = validate_config(make_model_config(extra, num_heads=2, num_layers=2, tp=2))
+        assert PrefixCache(lane, CostModel(lane), 4).bblk == bblk
+
+
+def test_cost_new_keys_at_defaults_change_nothing() -> None:
+    # The §3 optional keys given explicitly at their defaults (a plain model) give the
+    # very same float64 times as without them: a = 1, b = 0, ke = k, We = Eact.
+    batches_ = [
+        [(2, 0, 2, 0)],
+        [(1, 2, 3, 1)],
+        [(2, 0, 2, 0), (1, 2, 3, 1)],
+        [(37, 11, 80, 0), (1, 999, 1000, 5), (1, 3, 4, 1), (5, 0, 9, 0)],
+    ]
+    lanes = [
+        {},
+        {"num_experts": 8, "experts_per_token": 3, "num_layers": 7},
+        {"num_heads": 6, "num_kv_heads": 2, "tp": 2, "ar_latency_s": 0.25,
+         "bytes_per_weight": 0.5625, "bytes_per_kv": 0.5, "smooth_p": 3.0},
+        {"num_heads": 4, "num_kv_heads": 1, "tp": 4, "num_experts": 16,
+         "experts_per_token": 2, "ffn_size": 12, "hidden_size": 7, "head_dim": 3},
+    ]
+    for overrides in lanes:
+        plain = make_config(**overrides)
+        explicit = dict(plain, **_MODEL_DEFAULTS)
+        for batch in batches_:
+            assert iteration_time(explicit, batch) == iteration_time(plain, batch)
+    # A whole simulation, with a drafter whose keys are given at their defaults too.
+    wl = make_workload([0.0, 1.0, 5.0], [8, 5, 3], [4, 6, 2])
+    draft = {key: BASE_CONFIG[key] for key in
+             ("num_layers", "hidden_size", "num_heads", "num_kv_heads", "head_dim",
+              "ffn_size", "vocab_size", "num_experts", "experts_per_token",
+              "bytes_per_weight", "bytes_per_kv")}
+    spec = {"spec_tokens": 2, "spec_accept_units": spec_accept_units(0.5, 2)}
+    a = simulate_reference(wl, dict(make_config(), **spec, spec_draft=draft))
+    b = simulate_reference(wl, dict(make_config(), **spec, **_MODEL_DEFAULTS,
+                                    spec_draft=dict(draft, **_MODEL_DEFAULTS)))
+    assert a["busy_s"] == b["busy_s"]
+    assert (a["finish_s"] == b["finish_s"]).all()
+
+
+def test_draft_model_does_not_inherit_the_lanes_mla() -> None:
+    # §9: the drafter's GPU time uses the draft model's dimensions; a plain draft on an
+    # MLA lane costs what it costs on a plain lane (the batches are the same: every
+    # request arrives at 0, and scheduling does not depend on the times).
+    wl = make_workload([0.0, 0.0], [8, 5], [5, 4])
+    draft = {key: BASE_CONFIG[key] for key in
+             ("num_layers", "hidden_size", "num_heads", "num_kv_heads", "head_dim",
+              "ffn_size", "vocab_size", "num_experts", "experts_per_token",
+              "bytes_per_weight", "bytes_per_kv")}
+    spec = {"spec_tokens": 2, "spec_accept_units": spec_accept_units(0.7, 2),
+            "spec_draft": draft}
+    t_plain: list[dict[str, Any]] = []
+    t_mla: list[dict[str, Any]] = []
+    simulate_reference(wl, dict(make_config(num_heads=2), **spec), trace=t_plain)
+    simulate_reference(wl, make_model_config(dict(_MLA, **spec), num_heads=2),
+                       trace=t_mla)
+    assert batches(t_plain) == batches(t_mla)
+    assert [it["dt_draft"] for it in t_plain] == [it["dt_draft"] for it in t_mla]
+    assert dts(t_plain) != dts(t_mla)
+    # ... and an MLA draft model costs the MLA model's GPU time: with K = 1,
+    # G_draft = G_d(F) (no F_dec term).
+    t_mla_draft: list[dict[str, Any]] = []
+    spec1 = {"spec_tokens": 1, "spec_accept_units": spec_accept_units(0.7, 1),
+             "spec_draft": dict(draft, num_heads=2, **_MLA)}
+    simulate_reference(wl, dict(make_config(num_heads=2), **spec1), trace=t_mla_draft)
+    lane = validate_config(make_model_config(_MLA, num_heads=2))
+    first = t_mla_draft[0]["batch"]
+    feats = CostModel.batch_features([(q, c, nk, g) for _, q, c, nk, g in first])
+    T, _n, ns, Tp, Ap, Kp, D, Kd = feats
+    assert t_mla_draft[0]["dt_draft"] == CostModel(lane).gpu_time(T, ns, Tp, Ap, Kp, D, Kd)
+
+
+def test_cost_shared_experts_and_dense_layers_by_hand() -> None:
+    # MoE E = 4, k = 2, single prefill (T = 2): Eact = 3 (test_cost_moe_by_hand). The
+    # plain dense layer is 1084 of which up 241 + down 129 + SwiGLU 97 = 467; the rest
+    # of the iteration is embed 33 + fnorm 33 + lmhead 137 + sample 65 + cpu 110 = 378.
+    moe = {"num_experts": 4, "experts_per_token": 2}
+    batch = [(2, 0, 2, 0)]
+    # s = 1 shared expert, no dense layers: a = 1, b = 1, ke = 3, We = 3 + 1 = 4.
+    #   up = gemm(T·ke = 6, 2, 8, 4·2·8 = 64) = 384 + 128 + 48 + 192 + 1 = 753
+    #   down = gemm(6, 4, 2, 4·4·2 = 32) = 192 + 64 + 96 + 48 + 1 = 401
+    #   SwiGLU mem(3·2·2·3·4 = 144) = 289
+    #   dt = 1084 - 467 + 753 + 401 + 289 + 378 = 2438
+    cfg = make_model_config({"num_shared_experts": 1}, **moe)
+    assert iteration_time(cfg, batch) == approx(2438.0)
+    # L = 2 with Ld = 1 dense layer of width fd = 8 (f = 4) and s = 2:
+    #   a = (2 - 1)/2 = 0.5, b = ((2 - 1)·2 + 1·8/4)/2 = 2
+    #   ke = 0.5·2 + 2 = 3, We = 0.5·3 + 2 = 3.5
+    #   up = gemm(6, 2, 8, 3.5·16 = 56) = 384 + 112 + 48 + 192 + 1 = 737
+    #   down = gemm(6, 4, 2, 3.5·8 = 28) = 192 + 56 + 96 + 48 + 1 = 393
+    #   SwiGLU mem(144) = 289; layer = 1084 - 467 + 737 + 393 + 289 = 2036
+    #   dt = 2·2036 + 378 = 4450
+    mix = {"num_shared_experts": 2, "num_dense_layers": 1, "dense_ffn_size": 8}
+    cfg = make_model_config(mix, num_layers=2, **moe)
+    assert iteration_time(cfg, batch) == approx(4450.0)
+    # Every layer dense (Ld = L = 1, fd = 8): a = 0, b = 2, ke = We = 2 whatever E, k.
+    #   up = gemm(4, 2, 8, 2·16 = 32) = 256 + 64 + 32 + 128 + 1 = 481
+    #   down = gemm(4, 4, 2, 2·8 = 16) = 128 + 32 + 64 + 32 + 1 = 257
+    #   SwiGLU mem(3·2·2·2·4 = 96) = 193; dt = 1084 - 467 + 481 + 257 + 193 + 378 = 1926
+    dense = {"num_dense_layers": 1, "dense_ffn_size": 8}
+    assert iteration_time(make_model_config(dense, **moe), batch) == approx(1926.0)
+    assert iteration_time(make_model_config(dense, num_experts=64, experts_per_token=7),
+                          batch) == approx(1926.0)
+    # §3.1: mlp_up's and the activation's tables are read at T·ke = 6. Tables that are
+    # 0.01·knot interpolate to delta(6) = 0.06: with s = 1 above, up (753) and the
+    # SwiGLU (289) grow by 6 %: dt = 2438 + 0.06·(753 + 289) = 2500.52.
+    table = [0.01 * knot for knot in SHAPE_CORR_KNOTS]
+    cfg = make_model_config({"num_shared_experts": 1,
+                             "shape_corr": {"mlp_up": table, "activation": table}}, **moe)
+    assert iteration_time(cfg, batch) == approx(2500.52)
+
+
+@pytest.mark.parametrize(
+    ("extra", "overrides", "match"),
+    [
+        ({"num_shared_experts": -1}, {}, "num_shared_experts"),
+        ({"num_shared_experts": 1.5}, {}, "num_shared_experts"),
+        ({"num_shared_experts": "x"}, {}, "num_shared_experts"),
+        ({"num_dense_layers": True}, {}, "num_dense_layers"),
+        ({"num_dense_layers": 2, "dense_ffn_size": 4}, {}, "num_dense_layers"),
+        ({"num_dense_layers": 1}, {}, "dense_ffn_size"),
+        ({"num_dense_layers": 1, "dense_ffn_size": -4}, {}, "dense_ffn_size"),
+        ({"mla": 2}, {}, "mla"),
+        ({"mla": "yes"}, {}, "mla"),
+        ({"q_lora_rank": -1}, {}, "q_lora_rank"),
+        ({"v_head_dim": -1}, {}, "v_head_dim"),
+        (dict(_MLA, kv_lora_rank=0), {}, "kv_lora_rank"),
+        (dict(_MLA, qk_rope_head_dim=0), {}, "qk_rope_head_dim"),
+        (dict(_MLA, qk_rope_head_dim=2), {}, "qk_rope_head_dim"),  # = head_dim
+        (dict(_MLA, v_head_dim=0), {}, "v_head_dim"),
+    ],
+)
+def test_model_optional_keys_validation(
+    extra: dict[str, Any], overrides: dict[str, Any], match: str
+) -> None:
+    with pytest.raises(ValueError, match=match):
+        validate_config(make_model_config(extra, **overrides))
+    # The same rules for the draft model (§9 spec_draft), named as its keys.
+    draft = {key: BASE_CONFIG[key] for key in
+             ("num_layers", "hidden_size", "num_heads", "num_kv_heads", "head_dim",
+              "ffn_size", "vocab_size", "num_experts", "experts_per_token",
+              "bytes_per_weight", "bytes_per_kv")}
+    with pytest.raises(ValueError, match=rf"spec_draft.*{match}"):
+        validate_config(dict(make_config(), spec_draft=dict(draft, **extra)))
+
+
+def test_model_optional_keys_accepted_and_normalised() -> None:
+    cfg = validate_config(make_config())
+    assert {key: cfg[key] for key in _MODEL_DEFAULTS} == _MODEL_DEFAULTS
+    cfg = validate_config(make_model_config(dict(_MLA, mla=True, num_dense_layers=1,
+                                                 dense_ffn_size=8.0)))
+    assert cfg["mla"] == 1 and cfg["dense_ffn_size"] == 8
+    assert isinstance(cfg["dense_ffn_size"], int)
+    # Ld = L is allowed (every layer dense); with mla = 0 the MLA ranks are ignored.
+    validate_config(make_model_config({"num_dense_layers": 1, "dense_ffn_size": 1}))
+    assert iteration_time(make_model_config(dict(_MLA, mla=0)), [(2, 0, 2, 0)]) == approx(
+        1462.0)

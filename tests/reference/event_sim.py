@@ -51,6 +51,22 @@ MODEL_KEYS: tuple[str, ...] = (
     "bytes_per_weight",
     "bytes_per_kv",
 )
+#: §3 optional model inputs with their defaults (which give the formulas of a plain
+#: model): ``num_shared_experts`` (s), ``num_dense_layers`` (Ld) of FFN width
+#: ``dense_ffn_size`` (fd, only read when Ld > 0), and multi-head latent attention
+#: (``mla`` 0/1, bools accepted) with ``q_lora_rank`` (r_q, 0: no query compression),
+#: ``kv_lora_rank`` (r_kv), ``qk_rope_head_dim`` (d_r) and ``v_head_dim`` (dv; a plain
+#: model's dv is ``head_dim``). Optional for the lane and for ``spec_draft`` alike.
+MODEL_OPTIONAL_DEFAULTS: dict[str, int] = {
+    "num_shared_experts": 0,
+    "num_dense_layers": 0,
+    "dense_ffn_size": 0,
+    "mla": 0,
+    "q_lora_rank": 0,
+    "kv_lora_rank": 0,
+    "qk_rope_head_dim": 0,
+    "v_head_dim": 0,
+}
 HARDWARE_KEYS: tuple[str, ...] = ("peak_flops", "hbm_bw", "link_bw")
 #: Roofline operators with their own coefficients (docs/semantics.md §3).
 ROOF_COST_OPS: tuple[str, ...] = (
@@ -111,14 +127,15 @@ PREFIX_CONFIG_DEFAULTS: dict[str, Any] = {
 }
 #: §9 speculative decoding: ``spec_tokens`` (K, 0..16, default 0 = off),
 #: ``spec_accept_units`` (A[0..K], default all zeros) and ``spec_draft`` (the draft
-#: model's MODEL_KEYS, optionally ``bytes_per_lm_head_weight``; default None: drafts
-#: cost no GPU time).
+#: model's MODEL_KEYS, optionally ``bytes_per_lm_head_weight`` and the §3 optional
+#: model keys of MODEL_OPTIONAL_DEFAULTS; default None: drafts cost no GPU time).
 SPEC_CONFIG_KEYS: tuple[str, ...] = ("spec_tokens", "spec_accept_units", "spec_draft")
 OPTIONAL_CONFIG_KEYS: tuple[str, ...] = (*PREFIX_CONFIG_DEFAULTS, "shape_corr",
                                           "reserve_full_isl", "async_scheduling",
                                           "peak_flops_16bit",
                                           "bytes_per_lm_head_weight",
-                                          *SPEC_CONFIG_KEYS)
+                                          *SPEC_CONFIG_KEYS,
+                                          *MODEL_OPTIONAL_DEFAULTS)
 #: §9: the most draft tokens per decode step, and the accumulator's unit (A[j] is the
 #: expected number of accepted drafts out of j, in units of 1/65536).
 SPEC_MAX_TOKENS: int = 16
@@ -196,7 +213,8 @@ def validate_config(config: Mapping[str, Any]) -> dict[str, Any]:
         the §5.9 energy lists always have one entry per lower tier, NaN = unknown),
         ``tier_link_bw`` as a ``{int link id: float}`` dict, the weights (``w_adm``
         included) as ``float``, ``adm_window`` as ``int`` and the §5.10 / §5.11
-        flags ``swap`` and ``prefetch`` as ``bool``.
+        flags ``swap`` and ``prefetch`` as ``bool``; and every §3 optional model key
+        of ``MODEL_OPTIONAL_DEFAULTS`` as ``int`` (defaults filled in, ``mla`` 0/1).
 
     Raises:
         KeyError: a required key is missing.
@@ -248,6 +266,8 @@ def validate_config(config: Mapping[str, Any]) -> dict[str, Any]:
                 "bytes_per_lm_head_weight"):
         if not cfg[key] > 0.0:
             raise ValueError(f"config[{key!r}] must be > 0, got {cfg[key]}")
+    # §3 optional model inputs (shared experts, leading dense layers, MLA)
+    cfg.update(_validate_model_optional(config, cfg, "config"))
     cfg.update(_validate_prefix_config(config))
     cfg["shape_corr"] = _validate_shape_corr(config.get("shape_corr"))
     # §2.3 rule 4 (vLLM's scheduler_reserve_full_isl) and §2.10 asynchronous scheduling
@@ -260,6 +280,76 @@ def validate_config(config: Mapping[str, Any]) -> dict[str, Any]:
         cfg[key] = bool(flag)
     cfg.update(_validate_spec_config(config))
     return cfg
+
+
+def _validate_model_optional(
+    raw: Mapping[str, Any], model: Mapping[str, Any], where: str
+) -> dict[str, int]:
+    """Normalises and checks the §3 optional model inputs (defaults for absent ones).
+
+    Args:
+        raw: the mapping the keys are read from (the lane's config, or its
+            ``spec_draft``).
+        model: the already normalised required model keys of the same model
+            (``num_layers`` and ``head_dim`` are read).
+        where: how error messages name ``raw`` (``"config"`` or
+            ``"config['spec_draft']"``).
+
+    Returns:
+        Every key of ``MODEL_OPTIONAL_DEFAULTS`` as an ``int`` (``mla`` 0 or 1).
+
+    Raises:
+        ValueError: naming the key, the value and what is allowed: a value that is
+            not a non-negative integer, ``mla`` not a bool or 0/1,
+            ``num_dense_layers > num_layers``, ``dense_ffn_size < 1`` with dense
+            layers, and with ``mla = 1``: ``kv_lora_rank < 1``, ``qk_rope_head_dim``
+            outside ``1 … head_dim - 1`` (so that ``d_n = hd - d_r >= 1``) or
+            ``v_head_dim < 1``.
+    """
+    out: dict[str, int] = {}
+    for key, default in MODEL_OPTIONAL_DEFAULTS.items():
+        value = raw.get(key, default)
+        if key == "mla":
+            if isinstance(value, (bool, np.bool_)) or (
+                    isinstance(value, (int, np.integer)) and value in (0, 1)):
+                out[key] = int(bool(value))
+                continue
+            raise ValueError(f"{where}['mla'] must be 0 or 1 (or a bool), got {value!r}")
+        try:
+            out[key] = _as_int(key, value)
+        except ValueError as exc:
+            raise ValueError(
+                f"{where}[{key!r}] must be a non-negative integer, got {value!r}") from exc
+        if out[key] < 0:
+            raise ValueError(
+                f"{where}[{key!r}] must be a non-negative integer, got {out[key]}")
+    if out["num_dense_layers"] > model["num_layers"]:
+        raise ValueError(
+            f"{where}['num_dense_layers'] must be <= num_layers = {model['num_layers']}, "
+            f"got {out['num_dense_layers']}")
+    if out["num_dense_layers"] > 0 and out["dense_ffn_size"] < 1:
+        raise ValueError(
+            f"{where}['dense_ffn_size'] must be >= 1 with num_dense_layers = "
+            f"{out['num_dense_layers']} > 0, got {out['dense_ffn_size']}")
+    if out["mla"]:
+        if out["kv_lora_rank"] < 1:
+            raise ValueError(
+                f"{where}['kv_lora_rank'] must be >= 1 with mla = 1, "
+                f"got {out['kv_lora_rank']}")
+        if not 0 < out["qk_rope_head_dim"] < model["head_dim"]:
+            raise ValueError(
+                f"{where}['qk_rope_head_dim'] must be in 1 … head_dim - 1 = "
+                f"{model['head_dim'] - 1} with mla = 1 (d_n = head_dim - d_r >= 1), "
+                f"got {out['qk_rope_head_dim']}")
+        if out["v_head_dim"] < 1:
+            raise ValueError(
+                f"{where}['v_head_dim'] must be >= 1 with mla = 1, "
+                f"got {out['v_head_dim']}")
+    # AMBIGUITY: with mla = 0 the MLA keys (q_lora_rank, kv_lora_rank,
+    # qk_rope_head_dim, v_head_dim) are accepted whatever their (non-negative) values
+    # and ignored, as is dense_ffn_size with num_dense_layers = 0: §3 only reads them
+    # "with MLA" / for the Ld dense layers.
+    return out
 
 
 def spec_accept_units(alpha: float, k: int) -> list[int]:
@@ -299,7 +389,9 @@ def _validate_spec_config(config: Mapping[str, Any]) -> dict[str, Any]:
     Returns:
         ``spec_tokens`` (int K), ``spec_accept_units`` (tuple of K + 1 ints) and
         ``spec_draft`` (None, or a dict with every MODEL_KEYS key, ints for the
-        integral fields and floats for the bytes, plus ``bytes_per_lm_head_weight``).
+        integral fields and floats for the bytes, plus ``bytes_per_lm_head_weight``
+        and every §3 optional model key of ``MODEL_OPTIONAL_DEFAULTS``, defaults
+        filled in).
 
     Raises:
         ValueError: naming the key, the value and what is allowed.
@@ -350,7 +442,7 @@ def _validate_spec_config(config: Mapping[str, Any]) -> dict[str, Any]:
     missing = [key for key in MODEL_KEYS if key not in raw_d]
     if missing:
         raise ValueError(f"config['spec_draft'] is missing keys: {missing}")
-    allowed = (*MODEL_KEYS, "bytes_per_lm_head_weight")
+    allowed = (*MODEL_KEYS, "bytes_per_lm_head_weight", *MODEL_OPTIONAL_DEFAULTS)
     unknown = sorted(str(key) for key in raw_d if key not in allowed)
     if unknown:
         raise ValueError(
@@ -365,6 +457,10 @@ def _validate_spec_config(config: Mapping[str, Any]) -> dict[str, Any]:
         if draft[key] < 1:
             raise ValueError(
                 f"config['spec_draft'][{key!r}] must be >= 1, got {draft[key]}")
+    # §3's optional model inputs of the draft model, defaults filled in: all of them
+    # are in the dict, so the lane's own (say its MLA) never leak into the drafter's
+    # CostModel, which is built from the lane's config updated with this dict.
+    draft.update(_validate_model_optional(raw_d, draft, "config['spec_draft']"))
     draft["bytes_per_lm_head_weight"] = _as_float(
         "spec_draft.bytes_per_lm_head_weight",
         raw_d.get("bytes_per_lm_head_weight", draft["bytes_per_weight"]))
@@ -558,13 +654,17 @@ class CostModel:
     """
 
     def __init__(self, cfg: Mapping[str, Any]) -> None:
-        """Precomputes the per-GPU sizes of §3.
+        """Precomputes the per-GPU sizes, the layer mix and the attention-kind
+        quantities of §3.
 
         Args:
-            cfg: a configuration already normalised by ``validate_config``.
+            cfg: a configuration already normalised by ``validate_config`` (a
+                mapping without the §3 optional model keys is read with their
+                defaults: a plain model).
         """
         self.cfg = cfg
         tp = cfg["tp"]
+        opt = {key: cfg.get(key, default) for key, default in MODEL_OPTIONAL_DEFAULTS.items()}
         self.L = float(cfg["num_layers"])
         self.h = float(cfg["hidden_size"])
         self.hd = float(cfg["head_dim"])
@@ -573,13 +673,76 @@ class CostModel:
         self.k = float(cfg["experts_per_token"])
         self.bw_w = cfg["bytes_per_weight"]
         self.tp = tp
+        self.mla = bool(opt["mla"])
         # Per-GPU sizes. AMBIGUITY: f/tp and V/tp need not be integers; they are used
         # as real numbers (plain division), exactly as written.
         self.nh_g = cfg["num_heads"] / tp
-        self.nkv_g = max(cfg["num_kv_heads"] / tp, 1.0)
+        # §3: "for an MLA model ... nkv is 1 (every head reads the one latent)".
+        # AMBIGUITY: with mla = 1 the configured num_kv_heads is not read: nkv = 1
+        # (here nkv_g = max(1/tp, 1) = 1, which no MLA term uses; and in §0's
+        # feasibility rule, see is_feasible), rather than num_kv_heads being
+        # required to be 1.
+        nkv = 1 if self.mla else cfg["num_kv_heads"]
+        self.nkv_g = max(nkv / tp, 1.0)
         self.f_g = cfg["ffn_size"] / tp
         self.V_g = cfg["vocab_size"] / tp
-        self.kvb = 2.0 * self.nkv_g * self.hd * cfg["bytes_per_kv"]
+        bw_kv = cfg["bytes_per_kv"]
+        if self.mla:
+            # §3: kvb = (r_kv + d_r)·bw_kv, the latent and the rotary key, the same on
+            # every GPU (the latent is not split by tensor parallelism).
+            self.kvb = (float(opt["kv_lora_rank"]) + float(opt["qk_rope_head_dim"])) * bw_kv
+        else:
+            self.kvb = 2.0 * self.nkv_g * self.hd * bw_kv
+
+        # §3 layer mix (MoE): a = (L − Ld)/L, b = ((L − Ld)·s + Ld·fd/f)/L,
+        # ke = a·k + b expert-widths of rows per token, We = a·Eact + b experts'
+        # weights per layer (gpu_time, as Eact depends on T). A plain model has
+        # a = L/L = 1.0 and b = (L·0 + 0·fd/f)/L = 0.0 exactly, so ke = 1.0·k + 0.0
+        # = k and We = Eact bit for bit.
+        # AMBIGUITY: "Ld·fd/f" is evaluated left to right, (Ld·fd)/f, with the full
+        # (not per-GPU) FFN sizes.
+        L, Ld = self.L, float(opt["num_dense_layers"])
+        s = float(opt["num_shared_experts"])
+        fd, f = float(opt["dense_ffn_size"]), float(cfg["ffn_size"])
+        self.a = (L - Ld) / L
+        self.b = ((L - Ld) * s + Ld * fd / f) / L
+        self.ke = self.a * self.k + self.b
+
+        # §3 per-layer attention quantities: Nqkv and Wqkv (qkv_proj's N and
+        # weights), dv (o_proj), Nrot (rotary, kept as its two factors so that the
+        # plain model's bytes 2·ab·T·(nh_g + nkv_g)·hd are evaluated in the same order
+        # as before), wp / wd (prefill / decode per-head widths), Fu (FLOPs of the KV
+        # up-projection per token) and kvp (prefill bytes per context token).
+        nh_g, hd, h = self.nh_g, self.hd, self.h
+        if self.mla:
+            r_q = float(opt["q_lora_rank"])
+            r_kv = float(opt["kv_lora_rank"])
+            d_r = float(opt["qk_rope_head_dim"])
+            dv = float(opt["v_head_dim"])
+            d_n = hd - d_r
+            # Nq: the query projection's weights (down and up with r_q > 0).
+            n_q = h * r_q + r_q * nh_g * hd if r_q > 0 else h * nh_g * hd
+            # Eqkv (FLOPs per row over 2) and Aqkv (activation elements per row)
+            self.qkv_e = n_q + h * (r_kv + d_r)
+            self.qkv_a = h + (r_q if r_q > 0 else 0.0) + nh_g * hd + r_kv + d_r
+            # Wqkv = Eqkv + the KV up-projection's weights r_kv·nh_g·(d_n + dv)
+            self.qkv_w_bytes = self.bw_w * (self.qkv_e + r_kv * nh_g * (d_n + dv))
+            self.dv = dv
+            self.rot_heads, self.rot_width = nh_g + 1.0, d_r  # Nrot = (nh_g + 1)·d_r
+            self.wp = hd + dv
+            self.wd = 2.0 * r_kv + d_r
+            self.Fu = 2.0 * r_kv * nh_g * (d_n + dv)
+            self.kvp = self.kvb + AB * nh_g * (d_n + dv)
+        else:
+            self.qkv_n = (nh_g + 2.0 * self.nkv_g) * hd
+            # Wqkv = h·Nqkv; bw_w·Wqkv evaluated as (bw_w·h)·Nqkv, the order of the
+            # formula before §3's MLA extension (same real number).
+            self.qkv_w_bytes = self.bw_w * h * self.qkv_n
+            self.dv = hd
+            self.rot_heads, self.rot_width = nh_g + self.nkv_g, hd
+            self.wp = self.wd = 2.0 * hd
+            self.Fu = 0.0
+            self.kvp = self.kvb
         self.peak = cfg["peak_flops"]
         self.peak16 = cfg["peak_flops_16bit"]
         self.hbm = cfg["hbm_bw"]
@@ -708,22 +871,34 @@ class CostModel:
         if T == 0:
             return 0.0
         cfg = self.cfg
-        h, hd, k, bw_w = self.h, self.hd, self.k, self.bw_w
-        nh_g, nkv_g, f_g, V_g, kvb = self.nh_g, self.nkv_g, self.f_g, self.V_g, self.kvb
+        h, bw_w = self.h, self.bw_w
+        nh_g, f_g, V_g, kvb = self.nh_g, self.f_g, self.V_g, self.kvb
+        ke, dv, wp, wd, Fu = self.ke, self.dv, self.wp, self.wd, self.Fu
         Tf = float(T)
-        E = self.E
+        E, k = self.E, self.k
+        # routed experts touched (1 for dense); §3's layer mix: We = a·Eact + b
         e_act = E * (1.0 - (1.0 - k / E) ** T)
+        we = self.a * e_act + self.b
 
-        qkv_n = (nh_g + 2.0 * nkv_g) * hd
-        qkv = self.gemm("qkv_proj", Tf, h, qkv_n, bw_w * h * qkv_n)
-        o = self.gemm("o_proj", Tf, nh_g * hd, h, bw_w * nh_g * hd * h)
-        up = self.gemm("mlp_up", Tf * k, h, 2.0 * f_g, bw_w * e_act * h * 2.0 * f_g)
-        down = self.gemm("mlp_down", Tf * k, f_g, h, bw_w * e_act * f_g * h)
+        if self.mla:  # §3: roof(qkv_proj, 2·T·Eqkv, bw_w·Wqkv + ab·T·Aqkv), a GEMM of T rows
+            qkv = self.roof("qkv_proj", 2.0 * Tf * self.qkv_e,
+                            self.qkv_w_bytes + AB * Tf * self.qkv_a)
+            qkv = qkv + qkv * self.delta("qkv_proj", Tf)
+        else:
+            qkv = self.gemm("qkv_proj", Tf, h, self.qkv_n, self.qkv_w_bytes)
+        o = self.gemm("o_proj", Tf, nh_g * dv, h, bw_w * nh_g * dv * h)
+        # §3.1: M = T·ke for mlp_up and mlp_down
+        up = self.gemm("mlp_up", Tf * ke, h, 2.0 * f_g, bw_w * we * h * 2.0 * f_g)
+        down = self.gemm("mlp_down", Tf * ke, f_g, h, bw_w * we * f_g * h)
+        # Attention. Numerics: §3 writes the FLOPs 2·nh_g·Ap·wp and 2·nh_g·Kd·wd; they
+        # are evaluated as (2·nh_g·wp)·Ap and (2·nh_g·wd)·Kd, which for a plain model
+        # (wp = wd = 2·hd, Fu = 0, kvp = kvb) reproduce bit for bit the previous
+        # 4·nh_g·hd·Ap and ab·2·Tp·nh_g·hd + kvb·Kp (factors of 2 are exact).
         attnp = (
             self.roof(
                 "attn_prefill",
-                4.0 * nh_g * hd * Ap,
-                AB * 2.0 * Tp * nh_g * hd + kvb * Kp,
+                2.0 * nh_g * wp * Ap + Fu * Kp,
+                AB * Tp * nh_g * wp + self.kvp * Kp,
             )
             if Tp > 0
             else 0.0
@@ -731,8 +906,8 @@ class CostModel:
         attnd = (
             self.roof(
                 "attn_decode",
-                4.0 * nh_g * hd * Kd,
-                AB * 2.0 * D * nh_g * hd + kvb * Kd,
+                2.0 * nh_g * wd * Kd + Fu * D,
+                AB * D * nh_g * wd + kvb * Kd,
             )
             if D > 0
             else 0.0
@@ -741,8 +916,10 @@ class CostModel:
         elem = (
             2.0 * mem("norm", 2.0 * AB * Tf * h, "norm", Tf)  # two RMSNorms
             + 2.0 * mem("residual_add", 3.0 * AB * Tf * h, "residual_add", Tf)
-            + mem("activation", 3.0 * AB * Tf * k * f_g, "activation", Tf * k)  # SwiGLU
-            + mem("rotary", 2.0 * AB * Tf * (nh_g + nkv_g) * hd, "rotary", Tf)
+            # SwiGLU, its §3.1 table at T·ke
+            + mem("activation", 3.0 * AB * Tf * ke * f_g, "activation", Tf * ke)
+            # rotary embedding, 2·ab·T·Nrot
+            + mem("rotary", 2.0 * AB * Tf * self.rot_heads * self.rot_width, "rotary", Tf)
             + mem("kv_write", 2.0 * kvb * Tf)  # KV-cache write
         )
         tp = self.tp
@@ -878,7 +1055,7 @@ class PrefixCache:
 
         Args:
             cfg: normalised configuration (``validate_config``).
-            cost: the lane's §3 cost model (for ``C(x)`` and ``nkv_g``).
+            cost: the lane's §3 cost model (for ``C(x)``, ``L`` and ``kvb``).
             U: tokens per cache block.
         """
         self.U = U
@@ -892,8 +1069,10 @@ class PrefixCache:
         self.w_rec = np.float32(cfg["w_rec"])
         self.w_freq = np.float32(cfg["w_freq"])
         self.w_depth = np.float32(cfg["w_depth"])
-        # §5.1: Bblk = U · 2 · L · nkv_g · hd · bw_kv, nkv_g = max(nkv/tp, 1) as in §3.
-        self.bblk = U * 2.0 * cost.L * cost.nkv_g * cost.hd * cfg["bytes_per_kv"]
+        # §5.1: Bblk = U · L · kvb with §3's kvb (2·nkv_g·hd·bw_kv, nkv_g =
+        # max(nkv/tp, 1); with MLA (r_kv + d_r)·bw_kv). The §5.10 swap bytes (sbytes)
+        # and every load, demotion and prefetch are counted in Bblk.
+        self.bblk = U * cost.L * cost.kvb
         # §5.3: tier 0 is always usable; a lower tier iff cap_t > 0 and loading one
         # block alone is not slower than computing it, C(U) - C(1).
         compute_one_block = cost.prefill_time_no_sample(U) - cost.prefill_time_no_sample(1)
@@ -1202,6 +1381,10 @@ def is_feasible(
     if cfg["max_num_batched_tokens"] < cfg["max_num_seqs"]:
         return False
     nh, nkv, tp = cfg["num_heads"], cfg["num_kv_heads"], cfg["tp"]
+    # AMBIGUITY: §3 says an MLA model's nkv is 1, so with mla = 1 the KV-head rule is
+    # checked with nkv = 1 (it then always holds), whatever num_kv_heads says.
+    if cfg.get("mla", 0):
+        nkv = 1
     return nh % tp == 0 and (nkv % tp == 0 or tp % nkv == 0)
 
 
