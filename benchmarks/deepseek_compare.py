@@ -4,7 +4,8 @@
     python benchmarks/deepseek_compare.py [--requests 1000] [--out FILE]
 
 The requests are ServeGen's deepseek-r1 pool (``workload.kind: servegen``) from the
-record's busiest hour of day 1, scaled to each mean rate. Every configuration is FP8
+record's busiest hour of day 1, scaled to each mean rate, at most 32,768 tokens each
+(so that they fit Qwen3-235B-A22B's context too). Every configuration is FP8
 weights at TP 8 (DeepSeek-R1's 671B parameters do not fit eight GPUs in BF16):
 DeepSeek-R1 on H200 with a BF16 and an FP8 KV cache and on B200, and Qwen3-235B-A22B on
 H200 (grouped-query attention, 4 KV heads: its cache is split over the 8 GPUs where
@@ -26,7 +27,7 @@ import numpy as np
 from jaxsim import api, bench, servegen
 from jaxsim.servegen import WINDOW_S
 
-RATES = (0.5, 1.0, 2.0, 4.0)
+RATES = (1.0, 2.0, 4.0, 8.0)
 SETUPS = (
     ("DeepSeek-R1 8xH200", {"model": "DeepSeek-R1", "gpu": "H200"}),
     ("DeepSeek-R1 8xH200 KV fp8", {"model": "DeepSeek-R1", "gpu": "H200",
@@ -34,13 +35,16 @@ SETUPS = (
     ("DeepSeek-R1 8xB200", {"model": "DeepSeek-R1", "gpu": "B200"}),
     ("Qwen3-235B-A22B 8xH200", {"model": "Qwen3-235B-A22B", "gpu": "H200"}),
 )
+#: Longest request (prompt + output): Qwen3-235B-A22B's context is 40,960 tokens, and a
+#: few of the pool's requests are longer (ServeGen's lengths are drawn again above it).
+MAX_TOKENS = 32768
 COMMON = {"tp": 8, "dtype": "fp8", "max_num_seqs": 256, "max_num_batched_tokens": 8192}
 
 
 def run(requests: int) -> list[dict]:
     rates = servegen.window_rates("deepseek-r1")[1][:144].reshape(24, 6).mean(axis=1)
     busy = int(np.argmax(rates))
-    traces = {r: servegen.generate("deepseek-r1", requests, rate=r,
+    traces = {r: servegen.generate("deepseek-r1", requests, rate=r, max_tokens=MAX_TOKENS,
                                    start_s=busy * 6 * WINDOW_S, seed=0) for r in RATES}
     cfgs, trs, keys = [], [], []
     for label, cfg in SETUPS:
@@ -82,7 +86,8 @@ def main(argv=None) -> int:
     if args.out:
         bench.write_record(args.out, {
             "machine": bench.machine(), "requests": args.requests, "rows": rows,
-            "wall_s": wall, "command": "python benchmarks/deepseek_compare.py",
+            "wall_s": wall, "max_tokens": MAX_TOKENS,
+            "command": "python benchmarks/deepseek_compare.py --out FILE",
             "date": time.strftime("%Y-%m-%d")})
     return 0
 
