@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxsim import shapecorr
+from jaxsim import presets, shapecorr
 from jaxsim.types import Array, Float, Int
 
 
@@ -249,9 +249,9 @@ class ModelParams(eqx.Module):
     v_head_dim: Float[Array, ""] | None = eqx.field(converter=_opt_f32, default=None)
 
 
-#: The optional fields of :class:`ModelParams` (0 for a plain model).
-MODEL_EXTRA_FIELDS = ("num_shared_experts", "num_dense_layers", "dense_ffn_size", "mla",
-                      "q_lora_rank", "kv_lora_rank", "qk_rope_head_dim", "v_head_dim")
+#: The optional fields of :class:`ModelParams` (0 for a plain model), as the model
+#: presets name them.
+MODEL_EXTRA_FIELDS = tuple(presets.EXTRA_DEFAULTS)
 
 
 class HardwareParams(eqx.Module):

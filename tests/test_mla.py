@@ -162,6 +162,8 @@ def test_presets__extras_default_to_a_plain_model():
         m = presets.model(name)[1]
         x = presets.extras(m)
         assert set(x) == set(P.MODEL_EXTRA_FIELDS)
+        # (every optional field is one of ModelParams's)
+        assert set(x) <= set(P.ModelParams.__dataclass_fields__)
         if not x["mla"]:
             assert presets.replicated_params(m) == 0
         if m["num_experts"] == 1:
