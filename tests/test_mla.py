@@ -191,3 +191,30 @@ def test_mla__a_plain_lane_batched_with_deepseek_matches_the_reference():
         assert (p.model.mla is None) == (i == 0)
         ref = simulate_reference(oracle_workload(t), oracle_config(p))
         assert not compare_lane(i, t, res, ref), i
+
+
+def test_mla__gradients_of_the_iteration_time_are_finite():
+    # calibration and gradient search differentiate the cost model: the MLA and
+    # layer-mix terms keep every coefficient's gradient finite (and the ones a mixed
+    # batch uses nonzero)
+    import jax
+
+    from jaxsim import costmodel
+    from jaxsim.params import COST_PARAM_NAMES, CostParams
+
+    p = lane_params({"model": "DeepSeek-V3", "gpu": "H200", "tp": 8, "dtype": "fp8",
+                     "cost_preset": "uncalibrated"}, ONE)
+    f = costmodel.features_from_floats(
+        tokens=300, num_seqs=40, num_sampled=39, prefill_tokens=261,
+        prefill_pairs=261 * 400.0, prefill_kv_tokens=800, num_decodes=39,
+        decode_kv_tokens=39 * 700)
+
+    def dt(theta):
+        return costmodel.iteration_time(p.model, p.hardware, p.scheduler.tp,
+                                        CostParams(theta=theta), f)
+
+    g = np.asarray(jax.grad(dt)(p.cost.theta))
+    assert np.all(np.isfinite(g))
+    for name in ("eta_c_qkv_proj", "eta_m_mlp_up", "eta_c_attn_prefill",
+                 "eta_m_attn_decode", "eta_ar", "cpu_iter_s"):
+        assert g[COST_PARAM_NAMES.index(name)] != 0, name
