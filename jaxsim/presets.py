@@ -111,10 +111,21 @@ def active_params(m: dict) -> int:
             + 2 * m["vocab_size"] * h + h)
 
 
+def kv_bytes_per_token(m: dict, bytes_per_kv: int = 2) -> int:
+    """KV-cache bytes of one token over all layers: keys and values of every KV head
+    (split over the GPUs by tensor parallelism), or MLA's latent and rotary key (whole
+    on every GPU)."""
+    x = extras(m)
+    if x["mla"]:
+        return m["num_layers"] * (x["kv_lora_rank"] + x["qk_rope_head_dim"]) * bytes_per_kv
+    return 2 * m["num_layers"] * m["num_kv_heads"] * m["head_dim"] * bytes_per_kv
+
+
 def table() -> str:
     """A printable list of every preset with its key figures."""
     d = _data()
-    lines = ["Models (name: layers, hidden, heads/kv heads, head dim, ffn, vocab, params):"]
+    lines = ["Models (name: layers, hidden, heads/kv heads, head dim, ffn, vocab, params; KV "
+             "cache bytes per token in BF16 over all GPUs, or on each GPU for MLA):"]
     for name, m in d["models"].items():
         x = extras(m)
         moe = (f", {m['num_experts']} experts top-{m['experts_per_token']}"
@@ -129,7 +140,8 @@ def table() -> str:
             f"  {name:<15} L={m['num_layers']} h={m['hidden_size']} "
             f"heads={m['num_heads']}/{m['num_kv_heads']} hd={m['head_dim']} "
             f"ffn={m['ffn_size']} V={m['vocab_size']} "
-            f"({param_count(m) / 1e9:.1f}B{moe})"
+            f"({param_count(m) / 1e9:.1f}B{moe}; KV {kv_bytes_per_token(m):,} B/token"
+            + (" on every GPU)" if x["mla"] else ")")
         )
         lines.append(f"      source: {m['source']}")
     lines.append("GPUs (name: BF16 / FP8 dense TFLOP/s, HBM GB (as the device reports it: GiB),"

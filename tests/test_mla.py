@@ -168,7 +168,10 @@ def test_presets__extras_default_to_a_plain_model():
             assert presets.replicated_params(m) == 0
         if m["num_experts"] == 1:
             assert presets.active_params(m) == presets.param_count(m)
-    assert "MLA kv_lora=512" in presets.table()
+    table = presets.table()
+    assert "MLA kv_lora=512" in table
+    assert "KV 70,272 B/token on every GPU" in table  # the shared presets' figure
+    assert "KV 131,072 B/token)" in table  # Llama-3.1-8B: 2 x 32 x 8 x 128 x 2
 
 
 def test_mla__a_plain_lane_batched_with_deepseek_matches_the_reference():
