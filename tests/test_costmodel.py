@@ -180,12 +180,13 @@ def test_costmodel__gradients_match_finite_differences():
               prefill_pairs=261 * 400.0, prefill_kv_tokens=800, num_decodes=39,
               decode_kv_tokens=39 * 700)
 
+    @jax.jit  # (one compile instead of dozens of eager evaluations)
     def dt(theta):
         return costmodel.iteration_time(p.model, p.hardware, p.scheduler.tp,
                                         CostParams(theta=theta), f)
 
     theta = p.cost.theta
-    g = np.asarray(jax.grad(dt)(theta))
+    g = np.asarray(jax.jit(jax.grad(dt))(theta))
     assert np.all(np.isfinite(g)) and np.count_nonzero(g) == len(g)
     eps = 1e-2
     for i in range(len(g)):
