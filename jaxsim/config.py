@@ -923,12 +923,8 @@ def params_from_columns(
         reserve_est[sel] = activation_reserve_bytes(uniq_m[name], tp[sel], budget[sel],
                                                     max_seqs[sel])
     reserve = np.where(np.isfinite(reserve_gb), reserve_gb * 1e9, reserve_est)
-    nkv_g = np.maximum(nkv / tp, 1.0)
-    mla = mfield("mla") > 0
-    # KV bytes per token per GPU (docs/semantics.md §3's L kvb): MLA caches the latent
-    # and the rotary key, whole on every GPU
-    kv_per_token = np.where(mla, L * (mfield("kv_lora_rank") + mfield("qk_rope_head_dim"))
-                            * bytes_kv, 2.0 * L * nkv_g * hd * bytes_kv)
+    kv_per_token = np.array([presets.kv_bytes_per_token(uniq_m[n], b, t) for n, b, t in
+                             zip(model_names, bytes_kv, tp, strict=True)], np.float64)
     avail = cap * util - weights - reserve
     derived_blocks = np.floor(np.maximum(avail, 0.0) / (bs * kv_per_token))
     given_blocks = num("num_gpu_blocks")

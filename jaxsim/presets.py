@@ -111,14 +111,15 @@ def active_params(m: dict) -> int:
             + 2 * m["vocab_size"] * h + h)
 
 
-def kv_bytes_per_token(m: dict, bytes_per_kv: int = 2) -> int:
-    """KV-cache bytes of one token over all layers: keys and values of every KV head
-    (split over the GPUs by tensor parallelism), or MLA's latent and rotary key (whole
-    on every GPU)."""
+def kv_bytes_per_token(m: dict, bytes_per_kv: float = 2, tp: float = 1) -> float:
+    """KV-cache bytes of one token over all layers on one GPU of ``tp`` (docs/semantics.md
+    §3's ``L kvb``): keys and values of its share of the KV heads (at least one), or
+    MLA's latent and rotary key (whole on every GPU)."""
     x = extras(m)
     if x["mla"]:
         return m["num_layers"] * (x["kv_lora_rank"] + x["qk_rope_head_dim"]) * bytes_per_kv
-    return 2 * m["num_layers"] * m["num_kv_heads"] * m["head_dim"] * bytes_per_kv
+    return (2 * m["num_layers"] * max(m["num_kv_heads"] / tp, 1.0) * m["head_dim"]
+            * bytes_per_kv)
 
 
 def table() -> str:
@@ -140,7 +141,7 @@ def table() -> str:
             f"  {name:<15} L={m['num_layers']} h={m['hidden_size']} "
             f"heads={m['num_heads']}/{m['num_kv_heads']} hd={m['head_dim']} "
             f"ffn={m['ffn_size']} V={m['vocab_size']} "
-            f"({param_count(m) / 1e9:.1f}B{moe}; KV {kv_bytes_per_token(m):,} B/token"
+            f"({param_count(m) / 1e9:.1f}B{moe}; KV {kv_bytes_per_token(m):,.0f} B/token"
             + (" on every GPU)" if x["mla"] else ")")
         )
         lines.append(f"      source: {m['source']}")
