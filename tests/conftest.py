@@ -1,5 +1,6 @@
 """Test configuration: CPU only, strict promotion, shared fixtures."""
 
+import functools
 import gc
 import os
 
@@ -29,14 +30,21 @@ import pytest  # noqa: E402
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
-#: XLA flag the default suite compiles with: LLVM's backend optimisation off. Compiling
-#: dominates the default suite (its lanes are small), and this cuts its time on 2 cores by
-#: about a sixth (test_against_reference.py + test_step.py from a cold cache: 110 s with
-#: XLA's defaults, 92 s with it). It changes no semantics: XLA's CPU backend does not
-#: use fast math, and every JAX result a test compares is compiled the same way. The
-#: slow, notebook and Ray steps compile with XLA's defaults, as users do, so the optimised
-#: code is tested too.
-FAST_COMPILE_FLAG = "--xla_backend_optimization_level=0"
+#: XLA flags the default suite compiles with: LLVM's backend optimisation off, and XLA's
+#: older CPU code generator in place of its fusion emitters. Compiling dominates the
+#: default suite (its lanes are small): on 2 cores, from an empty cache, the suite took
+#: 10:25 with XLA's defaults, 9:19 with the optimisation off, and 5:29 with both flags and
+#: the ``xla_defaults`` fixture below on two tests (JAX 0.10.2; the older emitters
+#: compile a small simulator chunk function in about 4 s instead of 6.5). Neither flag
+#: turns on fast math (XLA's CPU backend does not use it), so results differ from the
+#: default build's at most in rounding; the tests' tolerances are the same either way.
+#: The slow, notebook and Ray steps compile with XLA's defaults, as users do, so the
+#: optimised code is tested too.
+FAST_COMPILE_FLAGS = "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"
+
+#: XLA's defaults for what FAST_COMPILE_FLAGS changes. A jit's compiler options take
+#: precedence over XLA_FLAGS.
+XLA_DEFAULTS = {"xla_backend_optimization_level": 3, "xla_cpu_use_fusion_emitters": True}
 
 
 def pytest_configure(config):
@@ -45,7 +53,7 @@ def pytest_configure(config):
     # set is kept, and the flag is not added to it.
     expr = config.getoption("markexpr") or ""
     if "not slow" in expr and "not notebook" in expr and "XLA_FLAGS" not in os.environ:
-        os.environ["XLA_FLAGS"] = FAST_COMPILE_FLAG
+        os.environ["XLA_FLAGS"] = FAST_COMPILE_FLAGS
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -60,3 +68,26 @@ def _fresh_compilations_per_module_in_slow_runs(request):
     if "slow" in expr and "not slow" not in expr:
         jax.clear_caches()
         gc.collect()
+
+
+@functools.cache
+def _chunk_function_with_xla_defaults():
+    from jaxsim import sim
+
+    return jax.jit(sim._run_chunk_batch.__wrapped__, static_argnames=("shape", "wl_batched"),
+                   donate_argnums=(3,), compiler_options={**sim.XLA_OPTIONS, **XLA_DEFAULTS})
+
+
+@pytest.fixture
+def xla_defaults(monkeypatch):
+    """The simulator's chunk function compiled with XLA's defaults, as users run it, when
+    the default suite's FAST_COMPILE_FLAGS are on (else nothing changes). For tests whose
+    lanes run long enough that optimised code pays for its slower compile (the prefix-cache
+    oracle: 105 s in the suite with the flags, 50 s with this), and for those that assert
+    bit-identical results from differently shaped compilations, which is what users' code
+    promises: with the older emitters one lane's clock differed in its last bit between a
+    batch of six and a batch of one."""
+    if os.environ.get("XLA_FLAGS") == FAST_COMPILE_FLAGS:
+        from jaxsim import sim
+
+        monkeypatch.setattr(sim, "_run_chunk_batch", _chunk_function_with_xla_defaults())

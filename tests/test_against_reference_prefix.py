@@ -248,7 +248,7 @@ def _assert_coverage(cases, refs, hit, lower, written, exposed, jumped, swapped,
     assert not short, f"paths exercised too rarely (got, want): {short}"
 
 
-def test_prefix_oracle__random_lanes_match():
+def test_prefix_oracle__random_lanes_match(xla_defaults):
     # the first 60 lanes of the slow test below (the default suite's largest test: 100
     # lanes took 73 s from a cold compile cache on 2 cores; 60 still take every path)
     cases, refs, _ = _check(20261121, 60)

@@ -87,7 +87,7 @@ def test_transforms__jit_step_equals_eager():
 # so the file compiles few executables.
 
 
-def test_transforms__vmap_lane_equals_single_run():
+def test_transforms__vmap_lane_equals_single_run(xla_defaults):
     ls = lanes(6)
     shape = shape_for()
     wl = to_workload(TRACE)
