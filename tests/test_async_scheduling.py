@@ -112,7 +112,6 @@ def test_async__an_idle_engine_has_no_lag():
     assert float(asy.ttft_s[1]) == pytest.approx(float(sync.ttft_s[1]), rel=1e-12)
 
 
-@pytest.mark.slow  # two shapes of its own compile (16 s); the oracle lanes cover skipping
 def test_async__event_skipping_matches_stepping():
     # Poisson arrivals into a decode-heavy batch: decode runs end where the lagged
     # arrivals are seen (§6); every metric equals per-iteration stepping's.

@@ -55,7 +55,6 @@ def _states(cfg: dict, trace: Trace, n: int, macro: int = 16) -> list:
     return step_states(shape, params, to_workload(trace, R), n)
 
 
-@pytest.mark.slow
 def test_macro__one_request_runs_of_block_size():
     # P=10, O=40, block 16. Step 1: the prefill iteration (c=10, g=1). Step 2: a run of
     # 16 decodes (the cap: min(macro_iterations, block_size)), then one ordinary decode:
@@ -80,7 +79,6 @@ def test_macro__macro_iterations_caps_the_run():
     assert [int(x.iterations) for x in s] == [0, 1, 6, 11]
 
 
-@pytest.mark.slow  # long (25-40 s on 2 cores): runs in CI's slow step
 def test_macro__arrival_ends_the_run():
     # Request 0 (P=8, O=30) prefills at t=0; request 1 arrives at 3.5 iterations' time.
     # The run may not contain the iteration that starts after the arrival: stepping
@@ -97,7 +95,6 @@ def test_macro__arrival_ends_the_run():
     _both({}, tr)
 
 
-@pytest.mark.slow  # 43 s from a cold compile cache on 2 cores: CI's slow step
 def test_macro__finish_inside_the_run_when_nothing_waits():
     # Requests 0 (P=8, O=5) and 1 (P=8, O=20) arrive together. Step 1 prefills both
     # (g=1 each). Step 2: request 0 has 4 tokens to go, so it finishes in the run's
@@ -129,7 +126,6 @@ def test_macro__finish_ends_the_run_and_frees_the_seat():
     _both({"max_num_seqs": 1}, tr)
 
 
-@pytest.mark.slow  # keeps the default suite under 10 min; runs in CI's slow step
 def test_macro__kv_capacity_ends_the_run():
     # 3 blocks of 16 tokens; request 0 (P=20, O=60) holds 2 blocks after its prefill and
     # needs a third at token 33, a fourth at token 49, which does not fit: the second
@@ -141,7 +137,6 @@ def test_macro__kv_capacity_ends_the_run():
     assert int(a.metrics["steps"][0]) < int(a.metrics["iterations"][0])
 
 
-@pytest.mark.slow  # keeps the default suite under 10 min; runs in CI's slow step
 def test_macro__iteration_budget_inside_a_run():
     tr = Trace([0.0], [10], [200])
     a, b = _both({}, tr, max_iterations=23)
@@ -149,7 +144,6 @@ def test_macro__iteration_budget_inside_a_run():
     assert a.status[0] & st_bits.TRUNCATED
 
 
-@pytest.mark.slow  # keeps the default suite under 10 min; runs in CI's slow step
 @pytest.mark.parametrize("mode", ["v0", "v1"])
 def test_macro__blocked_head_by_budget_and_blocks(mode):
     # Many requests at once with a small budget and KV: the queue head is blocked by the
@@ -165,7 +159,7 @@ def test_macro__blocked_head_by_budget_and_blocks(mode):
     assert int(a.metrics["steps"][0]) < int(a.metrics["iterations"][0]) // 2
 
 
-@pytest.mark.slow  # keeps the default suite under 10 min; runs in CI's slow step
+@pytest.mark.slow  # its prefix-cache shapes compile (24 s cold on 2 cores): CI's slow step
 def test_macro__on_with_the_prefix_cache_and_off_with_prefetch():
     # Two requests sharing one cached block decode in runs; with prefetch compiled in,
     # every iteration is a step. The metrics are the same either way.
@@ -194,7 +188,7 @@ def test_macro__shape_validation():
         SimShape(max_requests=4, max_slots=4, macro_iterations=65)
 
 
-@pytest.mark.slow  # keeps the default suite under 10 min; runs in CI's slow step
+@pytest.mark.slow  # its compacted batch sizes compile (12 s cold on 2 cores): CI's slow step
 def test_macro__lane_compaction_gives_the_same_results():
     # 256 lanes, of which 16 have 8x longer outputs: once the short lanes are done the
     # long ones continue in a batch of 64; results equal the uncompacted run.

@@ -328,7 +328,6 @@ def test_step__infeasible_lanes_are_flagged_and_idle(cfg, bit):
     assert np.isnan(res.metrics["ttft_mean_s"][0])
 
 
-@pytest.mark.slow  # long (34-47 s on 2 cores): runs in CI's slow step
 def test_step__slot_overflow_is_flagged_and_auto_rerun_is_exact():
     tr = Trace(np.zeros(6), [5] * 6, [4] * 6)
     small = run({}, tr, slots=2, auto_slots=False)
