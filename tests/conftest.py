@@ -37,7 +37,8 @@ jax.config.update("jax_numpy_rank_promotion", "raise")
 #: the ``xla_defaults`` fixture below on two tests (JAX 0.10.2; the older emitters
 #: compile a small simulator chunk function in about 4 s instead of 6.5). Neither flag
 #: turns on fast math (XLA's CPU backend does not use it), so results differ from the
-#: default build's at most in rounding; the tests' tolerances are the same either way.
+#: default build's at most in rounding (one test asserts bit-identical lanes: it takes the
+#: ``xla_defaults`` fixture below).
 #: The slow, notebook and Ray steps compile with XLA's defaults, as users do, so the
 #: optimised code is tested too.
 FAST_COMPILE_FLAGS = "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"
@@ -48,9 +49,9 @@ XLA_DEFAULTS = {"xla_backend_optimization_level": 3, "xla_cpu_use_fusion_emitter
 
 
 def pytest_configure(config):
-    # Runs before any test touches a device, so the CPU client reads the flag when it
-    # starts (the flag is part of the compilation cache's key). An XLA_FLAGS the caller
-    # set is kept, and the flag is not added to it.
+    # Runs before any test touches a device, so the CPU client reads the flags when it
+    # starts (they are part of the compilation cache's key). An XLA_FLAGS the caller set
+    # is kept, and the flags are not added to it.
     expr = config.getoption("markexpr") or ""
     if "not slow" in expr and "not notebook" in expr and "XLA_FLAGS" not in os.environ:
         os.environ["XLA_FLAGS"] = FAST_COMPILE_FLAGS
