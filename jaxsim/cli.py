@@ -190,6 +190,16 @@ def cmd_simulate(args) -> int:
               f"{out['kv_transfer_mean_s'] * 1e3:.2f}, p50 {out['kv_transfer_p50_s'] * 1e3:.2f}"
               f", p99 {out['kv_transfer_p99_s'] * 1e3:.2f}, max "
               f"{out['kv_transfer_max_s'] * 1e3:.2f}")
+    levels = sorted(int(k.removeprefix("completed_prio")) for k in out
+                    if k.startswith("completed_prio"))
+    if levels:  # docs/semantics.md §10: per priority level
+        print(f"  by priority ({cfg['scheduling_policy']}; ms)  completed  TTFT p50  TTFT p99"
+              "  TPOT p50  TPOT p99  preemptions")
+        for p in levels:
+            print(f"  level {p:<22}{out[f'completed_prio{p}']:>9}"
+                  + "".join(f" {out[f'{k}_prio{p}'] * 1e3:>9.2f}"
+                            for k in ("ttft_p50_s", "ttft_p99_s", "tpot_p50_s", "tpot_p99_s"))
+                  + f" {out[f'preemptions_prio{p}']:>12}")
     spec = cfg["speculative"]
     if spec["num_tokens"] > 0:
         rate = out["spec_acceptance_rate"]

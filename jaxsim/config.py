@@ -81,6 +81,7 @@ DEFAULTS: dict[str, Any] = {
     "long_prefill_token_threshold": 0,
     "scheduler_reserve_full_isl": True,
     "async_scheduling": False,
+    "scheduling_policy": "fcfs",
     "block_size": 16,
     "gpu_memory_utilization": 0.9,
     "num_gpu_blocks": None,
@@ -123,6 +124,7 @@ DEFAULTS: dict[str, Any] = {
         "pool": None,
         "start_s": 0.0,
         "max_tokens": None,
+        "priority_mix": None,
     },
 }
 
@@ -138,6 +140,8 @@ WORKLOAD_READS = {
                  "output_tokens", "think_time_s", "hash_block_tokens"),
     "servegen": ("pool", "rate", "num_requests", "start_s", "max_tokens"),
 }
+#: ``workload`` keys every kind reads.
+WORKLOAD_READS = {k: (*v, "priority_mix") for k, v in WORKLOAD_READS.items()}
 
 
 # --------------------------------------------------------------------------------------
@@ -238,6 +242,7 @@ _TOP = {
     "long_prefill_token_threshold": lambda k, v: _int(k, v, 0, 1 << 24),
     "scheduler_reserve_full_isl": _bool,
     "async_scheduling": _bool,
+    "scheduling_policy": lambda k, v: _choice(k, v, ("fcfs", "priority")),
     "block_size": lambda k, v: _int(k, v, 1, 1 << 12),
     "gpu_memory_utilization": lambda k, v: _float(k, v, 0.0, 1.0, lo_open=True),
     "num_gpu_blocks": lambda k, v: _int(k, v, 1, 1 << 30, allow_none=True),
@@ -392,7 +397,23 @@ _WORKLOAD = {
     "pool": lambda k, v: None if v is None else _choice(k, v, tuple(servegen.POOLS)),
     "start_s": lambda k, v: _float(k, v, 0.0, 1e8),
     "max_tokens": lambda k, v: _int(k, v, 2, 1 << 30, allow_none=True),
+    "priority_mix": lambda k, v: _priority_mix(k, v),
 }
+
+
+def _priority_mix(key, v):
+    """``workload.priority_mix``: the share of requests at each priority level 0, 1, ...
+    (docs/semantics.md §10), or None (every request at level 0)."""
+    if v is None:
+        return None
+    if isinstance(v, str | bytes) or not isinstance(v, Sequence) or not 1 <= len(v) <= 8:
+        raise ConfigError(f"{key}: {v!r} must be a list of 1 to 8 shares, one per priority "
+                          "level 0, 1, ... (e.g. [0.2, 0.8]: a fifth of the requests at "
+                          "level 0, served first under scheduling_policy: priority)")
+    shares = [_float(f"{key}[{i}]", x, 0.0) for i, x in enumerate(v)]
+    if not sum(shares) > 0:
+        raise ConfigError(f"{key}: {v!r}: the shares must not all be 0")
+    return shares
 
 
 #: Smallest cost coefficient accepted (smaller ones are 0 in the simulator's float32).
@@ -499,6 +520,19 @@ def validate(cfg: Mapping) -> dict:
                 f"speculative.draft_model: {spec['draft_model']!r} has a vocabulary of "
                 f"{vd} tokens and {out['model']} one of {vt}; a draft model must share "
                 "the target's tokenizer (same vocabulary size)")
+    if out["scheduling_policy"] == "priority":  # docs/semantics.md §10
+        if out["scheduler"] == "v0":
+            raise ConfigError("scheduling_policy: priority is not allowed with scheduler=v0 "
+                              "(jaxsim models vLLM v1's priority scheduling); use "
+                              "scheduler=v1")
+        for bad, why in ((out["enable_prefix_caching"], "enable_prefix_caching: true"),
+                         (spec["num_tokens"] > 0,
+                          f"speculative.num_tokens: {spec['num_tokens']}"),
+                         (out["disaggregation"]["enabled"], "disaggregation.enabled: true")):
+            if bad:
+                raise ConfigError(f"scheduling_policy: priority cannot be combined with {why} "
+                                  "in this version (docs/semantics.md §10); use "
+                                  "scheduling_policy: fcfs")
     dg = out["disaggregation"]
     if dg["enabled"] and out["scheduler"] == "v0":
         raise ConfigError("disaggregation.enabled: true is not allowed with scheduler=v0 "
@@ -729,7 +763,23 @@ def load(path: str | None = None, sets: Sequence[str] = ()) -> dict:
 
 
 def build_trace(cfg: Mapping) -> Trace:
-    """The workload a validated configuration describes."""
+    """The workload a validated configuration describes (with ``workload.priority_mix``,
+    each request's priority level drawn from those shares, docs/semantics.md §10)."""
+    tr = _base_trace(cfg)
+    mix = cfg["workload"]["priority_mix"]
+    if mix is None:
+        return tr
+    if tr.priority is not None:
+        raise ConfigError(f"workload.priority_mix: {mix!r}, but the trace gives each "
+                          "request's priority itself (its priority column); drop one")
+    # a generator of its own, so the workload's other draws stay those of its seed
+    rng = np.random.default_rng([int(cfg["seed"]), 10])
+    p = np.asarray(mix, np.float64)
+    level = rng.choice(len(p), size=len(tr), p=p / p.sum())
+    return dataclasses.replace(tr, priority=level)
+
+
+def _base_trace(cfg: Mapping) -> Trace:
     from jaxsim import traces
 
     w = cfg["workload"]
@@ -785,7 +835,7 @@ COLUMN_KEYS = (
     "kv_cache_dtype", "scheduler",
     "enable_chunked_prefill",
     "max_num_seqs", "max_num_batched_tokens", "long_prefill_token_threshold",
-    "scheduler_reserve_full_isl", "async_scheduling", "block_size",
+    "scheduler_reserve_full_isl", "async_scheduling", "scheduling_policy", "block_size",
     "gpu_memory_utilization", "num_gpu_blocks", "watermark", "max_model_len",
     "activation_reserve_gb", "slo.ttft_s", "slo.tpot_s",
     "enable_prefix_caching", "tiers", "tier", "cache.recency_weight",
@@ -1029,6 +1079,8 @@ def params_from_columns(
             max_model_len=mml.astype(np.int64),
             tp=tp.astype(np.int64),
             async_scheduling=np.array([bool(x) for x in col("async_scheduling")], np.int32),
+            scheduling_policy=np.array([x == "priority" for x in col("scheduling_policy")],
+                                       np.int32),
         ),
         cost=CostParams(theta=theta, smooth_p_log2=p_log2, shape_corr=shape_corr),
         ttft_slo_s=num("slo.ttft_s"),

@@ -175,8 +175,8 @@ def merge_pools(pre_state, dec_state, pos: np.ndarray, dec_order: np.ndarray,
     new.update(adds)
     pools = [pre] if dec_state is None else [pre, d]
     for f in replicas.SUM_INT:
-        if f in ("swap_used", "swaps_total", "prefetched_total"):
-            continue  # the prefill pool's (no cache in the decode pool)
+        if f in ("swap_used", "swaps_total", "prefetched_total", "cptr"):
+            continue  # the prefill pool's (no cache in the decode pool; no §10)
         if f == "num_completed":  # a request completes in the decode pool
             new[f] = np.int32(done.sum())
             continue

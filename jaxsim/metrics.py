@@ -152,6 +152,22 @@ def compute_metrics(params: SimParams, workload: Workload, state: SimState) -> d
             total = total + e
         m["energy_tiers_j"] = total
 
+    L = st.cptr.shape[-1]
+    if L > 1:  # docs/semantics.md §10: the statistics of each priority level's requests
+        for p in range(L):
+            lv = done & (workload.priority == p)
+            lv_multi = multi & (workload.priority == p)
+            m[f"ttft_mean_s_prio{p}"] = _masked_mean(st.ttft_s, lv)
+            for name, x, mask in (("ttft", st.ttft_s, lv), ("tpot", tpot, lv_multi),
+                                  ("e2e", e2e_s, lv)):
+                pct = masked_percentiles(x, mask, (50, 99))
+                m[f"{name}_p50_s_prio{p}"] = pct[50]
+                m[f"{name}_p99_s_prio{p}"] = pct[99]
+            m[f"queue_mean_s_prio{p}"] = _masked_mean(st.queue_s, lv)
+            m[f"completed_prio{p}"] = jnp.sum(lv, dtype=jnp.int32)
+            m[f"preemptions_prio{p}"] = jnp.sum(jnp.where(lv, st.preemptions, 0),
+                                                dtype=jnp.int32)
+
     halted = (st.status & st_bits.HALTED_MASK) != 0
     unfinished = (st.ptr < workload.num_requests) | (st.n_act > 0)
     m["status"] = st.status | jnp.where(unfinished & ~halted, st_bits.TRUNCATED, 0)

@@ -297,6 +297,10 @@ class SchedulerParams(eqx.Module):
             v1's ``--async-scheduling``, on by default from vLLM 0.14): a request that
             arrives during an iteration joins the batch after next, and an iteration's
             CPU overheads overlap its GPU time (docs/semantics.md §2.10). v1 only.
+        scheduling_policy: 0 = first come, first served; 1 = by priority (vLLM's
+            ``--scheduling-policy priority``: the waiting queue in order of the requests'
+            ``Workload.priority``, the lowest-priority running request preempted first;
+            docs/semantics.md §10). v1 only; needs ``SimShape.priority_levels``.
     """
 
     mode: Int[Array, ""] = eqx.field(converter=as_i32)
@@ -311,6 +315,7 @@ class SchedulerParams(eqx.Module):
     max_model_len: Int[Array, ""] = eqx.field(converter=as_i32)
     tp: Int[Array, ""] = eqx.field(converter=as_i32)
     async_scheduling: Int[Array, ""] = eqx.field(converter=as_i32)
+    scheduling_policy: Int[Array, ""] = eqx.field(converter=as_i32)
 
 
 class CacheParams(eqx.Module):

@@ -45,7 +45,7 @@ PER_REQUEST = ("ttft_s", "decode_s", "queue_s", "preemptions", "tokens_scheduled
                "completed", "load_s")
 SUM_INT = ("ptr", "n_run", "n_act", "iterations", "steps", "tokens_total",
            "preemptions_total", "num_completed", "swap_used", "swaps_total",
-           "prefetched_total", "spec_drafted", "spec_accepted")
+           "prefetched_total", "spec_drafted", "spec_accepted", "cptr")
 SUM_DD = ("busy", "kv_used_s", "adm_tok", "xfer_exposed", "xfer_hidden", "hit_tok", "read",
           "write")
 MAX = ("clock", "start", "kv_peak_blocks", "peak_entries", "iter_limit")

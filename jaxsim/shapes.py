@@ -7,6 +7,8 @@ import dataclasses
 
 #: Largest ``SimShape.macro_iterations`` (the macro-step's series are this long).
 MAX_MACRO = 64
+#: Most priority levels (``Workload.priority`` values ``0 .. MAX_PRIORITY_LEVELS - 1``).
+MAX_PRIORITY_LEVELS = 8
 #: The event-skipping run length ``jaxsim.api.prepare`` and the sweep runner use.
 DEFAULT_MACRO = 16
 
@@ -60,6 +62,16 @@ class SimShape:
             tokens (``Workload.external_tokens``; a disaggregated decode instance's,
             docs/semantics.md §8). ``simulate_batch`` turns it on when a workload has
             them; not with the prefix cache compiled in.
+        priority_levels: L, priority levels compiled in for priority scheduling
+            (docs/semantics.md §10): 0 = not compiled in; otherwise the workloads'
+            priorities are ``< L`` (at most ``MAX_PRIORITY_LEVELS``) and the lanes whose
+            ``SchedulerParams.scheduling_policy`` is 1 schedule by them (the others stay
+            first come, first served); every lane reports metrics per level. Not with
+            the prefix cache, speculative decoding or external KV compiled in. A
+            priority lane's decode runs (event skipping) need an empty queue throughout:
+            a waiting request ends them even when it is blocked. ``simulate_batch`` sets
+            it when a lane schedules by priority or the workload has priorities other
+            than 0.
     """
 
     max_requests: int
@@ -75,6 +87,7 @@ class SimShape:
     external_kv: bool = False
     speculative: bool = False
     spec_draft: bool = False
+    priority_levels: int = 0
 
     def __post_init__(self):
         for name in ("max_requests", "max_slots", "chunk_iterations"):
@@ -115,6 +128,14 @@ class SimShape:
         if self.prefetch and self.cache_entries == 0:
             raise ValueError("SimShape.prefetch=True needs the prefix cache "
                              "(cache_entries > 0)")
+        pl = self.priority_levels
+        if not isinstance(pl, int) or isinstance(pl, bool) or not 0 <= pl <= MAX_PRIORITY_LEVELS:
+            raise ValueError(f"SimShape.priority_levels={pl!r}: must be an int in "
+                             f"0..{MAX_PRIORITY_LEVELS} (0: priority scheduling not compiled in)")
+        if pl and (self.cache_entries > 0 or self.speculative or self.external_kv):
+            raise ValueError("SimShape.priority_levels > 0 (priority scheduling, "
+                             "docs/semantics.md §10) cannot be combined with the prefix cache, "
+                             "speculative decoding or external KV in this version")
         m = self.macro_iterations
         if not isinstance(m, int) or isinstance(m, bool) or not 0 <= m <= MAX_MACRO:
             raise ValueError(f"SimShape.macro_iterations={m!r}: must be an int in "

@@ -406,6 +406,24 @@ def simulate_batch(
                              "KV, docs/semantics.md §8) cannot be simulated with the prefix "
                              "cache compiled in (SimShape.cache_entries > 0)")
         shape = dataclasses.replace(shape, external_kv=True)
+    if not isinstance(params.scheduler.scheduling_policy, jax.core.Tracer) and not isinstance(
+            workload.priority, jax.core.Tracer):
+        pol = np.asarray(params.scheduler.scheduling_policy)
+        levels = int(np.max(np.asarray(workload.priority), initial=0)) + 1
+        # (the per-level metrics of FCFS lanes only where §10 can be compiled in)
+        metrics_only = (levels > 1 and shape.cache_entries == 0 and not shape.speculative
+                        and not shape.external_kv)
+        if (np.any(pol != 0) or metrics_only) and shape.priority_levels < levels:
+            # §10 compiled in only for batches that schedule by priority or report
+            # metrics per level, with the workload's levels
+            shape = dataclasses.replace(shape, priority_levels=levels)
+        if shape.priority_levels and levels > shape.priority_levels:
+            raise ValueError(f"workload: priority {levels - 1} is beyond "
+                             f"SimShape.priority_levels={shape.priority_levels} (levels "
+                             f"0..{shape.priority_levels - 1} compiled in)")
+        if np.any((pol != 0) & (np.asarray(params.scheduler.mode) != 0)):
+            raise ValueError("SchedulerParams.scheduling_policy=1 (priority, "
+                             "docs/semantics.md §10) needs mode 0 (v1)")
     budget = iteration_limits(max_iterations, workload, B)
     if devices is not None and (isinstance(devices, bool | np.bool_) or not isinstance(
             devices, int | np.integer) or devices < 1):

@@ -31,7 +31,8 @@ class SimState(eqx.Module):
         start_hi, start_lo: ``f32[]`` start time of the latest iteration (with
             asynchronous scheduling, the next batch sees the arrivals up to it, §2.10;
             kept only when ``SimShape.async_scheduling`` compiles it in).
-        ptr: ``i32[]`` first never-admitted request (arrival order).
+        ptr: ``i32[]`` first never-admitted request (arrival order); under priority
+            scheduling (§10) the number of requests admitted at least once.
         n_run: ``i32[]`` running requests.
         n_act: ``i32[]`` running + preempted requests (occupied slots).
         slot_req: ``i32[S]`` request index of each slot.
@@ -80,6 +81,12 @@ class SimState(eqx.Module):
         slot_spec_acc: ``i32[S]`` the slot's acceptance accumulator (size 0 when
             ``SimShape.speculative`` is off).
         spec_drafted, spec_accepted: ``i32[]`` draft tokens scheduled and accepted.
+
+    Priority scheduling (docs/semantics.md §10; size 0 unless
+    ``SimShape.priority_levels`` compiles it in):
+        cptr: ``i32[L]`` per priority level, its requests admitted at least once (the
+            level's never-admitted requests are ``Workload.prio_order`` from
+            ``prio_start[p] + cptr[p]`` on). ``ptr`` then counts every level's.
     """
 
     # evolving state
@@ -154,6 +161,8 @@ class SimState(eqx.Module):
     slot_spec_acc: Int[Array, " S"] = eqx.field(converter=as_i32)
     spec_drafted: Int[Array, ""] = eqx.field(converter=as_i32)
     spec_accepted: Int[Array, ""] = eqx.field(converter=as_i32)
+    # priority scheduling (§10; zero-size without it compiled in)
+    cptr: Int[Array, " L"] = eqx.field(converter=as_i32)
 
 
 def init_state(
@@ -238,6 +247,7 @@ def init_state(
         slot_spec_acc=jnp.zeros((S if shape.speculative else 0,), jnp.int32),
         spec_drafted=0,
         spec_accepted=0,
+        cptr=jnp.zeros((shape.priority_levels,), jnp.int32),
     )
 
 

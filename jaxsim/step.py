@@ -163,6 +163,72 @@ def _draft_time(params: SimParams, draft, K, feats, n_dec, kv_dec: DD) -> DD:
     return ddm.where(on, g_draft, ddm.dd(jnp.zeros_like(g_draft.hi)))
 
 
+def _priority_running_walk(running, want, computed, held, level, req, budget, free, bs,
+                           active):
+    """§10's running phase of a priority lane, row by row: the victim of a preemption is
+    the running request with the largest key ``(level, req)`` (the one at hand and the
+    ones already scheduled included: those give their blocks and tokens back). Returns
+    the victims, each row's scheduled tokens and the blocks it took (0 for victims).
+
+    The walk runs only for a lane that ``active`` marks (one that must preempt: without
+    a preemption the walk is §2.2's, which the caller computes as a prefix sum); its
+    loop stops after the last running row, so a batch pays for it only while one of its
+    lanes preempts."""
+    i32 = jnp.int32
+    S = running.shape[0]
+    row = jnp.arange(S, dtype=i32)
+    n_run = jnp.sum(running, dtype=i32)
+    # victim order: the running rows by key, largest first
+    *_, vorder = jax.lax.sort((jnp.where(running, 0, 1), -level, -req, row), num_keys=3)
+    vpos = jnp.zeros((S,), i32).at[vorder].set(row)
+
+    def body(carry):
+        i, free, bud, stop, vk, got, took = carry
+        live = running[i] & (vpos[i] >= vk) & ~stop
+        reach = live & (bud > 0)
+        stop = stop | (live & (bud <= 0))  # the budget is spent: the walk ends
+        q = jnp.minimum(want[i], bud)
+        need = _ceil_div(computed[i] + q, bs) - held[i]
+        # blocks freed by taking victims vk, vk+1, ... (in victim order), before each
+        freed = jnp.where(running & (vpos >= vk), held + took, 0)[vorder]
+        before = jnp.cumsum(freed, dtype=i32) - freed
+        n_take = jnp.sum((row >= vk) & (row < n_run) & (free + before < need), dtype=i32)
+        self_hit = reach & (vpos[i] < vk + n_take)
+        n_new = jnp.where(reach, jnp.where(self_hit, vpos[i] - vk + 1, n_take), 0)
+        new_v = running & (vpos >= vk) & (vpos < vk + n_new)
+        bud = bud + jnp.sum(jnp.where(new_v, got, 0), dtype=i32)
+        free = free + jnp.sum(jnp.where(new_v, held + took, 0), dtype=i32)
+        got = jnp.where(new_v, 0, got)
+        took = jnp.where(new_v, 0, took)
+        sched = reach & ~self_hit
+        got = got.at[i].set(jnp.where(sched, q, got[i]))
+        took = took.at[i].set(jnp.where(sched, need, took[i]))
+        free = free - jnp.where(sched, need, 0)
+        bud = bud - jnp.where(sched, q, 0)
+        return i + 1, free, bud, stop | self_hit, vk + n_new, got, took
+
+    zero = jnp.zeros((S,), i32)
+    # (rows of requests that finished in a decode run sit among the running ones)
+    limit = jnp.where(active, jnp.max(jnp.where(running, row + 1, 0)), 0)
+    *_, vk, got, took = jax.lax.while_loop(
+        lambda c: c[0] < limit, body,
+        (jnp.int32(0), free, budget, jnp.bool_(False), jnp.int32(0), zero, zero))
+    return running & (vpos < vk), got, took
+
+
+def _priority_head(shape: SimShape, params: SimParams, wl: Workload, st: SimState):
+    """§10: whether the lane schedules by priority, and its earliest never-admitted
+    request (the first in request order of its levels' next ones); None when priority
+    scheduling is not compiled in."""
+    if not shape.priority_levels:
+        return None
+    Lv, R = shape.priority_levels, wl.arrival_hi.shape[-1]
+    pos = wl.prio_start[:Lv] + st.cptr
+    heads = jnp.where(pos < wl.prio_start[1:Lv + 1],
+                      wl.prio_order[jnp.clip(pos, 0, R - 1)], R - 1)
+    return params.scheduler.scheduling_policy != 0, jnp.min(heads)
+
+
 def _run_series(st: SimState, dts: DD, used, async_on):
     """The clock, busy time and KV integral (DD pairs, ``[KC + 1]`` each) after each
     iteration of a decode run with times ``dts`` and ``used`` blocks (``[KC]``), summed
@@ -209,7 +275,8 @@ def _run_start(st: SimState, k, clk_hi, clk_lo) -> SimState:
 
 
 def _decode_run(shape: SimShape, params: SimParams, wl: Workload, st: SimState,
-                consts: costmodel.CostConsts, dtab: costmodel.DecodeTable, active, inv_bs):
+                consts: costmodel.CostConsts, dtab: costmodel.DecodeTable, active, inv_bs,
+                prio_head=None):
     """Event skipping (docs/semantics.md §6): advance the lane by ``k`` decode-only
     iterations at once, where ``k`` is the longest run (at most
     ``shape.macro_iterations`` and the block size) in which per-iteration stepping would
@@ -273,6 +340,10 @@ def _decode_run(shape: SimShape, params: SimParams, wl: Workload, st: SimState,
     has_pre = st.n_act > n
     hrow = jnp.minimum(n, S - 1)
     p_c = jnp.minimum(st.ptr, R - 1)
+    if prio_head is not None:
+        # §10: a priority lane's earliest never-admitted request (``prio_head``: the
+        # lane's policy and that request)
+        p_c = jnp.where(prio_head[0], prio_head[1], p_c)
     h_left = jnp.where(has_pre, st.slot_prompt[hrow] + g[hrow], wl.prompt_tokens[p_c])
     # §8: a never-admitted head that brings E tokens' KV computes the rest, in E + q blocks
     h_ext = (jnp.where(has_pre, 0, wl.external_tokens[p_c]) if shape.external_kv
@@ -301,6 +372,10 @@ def _decode_run(shape: SimShape, params: SimParams, wl: Workload, st: SimState,
     # With the prefix cache a request that arrives during the run may come first in the
     # §5.8 walk, so a blocked head does not keep the run going past an arrival.
     blocked = (ready0 & ~h_ok) if not cache_on else jnp.bool_(False)
+    if prio_head is not None:
+        # §10: the queue's head is the smallest key, which an arrival can change, so a
+        # priority lane's run needs an empty queue throughout, as with the cache
+        blocked = blocked & ~prio_head[0]
 
     # Iteration times as the decode context grows by one token per running request.
     kd = ddm.add_f(ddm.add(ddm.mul_f(costmodel.int_to_dd(a_hi), f32(4096.0)),
@@ -513,8 +588,9 @@ def step(
         else:
             if dtab is None:
                 dtab = costmodel.decode_table(consts, S)
-            st, ghost, (ghost_hi, ghost_lo) = _decode_run(shape, params, workload, st,
-                                                          consts, dtab, active, inv_bs)
+            st, ghost, (ghost_hi, ghost_lo) = _decode_run(
+                shape, params, workload, st, consts, dtab, active, inv_bs,
+                _priority_head(shape, params, workload, st))
         active = active & (st.iterations < st.iter_limit)
         live = (row < st.n_run) & ~ghost
         n_ghost = jnp.sum(ghost, dtype=jnp.int32)
@@ -527,6 +603,16 @@ def step(
     # ---- 1. idle jump -------------------------------------------------------------
     nreq = wl.num_requests
     p0 = jnp.minimum(st.ptr, R - 1)
+    pri = shape.priority_levels > 0
+    if pri:
+        # §10: each level's next never-admitted requests (J of them, in arrival order)
+        Lv, J = shape.priority_levels, S + 1
+        pol, head = _priority_head(shape, params, wl, st)
+        lv_pos = ((wl.prio_start[:Lv] + st.cptr)[:, None]
+                  + jnp.arange(J, dtype=i32)[None, :])
+        lv_in = lv_pos < wl.prio_start[1:Lv + 1][:, None]
+        lv_req = wl.prio_order[jnp.clip(lv_pos, 0, R - 1)]  # [Lv, J] request indices
+        p0 = jnp.where(pol, head, p0)
     nxt_hi, nxt_lo = wl.arrival_hi[p0], wl.arrival_lo[p0]
     idle = (
         active
@@ -551,6 +637,25 @@ def step(
     window = row >= st.n_act
     t_idx = st.ptr + (row - st.n_act)
     t_in = window & (t_idx < nreq)
+    if pri:
+        # §10: a priority lane's window holds the arrived never-admitted requests in key
+        # order: each level's arrived ones (a prefix of the level, in arrival order),
+        # level after level
+        lv_arr = lv_in & dd_le(wl.arrival_hi[lv_req], wl.arrival_lo[lv_req], seen_hi,
+                               seen_lo)
+        lv_cnt = jnp.sum(lv_arr, axis=1, dtype=i32)
+        lv_cum = jnp.cumsum(lv_cnt, dtype=i32)
+        lv_cex = lv_cum - lv_cnt
+
+        def _lv_locate(k):  # position k of the merged list -> (level or Lv, request)
+            lv = jnp.sum(lv_cum.reshape((1,) * k.ndim + (Lv,)) <= k[..., None], axis=-1,
+                         dtype=i32)
+            lc = jnp.minimum(lv, Lv - 1)
+            return lv, lv_req[lc, jnp.clip(k - lv_cex[lc], 0, J - 1)]
+
+        lv_of, p_idx = _lv_locate(row - st.n_act)
+        t_idx = jnp.where(pol, p_idx, t_idx)
+        t_in = jnp.where(pol, window & (lv_of < Lv), t_in)
     t_c = jnp.clip(t_idx, 0, R - 1)
     w_arr_hi = wl.arrival_hi[t_c]
     w_arr_lo = wl.arrival_lo[t_c]
@@ -616,6 +721,19 @@ def step(
     # by its touch block alone would fit again
     keep_run = running & (jnp.cumsum(~fits & running, dtype=i32) == 0)
     m = jnp.sum(keep_run, dtype=i32)
+    if pri:
+        req_row = jnp.where(window, t_c, st.slot_req)
+        key_lv = wl.priority[req_row]
+        # without a preemption (every running row fits) the walk is §2.2's prefix sum
+        walk = pol & active & (m < st.n_run)
+        victim_p, got_p, need_p = _priority_running_walk(
+            live, want_run, computed, held, key_lv, req_row, budget,
+            total_blocks - jnp.sum(held, dtype=i32), bs, walk)
+        got_run = jnp.where(walk, got_p, got_run)
+        need_run = jnp.where(walk, need_p, need_run)
+        keep_run = jnp.where(walk, running & ~victim_p, keep_run)
+        m = jnp.where(walk, st.n_run - jnp.sum(victim_p, dtype=i32), m)
+        victim_p = victim_p & walk
 
     # ---- 3./4. waiting phase ----------------------------------------------------------
     cand_ok = cand & ((row < st.n_act) | arrived)
@@ -630,6 +748,17 @@ def step(
         group = jnp.where(cand, jnp.where(cand_ok, 1, 2), 0)
         *_, perm = jax.lax.sort((group, jnp.where(cand_ok, k_hi, 0.0),
                                  jnp.where(cand_ok, k_lo, 0.0), row), num_keys=4)
+        inv = jnp.zeros((S,), i32).at[perm].set(row)
+        cand_w, cand_ok_w, hit_w, n_known_w = (x[perm] for x in (cand, cand_ok, start,
+                                                                  n_known))
+    elif pri:
+        # §10: a priority lane walks its waiting rows (preempted, then the window's) in
+        # key order (priority, request); the empty window rows go last. FCFS lanes keep
+        # row order (the identity permutation).
+        real = cand & ((row < st.n_act) | t_in)
+        group = jnp.where(cand, jnp.where(real | ~pol, 1, 2), 0)
+        *_, perm = jax.lax.sort((group, jnp.where(pol & cand, key_lv, 0),
+                                 jnp.where(pol & cand, req_row, row), row), num_keys=4)
         inv = jnp.zeros((S,), i32).at[perm].set(row)
         cand_w, cand_ok_w, hit_w, n_known_w = (x[perm] for x in (cand, cand_ok, start,
                                                                   n_known))
@@ -659,7 +788,7 @@ def step(
     bad = cand_w & ~ok
     admit = cand_w & enabled & (jnp.cumsum(bad, dtype=i32) == 0)
     n_admit = jnp.sum(admit, dtype=i32)
-    if cache_on:  # back from walk order to rows
+    if cache_on or pri:  # back from walk order to rows
         admit_walk = admit
         admit, got_w, need_w = admit[inv], got_w[inv], need_w[inv]
 
@@ -667,11 +796,21 @@ def step(
     run_sched = keep_run & ~prefill_batch
     m_eff = jnp.where(prefill_batch, st.n_run, m)
     victim = running & (row >= m_eff) & ~ghost
+    kept_rows = row < m_eff  # the rows that stay running
+    if pri:
+        victim = jnp.where(pol, victim_p, victim)
+        kept_rows = jnp.where(pol, running & ~victim_p, kept_rows)
     got = jnp.where(run_sched, got_run, 0) + jnp.where(admit, got_w, 0)
 
     n_pre = st.n_act - st.n_run
     if cache_on:  # trace rows up to the last admitted one are consumed (§5.8 skips)
         new_trace = jnp.max(jnp.where(admit & window, row - st.n_act + 1, 0))
+    elif pri:  # §10: the admitted window rows (each level's, a prefix of the level)
+        new_trace = jnp.sum(admit & window, dtype=i32)
+        adm_lv = jnp.sum((admit & window)[:, None]
+                         & (lv_of[:, None] == jnp.arange(Lv, dtype=i32)[None, :]),
+                         axis=0, dtype=i32)
+        cptr1 = jnp.where(pol, st.cptr + adm_lv, st.cptr)
     else:
         new_trace = jnp.maximum(n_admit - n_pre, 0)
     n_run1 = m_eff + n_admit
@@ -681,7 +820,13 @@ def step(
     b_left = b_rem - jnp.sum(jnp.where(admit, got_w, 0), dtype=i32)
     free_left = free_w - jnp.sum(jnp.where(admit, need_w, 0), dtype=i32)
     q_idx = st.ptr + new_trace
+    if pri:  # §10: a priority lane's next request in key order after its window
+        q_lv, q_pidx = _lv_locate(S - st.n_act)
+        q_idx = jnp.where(pol, q_pidx, q_idx)
     q_c = jnp.minimum(q_idx, R - 1)
+    q_exists = (q_idx < nreq) & dd_le(wl.arrival_hi[q_c], wl.arrival_lo[q_c], seen_hi, seen_lo)
+    if pri:
+        q_exists = jnp.where(pol, q_lv < Lv, q_exists)
     q_prompt = wl.prompt_tokens[q_c]
     if cache_on:
         q_hit, _, _ = prefix.lookup(st, pconsts, wl.hash_ids[q_c], q_prompt, U)
@@ -697,8 +842,7 @@ def step(
         enabled
         & (n_admit == S - st.n_run)
         & (n_pre <= n_admit)
-        & (q_idx < nreq)
-        & dd_le(wl.arrival_hi[q_c], wl.arrival_lo[q_c], seen_hi, seen_lo)
+        & q_exists
         & jnp.where(chunked, b_left > 0, q_want <= b_left)
         & (free_left - jnp.where(full_isl, _ceil_div(q_prompt, bs), _ceil_div(q_hit + q_got, bs))
            >= sp.watermark_blocks)
@@ -842,7 +986,7 @@ def step(
         return a.at[out_idx].set(v, mode="drop")
 
     # ---- 8. account -------------------------------------------------------------------
-    in_run1 = (row < m_eff) | admit  # RUN (admitted rows may be out of row order, §5.8)
+    in_run1 = kept_rows | admit  # RUN (admitted rows may be out of row order, §5.8)
     used_blocks = jnp.sum(jnp.where(in_run1 & ~ghost,
                                     _floordiv(computed_q + bs - 1, bs, inv_bs), 0), dtype=i32)
     kv_hi, kv_lo = dd_add(st.kv_used_s_hi, st.kv_used_s_lo,
@@ -854,12 +998,14 @@ def step(
 
     # ---- compaction: drop finished rows, keep order -----------------------------------
     keep = (row < n_act1) & ~finished
-    if cache_on:
+    if pri:  # §10: the window rows not admitted go back to the trace
+        keep = ((row < st.n_act) | admit) & ~finished
+    if cache_on or pri:
         # running rows kept, then the admitted rows in walk order, then the waiting rows
         # (victims, the old queue front, skipped trace rows) in row order
-        run_k = keep & (row < m_eff)
+        run_k = keep & kept_rows
         adm_k = keep & admit
-        rest_k = keep & ~(row < m_eff) & ~admit
+        rest_k = keep & ~kept_rows & ~admit
         n_run_k = jnp.sum(run_k, dtype=i32)
         n_adm_k = jnp.sum(adm_k, dtype=i32)
         adm_rank = (jnp.cumsum(admit_walk & ~finished[perm], dtype=i32) - 1)[inv]
@@ -960,5 +1106,6 @@ def step(
         else st.spec_drafted,
         spec_accepted=(st.spec_accepted + jnp.sum(accepted, dtype=i32)) if spec
         else st.spec_accepted,
+        cptr=cptr1 if pri else st.cptr,
         **cache_fields,
     )

@@ -25,6 +25,7 @@ from importlib import resources
 
 import numpy as np
 
+from jaxsim.shapes import MAX_PRIORITY_LEVELS
 from jaxsim.workload import MAX_ARRIVAL_SPAN_S, Trace
 
 
@@ -182,21 +183,36 @@ def load_azure(path: str) -> Trace:
     return Trace(times, prompt, output, name=os.path.basename(path))
 
 
+def _priority_cell(path, row, raw):
+    v = _number(path, row, "priority", raw)
+    if not math.isfinite(v) or v != int(v) or not 0 <= v < MAX_PRIORITY_LEVELS:
+        raise TraceError(f"{path}: row {row}, column priority: {raw!r} must be an integer "
+                         f"in 0..{MAX_PRIORITY_LEVELS - 1} (lower is served first)")
+    return int(v)
+
+
 def load_csv(path: str) -> Trace:
-    """Plain CSV: ``arrival_s,prompt_tokens,output_tokens``."""
+    """Plain CSV: ``arrival_s,prompt_tokens,output_tokens``, and optionally ``priority``
+    (an integer 0..7 per request; docs/semantics.md §10)."""
     cols = ("arrival_s", "prompt_tokens", "output_tokens")
     rows = _read_csv(path, cols)
     n = len(rows)
     a = np.empty(n)
     p = np.empty(n, np.int64)
     o = np.empty(n, np.int64)
+    has_pri = "priority" in rows[0][1]
+    if has_pri:
+        rows = _read_csv(path, (*cols, "priority"))  # (checks it once in the header)
+    pri = np.zeros(n, np.int64)
     for i, (line, r) in enumerate(rows):
         a[i] = _float_cell(path, line, "arrival_s", r["arrival_s"])
         p[i] = _int_cell(path, line, "prompt_tokens", r["prompt_tokens"])
         o[i] = _int_cell(path, line, "output_tokens", r["output_tokens"])
+        if has_pri:
+            pri[i] = _priority_cell(path, line, r["priority"])
     _check_span(path, a, [line for line, _ in rows], "arrival_s",
                 lambda i: repr(rows[i][1]["arrival_s"]))
-    return Trace(a, p, o, name=os.path.basename(path))
+    return Trace(a, p, o, name=os.path.basename(path), priority=pri if has_pri else None)
 
 
 #: Tokens per Mooncake hash block.

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxsim.params import as_f32, as_i32
+from jaxsim.shapes import MAX_PRIORITY_LEVELS
 from jaxsim.timeutil import split_f64
 from jaxsim.types import Array, Float, Int
 
@@ -44,6 +45,13 @@ class Workload(eqx.Module):
             arrives (a disaggregated decode instance's, loaded from the prefill instance;
             docs/semantics.md §8): its first admission starts at ``c = E`` (0 pads; read
             only when ``SimShape.external_kv`` compiles it in).
+        priority: ``i32[R]`` each request's priority, ``0 .. MAX_PRIORITY_LEVELS - 1``
+            (lower is served first under priority scheduling, docs/semantics.md §10; 0
+            pads).
+        prio_order: ``i32[R]`` request indices sorted by (priority, index): each level's
+            requests in arrival order, level after level; padding rows last.
+        prio_start: ``i32[MAX_PRIORITY_LEVELS + 1]`` where each level starts in
+            ``prio_order`` (level ``p`` is ``prio_order[prio_start[p]:prio_start[p+1]]``).
     """
 
     arrival_hi: Float[Array, " R"] = eqx.field(converter=as_f32)
@@ -55,9 +63,25 @@ class Workload(eqx.Module):
     hash_block_tokens: Int[Array, ""] | None = None
     num_hash_ids: Int[Array, ""] | None = None
     external_tokens: Int[Array, " R"] | None = None
+    priority: Int[Array, " R"] | None = None
+    prio_order: Int[Array, " R"] | None = None
+    prio_start: Int[Array, " L1"] | None = None
 
     def __post_init__(self):
         R = self.arrival_hi.shape[-1]
+        if self.priority is None:  # one level: the arrival order, every level after empty
+            lead = self.arrival_hi.shape[:-1]
+            n = jnp.asarray(self.num_requests, jnp.int32)
+            object.__setattr__(self, "priority", jnp.zeros(self.arrival_hi.shape, jnp.int32))
+            object.__setattr__(self, "prio_order", jnp.broadcast_to(
+                jnp.arange(R, dtype=jnp.int32), self.arrival_hi.shape))
+            start = jnp.where(jnp.arange(MAX_PRIORITY_LEVELS + 1) == 0, 0,
+                              jnp.asarray(n)[..., None])
+            object.__setattr__(self, "prio_start", jnp.broadcast_to(
+                start, (*lead, MAX_PRIORITY_LEVELS + 1)).astype(jnp.int32))
+        else:
+            for f in ("priority", "prio_order", "prio_start"):
+                object.__setattr__(self, f, as_i32(getattr(self, f)))
         if self.external_tokens is None:
             object.__setattr__(self, "external_tokens",
                                jnp.zeros(self.arrival_hi.shape, jnp.int32))
@@ -152,6 +176,9 @@ class Trace:
         external_tokens: optional prompt tokens whose KV each request brings with it
             (``0 <= E < prompt_tokens``; a disaggregated decode instance's requests carry
             ``E = P - 1``, docs/semantics.md §8). ``None``: none.
+        priority: optional priority of each request, an integer ``0 .. 7`` (vLLM's
+            request ``priority``: lower is served first under ``scheduling_policy:
+            priority``, docs/semantics.md §10). ``None``: all 0.
     """
 
     arrival_s: np.ndarray
@@ -162,6 +189,7 @@ class Trace:
     hash_block_tokens: int = DEFAULT_HASH_BLOCK_TOKENS
     whole_max_len: int | None = None
     external_tokens: np.ndarray | None = None
+    priority: np.ndarray | None = None
 
     def __post_init__(self):
         self.arrival_s = _numbers(self.name, "arrival_s", self.arrival_s).astype(np.float64)
@@ -223,6 +251,20 @@ class Trace:
                                  f"{int(self.prompt_tokens[b]) - 1} (a request computes at "
                                  "least its last prompt token)")
             self.external_tokens = e.astype(np.int64)
+        if self.priority is not None:
+            pr = _numbers(self.name, "priority", self.priority)
+            if len(pr) != n:
+                raise ValueError(f"{self.name}: priority has {len(pr)} entries for "
+                                 f"{n} requests")
+            if not np.issubdtype(pr.dtype, np.integer):
+                _whole(self.name, "priority", pr, "an integer priority")
+            bad = np.flatnonzero((pr < 0) | (pr >= MAX_PRIORITY_LEVELS))
+            if bad.size:
+                b = int(bad[0])
+                raise ValueError(f"{self.name}: priority[{b}] = {pr[b].item()!r}; must be an "
+                                 f"integer in 0..{MAX_PRIORITY_LEVELS - 1} (lower is served "
+                                 "first)")
+            self.priority = pr.astype(np.int64)
         a = self.arrival_s
         if not np.all(np.isfinite(a)) or np.any(a < 0):
             bad = int(np.flatnonzero(~np.isfinite(a) | (a < 0))[0])
@@ -249,7 +291,8 @@ class Trace:
                      self.prompt_tokens[o], self.output_tokens[o], self.name,
                      None if self.hash_ids is None else [self.hash_ids[i] for i in o],
                      self.hash_block_tokens, self.whole_max_len,
-                     None if self.external_tokens is None else self.external_tokens[o])
+                     None if self.external_tokens is None else self.external_tokens[o],
+                     None if self.priority is None else self.priority[o])
 
     def head(self, n: int) -> Trace:
         """The first ``n`` requests in arrival order."""
@@ -370,6 +413,14 @@ def to_workload(trace: Trace, max_requests: int | None = None,
     ext = np.zeros(R, np.int32)
     if trace.external_tokens is not None:
         ext[:n] = trace.external_tokens[o]
+    prio = np.zeros(R, np.int32)
+    if trace.priority is not None:
+        prio[:n] = trace.priority[o]
+    # each level's requests in arrival order, level after level, then the padding rows
+    prio_order = np.concatenate([np.argsort(prio[:n], kind="stable"),
+                                 np.arange(n, R)]).astype(np.int32)
+    prio_start = np.searchsorted(prio[:n][prio_order[:n]],
+                                 np.arange(MAX_PRIORITY_LEVELS + 1)).astype(np.int32)
     hi, lo = split_f64(arrival)
     H = trace.num_hash_blocks() if max_prefix_blocks is None else int(max_prefix_blocks)
     table, U = dense_hash_ids(trace, H) if H > 0 else (np.zeros((n, 0), np.int32), 0)
@@ -378,7 +429,8 @@ def to_workload(trace: Trace, max_requests: int | None = None,
     return Workload(arrival_hi=hi, arrival_lo=lo, prompt_tokens=prompt,
                     output_tokens=output, num_requests=n, hash_ids=ids,
                     hash_block_tokens=trace.hash_block_tokens, num_hash_ids=U,
-                    external_tokens=ext)
+                    external_tokens=ext, priority=prio, prio_order=prio_order,
+                    prio_start=prio_start)
 
 
 def stack_workloads(workloads: list[Workload]) -> Workload:
@@ -400,6 +452,9 @@ def stack_workloads(workloads: list[Workload]) -> Workload:
         hash_block_tokens=jnp.stack([w.hash_block_tokens for w in workloads]),
         num_hash_ids=jnp.stack([w.num_hash_ids for w in workloads]),
         external_tokens=jnp.stack([w.external_tokens for w in workloads]),
+        priority=jnp.stack([w.priority for w in workloads]),
+        prio_order=jnp.stack([w.prio_order for w in workloads]),
+        prio_start=jnp.stack([w.prio_start for w in workloads]),
     )
 
 

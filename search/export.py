@@ -31,6 +31,9 @@ What maps to what (jaxsim key -> ``EngineArgs`` field):
   2026 have it, default 0).
 * ``async_scheduling`` in scheduler v1 -> ``async_scheduling``, always written (the
   default flipped to on in vLLM 0.14; jaxsim's is off).
+* ``scheduling_policy`` priority -> ``scheduling_policy="priority"`` (fcfs, vLLM's
+  default, is not written). The requests' priorities are the client's business (the
+  ``priority`` field of each request).
 * ``speculative`` with ``num_tokens`` > 0 -> ``speculative_config`` (a JSON object on the
   command line): ``num_speculative_tokens`` and ``method`` ``ngram`` (with
   ``prompt_lookup_max`` 4, as in vLLM's documented example) or ``eagle`` (its ``model``
@@ -358,6 +361,8 @@ def vllm_engine_args(cfg: Mapping) -> dict[str, object]:
     if c["scheduler"] == "v1":
         # always explicit: on by default from vLLM 0.14, off before
         args["async_scheduling"] = bool(c["async_scheduling"])
+    if c["scheduling_policy"] == "priority":  # docs/semantics.md §10
+        args["scheduling_policy"] = "priority"
     spec = c["speculative"]
     if spec["num_tokens"] > 0:
         sc: dict[str, object] = {}

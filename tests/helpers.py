@@ -73,6 +73,8 @@ def oracle_config(params: P.SimParams) -> dict:
     cfg["enable_chunked_prefill"] = bool(int(sp.enable_chunked_prefill))
     cfg["reserve_full_isl"] = bool(int(sp.reserve_full_isl))
     cfg["async_scheduling"] = bool(int(sp.async_scheduling))
+    if int(sp.scheduling_policy):  # §10
+        cfg["scheduling_policy"] = "priority"
     for k in MODEL_FIELDS:
         if getattr(params.model, k) is None:  # an optional field of a plain model
             continue
@@ -117,6 +119,8 @@ def oracle_workload(trace: Trace) -> dict:
     }
     if trace.external_tokens is not None:
         out["external_tokens"] = np.asarray(trace.external_tokens)
+    if trace.priority is not None:  # §10
+        out["priority"] = np.asarray(trace.priority)
     return out
 
 

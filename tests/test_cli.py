@@ -467,4 +467,5 @@ def test_cli_prints_its_own_warnings_as_one_line_once():
     assert buf.getvalue() == ("jaxsim: warning: workload.cv: not read with "
                               "workload.kind=poisson (it reads workload.rate, "
                               "workload.num_requests, workload.prompt_tokens, "
-                              "workload.output_tokens); ignored\n")
+                              "workload.output_tokens, workload.priority_mix); "
+                              "ignored\n")

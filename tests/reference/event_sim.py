@@ -135,7 +135,12 @@ OPTIONAL_CONFIG_KEYS: tuple[str, ...] = (*PREFIX_CONFIG_DEFAULTS, "shape_corr",
                                           "peak_flops_16bit",
                                           "bytes_per_lm_head_weight",
                                           *SPEC_CONFIG_KEYS,
-                                          *MODEL_OPTIONAL_DEFAULTS)
+                                          *MODEL_OPTIONAL_DEFAULTS,
+                                          "scheduling_policy")
+#: §10: the lane's ``scheduling_policy`` ("fcfs", the default: §2 unchanged; or
+#: "priority") and the workload's per-request ``priority`` levels 0..7 (default 0).
+SCHEDULING_POLICIES: tuple[str, ...] = ("fcfs", "priority")
+PRIORITY_LEVELS: int = 8
 #: §9: the most draft tokens per decode step, and the accumulator's unit (A[j] is the
 #: expected number of accepted drafts out of j, in units of 1/65536).
 SPEC_MAX_TOKENS: int = 16
@@ -213,8 +218,9 @@ def validate_config(config: Mapping[str, Any]) -> dict[str, Any]:
         the §5.9 energy lists always have one entry per lower tier, NaN = unknown),
         ``tier_link_bw`` as a ``{int link id: float}`` dict, the weights (``w_adm``
         included) as ``float``, ``adm_window`` as ``int`` and the §5.10 / §5.11
-        flags ``swap`` and ``prefetch`` as ``bool``; and every §3 optional model key
-        of ``MODEL_OPTIONAL_DEFAULTS`` as ``int`` (defaults filled in, ``mla`` 0/1).
+        flags ``swap`` and ``prefetch`` as ``bool``; every §3 optional model key
+        of ``MODEL_OPTIONAL_DEFAULTS`` as ``int`` (defaults filled in, ``mla`` 0/1);
+        and §10's ``scheduling_policy`` as ``str`` ("fcfs" when absent).
 
     Raises:
         KeyError: a required key is missing.
@@ -279,7 +285,50 @@ def validate_config(config: Mapping[str, Any]) -> dict[str, Any]:
             raise ValueError(f"config[{key!r}] must be a bool (or 0/1), got {flag!r}")
         cfg[key] = bool(flag)
     cfg.update(_validate_spec_config(config))
+    cfg["scheduling_policy"] = _validate_scheduling_policy(config, cfg)
     return cfg
+
+
+def _validate_scheduling_policy(config: Mapping[str, Any], cfg: Mapping[str, Any]) -> str:
+    """§10: the optional ``scheduling_policy`` ("fcfs" when absent, or "priority").
+
+    Args:
+        config: the raw lane configuration.
+        cfg: the already normalised configuration (``mode``,
+            ``enable_prefix_caching`` and ``spec_tokens`` are read).
+
+    Returns:
+        The policy as a ``str``.
+
+    Raises:
+        ValueError: naming the key, the value and what is allowed: a value other than
+            "fcfs" or "priority", and "priority" in mode "v0", with prefix caching on
+            or with speculative decoding on (``spec_tokens > 0``), which §10 refuses
+            in this version. (External KV, §8, is a workload input: it is refused in
+            ``simulate_reference``.)
+    """
+    policy = config.get("scheduling_policy", "fcfs")
+    if not isinstance(policy, str) or policy not in SCHEDULING_POLICIES:
+        raise ValueError(
+            f"config['scheduling_policy'] must be one of {list(SCHEDULING_POLICIES)}, "
+            f"got {policy!r}")
+    policy = str(policy)
+    if policy == "priority":
+        if cfg["mode"] != "v1":
+            raise ValueError(
+                f"config['scheduling_policy'] = 'priority' applies in mode 'v1' only "
+                f"(§10), got mode = {cfg['mode']!r}; use 'fcfs' in v0")
+        if cfg["enable_prefix_caching"]:
+            raise ValueError(
+                "config['scheduling_policy'] = 'priority' cannot be combined with "
+                "enable_prefix_caching = True in this version (§10); allowed: "
+                "prefix caching off, or scheduling_policy 'fcfs'")
+        if cfg["spec_tokens"] > 0:
+            raise ValueError(
+                f"config['scheduling_policy'] = 'priority' cannot be combined with "
+                f"speculative decoding (spec_tokens = {cfg['spec_tokens']}) in this "
+                f"version (§10); allowed: spec_tokens = 0, or scheduling_policy 'fcfs'")
+    return policy
 
 
 def _validate_model_optional(
@@ -1429,6 +1478,48 @@ def _check_external(workload: Mapping[str, Any], prompt: np.ndarray) -> np.ndarr
     return ext
 
 
+def _check_priority(workload: Mapping[str, Any], num_requests: int) -> np.ndarray:
+    """§10: the optional workload key ``priority`` (zeros when absent or None).
+
+    Returns:
+        One int64 level per request, in the original input order.
+
+    Raises:
+        ValueError: naming the key and the value: not one entry per request, or an
+            entry that is not an integer in 0..7.
+    """
+    raw = workload.get("priority")
+    if raw is None:
+        return np.zeros(num_requests, np.int64)
+    try:
+        vals = np.asarray(raw).reshape(-1)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(
+            f"workload['priority'] must be integers in 0..{PRIORITY_LEVELS - 1}, one "
+            f"per request, got {raw!r}") from exc
+    if vals.shape[0] != num_requests:
+        raise ValueError(
+            f"workload['priority'] has {vals.shape[0]} entries for {num_requests} "
+            f"requests (one per request), got {raw!r}")
+    if num_requests == 0:
+        return np.zeros(0, np.int64)
+    if vals.dtype == np.bool_ or not (np.issubdtype(vals.dtype, np.integer)
+                                      or np.issubdtype(vals.dtype, np.floating)):
+        raise ValueError(
+            f"workload['priority'] must be integers in 0..{PRIORITY_LEVELS - 1}, "
+            f"got {raw!r}")
+    with np.errstate(invalid="ignore"):
+        prio = vals.astype(np.int64)
+    bad = (~np.isfinite(vals.astype(np.float64))) | (prio != vals) | (prio < 0) | (
+        prio >= PRIORITY_LEVELS)
+    if np.any(bad):
+        first = vals[int(np.argmax(bad))].item()
+        raise ValueError(
+            f"workload['priority'] must be integers in 0..{PRIORITY_LEVELS - 1}, got "
+            f"{first!r} (in {raw!r})")
+    return prio
+
+
 def _check_hashes(
     workload: Mapping[str, Any], num_requests: int
 ) -> tuple[list[list[int]], int | None]:
@@ -1565,6 +1656,69 @@ def lane_metrics(
     return metrics
 
 
+def priority_metrics(
+    priority: np.ndarray,
+    arrival: np.ndarray,
+    output: np.ndarray,
+    first_token: np.ndarray,
+    finish: np.ndarray,
+    admitted: np.ndarray,
+    completed: np.ndarray,
+    preemptions: np.ndarray,
+) -> dict[str, float]:
+    """§10 per-level metrics: for each priority level ``p`` the workload contains,
+    §4's statistics over the completed requests of that level.
+
+    Keys (for each such ``p``): ``ttft_mean_s_prio{p}``, ``ttft_p50_s_prio{p}``,
+    ``ttft_p99_s_prio{p}``, ``tpot_p50_s_prio{p}``, ``tpot_p99_s_prio{p}``,
+    ``e2e_p50_s_prio{p}``, ``e2e_p99_s_prio{p}``, ``queue_mean_s_prio{p}`` (floats,
+    NaN when none of the level completed; the TPOT ones also when none of them has
+    O > 1), ``completed_prio{p}`` and ``preemptions_prio{p}`` (ints: the count, and
+    Σ per-request preemptions over the level's completed requests).
+
+    Args:
+        priority: per-request levels, shape (R,); the other arrays as in
+            ``lane_metrics``, plus ``preemptions`` (per-request counts), all in the
+            same (original) order.
+
+    Returns:
+        A dict with the keys above, for the levels present only (in increasing
+        level order).
+    """
+    # AMBIGUITY: "each priority level p that it contains" counts every request of the
+    # workload (completed or not), whatever the policy. §10 reports them only when some
+    # request's priority is not 0, so a workload without the key (or all at level 0)
+    # reports none.
+    metrics: dict[str, float] = {}
+    if not np.any(np.asarray(priority) != 0):
+        return metrics
+    for p in sorted({int(v) for v in priority}):
+        done = completed & (priority == p)
+        ttft = first_token[done] - arrival[done]
+        e2e = finish[done] - arrival[done]
+        queue = admitted[done] - arrival[done]
+        out_done = output[done]
+        multi = out_done > 1
+        # §4: tpot = (e2e - ttft)/(O - 1) for O > 1 (requests with O = 1 have none).
+        tpot = (e2e[multi] - ttft[multi]) / (out_done[multi] - 1)
+
+        def pct(values: np.ndarray, q: int) -> float:
+            return float(np.percentile(values, q)) if values.size else math.nan
+
+        metrics[f"ttft_mean_s_prio{p}"] = float(np.mean(ttft)) if ttft.size else math.nan
+        metrics[f"ttft_p50_s_prio{p}"] = pct(ttft, 50)
+        metrics[f"ttft_p99_s_prio{p}"] = pct(ttft, 99)
+        metrics[f"tpot_p50_s_prio{p}"] = pct(tpot, 50)
+        metrics[f"tpot_p99_s_prio{p}"] = pct(tpot, 99)
+        metrics[f"e2e_p50_s_prio{p}"] = pct(e2e, 50)
+        metrics[f"e2e_p99_s_prio{p}"] = pct(e2e, 99)
+        metrics[f"queue_mean_s_prio{p}"] = (
+            float(np.mean(queue)) if queue.size else math.nan)
+        metrics[f"completed_prio{p}"] = int(np.sum(done))
+        metrics[f"preemptions_prio{p}"] = int(np.sum(preemptions[done]))
+    return metrics
+
+
 # --------------------------------------------------------------------------------------
 # §1-§2 the simulator
 # --------------------------------------------------------------------------------------
@@ -1587,9 +1741,13 @@ def simulate_reference(
             ``U >= 1``; required when prefix caching is on and some list is
             non-empty); optionally (§8) ``external_tokens`` (per request, in the same
             order, ``0 <= E < prompt_tokens``: the prompt tokens whose KV the request
-            brings; not with prefix caching on).
+            brings; not with prefix caching on, nor with §10 priority scheduling);
+            optionally (§10) ``priority`` (per request, in the same order, an
+            integer level in 0..7, lower served first; absent = all 0; ignored by
+            the scheduler under ``scheduling_policy`` "fcfs").
         config: flat lane configuration with every key of ``CONFIG_KEYS`` and
-            optionally some of ``OPTIONAL_CONFIG_KEYS`` (§5).
+            optionally some of ``OPTIONAL_CONFIG_KEYS`` (§5, §9, §10's
+            ``scheduling_policy``).
         max_iterations: iteration budget (iterations that scheduled at least one
             token); when the lane is not done after that many, it stops and is marked
             truncated. None means no budget.
@@ -1598,7 +1756,11 @@ def simulate_reference(
             ``(request, q, c, n_known, g)`` with the request's original index and the
             state before the iteration; with prefix caching ``c`` of an admitted
             request is its hit length ``h``), ``preempted`` (original indices of the
-            victims, in preemption order) and ``kind`` (``"mixed"`` in v1,
+            victims, in preemption order; under §10 a request scheduled and then
+            preempted in the same iteration is in it and not in ``batch``, and an
+            iteration that only preempted is recorded with an empty ``batch`` and
+            ``dt`` 0.0, although ``iterations`` does not count it) and
+            ``kind`` (``"mixed"`` in v1,
             ``"prefill"`` or ``"decode"`` in v0). With prefix caching on, also:
             ``dt_compute`` (the §3 time ``dtc``), ``xfer_s`` (``x`` of §5.6),
             ``exposed_s``, ``hidden_s``, ``hit_blocks`` (per request admitted in the
@@ -1637,7 +1799,9 @@ def simulate_reference(
         §5.10 / §5.11 counts ``swaps`` (swap-outs) and ``prefetched_blocks`` (Σ n*),
         ints, 0 when the features are off), and the §9 ``spec_drafted_tokens``,
         ``spec_accepted_tokens`` (ints, also top-level) and ``spec_acceptance_rate``
-        (NaN when nothing was drafted). With prefix caching off the §5 results
+        (NaN when nothing was drafted), and the §10 per-level metrics of
+        ``priority_metrics`` for every level the workload contains (under either
+        policy). With prefix caching off the §5 results
         are zeros (the hit rates 0.0, or NaN if nothing was admitted).
 
     Raises:
@@ -1651,6 +1815,17 @@ def simulate_reference(
     R = int(arrival_in.shape[0])
     hashes_in, U_in = _check_hashes(workload, R)
     ext_in = _check_external(workload, prompt_in)
+    prio_in = _check_priority(workload, R)  # §10 (original order; zeros when absent)
+    # §10: priority scheduling (mode v1; validate_config refuses the other modes and
+    # prefix caching or speculative decoding with it). External KV (§8) is refused
+    # here, where the workload is known.
+    prio_on = cfg["scheduling_policy"] == "priority"
+    if prio_on and np.any(ext_in):
+        raise ValueError(
+            "config['scheduling_policy'] = 'priority' cannot be combined with a "
+            "workload with external_tokens (§8, here non-zero: "
+            f"{[int(v) for v in ext_in]}) in this version (§10); allowed: "
+            "external_tokens absent or all 0, or scheduling_policy 'fcfs'")
 
     # §0: order requests by (arrival_s, original index) with a stable sort.
     order = np.argsort(arrival_in, kind="stable")
@@ -1660,6 +1835,10 @@ def simulate_reference(
     orig: list[int] = [int(i) for i in order]
     H: list[list[int]] = [hashes_in[i] for i in order]  # §5.1 hashes_i
     E: list[int] = [int(ext_in[i]) for i in order]  # §8 tokens whose KV arrives with it
+    # §10 key (priority, arrival_s, i), i = the index in request order (§0). Under
+    # "fcfs" it is not used: the priorities are ignored.
+    prio_key: list[tuple[int, float, int]] = [
+        (int(prio_in[i]), arr[r], r) for r, i in enumerate(order)]
 
     # Per-request state, indexed by position in the sorted order.
     c: list[int] = [0] * R
@@ -1779,12 +1958,25 @@ def simulate_reference(
     # lazily: `next_new` points at the first one that has not joined yet. Rule 2 of
     # §2.3 ("a never-admitted request with arrival_s > clock stops the walk") is thus
     # implemented by such requests not being in `waiting` yet.
+    # §10 ("priority"): `waiting` holds the same requests (preempted ones and arrived
+    # never-admitted ones; with async scheduling arrived by `seen`) but in increasing
+    # key order: arrivals and victims are inserted at their key's place (`enqueue`).
     running: list[int] = []
     waiting: deque[int] = deque()
     next_new = 0
+
+    def enqueue(r: int) -> None:
+        """An arrival joins `waiting`: at the end (§1), or under §10 at its key's
+        place (a victim of §10's running phase is inserted the same way)."""
+        if not prio_on:
+            waiting.append(r)
+            return
+        keys = [prio_key[w] for w in waiting]
+        waiting.insert(bisect.bisect_left(keys, prio_key[r]), r)
+
     num_finished = 0
     clock = 0.0
-    last_start = 0.0  # §2.10: the start of the latest iteration
+    last_start = 0.0  # §2.10: the start of the latest iteration (that scheduled tokens)
 
     while not infeasible:
         # §2.9: done when every request has finished.
@@ -1798,7 +1990,7 @@ def simulate_reference(
         # §2.1 arrivals: never-admitted requests with arrival_s <= clock (§2.10: seen)
         # join.
         while next_new < R and arr[next_new] <= seen:
-            waiting.append(next_new)
+            enqueue(next_new)
             next_new += 1
         # §2.9 iteration budget. (Checked before the idle jump; the final clock is
         # not an output, so the order has no observable effect.)
@@ -1810,7 +2002,7 @@ def simulate_reference(
             # num_finished < R, so some never-admitted request remains.
             clock = arr[next_new]
             while next_new < R and arr[next_new] <= clock:
-                waiting.append(next_new)
+                enqueue(next_new)
                 next_new += 1
 
         free = num_blocks - sum(ceil_div(c[r], bs) for r in running)
@@ -1884,6 +2076,54 @@ def simulate_reference(
                 if decoding:
                     drafts[r] = q - 1  # j = q - 1 drafts after the caps (0 <= j <= d)
                 i += 1
+
+        def running_phase_priority() -> None:
+            """§10's running phase: walk `running` from the front while budget
+            remains, skipping the requests preempted earlier in the walk; while the
+            request at hand needs more blocks than are free, preempt the running
+            request with the largest key (the one at hand and those already
+            scheduled in this iteration included)."""
+            nonlocal free, budget, total_preemptions
+            # Requests scheduled so far in this iteration: request -> (q, need).
+            taken: dict[int, tuple[int, int]] = {}
+            for r in list(running):
+                if budget <= 0:
+                    break
+                if r not in running:
+                    continue  # preempted earlier in this walk: skipped
+                n_known = P[r] + g[r]
+                # §2.2 step 1 (§9 drafts cannot occur: speculation is refused).
+                want = n_known - c[r]
+                if thr > 0:
+                    want = min(want, thr)
+                q = min(want, budget)
+                need = ceil_div(c[r] + q, bs) - ceil_div(c[r], bs)
+                # AMBIGUITY: q (and so need) is computed once, before the
+                # preemptions, as §10 says ("compute q and need as in §2.2 steps 1-2,
+                # then, while need > free"); a budget refund from an already
+                # scheduled victim does not enlarge the request's q.
+                while need > free:
+                    v = max(running, key=lambda x: prio_key[x])  # largest key
+                    running.remove(v)
+                    free += ceil_div(c[v], bs)  # its blocks at the iteration's start
+                    if v in taken:
+                        # Already scheduled in this iteration: it also gives back the
+                        # `need` blocks it took then and its q; it is not scheduled.
+                        q_v, need_v = taken.pop(v)
+                        free += need_v
+                        budget += q_v
+                        sched[:] = [item for item in sched if item[0] != v]
+                    c[v] = 0
+                    preemptions[v] += 1
+                    total_preemptions += 1
+                    enqueue(v)  # §10: at its key's place, not at the front
+                    victims.append(v)
+                    if v == r:
+                        return  # the request at hand is not scheduled; phase ends
+                free -= need
+                budget -= q
+                sched.append((r, q, c[r], n_known, g[r]))
+                taken[r] = (q, need)
 
         def lookup(r: int) -> list[int]:
             """§5.4: the tiers of r's hit blocks (cache as at the start of the
@@ -1998,7 +2238,13 @@ def simulate_reference(
 
         if mode == "v1":
             kind = "mixed"
-            running_phase()
+            # §10 under "priority"; §2.2 otherwise. The waiting phase is §2.3's walk
+            # in both: `waiting` is already in key order under §10 and holds only
+            # ready requests, so rule 2 never stops it (§10 drops it).
+            if prio_on:
+                running_phase_priority()
+            else:
+                running_phase()
             if not victims:  # §2.3 runs only if nothing was preempted in §2.2
                 waiting_phase()
         else:
@@ -2009,10 +2255,24 @@ def simulate_reference(
                 kind = "decode"
                 running_phase()
 
-        if not sched:
+        if not sched and not (prio_on and victims):
             # Unreachable for a feasible lane with validated knobs (the first running
             # request, or the first waiting one when nothing runs, always fits).
             raise RuntimeError("reference simulator scheduled an empty iteration")
+        # AMBIGUITY (§10 with §2.5): under "priority" an iteration can schedule no
+        # token although work is left: the running phase preempts the request at
+        # hand when it has the largest key, and stops, before anything was scheduled
+        # (or after every request scheduled so far was itself preempted), and the
+        # waiting phase is skipped (something was preempted). §2.5's "this only
+        # happens when the lane has nothing left to do" does not hold then; the rule
+        # itself is applied as written: such an iteration takes no time (dt = 0), its
+        # preemptions count (§2.8), it is not counted in `iterations` (§2.8: those
+        # with at least one scheduled token; nor for the iteration budget), it does
+        # not move §2.10's `seen` (the start of the latest iteration that scheduled
+        # tokens: `last_start`), and the trace records it with an empty batch and its
+        # victims. vLLM v1 returns an empty schedule in that step as well. Each such
+        # iteration removes at least one request from `running`, so they cannot
+        # repeat forever: with `running` empty the waiting phase admits a request.
 
         # §2.5 iteration time (of the computation, `dtc` in §5.6): the §3 features
         # (§9: a decoding request with j >= 1 drafts counts as a prefill of q tokens
@@ -2187,10 +2447,11 @@ def simulate_reference(
             running = [r for r in running if not finished[r]]
 
         # §2.8 accounting.
-        iterations += 1
-        busy += dt
-        kv_integral += used * dt
-        kv_peak = max(kv_peak, used)
+        if sched:
+            iterations += 1
+            busy += dt
+            kv_integral += used * dt
+            kv_peak = max(kv_peak, used)
 
         if trace is not None:
             record: dict[str, Any] = {
@@ -2307,6 +2568,10 @@ def simulate_reference(
         metrics[f"energy_j_tier{t}"] = energy_t
         energy_total += energy_t
     metrics["energy_tiers_j"] = energy_total
+    # §10 per-level metrics (for the levels the workload contains, whatever the policy).
+    metrics.update(priority_metrics(
+        prio_in, arrival_f, output_in, first_arr, finish_arr, admitted_arr,
+        completed_arr, unsort(preemptions, np.int64)))
     return {
         "first_token_s": first_arr,
         "finish_s": finish_arr,
