@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from jaxsim import api, bench, sim
+from jaxsim import api, bench
 from jaxsim.workload import synthetic
 
 
@@ -27,16 +27,7 @@ def main(argv=None) -> int:
     tr = synthetic("poisson", 1000, 512, 256, rate=10.0, seed=0)
     prepared = {a: api.prepare([{"cost_preset": "uncalibrated", "async_scheduling": a,
                                  "max_slots": 64}] * args.lanes, tr) for a in (False, True)}
-    times: dict[bool, list[float]] = {False: [], True: []}
-    counts = {}
-    for rep in range(args.repeats + 1):
-        for a, pr in prepared.items():
-            t0 = time.perf_counter()
-            r = sim.simulate_batch(pr.shape, pr.params, pr.workload)
-            dt = time.perf_counter() - t0
-            if rep:  # the first round compiles
-                times[a].append(dt)
-            counts[a] = (int(r.metrics["steps"][0]), int(r.metrics["iterations"][0]))
+    times, counts = bench.alternate(prepared, args.repeats)
     best = {a: min(v) for a, v in times.items()}
     out = {
         "machine": bench.machine(), "lanes": args.lanes, "requests": len(tr),

@@ -23,7 +23,7 @@ import time
 
 import numpy as np
 
-from jaxsim import api, bench, config, sim
+from jaxsim import api, bench, config
 from jaxsim.workload import synthetic
 
 MIX = [0.2, 0.8]
@@ -61,16 +61,7 @@ def _cost(lanes: int, repeats: int) -> dict:
     prepared = {k: api.prepare([{"cost_preset": "uncalibrated", "max_slots": 64,
                                  "scheduling_policy": pol}] * lanes, t)
                 for k, (t, pol) in cases.items()}
-    times: dict[str, list[float]] = {k: [] for k in cases}
-    steps = {}
-    for rep in range(repeats + 1):
-        for k, pr in prepared.items():
-            t0 = time.perf_counter()
-            r = sim.simulate_batch(pr.shape, pr.params, pr.workload)
-            dt = time.perf_counter() - t0
-            if rep:  # the first round compiles
-                times[k].append(dt)
-            steps[k] = (int(r.metrics["steps"][0]), int(r.metrics["iterations"][0]))
+    times, steps = bench.alternate(prepared, repeats)
     best = {k: min(v) for k, v in times.items()}
     base = best["fcfs, no priorities"]
     return {"lanes": lanes, "requests": len(tr), "repeats": repeats, "seconds": times,

@@ -20,7 +20,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from jaxsim import api, bench, sim
+from jaxsim import api, bench
 from jaxsim.workload import synthetic
 
 OFF = {}
@@ -64,16 +64,7 @@ def cost(lanes: int, repeats: int) -> dict:
     variants = {"off": OFF, "ngram": NGRAM, "eagle": EAGLE}
     prepared = {k: api.prepare([{"cost_preset": "uncalibrated", "max_slots": 64, **c}]
                                * lanes, tr) for k, c in variants.items()}
-    times: dict[str, list[float]] = {k: [] for k in variants}
-    counts = {}
-    for rep in range(repeats + 1):
-        for k, pr in prepared.items():
-            t0 = time.perf_counter()
-            r = sim.simulate_batch(pr.shape, pr.params, pr.workload)
-            dt = time.perf_counter() - t0
-            if rep:  # the first round compiles
-                times[k].append(dt)
-            counts[k] = (int(r.metrics["steps"][0]), int(r.metrics["iterations"][0]))
+    times, counts = bench.alternate(prepared, repeats)
     best = {k: min(v) for k, v in times.items()}
     print(f"\n{lanes} core-scenario lanes x {len(tr)} requests, best of {repeats}:")
     for k in variants:

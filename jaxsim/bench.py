@@ -124,6 +124,26 @@ def _prepare(num_requests: int, batch: int, slots: int = SLOTS, macro: int | Non
     return prep, params
 
 
+def alternate(prepared: dict, repeats: int) -> tuple[dict, dict]:
+    """Time ``simulate_batch`` on each prepared batch (``jaxsim.api.Prepared`` by name),
+    in alternation, ``repeats`` rounds after one that compiles (so a slow spell of the
+    machine does not land on one variant only). Returns the wall times of each variant
+    (seconds, one per round) and its first lane's (steps, iterations)."""
+    from jaxsim import sim
+
+    times: dict = {k: [] for k in prepared}
+    counts = {}
+    for rep in range(repeats + 1):
+        for k, pr in prepared.items():
+            t0 = time.perf_counter()
+            r = sim.simulate_batch(pr.shape, pr.params, pr.workload)
+            dt = time.perf_counter() - t0
+            if rep:  # the first round compiles
+                times[k].append(dt)
+            counts[k] = (int(r.metrics["steps"][0]), int(r.metrics["iterations"][0]))
+    return times, counts
+
+
 def write_record(path: str, result: dict) -> None:
     """Write a benchmark record as JSON, atomically (a temporary file, then a rename)."""
     import json

@@ -9,15 +9,13 @@ import dataclasses
 import numpy as np
 import pytest
 
-from jaxsim import api, simulate_batch
-from jaxsim import params as P
+from jaxsim import api
 from jaxsim import status as st_bits
 from jaxsim.config import ConfigError
 from jaxsim.shapes import SimShape
-from jaxsim.workload import Trace, stack_workloads, to_workload
-from tests.helpers import lane_params, oracle_config, oracle_workload
-from tests.reference.event_sim import simulate_reference
-from tests.test_against_reference import R_MAX, S_MAX, compare_lane, random_case
+from jaxsim.workload import Trace, to_workload
+from tests.helpers import lane_params
+from tests.test_against_reference import compare_lane, random_case, run_both
 
 LEVEL_KEYS = ("ttft_mean_s", "ttft_p50_s", "ttft_p99_s", "tpot_p50_s", "tpot_p99_s",
               "e2e_p50_s", "e2e_p99_s", "queue_mean_s")
@@ -35,19 +33,6 @@ def priority_case(rng: np.random.Generator) -> tuple[Trace, dict]:
     trace = dataclasses.replace(trace, priority=rng.integers(0, levels, size=n))
     cfg["scheduling_policy"] = "priority" if rng.random() < 2 / 3 else "fcfs"
     return trace, cfg
-
-
-def run_both(cases, shape_kw=None):
-    traces = [t for t, _ in cases]
-    lanes = [lane_params(c, t) for t, c in cases]
-    params = P.stack(lanes)
-    wl = stack_workloads([to_workload(t, R_MAX) for t in traces])
-    shape = SimShape(max_requests=R_MAX, max_slots=S_MAX, chunk_iterations=256,
-                     macro_iterations=16, **(shape_kw or {}))
-    res = simulate_batch(shape, params, wl)
-    refs = [simulate_reference(oracle_workload(t), oracle_config(p))
-            for t, p in zip(traces, lanes, strict=True)]
-    return res, refs
 
 
 def _level_errors(i, res, ref, L):
@@ -73,7 +58,7 @@ def _level_errors(i, res, ref, L):
 def _random_lanes(seed: int, n: int):
     rng = np.random.default_rng(seed)
     cases = [priority_case(rng) for _ in range(n)]
-    res, refs = run_both(cases)
+    _, res, refs = run_both(cases)
     L = int(max(np.max(t.priority) for t, _ in cases)) + 1
     failures = []
     for i, ((t, c), ref) in enumerate(zip(cases, refs, strict=True)):
@@ -150,7 +135,6 @@ def _preempting_steps(arrival_b: float) -> list:
     """r0 (level 1) arrives at 0 and r1 (level 0) at ``arrival_b``, 64 + 100 tokens each,
     12 blocks of 16 tokens, stepped one iteration at a time under priority: the
     (before, after) states of the steps that preempted."""
-    from jaxsim.shapes import SimShape
     from tests.helpers import step_states
 
     tr = Trace([0.0, arrival_b], [64, 64], [100, 100], priority=[1, 0])
