@@ -1560,6 +1560,18 @@ def _check_hashes(
 # --------------------------------------------------------------------------------------
 
 
+def _latencies(done, arrival, output, first_token, finish, admitted):
+    """§4's per-request TTFT, TPOT (O > 1 only), E2E and queueing of the requests in
+    the mask ``done``."""
+    ttft = first_token[done] - arrival[done]
+    e2e = finish[done] - arrival[done]
+    queue = admitted[done] - arrival[done]
+    out_done = output[done]
+    multi = out_done > 1
+    tpot = (e2e[multi] - ttft[multi]) / (out_done[multi] - 1)
+    return ttft, tpot, e2e, queue
+
+
 def _stats(prefix: str, values: np.ndarray) -> dict[str, float]:
     """Mean and p50/p90/p99 (numpy's default linear interpolation); NaN if empty."""
     out: dict[str, float] = {}
@@ -1613,12 +1625,10 @@ def lane_metrics(
         A dict of floats (NaN where undefined).
     """
     done = completed
-    ttft = first_token[done] - arrival[done]
-    e2e = finish[done] - arrival[done]
-    queue = admitted[done] - arrival[done]
     out_done = output[done]
     multi = out_done > 1
-    tpot = (e2e[multi] - ttft[multi]) / (out_done[multi] - 1)
+    ttft, tpot, e2e, queue = _latencies(done, arrival, output, first_token, finish,
+                                        admitted)
 
     metrics: dict[str, float] = {}
     metrics.update(_stats("ttft", ttft))
@@ -1694,26 +1704,14 @@ def priority_metrics(
         return metrics
     for p in sorted({int(v) for v in priority}):
         done = completed & (priority == p)
-        ttft = first_token[done] - arrival[done]
-        e2e = finish[done] - arrival[done]
-        queue = admitted[done] - arrival[done]
-        out_done = output[done]
-        multi = out_done > 1
-        # §4: tpot = (e2e - ttft)/(O - 1) for O > 1 (requests with O = 1 have none).
-        tpot = (e2e[multi] - ttft[multi]) / (out_done[multi] - 1)
-
-        def pct(values: np.ndarray, q: int) -> float:
-            return float(np.percentile(values, q)) if values.size else math.nan
-
-        metrics[f"ttft_mean_s_prio{p}"] = float(np.mean(ttft)) if ttft.size else math.nan
-        metrics[f"ttft_p50_s_prio{p}"] = pct(ttft, 50)
-        metrics[f"ttft_p99_s_prio{p}"] = pct(ttft, 99)
-        metrics[f"tpot_p50_s_prio{p}"] = pct(tpot, 50)
-        metrics[f"tpot_p99_s_prio{p}"] = pct(tpot, 99)
-        metrics[f"e2e_p50_s_prio{p}"] = pct(e2e, 50)
-        metrics[f"e2e_p99_s_prio{p}"] = pct(e2e, 99)
-        metrics[f"queue_mean_s_prio{p}"] = (
-            float(np.mean(queue)) if queue.size else math.nan)
+        stats: dict[str, float] = {}
+        for name, values in zip(("ttft", "tpot", "e2e", "queue"),
+                                _latencies(done, arrival, output, first_token, finish,
+                                           admitted), strict=True):
+            stats.update(_stats(name, values))
+        for key in ("ttft_mean_s", "ttft_p50_s", "ttft_p99_s", "tpot_p50_s", "tpot_p99_s",
+                    "e2e_p50_s", "e2e_p99_s", "queue_mean_s"):
+            metrics[f"{key}_prio{p}"] = stats[key]
         metrics[f"completed_prio{p}"] = int(np.sum(done))
         metrics[f"preemptions_prio{p}"] = int(np.sum(preemptions[done]))
     return metrics
