@@ -64,8 +64,9 @@ class Calibration:
         (``tables=False``: the roofline alone)."""
         m = self.data if m is None else m
         _, hw = F.hardware_params(self.hardware)
-        full = F.expand_tables(self.tables) if tables else None
-        return np.asarray(F.predict(self.cost, hw, F.prepare_rows(m, full)), np.float64)
+        rows = F.prepare_rows(m, F.expand_tables(self.tables) or None)
+        rows = rows if tables else F.roofline_rows(rows)
+        return np.asarray(F.predict(self.cost, hw, rows), np.float64)
 
     def preset(self, command: str = "") -> dict:
         return {
@@ -339,11 +340,12 @@ def calibrate(data: Measurements, hardware: str, *, holdout: str = "shape",
                     engine_fit["note"] += ENGINE_TABLE_NOTE
             # the returned parameters never saw the iteration rows: all are held out
             train = train & kern
-    pred = np.asarray(F.predict(cost, hw, F.prepare_rows(m, full)), np.float64)
+    rows = F.prepare_rows(m, full)
+    pred = np.asarray(F.predict(cost, hw, rows), np.float64)
     report = F.error_table(m, pred, train)
     report_roofline = None
     if full:
-        pred0 = np.asarray(F.predict(cost, hw, F.prepare_rows(m)), np.float64)
+        pred0 = np.asarray(F.predict(cost, hw, F.roofline_rows(rows)), np.float64)
         report_roofline = F.error_table(m, pred0, train)
     defaults = [n for n in COST_PARAM_NAMES if n not in fitted and n not in copied]
     return Calibration(hardware=canon, cost=cost, report=report, skipped=skipped,

@@ -28,6 +28,7 @@ initialisation at the defaults, so a fit is deterministic.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import time
 from collections.abc import Sequence
@@ -254,8 +255,25 @@ def prepare_rows(m: Measurements, tables: dict[str, np.ndarray] | None = None) -
     return rows
 
 
-@jax.jit
-def _predict(cost: CostParams, hw: HardwareParams, model: ModelParams, tp: jax.Array,
+#: XLA options of the fitting programs. They are compile-bound (a few thousand rows, a
+#: few hundred steps), and on CPU LLVM's optimisation passes are a third of their
+#: compile time: at ``xla_backend_optimization_level`` 0 the shipped H100 data's
+#: calibration (150 steps, one exponent) took 66 s instead of 82 s on a 2-core VM, with
+#: parameters equal to float32 rounding.
+_FIT_OPTS = {"xla_backend_optimization_level": 0}
+
+
+def roofline_rows(rows: Rows) -> Rows:
+    """``rows`` with every correction table zero: the roofline alone
+    (``shapecorr.apply`` leaves a time exactly unchanged where the table is 0), in the
+    shapes of ``rows``, so that :func:`predict` reuses the program compiled for them."""
+    if rows.corr_id is None:
+        return rows
+    return dataclasses.replace(rows, corr_tab=jnp.zeros_like(rows.corr_tab),
+                               corr_iter=jnp.zeros_like(rows.corr_iter))
+
+
+def _predict_impl(cost: CostParams, hw: HardwareParams, model: ModelParams, tp: jax.Array,
              feats: costmodel.BatchFeatures, kern: jax.Array, kern_op: jax.Array,
              whole: jax.Array, divisor: jax.Array, corr: tuple | None,
              peak_scale: jax.Array) -> jax.Array:
@@ -299,20 +317,35 @@ def _predict(cost: CostParams, hw: HardwareParams, model: ModelParams, tp: jax.A
     return out / divisor
 
 
-def predict(cost: CostParams, hw: HardwareParams, rows: Rows) -> jax.Array:
-    """Predicted seconds of every row (float32), differentiable in ``cost.theta``.
-
-    Kernel rows take the cost model's time of their operator; ``iteration`` rows the
-    whole iteration time of their batch (``jaxsim.costmodel.iteration_time``).
-    """
+def _rows_data(hw: HardwareParams, rows: Rows) -> tuple:
+    """The arguments of :func:`_predict_impl` after the cost parameters, all arrays (the
+    row index arrays too, so that programs compile for shapes, not values)."""
     kern = np.flatnonzero(rows.op_index >= 0)
     whole = np.flatnonzero(rows.op_index < 0)
     corr = None if rows.corr_id is None else (rows.corr_id, rows.corr_tab, rows.corr_iter)
     scale = (rows.peak_scale if rows.peak_scale is not None
              else jnp.ones(rows.divisor.shape, jnp.float32))
-    return _predict(cost, hw, rows.model, rows.tp, rows.feats, jnp.asarray(kern),
-                    jnp.asarray(rows.op_index[kern]), jnp.asarray(whole), rows.divisor,
-                    corr, scale)
+    return (hw, rows.model, rows.tp, rows.feats, jnp.asarray(kern),
+            jnp.asarray(rows.op_index[kern]), jnp.asarray(whole), rows.divisor, corr, scale)
+
+
+#: :func:`_predict_impl` compiled on its own (options apply to top-level jits only).
+_predict = jax.jit(_predict_impl, compiler_options=_FIT_OPTS)
+
+
+def predict(cost: CostParams, hw: HardwareParams, rows: Rows) -> jax.Array:
+    """Predicted seconds of every row (float32), differentiable in ``cost.theta``.
+
+    Kernel rows take the cost model's time of their operator; ``iteration`` rows the
+    whole iteration time of their batch (``jaxsim.costmodel.iteration_time``). Compiled
+    on its own; inside another jitted function use :func:`predict_traced`.
+    """
+    return _predict(cost, *_rows_data(hw, rows))
+
+
+def predict_traced(cost: CostParams, hw: HardwareParams, rows: Rows) -> jax.Array:
+    """:func:`predict` traced into the calling jitted function."""
+    return _predict_impl(cost, *_rows_data(hw, rows))
 
 
 @dataclasses.dataclass
@@ -351,43 +384,49 @@ def _row_weights(op_index: np.ndarray, train: np.ndarray) -> np.ndarray:
     return w
 
 
-def _loss_value(cost: CostParams, hw: HardwareParams, rows: Rows, w: jax.Array,
-                robust: bool) -> jax.Array:
-    r = jnp.log(predict(cost, hw, rows)) - rows.log_t
+def _log_loss(pred: jax.Array, log_t: jax.Array, w: jax.Array, robust: bool) -> jax.Array:
+    r = jnp.log(pred) - log_t
     e = optax.losses.huber_loss(r, delta=0.05) / 0.05 if robust else r * r
     e = jnp.where(w > 0, e, 0.0)
     return jnp.sum(w * e)
 
 
-def _loss_fn(rows: Rows, hw: HardwareParams, train: np.ndarray, robust: bool):
-    """loss(theta, p_log2): the exponent is traced, so every p shares one compile."""
-    w = jnp.asarray(_row_weights(rows.op_index, train), jnp.float32)
-
-    def loss(theta, p_log2):
-        return _loss_value(CostParams(theta=theta, smooth_p_log2=p_log2), hw, rows, w, robust)
-
-    return loss
+def _loss_value(cost: CostParams, hw: HardwareParams, rows: Rows, w: jax.Array,
+                robust: bool) -> jax.Array:
+    return _log_loss(predict_traced(cost, hw, rows), rows.log_t, w, robust)
 
 
-def _adam(loss, theta0: jax.Array, mask: np.ndarray, steps: int, lr: float,
-          jit: bool = True):
+def _adam(loss, mask: jax.Array, steps: int, lr: float):
     """An Adam run: run(theta, p_log2, *data) -> (theta, final loss, loss history), with
-    ``loss(theta, p_log2, *data)``; jitted unless ``jit`` is false (to vmap it first)."""
+    ``loss(theta, p_log2, *data)``, the gradient masked to ``mask`` (not jitted)."""
     sched = optax.cosine_decay_schedule(lr, steps, alpha=0.05)
     opt = optax.adam(sched)
-    m = jnp.asarray(mask, jnp.float32)
 
     def run(theta, p_log2, *data):
         def body(carry, _):
             th, st = carry
             val, g = jax.value_and_grad(loss)(th, p_log2, *data)
-            g = jnp.where(jnp.isfinite(g), g, 0.0) * m
+            g = jnp.where(jnp.isfinite(g), g, 0.0) * mask
             upd, st = opt.update(g, st, th)
             return (optax.apply_updates(th, upd), st), val
         (th, _), hist = jax.lax.scan(body, (theta, opt.init(theta)), None, length=steps)
         return th, loss(th, p_log2, *data), hist
 
-    return jax.jit(run) if jit else run
+    return run
+
+
+@functools.partial(jax.jit, static_argnames=("steps", "lr", "robust"),
+                   compiler_options=_FIT_OPTS)
+def _fit_run(theta: jax.Array, p_log2: jax.Array, mask: jax.Array, data: tuple,
+             log_t: jax.Array, w: jax.Array, *, steps: int, lr: float, robust: bool):
+    """:func:`fit`'s Adam run on rows given as arguments (``_rows_data``), so that fits
+    of the same row shapes share one compile whatever the rows, weights, parameters
+    fitted and smooth-max exponent."""
+    def loss(th, p, data, log_t, w):
+        pred = _predict_impl(CostParams(theta=th, smooth_p_log2=p), *data)
+        return _log_loss(pred, log_t, w, robust)
+
+    return _adam(loss, mask, steps, lr)(theta, p_log2, data, log_t, w)
 
 
 def _mask(names: Sequence[str]) -> np.ndarray:
@@ -411,17 +450,26 @@ def fit(m: Measurements, hardware: str, train: np.ndarray, *, names: Sequence[st
     """
     t0 = time.perf_counter()
     _, hw = hardware_params(hardware)
-    use = _subsample(m["op"].astype(str), train, max_rows_per_op)
-    sub = m.select(use)
-    rows = prepare_rows(sub, tables)
-    train_sub = np.ones(len(sub), bool)
+    op = m["op"].astype(str)
+    idx = np.flatnonzero(_subsample(op, train, max_rows_per_op))
+    used = np.ones(len(idx), bool)
+    if idx.size:
+        # padded (first row again, weight 0) to the most rows the cap lets any split of
+        # m use, so that fits of m under different holdouts share one compile
+        width = sum(min(int(n), max_rows_per_op)
+                    for n in np.unique(op, return_counts=True)[1])
+        used = np.arange(width) < len(idx)
+        idx = np.concatenate([idx, np.full(width - len(idx), idx[0])])
+    rows = prepare_rows(m.select(idx), tables)
+    w = jnp.asarray(_row_weights(rows.op_index, used), jnp.float32)
     init = init if init is not None else CostParams.default()
-    mask = _mask(names)
+    mask = jnp.asarray(_mask(names), jnp.float32)
+    data = _rows_data(hw, rows)
     best = None
-    run = _adam(_loss_fn(rows, hw, train_sub, robust), init.theta, mask, steps, lr)
     for p in smooth_p:
         k = int(round(math.log2(p)))
-        theta, val, _ = run(init.theta, jnp.int32(k))
+        theta, val, _ = _fit_run(init.theta, jnp.int32(k), mask, data, rows.log_t, w,
+                                 steps=steps, lr=lr, robust=robust)
         val = float(val)
         if best is None or val < best[0]:
             best = (val, theta, k)
@@ -470,12 +518,12 @@ def fit_groups(m: Measurements, hardware: str, train: np.ndarray, group: np.ndar
         return _loss_value(CostParams(theta=theta, smooth_p_log2=p_log2), hw,
                            rows_of(arrays), w, robust)
 
-    run = jax.jit(jax.vmap(_adam(loss, init.theta, _mask(names), steps, lr, jit=False),
-                           in_axes=(None, None, 0, 0)))
+    run = jax.jit(jax.vmap(_adam(loss, jnp.asarray(_mask(names), jnp.float32), steps, lr),
+                           in_axes=(None, None, 0, 0)), compiler_options=_FIT_OPTS)
     theta, _, _ = run(init.theta, init.smooth_p_log2, stacked, jnp.asarray(weights))
     pred_fn = jax.jit(jax.vmap(
-        lambda th, arrays: predict(CostParams(theta=th, smooth_p_log2=init.smooth_p_log2),
-                                   hw, rows_of(arrays))))
+        lambda th, arrays: predict_traced(CostParams(theta=th, smooth_p_log2=init.smooth_p_log2),
+                                   hw, rows_of(arrays))), compiler_options=_FIT_OPTS)
     pred_all = np.asarray(pred_fn(theta, stacked), np.float64)
     costs, pred = {}, np.zeros(len(m))
     for j, (g, i) in enumerate(zip(keys, idx, strict=True)):
@@ -537,7 +585,9 @@ def fit_tables(m: Measurements, hardware: str, train: np.ndarray, cost: CostPara
         return {}
     sub = m.select(sel)
     _, hw = hardware_params(hardware)
-    roof = np.asarray(predict(cost, hw, prepare_rows(sub)), np.float64)
+    # all of m's rows predicted (then the training ones taken): the program compiled for
+    # m's shapes serves a roofline report of m too
+    roof = np.asarray(predict(cost, hw, prepare_rows(m)), np.float64)[sel]
     s = roof / np.asarray(sub["time_s"], np.float64)
     keys = row_keys(sub)
     sop = sub["op"].astype(str)
