@@ -808,6 +808,7 @@ class CostModel:
             )
             for op in ROOF_COST_OPS
         }
+        self._dense_cache: dict[tuple[int, int], tuple] = {}
 
     def smax(self, a: float, b: float) -> float:
         """Smooth maximum ``(a^p + b^p)^(1/p)``, 0 if ``a = b = 0``.
@@ -919,26 +920,13 @@ class CostModel:
         terms); 0 for an empty batch (``T = 0``). Arguments as in ``time``."""
         if T == 0:
             return 0.0
-        cfg = self.cfg
-        h, bw_w = self.h, self.bw_w
-        nh_g, f_g, V_g, kvb = self.nh_g, self.f_g, self.V_g, self.kvb
-        ke, dv, wp, wd, Fu = self.ke, self.dv, self.wp, self.wd, self.Fu
-        Tf = float(T)
-        E, k = self.E, self.k
-        # routed experts touched (1 for dense); §3's layer mix: We = a·Eact + b
-        e_act = E * (1.0 - (1.0 - k / E) ** T)
-        we = self.a * e_act + self.b
-
-        if self.mla:  # §3: roof(qkv_proj, 2·T·Eqkv, bw_w·Wqkv + ab·T·Aqkv), a GEMM of T rows
-            qkv = self.roof("qkv_proj", 2.0 * Tf * self.qkv_e,
-                            self.qkv_w_bytes + AB * Tf * self.qkv_a)
-            qkv = qkv + qkv * self.delta("qkv_proj", Tf)
-        else:
-            qkv = self.gemm("qkv_proj", Tf, h, self.qkv_n, self.qkv_w_bytes)
-        o = self.gemm("o_proj", Tf, nh_g * dv, h, bw_w * nh_g * dv * h)
-        # §3.1: M = T·ke for mlp_up and mlp_down
-        up = self.gemm("mlp_up", Tf * ke, h, 2.0 * f_g, bw_w * we * h * 2.0 * f_g)
-        down = self.gemm("mlp_down", Tf * ke, f_g, h, bw_w * we * f_g * h)
+        nh_g, kvb = self.nh_g, self.kvb
+        wp, wd, Fu = self.wp, self.wd, self.Fu
+        # the terms that depend on T and ns only, computed once per (T, ns)
+        dense = self._dense_cache.get((T, ns))
+        if dense is None:
+            dense = self._dense_cache[(T, ns)] = self._dense(T, ns)
+        s1, elem, ar, tail = dense
         # Attention. Numerics: §3 writes the FLOPs 2·nh_g·Ap·wp and 2·nh_g·Kd·wd; they
         # are evaluated as (2·nh_g·wp)·Ap and (2·nh_g·wd)·Kd, which for a plain model
         # (wp = wd = 2·hd, Fu = 0, kvp = kvb) reproduce bit for bit the previous
@@ -961,6 +949,35 @@ class CostModel:
             if D > 0
             else 0.0
         )
+        # summed in the order qkv + o + up + down + attnp + attnd + elem + ar (s1 holds
+        # the first four), then L·layer + embed + fnorm + lmhead + sample
+        layer = s1 + attnp + attnd + elem + ar
+        embed, fnorm, lmhead, sample = tail
+        return self.L * layer + embed + fnorm + lmhead + sample
+
+    def _dense(self, T: int, ns: int) -> tuple[float, float, float, tuple]:
+        """The terms of ``gpu_time`` other than attention, which depend on ``T`` and
+        ``ns`` only: (qkv + o + up + down, elem, ar, (embed, fnorm, lmhead, sample))."""
+        cfg = self.cfg
+        h, bw_w = self.h, self.bw_w
+        nh_g, f_g, V_g, kvb = self.nh_g, self.f_g, self.V_g, self.kvb
+        ke, dv = self.ke, self.dv
+        Tf = float(T)
+        E, k = self.E, self.k
+        # routed experts touched (1 for dense); §3's layer mix: We = a·Eact + b
+        e_act = E * (1.0 - (1.0 - k / E) ** T)
+        we = self.a * e_act + self.b
+
+        if self.mla:  # §3: roof(qkv_proj, 2·T·Eqkv, bw_w·Wqkv + ab·T·Aqkv), a GEMM of T rows
+            qkv = self.roof("qkv_proj", 2.0 * Tf * self.qkv_e,
+                            self.qkv_w_bytes + AB * Tf * self.qkv_a)
+            qkv = qkv + qkv * self.delta("qkv_proj", Tf)
+        else:
+            qkv = self.gemm("qkv_proj", Tf, h, self.qkv_n, self.qkv_w_bytes)
+        o = self.gemm("o_proj", Tf, nh_g * dv, h, bw_w * nh_g * dv * h)
+        # §3.1: M = T·ke for mlp_up and mlp_down
+        up = self.gemm("mlp_up", Tf * ke, h, 2.0 * f_g, bw_w * we * h * 2.0 * f_g)
+        down = self.gemm("mlp_down", Tf * ke, f_g, h, bw_w * we * f_g * h)
         mem = self.mem
         elem = (
             2.0 * mem("norm", 2.0 * AB * Tf * h, "norm", Tf)  # two RMSNorms
@@ -982,14 +999,12 @@ class CostModel:
             ar = 2.0 * one_ar
         else:
             ar = 0.0
-        layer = qkv + o + up + down + attnp + attnd + elem + ar
-
         embed = mem("embedding", 2.0 * AB * Tf * h, "embedding", Tf)
         fnorm = mem("norm", 2.0 * AB * Tf * h, "norm", Tf)
         bw_lm = cfg["bytes_per_lm_head_weight"]
         lmhead = self.gemm("lm_head", float(ns), h, V_g, bw_lm * h * V_g)
         sample = mem("sampling", 4.0 * ns * self.V) if ns > 0 else 0.0
-        return self.L * layer + embed + fnorm + lmhead + sample
+        return qkv + o + up + down, elem, ar, (embed, fnorm, lmhead, sample)
 
     def prefill_time_no_sample(self, x: int) -> float:
         """``C(x)`` of §5.3: one prefill request with ``c = 0``, ``q = x``, ``ns = 0``.
@@ -2139,6 +2154,10 @@ def simulate_reference(
             (w_adm is a float32 number; in float64 the product and the difference of
             these small numbers are exact).
             """
+            if cache is None:
+                # no prefix caching: every lookup is [], every key is p, the walk
+                # order is `waiting`'s (the loop below, without its sort)
+                return [(r, [] if p < adm_window else None) for p, r in enumerate(waiting)]
             keyed: list[tuple[float, int, int, list[int] | None]] = []
             for p, r in enumerate(waiting):
                 key = float(p)
