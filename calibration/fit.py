@@ -28,7 +28,6 @@ initialisation at the defaults, so a fit is deterministic.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 import time
 from collections.abc import Sequence
@@ -255,9 +254,9 @@ def prepare_rows(m: Measurements, tables: dict[str, np.ndarray] | None = None) -
     return rows
 
 
-#: XLA options of the fitting programs. They are compile-bound (a few thousand rows, a
-#: few hundred steps), and on CPU LLVM's optimisation passes are a third of their
-#: compile time: at ``xla_backend_optimization_level`` 0 the shipped H100 data's
+#: XLA options of the predictors and of small fits. These are compile-bound (a few
+#: thousand rows, a few hundred steps), and on CPU LLVM's optimisation passes are a third
+#: of their compile time: at ``xla_backend_optimization_level`` 0 the shipped H100 data's
 #: calibration (150 steps, one exponent) took 66 s instead of 82 s on a 2-core VM, with
 #: parameters equal to float32 rounding.
 _FIT_OPTS = {"xla_backend_optimization_level": 0}
@@ -415,9 +414,7 @@ def _adam(loss, mask: jax.Array, steps: int, lr: float):
     return run
 
 
-@functools.partial(jax.jit, static_argnames=("steps", "lr", "robust"),
-                   compiler_options=_FIT_OPTS)
-def _fit_run(theta: jax.Array, p_log2: jax.Array, mask: jax.Array, data: tuple,
+def _fit_run_impl(theta: jax.Array, p_log2: jax.Array, mask: jax.Array, data: tuple,
              log_t: jax.Array, w: jax.Array, *, steps: int, lr: float, robust: bool):
     """:func:`fit`'s Adam run on rows given as arguments (``_rows_data``), so that fits
     of the same row shapes share one compile whatever the rows, weights, parameters
@@ -427,6 +424,16 @@ def _fit_run(theta: jax.Array, p_log2: jax.Array, mask: jax.Array, data: tuple,
         return _log_loss(pred, log_t, w, robust)
 
     return _adam(loss, mask, steps, lr)(theta, p_log2, data, log_t, w)
+
+
+_FIT_STATIC = ("steps", "lr", "robust")
+#: the Adam run compiled for large fits with XLA's default optimisation: at 15,000 rows
+#: (the full Vidur H100 data) unoptimised code ran the kernel fit in 139 s against 55 s
+_fit_run = jax.jit(_fit_run_impl, static_argnames=_FIT_STATIC)
+#: and for fits of at most this many rows with ``_FIT_OPTS``, where compiling dominates
+_FIT_FAST_COMPILE_ROWS = 4096
+_fit_run_small = jax.jit(_fit_run_impl, static_argnames=_FIT_STATIC,
+                         compiler_options=_FIT_OPTS)
 
 
 def _mask(names: Sequence[str]) -> np.ndarray:
@@ -468,8 +475,9 @@ def fit(m: Measurements, hardware: str, train: np.ndarray, *, names: Sequence[st
     best = None
     for p in smooth_p:
         k = int(round(math.log2(p)))
-        theta, val, _ = _fit_run(init.theta, jnp.int32(k), mask, data, rows.log_t, w,
-                                 steps=steps, lr=lr, robust=robust)
+        run = _fit_run_small if len(idx) <= _FIT_FAST_COMPILE_ROWS else _fit_run
+        theta, val, _ = run(init.theta, jnp.int32(k), mask, data, rows.log_t, w,
+                            steps=steps, lr=lr, robust=robust)
         val = float(val)
         if best is None or val < best[0]:
             best = (val, theta, k)

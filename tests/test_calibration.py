@@ -329,10 +329,10 @@ def test_synthetic_recovery_within_2_percent():
     assert np.max(np.abs(pred / exact - 1)) < 0.02
     # recompilation guard: another split of the same rows (padded to the same width),
     # other parameters and another exponent run the program compiled above
-    compiled = F._fit_run._cache_size()
+    compiled = F._fit_run_small._cache_size()
     half = np.arange(len(m)) % 2 == 0
     r2 = F.fit(m, "H100-SXM", half, names=names[:-2], smooth_p=(2, 4), steps=800)
-    assert F._fit_run._cache_size() == compiled
+    assert F._fit_run_small._cache_size() == compiled
     assert r2.cost.values()["eta_ar"] == pytest.approx(true["eta_ar"], rel=0.02)
 
 
