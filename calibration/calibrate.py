@@ -275,13 +275,19 @@ def calibrate(data: Measurements, hardware: str, *, holdout: str = "shape",
         fitted += names
         seconds["kernels"] = r.seconds
     tables, full = {}, None
+    _, hw = F.hardware_params(canon)
     if shape_tables and kern.any():
         t0 = time.perf_counter()
-        tables = F.fit_tables(m.select(kern), canon, train[kern], cost)
+        # the roofline of every row, predicted with zero tables for the shapes that will
+        # get one: the rows' shapes are then those of the final predictions below, which
+        # reuse this compile (shapecorr.apply leaves a time unchanged at 0)
+        zero = {k: np.zeros(shapecorr.GRID, np.float32)
+                for k in F.table_keys(m.select(kern), train[kern])}
+        roof = np.asarray(F.predict(cost, hw, F.prepare_rows(m, zero or None)), np.float64)
+        tables = F.fit_tables(m.select(kern), canon, train[kern], cost, roof=roof[kern])
         full = F.expand_tables(tables) or None
         seconds["tables"] = time.perf_counter() - t0
     engine_fit = None
-    _, hw = F.hardware_params(canon)
     # an iteration stage without training rows (all held out by --holdout model:NAME)
     # fits nothing: its parameters keep their values and are not listed as fitted
     if (~kern).any() and train[~kern].any():

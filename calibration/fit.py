@@ -55,10 +55,15 @@ KERNEL_OPS = ("qkv_proj", "o_proj", "mlp_up", "mlp_down", "lm_head", "norm", "re
               "activation", "rotary", "kv_write", "embedding", "attn_prefill", "attn_decode",
               "all_reduce")
 _DIVISOR = {"norm": 2.0, "residual_add": 2.0, "all_reduce": 2.0}
-#: Table row (``shapecorr.CORR_OPS``) of each kernel operator (0 for those without one:
-#: their rows get the zero table).
-_CORR_ROW = np.asarray([shapecorr.CORR_OPS.index(o) if o in shapecorr.CORR_OPS else 0
-                        for o in KERNEL_OPS])
+#: Kernel operators predicted together: each group's rows are evaluated on their own,
+#: with only the group's operators computed (``_predict_impl``).
+_OP_GROUPS = (("qkv_proj", "o_proj", "mlp_up", "mlp_down", "lm_head"),
+              ("norm", "residual_add", "activation", "rotary", "kv_write", "embedding"),
+              ("attn_prefill",), ("attn_decode",), ("all_reduce",))
+assert sorted(sum(_OP_GROUPS, ())) == sorted(KERNEL_OPS)
+#: Position of each kernel operator (by ``KERNEL_OPS`` index) in its group.
+_POS_IN_GROUP = np.asarray([next(g.index(o) for g in _OP_GROUPS if o in g)
+                            for o in KERNEL_OPS])
 #: Operator families the error reports pool (besides one line per operator).
 REPORT_FAMILIES = {"gemm": GEMM_OPS, "elementwise": ELEM_OPS}
 #: Parameters each kernel operator's rows determine.
@@ -258,8 +263,10 @@ def prepare_rows(m: Measurements, tables: dict[str, np.ndarray] | None = None) -
 #: thousand rows, a few hundred steps), and on CPU LLVM's optimisation passes are a third
 #: of their compile time: at ``xla_backend_optimization_level`` 0 the shipped H100 data's
 #: calibration (150 steps, one exponent) took 66 s instead of 82 s on a 2-core VM, with
-#: parameters equal to float32 rounding.
-_FIT_OPTS = {"xla_backend_optimization_level": 0}
+#: parameters equal to float32 rounding. XLA's older CPU code generator (fusion emitters
+#: off) compiles them faster still: that calibration, with the operator groups of
+#: ``_predict_impl``, took 37 s instead of 56 s, predictions within 2.4e-7 relative.
+_FIT_OPTS = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False}
 
 
 def roofline_rows(rows: Rows) -> Rows:
@@ -273,13 +280,17 @@ def roofline_rows(rows: Rows) -> Rows:
 
 
 def _predict_impl(cost: CostParams, hw: HardwareParams, model: ModelParams, tp: jax.Array,
-             feats: costmodel.BatchFeatures, kern: jax.Array, kern_op: jax.Array,
-             whole: jax.Array, divisor: jax.Array, corr: tuple | None,
-             peak_scale: jax.Array) -> jax.Array:
-    """Seconds of every row: ``kern`` rows take operator ``kern_op``'s time, ``whole``
-    rows the whole iteration time (index arrays; their lengths are static). ``corr`` is
-    None or (kernel rows' table ids, tables, iteration rows' ``[C, G]`` tables);
-    ``peak_scale`` scales ``hw``'s peak per row."""
+                  feats: costmodel.BatchFeatures, kern: tuple, whole: jax.Array,
+                  divisor: jax.Array, corr: tuple | None, peak_scale: jax.Array) -> jax.Array:
+    """Seconds of every row: for each ``_OP_GROUPS[g]``, ``kern[g]`` is (its rows, the
+    position of each row's operator in the group); those rows take their operator's
+    time. ``whole`` rows take the whole iteration time. (Index arrays: their lengths are
+    static.) ``corr`` is None or (kernel rows' table ids, tables, iteration rows'
+    ``[C, G]`` tables); ``peak_scale`` scales ``hw``'s peak per row.
+
+    Each group's rows are evaluated on their own, so that XLA computes only the group's
+    operators for them (the cost model computes every operator of an iteration; the
+    others are dead code there)."""
     out = jnp.zeros(divisor.shape, jnp.float32)
     take = lambda idx: (jax.tree.map(lambda x: x[idx], model), tp[idx],  # noqa: E731
                         jax.tree.map(lambda x: x[idx], feats), peak_scale[idx])
@@ -290,22 +301,29 @@ def _predict_impl(cost: CostParams, hw: HardwareParams, model: ModelParams, tp: 
                               link_bw_bytes_per_s=hw.link_bw_bytes_per_s,
                               peak_flops_16bit=hw.peak_flops_16bit)
 
-    if kern.size:
-        def one(model, tp, f, scale, k, cid):
+    for group, (idx, pos_in) in zip(_OP_GROUPS, kern, strict=True):
+        if not idx.size:
+            continue
+        # table row (shapecorr.CORR_OPS) of each operator; 0 for those without one:
+        # their rows have the zero table, which leaves a time exactly unchanged
+        crow = [shapecorr.CORR_OPS.index(o) if o in shapecorr.CORR_OPS else 0 for o in group]
+        table = corr is not None and any(o in shapecorr.CORR_OPS for o in group)
+
+        def one(model, tp, f, scale, cid, j, group=group, crow=crow, table=table):
             t = costmodel.op_times_from_consts(costmodel.prepare(model, row_hw(scale), tp,
                                                                  cost), f)
-            times = [t[o] for o in KERNEL_OPS]
-            sel = DD(jnp.stack([x.hi for x in times])[k], jnp.stack([x.lo for x in times])[k])
-            if corr is not None:
+            sel = DD(jnp.stack([t[o].hi for o in group])[j],
+                     jnp.stack([t[o].lo for o in group])[j])
+            if table:
                 # the cost model's own rule (shapecorr.delta / apply) on this row's table
                 pos = shapecorr.op_positions(f.tokens, f.tokens, model.hidden_size)
-                r = jnp.asarray(_CORR_ROW)[k]
+                r = jnp.asarray(crow)[j]
                 d = shapecorr.delta(corr[1][cid][None], DD(pos.hi[r][None], pos.lo[r][None]))
                 sel = shapecorr.apply(sel, DD(d.hi[0], d.lo[0]))
             return sel.value()
 
-        cid = corr[0][kern] if corr is not None else jnp.zeros(kern.shape, jnp.int32)
-        out = out.at[kern].set(jax.vmap(one)(*take(kern), kern_op, cid))
+        cid = corr[0][idx] if table else jnp.zeros(idx.shape, jnp.int32)
+        out = out.at[idx].set(jax.vmap(one)(*take(idx), cid, pos_in))
     if whole.size:
         def it(model, tp, f, scale, table):
             c = cost if table is None else dataclasses.replace(cost, shape_corr=table)
@@ -319,13 +337,17 @@ def _predict_impl(cost: CostParams, hw: HardwareParams, model: ModelParams, tp: 
 def _rows_data(hw: HardwareParams, rows: Rows) -> tuple:
     """The arguments of :func:`_predict_impl` after the cost parameters, all arrays (the
     row index arrays too, so that programs compile for shapes, not values)."""
-    kern = np.flatnonzero(rows.op_index >= 0)
+    kern = []
+    for group in _OP_GROUPS:
+        idx = np.flatnonzero(np.isin(rows.op_index, [KERNEL_OPS.index(o) for o in group]))
+        kern.append((jnp.asarray(idx, jnp.int32),
+                     jnp.asarray(_POS_IN_GROUP[rows.op_index[idx]], jnp.int32)))
     whole = np.flatnonzero(rows.op_index < 0)
     corr = None if rows.corr_id is None else (rows.corr_id, rows.corr_tab, rows.corr_iter)
     scale = (rows.peak_scale if rows.peak_scale is not None
              else jnp.ones(rows.divisor.shape, jnp.float32))
-    return (hw, rows.model, rows.tp, rows.feats, jnp.asarray(kern),
-            jnp.asarray(rows.op_index[kern]), jnp.asarray(whole), rows.divisor, corr, scale)
+    return (hw, rows.model, rows.tp, rows.feats, tuple(kern), jnp.asarray(whole, jnp.int32),
+            rows.divisor, corr, scale)
 
 
 #: :func:`_predict_impl` compiled on its own (options apply to top-level jits only).
@@ -458,15 +480,19 @@ def fit(m: Measurements, hardware: str, train: np.ndarray, *, names: Sequence[st
     t0 = time.perf_counter()
     _, hw = hardware_params(hardware)
     op = m["op"].astype(str)
-    idx = np.flatnonzero(_subsample(op, train, max_rows_per_op))
-    used = np.ones(len(idx), bool)
-    if idx.size:
-        # padded (first row again, weight 0) to the most rows the cap lets any split of
-        # m use, so that fits of m under different holdouts share one compile
-        width = sum(min(int(n), max_rows_per_op)
-                    for n in np.unique(op, return_counts=True)[1])
-        used = np.arange(width) < len(idx)
-        idx = np.concatenate([idx, np.full(width - len(idx), idx[0])])
+    # each operator's training rows, padded (its first row again, weight 0) to the most
+    # rows the cap lets any split of m use, so that fits of m under different holdouts
+    # share one compile (the operators' row counts are static shapes: _predict_impl)
+    sub = _subsample(op, train, max_rows_per_op)
+    parts, used = [], []
+    for o in sorted(set(op.tolist())):
+        have = np.flatnonzero(sub & (op == o))
+        width = min(int(np.sum(op == o)), max_rows_per_op)
+        fill = have[0] if have.size else int(np.flatnonzero(op == o)[0])
+        parts.append(np.concatenate([have, np.full(width - have.size, fill, int)]))
+        used.append(np.arange(width) < have.size)
+    idx = np.concatenate(parts) if parts else np.zeros(0, int)
+    used = np.concatenate(used) if used else np.zeros(0, bool)
     rows = prepare_rows(m.select(idx), tables)
     w = jnp.asarray(_row_weights(rows.op_index, used), jnp.float32)
     init = init if init is not None else CostParams.default()
@@ -572,8 +598,22 @@ def kernel_param_names(ops: set[str]) -> list[str]:
 TABLE_SMOOTHING = 0.01
 
 
+def _table_key_of_rows(m: Measurements) -> list[str]:
+    """Each row's table key: the ``shapecorr.shape_keys`` entry of its own operator
+    (rows of operators in ``shapecorr.CORR_OPS``)."""
+    return [k[o] for k, o in zip(row_keys(m), m["op"].astype(str).tolist(), strict=True)]
+
+
+def table_keys(m: Measurements, train: np.ndarray) -> list[str]:
+    """The shapes :func:`fit_tables` fits a table for: the keys of the training rows
+    of the operators with tables (``shapecorr.CORR_OPS``), sorted."""
+    sel = train & np.isin(m["op"].astype(str), shapecorr.CORR_OPS)
+    return sorted(set(_table_key_of_rows(m.select(sel))))
+
+
 def fit_tables(m: Measurements, hardware: str, train: np.ndarray, cost: CostParams,
-               smoothing: float = TABLE_SMOOTHING) -> dict[str, tuple[int, np.ndarray]]:
+               smoothing: float = TABLE_SMOOTHING, roof: np.ndarray | None = None
+               ) -> dict[str, tuple[int, np.ndarray]]:
     """Per-kernel-shape correction tables (``jaxsim.shapecorr``) for the kernel rows of
     ``m`` where ``train`` is true, on top of the roofline ``cost``.
 
@@ -585,7 +625,8 @@ def fit_tables(m: Measurements, hardware: str, train: np.ndarray, cost: CostPara
     is linear and is solved exactly (numpy ``lstsq``) for each shape, over the knots
     between its smallest and largest training token count; knots without rows
     between measured ones follow their neighbours (interpolation). Returns
-    key -> (first knot, values); ``shapecorr.expand`` makes the full row.
+    key -> (first knot, values); ``shapecorr.expand`` makes the full row. ``roof``:
+    the roofline's predictions of every row of ``m``, when the caller has them.
     """
     op = m["op"].astype(str)
     sel = train & np.isin(op, shapecorr.CORR_OPS)
@@ -593,19 +634,18 @@ def fit_tables(m: Measurements, hardware: str, train: np.ndarray, cost: CostPara
         return {}
     sub = m.select(sel)
     _, hw = hardware_params(hardware)
-    # all of m's rows predicted (then the training ones taken): the program compiled for
-    # m's shapes serves a roofline report of m too
-    roof = np.asarray(predict(cost, hw, prepare_rows(m)), np.float64)[sel]
-    s = roof / np.asarray(sub["time_s"], np.float64)
-    keys = row_keys(sub)
-    sop = sub["op"].astype(str)
+    if roof is None:
+        # all of m's rows predicted (then the training ones taken): the program compiled
+        # for m's shapes serves a roofline report of m too
+        roof = np.asarray(predict(cost, hw, prepare_rows(m)), np.float64)
+    s = np.asarray(roof, np.float64)[sel] / np.asarray(sub["time_s"], np.float64)
     # axis value: the token count, or for all-reduce the size in AR_UNIT_BYTES
     tok = np.where(sub["op"].astype(str) == "all_reduce",
                    np.asarray(sub["bytes"], np.float64) / shapecorr.AR_UNIT_BYTES,
                    np.asarray(sub["num_tokens"], np.float64))
     groups: dict[str, list[int]] = {}
-    for i, o in enumerate(sop):
-        groups.setdefault(keys[i][o], []).append(i)
+    for i, key in enumerate(_table_key_of_rows(sub)):
+        groups.setdefault(key, []).append(i)
     out = {}
     for key, idx in sorted(groups.items()):
         idx = np.asarray(idx)

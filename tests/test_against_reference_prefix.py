@@ -309,7 +309,7 @@ def test_prefix_oracle__event_skipping_matches_stepping_and_the_oracle():
 
 @pytest.mark.slow
 def test_prefix_oracle__event_skipping_many_lanes():
-    _skipping_matches_stepping_and_the_oracle(220)
+    _skipping_matches_stepping_and_the_oracle(100)
 
 
 def _jumped(trace: Trace, ref) -> bool:
