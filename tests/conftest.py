@@ -59,14 +59,14 @@ def pytest_configure(config):
 
 @pytest.fixture(scope="module", autouse=True)
 def _fresh_compilations_per_module_in_slow_runs(request):
-    """In the slow step (``-m slow``, one process), drop JAX's compiled executables after
-    each test module. That step compiles many executables in one process, and
-    late in it XLA's CPU compiler has crashed (a segmentation fault in
-    ``backend_compile_and_load``, in a test that passes on its own); keeping fewer
-    executables alive is the mitigation. The default suite is left as it is."""
+    """In the slow step (``-m slow``, and ``-m extended``), drop JAX's compiled
+    executables after each test module. That step compiles many executables per process,
+    and late in it, run in one process, XLA's CPU compiler has crashed (a segmentation
+    fault in ``backend_compile_and_load``, in a test that passes on its own); keeping
+    fewer executables alive is the mitigation. The default suite is left as it is."""
     yield
     expr = request.config.getoption("markexpr") or ""
-    if "slow" in expr and "not slow" not in expr:
+    if any(m in expr and f"not {m}" not in expr for m in ("slow", "extended")):
         jax.clear_caches()
         gc.collect()
 
@@ -92,3 +92,4 @@ def xla_defaults(monkeypatch):
         from jaxsim import sim
 
         monkeypatch.setattr(sim, "_run_chunk_batch", _chunk_function_with_xla_defaults())
+        monkeypatch.setattr(sim, "QUICK_COMPILE_MAX_WORK", 0)

@@ -263,7 +263,8 @@ def test_prefix_oracle__random_lanes_match(xla_defaults):
                      swapped=2, prefetched=2)
 
 
-@pytest.mark.slow
+# about 3 minutes, not run by CI (its time budget); 60 of its lanes are in the default suite
+@pytest.mark.extended
 def test_prefix_oracle__many_random_lanes_match():
     cases, refs, _ = _check(20261121, 220)
     _assert_coverage(cases, refs, hit=60, lower=10, written=20, exposed=5, jumped=5,
@@ -307,7 +308,8 @@ def test_prefix_oracle__event_skipping_matches_stepping_and_the_oracle():
     _skipping_matches_stepping_and_the_oracle(20)
 
 
-@pytest.mark.slow
+# about 4 minutes, not run by CI (its time budget); 20 lanes run in the slow step
+@pytest.mark.extended
 def test_prefix_oracle__event_skipping_many_lanes():
     _skipping_matches_stepping_and_the_oracle(100)
 

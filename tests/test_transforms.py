@@ -105,6 +105,32 @@ def test_transforms__vmap_lane_equals_single_run(xla_defaults):
                                        err_msg=f"lane {i} {k}")
 
 
+def test_transforms__small_batches_run_the_quick_compiled_variant(monkeypatch):
+    """sim.QUICK_COMPILE_MAX_LANES / _MAX_WORK: a batch within both limits, on a CPU and
+    without a prefix cache, runs the chunk function compiled for compile time."""
+    calls = []
+    for name in ("_run_chunk_batch", "_run_chunk_batch_quick"):
+        fn = getattr(sim, name)
+        monkeypatch.setattr(sim, name, lambda *a, _fn=fn, _name=name: (
+            calls.append(_name), _fn(*a))[1])
+    ls, shape, wl = lanes(6), shape_for(), to_workload(TRACE)
+    quick = sim.simulate_batch(shape, P.stack(ls), wl)
+    assert set(calls) == {"_run_chunk_batch_quick"}
+    calls.clear()
+    monkeypatch.setattr(sim, "QUICK_COMPILE_MAX_LANES", 5)  # 6 lanes: over the limit
+    optimised = sim.simulate_batch(shape, P.stack(ls), wl)
+    assert set(calls) == {"_run_chunk_batch"}
+    # under the default suite's XLA_FLAGS both variants compile alike; users' agree to
+    # float32 precision (README: Performance)
+    for k, v in optimised.metrics.items():
+        np.testing.assert_allclose(quick.metrics[k], v, rtol=1e-6, err_msg=k)
+    monkeypatch.setattr(sim, "QUICK_COMPILE_MAX_LANES", 16)
+    assert sim._quick(shape, 16) and not sim._quick(shape, 17)
+    assert not sim._quick(dataclasses.replace(shape, cache_entries=8, hash_space=8), 1)
+    big = dataclasses.replace(shape, max_requests=sim.QUICK_COMPILE_MAX_WORK // 4 + 1)
+    assert sim._quick(big, 3) and not sim._quick(big, 4)  # lanes x requests over the limit
+
+
 def test_transforms__batch_permutation_permutes_outputs():
     ls = lanes(6)
     shape = shape_for()
