@@ -205,8 +205,9 @@ def _simulate(batch: int, verbose: bool, slots: int = SLOTS, repeats: int = 2,
 
     prep, params = _prepare(1000, batch, slots, macro)
     shape, wl = prep.shape, prep.workload
-    # every batch size runs the optimised code, single lanes too (simulate_batch would
-    # compile those quick, sim.QUICK_COMPILE_MAX_LANES), so the ratios compare like code
+    # every batch size runs the optimised code, single lanes too (with quick compiles on,
+    # simulate_batch would compile those quick: sim.use_quick_compile), so the ratios
+    # compare like code
     quick_lanes, sim.QUICK_COMPILE_MAX_LANES = sim.QUICK_COMPILE_MAX_LANES, 0
     try:
         return _simulate_optimised(batch, verbose, shape, params, wl, repeats, devices)

@@ -58,22 +58,23 @@ XLA_OPTIONS = {"xla_gpu_autotune_level": 0}
 #: (benchmarks/README.md). The cause is not found. ``None`` turns the padding off.
 GPU_AVOID_LANES: tuple[int, int] | None = (1200, 6000)
 
-#: On a CPU, a working batch of at most ``QUICK_COMPILE_MAX_LANES`` lanes per device and
-#: at most ``QUICK_COMPILE_MAX_WORK`` lane-requests per device (those lanes times the
-#: shape's request slots) runs chunk and metrics functions compiled for compile time, not
-#: run time: LLVM's backend optimisation off and XLA's older CPU code generator
-#: (``QUICK_COMPILE_OPTIONS``). Such batches are compile-bound: a 13-lane fleet of 1,200
-#: requests (notebook 01) compiled its two chunk functions in 10 s instead of 30 s and
-#: then ran 2.6 s instead of 1.0 s. The optimised code wins where lanes run long or many:
-#: a 10,000-configuration sweep of 40 requests took 93 s with every function compiled
-#: quick, against 44 s, and a prefix-cache lane's steps cost far more (its eviction
-#: order is sorted every iteration): nine such lanes of 400 requests took 156 s quick
-#: (notebook 03's simulation cell; the whole notebook runs in 80 s optimised), so shapes
-#: with a prefix cache always run the optimised code.
-#: Results agree to float32 rounding, not bit for bit, with the
-#: optimised code's; a lane's state is bit-identical between batches that run the same
-#: variant. Either limit 0 turns it off; other backends always use XLA's defaults.
-QUICK_COMPILE_MAX_LANES = 16
+#: Quick compiles (``use_quick_compile``, off by default; the notebooks turn it on): on a
+#: CPU, a working batch of at most ``QUICK_COMPILE_MAX_LANES`` lanes per device and at
+#: most ``QUICK_COMPILE_MAX_WORK`` lane-requests per device (those lanes times the shape's
+#: request slots), without a prefix cache, runs chunk and metrics functions compiled for
+#: compile time, not run time: LLVM's backend optimisation off and XLA's older CPU code
+#: generator (``QUICK_COMPILE_OPTIONS``). Such batches are compile-bound: a 13-lane fleet
+#: of 1,200 requests (notebook 01) compiled its two chunk functions in 10 s instead of
+#: 30 s and then ran 2.6 s instead of 1.0 s. The optimised code wins where lanes run long
+#: or many: a 10,000-configuration sweep of 40 requests took 93 s with every function
+#: compiled quick, against 44 s, and a prefix-cache lane's steps cost far more (its
+#: eviction order is sorted every iteration): nine such lanes of 400 requests took 156 s
+#: quick (notebook 03's simulation cell; the whole notebook runs in 80 s optimised).
+#: The two variants' results agree to float32 precision, not bit for bit, so with quick
+#: compiles on, a lane's results can depend in their last bits on the size of the batch
+#: it runs in (and on lane compaction and overflow re-runs, which shrink the batch).
+#: Off, they do not: that is why it is off by default.
+QUICK_COMPILE_MAX_LANES = 0
 QUICK_COMPILE_MAX_WORK = 1 << 15
 
 #: The compiler options of the quick variant (see ``QUICK_COMPILE_MAX_WORK``).
@@ -259,6 +260,17 @@ def _run_chunk_batch(shape, params, workload, state, wl_batched: bool):
 _run_chunk_batch_quick = jax.jit(_run_chunk_batch.__wrapped__,
                                  static_argnames=("shape", "wl_batched"), donate_argnums=(3,),
                                  compiler_options={**XLA_OPTIONS, **QUICK_COMPILE_OPTIONS})
+
+
+def use_quick_compile(max_lanes: int = 16, max_work: int = 1 << 15) -> None:
+    """Compile small batches for compile time (see ``QUICK_COMPILE_MAX_LANES``): for
+    interactive work, where a few configurations are simulated once and compiling
+    dominates. ``max_lanes=0`` turns it off again."""
+    global QUICK_COMPILE_MAX_LANES, QUICK_COMPILE_MAX_WORK
+    for name, v in (("max_lanes", max_lanes), ("max_work", max_work)):
+        if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < 0:
+            raise ValueError(f"use_quick_compile: {name}={v!r} must be an int >= 0")
+    QUICK_COMPILE_MAX_LANES, QUICK_COMPILE_MAX_WORK = int(max_lanes), int(max_work)
 
 
 def _quick(shape: SimShape, lanes_per_device: int) -> bool:

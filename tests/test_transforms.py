@@ -106,8 +106,14 @@ def test_transforms__vmap_lane_equals_single_run(xla_defaults):
 
 
 def test_transforms__small_batches_run_the_quick_compiled_variant(monkeypatch):
-    """sim.QUICK_COMPILE_MAX_LANES / _MAX_WORK: a batch within both limits, on a CPU and
-    without a prefix cache, runs the chunk function compiled for compile time."""
+    """sim.use_quick_compile(): a batch within both limits, on a CPU and without a
+    prefix cache, runs the chunk function compiled for compile time. Off by default."""
+    assert sim.QUICK_COMPILE_MAX_LANES == 0
+    with pytest.raises(ValueError, match="max_lanes=-1 must be an int >= 0"):
+        sim.use_quick_compile(-1)
+    monkeypatch.setattr(sim, "QUICK_COMPILE_MAX_LANES", 0)  # restored after the test
+    monkeypatch.setattr(sim, "QUICK_COMPILE_MAX_WORK", sim.QUICK_COMPILE_MAX_WORK)
+    sim.use_quick_compile()
     calls = []
     for name in ("_run_chunk_batch", "_run_chunk_batch_quick"):
         fn = getattr(sim, name)
@@ -124,7 +130,7 @@ def test_transforms__small_batches_run_the_quick_compiled_variant(monkeypatch):
     # float32 precision (README: Performance)
     for k, v in optimised.metrics.items():
         np.testing.assert_allclose(quick.metrics[k], v, rtol=1e-6, err_msg=k)
-    monkeypatch.setattr(sim, "QUICK_COMPILE_MAX_LANES", 16)
+    sim.use_quick_compile(16)
     assert sim._quick(shape, 16) and not sim._quick(shape, 17)
     assert not sim._quick(dataclasses.replace(shape, cache_entries=8, hash_space=8), 1)
     big = dataclasses.replace(shape, max_requests=sim.QUICK_COMPILE_MAX_WORK // 4 + 1)
