@@ -42,8 +42,8 @@ def _jsonable(v):
     return v
 
 
-#: Columns of ``jaxsim simulate --requests`` (``load_s`` and ``prefill_s`` only with the
-#: prefix cache compiled in).
+#: Columns of ``jaxsim simulate --requests`` (then ``priority`` when the trace gives
+#: requests priorities, and ``load_s`` and ``prefill_s`` with the prefix cache compiled in).
 REQUEST_COLUMNS = ("request", "arrival_s", "prompt_tokens", "output_tokens", "completed",
                    "queue_s", "ttft_s", "tpot_s", "e2e_s", "preemptions", "tokens_scheduled")
 
@@ -52,7 +52,8 @@ def write_requests(path: str, trace, req: dict) -> None:
     """One CSV row per request of a simulated trace, in arrival order: ``request`` is the
     row's index in that order, ``arrival_s`` relative to the first arrival; the times of a
     request that did not complete are empty, and so is ``tpot_s`` of a one-token output
-    (as the metrics leave them out)."""
+    (as the metrics leave them out). ``priority`` follows the fixed columns when the trace
+    has priorities (``workload.priority_mix`` or a priority column)."""
     import csv
 
     import numpy as np
@@ -65,19 +66,22 @@ def write_requests(path: str, trace, req: dict) -> None:
     done = np.asarray(req["completed"], bool)
     tpot = req["decode_s"] / np.maximum(output - 1, 1)
     extra = [k for k in ("load_s", "prefill_s") if k in req]
+    prio = [] if trace.priority is None else ["priority"]
+    level = None if trace.priority is None else trace.priority[o]
 
     def t(x, ok):
         return repr(float(x)) if ok else ""
 
     with fileio.atomic_open(path, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow([*REQUEST_COLUMNS, *extra])
+        w.writerow([*REQUEST_COLUMNS, *prio, *extra])
         for i in range(len(arrival)):
             d = bool(done[i])
             w.writerow([i, repr(float(arrival[i])), int(prompt[i]), int(output[i]), int(d),
                         t(req["queue_s"][i], d), t(req["ttft_s"][i], d),
                         t(tpot[i], d and output[i] > 1), t(req["e2e_s"][i], d),
                         int(req["preemptions"][i]), int(req["tokens_scheduled"][i]),
+                        *([] if level is None else [int(level[i])]),
                         *(t(req[k][i], d) for k in extra)])
 
 

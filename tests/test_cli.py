@@ -101,6 +101,38 @@ def test_cli__requests_csv_rows_add_up_to_the_metrics(capsys, tmp_path):
     assert all(r["ttft_s"] == r["e2e_s"] == "" for r in rows if r["completed"] == "0")
 
 
+def test_cli__requests_csv_has_a_priority_column_when_requests_have_priorities(capsys, tmp_path):
+    import csv
+
+    f = tmp_path / "req.csv"
+    code, out, err = run_cli(["simulate", "--json", *SMALL, "--set", "workload.rate=40",
+                              "--set", "workload.priority_mix=[0.25, 0.75]",
+                              "--set", "scheduling_policy=priority", "--requests", str(f)],
+                             capsys)
+    assert code == 0, err
+    with open(f, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert list(rows[0]) == [*cli.REQUEST_COLUMNS, "priority"] and len(rows) == 40
+    levels = [int(r["priority"]) for r in rows]
+    assert set(levels) == {0, 1}
+    # the levels are the trace's, in arrival order, as the simulation used them
+    from jaxsim import config
+
+    tr = config.build_trace(config.load(None, ["workload.num_requests=40", "workload.rate=40",
+                                               "workload.priority_mix=[0.25, 0.75]"]))
+    assert levels == tr.priority[tr.order()].tolist()
+    obj = json.loads(out)
+    for lv in (0, 1):  # each level's mean queueing delay, as the per-level metrics give it
+        q = [float(r["queue_s"]) for r in rows if int(r["priority"]) == lv]
+        assert np.mean(q) == pytest.approx(obj[f"queue_mean_s_prio{lv}"], rel=1e-5)
+        assert len(q) == obj[f"completed_prio{lv}"]
+    # without priorities the column is absent
+    code, out, err = run_cli(["simulate", *SMALL, "--requests", str(f)], capsys)
+    assert code == 0, err
+    with open(f, newline="") as fh:
+        assert "priority" not in next(csv.reader(fh))
+
+
 def test_cli__requests_to_a_folder_that_refuses_files_is_one_line_exit_2(capsys, tmp_path):
     bad = tmp_path / "missing" / "req.csv"
     code, out, err = run_cli(["simulate", *SMALL, "--requests", str(bad)], capsys)
