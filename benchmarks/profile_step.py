@@ -1,6 +1,6 @@
 """Where a step's time goes: an XLA profile of the core scenario's compiled chunk.
 
-    python benchmarks/profile_step.py [--batch 1024] [--top 25] [--macro K]
+    python benchmarks/profile_step.py [--batch 1024] [--top 25] [--macro K] [--priority]
 
 Runs the core scenario (``jaxsim.bench``) for B lanes, traces three chunks of 64 steps
 with ``jax.profiler.trace``, and sums the duration of every compiled operation by name
@@ -10,7 +10,9 @@ wall time per lane-step, the kernel time per lane-step by kind of operation
 the number of distinct operations in a step, and the largest ones. ``--by-source`` also
 sums the kernel time by the jaxsim function that built each operation, read from the
 stack frames XLA keeps in the optimised HLO (double-float helpers are charged to their
-callers).
+callers). ``--priority`` profiles priority scheduling instead (docs/semantics.md §10: the
+same trace with a fifth of its requests at priority 0, drawn as
+``benchmarks/priority_compare.py`` draws them, under ``scheduling_policy: priority``).
 """
 
 from __future__ import annotations
@@ -119,6 +121,8 @@ def main() -> int:
     ap.add_argument("--by-source", action="store_true",
                     help="also sum the kernel time by the jaxsim function that built each "
                          "operation (from the optimised HLO's stack frames)")
+    ap.add_argument("--priority", action="store_true",
+                    help="a fifth of the requests at priority 0, scheduling_policy: priority")
     args = ap.parse_args()
 
     import jax
@@ -127,8 +131,9 @@ def main() -> int:
     from jaxsim import bench, sim
 
     B, L, chunks = args.batch, 64, 3
-    prep, params = bench._prepare(1000, B, macro=args.macro)
-    shape = dataclasses.replace(prep.shape, chunk_iterations=L)
+    prep, params = bench._prepare(1000, B, macro=args.macro, priority=args.priority)
+    shape = dataclasses.replace(prep.shape, chunk_iterations=L,
+                                priority_levels=2 if args.priority else 0)
     state = sim._init_batch(shape, params, prep.workload, jnp.int32(10**6), False)
     state, _, _ = sim._run_chunk_batch(shape, params, prep.workload, state, False)
     jax.block_until_ready(state)

@@ -108,15 +108,23 @@ def machine() -> dict:
     }
 
 
-def _prepare(num_requests: int, batch: int, slots: int = SLOTS, macro: int | None = None):
+def _prepare(num_requests: int, batch: int, slots: int = SLOTS, macro: int | None = None,
+             priority: bool = False):
     import dataclasses
+
+    import numpy as np
 
     from jaxsim import api
     from jaxsim import params as P
     from jaxsim.workload import synthetic
 
     trace = synthetic("poisson", num_requests, PROMPT, OUTPUT, rate=RATE, seed=0)
-    prep = api.prepare(SCENARIO, trace, max_slots=slots, chunk_iterations=CHUNK)
+    cfg = SCENARIO
+    if priority:  # a fifth of the requests at level 0 (benchmarks/priority_compare.py)
+        level = np.random.default_rng(1).choice(2, size=len(trace), p=[0.2, 0.8])
+        trace = dataclasses.replace(trace, priority=level)
+        cfg = {**SCENARIO, "scheduling_policy": "priority"}
+    prep = api.prepare(cfg, trace, max_slots=slots, chunk_iterations=CHUNK)
     if macro is not None:
         prep = dataclasses.replace(prep, shape=dataclasses.replace(
             prep.shape, macro_iterations=macro))

@@ -57,6 +57,8 @@ the iteration, which are in queue order before the compaction.
 
 from __future__ import annotations
 
+import math
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -66,7 +68,7 @@ from jaxsim import dd as ddm
 from jaxsim import status as st_bits
 from jaxsim.dd import DD
 from jaxsim.params import SimParams
-from jaxsim.shapes import SimShape
+from jaxsim.shapes import MAX_PRIORITY_LEVELS, SimShape
 from jaxsim.state import SimState
 from jaxsim.timeutil import dd_add, dd_add2, dd_le, dd_lt, dd_sub
 from jaxsim.workload import Workload
@@ -110,6 +112,47 @@ def _floordiv(a, b, inv_b):
     q = q + jnp.floor((a - q * b).astype(jnp.float32) * inv_b).astype(i32)
     r = a - q * b
     return q + (r >= b).astype(i32) - (r < 0).astype(i32)
+
+
+def _sort_order(*keys, sizes=None, needed=None):
+    """``(perm, inv)`` of the stable lexicographic sort of ``S`` rows by int32 ``keys``
+    (``[S]`` each, most significant first; ties keep row order): ``perm[k]`` is the row
+    at position ``k`` and ``inv[row]`` its position. The same permutation as
+    ``lax.sort((*keys, row), num_keys=len(keys) + 1)``, computed from an ``[S, S]``
+    comparison of every pair of rows instead: on CPU XLA's sort of a few dozen rows per
+    lane costs several times more (benchmarks/README.md, priority scheduling).
+
+    ``sizes``: static exclusive upper bounds of the keys (each then in ``0 .. size - 1``);
+    when their product fits in int32 the keys are packed into one. ``needed``: a bool
+    scalar, false where the caller knows the order is the identity (or will not use
+    it); the comparison then runs inside a loop of at most one trip, so a vmapped batch
+    computes it only while one of its lanes needs it, and the others get the identity.
+    """
+    i32 = jnp.int32
+    S = keys[0].shape[0]
+    row = jnp.arange(S, dtype=i32)
+    if sizes is not None and math.prod(sizes) < 2**31:
+        packed = keys[0]
+        for k, n in zip(keys[1:], sizes[1:], strict=True):
+            packed = packed * n + k
+        keys = (packed,)
+
+    def order(carry):
+        # the keys pass through a barrier with the carry's rows (the identity on the one
+        # trip), so that XLA does not hoist the comparison out of the loop as invariant
+        # (it would then run every time)
+        r, *ks = jax.lax.optimization_barrier((carry[1], *keys))
+        before = r[None, :] < r[:, None]  # [i, j]: row j goes before row i
+        for k in reversed(ks):
+            before = (k[None, :] < k[:, None]) | ((k[None, :] == k[:, None]) & before)
+        inv = jnp.sum(before, axis=1, dtype=i32)
+        return jnp.int32(1), jnp.zeros((S,), i32).at[inv].set(r), inv
+
+    if needed is None:
+        return order((None, row))[1:]
+    _, perm, inv = jax.lax.while_loop(lambda c: c[0] < needed.astype(i32), order,
+                                      (jnp.int32(0), row, row))
+    return perm, inv
 
 
 def _batch_features(got, computed, sched, n_sampled, is_pre, is_dec
@@ -164,7 +207,7 @@ def _draft_time(params: SimParams, draft, K, feats, n_dec, kv_dec: DD) -> DD:
 
 
 def _priority_running_walk(running, want, computed, held, level, req, budget, free, bs,
-                           active):
+                           active, num_requests: int):
     """§10's running phase of a priority lane, row by row: the victim of a preemption is
     the running request with the largest key ``(level, req)`` (the one at hand and the
     ones already scheduled included: those give their blocks and tokens back). Returns
@@ -179,8 +222,11 @@ def _priority_running_walk(running, want, computed, held, level, req, budget, fr
     row = jnp.arange(S, dtype=i32)
     n_run = jnp.sum(running, dtype=i32)
     # victim order: the running rows by key, largest first
-    *_, vorder = jax.lax.sort((jnp.where(running, 0, 1), -level, -req, row), num_keys=3)
-    vpos = jnp.zeros((S,), i32).at[vorder].set(row)
+    Lm, R = MAX_PRIORITY_LEVELS, num_requests
+    vorder, vpos = _sort_order(jnp.where(running, 0, 1),
+                               jnp.where(running, Lm - 1 - level, 0),
+                               jnp.where(running, R - 1 - req, 0), sizes=(2, Lm, R),
+                               needed=active)
 
     def body(carry):
         i, free, bud, stop, vk, got, took = carry
@@ -728,7 +774,7 @@ def step(
         walk = pol & active & (m < st.n_run)
         victim_p, got_p, need_p = _priority_running_walk(
             live, want_run, computed, held, key_lv, req_row, budget,
-            total_blocks - jnp.sum(held, dtype=i32), bs, walk)
+            total_blocks - jnp.sum(held, dtype=i32), bs, walk, R)
         got_run = jnp.where(walk, got_p, got_run)
         need_run = jnp.where(walk, need_p, need_run)
         keep_run = jnp.where(walk, running & ~victim_p, keep_run)
@@ -757,9 +803,12 @@ def step(
         # row order (the identity permutation).
         real = cand & ((row < st.n_act) | t_in)
         group = jnp.where(cand, jnp.where(real | ~pol, 1, 2), 0)
-        *_, perm = jax.lax.sort((group, jnp.where(pol & cand, key_lv, 0),
-                                 jnp.where(pol & cand, req_row, row), row), num_keys=4)
-        inv = jnp.zeros((S,), i32).at[perm].set(row)
+        # rows [n_run, n_act) hold preempted requests; the window's rows come in key
+        # order, so without preempted rows the walk order is the rows' own
+        perm, inv = _sort_order(group, jnp.where(pol & cand, key_lv, 0),
+                                jnp.where(pol & cand, req_row, row),
+                                sizes=(3, MAX_PRIORITY_LEVELS, max(R, S)),
+                                needed=pol & (st.n_act > st.n_run))
         cand_w, cand_ok_w, hit_w, n_known_w = (x[perm] for x in (cand, cand_ok, start,
                                                                   n_known))
     else:

@@ -229,3 +229,34 @@ def test_priority__mix_draws_levels_from_its_own_generator(tmp_path):
     with pytest.raises(ConfigError, match="priority column"):
         config.build_trace(config.validate({"workload": {
             "kind": "trace", "format": "csv", "path": str(path), "priority_mix": [1, 1]}}))
+
+
+def test_priority__sort_order_is_lax_sorts_permutation_and_skips_lanes_that_do_not_need_it():
+    """step._sort_order (priority's walk orders, by comparing every pair of rows) gives
+    lax.sort's stable permutation, packed or not; lanes whose ``needed`` is false get the
+    identity, in a vmapped batch where other lanes sort."""
+    import jax
+    import jax.numpy as jnp
+
+    from jaxsim.step import _sort_order
+
+    rng = np.random.default_rng(3)
+    S, B = 24, 6
+    keys = [jnp.asarray(rng.integers(0, n, (B, S)), jnp.int32) for n in (3, 4, 50)]
+    row = jnp.broadcast_to(jnp.arange(S, dtype=jnp.int32), (B, S))
+    *_, want = jax.vmap(lambda a, b, c, r: jax.lax.sort((a, b, c, r), num_keys=4))(*keys, row)
+    want_inv = jax.vmap(lambda p: jnp.zeros((S,), jnp.int32).at[p].set(jnp.arange(S)))(want)
+    needed = jnp.asarray([True, False, True, True, False, True])
+    for sizes in (None, (3, 4, 50), (3, 4, 2**30)):  # the last cannot be packed
+        perm, inv = jax.jit(jax.vmap(lambda a, b, c, sz=sizes: _sort_order(a, b, c, sizes=sz))
+                            )(*keys)
+        np.testing.assert_array_equal(perm, want)
+        np.testing.assert_array_equal(inv, want_inv)
+        perm, inv = jax.jit(jax.vmap(lambda a, b, c, n, sz=sizes: _sort_order(
+            a, b, c, sizes=sz, needed=n)))(*keys, needed)
+        sel = np.asarray(needed)
+        np.testing.assert_array_equal(np.asarray(perm)[sel], np.asarray(want)[sel])
+        np.testing.assert_array_equal(np.asarray(inv)[sel], np.asarray(want_inv)[sel])
+        np.testing.assert_array_equal(np.asarray(perm)[~sel], np.asarray(row)[~sel])
+        np.testing.assert_array_equal(np.asarray(inv)[~sel], np.asarray(row)[~sel])
+    assert len(set(np.asarray(want[0]).tolist())) == S and not np.array_equal(want[0], row[0])
