@@ -18,6 +18,7 @@ import jax.numpy as jnp
 
 from jaxsim import costmodel, scan
 from jaxsim import dd as ddm
+from jaxsim.guard import when_needed
 from jaxsim.params import SimParams
 from jaxsim.types import Array
 from jaxsim.workload import Workload
@@ -123,15 +124,15 @@ def exact_key(first: Array, terms: list[tuple[Array, int]]) -> tuple[Array, Arra
     return jnp.where(acc.hi == 0, 0.0, acc.hi), jnp.where(acc.lo == 0, 0.0, acc.lo)
 
 
-def _eviction_order(e_id, e_last, e_hits, e_depth, cp) -> Array:
+def _eviction_order(e_id, e_last, e_hits, e_depth, w_recency, w_frequency, w_depth
+                    ) -> Array:
     """Permutation of the table rows in eviction order (§5.2). The score does not
     depend on the tier, so one sort serves every tier: the order restricted to any set
     of entries is that set's eviction order. Scores are compared as real numbers (to a
     double-float's ~48 bits), so equal scores tie whatever the weights' rounding."""
     K = e_id.shape[0]
     hi, lo = exact_key(jnp.zeros((K,), f32), [
-        ((cp.w_recency, e_last), 1), ((cp.w_frequency, e_hits), 1),
-        ((cp.w_depth, e_depth), -1)])
+        ((w_recency, e_last), 1), ((w_frequency, e_hits), 1), ((w_depth, e_depth), -1)])
     idx = jnp.arange(K, dtype=i32)
     *_, perm = jax.lax.sort((hi, lo, -e_depth, e_id, idx), num_keys=4)
     return perm
@@ -232,7 +233,17 @@ def update(st, params: SimParams, pc: PrefixConsts, U: Array, it: Array, live: A
     valid = e_id >= 0
     member = valid & (e_tier == 0) & ~pinned
     n_ev = jnp.where(live, jnp.maximum(jnp.sum(member, dtype=i32) - cap0, 0), 0)
-    perm = _eviction_order(e_id, e_last, e_hits, e_depth, cp)
+    # The eviction order is needed only where some tier evicts: tier 0 over its limit,
+    # or a lower tier already over (demotions only add to the tiers below one that
+    # evicts). A batch sorts only in a step where one of its lanes evicts.
+    lower_over = jnp.bool_(False)
+    for t in range(1, T):
+        lower_over = lower_over | (
+            jnp.sum((e_id >= 0) & (e_tier == t), dtype=i32)
+            > cp.capacity_blocks[t] - swap_held[t])
+    perm = when_needed((n_ev > 0) | lower_over, _eviction_order,
+                       (e_id, e_last, e_hits, e_depth, cp.w_recency, cp.w_frequency,
+                        cp.w_depth), jnp.arange(K, dtype=i32))
     ev = _evict(perm, member, n_ev)
 
     def demote(ev, src, e_id, e_tier, loc, write_bytes):

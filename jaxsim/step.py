@@ -67,6 +67,7 @@ from jaxsim import costmodel, prefix
 from jaxsim import dd as ddm
 from jaxsim import status as st_bits
 from jaxsim.dd import DD
+from jaxsim.guard import when_needed
 from jaxsim.params import SimParams
 from jaxsim.shapes import MAX_PRIORITY_LEVELS, SimShape
 from jaxsim.state import SimState
@@ -115,18 +116,19 @@ def _floordiv(a, b, inv_b):
 
 
 def _sort_order(*keys, sizes=None, needed=None):
-    """``(perm, inv)`` of the stable lexicographic sort of ``S`` rows by int32 ``keys``
-    (``[S]`` each, most significant first; ties keep row order): ``perm[k]`` is the row
+    """``(perm, inv)`` of the stable lexicographic sort of ``S`` rows by ``keys`` (``[S]``
+    each, int32 or float without NaN or -0.0; most significant first; ties keep row
+    order): ``perm[k]`` is the row
     at position ``k`` and ``inv[row]`` its position. The same permutation as
     ``lax.sort((*keys, row), num_keys=len(keys) + 1)``, computed from an ``[S, S]``
     comparison of every pair of rows instead: on CPU XLA's sort of a few dozen rows per
     lane costs several times more (benchmarks/README.md, priority scheduling).
 
-    ``sizes``: static exclusive upper bounds of the keys (each then in ``0 .. size - 1``);
+    ``sizes``: static exclusive upper bounds of int32 keys (each then in ``0 .. size - 1``);
     when their product fits in int32 the keys are packed into one. ``needed``: a bool
     scalar, false where the caller knows the order is the identity (or will not use
-    it); the comparison then runs inside a loop of at most one trip, so a vmapped batch
-    computes it only while one of its lanes needs it, and the others get the identity.
+    it); a vmapped batch then computes the order only while one of its lanes needs it
+    (:func:`jaxsim.guard.when_needed`), and the others get the identity.
     """
     i32 = jnp.int32
     S = keys[0].shape[0]
@@ -137,22 +139,16 @@ def _sort_order(*keys, sizes=None, needed=None):
             packed = packed * n + k
         keys = (packed,)
 
-    def order(carry):
-        # the keys pass through a barrier with the carry's rows (the identity on the one
-        # trip), so that XLA does not hoist the comparison out of the loop as invariant
-        # (it would then run every time)
-        r, *ks = jax.lax.optimization_barrier((carry[1], *keys))
-        before = r[None, :] < r[:, None]  # [i, j]: row j goes before row i
+    def order(*ks):
+        before = row[None, :] < row[:, None]  # [i, j]: row j goes before row i
         for k in reversed(ks):
             before = (k[None, :] < k[:, None]) | ((k[None, :] == k[:, None]) & before)
         inv = jnp.sum(before, axis=1, dtype=i32)
-        return jnp.int32(1), jnp.zeros((S,), i32).at[inv].set(r), inv
+        return jnp.zeros((S,), i32).at[inv].set(row), inv
 
     if needed is None:
-        return order((None, row))[1:]
-    _, perm, inv = jax.lax.while_loop(lambda c: c[0] < needed.astype(i32), order,
-                                      (jnp.int32(0), row, row))
-    return perm, inv
+        return order(*keys)
+    return when_needed(needed, order, keys, (row, row))
 
 
 def _batch_features(got, computed, sched, n_sampled, is_pre, is_dec
@@ -792,9 +788,9 @@ def step(
         k_hi, k_lo = prefix.exact_key(pos.astype(jnp.float32), [
             ((w_adm, jnp.where(in_window, hit_blocks, 0)), -1)])  # compared exactly
         group = jnp.where(cand, jnp.where(cand_ok, 1, 2), 0)
-        *_, perm = jax.lax.sort((group, jnp.where(cand_ok, k_hi, 0.0),
-                                 jnp.where(cand_ok, k_lo, 0.0), row), num_keys=4)
-        inv = jnp.zeros((S,), i32).at[perm].set(row)
+        # with w_adm = 0 the key is the position: the walk order is the rows' own
+        perm, inv = _sort_order(group, jnp.where(cand_ok, k_hi, 0.0),
+                                jnp.where(cand_ok, k_lo, 0.0), needed=w_adm > 0)
         cand_w, cand_ok_w, hit_w, n_known_w = (x[perm] for x in (cand, cand_ok, start,
                                                                   n_known))
     elif pri:

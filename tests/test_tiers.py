@@ -236,12 +236,10 @@ def test_eviction_order_compares_scores_exactly():
     then larger depth, then smaller id. With w_rec = w_depth = 0.3 the score is
     0.3·(last − depth): entries with the same difference tie, whatever float32 rounding
     (or a fused multiply-add) makes of the products. Checked against exact fractions."""
-    import dataclasses
     from fractions import Fraction
 
     import jax
 
-    from jaxsim import params as P
     from jaxsim.prefix import _eviction_order
 
     rng = np.random.default_rng(5)
@@ -253,11 +251,9 @@ def test_eviction_order_compares_scores_exactly():
     order = jax.jit(_eviction_order)
     for w in ((0.3, 0.0, 0.3), (1 / 3, 0.7, 0.1), (0.1, 0.2, 0.3), (1.0, 0.0, 1.0),
               (0.01, 0.0, 0.01), (0.0, 0.0, 0.0), (2.5e-3, 7.0, 0.3)):
-        cp = dataclasses.replace(P.CacheParams.hbm_only(True, 2), w_recency=np.float32(w[0]),
-                                 w_frequency=np.float32(w[1]), w_depth=np.float32(w[2]))
         fw = [Fraction(float(np.float32(x))) for x in w]
         exact = sorted(range(K), key=lambda i: (
             fw[0] * int(last[i]) + fw[1] * int(hits[i]) - fw[2] * int(depth[i]),
             -int(depth[i]), int(ids[i])))
-        got = np.asarray(order(ids, last, hits, depth, cp))
+        got = np.asarray(order(ids, last, hits, depth, *map(np.float32, w)))
         assert got.tolist() == exact, w

@@ -320,3 +320,30 @@ def test_transforms__single_trace_padding_rows_never_arrive():
     wl = to_workload(tr, 10)
     assert np.isinf(np.asarray(wl.arrival_hi)[2:]).all()
     assert int(wl.num_requests) == 2
+
+
+def test_transforms__when_needed_computes_only_for_lanes_that_need_it():
+    """guard.when_needed (the priority and prefix-cache orders): under vmap the lanes
+    that need ``fn`` get its result and the others ``otherwise``; a batch where no lane
+    needs it returns ``otherwise`` everywhere; jit and a gradient through an integer
+    result (an order, as the simulator uses it) work."""
+    from jaxsim.guard import when_needed
+
+    def order(x):
+        return jnp.argsort(x).astype(jnp.int32)
+
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(5, 7)), jnp.float32)
+    ident = jnp.arange(7, dtype=jnp.int32)
+    f = jax.jit(jax.vmap(lambda xi, n: when_needed(n, order, (xi,), ident)))
+    need = jnp.asarray([True, False, True, False, False])
+    got = np.asarray(f(x, need))
+    want = np.asarray(jnp.argsort(x, axis=1))
+    np.testing.assert_array_equal(got[[0, 2]], want[[0, 2]])
+    np.testing.assert_array_equal(got[[1, 3, 4]], np.broadcast_to(ident, (3, 7)))
+    np.testing.assert_array_equal(f(x, jnp.zeros(5, bool)), np.broadcast_to(ident, (5, 7)))
+
+    def loss(xi):  # the order is piecewise constant: the gradient flows through xi only
+        return jnp.sum(xi[when_needed(True, order, (xi,), ident)] * jnp.arange(7.0))
+
+    g = jax.jit(jax.grad(loss))(x[0])
+    np.testing.assert_allclose(np.asarray(g)[want[0]], np.arange(7.0))
