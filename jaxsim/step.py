@@ -118,11 +118,11 @@ def _floordiv(a, b, inv_b):
 def _sort_order(*keys, sizes=None, needed=None):
     """``(perm, inv)`` of the stable lexicographic sort of ``S`` rows by ``keys`` (``[S]``
     each, int32 or float without NaN or -0.0; most significant first; ties keep row
-    order): ``perm[k]`` is the row
-    at position ``k`` and ``inv[row]`` its position. The same permutation as
-    ``lax.sort((*keys, row), num_keys=len(keys) + 1)``, computed from an ``[S, S]``
-    comparison of every pair of rows instead: on CPU XLA's sort of a few dozen rows per
-    lane costs several times more (benchmarks/README.md, priority scheduling).
+    order): ``perm[k]`` is the row at position ``k`` and ``inv[row]`` its position. The
+    same permutation as ``lax.sort((*keys, row), num_keys=len(keys) + 1)``, computed
+    from an ``[S, S]`` comparison of every pair of rows instead: on CPU XLA's sort of a
+    few dozen rows per lane costs several times more (benchmarks/README.md, priority
+    scheduling).
 
     ``sizes``: static exclusive upper bounds of int32 keys (each then in ``0 .. size - 1``);
     when their product fits in int32 the keys are packed into one. ``needed``: a bool
