@@ -252,6 +252,7 @@ def test_oracle__random_lanes_match():
     assert steps.sum() < 0.6 * iters.sum(), (int(steps.sum()), int(iters.sum()))
 
 
+@pytest.mark.slow  # about 25 s on 2 cores: CI's slow step
 def test_oracle__a_v0_lane_needs_no_more_than_max_num_seqs_rows():
     """A lane found by a 1,600-lane random run (v0, 32 sequences, preemptions) was
     flagged OVERFLOW_SLOTS with a table of max_num_seqs rows: its decode batches preempt

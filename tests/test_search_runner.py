@@ -188,6 +188,7 @@ def _run_py(code: str, env_extra: dict | None = None, timeout=240):
                           capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.slow  # a fresh two-device process compiles the sweep (about 30 s): CI's slow step
 def test_sharded_over_two_cpu_devices_matches(full_run, tmp_path):
     _, _, _, df = full_run
     out = str(tmp_path / "sharded")

@@ -309,6 +309,7 @@ def test_spec__random_lanes_match_the_reference_simulator():
         assert steps[on].sum() < 0.85 * iters[on].sum()
 
 
+@pytest.mark.slow  # two command-line runs compile (about 20 s): CI's slow step
 def test_spec__simulate_prints_the_acceptance_and_export_carries_the_config(capsys):
     from search import export
     from tests.test_cli import SMALL, run_cli

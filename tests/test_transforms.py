@@ -192,6 +192,7 @@ def test_transforms__no_recompile_for_new_values():
     assert sizes[1:] == sizes[:1] * 3  # compiled at most once, by the first call
 
 
+@pytest.mark.slow  # three slot-table sizes compile (about 40 s on 2 cores): CI's slow step
 def test_transforms__overflow_reruns_compile_per_size_bucket():
     """Lanes re-run with a larger slot table are padded to a power of two: 3 and then 4
     overflowing lanes share the re-run's compiled function (each count compiled anew)."""
